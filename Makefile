@@ -1,0 +1,74 @@
+# The two commands of the quick start are `make demo` and `make test`; both install
+# what they need first (Debian 12 packages, as root or through sudo).
+#
+#   make demo                 build Release, run an example array job on a temp data dir
+#   make test                 build and run every test: native, aarch64 under qemu, armhf
+#   make cross-test ARCH=aarch64|armhf   cross-build and run the unit tests under qemu
+#   make bench                build and run the scheduler benchmarks
+#   make asan                 the native suite under AddressSanitizer + UBSan
+
+BUILD      ?= build
+JOBS       ?= $(shell nproc)
+ARCH       ?= aarch64
+CMAKE_GEN  := -G Ninja
+SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+DEPS := build-essential cmake ninja-build pkg-config \
+        libuv1-dev liburing-dev libprotobuf-dev protobuf-compiler prometheus-cpp-dev \
+        libssl-dev zlib1g-dev libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev
+CROSS_DEPS := crossbuild-essential-arm64 crossbuild-essential-armhf qemu-user mmdebstrap
+
+.PHONY: all deps cross-deps build demo test test-native cross-build cross-test bench asan clean
+
+all: build
+
+# Installs only what is missing, so a second run costs one dpkg query.
+deps:
+	@missing=$$(for p in $(DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+cross-deps:
+	@missing=$$(for p in $(CROSS_DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	cmake -S . -B $(BUILD)/release $(CMAKE_GEN) -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(BUILD)/release -j $(JOBS)
+
+demo: build
+	deploy/demo.sh $(BUILD)/release/cli/cardnode
+
+test-native: build
+	cd $(BUILD)/release && ctest -j $(JOBS) --output-on-failure --timeout 300
+
+# make test = the native suite, the aarch64 unit tests under qemu-aarch64, and the
+# armhf build with its unit tests under qemu-arm.
+test: test-native cross-deps
+	cross/cross.sh aarch64 test
+	cross/cross.sh armhf test
+
+cross-build: deps cross-deps
+	cross/cross.sh $(ARCH) build
+
+cross-test: deps cross-deps
+	cross/cross.sh $(ARCH) test
+
+bench: build
+	$(BUILD)/release/bench/scheduler_bench
+
+asan: deps
+	cmake -S . -B $(BUILD)/asan $(CMAKE_GEN) -DCMAKE_BUILD_TYPE=Debug \
+	  -DCARDNODE_SANITIZE=address,undefined -DCARDNODE_BUILD_BENCH=OFF
+	cmake --build $(BUILD)/asan -j $(JOBS)
+	cd $(BUILD)/asan && ctest -j $(JOBS) --output-on-failure --timeout 300
+
+clean:
+	rm -rf $(BUILD)

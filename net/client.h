@@ -1,0 +1,37 @@
+// Blocking client for the CLI: connect, handshake, then one request/response at a
+// time. Plain POSIX sockets with poll() timeouts — the CLI is a short-lived process
+// with nothing else to do while it waits, so an event loop would add nothing.
+// Not thread-safe; one object per connection.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "cardnode.pb.h"
+#include "net/frame.h"
+#include "proto/error.h"
+
+namespace cardnode::net {
+
+class Client {
+ public:
+  // Errors: kUnavailable (cannot resolve/connect: "cannot reach server at HOST:PORT: ..."),
+  // kUnauthenticated (wrong token), kInvalidArgument (bad address).
+  [[nodiscard]] static Result<std::unique_ptr<Client>> connect(const std::string& host_port,
+                                                              const std::string& token,
+                                                              uint32_t timeout_ms);
+  ~Client();
+  // Sends one request (its id is set here) and waits for the matching response.
+  // timeout_ms 0 waits forever (WaitJob).
+  [[nodiscard]] Result<pb::Response> call(pb::Request request, uint32_t timeout_ms);
+
+ private:
+  Client(int fd, std::string peer);
+  int fd_ = -1;
+  std::string peer_;
+  uint64_t next_id_ = 1;
+  FrameDecoder decoder_;
+};
+
+}  // namespace cardnode::net

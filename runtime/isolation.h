@@ -1,0 +1,67 @@
+// Resource limits for task processes, best available first: cgroup v2 (a controller
+// enabled in the unified hierarchy), else cgroup v1 (memory, cpu, pids hierarchies),
+// else rlimits (RLIMIT_AS for memory; nothing for cpu). `nodes` shows which limits are
+// really enforced on each board.
+//
+// Each task attempt gets its own group, named "cardnode/JOB.INDEX" under every
+// controller in use. The group is created before the process starts and the process
+// joins it before exec (runtime/task_exec.cc), so nothing it forks escapes.
+//
+// Threading: plain blocking file writes to cgroupfs (no disk I/O): loop thread only.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "proto/error.h"
+
+namespace cardnode::runtime {
+
+enum class IsolationMode : uint8_t { kCgroupV2, kCgroupV1, kRlimit };
+const char* isolation_name(IsolationMode m);  // "cgroup-v2", "cgroup-v1", "rlimit"
+
+struct IsolationInfo {
+  IsolationMode mode = IsolationMode::kRlimit;
+  std::vector<std::string> enforced;  // subset of {"memory", "cpu", "pids"}
+};
+
+struct TaskLimits {
+  uint32_t cpu_millis = 0;  // 0: no cpu limit
+  uint64_t mem_bytes = 0;   // 0: no memory limit
+  uint32_t pids_max = 4096;
+};
+
+class Isolation {
+ public:
+  // Probes what this machine offers. `cgroup_root` is normally /sys/fs/cgroup; tests
+  // pass a fake tree to inject faults. `name` is the parent group ("cardnode").
+  static Isolation probe(const std::string& cgroup_root = "/sys/fs/cgroup",
+                         const std::string& name = "cardnode", bool disable_cgroups = false);
+
+  const IsolationInfo& info() const { return info_; }
+
+  // Creates the group(s) for one task and writes its limits. Returns the cgroup.procs
+  // paths the task must join (empty in rlimit mode).
+  [[nodiscard]] Result<std::vector<std::string>> create_group(const std::string& task_name,
+                                                             const TaskLimits& limits);
+  // Kills every process still in the group (SIGKILL, repeated until empty, bounded) and
+  // removes the group. Safe to call for a group that does not exist.
+  void destroy_group(const std::string& task_name);
+  // True if the kernel's OOM killer acted in this group (v1 memory.oom_control
+  // oom_kill, v2 memory.events oom_kill).
+  bool oom_killed(const std::string& task_name) const;
+  // Kills and removes every task group left under the parent (a server or agent restart).
+  // Returns how many groups were found.
+  uint32_t destroy_all_groups();
+
+ private:
+  IsolationInfo info_;
+  std::string root_;
+  std::string name_;
+  std::vector<std::string> controller_dirs_;  // v1: root/memory/name, ...; v2: root/name
+};
+
+}  // namespace cardnode::runtime

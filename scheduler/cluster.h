@@ -1,0 +1,179 @@
+// The cluster model and its state machine: nodes, jobs, tasks, the queue.
+// Pure: no I/O, no clock (time comes in as now_ms), no randomness, standard library only.
+// The server calls these methods both live and when replaying the WAL, so the same
+// sequence of calls always yields the same state (docs/ARCHITECTURE.md, "Replay").
+//
+// Placement is two steps, as in Nomad: plan() reads the state and returns decisions
+// without changing anything; the server logs each decision and applies it with start().
+//
+// Threading: none inside; the server uses it from its loop thread only.
+// Bounds: Limits below; a bound that is hit is an error value, not a crash.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <expected>
+#include <map>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace cardnode::sched {
+
+using JobId = uint64_t;
+using NodeId = uint32_t;
+
+// Values match pb::TaskState / pb::JobState.
+enum class TaskState : uint8_t {
+  kQueued = 0, kRunning = 1, kSucceeded = 2, kFailed = 3,
+  kCancelled = 4, kTimedOut = 5, kOomKilled = 6, kLost = 7,
+};
+inline constexpr size_t kTaskStateCount = 8;
+enum class JobState : uint8_t { kQueued = 0, kRunning = 1, kSucceeded = 2, kFailed = 3, kCancelled = 4 };
+enum class NodeState : uint8_t { kReady = 0, kDraining = 1, kDown = 2 };
+
+const char* task_state_name(TaskState s);  // "queued", "timed_out", ...
+const char* job_state_name(JobState s);
+const char* node_state_name(NodeState s);
+bool is_final(TaskState s);
+
+enum class SchedError : uint8_t {
+  kInvalidSpec,      // count 0 or above max, zero resources, priority > 100
+  kTooManyJobs,      // Limits::jobs_max live (unfinished) jobs
+  kTooManyTasks,     // Limits::queued_tasks_max tasks queued in all
+  kTooManyNodes,
+  kDuplicateId,      // job id not above every earlier one; node name taken
+  kUnknownJob,
+  kUnknownNode,
+  kBadTransition,    // e.g. finish() on a task that is not running
+};
+const char* sched_error_name(SchedError e);
+
+struct Resources {
+  uint32_t cpu_millis = 0;  // 1000 = one core
+  uint64_t mem_bytes = 0;
+};
+
+struct Limits {
+  uint32_t jobs_max = 100'000;                  // unfinished jobs
+  uint32_t tasks_per_job_max = 1'000'000;
+  uint64_t queued_tasks_max = 10'000'000;
+  uint32_t nodes_max = 1024;
+  uint32_t lost_requeues_max = 5;  // a task lost more often than this ends as lost
+};
+
+struct JobSpec {
+  std::string name;
+  uint32_t count = 1;
+  Resources per_task;
+  uint32_t retries = 0;   // extra attempts after failed / timed_out / oom_killed
+  uint32_t priority = 50; // 0..100, higher runs first; ties: lower job id first
+  std::vector<std::pair<std::string, std::string>> constraints;  // node labels to match
+  JobId after = 0;        // runs once that job succeeded; cancelled if it did not
+};
+
+struct NodeSpec {
+  std::string name;
+  Resources capacity;
+  std::map<std::string, std::string> labels;
+};
+
+struct TaskRef {
+  JobId job = 0;
+  uint32_t index = 0;
+  auto operator<=>(const TaskRef&) const = default;
+};
+
+struct Placement {
+  TaskRef task;
+  NodeId node = 0;
+  uint32_t attempt = 0;  // 1 for the first attempt
+};
+
+struct Outcome {
+  TaskState state = TaskState::kSucceeded;  // a final state or kLost
+  int32_t exit_code = 0;
+  int32_t signal = 0;
+};
+
+// 12 bytes per task, queued or not.
+struct Task {
+  TaskState state = TaskState::kQueued;
+  uint8_t attempts = 0;     // saturates at 255
+  uint8_t lost = 0;
+  int8_t signal = 0;
+  int32_t exit_code = 0;
+  NodeId node = 0;          // valid once attempts > 0
+};
+
+struct Job {
+  JobId id = 0;
+  JobSpec spec;
+  JobState state = JobState::kQueued;
+  uint64_t submitted_ms = 0;
+  uint64_t finished_ms = 0;
+  std::vector<Task> tasks;
+  std::array<uint32_t, kTaskStateCount> state_counts{};  // tasks per TaskState
+  uint32_t next_fresh = 0;         // tasks [next_fresh, count) never started
+  std::vector<uint32_t> requeued;  // indexes waiting for another attempt, FIFO
+  size_t requeued_head = 0;
+};
+
+struct Node {
+  NodeId id = 0;
+  NodeSpec spec;
+  NodeState state = NodeState::kReady;
+  Resources used;
+  uint32_t running = 0;
+};
+
+class Cluster {
+ public:
+  explicit Cluster(Limits limits = {});
+
+  std::expected<NodeId, SchedError> add_node(NodeSpec spec);
+  std::expected<void, SchedError> set_node_state(NodeId id, NodeState state);
+
+  // Accepts a job under the id the server chose (ids increase). Validates the spec.
+  std::expected<void, SchedError> submit(JobId id, JobSpec spec, uint64_t now_ms);
+  // Checks a spec without changing state (the server validates before logging).
+  std::expected<void, SchedError> validate(const JobSpec& spec) const;
+
+  // Up to `max` placements: highest priority first, then lowest job id, each task on
+  // the ready node with the most free CPU that fits it and matches its constraints.
+  // A job whose next task fits nowhere does not block lower-priority jobs.
+  std::vector<Placement> plan(uint32_t max) const;
+  // Applies one placement (live, or replayed from the WAL). Replay may over-commit a
+  // node whose capacity changed; plan() never does.
+  std::expected<void, SchedError> start(const Placement& p, uint64_t now_ms);
+  // Applies the end of a running attempt. A failed/timed_out/oom_killed task with
+  // attempts left, or a lost one under lost_requeues_max, goes back to the queue.
+  // Returns the task's state afterwards (kQueued when requeued).
+  std::expected<TaskState, SchedError> finish(TaskRef t, Outcome o, uint64_t now_ms);
+  // Queued tasks become cancelled at once; returns the running ones, which the caller
+  // kills and then reports with finish(kCancelled).
+  std::expected<std::vector<TaskRef>, SchedError> cancel(JobId id, uint64_t now_ms);
+  // Every running task on the node becomes lost (and is requeued, see finish()).
+  std::vector<TaskRef> node_lost(NodeId id, uint64_t now_ms);
+
+  const Job* job(JobId id) const;
+  const Node* node(NodeId id) const;
+  const Node* node_by_name(const std::string& name) const;
+  const std::map<JobId, Job>& jobs() const { return jobs_; }
+  const std::vector<Node>& nodes() const { return nodes_; }
+  uint64_t queued_tasks() const { return queued_tasks_; }
+  JobId last_job_id() const { return last_job_id_; }
+
+ private:
+  Limits limits_;
+  std::vector<Node> nodes_;
+  std::map<JobId, Job> jobs_;
+  // Jobs with queued tasks, in placement order: (100 - priority, id).
+  std::set<std::pair<uint32_t, JobId>> runnable_;
+  uint64_t queued_tasks_ = 0;
+  uint32_t live_jobs_ = 0;
+  JobId last_job_id_ = 0;
+};
+
+}  // namespace cardnode::sched

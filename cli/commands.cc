@@ -1,1 +1,299 @@
-// placeholder: being written
+#include "cli/commands.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#include <google/protobuf/util/json_util.h>
+
+#include "cli/json_out.h"
+#include "net/client.h"
+#include "net/handshake.h"
+#include "storage/wal.h"
+
+namespace cardnode::cli {
+namespace {
+
+constexpr uint32_t kConnectTimeoutMs = 5000;
+constexpr uint32_t kCallTimeoutMs = 30'000;
+constexpr uint32_t kLogChunkBytes = 1u << 20;
+constexpr uint32_t kFollowPollMs = 500;
+
+int error_line(const std::string& message, int code) {
+  std::fprintf(stderr, "cardnode: %s\n", message.c_str());
+  return code;
+}
+
+const char* env_or_null(const char* name) {
+  const char* v = std::getenv(name);
+  return v && *v ? v : nullptr;
+}
+
+Result<std::string> read_first_line(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  if (!in || !std::getline(in, line)) return fail(Errc::kNotFound, "cannot read " + path);
+  return line;
+}
+
+// A server bound to the wildcard address is reached on loopback.
+std::string connectable(std::string addr) {
+  if (addr.rfind("0.0.0.0:", 0) == 0) return "127.0.0.1:" + addr.substr(8);
+  if (addr.rfind("[::]:", 0) == 0) return "[::1]:" + addr.substr(5);
+  return addr;
+}
+
+Result<std::unique_ptr<net::Client>> connect(const ClientConfig& cfg) {
+  std::string dir = !cfg.data_dir.empty() ? cfg.data_dir : default_data_dir();
+  std::string addr = cfg.server;
+  if (addr.empty() && env_or_null("CARDNODE_ADDR")) addr = env_or_null("CARDNODE_ADDR");
+  if (addr.empty()) {
+    auto line = read_first_line(dir + "/addr");
+    if (!line)
+      return fail(Errc::kUnavailable, "no server address: pass --server HOST:PORT, set "
+                                      "CARDNODE_ADDR, or --data-dir of a running server (" +
+                                          line.error().message + ")");
+    addr = *line;
+  }
+  std::string token;
+  if (!cfg.token_file.empty()) {
+    auto t = net::load_token(cfg.token_file);
+    if (!t) return std::unexpected(t.error());
+    token = *t;
+  } else if (env_or_null("CARDNODE_TOKEN")) {
+    token = env_or_null("CARDNODE_TOKEN");
+  } else {
+    auto t = net::load_token(dir + "/token");
+    if (!t)
+      return fail(Errc::kUnauthenticated, "no cluster token: pass --token-file F, set "
+                                          "CARDNODE_TOKEN, or --data-dir (" + t.error().describe() + ")");
+    token = *t;
+  }
+  return net::Client::connect(connectable(addr), token, kConnectTimeoutMs);
+}
+
+// One request, one response; a transport or server error becomes a message.
+Result<pb::Response> call(net::Client& c, pb::Request req, uint32_t timeout_ms = kCallTimeoutMs) {
+  auto resp = c.call(std::move(req), timeout_ms);
+  if (!resp) return std::unexpected(resp.error());
+  if (resp->error() != pb::OK)
+    return fail(static_cast<Errc>(resp->error()), resp->error_message());
+  return resp;
+}
+
+// Transport and auth failures exit 2 (brief); a server-side refusal exits 1.
+int report(const Error& e) {
+  const bool client_side = e.code == Errc::kUnavailable || e.code == Errc::kUnauthenticated ||
+                           e.code == Errc::kInvalidArgument;
+  return error_line(e.describe(), client_side ? kExitUsage : 1);
+}
+
+uint32_t state_count(const pb::JobSummary& j, const char* state) {
+  auto it = j.states().find(state);
+  return it == j.states().end() ? 0 : it->second;
+}
+
+std::string states_text(const pb::JobSummary& j) {
+  static const char* kOrder[] = {"queued", "running", "succeeded", "failed", "cancelled",
+                                 "timed_out", "oom_killed", "lost"};
+  std::string out;
+  for (const char* s : kOrder)
+    if (uint32_t n = state_count(j, s)) out += (out.empty() ? "" : " ") + std::string(s) + ":" + std::to_string(n);
+  return out;
+}
+
+std::string human_bytes(uint64_t b) {
+  char buf[32];
+  if (b >= (1ull << 30)) std::snprintf(buf, sizeof(buf), "%.1fG", static_cast<double>(b) / (1ull << 30));
+  else std::snprintf(buf, sizeof(buf), "%.0fM", static_cast<double>(b) / (1ull << 20));
+  return buf;
+}
+
+int submit_and_maybe_wait(const ClientConfig& cfg, pb::JobSpec spec, bool wait) {
+  auto c = connect(cfg);
+  if (!c) return report(c.error());
+  pb::Request req;
+  *req.mutable_submit()->mutable_spec() = std::move(spec);
+  auto resp = call(**c, std::move(req));
+  if (!resp) return report(resp.error());
+  const uint64_t id = resp->submitted().job_id();
+  if (!wait) {
+    std::printf("%llu\n", static_cast<unsigned long long>(id));
+    return 0;
+  }
+  std::fprintf(stderr, "cardnode: job %llu submitted, waiting\n", static_cast<unsigned long long>(id));
+  pb::Request w;
+  w.mutable_wait_job()->set_job_id(id);
+  auto done = call(**c, std::move(w), /*timeout_ms=*/0);
+  if (!done) return report(done.error());
+  const pb::JobSummary& j = done->job().job();
+  std::fprintf(stderr, "cardnode: job %llu %s (%s)\n", static_cast<unsigned long long>(id),
+               job_state_text(j.state()), states_text(j).c_str());
+  return wait_exit_code(done->job());
+}
+
+}  // namespace
+
+std::string default_data_dir() {
+  if (const char* d = env_or_null("CARDNODE_DATA_DIR")) return d;
+  if (::geteuid() == 0) return "/var/lib/cardnode";
+  const char* home = env_or_null("HOME");
+  return std::string(home ? home : ".") + "/.local/share/cardnode";
+}
+
+int wait_exit_code(const pb::JobDetail& d) {
+  if (d.tasks_size() == 1) {
+    const pb::TaskInfo& t = d.tasks(0);
+    if (t.state() == pb::TASK_SUCCEEDED) return 0;
+    if (t.signal() > 0) return 128 + t.signal();
+    if (t.exit_code() != 0) return t.exit_code() & 0xff;
+    return 1;  // cancelled before it ran, lost: not a success, and no code of its own
+  }
+  return d.job().state() == pb::JOB_SUCCEEDED ? 0 : 1;
+}
+
+int cmd_server(runtime::ServerOptions options) {
+  if (options.data_dir.empty()) options.data_dir = default_data_dir();
+  if (const char* v = env_or_null("CARDNODE_NO_CGROUPS")) options.disable_cgroups = std::string(v) == "1";
+  auto server = runtime::Server::open(std::move(options));
+  if (!server) return error_line(server.error().describe(), 1);
+  return (*server)->run();
+}
+
+int cmd_run(const ClientConfig& cfg, pb::JobSpec spec, bool wait) {
+  char cwd[4096];
+  if (::getcwd(cwd, sizeof(cwd)) != nullptr) spec.set_cwd(cwd);
+  return submit_and_maybe_wait(cfg, std::move(spec), wait);
+}
+
+int cmd_submit(const ClientConfig& cfg, const std::string& file, bool wait) {
+  std::ifstream in(file);
+  if (!in) return error_line("cannot read " + file, kExitUsage);
+  std::stringstream text;
+  text << in.rdbuf();
+  if (text.str().size() > (1u << 20)) return error_line(file + " is larger than 1 MiB", kExitUsage);
+  pb::JobSpec spec;
+  google::protobuf::util::JsonParseOptions opts;
+  opts.ignore_unknown_fields = false;
+  auto st = google::protobuf::util::JsonStringToMessage(text.str(), &spec, opts);
+  if (!st.ok())
+    return error_line(file + ": not a JobSpec: " + std::string(st.message()), kExitUsage);
+  if (spec.cwd().empty()) {
+    char cwd[4096];
+    if (::getcwd(cwd, sizeof(cwd)) != nullptr) spec.set_cwd(cwd);
+  }
+  return submit_and_maybe_wait(cfg, std::move(spec), wait);
+}
+
+int cmd_ps(const ClientConfig& cfg, std::optional<uint64_t> job, bool json) {
+  auto c = connect(cfg);
+  if (!c) return report(c.error());
+  pb::Request req;
+  if (job) req.mutable_get_job()->set_job_id(*job);
+  else req.mutable_list_jobs();
+  auto resp = call(**c, std::move(req));
+  if (!resp) return report(resp.error());
+  if (json) {
+    std::printf("%s\n", job ? job_json(resp->job()).c_str() : jobs_json(resp->jobs()).c_str());
+    return 0;
+  }
+  std::printf("%-6s %-20s %-10s %4s %6s  %s\n", "ID", "NAME", "STATE", "PRI", "TASKS", "STATES");
+  auto row = [](const pb::JobSummary& j) {
+    std::printf("%-6llu %-20.20s %-10s %4u %6u  %s\n", static_cast<unsigned long long>(j.id()),
+                j.name().c_str(), job_state_text(j.state()), j.priority(), j.count(),
+                states_text(j).c_str());
+  };
+  if (!job) {
+    for (const auto& j : resp->jobs().jobs()) row(j);
+    return 0;
+  }
+  row(resp->job().job());
+  std::printf("\n%-12s %-11s %5s %6s %8s  %s\n", "TASK", "STATE", "EXIT", "SIGNAL", "ATTEMPTS", "NODE");
+  for (const auto& t : resp->job().tasks())
+    std::printf("%-12s %-11s %5d %6d %8u  %s\n",
+                (std::to_string(*job) + "." + std::to_string(t.index())).c_str(),
+                task_state_text(t.state()), t.exit_code(), t.signal(), t.attempts(), t.node().c_str());
+  return 0;
+}
+
+int cmd_logs(const ClientConfig& cfg, TaskId task, bool follow, bool stderr_stream) {
+  auto c = connect(cfg);
+  if (!c) return report(c.error());
+  uint64_t offset = 0;
+  // Bounded by the log's size (log_bytes_max) unless following a task that runs on.
+  for (;;) {
+    pb::Request req;
+    auto* r = req.mutable_read_log();
+    r->set_job_id(task.job);
+    r->set_index(task.index);
+    r->set_stream(stderr_stream ? pb::STDERR : pb::STDOUT);
+    r->set_offset(offset);
+    r->set_max_bytes(kLogChunkBytes);
+    auto resp = call(**c, std::move(req));
+    if (!resp) return report(resp.error());
+    const pb::LogChunk& chunk = resp->log();
+    if (!chunk.data().empty()) {
+      std::fwrite(chunk.data().data(), 1, chunk.data().size(), stdout);
+      std::fflush(stdout);
+      offset = chunk.next_offset();
+      continue;
+    }
+    if (chunk.final() || !follow) return 0;
+    std::this_thread::sleep_for(std::chrono::milliseconds(kFollowPollMs));
+  }
+}
+
+int cmd_cancel(const ClientConfig& cfg, uint64_t job) {
+  auto c = connect(cfg);
+  if (!c) return report(c.error());
+  pb::Request req;
+  req.mutable_cancel()->set_job_id(job);
+  auto resp = call(**c, std::move(req));
+  if (!resp) return report(resp.error());
+  std::printf("cancelled job %llu (%u running tasks killed)\n", static_cast<unsigned long long>(job),
+              resp->cancelled().tasks_cancelled());
+  return 0;
+}
+
+int cmd_nodes(const ClientConfig& cfg, bool json) {
+  auto c = connect(cfg);
+  if (!c) return report(c.error());
+  pb::Request req;
+  req.mutable_list_nodes();
+  auto resp = call(**c, std::move(req));
+  if (!resp) return report(resp.error());
+  if (json) {
+    std::printf("%s\n", nodes_json(resp->nodes()).c_str());
+    return 0;
+  }
+  std::printf("%-16s %-8s %-8s %11s %13s %7s  %-10s %s\n", "NAME", "STATE", "ARCH", "CPU", "MEMORY",
+              "TASKS", "ISOLATION", "ENFORCED");
+  for (const auto& n : resp->nodes().nodes()) {
+    std::string enforced;
+    for (const auto& e : n.enforced()) enforced += (enforced.empty() ? "" : ",") + e;
+    char cpu[32], mem[48];
+    std::snprintf(cpu, sizeof(cpu), "%.1f/%.1f", n.cpu_millis_used() / 1000.0, n.cpu_millis() / 1000.0);
+    std::snprintf(mem, sizeof(mem), "%s/%s", human_bytes(n.mem_bytes_used()).c_str(),
+                  human_bytes(n.mem_bytes()).c_str());
+    std::printf("%-16s %-8s %-8s %11s %13s %7u  %-10s %s\n", n.name().c_str(), n.state().c_str(),
+                n.arch().c_str(), cpu, mem, n.running_tasks(), n.isolation().c_str(),
+                enforced.empty() ? "none" : enforced.c_str());
+  }
+  return 0;
+}
+
+int cmd_fsck(const std::string& data_dir) {
+  auto stats = storage::check_wal(data_dir + "/wal");
+  if (!stats) return error_line("fsck " + data_dir + ": " + stats.error().describe(), 1);
+  std::printf("%s: ok, %llu WAL records in %llu segments\n", data_dir.c_str(),
+              static_cast<unsigned long long>(stats->records),
+              static_cast<unsigned long long>(stats->segments));
+  return 0;
+}
+
+}  // namespace cardnode::cli

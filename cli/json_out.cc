@@ -1,1 +1,154 @@
-// placeholder: being written
+#include "cli/json_out.h"
+
+#include <cstdio>
+#include <map>
+
+namespace cardnode::cli {
+namespace {
+
+void field(std::string* out, const char* name, const std::string& json_value, bool* first) {
+  if (!*first) out->push_back(',');
+  *first = false;
+  out->append("\"").append(name).append("\":").append(json_value);
+}
+
+std::string num(uint64_t v) { return std::to_string(v); }
+std::string num(int64_t v) { return std::to_string(v); }
+
+std::string summary_fields(const pb::JobSummary& j) {
+  std::string out;
+  bool first = true;
+  field(&out, "id", num(j.id()), &first);
+  field(&out, "name", json_escape(j.name()), &first);
+  field(&out, "state", json_escape(job_state_text(j.state())), &first);
+  field(&out, "priority", num(uint64_t{j.priority()}), &first);
+  field(&out, "count", num(uint64_t{j.count()}), &first);
+  // Sorted for stable output; protobuf maps have no order.
+  std::map<std::string, uint32_t> states(j.states().begin(), j.states().end());
+  std::string st = "{";
+  bool sfirst = true;
+  for (const auto& [k, v] : states) field(&st, k.c_str(), num(uint64_t{v}), &sfirst);
+  st.push_back('}');
+  field(&out, "states", st, &first);
+  std::string cmd = "[";
+  for (int i = 0; i < j.command_size(); ++i) {
+    if (i > 0) cmd.push_back(',');
+    cmd += json_escape(j.command(i));
+  }
+  cmd.push_back(']');
+  field(&out, "command", cmd, &first);
+  return out;
+}
+
+}  // namespace
+
+std::string json_escape(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
+          out += buf;
+        } else {
+          out.push_back(static_cast<char>(c));
+        }
+    }
+  }
+  out.push_back('"');
+  return out;
+}
+
+const char* task_state_text(pb::TaskState s) {
+  switch (s) {
+    case pb::TASK_QUEUED: return "queued";
+    case pb::TASK_RUNNING: return "running";
+    case pb::TASK_SUCCEEDED: return "succeeded";
+    case pb::TASK_FAILED: return "failed";
+    case pb::TASK_CANCELLED: return "cancelled";
+    case pb::TASK_TIMED_OUT: return "timed_out";
+    case pb::TASK_OOM_KILLED: return "oom_killed";
+    case pb::TASK_LOST: return "lost";
+    default: return "unknown";
+  }
+}
+
+const char* job_state_text(pb::JobState s) {
+  switch (s) {
+    case pb::JOB_QUEUED: return "queued";
+    case pb::JOB_RUNNING: return "running";
+    case pb::JOB_SUCCEEDED: return "succeeded";
+    case pb::JOB_FAILED: return "failed";
+    case pb::JOB_CANCELLED: return "cancelled";
+    default: return "unknown";
+  }
+}
+
+std::string jobs_json(const pb::JobList& list) {
+  std::string out = "{\"jobs\":[";
+  for (int i = 0; i < list.jobs_size(); ++i) {
+    if (i > 0) out.push_back(',');
+    out += "{" + summary_fields(list.jobs(i)) + "}";
+  }
+  return out + "]}";
+}
+
+std::string job_json(const pb::JobDetail& d) {
+  std::string out = "{" + summary_fields(d.job()) + ",\"tasks\":[";
+  for (int i = 0; i < d.tasks_size(); ++i) {
+    const pb::TaskInfo& t = d.tasks(i);
+    if (i > 0) out.push_back(',');
+    std::string obj;
+    bool first = true;
+    field(&obj, "index", num(uint64_t{t.index()}), &first);
+    field(&obj, "state", json_escape(task_state_text(t.state())), &first);
+    field(&obj, "exit_code", num(int64_t{t.exit_code()}), &first);
+    field(&obj, "signal", num(int64_t{t.signal()}), &first);
+    field(&obj, "attempts", num(uint64_t{t.attempts()}), &first);
+    field(&obj, "node", json_escape(t.node()), &first);
+    out += "{" + obj + "}";
+  }
+  return out + "]}";
+}
+
+std::string nodes_json(const pb::NodeList& list) {
+  std::string out = "{\"nodes\":[";
+  for (int i = 0; i < list.nodes_size(); ++i) {
+    const pb::NodeInfo& n = list.nodes(i);
+    if (i > 0) out.push_back(',');
+    std::string obj;
+    bool first = true;
+    field(&obj, "name", json_escape(n.name()), &first);
+    field(&obj, "state", json_escape(n.state()), &first);
+    field(&obj, "arch", json_escape(n.arch()), &first);
+    field(&obj, "cpu_millis", num(uint64_t{n.cpu_millis()}), &first);
+    field(&obj, "mem_bytes", num(n.mem_bytes()), &first);
+    field(&obj, "cpu_millis_used", num(uint64_t{n.cpu_millis_used()}), &first);
+    field(&obj, "mem_bytes_used", num(n.mem_bytes_used()), &first);
+    field(&obj, "running_tasks", num(uint64_t{n.running_tasks()}), &first);
+    field(&obj, "isolation", json_escape(n.isolation()), &first);
+    std::string enforced = "[";
+    for (int e = 0; e < n.enforced_size(); ++e)
+      enforced += (e > 0 ? "," : "") + json_escape(n.enforced(e));
+    field(&obj, "enforced", enforced + "]", &first);
+    field(&obj, "io_backend", json_escape(n.io_backend()), &first);
+    std::map<std::string, std::string> labels(n.labels().begin(), n.labels().end());
+    std::string lab = "{";
+    bool lfirst = true;
+    for (const auto& [k, v] : labels) {
+      lab += (lfirst ? "" : ",") + json_escape(k) + ":" + json_escape(v);
+      lfirst = false;
+    }
+    field(&obj, "labels", lab + "}", &first);
+    out += "{" + obj + "}";
+  }
+  return out + "]}";
+}
+
+}  // namespace cardnode::cli

@@ -1,1 +1,126 @@
-// placeholder: being written
+#include "cli/parse.h"
+
+#include <gtest/gtest.h>
+
+#include "cli/commands.h"
+#include "cli/json_out.h"
+
+namespace cardnode::cli {
+namespace {
+
+TEST(ParseSize, UnitsArePowersOf1024) {
+  EXPECT_EQ(parse_size("4096").value(), 4096u);
+  EXPECT_EQ(parse_size("512M").value(), 512ull << 20);
+  EXPECT_EQ(parse_size("512Mi").value(), 512ull << 20);
+  EXPECT_EQ(parse_size("512MB").value(), 512ull << 20);
+  EXPECT_EQ(parse_size("2g").value(), 2ull << 30);
+  EXPECT_EQ(parse_size("1.5G").value(), 3ull << 29);
+  EXPECT_EQ(parse_size("1T").value(), 1ull << 40);
+}
+
+TEST(ParseSize, RejectsGarbage) {
+  for (const char* bad : {"", "M", "12X", "-1", "0", "1e3", "1.2.3G", "99999999999T"})
+    EXPECT_FALSE(parse_size(bad).has_value()) << bad;
+}
+
+TEST(ParseCpu, CoresAndMillicores) {
+  EXPECT_EQ(parse_cpu("1").value(), 1000u);
+  EXPECT_EQ(parse_cpu("0.5").value(), 500u);
+  EXPECT_EQ(parse_cpu("250m").value(), 250u);
+  EXPECT_FALSE(parse_cpu("0").has_value());
+  EXPECT_FALSE(parse_cpu("two").has_value());
+  EXPECT_FALSE(parse_cpu("1k").has_value());
+}
+
+TEST(ParseDuration, UnitsAndCompounds) {
+  EXPECT_EQ(parse_duration_ms("90").value(), 90'000u);
+  EXPECT_EQ(parse_duration_ms("90s").value(), 90'000u);
+  EXPECT_EQ(parse_duration_ms("500ms").value(), 500u);
+  EXPECT_EQ(parse_duration_ms("5m").value(), 300'000u);
+  EXPECT_EQ(parse_duration_ms("1h30m").value(), 5'400'000u);
+  for (const char* bad : {"", "s", "5x", "1h30", "0s"})
+    EXPECT_FALSE(parse_duration_ms(bad).has_value()) << bad;
+}
+
+TEST(ParseTaskId, JobAndIndex) {
+  auto t = parse_task_id("7").value();
+  EXPECT_EQ(t.job, 7u);
+  EXPECT_EQ(t.index, 0u);
+  t = parse_task_id("7.12").value();
+  EXPECT_EQ(t.job, 7u);
+  EXPECT_EQ(t.index, 12u);
+  for (const char* bad : {"", "0", "x", "7.", "7.x", ".3", "7.3.1", "-1"})
+    EXPECT_FALSE(parse_task_id(bad).has_value()) << bad;
+}
+
+TEST(ParseLabel, KeyValue) {
+  auto kv = parse_label("arch=aarch64").value();
+  EXPECT_EQ(kv.first, "arch");
+  EXPECT_EQ(kv.second, "aarch64");
+  EXPECT_EQ(parse_label("k=").value().second, "");
+  EXPECT_FALSE(parse_label("=v").has_value());
+  EXPECT_FALSE(parse_label("novalue").has_value());
+}
+
+pb::JobDetail one_task(pb::TaskState state, int exit_code, int signal) {
+  pb::JobDetail d;
+  d.mutable_job()->set_id(1);
+  d.mutable_job()->set_count(1);
+  auto* t = d.add_tasks();
+  t->set_state(state);
+  t->set_exit_code(exit_code);
+  t->set_signal(signal);
+  return d;
+}
+
+TEST(WaitExitCode, FollowsTheBrief) {
+  EXPECT_EQ(wait_exit_code(one_task(pb::TASK_SUCCEEDED, 0, 0)), 0);
+  EXPECT_EQ(wait_exit_code(one_task(pb::TASK_FAILED, 3, 0)), 3);
+  EXPECT_EQ(wait_exit_code(one_task(pb::TASK_FAILED, 0, 15)), 143);
+  EXPECT_EQ(wait_exit_code(one_task(pb::TASK_TIMED_OUT, 0, 9)), 137);
+  EXPECT_EQ(wait_exit_code(one_task(pb::TASK_CANCELLED, 0, 0)), 1);
+  pb::JobDetail arr = one_task(pb::TASK_SUCCEEDED, 0, 0);
+  arr.add_tasks()->set_state(pb::TASK_FAILED);
+  arr.mutable_job()->set_state(pb::JOB_FAILED);
+  EXPECT_EQ(wait_exit_code(arr), 1);
+  arr.mutable_job()->set_state(pb::JOB_SUCCEEDED);
+  EXPECT_EQ(wait_exit_code(arr), 0);
+}
+
+TEST(Json, JobMatchesTheStableShape) {
+  pb::JobDetail d;
+  auto* j = d.mutable_job();
+  j->set_id(1);
+  j->set_name("say \"hi\"\n");
+  j->set_state(pb::JOB_FAILED);
+  j->set_priority(50);
+  j->set_count(1);
+  (*j->mutable_states())["failed"] = 1;
+  auto* t = d.add_tasks();
+  t->set_state(pb::TASK_FAILED);
+  t->set_exit_code(3);
+  t->set_attempts(1);
+  t->set_node("pi-1");
+  EXPECT_EQ(job_json(d),
+            "{\"id\":1,\"name\":\"say \\\"hi\\\"\\n\",\"state\":\"failed\",\"priority\":50,"
+            "\"count\":1,\"states\":{\"failed\":1},\"command\":[],\"tasks\":[{\"index\":0,"
+            "\"state\":\"failed\",\"exit_code\":3,\"signal\":0,\"attempts\":1,\"node\":\"pi-1\"}]}");
+}
+
+TEST(Json, EscapesControlBytesAndLabelKeys) {
+  EXPECT_EQ(json_escape(std::string("a\x01" "b")), "\"a\\u0001b\"");
+  pb::NodeList list;
+  auto* n = list.add_nodes();
+  n->set_name("pi");
+  (*n->mutable_labels())["we\"ird"] = "v";
+  EXPECT_NE(nodes_json(list).find("\"we\\\"ird\":\"v\""), std::string::npos);
+}
+
+TEST(Json, StateNamesMatchTheBrief) {
+  EXPECT_STREQ(task_state_text(pb::TASK_TIMED_OUT), "timed_out");
+  EXPECT_STREQ(task_state_text(pb::TASK_OOM_KILLED), "oom_killed");
+  EXPECT_STREQ(job_state_text(pb::JOB_CANCELLED), "cancelled");
+}
+
+}  // namespace
+}  // namespace cardnode::cli

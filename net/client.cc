@@ -1,1 +1,195 @@
-// placeholder: being written
+#include "net/client.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <optional>
+
+#include "net/address.h"
+#include "net/handshake.h"
+
+namespace cardnode::net {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using Deadline = std::optional<Clock::time_point>;  // nullopt: wait forever
+
+constexpr size_t kReadChunkBytes = 64u << 10;
+// Responses to earlier calls that timed out may still arrive; skip at most this many.
+constexpr uint32_t kStaleResponsesMax = 1024;
+
+Deadline deadline_after(uint32_t timeout_ms) {
+  if (timeout_ms == 0) return std::nullopt;
+  return Clock::now() + std::chrono::milliseconds(timeout_ms);
+}
+
+std::unexpected<Error> timed_out(const std::string& peer) {
+  return fail(Errc::kUnavailable, "timed out waiting for " + peer);
+}
+
+// Waits until fd is ready for `events` or the deadline passes.
+Status wait_for(int fd, short events, const Deadline& deadline, const std::string& peer) {
+  for (;;) {  // repeats only on EINTR; the deadline bounds it
+    int timeout_ms = -1;
+    if (deadline) {
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline - Clock::now());
+      if (left.count() <= 0) return timed_out(peer);
+      timeout_ms = static_cast<int>(std::min<int64_t>(left.count(), INT_MAX));
+    }
+    pollfd p{fd, events, 0};
+    const int rc = ::poll(&p, 1, timeout_ms);
+    if (rc > 0) return {};
+    if (rc == 0) return timed_out(peer);
+    if (errno != EINTR) return fail(Errc::kUnavailable, "poll on connection to " + peer, errno);
+  }
+}
+
+// Reads what is there (at least one byte); 0 means the server closed the connection.
+Result<size_t> read_some(int fd, char* buf, size_t len, const Deadline& deadline,
+                         const std::string& peer) {
+  for (;;) {  // bounded by the deadline
+    const ssize_t n = ::recv(fd, buf, len, 0);
+    if (n >= 0) return static_cast<size_t>(n);
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      return fail(Errc::kUnavailable, "connection to " + peer + " failed", errno);
+    }
+    if (Status st = wait_for(fd, POLLIN, deadline, peer); !st) return std::unexpected(st.error());
+  }
+}
+
+Result<std::string> read_exact(int fd, size_t len, const Deadline& deadline,
+                               const std::string& peer) {
+  std::string out(len, '\0');
+  size_t got = 0;
+  while (got < len) {
+    Result<size_t> n = read_some(fd, out.data() + got, len - got, deadline, peer);
+    if (!n) return std::unexpected(n.error());
+    if (*n == 0) {
+      return fail(Errc::kUnavailable,
+                  "server at " + peer + " closed the connection during the handshake");
+    }
+    got += *n;
+  }
+  return out;
+}
+
+Status write_all(int fd, std::string_view data, const Deadline& deadline, const std::string& peer) {
+  while (!data.empty()) {
+    const ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+    if (n >= 0) {
+      data.remove_prefix(static_cast<size_t>(n));
+      continue;
+    }
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      return fail(Errc::kUnavailable, "connection to " + peer + " failed", errno);
+    }
+    if (Status st = wait_for(fd, POLLOUT, deadline, peer); !st) return st;
+  }
+  return {};
+}
+
+// Non-blocking connect bounded by the deadline. Returns the connected socket.
+Result<int> connect_socket(const sockaddr_storage& addr, const Deadline& deadline,
+                           const std::string& peer) {
+  const int fd = ::socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return fail(Errc::kUnavailable, "cannot reach server at " + peer, errno);
+  const socklen_t len = addr.ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+  Status st;
+  if (::connect(fd, reinterpret_cast<const sockaddr*>(&addr), len) != 0) {
+    if (errno != EINPROGRESS && errno != EINTR) {
+      st = fail(Errc::kUnavailable, "cannot reach server at " + peer, errno);
+    } else {
+      st = wait_for(fd, POLLOUT, deadline, peer);
+      int err = 0;
+      socklen_t err_len = sizeof err;
+      if (st && ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &err_len) != 0) err = errno;
+      if (st && err != 0) st = fail(Errc::kUnavailable, "cannot reach server at " + peer, err);
+    }
+  }
+  if (!st) {
+    ::close(fd);
+    return std::unexpected(st.error());
+  }
+  const int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // small request frames
+  return fd;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Client>> Client::connect(const std::string& host_port,
+                                                const std::string& token, uint32_t timeout_ms) {
+  Result<HostPort> hp = parse_host_port(host_port);
+  if (!hp) return std::unexpected(hp.error());
+  Result<sockaddr_storage> addr = resolve(*hp);
+  if (!addr) {
+    return fail(Errc::kUnavailable,
+                "cannot reach server at " + host_port + ": " + addr.error().message,
+                addr.error().sys_errno);
+  }
+  const Deadline deadline = deadline_after(timeout_ms);
+  Result<int> fd = connect_socket(*addr, deadline, host_port);
+  if (!fd) return std::unexpected(fd.error());
+  std::unique_ptr<Client> client(new Client(*fd, host_port));
+
+  Result<std::string> hello = read_exact(*fd, kHelloBytes, deadline, host_port);
+  if (!hello) return std::unexpected(hello.error());
+  ClientHandshake handshake(token);
+  Result<std::string> proof = handshake.proof(*hello);
+  if (!proof) {
+    return fail(proof.error().code, host_port + ": " + proof.error().message);
+  }
+  if (Status st = write_all(*fd, *proof, deadline, host_port); !st) {
+    return std::unexpected(st.error());
+  }
+  Result<std::string> verdict = read_exact(*fd, kVerdictBytes, deadline, host_port);
+  if (!verdict) return std::unexpected(verdict.error());
+  if (Status st = handshake.check_verdict(*verdict); !st) return std::unexpected(st.error());
+  return client;
+}
+
+Client::Client(int fd, std::string peer) : fd_(fd), peer_(std::move(peer)) {}
+
+Client::~Client() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Result<pb::Response> Client::call(pb::Request request, uint32_t timeout_ms) {
+  const uint64_t id = next_id_++;
+  request.set_id(id);
+  std::string frame;
+  if (Status st = encode_frame(request, &frame); !st) return std::unexpected(st.error());
+  const Deadline deadline = deadline_after(timeout_ms);
+  if (Status st = write_all(fd_, frame, deadline, peer_); !st) return std::unexpected(st.error());
+
+  std::string chunk(kReadChunkBytes, '\0');
+  uint32_t skipped = 0;
+  for (;;) {  // each pass reads at least one byte; bounded by the deadline and skipped
+    while (std::optional<std::string_view> payload = decoder_.next()) {
+      pb::Response response;
+      if (!response.ParseFromArray(payload->data(), static_cast<int>(payload->size()))) {
+        return fail(Errc::kUnavailable, "malformed response from " + peer_);
+      }
+      if (response.id() == id) return response;
+      if (++skipped > kStaleResponsesMax) {
+        return fail(Errc::kUnavailable, peer_ + " sent too many responses to other requests");
+      }
+    }
+    Result<size_t> n = read_some(fd_, chunk.data(), chunk.size(), deadline, peer_);
+    if (!n) return std::unexpected(n.error());
+    if (*n == 0) return fail(Errc::kUnavailable, "server at " + peer_ + " closed the connection");
+    if (Status st = decoder_.feed(std::string_view(chunk.data(), *n)); !st) {
+      return fail(Errc::kUnavailable, "protocol error from " + peer_ + ": " + st.error().message);
+    }
+  }
+}
+
+}  // namespace cardnode::net

@@ -19,8 +19,8 @@ class Client {
   // Errors: kUnavailable (cannot resolve/connect: "cannot reach server at HOST:PORT: ..."),
   // kUnauthenticated (wrong token), kInvalidArgument (bad address).
   [[nodiscard]] static Result<std::unique_ptr<Client>> connect(const std::string& host_port,
-                                                              const std::string& token,
-                                                              uint32_t timeout_ms);
+                                                               const std::string& token,
+                                                               uint32_t timeout_ms);
   ~Client();
   // Sends one request (its id is set here) and waits for the matching response.
   // timeout_ms 0 waits forever (WaitJob).

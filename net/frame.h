@@ -27,10 +27,14 @@ inline constexpr uint32_t kFrameBytesMax = 4u << 20;  // 4 MiB
 [[nodiscard]] Status encode_frame(const google::protobuf::MessageLite& msg, std::string* out);
 
 // Incremental decoder: feed() bytes as they arrive, then take frames with next().
-// Buffers at most one frame (kFrameHeaderBytes + kFrameBytesMax).
+// Holds the complete frames not yet taken plus at most one partial frame; a caller
+// that drains next() after every feed() of N bytes buffers at most
+// kFrameHeaderBytes + kFrameBytesMax + N. Every complete length prefix is checked in
+// feed(), so a bad one fails there.
 class FrameDecoder {
  public:
-  // Fails (kInvalidArgument) on a bad length prefix; the decoder is then unusable.
+  // Fails (kInvalidArgument) on a bad length prefix; the decoder then stays broken
+  // (every later feed() fails, next() returns nothing).
   [[nodiscard]] Status feed(std::string_view bytes);
   // The next complete payload, if any. The view is valid until the next feed()/next().
   std::optional<std::string_view> next();

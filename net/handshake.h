@@ -1,3 +1,4 @@
+// clang-format off
 // Token handshake: both sides prove they hold the cluster token before a single frame
 // is parsed (guarantee 3). Fixed-size raw messages, no protobuf, no length prefix:
 //
@@ -11,6 +12,7 @@
 // hold the token. MACs are compared in constant time (CRYPTO_memcmp). Nonces come from
 // RAND_bytes. Sans-I/O: these classes take and produce bytes; net/rpc_server.cc and
 // net/client.cc move them. No shared state; one object per connection.
+// clang-format on
 #pragma once
 
 #include <array>
@@ -25,9 +27,9 @@ namespace cardnode::net {
 inline constexpr uint8_t kProtocolVersion = 1;
 inline constexpr uint32_t kNonceBytes = 32;
 inline constexpr uint32_t kMacBytes = 32;
-inline constexpr uint32_t kHelloBytes = 4 + 1 + kNonceBytes;                // 37
-inline constexpr uint32_t kProofBytes = 4 + 1 + kNonceBytes + kMacBytes;    // 69
-inline constexpr uint32_t kVerdictBytes = 2 + kMacBytes;                     // 34
+inline constexpr uint32_t kHelloBytes = 4 + 1 + kNonceBytes;              // 37
+inline constexpr uint32_t kProofBytes = 4 + 1 + kNonceBytes + kMacBytes;  // 69
+inline constexpr uint32_t kVerdictBytes = 2 + kMacBytes;                  // 34
 inline constexpr uint32_t kTokenBytesMin = 16;
 
 // Loads a token file: its contents with trailing whitespace removed. Fails if missing,
@@ -44,16 +46,22 @@ class ServerHandshake {
   // Given the client's PROOF (exactly kProofBytes), returns the verdict bytes to send.
   // *accepted tells whether to keep the connection; on REJECT send the bytes and close.
   std::string verdict(std::string_view proof, bool* accepted);
+  // After a REJECT: true when the PROOF was malformed (size, magic, version) rather
+  // than carrying a wrong MAC — the server counts the two apart.
+  bool bad_protocol() const { return bad_protocol_; }
 
  private:
   std::string token_;
   std::array<uint8_t, kNonceBytes> server_nonce_{};
+  bool hello_sent_ = false;
+  bool bad_protocol_ = false;
 };
 
 class ClientHandshake {
  public:
   explicit ClientHandshake(std::string token);
-  // Given HELLO (exactly kHelloBytes), the PROOF to send. Fails on a bad magic/version.
+  // Given HELLO (exactly kHelloBytes), the PROOF to send. Fails (kUnavailable) on a bad
+  // magic/version: the peer is not a cardnode server we can talk to.
   [[nodiscard]] Result<std::string> proof(std::string_view hello);
   // Given the verdict (exactly kVerdictBytes): ok, or kUnauthenticated ("wrong cluster
   // token" on REJECT, "server failed to prove the token" on a bad MAC).
@@ -63,6 +71,7 @@ class ClientHandshake {
   std::string token_;
   std::array<uint8_t, kNonceBytes> server_nonce_{};
   std::array<uint8_t, kNonceBytes> client_nonce_{};
+  bool proof_sent_ = false;
 };
 
 }  // namespace cardnode::net

@@ -1,1 +1,375 @@
-// placeholder: being written
+#include "net/rpc_server.h"
+
+#include <csignal>
+#include <cstring>
+#include <unordered_set>
+
+#include "net/frame.h"
+#include "net/handshake.h"
+
+namespace cardnode::net {
+namespace {
+
+constexpr int kListenBacklog = 128;
+constexpr unsigned int kKeepaliveDelaySeconds = 60;
+// One read buffer per server, shared by all connections: a read callback copies what
+// it needs into the connection's FrameDecoder before the next read can happen.
+constexpr size_t kReadChunkBytes = 64u << 10;
+
+struct Connection;
+
+// Everything the callbacks need. RpcServer::Impl is this plus nothing; it exists as a
+// separate type only because RpcServer::Impl is private to RpcServer.
+struct ServerCore {
+  ServerCore(uv_loop_t* l, std::string t, RpcServerOptions o, RequestHandler h)
+      : loop(l), token(std::move(t)), options(std::move(o)), handler(std::move(h)) {}
+
+  uv_loop_t* loop;
+  std::string token;
+  RpcServerOptions options;
+  RequestHandler handler;
+  RpcServerStats stats;
+  // Heap-allocated and freed by its own close callback, so the server object may be
+  // destroyed before the loop has run that callback.
+  uv_tcp_t* listener = nullptr;
+  std::unordered_set<Connection*> connections;  // open ones; bounded by max_connections + 1
+  std::unique_ptr<char[]> read_buffer = std::make_unique<char[]>(kReadChunkBytes);
+  bool stopped = false;
+};
+
+// Owned by its two libuv handles: deleted when both have finished closing. `server`
+// is nullptr from the moment the connection starts closing; every callback checks it,
+// so nothing touches the server after stop().
+struct Connection {
+  enum class Phase { kHandshake, kRejecting, kFrames };
+
+  explicit Connection(ServerCore* s) : server(s), handshake(s->token) {}
+
+  uv_tcp_t tcp{};
+  uv_timer_t timer{};  // handshake deadline
+  int open_handles = 0;
+  ServerCore* server;
+  Phase phase = Phase::kHandshake;
+  ServerHandshake handshake;
+  std::array<char, kProofBytes> proof{};
+  uint32_t proof_bytes = 0;
+  FrameDecoder decoder;
+  uint32_t inflight = 0;
+  bool reading = false;
+  bool pumping = false;
+  // Shared with every Responder of this connection; cleared when it closes.
+  std::shared_ptr<Connection*> cell = std::make_shared<Connection*>(this);
+};
+
+}  // namespace
+
+struct Responder::State {
+  // A request whose every Responder is gone unanswered still gets a reply (INTERNAL):
+  // the client does not hang and the connection's inflight slot is freed.
+  ~State();
+  std::shared_ptr<Connection*> conn;  // *conn is nullptr once the connection closed
+  uint64_t request_id = 0;
+  bool replied = false;
+};
+
+namespace {
+
+struct WriteRequest {
+  uv_write_t req{};
+  std::string bytes;
+  bool close_after = false;
+};
+
+void on_handle_closed(uv_handle_t* handle) {
+  auto* c = static_cast<Connection*>(handle->data);
+  if (--c->open_handles == 0) delete c;
+}
+
+void close_connection(Connection* c) {
+  ServerCore* s = c->server;
+  if (s == nullptr) return;
+  c->server = nullptr;
+  *c->cell = nullptr;
+  s->connections.erase(c);
+  s->stats.active = s->connections.size();
+  // Pending writes complete with UV_ECANCELED before the close callbacks run.
+  uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp), on_handle_closed);
+  uv_close(reinterpret_cast<uv_handle_t*>(&c->timer), on_handle_closed);
+}
+
+void on_write_done(uv_write_t* req, int status) {
+  std::unique_ptr<WriteRequest> w(static_cast<WriteRequest*>(req->data));
+  auto* c = static_cast<Connection*>(req->handle->data);
+  if (status < 0 || w->close_after) close_connection(c);  // no-op if already closing
+}
+
+// Queues bytes; false if the connection was closed instead (slow reader, write error).
+bool write_bytes(Connection* c, std::string bytes, bool close_after) {
+  auto* stream = reinterpret_cast<uv_stream_t*>(&c->tcp);
+  const uint64_t queued = uv_stream_get_write_queue_size(stream);
+  if (queued + bytes.size() > c->server->options.write_queue_bytes_max) {
+    c->server->stats.rejected_limit++;
+    close_connection(c);
+    return false;
+  }
+  auto w = std::make_unique<WriteRequest>();
+  w->bytes = std::move(bytes);
+  w->close_after = close_after;
+  w->req.data = w.get();
+  const uv_buf_t buf = uv_buf_init(w->bytes.data(), static_cast<unsigned int>(w->bytes.size()));
+  if (uv_write(&w->req, stream, &buf, 1, on_write_done) != 0) {
+    close_connection(c);
+    return false;
+  }
+  w.release();  // on_write_done owns it now
+  return true;
+}
+
+void on_alloc(uv_handle_t* handle, size_t /*suggested*/, uv_buf_t* buf) {
+  auto* c = static_cast<Connection*>(handle->data);
+  if (c->server == nullptr) {
+    *buf = uv_buf_init(nullptr, 0);  // read_cb gets UV_ENOBUFS
+  } else if (c->phase == Connection::Phase::kHandshake) {
+    // Never more than the rest of the PROOF: no byte past it is read before the
+    // verdict, so nothing unauthenticated ever reaches the frame decoder.
+    *buf = uv_buf_init(c->proof.data() + c->proof_bytes, kProofBytes - c->proof_bytes);
+  } else {
+    *buf = uv_buf_init(c->server->read_buffer.get(), kReadChunkBytes);
+  }
+}
+
+void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf);
+
+void set_reading(Connection* c, bool want) {
+  if (want == c->reading) return;
+  auto* stream = reinterpret_cast<uv_stream_t*>(&c->tcp);
+  const int rc = want ? uv_read_start(stream, on_alloc, on_read) : uv_read_stop(stream);
+  if (rc != 0) {
+    close_connection(c);
+    return;
+  }
+  c->reading = want;
+}
+
+void dispatch(Connection* c, pb::Request&& request) {
+  c->server->stats.requests++;
+  c->inflight++;
+  Responder responder;
+  responder.state_ = std::make_shared<Responder::State>();
+  responder.state_->conn = c->cell;
+  responder.state_->request_id = request.id();
+  responder.request_id_ = request.id();
+  c->server->handler(std::move(request), std::move(responder));
+}
+
+// Hands buffered frames to the handler while under max_inflight, then reads only if
+// there is room for more. Re-entered from a synchronous reply: the outer call goes on.
+void pump(Connection* c) {
+  if (c->pumping) return;
+  c->pumping = true;
+  while (c->server != nullptr && c->inflight < c->server->options.max_inflight) {
+    const std::optional<std::string_view> payload = c->decoder.next();
+    if (!payload) break;
+    pb::Request request;
+    if (!request.ParseFromArray(payload->data(), static_cast<int>(payload->size()))) {
+      c->server->stats.rejected_protocol++;
+      close_connection(c);
+      break;
+    }
+    dispatch(c, std::move(request));  // may close c (stop(), failed write)
+  }
+  c->pumping = false;
+  if (c->server != nullptr) set_reading(c, c->inflight < c->server->options.max_inflight);
+}
+
+void on_proof_complete(Connection* c) {
+  uv_timer_stop(&c->timer);
+  bool accepted = false;
+  std::string verdict =
+      c->handshake.verdict(std::string_view(c->proof.data(), kProofBytes), &accepted);
+  if (!accepted) {
+    RpcServerStats& stats = c->server->stats;
+    (c->handshake.bad_protocol() ? stats.rejected_protocol : stats.rejected_auth)++;
+    c->phase = Connection::Phase::kRejecting;
+    set_reading(c, false);
+    if (c->server != nullptr) write_bytes(c, std::move(verdict), /*close_after=*/true);
+    return;
+  }
+  c->phase = Connection::Phase::kFrames;
+  if (write_bytes(c, std::move(verdict), /*close_after=*/false)) pump(c);
+}
+
+void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
+  auto* c = static_cast<Connection*>(stream->data);
+  if (c->server == nullptr || nread == 0) return;
+  if (nread < 0) {  // EOF, ECONNRESET, ...: the peer is gone, nothing to count
+    close_connection(c);
+    return;
+  }
+  const auto n = static_cast<size_t>(nread);
+  if (c->phase == Connection::Phase::kHandshake) {
+    const uint32_t before = c->proof_bytes;
+    c->proof_bytes += static_cast<uint32_t>(n);
+    // A peer that is not a cardnode client (an HTTP probe, a port scan) shows it in the
+    // first 5 bytes: close it now instead of holding it until the handshake timeout.
+    if (before < 5 && c->proof_bytes >= 5 &&
+        (std::memcmp(c->proof.data(), "CNOD", 4) != 0 ||
+         static_cast<uint8_t>(c->proof[4]) != kProtocolVersion)) {
+      c->server->stats.rejected_protocol++;
+      close_connection(c);
+      return;
+    }
+    if (c->proof_bytes == kProofBytes) on_proof_complete(c);
+    return;
+  }
+  if (c->phase != Connection::Phase::kFrames) return;
+  if (!c->decoder.feed(std::string_view(buf->base, n))) {
+    c->server->stats.rejected_protocol++;
+    close_connection(c);
+    return;
+  }
+  pump(c);
+}
+
+void on_handshake_timeout(uv_timer_t* timer) {
+  auto* c = static_cast<Connection*>(timer->data);
+  if (c->server == nullptr) return;
+  c->server->stats.rejected_limit++;
+  close_connection(c);
+}
+
+void on_connection(uv_stream_t* listener, int status) {
+  auto* s = static_cast<ServerCore*>(listener->data);
+  if (status < 0 || s->stopped) return;  // e.g. EMFILE: libuv already dropped the peer
+  auto* c = new Connection(s);
+  CARDNODE_CHECK(uv_tcp_init(s->loop, &c->tcp) == 0);
+  CARDNODE_CHECK(uv_timer_init(s->loop, &c->timer) == 0);
+  c->tcp.data = c;
+  c->timer.data = c;
+  c->open_handles = 2;
+  s->connections.insert(c);
+  s->stats.active = s->connections.size();
+  if (uv_accept(listener, reinterpret_cast<uv_stream_t*>(&c->tcp)) != 0) {
+    close_connection(c);
+    return;
+  }
+  if (s->connections.size() > s->options.max_connections) {
+    s->stats.rejected_limit++;
+    close_connection(c);
+    return;
+  }
+  s->stats.accepted++;
+  uv_tcp_nodelay(&c->tcp, 1);
+  // A client waiting on WaitJob is silent for long; keepalive finds one whose board
+  // vanished, so it does not hold a max_connections slot forever.
+  uv_tcp_keepalive(&c->tcp, 1, kKeepaliveDelaySeconds);
+  if (!write_bytes(c, c->handshake.hello(), /*close_after=*/false)) return;
+  uv_timer_start(&c->timer, on_handshake_timeout, s->options.handshake_timeout_ms, 0);
+  set_reading(c, true);
+}
+
+void delete_listener(uv_handle_t* handle) {
+  delete reinterpret_cast<uv_tcp_t*>(handle);
+}
+
+}  // namespace
+
+namespace {
+
+void send_reply(Responder::State* state, pb::Response&& response) {
+  if (state->replied) return;
+  state->replied = true;
+  Connection* c = *state->conn;
+  if (c == nullptr || c->server == nullptr) return;
+  c->inflight--;
+  response.set_id(state->request_id);
+  std::string frame;
+  if (Status st = encode_frame(response, &frame); !st) {
+    // Too big to send: the client still gets an answer for its id.
+    pb::Response error;
+    error.set_id(state->request_id);
+    error.set_error(pb::RESOURCE_EXHAUSTED);
+    error.set_error_message("response not sent: " + st.error().describe());
+    frame.clear();
+    CARDNODE_CHECK(encode_frame(error, &frame).has_value());
+  }
+  if (write_bytes(c, std::move(frame), /*close_after=*/false)) pump(c);
+}
+
+}  // namespace
+
+Responder::State::~State() {
+  if (replied) return;
+  pb::Response dropped;
+  dropped.set_error(pb::INTERNAL);
+  dropped.set_error_message("request dropped by the server without a reply");
+  send_reply(this, std::move(dropped));
+}
+
+void Responder::reply(pb::Response&& response) const {
+  if (state_) send_reply(state_.get(), std::move(response));
+}
+
+struct RpcServer::Impl : ServerCore {
+  using ServerCore::ServerCore;
+  void stop();
+};
+
+void RpcServer::Impl::stop() {
+  if (stopped) return;
+  stopped = true;
+  if (listener != nullptr) {
+    uv_close(reinterpret_cast<uv_handle_t*>(listener), delete_listener);
+    listener = nullptr;
+  }
+  while (!connections.empty()) close_connection(*connections.begin());  // each erases itself
+}
+
+RpcServer::RpcServer(uv_loop_t* loop, std::string token, RpcServerOptions options,
+                     RequestHandler handler)
+    : impl_(
+          std::make_unique<Impl>(loop, std::move(token), std::move(options), std::move(handler))) {
+  CARDNODE_CHECK(impl_->options.max_inflight >= 1);
+}
+
+RpcServer::~RpcServer() {
+  impl_->stop();
+}
+
+Result<std::string> RpcServer::start() {
+  Impl& s = *impl_;
+  CARDNODE_CHECK(s.listener == nullptr && !s.stopped);
+  Result<HostPort> hp = parse_host_port(s.options.listen);
+  if (!hp) return std::unexpected(hp.error());
+  Result<sockaddr_storage> addr = resolve(*hp);
+  if (!addr) return std::unexpected(addr.error());
+  // libuv writes with write(2): a peer resetting mid-reply must not kill the process.
+  std::signal(SIGPIPE, SIG_IGN);
+  auto* listener = new uv_tcp_t{};
+  CARDNODE_CHECK(uv_tcp_init(s.loop, listener) == 0);
+  listener->data = static_cast<ServerCore*>(&s);
+  int rc = uv_tcp_bind(listener, reinterpret_cast<const sockaddr*>(&*addr), 0);
+  if (rc == 0) {
+    rc = uv_listen(reinterpret_cast<uv_stream_t*>(listener), kListenBacklog, on_connection);
+  }
+  if (rc != 0) {
+    uv_close(reinterpret_cast<uv_handle_t*>(listener), delete_listener);
+    return fail(Errc::kUnavailable, "cannot listen on " + s.options.listen, -rc);
+  }
+  s.listener = listener;
+  sockaddr_storage bound{};
+  int bound_len = sizeof bound;
+  rc = uv_tcp_getsockname(listener, reinterpret_cast<sockaddr*>(&bound), &bound_len);
+  if (rc != 0) return fail(Errc::kInternal, "getsockname on " + s.options.listen, -rc);
+  return format_sockaddr(reinterpret_cast<const sockaddr*>(&bound));
+}
+
+void RpcServer::stop() {
+  impl_->stop();
+}
+
+const RpcServerStats& RpcServer::stats() const {
+  return impl_->stats;
+}
+
+}  // namespace cardnode::net

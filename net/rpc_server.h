@@ -9,6 +9,12 @@
 //
 // Threading: loop thread only. The handler runs on the loop thread and may reply later
 // (WaitJob) through the Responder; replying to a closed connection is a no-op.
+//
+// Lifetime: every libuv handle (listener, connections) is heap-owned and frees itself
+// in its close callback, so the RpcServer may be destroyed right after stop() (the
+// destructor calls it) without running the loop first. Run the loop until those
+// callbacks have fired before uv_loop_close(). start() sets SIGPIPE to SIG_IGN: libuv
+// writes with write(2), and a peer resetting mid-reply must not kill the process.
 #pragma once
 
 #include <uv.h>
@@ -33,15 +39,19 @@ struct RpcServerOptions {
 };
 
 struct RpcServerStats {
-  uint64_t accepted = 0;
-  uint64_t active = 0;
-  uint64_t rejected_auth = 0;       // wrong token
-  uint64_t rejected_protocol = 0;   // bad handshake bytes, bad frame, unparsable message
-  uint64_t rejected_limit = 0;      // over max_connections, slow reader, handshake timeout
+  uint64_t accepted = 0;           // connections admitted under max_connections
+  uint64_t active = 0;             // open connections, in handshake or serving
+  uint64_t rejected_auth = 0;      // wrong token
+  uint64_t rejected_protocol = 0;  // bad handshake bytes, bad frame, unparsable message
+  uint64_t rejected_limit = 0;     // over max_connections, slow reader, handshake timeout
   uint64_t requests = 0;
 };
 
 // Sends the reply for one request. Copyable; safe to call after the connection closed.
+// Only the first reply() of a request is sent (later ones are ignored); it sets the
+// response's id. If every copy is destroyed without a reply, the client gets an
+// INTERNAL error response. The fields are set by the server; a default Responder
+// does nothing.
 class Responder {
  public:
   void reply(pb::Response&& response) const;

@@ -1,1 +1,626 @@
-// placeholder: being written
+// RpcServer + Client over real TCP on 127.0.0.1. The server's loop runs on its own
+// thread; the test thread is the client and reaches into the loop only through
+// LoopThread::run(), so every server-side read is ordered by a mutex.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <future>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "net/client.h"
+#include "net/frame.h"
+#include "net/handshake.h"
+#include "net/rpc_server.h"
+
+namespace cardnode::net {
+namespace {
+
+using namespace std::chrono_literals;
+
+const std::string kToken = "test-token-0123456789abcdef";
+constexpr uint32_t kCallTimeoutMs = 10000;
+
+// Bounded polling for state that changes on the loop thread (e.g. a connection's close
+// after the peer went away). Fails the wait, not the process, after 10 s.
+bool wait_until(const std::function<bool()>& done) {
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (done()) return true;
+    std::this_thread::sleep_for(2ms);
+  }
+  return done();
+}
+
+class LoopThread {
+ public:
+  LoopThread() {
+    EXPECT_EQ(uv_loop_init(&loop_), 0);
+    EXPECT_EQ(uv_async_init(&loop_, &async_, on_async), 0);
+    async_.data = this;
+  }
+  ~LoopThread() {
+    if (thread_.joinable()) {
+      stop();
+    } else if (!stopped_) {  // never started
+      uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
+      uv_run(&loop_, UV_RUN_DEFAULT);
+    }
+    EXPECT_EQ(uv_loop_close(&loop_), 0) << "a handle was left open";
+  }
+  uv_loop_t* loop() { return &loop_; }
+  void start() {
+    thread_ = std::thread([this] { uv_run(&loop_, UV_RUN_DEFAULT); });
+  }
+  // Runs fn on the loop thread and returns its result.
+  template <class F>
+  auto run(F fn) -> decltype(fn()) {
+    std::packaged_task<decltype(fn())()> task(std::move(fn));
+    auto result = task.get_future();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      tasks_.emplace_back([&task] { task(); });
+    }
+    uv_async_send(&async_);
+    return result.get();
+  }
+  // `last` runs on the loop and must close every handle it owns; the loop then ends.
+  void stop(const std::function<void()>& last = [] {}) {
+    run([&] {
+      last();
+      uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
+    });
+    thread_.join();
+    stopped_ = true;
+  }
+
+ private:
+  static void on_async(uv_async_t* async) {
+    auto* self = static_cast<LoopThread*>(async->data);
+    std::deque<std::function<void()>> tasks;
+    {
+      std::lock_guard<std::mutex> lock(self->mu_);
+      tasks.swap(self->tasks_);
+    }
+    for (auto& t : tasks) t();
+  }
+
+  uv_loop_t loop_{};
+  uv_async_t async_{};
+  std::thread thread_;
+  bool stopped_ = false;
+  std::mutex mu_;
+  std::deque<std::function<void()>> tasks_;
+};
+
+class RpcTest : public ::testing::Test {
+ protected:
+  void start_server() {
+    options_.listen = "127.0.0.1:0";
+    server_ = std::make_unique<RpcServer>(
+        loop_.loop(), kToken, options_,
+        [this](pb::Request&& req, Responder r) { handle(std::move(req), std::move(r)); });
+    Result<std::string> addr = server_->start();
+    ASSERT_TRUE(addr.has_value()) << addr.error().describe();
+    addr_ = *addr;
+    port_ = parse_host_port(addr_)->port;
+    ASSERT_EQ(uv_timer_init(loop_.loop(), &timer_), 0);
+    timer_.data = this;
+    loop_.start();  // from here on the server is touched only through loop_.run()
+  }
+
+  void TearDown() override {
+    if (server_ == nullptr) return;
+    loop_.stop([this] {
+      server_->stop();
+      server_->stop();  // twice is fine
+      uv_close(reinterpret_cast<uv_handle_t*>(&timer_), nullptr);
+      held_.clear();
+    });
+    server_.reset();
+  }
+
+  // ListJobs: one job named after the request id. GetJob: a reply of big_reply_bytes_.
+  // WaitJob: held; released by the timer (auto_release_) or by release_front().
+  // CancelJob: the Responder is dropped unanswered.
+  void handle(pb::Request&& req, Responder r) {
+    if (req.has_cancel()) return;  // dropped without a reply
+    if (req.has_wait_job()) {
+      held_.push_back(r);
+      max_held_ = std::max(max_held_, held_.size());
+      if (auto_release_) uv_timer_start(&timer_, on_timer, 20, 0);
+      return;
+    }
+    pb::Response resp;
+    if (req.has_get_job()) {
+      resp.mutable_job()->mutable_job()->set_name(std::string(big_reply_bytes_, 'b'));
+    } else {
+      resp.mutable_jobs()->add_jobs()->set_name("job-" + std::to_string(req.id()));
+    }
+    r.reply(std::move(resp));
+  }
+
+  static void on_timer(uv_timer_t* t) {
+    auto* self = static_cast<RpcTest*>(t->data);
+    while (!self->held_.empty()) self->release_front();
+  }
+
+  // Loop thread only. Pops before replying: a reply may dispatch the next request.
+  void release_front() {
+    Responder r = held_.front();
+    held_.pop_front();
+    pb::Response resp;
+    resp.mutable_jobs()->add_jobs()->set_name("waited");
+    r.reply(std::move(resp));
+  }
+
+  RpcServerStats stats() {
+    return loop_.run([this] { return server_->stats(); });
+  }
+  size_t held() {
+    return loop_.run([this] { return held_.size(); });
+  }
+
+  std::unique_ptr<Client> connect(const std::string& token = kToken) {
+    Result<std::unique_ptr<Client>> c = Client::connect(addr_, token, kCallTimeoutMs);
+    EXPECT_TRUE(c.has_value()) << c.error().describe();
+    return c ? std::move(*c) : nullptr;
+  }
+
+  static pb::Request list_jobs() {
+    pb::Request req;
+    req.mutable_list_jobs();
+    return req;
+  }
+
+  // Checks a full round trip; id is what the client assigned.
+  static void expect_call_works(Client* c) {
+    ASSERT_NE(c, nullptr);
+    Result<pb::Response> resp = c->call(list_jobs(), kCallTimeoutMs);
+    ASSERT_TRUE(resp.has_value()) << resp.error().describe();
+    ASSERT_EQ(resp->jobs().jobs_size(), 1);
+    EXPECT_EQ(resp->jobs().jobs(0).name(), "job-" + std::to_string(resp->id()));
+  }
+
+  // A plain blocking socket, for speaking (or not speaking) the protocol by hand.
+  int raw_connect() {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    EXPECT_GE(fd, 0);
+    timeval tv{10, 0};  // bounds every read below
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(port_);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+    return fd;
+  }
+
+  static std::string read_exact(int fd, size_t n) {
+    std::string out(n, '\0');
+    size_t got = 0;
+    while (got < n) {
+      const ssize_t r = ::recv(fd, out.data() + got, n - got, 0);
+      if (r <= 0) break;
+      got += static_cast<size_t>(r);
+    }
+    out.resize(got);
+    return out;
+  }
+
+  static void send_all(int fd, std::string_view data) {
+    while (!data.empty()) {
+      const ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+      if (n <= 0) return;  // the server may already have closed us; the caller checks that
+      data.remove_prefix(static_cast<size_t>(n));
+    }
+  }
+
+  // True once the server closed the socket (EOF or reset); false if it stayed open
+  // for the whole SO_RCVTIMEO.
+  static bool closed_by_server(int fd) {
+    char buf[4096];
+    for (int i = 0; i < 100000; ++i) {  // drains what the server sent before closing
+      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n == 0) return true;
+      if (n < 0) return errno == ECONNRESET;
+    }
+    return false;
+  }
+
+  static void raw_handshake(int fd, const std::string& token) {
+    ClientHandshake hs(token);
+    Result<std::string> proof = hs.proof(read_exact(fd, kHelloBytes));
+    ASSERT_TRUE(proof.has_value());
+    send_all(fd, *proof);
+    ASSERT_TRUE(hs.check_verdict(read_exact(fd, kVerdictBytes)).has_value());
+  }
+
+  static std::string frame_of(uint64_t id, bool wait) {
+    pb::Request req;
+    req.set_id(id);
+    if (wait) {
+      req.mutable_wait_job()->set_job_id(1);
+    } else {
+      req.mutable_get_job()->set_job_id(1);
+    }
+    std::string out;
+    EXPECT_TRUE(encode_frame(req, &out).has_value());
+    return out;
+  }
+
+  LoopThread loop_;
+  RpcServerOptions options_;
+  std::unique_ptr<RpcServer> server_;
+  std::string addr_;
+  uint16_t port_ = 0;
+  uv_timer_t timer_{};
+  // Loop-thread state.
+  std::deque<Responder> held_;
+  size_t max_held_ = 0;
+  bool auto_release_ = true;
+  uint32_t big_reply_bytes_ = 16;
+};
+
+TEST_F(RpcTest, ConnectAndCall) {
+  start_server();
+  EXPECT_TRUE(addr_.starts_with("127.0.0.1:"));
+  EXPECT_NE(port_, 0);
+  auto c = connect();
+  Result<pb::Response> resp = c->call(list_jobs(), kCallTimeoutMs);
+  ASSERT_TRUE(resp.has_value()) << resp.error().describe();
+  EXPECT_EQ(resp->id(), 1u);
+  EXPECT_EQ(resp->error(), pb::OK);
+  ASSERT_EQ(resp->jobs().jobs_size(), 1);
+  EXPECT_EQ(resp->jobs().jobs(0).name(), "job-1");
+  const RpcServerStats s = stats();
+  EXPECT_EQ(s.accepted, 1u);
+  EXPECT_EQ(s.active, 1u);
+  EXPECT_EQ(s.requests, 1u);
+}
+
+TEST_F(RpcTest, ManySequentialCallsOnSeveralClients) {
+  start_server();
+  std::vector<std::unique_ptr<Client>> clients;
+  for (int i = 0; i < 4; ++i) clients.push_back(connect());
+  for (int round = 0; round < 200; ++round) {
+    for (auto& c : clients) {
+      Result<pb::Response> resp = c->call(list_jobs(), kCallTimeoutMs);
+      ASSERT_TRUE(resp.has_value()) << resp.error().describe();
+      ASSERT_EQ(resp->id(), static_cast<uint64_t>(round + 1));
+      ASSERT_EQ(resp->jobs().jobs(0).name(), "job-" + std::to_string(round + 1));
+    }
+  }
+  EXPECT_EQ(stats().requests, 800u);
+}
+
+TEST_F(RpcTest, WrongTokenIsUnauthenticated) {
+  start_server();
+  Result<std::unique_ptr<Client>> c = Client::connect(addr_, kToken + "-wrong", kCallTimeoutMs);
+  ASSERT_FALSE(c.has_value());
+  EXPECT_EQ(c.error().code, Errc::kUnauthenticated);
+  EXPECT_EQ(c.error().message, "authentication failed: wrong cluster token");
+  const RpcServerStats s = stats();
+  EXPECT_EQ(s.rejected_auth, 1u);
+  EXPECT_EQ(s.rejected_protocol, 0u);
+  auto good = connect();
+  expect_call_works(good.get());
+}
+
+TEST_F(RpcTest, GarbageBeforeHandshakeClosesOnlyThatConnection) {
+  start_server();
+  auto good = connect();
+  const uint32_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937 rng(seed);
+  std::string garbage(200, '\0');
+  for (char& ch : garbage) ch = static_cast<char>(rng());
+  garbage[0] = 'G';  // never a valid magic, so always a protocol error
+  const int fd = raw_connect();
+  send_all(fd, garbage);
+  EXPECT_TRUE(closed_by_server(fd));
+  ::close(fd);
+  EXPECT_EQ(stats().rejected_protocol, 1u);
+  EXPECT_EQ(stats().rejected_auth, 0u);
+  expect_call_works(good.get());
+  auto fresh = connect();
+  expect_call_works(fresh.get());
+}
+
+TEST_F(RpcTest, OversizeLengthAfterHandshakeClosesConnection) {
+  start_server();
+  const int fd = raw_connect();
+  raw_handshake(fd, kToken);
+  send_all(fd, std::string(4, '\xff'));
+  EXPECT_TRUE(closed_by_server(fd));
+  ::close(fd);
+  EXPECT_EQ(stats().rejected_protocol, 1u);
+  EXPECT_EQ(stats().requests, 0u);
+  auto c = connect();
+  expect_call_works(c.get());
+}
+
+TEST_F(RpcTest, UnparsableFrameClosesConnection) {
+  start_server();
+  const int fd = raw_connect();
+  raw_handshake(fd, kToken);
+  send_all(fd, std::string("\x00\x00\x00\x03\xff\xff\xff", 7));
+  EXPECT_TRUE(closed_by_server(fd));
+  ::close(fd);
+  EXPECT_EQ(stats().rejected_protocol, 1u);
+  EXPECT_EQ(stats().requests, 0u);
+  auto c = connect();
+  expect_call_works(c.get());
+}
+
+TEST_F(RpcTest, FramesSentWithTheProofAreNotParsedBeforeTheVerdict) {
+  start_server();
+  const int fd = raw_connect();
+  ClientHandshake hs(kToken + "-wrong");
+  Result<std::string> proof = hs.proof(read_exact(fd, kHelloBytes));
+  ASSERT_TRUE(proof.has_value());
+  send_all(fd, *proof + frame_of(1, false));  // pipelined behind a wrong proof
+  EXPECT_FALSE(hs.check_verdict(read_exact(fd, kVerdictBytes)).has_value());
+  EXPECT_TRUE(closed_by_server(fd));
+  ::close(fd);
+  EXPECT_EQ(stats().rejected_auth, 1u);
+  EXPECT_EQ(stats().requests, 0u);
+}
+
+TEST_F(RpcTest, DeferredReply) {
+  start_server();
+  auto c = connect();
+  for (int i = 0; i < 3; ++i) {
+    pb::Request req;
+    req.mutable_wait_job()->set_job_id(7);
+    Result<pb::Response> resp = c->call(std::move(req), 0);  // 0: wait forever
+    ASSERT_TRUE(resp.has_value()) << resp.error().describe();
+    EXPECT_EQ(resp->id(), static_cast<uint64_t>(i + 1));
+    EXPECT_EQ(resp->jobs().jobs(0).name(), "waited");
+  }
+  expect_call_works(c.get());
+}
+
+TEST_F(RpcTest, ReplyAfterTheClientLeftIsANoop) {
+  auto_release_ = false;
+  start_server();
+  const int fd = raw_connect();
+  raw_handshake(fd, kToken);
+  send_all(fd, frame_of(1, true));
+  ASSERT_TRUE(wait_until([&] { return held() == 1; }));
+  ::close(fd);
+  ASSERT_TRUE(wait_until([&] { return stats().active == 0; }));
+  loop_.run([this] { release_front(); });
+  auto c = connect();
+  expect_call_works(c.get());
+}
+
+TEST_F(RpcTest, MaxInflightStopsReadingUntilRepliesDrain) {
+  options_.max_inflight = 1;
+  auto_release_ = false;
+  start_server();
+  const int fd = raw_connect();
+  raw_handshake(fd, kToken);
+  send_all(fd, frame_of(1, true) + frame_of(2, true) + frame_of(3, true));  // one write
+  FrameDecoder decoder;
+  for (uint64_t id = 1; id <= 3; ++id) {
+    ASSERT_TRUE(wait_until([&] { return held() > 0; }));
+    loop_.run([this] { release_front(); });
+    std::optional<std::string> payload;
+    while (!payload) {  // bounded by SO_RCVTIMEO: read_exact returns short on timeout
+      if (auto p = decoder.next()) {
+        payload = std::string(*p);
+        break;
+      }
+      const std::string chunk = read_exact(fd, 1);
+      ASSERT_EQ(chunk.size(), 1u);
+      ASSERT_TRUE(decoder.feed(chunk).has_value());
+    }
+    pb::Response resp;
+    ASSERT_TRUE(resp.ParseFromString(*payload));
+    EXPECT_EQ(resp.id(), id);
+  }
+  ::close(fd);
+  EXPECT_EQ(loop_.run([this] { return max_held_; }), 1u);
+  EXPECT_EQ(stats().requests, 3u);
+}
+
+TEST_F(RpcTest, DroppedResponderAnswersInternalAndFreesTheSlot) {
+  options_.max_inflight = 1;
+  start_server();
+  auto c = connect();
+  for (int i = 0; i < 3; ++i) {  // with one inflight slot, a leaked one would hang here
+    pb::Request req;
+    req.mutable_cancel()->set_job_id(1);
+    Result<pb::Response> resp = c->call(std::move(req), kCallTimeoutMs);
+    ASSERT_TRUE(resp.has_value()) << resp.error().describe();
+    EXPECT_EQ(resp->error(), pb::INTERNAL);
+    EXPECT_EQ(resp->id(), static_cast<uint64_t>(i + 1));
+  }
+  expect_call_works(c.get());
+}
+
+TEST_F(RpcTest, MaxConnectionsBound) {
+  options_.max_connections = 2;
+  start_server();
+  auto a = connect();
+  auto b = connect();
+  Result<std::unique_ptr<Client>> third = Client::connect(addr_, kToken, kCallTimeoutMs);
+  ASSERT_FALSE(third.has_value());
+  EXPECT_EQ(third.error().code, Errc::kUnavailable);
+  EXPECT_EQ(stats().rejected_limit, 1u);
+  EXPECT_EQ(stats().accepted, 2u);
+  expect_call_works(b.get());
+  a.reset();
+  ASSERT_TRUE(wait_until([&] { return stats().active == 1; }));
+  auto c = connect();
+  expect_call_works(c.get());
+  expect_call_works(b.get());
+}
+
+TEST_F(RpcTest, HandshakeTimeoutClosesIdleConnection) {
+  options_.handshake_timeout_ms = 200;
+  start_server();
+  const int idle = raw_connect();
+  EXPECT_EQ(read_exact(idle, kHelloBytes).size(), kHelloBytes);
+  const int partial = raw_connect();
+  send_all(partial, std::string("CNOD\x01") + std::string(5, 'C'));  // a valid, short start
+  EXPECT_TRUE(closed_by_server(idle));
+  EXPECT_TRUE(closed_by_server(partial));
+  ::close(idle);
+  ::close(partial);
+  EXPECT_EQ(stats().rejected_limit, 2u);
+  auto c = connect();
+  expect_call_works(c.get());
+}
+
+// A peer that is no cardnode client shows it in 5 bytes; it is closed at once, long
+// before the handshake timeout.
+TEST_F(RpcTest, ForeignProtocolIsClosedBeforeTheTimeout) {
+  options_.handshake_timeout_ms = 60'000;
+  start_server();
+  const int http = raw_connect();
+  send_all(http, "GET / HTTP/1.0\r\n");
+  EXPECT_TRUE(closed_by_server(http));
+  ::close(http);
+  EXPECT_EQ(stats().rejected_protocol, 1u);
+  EXPECT_EQ(stats().rejected_limit, 0u);
+  auto c = connect();
+  expect_call_works(c.get());
+}
+
+TEST_F(RpcTest, SlowReaderIsClosed) {
+  options_.write_queue_bytes_max = 1u << 20;
+  big_reply_bytes_ = 512u << 10;
+  start_server();
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int rcvbuf = 64 << 10;  // fixed, small: kernel buffers hold little of the flood
+  ASSERT_EQ(::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf), 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(port_);
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+  timeval tv{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  raw_handshake(fd, kToken);
+  std::string flood;  // 200 requests for 100 MiB of replies, never read
+  for (uint64_t id = 1; id <= 200; ++id) flood += frame_of(id, false);
+  send_all(fd, flood);
+  EXPECT_TRUE(wait_until([&] { return stats().rejected_limit == 1; }));
+  EXPECT_TRUE(wait_until([&] { return stats().active == 0; }));
+  ::close(fd);
+  auto c = connect();
+  expect_call_works(c.get());
+}
+
+TEST_F(RpcTest, ClientTimesOutWhenServerNeverSpeaks) {
+  // A listening socket nobody accepts from: connect succeeds, HELLO never comes.
+  const int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+  ASSERT_EQ(::listen(lfd, 4), 0);
+  socklen_t len = sizeof sa;
+  ASSERT_EQ(::getsockname(lfd, reinterpret_cast<sockaddr*>(&sa), &len), 0);
+  const std::string addr = "127.0.0.1:" + std::to_string(ntohs(sa.sin_port));
+  Result<std::unique_ptr<Client>> c = Client::connect(addr, kToken, 100);
+  ASSERT_FALSE(c.has_value());
+  EXPECT_EQ(c.error().code, Errc::kUnavailable);
+  EXPECT_EQ(c.error().message, "timed out waiting for " + addr);
+  ::close(lfd);
+}
+
+TEST_F(RpcTest, ClientReportsRefusedConnection) {
+  // Bind then close to find a port with no listener.
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+  socklen_t len = sizeof sa;
+  ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len), 0);
+  ::close(fd);
+  const std::string addr = "127.0.0.1:" + std::to_string(ntohs(sa.sin_port));
+  Result<std::unique_ptr<Client>> c = Client::connect(addr, kToken, kCallTimeoutMs);
+  ASSERT_FALSE(c.has_value());
+  EXPECT_EQ(c.error().code, Errc::kUnavailable);
+  EXPECT_EQ(c.error().describe(), "cannot reach server at " + addr + ": Connection refused");
+
+  Result<std::unique_ptr<Client>> bad = Client::connect("no-port", kToken, kCallTimeoutMs);
+  ASSERT_FALSE(bad.has_value());
+  EXPECT_EQ(bad.error().code, Errc::kInvalidArgument);
+}
+
+TEST(RpcServerLifecycle, StartFailuresAndDestructionWithoutStop) {
+  uv_loop_t loop;
+  ASSERT_EQ(uv_loop_init(&loop), 0);
+  {
+    RpcServerOptions bad;
+    bad.listen = "not an address";
+    RpcServer server(&loop, kToken, bad, [](pb::Request&&, Responder) {});
+    Result<std::string> r = server.start();
+    ASSERT_FALSE(r.has_value());
+    EXPECT_EQ(r.error().code, Errc::kInvalidArgument);
+  }
+  {
+    RpcServerOptions opts;
+    opts.listen = "127.0.0.1:0";
+    RpcServer first(&loop, kToken, opts, [](pb::Request&&, Responder) {});
+    Result<std::string> addr = first.start();
+    ASSERT_TRUE(addr.has_value());
+    opts.listen = *addr;
+    RpcServer second(&loop, kToken, opts, [](pb::Request&&, Responder) {});
+    Result<std::string> r = second.start();
+    ASSERT_FALSE(r.has_value());
+    EXPECT_EQ(r.error().code, Errc::kUnavailable);
+    // Both destroyed here without stop() and before the loop ran their close callbacks.
+  }
+  EXPECT_EQ(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  EXPECT_EQ(uv_loop_close(&loop), 0);
+}
+
+TEST(Address, Parse) {
+  Result<HostPort> a = parse_host_port("0.0.0.0:7420");
+  ASSERT_TRUE(a.has_value());
+  EXPECT_EQ(a->host, "0.0.0.0");
+  EXPECT_EQ(a->port, 7420);
+  Result<HostPort> b = parse_host_port("[::1]:65535");
+  ASSERT_TRUE(b.has_value());
+  EXPECT_EQ(b->host, "::1");
+  EXPECT_EQ(b->port, 65535);
+  EXPECT_EQ(parse_host_port("localhost:0")->port, 0);
+  for (const char* bad : {"", "7420", "host", ":7420", "host:", "host:65536", "host:-1", "host:+1",
+                          "host:12ab", "::1:7420", "[::1]7420", "[::1", "h:1:2", "host:000001"}) {
+    Result<HostPort> r = parse_host_port(bad);
+    EXPECT_FALSE(r.has_value()) << bad;
+    if (!r) {
+      EXPECT_EQ(r.error().code, Errc::kInvalidArgument) << bad;
+    }
+  }
+  EXPECT_EQ(parse_host_port("x").error().message,
+            "bad address 'x': expected HOST:PORT (IPv6 as [ADDR]:PORT)");
+}
+
+TEST(Address, ResolveAndFormat) {
+  Result<sockaddr_storage> v4 = resolve(HostPort{"127.0.0.1", 7420});
+  ASSERT_TRUE(v4.has_value());
+  EXPECT_EQ(format_sockaddr(reinterpret_cast<const sockaddr*>(&*v4)), "127.0.0.1:7420");
+  Result<sockaddr_storage> v6 = resolve(HostPort{"::1", 80});
+  ASSERT_TRUE(v6.has_value());
+  EXPECT_EQ(format_sockaddr(reinterpret_cast<const sockaddr*>(&*v6)), "[::1]:80");
+  Result<sockaddr_storage> none = resolve(HostPort{"host.invalid", 1});
+  ASSERT_FALSE(none.has_value());
+  EXPECT_EQ(none.error().code, Errc::kUnavailable);
+}
+
+}  // namespace
+}  // namespace cardnode::net

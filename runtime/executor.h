@@ -53,10 +53,16 @@ struct ExecutorOptions {
   std::string task_exec_program;
   uint32_t running_max = 1024;  // tasks at once on this board
   uint64_t kill_grace_ms = 0;   // SIGTERM first, then SIGKILL after this (0: SIGKILL at once)
+  // After the process exits, how long its pipes may stay open (held by a process that
+  // escaped the kill, possible only in rlimit mode) before we close them ourselves.
+  uint64_t drain_ms = 2000;
 };
 
 enum class KillReason : uint8_t { kCancelled, kTimedOut, kShutdown };
 
+// Destruction: the owner calls kill_all() and runs the loop until running() == 0 before
+// destroying the Executor; a task still running then is a bug (checked: libuv handles
+// would point into freed memory).
 class Executor {
  public:
   Executor(uv_loop_t* loop, storage::LogStore& logs, Isolation& isolation, ExecutorOptions options);

@@ -46,7 +46,7 @@ class Isolation {
   // Creates the group(s) for one task and writes its limits. Returns the cgroup.procs
   // paths the task must join (empty in rlimit mode).
   [[nodiscard]] Result<std::vector<std::string>> create_group(const std::string& task_name,
-                                                             const TaskLimits& limits);
+                                                              const TaskLimits& limits);
   // Kills every process still in the group (SIGKILL, repeated until empty, bounded) and
   // removes the group. Safe to call for a group that does not exist.
   void destroy_group(const std::string& task_name);
@@ -57,11 +57,27 @@ class Isolation {
   // Returns how many groups were found.
   uint32_t destroy_all_groups();
 
+  // Sends `sig` once to every process in the group (no waiting, no removal): the first
+  // step of a kill, before destroy_group makes sure.
+  void signal_group(const std::string& task_name, int sig);
+  // True when the memory limit is RLIMIT_AS set by the task-exec trampoline (rlimit mode,
+  // or cgroups without a memory controller) rather than a cgroup.
+  bool memory_by_rlimit() const { return memory_by_rlimit_; }
+
  private:
+  bool try_v2();
+  bool try_v1();
+  void kill_and_remove(const std::string& dir);
+
   IsolationInfo info_;
   std::string root_;
   std::string name_;
   std::vector<std::string> controller_dirs_;  // v1: root/memory/name, ...; v2: root/name
+  std::string memory_dir_;                    // parent dir per controller; empty: not used
+  std::string cpu_dir_;
+  std::string pids_dir_;
+  bool memsw_ = false;  // v1 memory.memsw.limit_in_bytes exists (swap accounting on)
+  bool memory_by_rlimit_ = true;
 };
 
 }  // namespace cardnode::runtime

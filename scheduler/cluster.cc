@@ -1,1 +1,547 @@
-// placeholder: being written
+// The cluster state machine (see cluster.h). Every mutation funnels task state changes
+// through set_task_state() and job state changes through settle(), so the counters
+// (state_counts, queued_tasks_, live_jobs_, runnable_) have one place each to go wrong.
+//
+// Queue representation: a job's queued tasks are the fresh ones (attempts == 0, all at
+// indexes >= next_fresh) plus the requeued ones (listed in requeued[requeued_head..], FIFO).
+// A replayed start() may take any queued index, so next_fresh can have holes behind it
+// (tasks already started); they are skipped lazily, which costs O(1) amortized per task.
+#include "scheduler/cluster.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+
+// Crash on a broken invariant. Not proto/error.h's CARDNODE_CHECK: the scheduler links
+// nothing but the standard library.
+#define SCHED_CHECK(cond)                                                                  \
+  do {                                                                                     \
+    if (!(cond)) [[unlikely]] {                                                            \
+      (void)std::fputs("scheduler invariant failed: " #cond " at " __FILE__ "\n", stderr); \
+      std::abort();                                                                        \
+    }                                                                                      \
+  } while (0)
+
+namespace cardnode::sched {
+namespace {
+
+constexpr uint8_t kAttemptsMax = std::numeric_limits<uint8_t>::max();
+constexpr uint32_t kPriorityMax = 100;
+
+bool job_final(JobState s) {
+  return s >= JobState::kSucceeded;
+}
+
+bool is_fresh(const Task& t) {
+  return t.state == TaskState::kQueued && t.attempts == 0;
+}
+
+uint8_t saturating_inc(uint8_t v) {
+  return v == kAttemptsMax ? v : static_cast<uint8_t>(v + 1);
+}
+
+std::pair<uint32_t, JobId> runnable_key(const Job& job) {
+  return {kPriorityMax - job.spec.priority, job.id};
+}
+
+uint32_t free_cpu(const Node& n, const Resources& used) {
+  return used.cpu_millis >= n.spec.capacity.cpu_millis
+             ? 0
+             : n.spec.capacity.cpu_millis - used.cpu_millis;
+}
+
+uint64_t free_mem(const Node& n, const Resources& used) {
+  return used.mem_bytes >= n.spec.capacity.mem_bytes ? 0
+                                                     : n.spec.capacity.mem_bytes - used.mem_bytes;
+}
+
+bool labels_match(const Node& n, const JobSpec& spec) {
+  for (const auto& [key, value] : spec.constraints) {
+    auto it = n.spec.labels.find(key);
+    if (it == n.spec.labels.end() || it->second != value) return false;
+  }
+  return true;
+}
+
+// Walks one job's queued tasks in placement order (requeued FIFO, then fresh) without
+// changing the job, so plan() stays const.
+class QueueCursor {
+ public:
+  explicit QueueCursor(const Job& job)
+      : job_(job), requeued_(job.requeued_head), fresh_(job.next_fresh) {}
+
+  bool next(uint32_t* index) {
+    while (requeued_ < job_.requeued.size()) {
+      uint32_t i = job_.requeued[requeued_++];
+      if (job_.tasks[i].state == TaskState::kQueued) return *index = i, true;
+    }
+    while (fresh_ < job_.tasks.size()) {
+      uint32_t i = fresh_++;
+      if (is_fresh(job_.tasks[i])) return *index = i, true;
+    }
+    return false;
+  }
+
+ private:
+  const Job& job_;
+  size_t requeued_;
+  size_t fresh_;
+};
+
+// plan()'s scratch view of the nodes: their use including this plan's placements.
+class PlanView {
+ public:
+  explicit PlanView(const std::vector<Node>& nodes) : nodes_(nodes) {
+    used_.reserve(nodes.size());
+    for (const Node& n : nodes) used_.push_back(n.used);
+    refresh_max_free();
+  }
+
+  // Cheap pre-check before looking at a job's constraints node by node.
+  bool may_fit(const Resources& need) const {
+    return need.cpu_millis <= max_free_cpu_ && need.mem_bytes <= max_free_mem_;
+  }
+  bool full() const { return max_free_cpu_ == 0 || max_free_mem_ == 0; }
+
+  void select_candidates(const JobSpec& spec, std::vector<NodeId>* out) const {
+    out->clear();
+    for (const Node& n : nodes_) {
+      if (n.state == NodeState::kReady && labels_match(n, spec)) out->push_back(n.id);
+    }
+  }
+
+  // Most free CPU, then most free memory, then the lowest id.
+  bool best_node(const std::vector<NodeId>& candidates, const Resources& need, NodeId* best) const {
+    bool found = false;
+    uint32_t best_cpu = 0;
+    uint64_t best_mem = 0;
+    for (NodeId id : candidates) {
+      uint32_t cpu = free_cpu(nodes_[id], used_[id]);
+      uint64_t mem = free_mem(nodes_[id], used_[id]);
+      if (cpu < need.cpu_millis || mem < need.mem_bytes) continue;
+      if (!found || cpu > best_cpu || (cpu == best_cpu && mem > best_mem)) {
+        found = true, *best = id, best_cpu = cpu, best_mem = mem;
+      }
+    }
+    return found;
+  }
+
+  void take(NodeId id, const Resources& need) {
+    used_[id].cpu_millis += need.cpu_millis;
+    used_[id].mem_bytes += need.mem_bytes;
+    refresh_max_free();
+  }
+
+ private:
+  void refresh_max_free() {
+    max_free_cpu_ = 0;
+    max_free_mem_ = 0;
+    for (const Node& n : nodes_) {
+      if (n.state != NodeState::kReady) continue;
+      max_free_cpu_ = std::max(max_free_cpu_, free_cpu(n, used_[n.id]));
+      max_free_mem_ = std::max(max_free_mem_, free_mem(n, used_[n.id]));
+    }
+  }
+
+  const std::vector<Node>& nodes_;
+  std::vector<Resources> used_;
+  uint32_t max_free_cpu_ = 0;
+  uint64_t max_free_mem_ = 0;
+};
+
+}  // namespace
+
+const char* task_state_name(TaskState s) {
+  switch (s) {
+    case TaskState::kQueued: return "queued";
+    case TaskState::kRunning: return "running";
+    case TaskState::kSucceeded: return "succeeded";
+    case TaskState::kFailed: return "failed";
+    case TaskState::kCancelled: return "cancelled";
+    case TaskState::kTimedOut: return "timed_out";
+    case TaskState::kOomKilled: return "oom_killed";
+    case TaskState::kLost: return "lost";
+  }
+  return "unknown";
+}
+
+const char* job_state_name(JobState s) {
+  switch (s) {
+    case JobState::kQueued: return "queued";
+    case JobState::kRunning: return "running";
+    case JobState::kSucceeded: return "succeeded";
+    case JobState::kFailed: return "failed";
+    case JobState::kCancelled: return "cancelled";
+  }
+  return "unknown";
+}
+
+const char* node_state_name(NodeState s) {
+  switch (s) {
+    case NodeState::kReady: return "ready";
+    case NodeState::kDraining: return "draining";
+    case NodeState::kDown: return "down";
+  }
+  return "unknown";
+}
+
+bool is_final(TaskState s) {
+  return s != TaskState::kQueued && s != TaskState::kRunning;
+}
+
+const char* sched_error_name(SchedError e) {
+  switch (e) {
+    case SchedError::kInvalidSpec: return "invalid_spec";
+    case SchedError::kTooManyJobs: return "too_many_jobs";
+    case SchedError::kTooManyTasks: return "too_many_tasks";
+    case SchedError::kTooManyNodes: return "too_many_nodes";
+    case SchedError::kDuplicateId: return "duplicate_id";
+    case SchedError::kUnknownJob: return "unknown_job";
+    case SchedError::kUnknownNode: return "unknown_node";
+    case SchedError::kBadTransition: return "bad_transition";
+  }
+  return "unknown";
+}
+
+Cluster::Cluster(Limits limits) : limits_(limits) {}
+
+// ------------------------------------------------------------------------- nodes
+
+std::expected<NodeId, SchedError> Cluster::add_node(NodeSpec spec) {
+  if (spec.name.empty() || spec.capacity.cpu_millis == 0 || spec.capacity.mem_bytes == 0) {
+    return std::unexpected(SchedError::kInvalidSpec);
+  }
+  if (node_by_name(spec.name) != nullptr) return std::unexpected(SchedError::kDuplicateId);
+  if (nodes_.size() >= limits_.nodes_max) return std::unexpected(SchedError::kTooManyNodes);
+  Node n;
+  n.id = static_cast<NodeId>(nodes_.size());
+  n.spec = std::move(spec);
+  nodes_.push_back(std::move(n));
+  return nodes_.back().id;
+}
+
+std::expected<void, SchedError> Cluster::set_node_state(NodeId id, NodeState state) {
+  if (id >= nodes_.size()) return std::unexpected(SchedError::kUnknownNode);
+  nodes_[id].state = state;
+  return {};
+}
+
+// -------------------------------------------------------------------------- jobs
+
+std::expected<void, SchedError> Cluster::validate(const JobSpec& spec) const {
+  if (spec.count == 0 || spec.count > limits_.tasks_per_job_max) {
+    return std::unexpected(SchedError::kInvalidSpec);
+  }
+  if (spec.per_task.cpu_millis == 0 || spec.per_task.mem_bytes == 0) {
+    return std::unexpected(SchedError::kInvalidSpec);
+  }
+  if (spec.priority > kPriorityMax) return std::unexpected(SchedError::kInvalidSpec);
+  return {};
+}
+
+std::expected<void, SchedError> Cluster::submit(JobId id, JobSpec spec, uint64_t now_ms) {
+  if (auto ok = validate(spec); !ok) return ok;
+  if (id <= last_job_id_) return std::unexpected(SchedError::kDuplicateId);
+  const Job* dep = spec.after == 0 ? nullptr : job(spec.after);
+  if (spec.after != 0 && dep == nullptr) return std::unexpected(SchedError::kUnknownJob);
+  if (live_jobs_ >= limits_.jobs_max) return std::unexpected(SchedError::kTooManyJobs);
+  if (queued_tasks_ + spec.count > limits_.queued_tasks_max) {
+    return std::unexpected(SchedError::kTooManyTasks);
+  }
+
+  Job& job = jobs_[id];
+  job.id = id;
+  job.spec = std::move(spec);
+  job.submitted_ms = now_ms;
+  job.tasks.resize(job.spec.count);
+  job.state_counts[static_cast<size_t>(TaskState::kQueued)] = job.spec.count;
+  queued_tasks_ += job.spec.count;
+  ++live_jobs_;
+  last_job_id_ = id;
+
+  if (dep != nullptr && !job_final(dep->state)) {
+    dependents_.emplace(dep->id, id);
+  } else if (dep != nullptr && dep->state != JobState::kSucceeded) {
+    cancel_queued(job);
+    if (settle(job, now_ms)) release_dependents(id, now_ms);
+  }
+  sync_runnable(job);
+  return {};
+}
+
+// ------------------------------------------------------------------------- plan
+
+std::vector<Placement> Cluster::plan(uint32_t max) const {
+  std::vector<Placement> out;
+  if (max == 0 || nodes_.empty() || runnable_.empty()) return out;
+  PlanView view(nodes_);
+  std::vector<NodeId> candidates;
+  candidates.reserve(nodes_.size());
+  // No reservation: a job whose next task fits nowhere is passed over, so a stream of
+  // small jobs can starve a large one. Reserving nodes for the head job is future work.
+  // Cost: O(placements * nodes) plus one step per runnable job passed over.
+  for (const auto& [rank, id] : runnable_) {
+    if (out.size() >= max || view.full()) break;
+    const Job& job = jobs_.at(id);
+    const Resources& need = job.spec.per_task;
+    if (!view.may_fit(need)) continue;
+    view.select_candidates(job.spec, &candidates);
+    QueueCursor cursor(job);
+    uint32_t index = 0;
+    NodeId node = 0;
+    // All tasks of a job need the same, so the first that fits nowhere ends the job.
+    while (out.size() < max && cursor.next(&index) && view.best_node(candidates, need, &node)) {
+      view.take(node, need);
+      out.push_back({{id, index}, node, uint32_t{job.tasks[index].attempts} + 1});
+    }
+  }
+  return out;
+}
+
+// ------------------------------------------------------------- task transitions
+
+std::expected<void, SchedError> Cluster::start(const Placement& p, uint64_t now_ms) {
+  Job* job = find_job(p.task.job);
+  if (job == nullptr || p.task.index >= job->tasks.size()) {
+    return std::unexpected(SchedError::kUnknownJob);
+  }
+  if (p.node >= nodes_.size()) return std::unexpected(SchedError::kUnknownNode);
+  Task& task = job->tasks[p.task.index];
+  if (task.state != TaskState::kQueued || waiting(*job)) {
+    return std::unexpected(SchedError::kBadTransition);
+  }
+  bool was_fresh = task.attempts == 0;
+  set_task_state(*job, p.task.index, TaskState::kRunning);
+  task.attempts = saturating_inc(task.attempts);
+  task.node = p.node;
+  take_from_queue(*job, p.task.index, was_fresh);
+
+  Node& node = nodes_[p.node];
+  node.used.cpu_millis += job->spec.per_task.cpu_millis;
+  node.used.mem_bytes += job->spec.per_task.mem_bytes;
+  ++node.running;
+
+  bool ended = settle(*job, now_ms);
+  SCHED_CHECK(!ended);  // it has a running task now
+  sync_runnable(*job);
+  return {};
+}
+
+std::expected<TaskState, SchedError> Cluster::finish(TaskRef t, Outcome o, uint64_t now_ms) {
+  Job* job = find_job(t.job);
+  if (job == nullptr || t.index >= job->tasks.size()) {
+    return std::unexpected(SchedError::kUnknownJob);
+  }
+  Task& task = job->tasks[t.index];
+  if (task.state != TaskState::kRunning || !is_final(o.state)) {
+    return std::unexpected(SchedError::kBadTransition);
+  }
+  Node& node = nodes_[task.node];
+  const Resources& need = job->spec.per_task;
+  SCHED_CHECK(node.running > 0 && node.used.cpu_millis >= need.cpu_millis &&
+              node.used.mem_bytes >= need.mem_bytes);
+  node.used.cpu_millis -= need.cpu_millis;
+  node.used.mem_bytes -= need.mem_bytes;
+  --node.running;
+
+  task.exit_code = o.exit_code;
+  task.signal = static_cast<int8_t>(std::clamp<int32_t>(o.signal, INT8_MIN, INT8_MAX));
+  if (o.state == TaskState::kLost) task.lost = saturating_inc(task.lost);
+
+  TaskState to = should_requeue(*job, task, o.state) ? TaskState::kQueued : o.state;
+  set_task_state(*job, t.index, to);
+  if (to == TaskState::kQueued) job->requeued.push_back(t.index);
+  if (settle(*job, now_ms)) release_dependents(job->id, now_ms);
+  sync_runnable(*job);
+  return to;
+}
+
+std::expected<std::vector<TaskRef>, SchedError> Cluster::cancel(JobId id, uint64_t now_ms) {
+  Job* job = find_job(id);
+  if (job == nullptr) return std::unexpected(SchedError::kUnknownJob);
+  std::vector<TaskRef> running;
+  if (job_final(job->state)) return running;
+
+  cancel_queued(*job);
+  uint32_t running_count = job->state_counts[static_cast<size_t>(TaskState::kRunning)];
+  running.reserve(running_count);
+  for (uint32_t i = 0; i < job->tasks.size() && running.size() < running_count; ++i) {
+    if (job->tasks[i].state == TaskState::kRunning) running.push_back({id, i});
+  }
+  if (running_count > 0) cancelling_.insert(id);
+  if (settle(*job, now_ms)) release_dependents(id, now_ms);
+  sync_runnable(*job);
+  return running;
+}
+
+std::vector<TaskRef> Cluster::node_lost(NodeId id, uint64_t now_ms) {
+  std::vector<TaskRef> lost;
+  if (id >= nodes_.size()) return lost;
+  // A scan rather than a per-node index: boards vanish rarely, and an index would cost
+  // every start() and finish().
+  for (const auto& [job_id, job] : jobs_) {
+    uint32_t running = job.state_counts[static_cast<size_t>(TaskState::kRunning)];
+    for (uint32_t i = 0; i < job.tasks.size() && running > 0; ++i) {
+      if (job.tasks[i].state != TaskState::kRunning) continue;
+      --running;
+      if (job.tasks[i].node == id) lost.push_back({job_id, i});
+    }
+  }
+  for (const TaskRef& t : lost) {
+    auto after = finish(t, {.state = TaskState::kLost}, now_ms);
+    SCHED_CHECK(after.has_value());
+  }
+  return lost;
+}
+
+// ---------------------------------------------------------------------- queries
+
+const Job* Cluster::job(JobId id) const {
+  auto it = jobs_.find(id);
+  return it == jobs_.end() ? nullptr : &it->second;
+}
+
+const Node* Cluster::node(NodeId id) const {
+  return id < nodes_.size() ? &nodes_[id] : nullptr;
+}
+
+const Node* Cluster::node_by_name(const std::string& name) const {
+  for (const Node& n : nodes_) {
+    if (n.spec.name == name) return &n;
+  }
+  return nullptr;
+}
+
+// ---------------------------------------------------------------------- helpers
+
+Job* Cluster::find_job(JobId id) {
+  auto it = jobs_.find(id);
+  return it == jobs_.end() ? nullptr : &it->second;
+}
+
+bool Cluster::waiting(const Job& job) const {
+  return job.spec.after != 0 && !job_final(jobs_.at(job.spec.after).state);
+}
+
+void Cluster::set_task_state(Job& job, uint32_t index, TaskState to) {
+  Task& task = job.tasks[index];
+  auto& from_count = job.state_counts[static_cast<size_t>(task.state)];
+  SCHED_CHECK(from_count > 0);
+  --from_count;
+  ++job.state_counts[static_cast<size_t>(to)];
+  if (task.state == TaskState::kQueued) --queued_tasks_;
+  if (to == TaskState::kQueued) ++queued_tasks_;
+  task.state = to;
+}
+
+// Called once the task left the queued state.
+void Cluster::take_from_queue(Job& job, uint32_t index, bool was_fresh) {
+  if (was_fresh) {
+    SCHED_CHECK(index >= job.next_fresh);
+    while (job.next_fresh < job.tasks.size() && !is_fresh(job.tasks[job.next_fresh])) {
+      ++job.next_fresh;
+    }
+    return;
+  }
+  auto& q = job.requeued;
+  if (job.requeued_head < q.size() && q[job.requeued_head] == index) {
+    ++job.requeued_head;
+  } else {
+    // Only a replay that deviates from plan() order gets here.
+    auto it = std::find(q.begin() + static_cast<std::ptrdiff_t>(job.requeued_head), q.end(), index);
+    SCHED_CHECK(it != q.end());
+    q.erase(it);
+  }
+  // Drop the consumed prefix once it is at least half the vector: amortized O(1).
+  if (job.requeued_head * 2 >= q.size()) {
+    q.erase(q.begin(), q.begin() + static_cast<std::ptrdiff_t>(job.requeued_head));
+    job.requeued_head = 0;
+  }
+}
+
+// attempts saturates at 255, so a task is started at most 255 times whatever retries
+// and lost_requeues_max say. Lost attempts do not count against retries.
+bool Cluster::should_requeue(const Job& job, const Task& task, TaskState outcome) const {
+  if (cancelling_.contains(job.id) || task.attempts >= kAttemptsMax) return false;
+  switch (outcome) {
+    case TaskState::kFailed:
+    case TaskState::kTimedOut:
+    case TaskState::kOomKilled: return uint32_t{task.attempts} - task.lost <= job.spec.retries;
+    case TaskState::kLost: return task.lost <= limits_.lost_requeues_max;
+    default: return false;
+  }
+}
+
+// Queued tasks are exactly the fresh ones at or after next_fresh and the listed requeued
+// ones, so this costs O(queued), not O(count).
+void Cluster::cancel_queued(Job& job) {
+  for (size_t i = job.requeued_head; i < job.requeued.size(); ++i) {
+    set_task_state(job, job.requeued[i], TaskState::kCancelled);
+  }
+  for (uint32_t i = job.next_fresh; i < job.tasks.size(); ++i) {
+    if (is_fresh(job.tasks[i])) set_task_state(job, i, TaskState::kCancelled);
+  }
+  std::vector<uint32_t>().swap(job.requeued);
+  job.requeued_head = 0;
+  job.next_fresh = static_cast<uint32_t>(job.tasks.size());
+  SCHED_CHECK(job.state_counts[static_cast<size_t>(TaskState::kQueued)] == 0);
+}
+
+void Cluster::sync_runnable(const Job& job) {
+  bool runnable = !job_final(job.state) &&
+                  job.state_counts[static_cast<size_t>(TaskState::kQueued)] > 0 && !waiting(job);
+  if (runnable) {
+    runnable_.insert(runnable_key(job));
+  } else {
+    runnable_.erase(runnable_key(job));
+  }
+}
+
+// Recomputes a live job's state from its task counts; returns true when it just ended.
+bool Cluster::settle(Job& job, uint64_t now_ms) {
+  SCHED_CHECK(!job_final(job.state));
+  const auto& c = job.state_counts;
+  uint32_t queued = c[static_cast<size_t>(TaskState::kQueued)];
+  uint32_t running = c[static_cast<size_t>(TaskState::kRunning)];
+  if (queued + running > 0) {
+    job.state = queued == job.spec.count ? JobState::kQueued : JobState::kRunning;
+    return false;
+  }
+  if (c[static_cast<size_t>(TaskState::kSucceeded)] == job.spec.count) {
+    job.state = JobState::kSucceeded;
+  } else if (cancelling_.contains(job.id) || c[static_cast<size_t>(TaskState::kCancelled)] > 0) {
+    job.state = JobState::kCancelled;
+  } else {
+    job.state = JobState::kFailed;
+  }
+  job.finished_ms = now_ms;
+  SCHED_CHECK(live_jobs_ > 0);
+  --live_jobs_;
+  cancelling_.erase(job.id);
+  runnable_.erase(runnable_key(job));
+  return true;
+}
+
+// A worklist, not recursion: a chain of `after` jobs can be as long as jobs_max.
+void Cluster::release_dependents(JobId ended, uint64_t now_ms) {
+  std::vector<JobId> work{ended};
+  while (!work.empty()) {
+    JobId id = work.back();
+    work.pop_back();
+    bool succeeded = jobs_.at(id).state == JobState::kSucceeded;
+    auto [first, last] = dependents_.equal_range(id);
+    for (auto it = first; it != last; ++it) {
+      Job& dependent = jobs_.at(it->second);
+      if (job_final(dependent.state)) continue;  // cancelled while it waited
+      if (!succeeded) {
+        cancel_queued(dependent);
+        if (settle(dependent, now_ms)) work.push_back(dependent.id);
+      }
+      sync_runnable(dependent);
+    }
+    dependents_.erase(first, last);
+  }
+}
+
+}  // namespace cardnode::sched

@@ -22,15 +22,27 @@
 namespace cardnode::sched {
 
 using JobId = uint64_t;
-using NodeId = uint32_t;
+using NodeId = uint32_t;  // index in Cluster::nodes(), in add_node() order
 
 // Values match pb::TaskState / pb::JobState.
 enum class TaskState : uint8_t {
-  kQueued = 0, kRunning = 1, kSucceeded = 2, kFailed = 3,
-  kCancelled = 4, kTimedOut = 5, kOomKilled = 6, kLost = 7,
+  kQueued = 0,
+  kRunning = 1,
+  kSucceeded = 2,
+  kFailed = 3,
+  kCancelled = 4,
+  kTimedOut = 5,
+  kOomKilled = 6,
+  kLost = 7,
 };
 inline constexpr size_t kTaskStateCount = 8;
-enum class JobState : uint8_t { kQueued = 0, kRunning = 1, kSucceeded = 2, kFailed = 3, kCancelled = 4 };
+enum class JobState : uint8_t {
+  kQueued = 0,
+  kRunning = 1,
+  kSucceeded = 2,
+  kFailed = 3,
+  kCancelled = 4
+};
 enum class NodeState : uint8_t { kReady = 0, kDraining = 1, kDown = 2 };
 
 const char* task_state_name(TaskState s);  // "queued", "timed_out", ...
@@ -39,14 +51,14 @@ const char* node_state_name(NodeState s);
 bool is_final(TaskState s);
 
 enum class SchedError : uint8_t {
-  kInvalidSpec,      // count 0 or above max, zero resources, priority > 100
-  kTooManyJobs,      // Limits::jobs_max live (unfinished) jobs
-  kTooManyTasks,     // Limits::queued_tasks_max tasks queued in all
+  kInvalidSpec,   // count 0 or above max, zero resources, priority > 100
+  kTooManyJobs,   // Limits::jobs_max live (unfinished) jobs
+  kTooManyTasks,  // Limits::queued_tasks_max tasks queued in all
   kTooManyNodes,
-  kDuplicateId,      // job id not above every earlier one; node name taken
+  kDuplicateId,  // job id not above every earlier one; node name taken
   kUnknownJob,
   kUnknownNode,
-  kBadTransition,    // e.g. finish() on a task that is not running
+  kBadTransition,  // e.g. finish() on a task that is not running
 };
 const char* sched_error_name(SchedError e);
 
@@ -56,7 +68,7 @@ struct Resources {
 };
 
 struct Limits {
-  uint32_t jobs_max = 100'000;                  // unfinished jobs
+  uint32_t jobs_max = 100'000;  // unfinished jobs
   uint32_t tasks_per_job_max = 1'000'000;
   uint64_t queued_tasks_max = 10'000'000;
   uint32_t nodes_max = 1024;
@@ -67,10 +79,10 @@ struct JobSpec {
   std::string name;
   uint32_t count = 1;
   Resources per_task;
-  uint32_t retries = 0;   // extra attempts after failed / timed_out / oom_killed
-  uint32_t priority = 50; // 0..100, higher runs first; ties: lower job id first
+  uint32_t retries = 0;    // extra attempts after failed / timed_out / oom_killed
+  uint32_t priority = 50;  // 0..100, higher runs first; ties: lower job id first
   std::vector<std::pair<std::string, std::string>> constraints;  // node labels to match
-  JobId after = 0;        // runs once that job succeeded; cancelled if it did not
+  JobId after = 0;  // runs once that job succeeded; cancelled if it did not
 };
 
 struct NodeSpec {
@@ -100,11 +112,11 @@ struct Outcome {
 // 12 bytes per task, queued or not.
 struct Task {
   TaskState state = TaskState::kQueued;
-  uint8_t attempts = 0;     // saturates at 255
+  uint8_t attempts = 0;  // saturates at 255
   uint8_t lost = 0;
   int8_t signal = 0;
   int32_t exit_code = 0;
-  NodeId node = 0;          // valid once attempts > 0
+  NodeId node = 0;  // valid once attempts > 0
 };
 
 struct Job {
@@ -115,7 +127,7 @@ struct Job {
   uint64_t finished_ms = 0;
   std::vector<Task> tasks;
   std::array<uint32_t, kTaskStateCount> state_counts{};  // tasks per TaskState
-  uint32_t next_fresh = 0;         // tasks [next_fresh, count) never started
+  uint32_t next_fresh = 0;                               // tasks [next_fresh, count) never started
   std::vector<uint32_t> requeued;  // indexes waiting for another attempt, FIFO
   size_t requeued_head = 0;
 };
@@ -166,6 +178,16 @@ class Cluster {
   JobId last_job_id() const { return last_job_id_; }
 
  private:
+  Job* find_job(JobId id);
+  bool waiting(const Job& job) const;
+  void set_task_state(Job& job, uint32_t index, TaskState to);
+  void take_from_queue(Job& job, uint32_t index, bool was_fresh);
+  bool should_requeue(const Job& job, const Task& task, TaskState outcome) const;
+  void cancel_queued(Job& job);
+  void sync_runnable(const Job& job);
+  bool settle(Job& job, uint64_t now_ms);
+  void release_dependents(JobId ended, uint64_t now_ms);
+
   Limits limits_;
   std::vector<Node> nodes_;
   std::map<JobId, Job> jobs_;
@@ -174,6 +196,10 @@ class Cluster {
   uint64_t queued_tasks_ = 0;
   uint32_t live_jobs_ = 0;
   JobId last_job_id_ = 0;
+  // Jobs waiting for another one to end, keyed by the job they wait for.
+  std::multimap<JobId, JobId> dependents_;
+  // Live jobs cancel() was called on: their running tasks end without a requeue.
+  std::set<JobId> cancelling_;
 };
 
 }  // namespace cardnode::sched

@@ -1,1 +1,990 @@
-// placeholder: being written
+// Tests for the cluster state machine: one test per rule, then a randomized property
+// test (invariants after every event) and a replay-determinism test.
+#include "scheduler/cluster.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <sstream>
+#include <variant>
+
+namespace cardnode::sched {
+namespace {
+
+constexpr uint64_t kMiB = uint64_t{1} << 20;
+constexpr uint64_t kGiB = uint64_t{1} << 30;
+
+NodeSpec node_spec(std::string name, uint32_t cpu_millis, uint64_t mem_bytes,
+                   std::map<std::string, std::string> labels = {}) {
+  return {std::move(name), {cpu_millis, mem_bytes}, std::move(labels)};
+}
+
+JobSpec job_spec(uint32_t count, uint32_t cpu_millis = 1000, uint64_t mem_bytes = 100 * kMiB,
+                 uint32_t priority = 50) {
+  // Designated initializers rather than `s.name = "j"`: g++ 12 -O3 warns falsely
+  // (-Wrestrict) on assigning a literal to a std::string member.
+  return JobSpec{.name = std::string("j"),
+                 .count = count,
+                 .per_task = {cpu_millis, mem_bytes},
+                 .priority = priority};
+}
+
+Outcome outcome(TaskState s, int32_t exit_code = 0) {
+  return {s, exit_code, 0};
+}
+
+// Applies everything plan() proposes; returns the placements.
+std::vector<Placement> place(Cluster& c, uint32_t max = 1000, uint64_t now_ms = 1) {
+  auto plan = c.plan(max);
+  for (const Placement& p : plan) EXPECT_TRUE(c.start(p, now_ms).has_value());
+  return plan;
+}
+
+uint32_t count_of(const Job& j, TaskState s) {
+  return j.state_counts[static_cast<size_t>(s)];
+}
+
+class ClusterTest : public ::testing::Test {
+ protected:
+  NodeId add(std::string name, uint32_t cpu, uint64_t mem = 8 * kGiB,
+             std::map<std::string, std::string> labels = {}) {
+    auto id = c.add_node(node_spec(std::move(name), cpu, mem, std::move(labels)));
+    EXPECT_TRUE(id.has_value());
+    return id.value_or(0);
+  }
+  void submit(JobId id, JobSpec spec) { ASSERT_TRUE(c.submit(id, std::move(spec), 10)); }
+
+  Cluster c;
+};
+
+// ------------------------------------------------------------------------- names
+
+TEST(Names, StatesMatchTheCommandLineSurface) {
+  const char* tasks[] = {"queued",    "running",   "succeeded",  "failed",
+                         "cancelled", "timed_out", "oom_killed", "lost"};
+  for (size_t i = 0; i < kTaskStateCount; ++i) {
+    EXPECT_STREQ(task_state_name(static_cast<TaskState>(i)), tasks[i]);
+    EXPECT_EQ(is_final(static_cast<TaskState>(i)), i >= 2);
+  }
+  const char* jobs[] = {"queued", "running", "succeeded", "failed", "cancelled"};
+  for (size_t i = 0; i < 5; ++i) EXPECT_STREQ(job_state_name(static_cast<JobState>(i)), jobs[i]);
+  EXPECT_STREQ(node_state_name(NodeState::kReady), "ready");
+  EXPECT_STREQ(node_state_name(NodeState::kDraining), "draining");
+  EXPECT_STREQ(node_state_name(NodeState::kDown), "down");
+  EXPECT_STREQ(sched_error_name(SchedError::kBadTransition), "bad_transition");
+}
+
+// ------------------------------------------------------------------------- nodes
+
+TEST_F(ClusterTest, AddNodeRejectsDuplicatesZeroCapacityAndTooMany) {
+  Cluster small(Limits{.nodes_max = 2});
+  EXPECT_EQ(small.add_node(node_spec("a", 1000, kGiB)).value(), 0u);
+  EXPECT_EQ(small.add_node(node_spec("a", 1000, kGiB)).error(), SchedError::kDuplicateId);
+  EXPECT_EQ(small.add_node(node_spec("b", 0, kGiB)).error(), SchedError::kInvalidSpec);
+  EXPECT_EQ(small.add_node(node_spec("b", 1000, 0)).error(), SchedError::kInvalidSpec);
+  EXPECT_EQ(small.add_node(node_spec("b", 1000, kGiB)).value(), 1u);
+  EXPECT_EQ(small.add_node(node_spec("c", 1000, kGiB)).error(), SchedError::kTooManyNodes);
+  EXPECT_EQ(small.node_by_name("b")->id, 1u);
+  EXPECT_EQ(small.node_by_name("c"), nullptr);
+  EXPECT_EQ(small.set_node_state(2, NodeState::kDown).error(), SchedError::kUnknownNode);
+}
+
+// ----------------------------------------------------------------- submit bounds
+
+TEST_F(ClusterTest, ValidateRejectsBadSpecs) {
+  EXPECT_TRUE(c.validate(job_spec(1)));
+  EXPECT_EQ(c.validate(job_spec(0)).error(), SchedError::kInvalidSpec);
+  EXPECT_EQ(c.validate(job_spec(1'000'001)).error(), SchedError::kInvalidSpec);
+  EXPECT_EQ(c.validate(job_spec(1, 0)).error(), SchedError::kInvalidSpec);
+  EXPECT_EQ(c.validate(job_spec(1, 1000, 0)).error(), SchedError::kInvalidSpec);
+  EXPECT_EQ(c.validate(job_spec(1, 1000, kMiB, 101)).error(), SchedError::kInvalidSpec);
+  EXPECT_TRUE(c.validate(job_spec(1, 1000, kMiB, 100)));
+  EXPECT_EQ(c.submit(1, job_spec(0), 0).error(), SchedError::kInvalidSpec);
+  EXPECT_TRUE(c.jobs().empty());
+}
+
+TEST_F(ClusterTest, SubmitRejectsIdsNotAboveTheLast) {
+  EXPECT_EQ(c.submit(0, job_spec(1), 0).error(), SchedError::kDuplicateId);
+  submit(5, job_spec(1));
+  EXPECT_EQ(c.submit(5, job_spec(1), 0).error(), SchedError::kDuplicateId);
+  EXPECT_EQ(c.submit(4, job_spec(1), 0).error(), SchedError::kDuplicateId);
+  submit(6, job_spec(1));
+  EXPECT_EQ(c.last_job_id(), 6u);
+}
+
+TEST_F(ClusterTest, SubmitBoundsLiveJobsAndQueuedTasks) {
+  Cluster small(Limits{.jobs_max = 2, .tasks_per_job_max = 10, .queued_tasks_max = 12});
+  ASSERT_TRUE(small.add_node(node_spec("a", 1000, kGiB)));
+  EXPECT_EQ(small.submit(1, job_spec(11), 0).error(), SchedError::kInvalidSpec);
+  ASSERT_TRUE(small.submit(1, job_spec(10), 0));
+  EXPECT_EQ(small.submit(2, job_spec(3), 0).error(), SchedError::kTooManyTasks);
+  ASSERT_TRUE(small.submit(2, job_spec(2), 0));
+  EXPECT_EQ(small.submit(3, job_spec(1), 0).error(), SchedError::kTooManyJobs);
+  EXPECT_EQ(small.queued_tasks(), 12u);
+  // Ending a job frees its slot; starting a task frees queue room.
+  ASSERT_TRUE(small.cancel(2, 0));
+  auto plan = place(small, 1);
+  ASSERT_EQ(plan.size(), 1u);
+  EXPECT_EQ(small.queued_tasks(), 9u);
+  ASSERT_TRUE(small.submit(3, job_spec(3), 0));
+  EXPECT_EQ(small.submit(4, job_spec(1), 0).error(), SchedError::kTooManyJobs);
+}
+
+TEST_F(ClusterTest, SubmitAfterUnknownJobFails) {
+  JobSpec s = job_spec(1);
+  s.after = 7;
+  EXPECT_EQ(c.submit(8, s, 0).error(), SchedError::kUnknownJob);
+  s.after = 8;  // itself
+  EXPECT_EQ(c.submit(8, s, 0).error(), SchedError::kUnknownJob);
+}
+
+// ---------------------------------------------------------------------- placement
+
+TEST_F(ClusterTest, PlanOrdersByPriorityThenJobId) {
+  add("a", 16000);
+  submit(1, job_spec(2, 1000, kMiB, 10));
+  submit(2, job_spec(2, 1000, kMiB, 90));
+  submit(3, job_spec(1, 1000, kMiB, 90));
+  submit(4, job_spec(1, 1000, kMiB, 50));
+  auto plan = c.plan(100);
+  std::vector<TaskRef> order;
+  for (const auto& p : plan) order.push_back(p.task);
+  std::vector<TaskRef> want = {{2, 0}, {2, 1}, {3, 0}, {4, 0}, {1, 0}, {1, 1}};
+  EXPECT_EQ(order, want);
+  for (const auto& p : plan) EXPECT_EQ(p.attempt, 1u);
+  EXPECT_EQ(c.plan(3).size(), 3u);
+  EXPECT_TRUE(c.plan(0).empty());
+}
+
+TEST_F(ClusterTest, PlanIsPureAndRepeatable) {
+  add("a", 4000);
+  submit(1, job_spec(10));
+  auto first = c.plan(100);
+  auto second = c.plan(100);
+  ASSERT_EQ(first.size(), 4u);
+  ASSERT_EQ(second.size(), first.size());
+  for (size_t i = 0; i < first.size(); ++i) {
+    EXPECT_EQ(first[i].task, second[i].task);
+    EXPECT_EQ(first[i].node, second[i].node);
+  }
+  EXPECT_EQ(c.job(1)->state, JobState::kQueued);
+  EXPECT_EQ(c.node(0)->used.cpu_millis, 0u);
+}
+
+TEST_F(ClusterTest, PlanPicksMostFreeCpuThenMemoryThenLowestId) {
+  NodeId small = add("small", 2000, 8 * kGiB);
+  NodeId big_lowmem = add("big-lowmem", 4000, 2 * kGiB);
+  NodeId big_highmem = add("big-highmem", 4000, 4 * kGiB);
+  NodeId twin = add("twin", 4000, 4 * kGiB);
+  submit(1, job_spec(1, 1000, kGiB));
+  auto plan = c.plan(1);
+  ASSERT_EQ(plan.size(), 1u);
+  EXPECT_EQ(plan[0].node, big_highmem);  // ties with twin on cpu and memory: lower id
+  // Within one plan, earlier placements count; CPU decides before memory.
+  submit(2, job_spec(3, 1000, kGiB));
+  plan = c.plan(4);
+  ASSERT_EQ(plan.size(), 4u);
+  EXPECT_EQ(plan[0].node, big_highmem);  // job 1 first: 3000 cpu / 3 GiB left there
+  EXPECT_EQ(plan[1].node, twin);         // 4000 / 4 GiB
+  EXPECT_EQ(plan[2].node, big_lowmem);   // 4000 / 2 GiB: more CPU beats more memory
+  EXPECT_EQ(plan[3].node, big_highmem);  // three at 3000; 3 GiB beats 1 GiB; lower id
+  // The 2-core node only gets work once no other node has more free CPU.
+  submit(3, job_spec(5, 1000, 512 * kMiB));
+  plan = place(c, 100);
+  ASSERT_EQ(plan.size(), 9u);
+  EXPECT_EQ(plan[6].task, (TaskRef{3, 2}));
+  EXPECT_EQ(plan[6].node, small);
+  EXPECT_EQ(c.node(small)->running, 1u);
+}
+
+TEST_F(ClusterTest, CapacityIsRespectedAndTasksWait) {
+  add("a", 2000, 8 * kGiB);
+  add("b", 2000, 8 * kGiB);
+  submit(1, job_spec(10, 1000));
+  auto plan = place(c);
+  ASSERT_EQ(plan.size(), 4u);
+  EXPECT_EQ(c.queued_tasks(), 6u);
+  for (const Node& n : c.nodes()) {
+    EXPECT_EQ(n.used.cpu_millis, 2000u);
+    EXPECT_EQ(n.running, 2u);
+  }
+  EXPECT_TRUE(c.plan(10).empty());
+  ASSERT_TRUE(c.finish(plan[0].task, outcome(TaskState::kSucceeded), 2));
+  auto next = c.plan(10);
+  ASSERT_EQ(next.size(), 1u);
+  EXPECT_EQ(next[0].node, plan[0].node);
+  EXPECT_EQ(next[0].task, (TaskRef{1, 4}));
+}
+
+TEST_F(ClusterTest, MemoryIsACapacityToo) {
+  add("a", 16000, kGiB);
+  submit(1, job_spec(4, 100, 400 * kMiB));
+  EXPECT_EQ(place(c).size(), 2u);
+  EXPECT_EQ(c.node(0)->used.mem_bytes, 800 * kMiB);
+}
+
+TEST_F(ClusterTest, ConstraintsMustAllMatchNodeLabels) {
+  NodeId plain = add("plain", 8000);
+  NodeId arm32 = add("arm32", 2000, 8 * kGiB, {{"arch", "armhf"}});
+  NodeId both = add("both", 1000, 8 * kGiB, {{"arch", "armhf"}, {"camera", "yes"}});
+  JobSpec s = job_spec(4);
+  s.constraints = {{"arch", "armhf"}};
+  submit(1, s);
+  auto plan = place(c);
+  ASSERT_EQ(plan.size(), 3u);
+  for (const auto& p : plan) EXPECT_NE(p.node, plain);
+  EXPECT_EQ(c.node(arm32)->running, 2u);
+  EXPECT_EQ(c.node(both)->running, 1u);
+
+  s.constraints = {{"arch", "armhf"}, {"camera", "no"}};
+  submit(2, s);
+  EXPECT_TRUE(c.plan(10).empty());
+}
+
+TEST_F(ClusterTest, DrainingAndDownNodesGetNoPlacements) {
+  NodeId a = add("a", 4000);
+  NodeId b = add("b", 1000);
+  submit(1, job_spec(4));
+  ASSERT_TRUE(c.set_node_state(a, NodeState::kDraining));
+  auto plan = place(c);
+  ASSERT_EQ(plan.size(), 1u);
+  EXPECT_EQ(plan[0].node, b);
+  ASSERT_TRUE(c.set_node_state(b, NodeState::kDown));
+  EXPECT_TRUE(c.plan(10).empty());
+  ASSERT_TRUE(c.set_node_state(a, NodeState::kReady));
+  EXPECT_EQ(c.plan(10).size(), 3u);
+}
+
+TEST_F(ClusterTest, BlockedLargeJobDoesNotBlockSmallerOnes) {
+  add("a", 2000);
+  submit(1, job_spec(1, 1000));
+  place(c);
+  submit(2, job_spec(1, 2000, kMiB, 100));  // needs the whole node
+  submit(3, job_spec(2, 500, kMiB, 0));
+  auto plan = c.plan(10);
+  ASSERT_EQ(plan.size(), 2u);
+  EXPECT_EQ(plan[0].task.job, 3u);
+  EXPECT_EQ(plan[1].task.job, 3u);
+}
+
+TEST_F(ClusterTest, NoNodesMeansNoPlacements) {
+  submit(1, job_spec(1));
+  EXPECT_TRUE(c.plan(10).empty());
+}
+
+// ------------------------------------------------------------------- job states
+
+TEST_F(ClusterTest, JobStateFollowsItsTasks) {
+  add("a", 1000);
+  submit(1, job_spec(2));
+  EXPECT_EQ(c.job(1)->state, JobState::kQueued);
+  auto p = place(c);
+  ASSERT_EQ(p.size(), 1u);
+  EXPECT_EQ(c.job(1)->state, JobState::kRunning);
+  EXPECT_EQ(c.node(0)->spec.name, "a");
+  EXPECT_EQ(c.job(1)->tasks[0].node, 0u);
+  ASSERT_EQ(c.finish(p[0].task, outcome(TaskState::kSucceeded), 20).value(), TaskState::kSucceeded);
+  // One done, one still queued: running.
+  EXPECT_EQ(c.job(1)->state, JobState::kRunning);
+  EXPECT_EQ(c.job(1)->finished_ms, 0u);
+  p = place(c);
+  ASSERT_EQ(p.size(), 1u);
+  ASSERT_TRUE(c.finish(p[0].task, outcome(TaskState::kSucceeded), 30));
+  const Job& j = *c.job(1);
+  EXPECT_EQ(j.state, JobState::kSucceeded);
+  EXPECT_EQ(j.finished_ms, 30u);
+  EXPECT_EQ(j.submitted_ms, 10u);
+  EXPECT_EQ(count_of(j, TaskState::kSucceeded), 2u);
+  EXPECT_EQ(c.node(0)->used.cpu_millis, 0u);
+  EXPECT_EQ(c.node(0)->running, 0u);
+}
+
+TEST_F(ClusterTest, AnyFailureFailsTheJob) {
+  add("a", 4000);
+  submit(1, job_spec(2));
+  auto p = place(c);
+  ASSERT_TRUE(c.finish(p[0].task, outcome(TaskState::kSucceeded), 20));
+  ASSERT_EQ(c.finish(p[1].task, outcome(TaskState::kFailed, 3), 20).value(), TaskState::kFailed);
+  EXPECT_EQ(c.job(1)->state, JobState::kFailed);
+  EXPECT_EQ(c.job(1)->tasks[1].exit_code, 3);
+}
+
+TEST_F(ClusterTest, StartAndFinishRejectBadTransitions) {
+  add("a", 4000);
+  submit(1, job_spec(2));
+  EXPECT_EQ(c.start({{9, 0}, 0, 1}, 1).error(), SchedError::kUnknownJob);
+  EXPECT_EQ(c.start({{1, 2}, 0, 1}, 1).error(), SchedError::kUnknownJob);
+  EXPECT_EQ(c.start({{1, 0}, 5, 1}, 1).error(), SchedError::kUnknownNode);
+  EXPECT_EQ(c.finish({1, 0}, outcome(TaskState::kSucceeded), 1).error(),
+            SchedError::kBadTransition);
+  ASSERT_TRUE(c.start({{1, 0}, 0, 1}, 1));
+  EXPECT_EQ(c.start({{1, 0}, 0, 1}, 1).error(), SchedError::kBadTransition);
+  EXPECT_EQ(c.finish({1, 0}, outcome(TaskState::kQueued), 1).error(), SchedError::kBadTransition);
+  EXPECT_EQ(c.finish({1, 0}, outcome(TaskState::kRunning), 1).error(), SchedError::kBadTransition);
+  EXPECT_EQ(c.finish({2, 0}, outcome(TaskState::kSucceeded), 1).error(), SchedError::kUnknownJob);
+  ASSERT_TRUE(c.finish({1, 0}, outcome(TaskState::kSucceeded), 1));
+  EXPECT_EQ(c.finish({1, 0}, outcome(TaskState::kSucceeded), 1).error(),
+            SchedError::kBadTransition);
+  EXPECT_EQ(c.start({{1, 0}, 0, 1}, 1).error(), SchedError::kBadTransition);
+}
+
+// --------------------------------------------------------------------- retries
+
+TEST_F(ClusterTest, FailuresRequeueUntilRetriesAreUsedUp) {
+  add("a", 1000);
+  JobSpec s = job_spec(1);
+  s.retries = 2;
+  submit(1, s);
+  const TaskState outcomes[] = {TaskState::kFailed, TaskState::kTimedOut, TaskState::kOomKilled};
+  for (uint32_t attempt = 1; attempt <= 3; ++attempt) {
+    auto p = place(c);
+    ASSERT_EQ(p.size(), 1u);
+    EXPECT_EQ(p[0].attempt, attempt);
+    auto after = c.finish(p[0].task, outcome(outcomes[attempt - 1], int32_t(attempt)), 5);
+    ASSERT_TRUE(after);
+    EXPECT_EQ(*after, attempt < 3 ? TaskState::kQueued : TaskState::kOomKilled);
+    EXPECT_EQ(c.job(1)->tasks[0].exit_code, int32_t(attempt));
+  }
+  const Job& j = *c.job(1);
+  EXPECT_EQ(j.state, JobState::kFailed);
+  EXPECT_EQ(j.tasks[0].attempts, 3u);
+  EXPECT_EQ(c.queued_tasks(), 0u);
+  EXPECT_TRUE(c.plan(10).empty());
+}
+
+TEST_F(ClusterTest, RequeuedTasksGoFirstInFifoOrder) {
+  add("a", 3000);
+  JobSpec s = job_spec(6);
+  s.retries = 1;
+  submit(1, s);
+  auto p = place(c);
+  ASSERT_EQ(p.size(), 3u);
+  ASSERT_TRUE(c.finish({1, 2}, outcome(TaskState::kFailed), 5));
+  ASSERT_TRUE(c.finish({1, 0}, outcome(TaskState::kFailed), 5));
+  auto next = c.plan(10);
+  ASSERT_EQ(next.size(), 2u);
+  EXPECT_EQ(next[0].task, (TaskRef{1, 2}));
+  EXPECT_EQ(next[0].attempt, 2u);
+  EXPECT_EQ(next[1].task, (TaskRef{1, 0}));
+}
+
+TEST_F(ClusterTest, HugeRetriesStillEndAfterBoundedAttempts) {
+  add("a", 1000);
+  JobSpec s = job_spec(1);
+  s.retries = 1'000'000;
+  submit(1, s);
+  uint32_t starts = 0;
+  for (; starts < 1000; ++starts) {
+    auto p = place(c);
+    if (p.empty()) break;
+    ASSERT_TRUE(c.finish(p[0].task, outcome(TaskState::kFailed), 5));
+  }
+  EXPECT_EQ(starts, 255u);
+  EXPECT_EQ(c.job(1)->state, JobState::kFailed);
+}
+
+TEST_F(ClusterTest, LostTasksRequeueUpToTheBoundWithoutUsingRetries) {
+  Cluster lc(Limits{.lost_requeues_max = 2});
+  ASSERT_TRUE(lc.add_node(node_spec("a", 1000, kGiB)));
+  JobSpec s = job_spec(1);
+  s.retries = 1;
+  ASSERT_TRUE(lc.submit(1, s, 0));
+  auto run_and_end = [&](TaskState st) {
+    auto p = place(lc);
+    EXPECT_EQ(p.size(), 1u);
+    return p.empty() ? TaskState::kQueued : lc.finish(p[0].task, outcome(st), 5).value();
+  };
+  EXPECT_EQ(run_and_end(TaskState::kLost), TaskState::kQueued);
+  EXPECT_EQ(run_and_end(TaskState::kLost), TaskState::kQueued);
+  // The retry is still there after two losses.
+  EXPECT_EQ(run_and_end(TaskState::kFailed), TaskState::kQueued);
+  EXPECT_EQ(run_and_end(TaskState::kLost), TaskState::kLost);  // third loss: final
+  const Job& j = *lc.job(1);
+  EXPECT_EQ(j.tasks[0].attempts, 4u);
+  EXPECT_EQ(j.tasks[0].lost, 3u);
+  EXPECT_EQ(j.state, JobState::kFailed);
+}
+
+TEST_F(ClusterTest, NodeLostEndsItsRunningTasksAsLost) {
+  NodeId a = add("a", 2000);
+  NodeId b = add("b", 1000);
+  submit(1, job_spec(3));
+  place(c);
+  ASSERT_EQ(c.node(a)->running, 2u);
+  auto lost = c.node_lost(a, 7);
+  std::vector<TaskRef> want = {{1, 0}, {1, 2}};
+  EXPECT_EQ(lost, want);  // task 1 went to b: equal free CPU, more free memory
+  EXPECT_EQ(c.node(a)->running, 0u);
+  EXPECT_EQ(c.node(a)->used.cpu_millis, 0u);
+  EXPECT_EQ(c.node(b)->running, 1u);
+  EXPECT_EQ(c.queued_tasks(), 2u);
+  for (const auto& t : lost) EXPECT_EQ(c.job(1)->tasks[t.index].lost, 1u);
+  ASSERT_TRUE(c.set_node_state(a, NodeState::kDown));
+  EXPECT_TRUE(c.plan(10).empty());
+  EXPECT_TRUE(c.node_lost(99, 7).empty());
+}
+
+// ---------------------------------------------------------------------- cancel
+
+TEST_F(ClusterTest, CancelQueuedJobEndsAtOnce) {
+  submit(1, job_spec(5));
+  auto running = c.cancel(1, 9);
+  ASSERT_TRUE(running);
+  EXPECT_TRUE(running->empty());
+  const Job& j = *c.job(1);
+  EXPECT_EQ(j.state, JobState::kCancelled);
+  EXPECT_EQ(j.finished_ms, 9u);
+  EXPECT_EQ(count_of(j, TaskState::kCancelled), 5u);
+  EXPECT_EQ(c.queued_tasks(), 0u);
+  add("a", 4000);
+  EXPECT_TRUE(c.plan(10).empty());
+  EXPECT_TRUE(c.cancel(1, 10)->empty());  // already final: nothing to do
+  EXPECT_EQ(c.job(1)->finished_ms, 9u);
+  EXPECT_EQ(c.cancel(2, 10).error(), SchedError::kUnknownJob);
+}
+
+TEST_F(ClusterTest, CancelRunningJobReturnsRunningTasksWhichDoNotRequeue) {
+  add("a", 2000);
+  JobSpec s = job_spec(4);
+  s.retries = 3;
+  submit(1, s);
+  place(c);
+  auto running = c.cancel(1, 9);
+  ASSERT_TRUE(running);
+  std::vector<TaskRef> want = {{1, 0}, {1, 1}};
+  EXPECT_EQ(*running, want);
+  EXPECT_EQ(c.job(1)->state, JobState::kRunning);
+  EXPECT_EQ(c.queued_tasks(), 0u);
+  EXPECT_TRUE(c.plan(10).empty());
+  // A kill may surface as a failure or a loss; neither is retried now.
+  EXPECT_EQ(c.finish({1, 0}, outcome(TaskState::kFailed), 10).value(), TaskState::kFailed);
+  EXPECT_EQ(c.finish({1, 1}, outcome(TaskState::kLost), 11).value(), TaskState::kLost);
+  EXPECT_EQ(c.job(1)->state, JobState::kCancelled);
+  EXPECT_EQ(c.job(1)->finished_ms, 11u);
+  EXPECT_EQ(c.node(0)->used.cpu_millis, 0u);
+}
+
+// ----------------------------------------------------------------------- after
+
+TEST_F(ClusterTest, AfterWaitsForSuccessThenRuns) {
+  add("a", 4000);
+  submit(1, job_spec(1));
+  JobSpec s = job_spec(2);
+  s.after = 1;
+  submit(2, s);
+  auto p = c.plan(10);
+  ASSERT_EQ(p.size(), 1u);
+  EXPECT_EQ(p[0].task.job, 1u);
+  EXPECT_EQ(c.start({{2, 0}, 0, 1}, 1).error(), SchedError::kBadTransition);  // still waiting
+  ASSERT_TRUE(c.start(p[0], 1));
+  EXPECT_EQ(c.job(2)->state, JobState::kQueued);
+  ASSERT_TRUE(c.finish(p[0].task, outcome(TaskState::kSucceeded), 2));
+  p = c.plan(10);
+  ASSERT_EQ(p.size(), 2u);
+  EXPECT_EQ(p[0].task.job, 2u);
+}
+
+TEST_F(ClusterTest, AfterCancelsWhenTheDependencyFailsAndCascades) {
+  add("a", 4000);
+  submit(1, job_spec(1));
+  JobSpec s = job_spec(2);
+  s.after = 1;
+  submit(2, s);
+  s.after = 2;
+  submit(3, s);
+  auto p = place(c);
+  ASSERT_EQ(p.size(), 1u);
+  ASSERT_TRUE(c.finish(p[0].task, outcome(TaskState::kFailed, 1), 3));
+  EXPECT_EQ(c.job(1)->state, JobState::kFailed);
+  EXPECT_EQ(c.job(2)->state, JobState::kCancelled);
+  EXPECT_EQ(c.job(3)->state, JobState::kCancelled);
+  EXPECT_EQ(count_of(*c.job(3), TaskState::kCancelled), 2u);
+  EXPECT_EQ(c.queued_tasks(), 0u);
+  EXPECT_TRUE(c.plan(10).empty());
+}
+
+TEST_F(ClusterTest, AfterAnEndedJobDecidesAtSubmit) {
+  add("a", 4000);
+  submit(1, job_spec(1));
+  place(c);
+  ASSERT_TRUE(c.finish({1, 0}, outcome(TaskState::kSucceeded), 2));
+  submit(2, job_spec(1));
+  ASSERT_TRUE(c.cancel(2, 3));
+  JobSpec s = job_spec(1);
+  s.after = 1;  // succeeded: runnable now
+  submit(3, s);
+  s.after = 2;  // cancelled: this one is cancelled at once
+  submit(4, s);
+  EXPECT_EQ(c.job(4)->state, JobState::kCancelled);
+  EXPECT_EQ(c.job(4)->finished_ms, 10u);
+  auto p = c.plan(10);
+  ASSERT_EQ(p.size(), 1u);
+  EXPECT_EQ(p[0].task.job, 3u);
+}
+
+TEST_F(ClusterTest, CancellingADependencyCancelsWaitingJobs) {
+  submit(1, job_spec(1));
+  JobSpec s = job_spec(1);
+  s.after = 1;
+  submit(2, s);
+  submit(3, s);
+  ASSERT_TRUE(c.cancel(2, 4));  // a waiting job can be cancelled on its own
+  ASSERT_TRUE(c.cancel(1, 5));
+  EXPECT_EQ(c.job(3)->state, JobState::kCancelled);
+  EXPECT_EQ(c.job(3)->finished_ms, 5u);
+  EXPECT_EQ(c.job(2)->finished_ms, 4u);
+}
+
+TEST_F(ClusterTest, LongAfterChainCancelsWithoutRecursion) {
+  Cluster big;
+  ASSERT_TRUE(big.submit(1, job_spec(1), 0));
+  for (JobId id = 2; id <= 20'000; ++id) {
+    JobSpec s = job_spec(1);
+    s.after = id - 1;
+    ASSERT_TRUE(big.submit(id, s, 0));
+  }
+  ASSERT_TRUE(big.cancel(1, 1));
+  EXPECT_EQ(big.job(20'000)->state, JobState::kCancelled);
+  EXPECT_EQ(big.queued_tasks(), 0u);
+}
+
+// -------------------------------------------------------------- replayed starts
+
+TEST_F(ClusterTest, StartAcceptsAnyQueuedIndexAsReplayMayOrderThem) {
+  add("a", 100'000);
+  JobSpec s = job_spec(8);
+  s.retries = 5;
+  submit(1, s);
+  ASSERT_TRUE(c.start({{1, 5}, 0, 1}, 1));
+  ASSERT_TRUE(c.start({{1, 0}, 0, 1}, 1));
+  auto p = c.plan(100);
+  std::vector<uint32_t> idx;
+  for (const auto& x : p) idx.push_back(x.task.index);
+  EXPECT_EQ(idx, (std::vector<uint32_t>{1, 2, 3, 4, 6, 7}));
+
+  // Requeue 5, 0 (in that order), then start the second requeued one first.
+  ASSERT_TRUE(c.finish({1, 5}, outcome(TaskState::kFailed), 2));
+  ASSERT_TRUE(c.finish({1, 0}, outcome(TaskState::kFailed), 2));
+  ASSERT_TRUE(c.start({{1, 0}, 0, 2}, 3));
+  p = c.plan(100);
+  idx.clear();
+  for (const auto& x : p) idx.push_back(x.task.index);
+  EXPECT_EQ(idx, (std::vector<uint32_t>{5, 1, 2, 3, 4, 6, 7}));
+  // Start everything, fail 0 again: it is queued exactly once.
+  for (const auto& x : p) ASSERT_TRUE(c.start(x, 4));
+  ASSERT_TRUE(c.finish({1, 0}, outcome(TaskState::kFailed), 5));
+  p = c.plan(100);
+  ASSERT_EQ(p.size(), 1u);
+  EXPECT_EQ(p[0].task, (TaskRef{1, 0}));
+  EXPECT_EQ(p[0].attempt, 3u);
+  EXPECT_EQ(c.queued_tasks(), 1u);
+}
+
+// ------------------------------------------------------- randomized: the harness
+
+struct OpAddNode {
+  NodeSpec spec;
+};
+struct OpSetNode {
+  NodeId id;
+  NodeState state;
+};
+struct OpSubmit {
+  JobId id;
+  JobSpec spec;
+};
+struct OpStart {
+  Placement p;
+};
+struct OpFinish {
+  TaskRef t;
+  Outcome o;
+};
+struct OpCancel {
+  JobId id;
+};
+struct OpNodeLost {
+  NodeId id;
+};
+using Op = std::variant<OpAddNode, OpSetNode, OpSubmit, OpStart, OpFinish, OpCancel, OpNodeLost>;
+
+template <typename T>
+std::string result_text(const std::expected<T, SchedError>& r) {
+  if (!r) return std::string("error ") + sched_error_name(r.error());
+  if constexpr (std::is_same_v<T, TaskState>) return task_state_name(*r);
+  if constexpr (std::is_same_v<T, NodeId>) return "node " + std::to_string(*r);
+  if constexpr (std::is_same_v<T, std::vector<TaskRef>>) return std::to_string(r->size());
+  return "ok";
+}
+
+// Applies one op; the text of its result lets a replay compare outcome by outcome.
+std::string apply(Cluster& c, const Op& op, uint64_t now_ms) {
+  struct Visitor {
+    Cluster& c;
+    uint64_t now_ms;
+    std::string operator()(const OpAddNode& o) { return result_text(c.add_node(o.spec)); }
+    std::string operator()(const OpSetNode& o) {
+      return result_text(c.set_node_state(o.id, o.state));
+    }
+    std::string operator()(const OpSubmit& o) {
+      return result_text(c.submit(o.id, o.spec, now_ms));
+    }
+    std::string operator()(const OpStart& o) { return result_text(c.start(o.p, now_ms)); }
+    std::string operator()(const OpFinish& o) { return result_text(c.finish(o.t, o.o, now_ms)); }
+    std::string operator()(const OpCancel& o) { return result_text(c.cancel(o.id, now_ms)); }
+    std::string operator()(const OpNodeLost& o) {
+      return std::to_string(c.node_lost(o.id, now_ms).size());
+    }
+  };
+  return std::visit(Visitor{c, now_ms}, op);
+}
+
+// Every field of the state, for comparing two clusters.
+std::string dump(const Cluster& c) {
+  std::ostringstream out;
+  out << "queued " << c.queued_tasks() << " last " << c.last_job_id() << "\n";
+  for (const Node& n : c.nodes()) {
+    out << "node " << n.id << " " << n.spec.name << " " << int(n.state) << " " << n.used.cpu_millis
+        << " " << n.used.mem_bytes << " " << n.running << "\n";
+  }
+  for (const auto& [id, j] : c.jobs()) {
+    out << "job " << id << " " << int(j.state) << " " << j.submitted_ms << " " << j.finished_ms
+        << " fresh " << j.next_fresh << " requeued";
+    for (size_t i = j.requeued_head; i < j.requeued.size(); ++i) out << " " << j.requeued[i];
+    out << "\n";
+    for (const Task& t : j.tasks) {
+      out << " " << int(t.state) << "/" << int(t.attempts) << "/" << int(t.lost) << "/"
+          << t.exit_code << "/" << int(t.signal) << "/" << t.node;
+    }
+    out << "\n";
+  }
+  for (const Placement& p : c.plan(1'000'000)) {
+    out << "plan " << p.task.job << "." << p.task.index << "@" << p.node << "#" << p.attempt;
+  }
+  return out.str();
+}
+
+bool job_final(JobState s) {
+  return s >= JobState::kSucceeded;
+}
+
+bool runnable(const Cluster& c, const Job& j) {
+  if (job_final(j.state) || count_of(j, TaskState::kQueued) == 0) return false;
+  return j.spec.after == 0 || c.job(j.spec.after)->state == JobState::kSucceeded;
+}
+
+bool fits(const Node& n, const Resources& used, const JobSpec& s) {
+  if (n.state != NodeState::kReady) return false;
+  for (const auto& [k, v] : s.constraints) {
+    auto it = n.spec.labels.find(k);
+    if (it == n.spec.labels.end() || it->second != v) return false;
+  }
+  return uint64_t{used.cpu_millis} + s.per_task.cpu_millis <= n.spec.capacity.cpu_millis &&
+         used.mem_bytes + s.per_task.mem_bytes <= n.spec.capacity.mem_bytes;
+}
+
+// Jobs checked in a final state, with what they looked like then: a final job must never
+// change, and comparing beats rescanning its tasks after every event.
+using FinalJobs = std::map<JobId, std::pair<JobState, std::array<uint32_t, kTaskStateCount>>>;
+
+// Checks every invariant the state must hold; all starts in the harness go to nodes
+// with room, so no node is ever over capacity.
+void check_invariants(const Cluster& c, FinalJobs* final_jobs) {
+  const auto& nodes = c.nodes();
+  std::vector<Resources> used(nodes.size());
+  std::vector<uint32_t> running(nodes.size());
+  uint64_t queued_total = 0;
+  for (const auto& [id, j] : c.jobs()) {
+    if (auto it = final_jobs->find(id); it != final_jobs->end()) {
+      ASSERT_EQ(j.state, it->second.first) << "final job " << id << " changed";
+      ASSERT_EQ(j.state_counts, it->second.second) << "final job " << id << " changed";
+      continue;
+    }
+    ASSERT_EQ(j.id, id);
+    ASSERT_EQ(j.tasks.size(), j.spec.count);
+    std::array<uint32_t, kTaskStateCount> counts{};
+    uint32_t requeued_expected = 0;
+    for (uint32_t i = 0; i < j.tasks.size(); ++i) {
+      const Task& t = j.tasks[i];
+      ++counts[static_cast<size_t>(t.state)];
+      if (t.state == TaskState::kRunning) {
+        ASSERT_LT(t.node, nodes.size()) << id << "." << i;
+        ASSERT_GE(t.attempts, 1u);
+        used[t.node].cpu_millis += j.spec.per_task.cpu_millis;
+        used[t.node].mem_bytes += j.spec.per_task.mem_bytes;
+        ++running[t.node];
+      }
+      if (t.state == TaskState::kQueued) {
+        ++queued_total;
+        if (t.attempts == 0) {
+          ASSERT_GE(i, j.next_fresh) << id << "." << i;
+        }
+        if (t.attempts > 0) ++requeued_expected;
+      }
+    }
+    ASSERT_EQ(counts, j.state_counts) << "job " << id;
+    // The requeued list holds each requeued task exactly once.
+    std::vector<uint32_t> listed(j.requeued.begin() + std::ptrdiff_t(j.requeued_head),
+                                 j.requeued.end());
+    ASSERT_EQ(listed.size(), requeued_expected) << "job " << id;
+    std::sort(listed.begin(), listed.end());
+    ASSERT_TRUE(std::adjacent_find(listed.begin(), listed.end()) == listed.end());
+    for (uint32_t i : listed) ASSERT_EQ(j.tasks[i].state, TaskState::kQueued);
+
+    uint32_t live = counts[0] + counts[1];
+    if (job_final(j.state)) {
+      ASSERT_EQ(live, 0u) << "final job " << id << " has live tasks";
+      ASSERT_EQ(j.state == JobState::kSucceeded, counts[2] == j.spec.count);
+      ASSERT_TRUE(j.requeued.empty());
+      (*final_jobs)[id] = {j.state, counts};
+    } else {
+      ASSERT_GT(live, 0u) << "live job " << id << " has only final tasks";
+      ASSERT_EQ(j.state == JobState::kQueued, counts[0] == j.spec.count);
+    }
+    if (j.spec.after != 0) {
+      const Job* dep = c.job(j.spec.after);
+      ASSERT_NE(dep, nullptr);
+      ASSERT_LT(dep->id, id);
+      if (!job_final(dep->state)) {
+        for (const Task& t : j.tasks) ASSERT_EQ(t.attempts, 0u) << id << " started while waiting";
+      }
+      if (job_final(dep->state) && dep->state != JobState::kSucceeded) {
+        ASSERT_TRUE(job_final(j.state)) << id << " outlived its failed dependency";
+      }
+    }
+  }
+  ASSERT_EQ(queued_total, c.queued_tasks());
+  for (const Node& n : nodes) {
+    ASSERT_EQ(n.used.cpu_millis, used[n.id].cpu_millis) << n.spec.name;
+    ASSERT_EQ(n.used.mem_bytes, used[n.id].mem_bytes) << n.spec.name;
+    ASSERT_EQ(n.running, running[n.id]) << n.spec.name;
+    ASSERT_LE(n.used.cpu_millis, n.spec.capacity.cpu_millis) << n.spec.name;
+    ASSERT_LE(n.used.mem_bytes, n.spec.capacity.mem_bytes) << n.spec.name;
+  }
+}
+
+// Checks a plan against an independent re-derivation: right order, right nodes, no task
+// twice, and nothing left out that would have fitted.
+void check_plan(const Cluster& c, const std::vector<Placement>& plan, uint32_t max) {
+  ASSERT_LE(plan.size(), max);
+  std::vector<Resources> used;
+  for (const Node& n : c.nodes()) used.push_back(n.used);
+  std::set<TaskRef> seen;
+  std::pair<uint32_t, JobId> last_rank{0, 0};
+  for (const Placement& p : plan) {
+    const Job* j = c.job(p.task.job);
+    ASSERT_NE(j, nullptr);
+    ASSERT_TRUE(runnable(c, *j));
+    ASSERT_EQ(j->tasks[p.task.index].state, TaskState::kQueued);
+    ASSERT_EQ(p.attempt, j->tasks[p.task.index].attempts + 1u);
+    ASSERT_TRUE(seen.insert(p.task).second) << "task placed twice";
+    std::pair<uint32_t, JobId> rank{100 - j->spec.priority, j->id};
+    ASSERT_LE(last_rank, rank) << "placement order";
+    last_rank = rank;
+    // The chosen node fits and no fitting node is strictly better.
+    ASSERT_LT(p.node, c.nodes().size());
+    ASSERT_TRUE(fits(c.nodes()[p.node], used[p.node], j->spec));
+    auto free_of = [&](NodeId id) {
+      const Node& n = c.nodes()[id];
+      return std::pair{n.spec.capacity.cpu_millis - used[id].cpu_millis,
+                       n.spec.capacity.mem_bytes - used[id].mem_bytes};
+    };
+    for (const Node& n : c.nodes()) {
+      if (n.id == p.node || !fits(n, used[n.id], j->spec)) continue;
+      auto better =
+          free_of(n.id) > free_of(p.node) || (free_of(n.id) == free_of(p.node) && n.id < p.node);
+      ASSERT_FALSE(better) << "node " << n.id << " beats " << p.node;
+    }
+    used[p.node].cpu_millis += j->spec.per_task.cpu_millis;
+    used[p.node].mem_bytes += j->spec.per_task.mem_bytes;
+  }
+  if (plan.size() == max) return;
+  // Completeness: no runnable job has a queued task left that would fit somewhere.
+  for (const auto& [id, j] : c.jobs()) {
+    if (!runnable(c, j)) continue;
+    uint32_t placed = 0;
+    for (const auto& t : seen) placed += t.job == id;
+    if (placed == count_of(j, TaskState::kQueued)) continue;
+    for (const Node& n : c.nodes()) {
+      ASSERT_FALSE(fits(n, used[n.id], j.spec)) << "job " << id << " left out";
+    }
+  }
+}
+
+// Drives a Cluster with random events, checking invariants after each, and records the
+// ops so a second Cluster can replay them.
+class RandomDriver {
+ public:
+  explicit RandomDriver(uint64_t seed)
+      : rng_(seed),
+        c_(Limits{.jobs_max = 12,
+                  .tasks_per_job_max = 12,
+                  .queued_tasks_max = 80,
+                  .nodes_max = 5,
+                  .lost_requeues_max = 2}) {}
+
+  void step() {
+    ++now_ms_;
+    switch (pick(0, 99)) {
+      case 0 ... 4: add_node(); break;
+      case 5 ... 9: record(OpSetNode{pick_node(), static_cast<NodeState>(pick(0, 2))}); break;
+      case 10 ... 29: submit(); break;
+      case 30 ... 54: plan_and_start(); break;
+      case 55 ... 59: start_out_of_order(); break;
+      case 60 ... 89: finish_one(); break;
+      case 90 ... 95: cancel(); break;
+      default: record(OpNodeLost{pick_node()}); break;
+    }
+  }
+
+  const Cluster& cluster() const { return c_; }
+  const std::set<JobId>& cancelled() const { return cancelled_; }
+  const std::vector<std::pair<Op, std::string>>& log() const { return log_; }
+  uint64_t now_ms() const { return now_ms_; }
+
+ private:
+  int pick(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng_); }
+  NodeId pick_node() { return NodeId(pick(0, int(c_.nodes().size()))); }  // may not exist
+
+  void record(Op op) {
+    std::string result = apply(c_, op, now_ms_);
+    log_.emplace_back(std::move(op), std::move(result));
+  }
+
+  void add_node() {
+    std::map<std::string, std::string> labels;
+    if (pick(0, 1)) labels["zone"] = pick(0, 1) ? "a" : "b";
+    record(OpAddNode{node_spec("n" + std::to_string(pick(0, 6)), uint32_t(pick(0, 8)) * 500,
+                               uint64_t(pick(1, 4)) * kGiB, labels)});
+  }
+
+  void submit() {
+    JobSpec s = job_spec(uint32_t(pick(0, 13)), uint32_t(pick(1, 8)) * 250,
+                         uint64_t(pick(1, 16)) * 128 * kMiB, uint32_t(pick(0, 101)));
+    s.retries = uint32_t(pick(0, 3));
+    if (pick(0, 3) == 0) s.constraints = {{"zone", pick(0, 1) ? "a" : "b"}};
+    if (pick(0, 3) == 0) s.after = JobId(pick(0, int(c_.last_job_id()) + 1));
+    JobId id = c_.last_job_id() + (pick(0, 19) == 0 ? 0 : 1);
+    record(OpSubmit{id, std::move(s)});
+  }
+
+  void cancel() {
+    JobId id = JobId(pick(0, int(c_.last_job_id()) + 1));
+    const Job* j = c_.job(id);
+    if (j != nullptr && !job_final(j->state)) cancelled_.insert(id);
+    record(OpCancel{id});
+  }
+
+  void plan_and_start() {
+    uint32_t max = uint32_t(pick(1, 8));
+    auto plan = c_.plan(max);
+    check_plan(c_, plan, max);
+    for (const Placement& p : plan) record(OpStart{p});
+  }
+
+  // As a replay may: any queued task of a runnable job, on any node with room.
+  void start_out_of_order() {
+    std::vector<TaskRef> queued;
+    for (const auto& [id, j] : c_.jobs()) {
+      if (!runnable(c_, j)) continue;
+      for (uint32_t i = 0; i < j.tasks.size(); ++i) {
+        if (j.tasks[i].state == TaskState::kQueued) queued.push_back({id, i});
+      }
+    }
+    if (queued.empty()) return;
+    TaskRef t = queued[size_t(pick(0, int(queued.size()) - 1))];
+    const Job& j = *c_.job(t.job);
+    for (const Node& n : c_.nodes()) {
+      if (fits(n, n.used, j.spec)) {
+        record(OpStart{{t, n.id, j.tasks[t.index].attempts + 1u}});
+        return;
+      }
+    }
+  }
+
+  void finish_one() {
+    std::vector<TaskRef> running;
+    for (const auto& [id, j] : c_.jobs()) {
+      for (uint32_t i = 0; i < j.tasks.size(); ++i) {
+        if (j.tasks[i].state == TaskState::kRunning) running.push_back({id, i});
+      }
+    }
+    // Now and then a bogus finish, which must be refused without harm.
+    if (running.empty() || pick(0, 19) == 0) {
+      record(OpFinish{{JobId(pick(0, 3)), uint32_t(pick(0, 3))}, outcome(TaskState::kFailed)});
+      return;
+    }
+    TaskRef t = running[size_t(pick(0, int(running.size()) - 1))];
+    static constexpr TaskState kOutcomes[] = {
+        TaskState::kSucceeded, TaskState::kSucceeded, TaskState::kFailed, TaskState::kTimedOut,
+        TaskState::kOomKilled, TaskState::kCancelled, TaskState::kLost,   TaskState::kQueued};
+    TaskState st = kOutcomes[pick(0, 7)];
+    record(OpFinish{t, {st, pick(0, 2), pick(0, 1) ? 9 : 0}});
+  }
+
+  std::mt19937_64 rng_;
+  Cluster c_;
+  uint64_t now_ms_ = 0;
+  std::vector<std::pair<Op, std::string>> log_;
+  std::set<JobId> cancelled_;  // cancel() was called while the job was live
+};
+
+// A cancelled job never queues a task again and ends cancelled unless every task had
+// already been running and then succeeded.
+void check_cancelled(const Cluster& c, const std::set<JobId>& cancelled) {
+  for (JobId id : cancelled) {
+    const Job& j = *c.job(id);
+    ASSERT_EQ(count_of(j, TaskState::kQueued), 0u) << "cancelled job " << id << " requeued";
+    if (job_final(j.state)) {
+      ASSERT_TRUE(j.state == JobState::kCancelled || j.state == JobState::kSucceeded) << id;
+    }
+  }
+}
+
+TEST(ClusterProperty, InvariantsHoldUnderRandomEvents) {
+  // 100 x 500 keeps the sanitizer build near 10 s; CARDNODE_SCHED_SEEDS=N soaks longer.
+  const char* env = std::getenv("CARDNODE_SCHED_SEEDS");  // NOLINT(concurrency-mt-unsafe)
+  const uint64_t kSeeds = env != nullptr ? std::strtoull(env, nullptr, 10) : 100;
+  constexpr int kSteps = 500;
+  for (uint64_t seed = 1; seed <= kSeeds; ++seed) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    RandomDriver d(seed);
+    FinalJobs final_jobs;
+    for (int step = 0; step < kSteps; ++step) {
+      d.step();
+      ASSERT_NO_FATAL_FAILURE(check_invariants(d.cluster(), &final_jobs)) << "after step " << step;
+      ASSERT_NO_FATAL_FAILURE(check_plan(d.cluster(), d.cluster().plan(1000), 1000));
+      ASSERT_NO_FATAL_FAILURE(check_cancelled(d.cluster(), d.cancelled()));
+    }
+  }
+  std::printf("property test: seeds 1..%llu, %d events each\n",
+              static_cast<unsigned long long>(kSeeds), kSteps);
+}
+
+TEST(ClusterProperty, ReplayReproducesStateExactly) {
+  for (uint64_t seed = 1000; seed < 1030; ++seed) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    RandomDriver d(seed);
+    std::vector<uint64_t> times;
+    for (int step = 0; step < 500; ++step) {
+      size_t before = d.log().size();
+      d.step();
+      for (size_t i = before; i < d.log().size(); ++i) times.push_back(d.now_ms());
+    }
+    Cluster replayed(Limits{.jobs_max = 12,
+                            .tasks_per_job_max = 12,
+                            .queued_tasks_max = 80,
+                            .nodes_max = 5,
+                            .lost_requeues_max = 2});
+    for (size_t i = 0; i < d.log().size(); ++i) {
+      ASSERT_EQ(apply(replayed, d.log()[i].first, times[i]), d.log()[i].second) << "op " << i;
+    }
+    ASSERT_EQ(dump(replayed), dump(d.cluster()));
+  }
+}
+
+}  // namespace
+}  // namespace cardnode::sched

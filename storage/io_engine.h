@@ -33,7 +33,7 @@ struct IoStats {
 };
 
 struct IoOptions {
-  uint32_t queue_depth = 64;   // in-flight operations at most; a full queue is an error
+  uint32_t queue_depth = 64;    // in-flight operations at most; a full queue is an error
   bool force_fallback = false;  // also set by CARDNODE_IO_BACKEND=fallback
 };
 
@@ -48,7 +48,7 @@ class IoEngine {
   // seccomp) or options/env force the fallback. `why_fallback`, when not null,
   // receives the reason the fallback was chosen.
   [[nodiscard]] static Result<std::unique_ptr<IoEngine>> create(const IoOptions& options,
-                                                               std::string* why_fallback);
+                                                                std::string* why_fallback);
 
   virtual Backend backend() const = 0;
 

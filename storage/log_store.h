@@ -27,9 +27,9 @@ struct LogKey {
 };
 
 struct LogStoreOptions {
-  std::string dir;                              // DATA_DIR/logs
-  uint64_t log_bytes_max = 64ull << 20;         // per task and stream
-  uint64_t pending_bytes_max = 8ull << 20;      // queued writes, all logs together
+  std::string dir;                          // DATA_DIR/logs
+  uint64_t log_bytes_max = 64ull << 20;     // per task and stream
+  uint64_t pending_bytes_max = 8ull << 20;  // queued writes, all logs together
 };
 
 struct LogStats {
@@ -51,8 +51,8 @@ class LogStore {
   // closed for writing. `done` may run before close() returns if nothing is pending.
   void close(const LogKey& key, std::function<void(Status)> done);
 
-  // Reads up to max_bytes from offset. Result is empty at end of file. Unknown key with
-  // no file: kNotFound.
+  // Reads up to max_bytes (at most 1 MiB) from offset. Result is empty at end of file.
+  // Unknown key with no file: kNotFound. `done` may run before read() returns.
   void read(const LogKey& key, uint64_t offset, uint32_t max_bytes,
             std::function<void(Result<std::string>)> done);
 

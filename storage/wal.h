@@ -46,8 +46,8 @@ class Wal {
   // (an error from it stops the open), drops a torn tail, and positions for appends.
   // Replay uses plain reads: it runs once, before the loop starts.
   [[nodiscard]] static Result<std::unique_ptr<Wal>> open(IoEngine& engine, WalOptions options,
-                                                        const ReplayFn& on_record,
-                                                        ReplayStats* stats);
+                                                         const ReplayFn& on_record,
+                                                         ReplayStats* stats);
   ~Wal();
   Wal(const Wal&) = delete;
   Wal& operator=(const Wal&) = delete;
@@ -56,7 +56,7 @@ class Wal {
   // payload, a full pending queue, or a failed WAL.
   [[nodiscard]] Status append(std::string_view payload, DurableCallback on_durable);
 
-  uint64_t next_sequence() const;   // sequence number the next append gets
+  uint64_t next_sequence() const;    // sequence number the next append gets
   uint64_t pending_records() const;  // queued or in flight
   bool failed() const;
 

@@ -6,6 +6,9 @@
 // When the command's process exits, the rest of its tree (cgroup, else process group)
 // is killed, output is drained and written, and only then on_exit runs: a task
 // reported finished has left no process behind and has all its output in the log.
+// (Without cgroups the tree is the process group: a process that starts its own session
+// escapes; its pipes are closed on it after drain_ms.) A failed task whose group saw an
+// OOM kill is reported TASK_OOM_KILLED.
 //
 // Threading: loop thread only. `loop`, `logs` and `isolation` must outlive the Executor.
 #pragma once
@@ -76,7 +79,8 @@ class Executor {
   // Kills the whole tree of a running task; its on_exit reports the reason
   // (cancelled / timed_out). Unknown task: no-op.
   void kill(uint64_t job_id, uint32_t index, KillReason reason);
-  // Kills everything (shutdown): on_exit callbacks still run as processes are reaped.
+  // Kills everything (shutdown): on_exit callbacks still run as processes are reaped,
+  // reporting TASK_LOST (the task did not fail: it is to be run again).
   void kill_all();
   uint32_t running() const;
 

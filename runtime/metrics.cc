@@ -85,7 +85,7 @@ Result<std::unique_ptr<Metrics>> Metrics::start(const std::string& listen) {
 
   try {  // prometheus-cpp reports a failed bind by throwing; nothing escapes this module.
     const std::string host = hp->host.empty() ? "0.0.0.0" : hp->host;
-    m->exposer_ = std::make_unique<prometheus::Exposer>(host + ":" + std::to_string(hp->port), 2);
+    m->exposer_ = std::make_unique<prometheus::Exposer>(host + ":" + std::to_string(hp->port), 1);  // one civetweb worker: scrapes are rare
   } catch (const std::exception& e) {
     return fail(Errc::kUnavailable, "cannot listen for metrics on " + listen + ": " + e.what());
   }

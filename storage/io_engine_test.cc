@@ -182,10 +182,16 @@ INSTANTIATE_TEST_SUITE_P(Backends, IoEngineTest,
                          testing::param_name);
 
 TEST(IoEngineCreate, EnvForcesFallback) {
+  const char* previous = std::getenv("CARDNODE_IO_BACKEND");
+  std::string saved = previous != nullptr ? previous : "";
   ASSERT_EQ(::setenv("CARDNODE_IO_BACKEND", "fallback", 1), 0);
   std::string why;
   auto engine = IoEngine::create(IoOptions{}, &why);
-  ::unsetenv("CARDNODE_IO_BACKEND");
+  if (previous != nullptr) {
+    ::setenv("CARDNODE_IO_BACKEND", saved.c_str(), 1);
+  } else {
+    ::unsetenv("CARDNODE_IO_BACKEND");
+  }
   ASSERT_TRUE(engine);
   EXPECT_EQ((*engine)->backend(), Backend::kFallback);
   EXPECT_EQ(why, "forced by CARDNODE_IO_BACKEND");

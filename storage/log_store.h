@@ -40,6 +40,7 @@ struct LogStats {
 class LogStore {
  public:
   LogStore(IoEngine& engine, LogStoreOptions options);
+  // Writes out what is queued and waits (engine.wait) for every operation in flight.
   ~LogStore();
 
   // Creates (truncates) the file for a new attempt.

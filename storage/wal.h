@@ -48,6 +48,8 @@ class Wal {
   [[nodiscard]] static Result<std::unique_ptr<Wal>> open(IoEngine& engine, WalOptions options,
                                                          const ReplayFn& on_record,
                                                          ReplayStats* stats);
+  // Drains first (see drain()), so every callback has run when it returns. Not from
+  // inside a DurableCallback.
   ~Wal();
   Wal(const Wal&) = delete;
   Wal& operator=(const Wal&) = delete;

@@ -1,5 +1,6 @@
 #include "cli/commands.h"
 
+#include <google/protobuf/util/json_util.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -8,8 +9,6 @@
 #include <iostream>
 #include <sstream>
 #include <thread>
-
-#include <google/protobuf/util/json_util.h>
 
 #include "cli/json_out.h"
 #include "net/client.h"
@@ -55,9 +54,10 @@ Result<std::unique_ptr<net::Client>> connect(const ClientConfig& cfg) {
   if (addr.empty()) {
     auto line = read_first_line(dir + "/addr");
     if (!line)
-      return fail(Errc::kUnavailable, "no server address: pass --server HOST:PORT, set "
-                                      "CARDNODE_ADDR, or --data-dir of a running server (" +
-                                          line.error().message + ")");
+      return fail(Errc::kUnavailable,
+                  "no server address: pass --server HOST:PORT, set "
+                  "CARDNODE_ADDR, or --data-dir of a running server (" +
+                      line.error().message + ")");
     addr = *line;
   }
   std::string token;
@@ -70,8 +70,10 @@ Result<std::unique_ptr<net::Client>> connect(const ClientConfig& cfg) {
   } else {
     auto t = net::load_token(dir + "/token");
     if (!t)
-      return fail(Errc::kUnauthenticated, "no cluster token: pass --token-file F, set "
-                                          "CARDNODE_TOKEN, or --data-dir (" + t.error().describe() + ")");
+      return fail(Errc::kUnauthenticated,
+                  "no cluster token: pass --token-file F, set "
+                  "CARDNODE_TOKEN, or --data-dir (" +
+                      t.error().describe() + ")");
     token = *t;
   }
   return net::Client::connect(connectable(addr), token, kConnectTimeoutMs);
@@ -81,8 +83,7 @@ Result<std::unique_ptr<net::Client>> connect(const ClientConfig& cfg) {
 Result<pb::Response> call(net::Client& c, pb::Request req, uint32_t timeout_ms = kCallTimeoutMs) {
   auto resp = c.call(std::move(req), timeout_ms);
   if (!resp) return std::unexpected(resp.error());
-  if (resp->error() != pb::OK)
-    return fail(static_cast<Errc>(resp->error()), resp->error_message());
+  if (resp->error() != pb::OK) return fail(static_cast<Errc>(resp->error()), resp->error_message());
   return resp;
 }
 
@@ -99,18 +100,21 @@ uint32_t state_count(const pb::JobSummary& j, const char* state) {
 }
 
 std::string states_text(const pb::JobSummary& j) {
-  static const char* kOrder[] = {"queued", "running", "succeeded", "failed", "cancelled",
-                                 "timed_out", "oom_killed", "lost"};
+  static const char* kOrder[] = {"queued",    "running",   "succeeded",  "failed",
+                                 "cancelled", "timed_out", "oom_killed", "lost"};
   std::string out;
   for (const char* s : kOrder)
-    if (uint32_t n = state_count(j, s)) out += (out.empty() ? "" : " ") + std::string(s) + ":" + std::to_string(n);
+    if (uint32_t n = state_count(j, s))
+      out += (out.empty() ? "" : " ") + std::string(s) + ":" + std::to_string(n);
   return out;
 }
 
 std::string human_bytes(uint64_t b) {
   char buf[32];
-  if (b >= (1ull << 30)) std::snprintf(buf, sizeof(buf), "%.1fG", static_cast<double>(b) / (1ull << 30));
-  else std::snprintf(buf, sizeof(buf), "%.0fM", static_cast<double>(b) / (1ull << 20));
+  if (b >= (1ull << 30))
+    std::snprintf(buf, sizeof(buf), "%.1fG", static_cast<double>(b) / (1ull << 30));
+  else
+    std::snprintf(buf, sizeof(buf), "%.0fM", static_cast<double>(b) / (1ull << 20));
   return buf;
 }
 
@@ -126,7 +130,8 @@ int submit_and_maybe_wait(const ClientConfig& cfg, pb::JobSpec spec, bool wait) 
     std::printf("%llu\n", static_cast<unsigned long long>(id));
     return 0;
   }
-  std::fprintf(stderr, "cardnode: job %llu submitted, waiting\n", static_cast<unsigned long long>(id));
+  std::fprintf(stderr, "cardnode: job %llu submitted, waiting\n",
+               static_cast<unsigned long long>(id));
   pb::Request w;
   w.mutable_wait_job()->set_job_id(id);
   auto done = call(**c, std::move(w), /*timeout_ms=*/0);
@@ -159,7 +164,8 @@ int wait_exit_code(const pb::JobDetail& d) {
 
 int cmd_server(runtime::ServerOptions options) {
   if (options.data_dir.empty()) options.data_dir = default_data_dir();
-  if (const char* v = env_or_null("CARDNODE_NO_CGROUPS")) options.disable_cgroups = std::string(v) == "1";
+  if (const char* v = env_or_null("CARDNODE_NO_CGROUPS"))
+    options.disable_cgroups = std::string(v) == "1";
   auto server = runtime::Server::open(std::move(options));
   if (!server) return error_line(server.error().describe(), 1);
   return (*server)->run();
@@ -194,8 +200,10 @@ int cmd_ps(const ClientConfig& cfg, std::optional<uint64_t> job, bool json) {
   auto c = connect(cfg);
   if (!c) return report(c.error());
   pb::Request req;
-  if (job) req.mutable_get_job()->set_job_id(*job);
-  else req.mutable_list_jobs();
+  if (job)
+    req.mutable_get_job()->set_job_id(*job);
+  else
+    req.mutable_list_jobs();
   auto resp = call(**c, std::move(req));
   if (!resp) return report(resp.error());
   if (json) {
@@ -213,11 +221,13 @@ int cmd_ps(const ClientConfig& cfg, std::optional<uint64_t> job, bool json) {
     return 0;
   }
   row(resp->job().job());
-  std::printf("\n%-12s %-11s %5s %6s %8s  %s\n", "TASK", "STATE", "EXIT", "SIGNAL", "ATTEMPTS", "NODE");
+  std::printf("\n%-12s %-11s %5s %6s %8s  %s\n", "TASK", "STATE", "EXIT", "SIGNAL", "ATTEMPTS",
+              "NODE");
   for (const auto& t : resp->job().tasks())
     std::printf("%-12s %-11s %5d %6d %8u  %s\n",
                 (std::to_string(*job) + "." + std::to_string(t.index())).c_str(),
-                task_state_text(t.state()), t.exit_code(), t.signal(), t.attempts(), t.node().c_str());
+                task_state_text(t.state()), t.exit_code(), t.signal(), t.attempts(),
+                t.node().c_str());
   return 0;
 }
 
@@ -255,8 +265,8 @@ int cmd_cancel(const ClientConfig& cfg, uint64_t job) {
   req.mutable_cancel()->set_job_id(job);
   auto resp = call(**c, std::move(req));
   if (!resp) return report(resp.error());
-  std::printf("cancelled job %llu (%u running tasks killed)\n", static_cast<unsigned long long>(job),
-              resp->cancelled().tasks_cancelled());
+  std::printf("cancelled job %llu (%u running tasks killed)\n",
+              static_cast<unsigned long long>(job), resp->cancelled().tasks_cancelled());
   return 0;
 }
 
@@ -277,7 +287,8 @@ int cmd_nodes(const ClientConfig& cfg, bool json) {
     std::string enforced;
     for (const auto& e : n.enforced()) enforced += (enforced.empty() ? "" : ",") + e;
     char cpu[32], mem[48];
-    std::snprintf(cpu, sizeof(cpu), "%.1f/%.1f", n.cpu_millis_used() / 1000.0, n.cpu_millis() / 1000.0);
+    std::snprintf(cpu, sizeof(cpu), "%.1f/%.1f", n.cpu_millis_used() / 1000.0,
+                  n.cpu_millis() / 1000.0);
     std::snprintf(mem, sizeof(mem), "%s/%s", human_bytes(n.mem_bytes_used()).c_str(),
                   human_bytes(n.mem_bytes()).c_str());
     std::printf("%-16s %-8s %-8s %11s %13s %7u  %-10s %s\n", n.name().c_str(), n.state().c_str(),

@@ -12,8 +12,12 @@ void field(std::string* out, const char* name, const std::string& json_value, bo
   out->append("\"").append(name).append("\":").append(json_value);
 }
 
-std::string num(uint64_t v) { return std::to_string(v); }
-std::string num(int64_t v) { return std::to_string(v); }
+std::string num(uint64_t v) {
+  return std::to_string(v);
+}
+std::string num(int64_t v) {
+  return std::to_string(v);
+}
 
 std::string summary_fields(const pb::JobSummary& j) {
   std::string out;

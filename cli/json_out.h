@@ -14,8 +14,8 @@ std::string json_escape(const std::string& s);  // with the surrounding quotes
 const char* task_state_text(pb::TaskState s);   // "queued", "timed_out", ...
 const char* job_state_text(pb::JobState s);
 
-std::string jobs_json(const pb::JobList& list);        // {"jobs":[...]}
-std::string job_json(const pb::JobDetail& detail);     // the job's object plus "tasks"
-std::string nodes_json(const pb::NodeList& list);      // {"nodes":[...]}
+std::string jobs_json(const pb::JobList& list);     // {"jobs":[...]}
+std::string job_json(const pb::JobDetail& detail);  // the job's object plus "tasks"
+std::string nodes_json(const pb::NodeList& list);   // {"nodes":[...]}
 
 }  // namespace cardnode::cli

@@ -58,7 +58,8 @@ int main(int argc, char** argv) {
   server->add_option("--log-dir", sopt.log_dir, "Task logs (default DATA_DIR/logs), e.g. on tmpfs");
   server->add_option("--name", sopt.node_name, "This board's node name (default: hostname)");
   server->add_option("--label", server_labels, "Node label K=V (repeatable)")
-      ->expected(1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
 
   // run
   std::string cpu, mem, timeout, name;
@@ -69,12 +70,16 @@ int main(int argc, char** argv) {
   auto* run = app.add_subcommand("run", "Submit a job: run CMD as COUNT tasks");
   run->add_option("--cpu", cpu, "Cores per task (default 1)");
   run->add_option("--mem", mem, "Memory per task, e.g. 256M (default 128M)");
-  run->add_option("--count", count, "Tasks in the array (default 1)")->check(CLI::Range(1u, 1'000'000u));
-  run->add_option("--retries", retries, "Extra attempts for a failed task")->check(CLI::Range(0u, 100u));
+  run->add_option("--count", count, "Tasks in the array (default 1)")
+      ->check(CLI::Range(1u, 1'000'000u));
+  run->add_option("--retries", retries, "Extra attempts for a failed task")
+      ->check(CLI::Range(0u, 100u));
   run->add_option("--timeout", timeout, "Time limit per attempt, e.g. 90s, 5m");
   run->add_option("--constraint", constraints, "Node label K=V the task needs (repeatable)")
-      ->expected(1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  run->add_option("--priority", priority, "0-100, higher first (default 50)")->check(CLI::Range(0u, 100u));
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  run->add_option("--priority", priority, "0-100, higher first (default 50)")
+      ->check(CLI::Range(0u, 100u));
   run->add_option("--after", after, "Start once job AFTER succeeded");
   run->add_option("--name", name, "Job name (default: the command)");
   run->add_flag("--wait", wait, "Wait for the job and exit with its result");
@@ -100,7 +105,8 @@ int main(int argc, char** argv) {
   logs->add_flag("-f,--follow", follow, "Keep printing until the task ends");
   logs->add_flag("--stderr", want_stderr, "Print stderr instead of stdout");
   std::string cancel_job;
-  auto* cancel = app.add_subcommand("cancel", "Cancel a job: queued tasks drop, running ones are killed");
+  auto* cancel =
+      app.add_subcommand("cancel", "Cancel a job: queued tasks drop, running ones are killed");
   cancel->add_option("job", cancel_job, "JOB")->required();
   bool nodes_json = false;
   auto* nodes = app.add_subcommand("nodes", "List the boards in the pool");
@@ -157,7 +163,8 @@ int main(int argc, char** argv) {
     if (!timeout.empty())
       if (auto v = check(parse_duration_ms(timeout), &err)) spec.set_timeout_ms(*v);
     for (const auto& c : constraints)
-      if (auto kv = check(parse_label(c), &err)) (*spec.mutable_constraints())[kv->first] = kv->second;
+      if (auto kv = check(parse_label(c), &err))
+        (*spec.mutable_constraints())[kv->first] = kv->second;
     if (!err.empty()) return usage_error(err);
     return cmd_run(client, std::move(spec), wait);
   }

@@ -101,14 +101,17 @@ TEST(Json, JobMatchesTheStableShape) {
   t->set_exit_code(3);
   t->set_attempts(1);
   t->set_node("pi-1");
-  EXPECT_EQ(job_json(d),
-            "{\"id\":1,\"name\":\"say \\\"hi\\\"\\n\",\"state\":\"failed\",\"priority\":50,"
-            "\"count\":1,\"states\":{\"failed\":1},\"command\":[],\"tasks\":[{\"index\":0,"
-            "\"state\":\"failed\",\"exit_code\":3,\"signal\":0,\"attempts\":1,\"node\":\"pi-1\"}]}");
+  EXPECT_EQ(
+      job_json(d),
+      "{\"id\":1,\"name\":\"say \\\"hi\\\"\\n\",\"state\":\"failed\",\"priority\":50,"
+      "\"count\":1,\"states\":{\"failed\":1},\"command\":[],\"tasks\":[{\"index\":0,"
+      "\"state\":\"failed\",\"exit_code\":3,\"signal\":0,\"attempts\":1,\"node\":\"pi-1\"}]}");
 }
 
 TEST(Json, EscapesControlBytesAndLabelKeys) {
-  EXPECT_EQ(json_escape(std::string("a\x01" "b")), "\"a\\u0001b\"");
+  EXPECT_EQ(json_escape(std::string("a\x01"
+                                    "b")),
+            "\"a\\u0001b\"");
   pb::NodeList list;
   auto* n = list.add_nodes();
   n->set_name("pi");

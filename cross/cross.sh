@@ -9,8 +9,10 @@
 # Works from any directory. Outputs, relative to the checkout (or $CARDNODE_BUILD_ROOT):
 #   build/sysroot-ARCH  Debian 12 headers and libraries of ARCH (cross/sysroot.sh)
 #   build/cross-ARCH    the Release build tree
-# Environment: JOBS (build parallelism, default nproc); CARDNODE_CROSS_CXXFLAGS (extra
-# compiler flags for an experiment; passed on every configure, so never left stale).
+# Environment: JOBS (build parallelism, default nproc).
+# Extra arguments after the action go to cmake's configure step, e.g.
+#   cross/cross.sh armhf build -DCMAKE_CXX_FLAGS=-Wno-psabi
+# (they stay in build/cross-ARCH's cache, as cmake -D values do).
 #
 # The tests run with CARDNODE_IO_BACKEND unset: qemu-user does not implement
 # io_uring_setup (ENOSYS), so storage runs its fallback backend there and the
@@ -19,12 +21,14 @@
 set -euo pipefail
 
 usage() {
-  echo "usage: $0 aarch64|armhf build|test" >&2
+  echo "usage: $0 aarch64|armhf build|test [CMAKE_ARG...]" >&2
   exit 2
 }
-[ $# -eq 2 ] || usage
+[ $# -ge 2 ] || usage
 arch=$1
 action=$2
+shift 2
+extra_cmake_args=("$@")
 case "$arch" in
   aarch64) triplet=aarch64-linux-gnu qemu=qemu-aarch64 ;;
   armhf) triplet=arm-linux-gnueabihf qemu=qemu-arm ;;
@@ -88,13 +92,72 @@ configure() {
     -DCMAKE_BUILD_TYPE=Release \
     -DCARDNODE_BUILD_TESTS=ON \
     -DCARDNODE_BUILD_BENCH=ON \
-    -DCMAKE_CXX_FLAGS="${CARDNODE_CROSS_CXXFLAGS:-}"
+    "${extra_cmake_args[@]}"
+}
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    sudo -n "$@"
+  else
+    return 1
+  fi
+}
+
+# Unit tests exec target binaries of their own (the executor's task trampoline), and a
+# process under qemu-user execs natively: the kernel runs an ARM program only through
+# binfmt_misc and qemu-user-binfmt's entry. That qemu gets no -L; it looks for the
+# target's loader and libraries in /etc/qemu-binfmt/<arch>, Debian's default
+# QEMU_LD_PREFIX (the executor gives tasks a clean environment, so the variable itself
+# would not reach it). Both are host-wide settings: this registers only the one binfmt
+# entry it needs, and points /etc/qemu-binfmt/<arch> at our sysroot only when it is
+# missing or already one of ours.
+setup_exec_emulation() {
+  local qarch=${qemu#qemu-}
+  local entry=/proc/sys/fs/binfmt_misc/qemu-$qarch
+  local conf=/usr/lib/binfmt.d/qemu-$qarch.conf
+  local prefix=/etc/qemu-binfmt/$qarch
+  local why=""
+  if [ ! -e "$entry" ]; then
+    if [ ! -f "$conf" ]; then
+      why="$conf missing (apt-get install qemu-user-binfmt)"
+    elif [ ! -e /proc/sys/fs/binfmt_misc/register ] &&
+      ! as_root mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; then
+      why="cannot mount binfmt_misc (needs root)"
+    elif ! grep -m1 '^:' "$conf" | as_root tee /proc/sys/fs/binfmt_misc/register >/dev/null; then
+      why="cannot register $conf with binfmt_misc (needs root)"
+    fi
+  fi
+  if [ -z "$why" ]; then
+    if [ -L "$prefix" ] || [ ! -e "$prefix" ]; then
+      local current
+      current=$(readlink "$prefix" 2>/dev/null || true)
+      if [ "$current" != "$sysroot" ]; then
+        if [ -z "$current" ] || [ -f "$current/.cardnode-sysroot" ] || [ ! -e "$current" ]; then
+          as_root mkdir -p /etc/qemu-binfmt && as_root ln -sfn "$sysroot" "$prefix" ||
+            why="cannot point $prefix at $sysroot (needs root)"
+        else
+          echo "cross.sh: note: $prefix -> $current (not ours, left alone)" >&2
+        fi
+      fi
+    else
+      echo "cross.sh: note: $prefix is not a symlink (left alone)" >&2
+    fi
+  fi
+  if [ -n "$why" ]; then
+    echo "cross.sh: WARNING: target programs exec'd by tests cannot run: $why;" \
+      "tests that start the task trampoline will fail" >&2
+  fi
 }
 
 run_tests() {
+  setup_exec_emulation
   # --no-tests=error: a tree where no test binary registered anything is a failure,
   # not a silent green.
-  (cd "$bdir" && env -u CARDNODE_IO_BACKEND \
+  # CARDNODE_TEST_EMULATOR tells tests they run under qemu-user, which cannot emulate
+  # some things (io_uring: ENOSYS; setrlimit(RLIMIT_AS) is accepted and ignored).
+  (cd "$bdir" && env -u CARDNODE_IO_BACKEND CARDNODE_TEST_EMULATOR="$qemu" \
     ctest -L unit --output-on-failure -j2 --timeout 300 --no-tests=error)
 }
 

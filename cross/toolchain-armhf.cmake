@@ -7,4 +7,8 @@ set(CMAKE_SYSTEM_NAME Linux)
 set(CMAKE_SYSTEM_PROCESSOR armv7l)
 set(CARDNODE_CROSS_TRIPLET arm-linux-gnueabihf)
 set(CARDNODE_CROSS_QEMU qemu-arm)
+# (64-bit off_t comes from the top-level CMakeLists: _FILE_OFFSET_BITS=64.)
+# -Wno-psabi: GCC notes that std::vector iterators are passed differently than by
+# GCC < 7.1; nothing here links against code that old.
+set(CMAKE_CXX_FLAGS_INIT "-Wno-psabi")
 include(${CMAKE_CURRENT_LIST_DIR}/toolchain-common.cmake)

@@ -40,7 +40,8 @@ template <class T>
 using Result = std::expected<T, Error>;
 using Status = Result<void>;
 
-[[nodiscard]] inline std::unexpected<Error> fail(Errc code, std::string message, int sys_errno = 0) {
+[[nodiscard]] inline std::unexpected<Error> fail(Errc code, std::string message,
+                                                 int sys_errno = 0) {
   return std::unexpected<Error>(Error{code, std::move(message), sys_errno});
 }
 // For a failed system call: fail_errno(errno, "open " + path).

@@ -352,4 +352,11 @@ uint32_t Isolation::destroy_all_groups() {
   return static_cast<uint32_t>(names.size());
 }
 
+void Isolation::destroy_parent() {
+  destroy_all_groups();
+  for (const std::string& parent : controller_dirs_) ::rmdir(parent.c_str());
+  *this = Isolation();
+  info_.enforced = {"memory"};  // as probe() reports rlimit mode
+}
+
 }  // namespace cardnode::runtime

@@ -57,6 +57,9 @@ class Isolation {
   // Returns how many groups were found.
   uint32_t destroy_all_groups();
 
+  // destroy_all_groups(), then removes the parent group itself (a server whose data dir
+  // goes away, tests). The Isolation is in rlimit mode afterwards.
+  void destroy_parent();
   // Sends `sig` once to every process in the group (no waiting, no removal): the first
   // step of a kill, before destroy_group makes sure.
   void signal_group(const std::string& task_name, int sig);

@@ -341,6 +341,20 @@ TEST_F(RealCgroups, DestroyAllGroupsKillsLeftovers) {
   EXPECT_EQ(fresh.destroy_all_groups(), 0u);
 }
 
+TEST_F(RealCgroups, DestroyParentRemovesEverything) {
+  auto g = iso_.create_group("13.0", {});
+  ASSERT_TRUE(g);
+  pid_t p = spawn_sleep_into(*g);
+  iso_.destroy_parent();
+  int status = 0;
+  ASSERT_EQ(::waitpid(p, &status, 0), p);
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+  for (const std::string& procs : *g) {
+    EXPECT_FALSE(fs::exists(fs::path(procs).parent_path().parent_path())) << procs;
+  }
+  EXPECT_EQ(iso_.info().mode, IsolationMode::kRlimit);
+}
+
 TEST_F(RealCgroups, SignalGroupReachesEveryMember) {
   auto g = iso_.create_group("12.0", {});
   ASSERT_TRUE(g);

@@ -25,14 +25,16 @@ const char* level_name(Level l) {
 
 }  // namespace
 
-void set_log_level(Level min) { g_min_level = static_cast<int>(min); }
+void set_log_level(Level min) {
+  g_min_level = static_cast<int>(min);
+}
 
 void log(Level level, std::string_view module, std::string_view message) {
   if (static_cast<int>(level) < g_min_level) return;
   auto now = std::chrono::system_clock::now();
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
   std::time_t secs = static_cast<std::time_t>(ms / 1000);
-  std::tm tm {};
+  std::tm tm{};
   gmtime_r(&secs, &tm);
   char stamp[96];  // ample for any int the compiler imagines in tm fields
   std::snprintf(stamp, sizeof(stamp), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,

@@ -78,14 +78,16 @@ Result<std::unique_ptr<Metrics>> Metrics::start(const std::string& listen) {
   auto gauge = [&r](const std::string& name, const std::string& help) {
     return &prometheus::BuildGauge().Name(name).Help(help).Register(r).Add({});
   };
-  m->cpu_used_ = gauge("cardnode_node_cpu_millis_used", "CPU reserved by running tasks (1000 = one core)");
+  m->cpu_used_ =
+      gauge("cardnode_node_cpu_millis_used", "CPU reserved by running tasks (1000 = one core)");
   m->mem_used_ = gauge("cardnode_node_memory_bytes_used", "Memory reserved by running tasks");
   m->running_ = gauge("cardnode_node_running_tasks", "Tasks running on this board");
   m->process_collector_ = std::make_shared<ProcessCollector>();
 
   try {  // prometheus-cpp reports a failed bind by throwing; nothing escapes this module.
     const std::string host = hp->host.empty() ? "0.0.0.0" : hp->host;
-    m->exposer_ = std::make_unique<prometheus::Exposer>(host + ":" + std::to_string(hp->port), 1);  // one civetweb worker: scrapes are rare
+    m->exposer_ = std::make_unique<prometheus::Exposer>(
+        host + ":" + std::to_string(hp->port), 1);  // one civetweb worker: scrapes are rare
   } catch (const std::exception& e) {
     return fail(Errc::kUnavailable, "cannot listen for metrics on " + listen + ": " + e.what());
   }
@@ -96,7 +98,9 @@ Result<std::unique_ptr<Metrics>> Metrics::start(const std::string& listen) {
   return m;
 }
 
-std::string Metrics::bound_address() const { return bound_; }
+std::string Metrics::bound_address() const {
+  return bound_;
+}
 
 void Metrics::set_info(const std::string& arch, const std::string& io_backend,
                        const std::string& isolation) {

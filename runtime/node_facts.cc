@@ -42,7 +42,9 @@ NodeFacts read_node_facts() {
   return f;
 }
 
-uint64_t resident_bytes() { return read_kb_field("/proc/self/status", "VmRSS").value_or(0); }
+uint64_t resident_bytes() {
+  return read_kb_field("/proc/self/status", "VmRSS").value_or(0);
+}
 
 std::optional<uint64_t> process_start_ticks(int32_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/stat");

@@ -12,9 +12,9 @@ namespace cardnode::runtime {
 
 struct NodeFacts {
   std::string hostname;
-  std::string arch;           // uname -m: aarch64, armv7l, x86_64
-  uint32_t cpu_millis = 0;    // online CPUs x 1000
-  uint64_t mem_bytes = 0;     // MemTotal
+  std::string arch;                                 // uname -m: aarch64, armv7l, x86_64
+  uint32_t cpu_millis = 0;                          // online CPUs x 1000
+  uint64_t mem_bytes = 0;                           // MemTotal
   std::optional<int32_t> temperature_millicelsius;  // thermal_zone0, when present
 };
 

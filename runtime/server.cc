@@ -77,7 +77,9 @@ Status write_file_atomic(const std::string& path, const std::string& content) {
   return {};
 }
 
-pb::ErrorCode to_wire(Errc code) { return static_cast<pb::ErrorCode>(code); }
+pb::ErrorCode to_wire(Errc code) {
+  return static_cast<pb::ErrorCode>(code);
+}
 
 pb::Response error_response(Errc code, const std::string& message) {
   pb::Response r;
@@ -98,7 +100,9 @@ std::string cgroup_parent_name(const std::string& data_dir) {
   return name;
 }
 
-bool task_is_final(sched::TaskState s) { return sched::is_final(s); }
+bool task_is_final(sched::TaskState s) {
+  return sched::is_final(s);
+}
 
 bool job_is_final(const sched::Job& job) {
   return job.state == sched::JobState::kSucceeded || job.state == sched::JobState::kFailed ||
@@ -274,12 +278,13 @@ Status Server::Impl::start_listeners() {
                     isolation_name(isolation.info().mode));
   metrics->set_tasks(state.task_totals());
   if (auto st = write_file_atomic(options.data_dir + "/addr", *bound + "\n"); !st) return st;
-  if (auto st = write_file_atomic(options.data_dir + "/metrics_addr",
-                                  metrics->bound_address() + "\n");
+  if (auto st =
+          write_file_atomic(options.data_dir + "/metrics_addr", metrics->bound_address() + "\n");
       !st)
     return st;
-  log(Level::kInfo, "server", "listening on " + *bound + ", metrics on " +
-                                  metrics->bound_address() + ", data dir " + options.data_dir);
+  log(Level::kInfo, "server",
+      "listening on " + *bound + ", metrics on " + metrics->bound_address() + ", data dir " +
+          options.data_dir);
   return {};
 }
 
@@ -295,20 +300,20 @@ void Server::Impl::start_loop_handles() {
     uv_signal_init(&loop, s);
     s->data = this;
   }
-  uv_signal_start(&sigint, [](uv_signal_t* h, int) {
-    static_cast<Impl*>(h->data)->begin_stop("SIGINT");
-  }, SIGINT);
-  uv_signal_start(&sigterm, [](uv_signal_t* h, int) {
-    static_cast<Impl*>(h->data)->begin_stop("SIGTERM");
-  }, SIGTERM);
+  uv_signal_start(
+      &sigint, [](uv_signal_t* h, int) { static_cast<Impl*>(h->data)->begin_stop("SIGINT"); },
+      SIGINT);
+  uv_signal_start(
+      &sigterm, [](uv_signal_t* h, int) { static_cast<Impl*>(h->data)->begin_stop("SIGTERM"); },
+      SIGTERM);
   uv_idle_init(&loop, &schedule_idle);
   schedule_idle.data = this;
   // Metrics refresh wakes the loop once a second but writes nothing (guarantee 5).
   uv_timer_init(&loop, &metrics_timer);
   metrics_timer.data = this;
-  uv_timer_start(&metrics_timer, [](uv_timer_t* h) {
-    static_cast<Impl*>(h->data)->refresh_metrics();
-  }, kMetricsRefreshMs, kMetricsRefreshMs);
+  uv_timer_start(
+      &metrics_timer, [](uv_timer_t* h) { static_cast<Impl*>(h->data)->refresh_metrics(); },
+      kMetricsRefreshMs, kMetricsRefreshMs);
   uv_timer_init(&loop, &shutdown_timer);
   shutdown_timer.data = this;
 }
@@ -403,7 +408,7 @@ TaskLaunch Server::Impl::make_launch(sched::TaskRef t, uint32_t attempt) const {
 
 void Server::Impl::spawn(sched::TaskRef t, uint32_t attempt) {
   if (awaiting_spawn.erase(t) == 0) return;  // cancelled while its record was in flight
-  if (stopping) return;                        // requeued as lost at the next start
+  if (stopping) return;                      // requeued as lost at the next start
   auto pid = executor->start(make_launch(t, attempt), [this, t](TaskExit e) {
     finish_task(t, e.state, e.exit_code, e.signal);
   });
@@ -415,8 +420,9 @@ void Server::Impl::spawn(sched::TaskRef t, uint32_t attempt) {
       logs->append(key, "cardnode: cannot start task: " + pid.error().describe() + "\n");
       logs->close(key, [](Status) {});
     }
-    log(Level::kWarn, "executor", "cannot start task " + std::to_string(t.job) + "." +
-                                      std::to_string(t.index) + ": " + pid.error().describe());
+    log(Level::kWarn, "executor",
+        "cannot start task " + std::to_string(t.job) + "." + std::to_string(t.index) + ": " +
+            pid.error().describe());
     finish_task(t, pb::TASK_FAILED, 127, 0);
     return;
   }
@@ -487,8 +493,8 @@ void Server::Impl::handle(pb::Request&& req, net::Responder r) {
     case pb::Request::kGetJob: {
       const sched::Job* job = state.cluster().job(req.get_job().job_id());
       if (!job)
-        return r.reply(error_response(Errc::kNotFound,
-                                      "no job " + std::to_string(req.get_job().job_id())));
+        return r.reply(
+            error_response(Errc::kNotFound, "no job " + std::to_string(req.get_job().job_id())));
       pb::Response resp;
       *resp.mutable_job() = detail(*job);
       return r.reply(std::move(resp));
@@ -498,8 +504,7 @@ void Server::Impl::handle(pb::Request&& req, net::Responder r) {
       *resp.mutable_nodes() = node_list();
       return r.reply(std::move(resp));
     }
-    case pb::Request::BODY_NOT_SET:
-      break;
+    case pb::Request::BODY_NOT_SET: break;
   }
   r.reply(error_response(Errc::kInvalidArgument, "request has no body"));
 }
@@ -582,9 +587,9 @@ void Server::Impl::on_read_log(const pb::ReadLog& m, net::Responder r) {
     resp.mutable_log()->set_final(final);
     return r.reply(std::move(resp));
   }
-  storage::LogKey key{m.job_id(), m.index(),
-                      m.stream() == pb::STDERR ? storage::Stream::kStderr
-                                               : storage::Stream::kStdout};
+  storage::LogKey key{
+      m.job_id(), m.index(),
+      m.stream() == pb::STDERR ? storage::Stream::kStderr : storage::Stream::kStdout};
   uint32_t max = m.max_bytes() == 0 ? (1u << 20) : std::min<uint32_t>(m.max_bytes(), 1u << 20);
   logs->read(key, m.offset(), max, [r, final, offset = m.offset()](Result<std::string> data) {
     pb::Response resp;
@@ -690,9 +695,8 @@ void Server::Impl::begin_stop(const char* why) {
   waiter_count = 0;
   // Killed tasks report as lost and run again after the next start.
   if (executor) executor->kill_all();
-  uv_timer_start(&shutdown_timer, [](uv_timer_t* h) {
-    static_cast<Impl*>(h->data)->shutdown_tick();
-  }, 0, 20);
+  uv_timer_start(
+      &shutdown_timer, [](uv_timer_t* h) { static_cast<Impl*>(h->data)->shutdown_tick(); }, 0, 20);
 }
 
 void Server::Impl::shutdown_tick() {
@@ -706,12 +710,11 @@ void Server::Impl::shutdown_tick() {
 
 void Server::Impl::close_handles() {
   uv_timer_stop(&shutdown_timer);
-  for (uv_handle_t* h : {reinterpret_cast<uv_handle_t*>(&io_poll),
-                         reinterpret_cast<uv_handle_t*>(&sigint),
-                         reinterpret_cast<uv_handle_t*>(&sigterm),
-                         reinterpret_cast<uv_handle_t*>(&schedule_idle),
-                         reinterpret_cast<uv_handle_t*>(&metrics_timer),
-                         reinterpret_cast<uv_handle_t*>(&shutdown_timer)})
+  for (uv_handle_t* h :
+       {reinterpret_cast<uv_handle_t*>(&io_poll), reinterpret_cast<uv_handle_t*>(&sigint),
+        reinterpret_cast<uv_handle_t*>(&sigterm), reinterpret_cast<uv_handle_t*>(&schedule_idle),
+        reinterpret_cast<uv_handle_t*>(&metrics_timer),
+        reinterpret_cast<uv_handle_t*>(&shutdown_timer)})
     if (!uv_is_closing(h)) uv_close(h, nullptr);
 }
 
@@ -722,7 +725,16 @@ Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Server::~Server() {
   if (!impl_) return;
   impl_->rpc.reset();
-  impl_->executor.reset();
+  if (impl_->executor && impl_->executor->running() > 0) {
+    // The shutdown grace ran out with processes still being reaped. The Executor may
+    // not be destroyed with live handles; the process is exiting, so let it go.
+    log(Level::kWarn, "server",
+        "exiting with " + std::to_string(impl_->executor->running()) + " tasks not yet reaped");
+    (void)impl_->executor.release();
+  } else if (impl_->executor) {
+    impl_->executor.reset();
+    impl_->isolation.destroy_parent();  // clean stop: no task left, remove our cgroups
+  }
   uv_loop_close(&impl_->loop);
   if (impl_->lock_fd >= 0) ::close(impl_->lock_fd);
 }
@@ -742,11 +754,13 @@ Result<std::unique_ptr<Server>> Server::open(ServerOptions options) {
     s.isolation = Isolation::probe("/sys/fs/cgroup", cgroup_parent_name(s.options.data_dir),
                                    s.options.disable_cgroups);
     uint32_t stale = s.isolation.destroy_all_groups();
-    if (stale > 0) log(Level::kInfo, "executor", "killed " + std::to_string(stale) + " leftover task groups");
+    if (stale > 0)
+      log(Level::kInfo, "executor", "killed " + std::to_string(stale) + " leftover task groups");
     std::string enforced;
     for (const auto& e : s.isolation.info().enforced) enforced += (enforced.empty() ? "" : ",") + e;
-    log(Level::kInfo, "executor", std::string("isolation: ") + isolation_name(s.isolation.info().mode) +
-                                      " (enforced: " + (enforced.empty() ? "none" : enforced) + ")");
+    log(Level::kInfo, "executor",
+        std::string("isolation: ") + isolation_name(s.isolation.info().mode) +
+            " (enforced: " + (enforced.empty() ? "none" : enforced) + ")");
     sched::NodeSpec ns;
     ns.name = s.node_name;
     ns.capacity = {s.facts.cpu_millis, s.facts.mem_bytes};

@@ -24,9 +24,9 @@ struct ServerOptions {
   std::string data_dir;
   std::string listen = "0.0.0.0:7420";
   std::string metrics_listen = "0.0.0.0:9742";
-  std::string log_dir;            // empty: DATA_DIR/logs
-  bool exec = true;               // false: --no-exec, coordinate only
-  std::string node_name;          // empty: the hostname
+  std::string log_dir;    // empty: DATA_DIR/logs
+  bool exec = true;       // false: --no-exec, coordinate only
+  std::string node_name;  // empty: the hostname
   std::map<std::string, std::string> labels;
   std::string task_exec_program;  // empty: this binary (/proc/self/exe)
   bool disable_cgroups = false;   // rlimits only (CARDNODE_NO_CGROUPS=1)

@@ -8,8 +8,9 @@ namespace {
 
 using CountArray = std::array<uint32_t, sched::kTaskStateCount>;
 
-
-sched::TaskState to_sched_state(pb::TaskState s) { return static_cast<sched::TaskState>(s); }
+sched::TaskState to_sched_state(pb::TaskState s) {
+  return static_cast<sched::TaskState>(s);
+}
 
 // A job is final when none of its tasks is queued or running.
 bool job_is_final_counts(const CountArray& counts, uint32_t count) {
@@ -21,9 +22,9 @@ bool job_is_final_counts(const CountArray& counts, uint32_t count) {
 }
 
 bool job_is_final(const sched::Job* job) {
-  return job && (job->state == sched::JobState::kSucceeded ||
-                 job->state == sched::JobState::kFailed ||
-                 job->state == sched::JobState::kCancelled);
+  return job &&
+         (job->state == sched::JobState::kSucceeded || job->state == sched::JobState::kFailed ||
+          job->state == sched::JobState::kCancelled);
 }
 
 }  // namespace
@@ -158,8 +159,7 @@ Result<Applied> State::apply(const pb::WalRecord& record) {
       out.to_kill = std::move(*running);
       return out;
     }
-    case pb::WalRecord::EVENT_NOT_SET:
-      break;
+    case pb::WalRecord::EVENT_NOT_SET: break;
   }
   return fail(Errc::kCorruption, "WAL record without an event");
 }

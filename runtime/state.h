@@ -21,11 +21,11 @@
 namespace cardnode::runtime {
 
 // Defaults a user of Slurm or Nomad would expect on a Pi (docs/ARCHITECTURE.md, "Defaults").
-inline constexpr uint32_t kDefaultCpuMillis = 1000;          // one core, like Slurm
-inline constexpr uint64_t kDefaultMemBytes = 128ull << 20;   // 128 MiB
+inline constexpr uint32_t kDefaultCpuMillis = 1000;         // one core, like Slurm
+inline constexpr uint64_t kDefaultMemBytes = 128ull << 20;  // 128 MiB
 inline constexpr uint32_t kDefaultPriority = 50;
 inline constexpr uint32_t kCommandArgsMax = 4096;
-inline constexpr uint32_t kSpecBytesMax = 256u << 10;        // serialized JobSpec
+inline constexpr uint32_t kSpecBytesMax = 256u << 10;  // serialized JobSpec
 
 struct SpawnedPid {
   int32_t pid = 0;
@@ -34,8 +34,8 @@ struct SpawnedPid {
 
 // What apply() changed, for the caller's side effects (kills, waiters, metrics).
 struct Applied {
-  std::vector<sched::TaskRef> to_kill;       // running tasks of a just-cancelled job
-  std::vector<sched::JobId> finished_jobs;   // jobs this record moved to a final state
+  std::vector<sched::TaskRef> to_kill;      // running tasks of a just-cancelled job
+  std::vector<sched::JobId> finished_jobs;  // jobs this record moved to a final state
 };
 
 class State {

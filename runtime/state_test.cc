@@ -60,7 +60,9 @@ State with_node(uint32_t cpu_millis = 4000) {
   return s;
 }
 
-uint64_t total(const State& s, TaskState st) { return s.task_totals()[static_cast<size_t>(st)]; }
+uint64_t total(const State& s, TaskState st) {
+  return s.task_totals()[static_cast<size_t>(st)];
+}
 
 TEST(State, NormalizeFillsDefaultsAndRejectsBadSpecs) {
   State s = with_node();
@@ -173,7 +175,8 @@ TEST(StateReplay, RandomHistoriesReplayExactly) {
           ++next_id;
           break;
         case 1:
-          for (const auto& p : live.cluster().plan(2)) apply(started(p.task.job, p.task.index, p.attempt));
+          for (const auto& p : live.cluster().plan(2))
+            apply(started(p.task.job, p.task.index, p.attempt));
           break;
         case 2: {
           std::vector<sched::TaskRef> running;
@@ -206,7 +209,8 @@ TEST(StateReplay, RandomHistoriesReplayExactly) {
         EXPECT_EQ(other->tasks[i].exit_code, job.tasks[i].exit_code);
       }
     }
-    EXPECT_EQ(replayed.cluster().nodes()[0].used.cpu_millis, live.cluster().nodes()[0].used.cpu_millis);
+    EXPECT_EQ(replayed.cluster().nodes()[0].used.cpu_millis,
+              live.cluster().nodes()[0].used.cpu_millis);
   }
 }
 

@@ -2,6 +2,7 @@
 // temp data dir, clients as separate processes, real tasks, kill -9 and restart.
 // Waits are bounded polls of observable state, never guessed sleeps.
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -14,7 +15,6 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <dirent.h>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -113,7 +113,8 @@ std::string http_get(const std::string& addr, const std::string& path) {
   (void)!write(fd, req.data(), req.size());
   std::string resp;
   char buf[4096];
-  for (ssize_t n; (n = read(fd, buf, sizeof(buf))) > 0 && resp.size() < (8u << 20);) resp.append(buf, n);
+  for (ssize_t n; (n = read(fd, buf, sizeof(buf))) > 0 && resp.size() < (8u << 20);)
+    resp.append(buf, n);
   close(fd);
   return resp;
 }
@@ -148,6 +149,12 @@ class Cluster : public ::testing::Test {
     data_ = root_ + "/data";
   }
   void TearDown() override {
+    // A clean stop also removes the server's cgroups; SIGKILL only if it hangs.
+    if (server_ > 0) {
+      kill(server_, SIGTERM);
+      bool exited = eventually([&] { return waitpid(server_, nullptr, WNOHANG) == server_; }, 15s);
+      if (exited) server_ = -1;
+    }
     stop_server(SIGKILL);
     fs::remove_all(root_);
   }
@@ -160,8 +167,8 @@ class Cluster : public ::testing::Test {
       int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
       dup2(fd, 2);
       dup2(fd, 1);
-      std::vector<std::string> args{CARDNODE_BIN, "server", "--data-dir", data_, "--listen",
-                                    "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"};
+      std::vector<std::string> args{CARDNODE_BIN, "server",      "--data-dir",       data_,
+                                    "--listen",   "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"};
       args.insert(args.end(), extra.begin(), extra.end());
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
@@ -170,7 +177,8 @@ class Cluster : public ::testing::Test {
       _exit(127);
     }
     ASSERT_TRUE(eventually([&] { return fs::exists(data_ + "/addr"); }))
-        << "server did not start:\n" << slurp(log);
+        << "server did not start:\n"
+        << slurp(log);
     addr_ = slurp(data_ + "/addr");
     addr_.erase(addr_.find_last_not_of("\n") + 1);
     metrics_addr_ = slurp(data_ + "/metrics_addr");
@@ -199,9 +207,9 @@ class Cluster : public ::testing::Test {
 TEST_F(Cluster, RunWaitLogsPsSurviveKill9) {
   start_server();
   // The exact scenario of the foundation issue.
-  Output r = cardnode({"run", "--data-dir", data_, "--wait", "--", "sh", "-c",
-                       "echo hello; echo oops >&2; exit 3"},
-                      root_);
+  Output r = cardnode(
+      {"run", "--data-dir", data_, "--wait", "--", "sh", "-c", "echo hello; echo oops >&2; exit 3"},
+      root_);
   EXPECT_EQ(r.code, 3) << r.err;
   Output r2 = cardnode({"--data-dir", data_, "run", "--wait", "--", "sh", "-c", "exit 5"}, root_);
   EXPECT_EQ(r2.code, 5) << r2.err;
@@ -231,12 +239,14 @@ TEST_F(Cluster, RunWaitLogsPsSurviveKill9) {
 
 TEST_F(Cluster, ArrayTasksSeeTheirIndexAndNoIdLoss) {
   start_server();
-  Output r = cli({"run", "--count", "6", "--cpu", "0.5", "--mem", "32M", "--", "sh", "-c",
-                  "echo $CARDNODE_JOB_ID.$CARDNODE_TASK_INDEX/$CARDNODE_TASK_COUNT on $CARDNODE_NODE"});
+  Output r =
+      cli({"run", "--count", "6", "--cpu", "0.5", "--mem", "32M", "--", "sh", "-c",
+           "echo $CARDNODE_JOB_ID.$CARDNODE_TASK_INDEX/$CARDNODE_TASK_COUNT on $CARDNODE_NODE"});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.out, "1\n");  // the job id alone, once durable
   ASSERT_TRUE(eventually([&] {
-    return cli({"ps", "1", "--json"}).out.find("\"state\":\"succeeded\",\"priority\"") != std::string::npos;
+    return cli({"ps", "1", "--json"}).out.find("\"state\":\"succeeded\",\"priority\"") !=
+           std::string::npos;
   }));
   Output log = cli({"logs", "1.4"});
   EXPECT_EQ(log.out.rfind("1.4/6 on ", 0), 0u) << log.out;
@@ -287,9 +297,7 @@ TEST_F(Cluster, CancelAndTimeoutKillTheWholeTree) {
 TEST_F(Cluster, BadInputGetsOneLineAndExit2) {
   start_server();
   std::string bad = root_ + "/bad-token";
-  {
-    std::ofstream(bad) << "this-is-not-the-cluster-token\n";
-  }
+  { std::ofstream(bad) << "this-is-not-the-cluster-token\n"; }
   chmod(bad.c_str(), 0600);
   Output wrong = cli({"ps", "--token-file", bad});
   EXPECT_EQ(wrong.code, 2);
@@ -373,7 +381,8 @@ TEST_F(Cluster, IdleClusterWritesNothing) {
   // Settled: the last records' writes have completed (two scrapes agree).
   double written = -1;
   ASSERT_TRUE(eventually([&] {
-    double now = metric(http_get(metrics_addr_, "/metrics"), "cardnode_storage_bytes_written_total");
+    double now =
+        metric(http_get(metrics_addr_, "/metrics"), "cardnode_storage_bytes_written_total");
     bool same = now == written && now > 0;
     written = now;
     std::this_thread::sleep_for(200ms);

@@ -298,7 +298,10 @@ Status Executor::Impl::spawn(Task& t, const TaskLaunch& launch,
 
 void Executor::Impl::signal_tree(Task& t, int sig) {
   if (t.pid > 0) ::kill(-t.pid, sig);
-  isolation.signal_group(t.group, sig);
+  // SIGTERM goes to the process group only, as a terminal sends it: through the cgroup
+  // as well, every member of both would get it twice and run its trap twice. Processes
+  // that left the group (setsid) get the SIGKILL at the end of the grace.
+  if (sig != SIGTERM) isolation.signal_group(t.group, sig);
 }
 
 void Executor::Impl::kill(Task& t, KillReason reason) {

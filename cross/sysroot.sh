@@ -80,6 +80,7 @@ debstrap() {
 # so one retry without the security suite is an acceptable degradation.
 if ! debstrap; then
   echo "sysroot: retrying without the -security suite (index download failed)" >&2
+  # shellcheck disable=SC2016 # $1 is mmdebstrap's, expanded by its hook shell
   debstrap --setup-hook='sed -i "/-security/d" "$1/etc/apt/sources.list"'
 fi
 

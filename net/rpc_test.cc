@@ -476,7 +476,7 @@ TEST_F(RpcTest, HandshakeTimeoutClosesIdleConnection) {
   EXPECT_TRUE(closed_by_server(partial));
   ::close(idle);
   ::close(partial);
-  EXPECT_EQ(stats().rejected_limit, 2u);
+  EXPECT_TRUE(wait_until([&] { return stats().rejected_limit == 2; }));
   auto c = connect();
   expect_call_works(c.get());
 }

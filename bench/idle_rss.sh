@@ -17,7 +17,9 @@ PB_HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PB_ROOT=$(dirname "$PB_HERE")
 SLURM_CTLD_PORT=${SLURM_CTLD_PORT:-16817}
 SLURMD_PORT=${SLURMD_PORT:-16818}
-SLURM_TUNED_PARAMS=${SLURM_TUNED_PARAMS:-defer,max_rpc_cnt=0,sched_min_interval=0,batch_sched_delay=0,default_queue_depth=1000}
+# Without `defer`: with it, every srun waited ~1 s for the next scheduling pass here and the
+# array drained no faster (README.md).
+SLURM_TUNED_PARAMS=${SLURM_TUNED_PARAMS:-max_rpc_cnt=0,sched_min_interval=0,batch_sched_delay=0,default_queue_depth=1000}
 
 PB_TMP=""             # temp dir holding everything this run creates
 PB_CN_PID=""          # cardnode server
@@ -244,8 +246,9 @@ slurm_stop() {
 
 # ---------------------------------------------------------------------------------------------
 
+rss_row() { printf '%-18s %12s %12s\n' "$@"; }
+
 main() {
-  local row_fmt='%-18s %12s %12s\n'
   [[ $# -le 1 ]] || die "usage: $0 [CARDNODE_BIN]"
   CN_BIN=$(resolve_bin "${1:-}")
   pb_init
@@ -271,15 +274,15 @@ main() {
   echo "cardnode: $CN_BIN"
   if [[ $slurm == 1 ]]; then echo "slurm: $(slurmctld -V)  (recipe config, $SLURM_DIR)"; fi
   echo
-  printf "$row_fmt" process VmRSS RssAnon
-  printf "$row_fmt" "cardnode server" "$cn_rss" "$cn_anon"
+  rss_row process VmRSS RssAnon
+  rss_row "cardnode server" "$cn_rss" "$cn_anon"
   if [[ $slurm == 1 ]]; then
     local c_rss c_anon d_rss d_anon
     c_rss=$(rss_kb "$PB_CTLD_PID" VmRSS); c_anon=$(rss_kb "$PB_CTLD_PID" RssAnon)
     d_rss=$(rss_kb "$PB_SLURMD_PID" VmRSS); d_anon=$(rss_kb "$PB_SLURMD_PID" RssAnon)
-    printf "$row_fmt" slurmctld "$c_rss" "$c_anon"
-    printf "$row_fmt" slurmd "$d_rss" "$d_anon"
-    printf "$row_fmt" "slurmctld+slurmd" $((c_rss + d_rss)) $((c_anon + d_anon))
+    rss_row slurmctld "$c_rss" "$c_anon"
+    rss_row slurmd "$d_rss" "$d_anon"
+    rss_row "slurmctld+slurmd" $((c_rss + d_rss)) $((c_anon + d_anon))
   fi
 }
 

@@ -132,6 +132,8 @@ bench_slurm() {
 
 # ---------------------------------------------------------------------------------------------
 
+peer_row() { printf '%-40s %10s %13s %13s %12s %12s\n' "$@"; }
+
 peer_main() {
   local install=0 args=() n bin
   for a in "$@"; do
@@ -167,7 +169,6 @@ peer_main() {
     bench_slurm tuned "$n"
   fi
 
-  local f='%-40s %10s %13s %13s %12s %12s\n'
   echo "peer_slurm: $n-task array of \`true\` and one-task latency, one machine ($(nproc) CPUs), same run"
   echo "cardnode: $CN_BIN"
   echo "  tasks ask --cpu 0.1 --mem 16M, so up to 20 run at once on 2 cores (latency runs use the defaults)"
@@ -179,14 +180,14 @@ peer_main() {
     echo "  drain = sbatch until squeue -h is empty (polled every 0.1 s); completion checked in jobcomp/filetxt"
   fi
   echo
-  printf "$f" metric cardnode slurm-default slurm-tuned default/cn tuned/cn
-  printf "$f" "drain $n tasks (s)" "$(secs "$CN_DRAIN_MS")" "$(secs "${S_DRAIN_MS[default]}")" \
+  peer_row metric cardnode slurm-default slurm-tuned default/cn tuned/cn
+  peer_row "drain $n tasks (s)" "$(secs "$CN_DRAIN_MS")" "$(secs "${S_DRAIN_MS[default]}")" \
     "$(secs "${S_DRAIN_MS[tuned]}")" "$(ratio "${S_DRAIN_MS[default]}" "$CN_DRAIN_MS")" \
     "$(ratio "${S_DRAIN_MS[tuned]}" "$CN_DRAIN_MS")"
-  printf "$f" "throughput (tasks/s)" "$(per_s "$n" "$CN_DRAIN_MS")" "$(per_s "$n" "${S_DRAIN_MS[default]}")" \
+  peer_row "throughput (tasks/s)" "$(per_s "$n" "$CN_DRAIN_MS")" "$(per_s "$n" "${S_DRAIN_MS[default]}")" \
     "$(per_s "$n" "${S_DRAIN_MS[tuned]}")" "" ""
-  printf "$f" "max running at once (squeue samples)" "-" "${S_MAXRUN[default]}" "${S_MAXRUN[tuned]}" "" ""
-  printf "$f" "one task, median of $LAT_RUNS (ms)" "$CN_LAT_MS" "${S_LAT_MS[default]}" "${S_LAT_MS[tuned]}" \
+  peer_row "max running at once (squeue samples)" "-" "${S_MAXRUN[default]}" "${S_MAXRUN[tuned]}" "" ""
+  peer_row "one task, median of $LAT_RUNS (ms)" "$CN_LAT_MS" "${S_LAT_MS[default]}" "${S_LAT_MS[tuned]}" \
     "$(ratio "${S_LAT_MS[default]}" "$CN_LAT_MS")" "$(ratio "${S_LAT_MS[tuned]}" "$CN_LAT_MS")"
   echo "  (one task: cardnode \`run --wait -- true\` vs \`srun true\`, wall time of the client command)"
   local m

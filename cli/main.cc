@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
   ::signal(SIGPIPE, SIG_IGN);
 
   CLI::App app{"cardnode: pool ARM boards into one compute cluster", "cardnode"};
+  app.set_version_flag("--version", "cardnode " CARDNODE_VERSION);
   app.require_subcommand(1);
   app.fallthrough();  // client options may come before or after the subcommand
   cardnode::cli::ClientConfig client;
@@ -133,6 +134,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
     return usage_error(e.what());

@@ -158,6 +158,8 @@ struct Server::Impl {
 
   // --- the one path for state changes ---------------------------------------------
   void record(const pb::WalRecord& rec, std::function<void()> on_durable);
+  // For client requests: a full or failed WAL refuses the request instead.
+  [[nodiscard]] Status try_record(const pb::WalRecord& rec, std::function<void()> on_durable);
   Applied apply_live(const pb::WalRecord& rec);
   void fatal(const Error& e);
 
@@ -326,7 +328,7 @@ void Server::Impl::fatal(const Error& e) {
   begin_stop("storage failure");
 }
 
-void Server::Impl::record(const pb::WalRecord& rec, std::function<void()> on_durable) {
+Status Server::Impl::try_record(const pb::WalRecord& rec, std::function<void()> on_durable) {
   std::string bytes = rec.SerializeAsString();
   auto st = wal->append(bytes, [this, cb = std::move(on_durable)](Status s) {
     if (!s) {
@@ -335,11 +337,14 @@ void Server::Impl::record(const pb::WalRecord& rec, std::function<void()> on_dur
     }
     cb();
   });
-  if (!st) {
-    fatal(st.error());
-    return;
-  }
-  ++wal_records;
+  if (st) ++wal_records;
+  return st;
+}
+
+// For events that already happened (a placement made, a process exited): if they cannot
+// be logged, the server cannot keep its promises, so it stops.
+void Server::Impl::record(const pb::WalRecord& rec, std::function<void()> on_durable) {
+  if (auto st = try_record(rec, std::move(on_durable)); !st) fatal(st.error());
 }
 
 Applied Server::Impl::apply_live(const pb::WalRecord& rec) {
@@ -521,7 +526,7 @@ void Server::Impl::on_submit(const pb::SubmitJob& m, net::Responder r) {
   s->set_job_id(id);
   *s->mutable_spec() = std::move(spec);
   s->set_submitted_ms(wall_ms());
-  record(rec, [this, rec, r, id] {
+  auto st = try_record(rec, [this, rec, r, id] {
     auto a = state.apply(rec);
     if (!a) return r.reply(error_response(Errc::kResourceExhausted, a.error().message));
     metrics->set_tasks(state.task_totals());
@@ -532,6 +537,10 @@ void Server::Impl::on_submit(const pb::SubmitJob& m, net::Responder r) {
     notify_finished(a->finished_jobs);
     schedule_soon();
   });
+  if (!st) {
+    --next_job_id;  // nothing was queued: the id is free again
+    r.reply(error_response(Errc::kUnavailable, "cannot log the job: " + st.error().describe()));
+  }
 }
 
 void Server::Impl::on_cancel(const pb::CancelJob& m, net::Responder r) {
@@ -545,7 +554,7 @@ void Server::Impl::on_cancel(const pb::CancelJob& m, net::Responder r) {
   pb::WalRecord rec;
   rec.mutable_job_cancelled()->set_job_id(m.job_id());
   rec.mutable_job_cancelled()->set_cancelled_ms(wall_ms());
-  record(rec, [this, rec, r] {
+  auto st = try_record(rec, [this, rec, r] {
     Applied a = apply_live(rec);
     for (const auto& t : a.to_kill) {
       if (awaiting_spawn.erase(t) != 0)
@@ -558,6 +567,8 @@ void Server::Impl::on_cancel(const pb::CancelJob& m, net::Responder r) {
     r.reply(std::move(resp));
     notify_finished(a.finished_jobs);
   });
+  if (!st)
+    r.reply(error_response(Errc::kUnavailable, "cannot log the cancel: " + st.error().describe()));
 }
 
 void Server::Impl::on_wait(const pb::WaitJob& m, net::Responder r) {

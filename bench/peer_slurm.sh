@@ -39,28 +39,40 @@ per_s() { awk -v n="$1" -v ms="$2" 'BEGIN { if (ms ~ /^[0-9.]+$/ && ms > 0) prin
 # ---------------------------------------------------------------------------------------------
 
 CN_DRAIN_MS="-"
+CN_DRAIN8_MS="-"
 CN_LAT_MS="-"
 
-bench_cardnode() {
-  local n=$1 t0 t1 out id json i
-  log "cardnode: starting server"
-  cardnode_start
-  cn run --wait -- true >/dev/null 2>&1 || die "cardnode warm-up job failed"
-
-  log "cardnode: draining $n tasks"
+# cn_drain N CPU: runs an N-task array of `true` with --cpu CPU, checks every task
+# succeeded, and leaves the wall time in DRAIN_MS.
+cn_drain() {
+  local n=$1 cpu=$2 t0 t1 out id json
+  log "cardnode: draining $n tasks at --cpu $cpu"
   t0=$(now_ms)
-  if ! out=$(CN_TIMEOUT=$DRAIN_LIMIT cn run --count "$n" --cpu 0.1 --mem 16M --wait -- true 2>&1); then
+  if ! out=$(CN_TIMEOUT=$DRAIN_LIMIT cn run --count "$n" --cpu "$cpu" --mem 16M --wait -- true 2>&1); then
     log "$out"
     die "cardnode run --count $n --wait failed or took over ${DRAIN_LIMIT} s"
   fi
   t1=$(now_ms)
-  CN_DRAIN_MS=$((t1 - t0))
+  DRAIN_MS=$((t1 - t0))
   # With --wait the id is only in the stderr line "cardnode: job ID submitted, waiting".
   id=$(sed -n 's/^cardnode: job \([0-9]*\) submitted.*/\1/p' <<<"$out" | head -1)
   [[ -n "$id" ]] || die "no job id in: $out"
   json=$(cn ps "$id" --json)
   grep -q '"state":"succeeded"' <<<"$json" && grep -q "\"states\":{\"succeeded\":$n}" <<<"$json" \
     || die "job $id not all succeeded: $(head -c 300 <<<"$json")"
+}
+
+bench_cardnode() {
+  local n=$1 t0 t1 i
+  log "cardnode: starting server"
+  cardnode_start
+  cn run --wait -- true >/dev/null 2>&1 || die "cardnode warm-up job failed"
+
+  cn_drain "$n" 0.1
+  CN_DRAIN_MS=$DRAIN_MS
+  # The same concurrency as Slurm here (8 at once: 2 CPUs, FORCE:4): a like-for-like row.
+  cn_drain "$n" 0.25
+  CN_DRAIN8_MS=$DRAIN_MS
 
   log "cardnode: latency, $LAT_RUNS x run --wait -- true"
   for ((i = 0; i < LAT_RUNS; i++)); do
@@ -171,7 +183,8 @@ peer_main() {
 
   echo "peer_slurm: $n-task array of \`true\` and one-task latency, one machine ($(nproc) CPUs), same run"
   echo "cardnode: $CN_BIN"
-  echo "  tasks ask --cpu 0.1 --mem 16M, so up to 20 run at once on 2 cores (latency runs use the defaults)"
+  echo "  tasks ask --cpu 0.1 --mem 16M, so up to 20 run at once on 2 cores; the '8 at once' row asks"
+  echo "  --cpu 0.25, Slurm's concurrency here (latency runs use the defaults)"
   if ((slurm)); then
     echo "slurm:    $(slurmctld -V); node CPUs=2, OverSubscribe=FORCE:4, 1 CPU per task: up to 8 at once"
     echo "  default: the recipe (MinJobAge=2, SchedulerParameters unset)"
@@ -184,6 +197,9 @@ peer_main() {
   peer_row "drain $n tasks (s)" "$(secs "$CN_DRAIN_MS")" "$(secs "${S_DRAIN_MS[default]}")" \
     "$(secs "${S_DRAIN_MS[tuned]}")" "$(ratio "${S_DRAIN_MS[default]}" "$CN_DRAIN_MS")" \
     "$(ratio "${S_DRAIN_MS[tuned]}" "$CN_DRAIN_MS")"
+  peer_row "drain $n tasks, 8 at once (s)" "$(secs "$CN_DRAIN8_MS")" "$(secs "${S_DRAIN_MS[default]}")" \
+    "$(secs "${S_DRAIN_MS[tuned]}")" "$(ratio "${S_DRAIN_MS[default]}" "$CN_DRAIN8_MS")" \
+    "$(ratio "${S_DRAIN_MS[tuned]}" "$CN_DRAIN8_MS")"
   peer_row "throughput (tasks/s)" "$(per_s "$n" "$CN_DRAIN_MS")" "$(per_s "$n" "${S_DRAIN_MS[default]}")" \
     "$(per_s "$n" "${S_DRAIN_MS[tuned]}")" "" ""
   peer_row "max running at once (squeue samples)" "-" "${S_MAXRUN[default]}" "${S_MAXRUN[tuned]}" "" ""

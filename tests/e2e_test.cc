@@ -419,4 +419,28 @@ TEST_F(Cluster, SubmitJsonSpec) {
   EXPECT_EQ(cli({"submit", root_ + "/bad.json"}).code, 2);
 }
 
+TEST_F(Cluster, FsckReadsTheWalOfARealDataDir) {
+  start_server();
+  ASSERT_EQ(cli({"run", "--wait", "--count", "2", "--cpu", "0.1", "--", "true"}).code, 0);
+  ASSERT_EQ(stop_server(SIGTERM), 0);
+  Output ok = cardnode({"fsck", data_}, root_);
+  EXPECT_EQ(ok.code, 0) << ok.err;
+  EXPECT_NE(ok.out.find(" WAL records in 1 segments"), std::string::npos) << ok.out;
+  Output missing = cardnode({"fsck", root_ + "/nope"}, root_);
+  EXPECT_EQ(missing.code, 1);
+  EXPECT_NE(missing.err.find("fsck"), std::string::npos);
+}
+
+TEST_F(Cluster, NoExecCoordinatesOnlyAndStopsOnSigint) {
+  start_server({"--no-exec"});
+  Output r = cli({"run", "--", "true"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "1\n");
+  EXPECT_EQ(cli({"nodes", "--json"}).out, "{\"nodes\":[]}\n");
+  // Accepted and durable, but no board runs it.
+  EXPECT_NE(cli({"ps", "1", "--json"}).out.find("\"states\":{\"queued\":1}"), std::string::npos);
+  int status = stop_server(SIGINT);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+}
+
 }  // namespace

@@ -38,6 +38,9 @@ inline constexpr uint32_t kTokenBytesMin = 16;
 // Creates a new random token (64 hex chars) in `path` with mode 0600, unless it exists.
 [[nodiscard]] Result<std::string> create_token_if_missing(const std::string& path);
 
+// HMAC-SHA256 (RFC 2104) of message under key; exposed for its test vectors.
+std::array<uint8_t, kMacBytes> hmac_sha256(std::string_view key, std::string_view message);
+
 class ServerHandshake {
  public:
   explicit ServerHandshake(std::string token);

@@ -226,5 +226,26 @@ TEST_F(TokenFile, CreateLoadsAnExistingTokenAndChecksIt) {
   EXPECT_FALSE(create_token_if_missing(path).has_value());
 }
 
+// RFC 4231 test cases 1, 2 and 6 (a key longer than the 64-byte block).
+std::string hex(const std::array<uint8_t, kMacBytes>& mac) {
+  static const char* d = "0123456789abcdef";
+  std::string out;
+  for (uint8_t b : mac) {
+    out.push_back(d[b >> 4]);
+    out.push_back(d[b & 15]);
+  }
+  return out;
+}
+
+TEST(HmacSha256, Rfc4231Vectors) {
+  EXPECT_EQ(hex(hmac_sha256(std::string(20, '\x0b'), "Hi There")),
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
+  EXPECT_EQ(hex(hmac_sha256("Jefe", "what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+  EXPECT_EQ(hex(hmac_sha256(std::string(131, '\xaa'),
+                            "Test Using Larger Than Block-Size Key - Hash Key First")),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+}
+
 }  // namespace
 }  // namespace cardnode::net

@@ -50,7 +50,8 @@ struct Executor::Impl {
     Impl* impl = nullptr;
     uint64_t job_id = 0;
     uint32_t index = 0;
-    std::string group;  // "JOB.INDEX"
+    std::string group;      // "JOB.INDEX"
+    std::string key_entry;  // "CARDNODE_TASK_KEY=<pool>:JOB.INDEX", in the task's env
     storage::LogKey out_key;
     storage::LogKey err_key;
     Executor::ExitCallback on_exit;
@@ -90,6 +91,10 @@ struct Executor::Impl {
   Status spawn(Task& t, const TaskLaunch& launch, const std::vector<std::string>& procs);
   void kill(Task& t, KillReason reason);
   void signal_tree(Task& t, int sig);
+  // Without cgroups: signals the task's processes that left its process group, found by
+  // their environment tag. Bounded by kTaggedScanMax; a no-op under cgroups, which hold
+  // the whole tree already.
+  void kill_tagged(Task& t, int sig);
   void on_exited(Task& t);
   void step(Task* t);
   void finish(Task* t);
@@ -182,6 +187,7 @@ Result<int32_t> Executor::Impl::start(const TaskLaunch& launch, ExitCallback on_
   t->job_id = launch.job_id;
   t->index = launch.index;
   t->group = std::to_string(launch.job_id) + "." + std::to_string(launch.index);
+  t->key_entry = task_key_prefix(options.pool_tag) + t->group;
   t->out_key = {launch.job_id, launch.index, storage::Stream::kStdout};
   t->err_key = {launch.job_id, launch.index, storage::Stream::kStderr};
   t->on_exit = std::move(on_exit);
@@ -240,6 +246,8 @@ Status Executor::Impl::spawn(Task& t, const TaskLaunch& launch,
     std::erase_if(env, [&](const std::string& e) { return e.starts_with(prefix); });
     env.push_back(prefix + v);  // the job's value wins over the base
   }
+  std::erase_if(env, [](const std::string& e) { return e.starts_with("CARDNODE_TASK_KEY="); });
+  env.push_back(t.key_entry);
 
   std::vector<char*> argp, envp;
   for (std::string& a : args) argp.push_back(a.data());
@@ -296,12 +304,20 @@ Status Executor::Impl::spawn(Task& t, const TaskLaunch& launch,
   return {};
 }
 
+void Executor::Impl::kill_tagged(Task& t, int sig) {
+  if (isolation.info().mode != IsolationMode::kRlimit) return;
+  constexpr uint32_t kTaggedScanMax = 4096;
+  for (int32_t pid : pids_with_env(t.key_entry, /*prefix=*/false, kTaggedScanMax)) ::kill(pid, sig);
+}
+
 void Executor::Impl::signal_tree(Task& t, int sig) {
   if (t.pid > 0) ::kill(-t.pid, sig);
   // SIGTERM goes to the process group only, as a terminal sends it: through the cgroup
-  // as well, every member of both would get it twice and run its trap twice. Processes
-  // that left the group (setsid) get the SIGKILL at the end of the grace.
-  if (sig != SIGTERM) isolation.signal_group(t.group, sig);
+  // or the tag as well, every member of both would get it twice and run its trap twice.
+  // Processes that left the group (setsid) get the SIGKILL at the end of the grace.
+  if (sig == SIGTERM) return;
+  isolation.signal_group(t.group, sig);
+  kill_tagged(t, sig);
 }
 
 void Executor::Impl::kill(Task& t, KillReason reason) {
@@ -323,6 +339,7 @@ void Executor::Impl::on_exited(Task& t) {
   // read for OOM before it is destroyed. An OOM kill counts only if the task did not
   // succeed: a shell that survives its child's OOM and exits 0 has succeeded.
   ::kill(-t.pid, SIGKILL);
+  kill_tagged(t, SIGKILL);
   bool failed = t.term_signal != 0 || t.exit_status != 0;
   t.oom = failed && isolation.oom_killed(t.group);
   isolation.destroy_group(t.group);
@@ -395,6 +412,10 @@ void Executor::kill_all() {
 
 uint32_t Executor::running() const {
   return static_cast<uint32_t>(impl_->tasks.size());
+}
+
+std::string task_key_prefix(const std::string& pool_tag) {
+  return "CARDNODE_TASK_KEY=" + pool_tag + ":";
 }
 
 }  // namespace cardnode::runtime

@@ -49,6 +49,10 @@ struct TaskExit {
 };
 
 struct ExecutorOptions {
+  // Every task's environment gets CARDNODE_TASK_KEY=<pool_tag>:<job>.<index>, set after
+  // the job's env so a job cannot override it. Without cgroups it is how the tree of a
+  // task is found once processes left its process group; task_key_prefix() finds them all.
+  std::string pool_tag = "cardnode";
   // Program spawned for every task, with "__task-exec" as argv[1]. Normally the
   // cardnode binary itself (/proc/self/exe). Empty: spawn the command directly and join
   // the cgroup right after spawn (a short window in which a fork escapes; only for
@@ -88,6 +92,9 @@ class Executor {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// "CARDNODE_TASK_KEY=<pool_tag>:": the environment prefix every task of a pool carries.
+std::string task_key_prefix(const std::string& pool_tag);
 
 // The "__task-exec" entry point: argv after "__task-exec" is
 //   [--cgroup-procs PATH]... [--rlimit-as BYTES] -- CMD [ARG...]

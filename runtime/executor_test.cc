@@ -138,6 +138,9 @@ class ExecutorTest : public ::testing::TestWithParam<Mode> {
       GTEST_SKIP() << "cannot exec " << CARDNODE_TASK_EXEC_HELPER << " here (qemu-user?)";
     }
     options_.task_exec_program = GetParam().trampoline ? CARDNODE_TASK_EXEC_HELPER : "";
+    // Per process, like a server's per-data-dir tag: ctest runs test processes side by
+    // side with the same job ids, and in rlimit mode tasks are found by this tag.
+    options_.pool_tag = group_parent_;
     make_executor();
   }
 

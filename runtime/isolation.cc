@@ -15,8 +15,10 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <fstream>
 #include <set>
 #include <string_view>
 
@@ -357,6 +359,35 @@ void Isolation::destroy_parent() {
   for (const std::string& parent : controller_dirs_) ::rmdir(parent.c_str());
   *this = Isolation();
   info_.enforced = {"memory"};  // as probe() reports rlimit mode
+}
+
+std::vector<int32_t> pids_with_env(const std::string& entry, bool prefix, uint32_t max) {
+  constexpr size_t kEnvironBytesMax = 256u << 10;  // larger environments are not read
+  std::vector<int32_t> out;
+  DIR* proc = ::opendir("/proc");
+  if (proc == nullptr) return out;
+  const int32_t self = static_cast<int32_t>(::getpid());
+  std::string needle;
+  needle.push_back('\0');
+  needle += entry;
+  if (!prefix) needle.push_back('\0');
+  while (struct dirent* e = ::readdir(proc)) {
+    if (out.size() >= max) break;
+    char* end = nullptr;
+    long pid = std::strtol(e->d_name, &end, 10);
+    if (pid <= 0 || *end != '\0' || pid == self) continue;
+    std::ifstream in(std::string("/proc/") + e->d_name + "/environ", std::ios::binary);
+    std::string env(1, '\0');  // so the first entry matches "\0K=V\0" too
+    char buf[4096];
+    while (in && env.size() < kEnvironBytesMax) {
+      in.read(buf, sizeof(buf));
+      env.append(buf, static_cast<size_t>(in.gcount()));
+    }
+    env.push_back('\0');
+    if (env.find(needle) != std::string::npos) out.push_back(static_cast<int32_t>(pid));
+  }
+  ::closedir(proc);
+  return out;
 }
 
 }  // namespace cardnode::runtime

@@ -83,4 +83,11 @@ class Isolation {
   bool memory_by_rlimit_ = true;
 };
 
+// Pids of processes whose initial environment holds `entry` ("K=V"), or with `prefix`
+// an entry that starts with it; from /proc/*/environ, at most `max`, this process
+// excluded. Without cgroups this is how a task's processes are found after they left
+// its process group (setsid), and how a restart finds tasks whose pid never reached the
+// WAL. A task that clears its own environment escapes it; cgroups have no such hole.
+std::vector<int32_t> pids_with_env(const std::string& entry, bool prefix, uint32_t max);
+
 }  // namespace cardnode::runtime

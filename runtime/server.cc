@@ -42,6 +42,7 @@ constexpr uint32_t kJobsListedMax = 10'000;    // newest jobs in one ListJobs re
 constexpr uint32_t kTasksListedMax = 100'000;  // tasks in one GetJob reply (< frame bound)
 constexpr uint64_t kShutdownGraceMs = 10'000;
 constexpr uint64_t kMetricsRefreshMs = 1000;
+constexpr uint32_t kLeftoverScanMax = 65536;  // pids killed by the environment scan at start
 
 uint64_t wall_ms() {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -130,6 +131,7 @@ struct Server::Impl {
   bool has_local_node = false;
   std::string node_name;
   std::string work_dir;
+  std::string pool_tag;  // "cardnode-<hash of data dir>": cgroup parent and task env tag
 
   uv_poll_t io_poll{};
   uv_signal_t sigint{}, sigterm{};
@@ -260,6 +262,10 @@ void Server::Impl::recover_running_tasks() {
     auto ticks = process_start_ticks(pid.pid);
     if (ticks && *ticks == pid.start_ticks) ::kill(-pid.pid, SIGKILL);
   }
+  // Without cgroups, a task that left its process group, or one spawned just before the
+  // crash (its pid not yet in the WAL), is still found by the tag in its environment.
+  for (int32_t pid : pids_with_env(task_key_prefix(pool_tag), /*prefix=*/true, kLeftoverScanMax))
+    ::kill(pid, SIGKILL);
   for (const auto& t : running) finish_task(t, pb::TASK_LOST, 0, 0);
   if (!running.empty())
     log(Level::kInfo, "server",
@@ -762,8 +768,8 @@ Result<std::unique_ptr<Server>> Server::open(ServerOptions options) {
   s.facts = read_node_facts();
   s.node_name = s.options.node_name.empty() ? s.facts.hostname : s.options.node_name;
   if (s.options.exec) {
-    s.isolation = Isolation::probe("/sys/fs/cgroup", cgroup_parent_name(s.options.data_dir),
-                                   s.options.disable_cgroups);
+    s.pool_tag = cgroup_parent_name(s.options.data_dir);
+    s.isolation = Isolation::probe("/sys/fs/cgroup", s.pool_tag, s.options.disable_cgroups);
     uint32_t stale = s.isolation.destroy_all_groups();
     if (stale > 0)
       log(Level::kInfo, "executor", "killed " + std::to_string(stale) + " leftover task groups");
@@ -782,6 +788,7 @@ Result<std::unique_ptr<Server>> Server::open(ServerOptions options) {
     s.local_node = *id;
     s.has_local_node = true;
     ExecutorOptions eo;
+    eo.pool_tag = s.pool_tag;
     if (s.options.task_exec_program.empty()) {
       char self[PATH_MAX] = {};
       ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);

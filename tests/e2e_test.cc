@@ -140,8 +140,23 @@ bool process_with_marker_exists(const std::string& marker) {
   return false;
 }
 
+int count_with_marker(const std::string& marker) {
+  int n = 0;
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    std::string name = entry.path().filename();
+    if (name.empty() || !isdigit(static_cast<unsigned char>(name[0]))) continue;
+    std::string cmd = slurp(entry.path().string() + "/cmdline");
+    for (char& c : cmd)
+      if (c == '\0') c = ' ';
+    // Whole words: "m" must not count "m-esc".
+    cmd += ' ';
+    if (cmd.find(" " + marker + " ") != std::string::npos) ++n;
+  }
+  return n;
+}
+
 class Cluster : public ::testing::Test {
- protected:
+ public:
   void SetUp() override {
     char tmpl[] = "/tmp/cardnode-e2e-XXXXXX";
     ASSERT_NE(mkdtemp(tmpl), nullptr);
@@ -256,22 +271,44 @@ TEST_F(Cluster, ArrayTasksSeeTheirIndexAndNoIdLoss) {
   EXPECT_EQ(ps.out.find("\"attempts\":2"), std::string::npos) << ps.out;
 }
 
+// The task also starts an escapee in a new session (out of the process group): after
+// kill -9 of the server and a restart, the old attempt and its escapee are gone, and the
+// new attempt is the only instance.
+void kill_nine_leaves_one_instance(Cluster* t, const std::string& marker) {
+  Output r = t->cli({"run", "--", "sh", "-c",
+                     "setsid sh -c 'sleep 60; : " + marker + "-esc' & sleep 60; : " + marker});
+  ASSERT_EQ(r.code, 0) << r.err;
+  ASSERT_TRUE(eventually([&] { return count_with_marker(marker + "-esc") == 1; }));
+  t->stop_server(SIGKILL);
+  t->start_server();
+  ASSERT_TRUE(eventually([&] {
+    return t->cli({"ps", "1", "--json"}).out.find("\"attempts\":2") != std::string::npos;
+  }));
+  // One task instance (the new attempt) with its one escapee; the old ones were killed.
+  EXPECT_TRUE(eventually([&] {
+    return count_with_marker(marker + "-esc") == 1 && count_with_marker(marker) == 1;
+  })) << count_with_marker(marker)
+      << " " << count_with_marker(marker + "-esc");
+  EXPECT_EQ(t->cli({"cancel", "1"}).code, 0);
+  EXPECT_TRUE(eventually(
+      [&] { return count_with_marker(marker) == 0 && count_with_marker(marker + "-esc") == 0; }));
+  Output ps = t->cli({"ps", "1", "--json"});
+  EXPECT_NE(ps.out.find("\"state\":\"cancelled\""), std::string::npos) << ps.out;
+}
+
 TEST_F(Cluster, KillNineWhileRunningRequeuesAndLeavesNoProcess) {
   start_server();
-  const std::string marker = "cnmark-" + std::to_string(getpid()) + "-k9";
-  Output r = cli({"run", "--", "sh", "-c", "sleep 60; : " + marker});
-  ASSERT_EQ(r.code, 0) << r.err;
-  ASSERT_TRUE(eventually([&] { return process_with_marker_exists(marker); }));
-  stop_server(SIGKILL);
+  kill_nine_leaves_one_instance(this, "cnmark-" + std::to_string(getpid()) + "-k9");
+}
+
+TEST_F(Cluster, KillNineWithoutCgroupsLeavesNoProcess) {
+  setenv("CARDNODE_NO_CGROUPS", "1", 1);  // inherited by the servers this test starts
   start_server();
-  // The restarted server killed the orphan (cgroup) and started the task again.
-  ASSERT_TRUE(eventually([&] {
-    return cli({"ps", "1", "--json"}).out.find("\"attempts\":2") != std::string::npos;
-  }));
-  EXPECT_EQ(cli({"cancel", "1"}).code, 0);
-  EXPECT_TRUE(eventually([&] { return !process_with_marker_exists(marker); }));
-  Output ps = cli({"ps", "1", "--json"});
-  EXPECT_NE(ps.out.find("\"state\":\"cancelled\""), std::string::npos) << ps.out;
+  unsetenv("CARDNODE_NO_CGROUPS");
+  EXPECT_NE(cli({"nodes", "--json"}).out.find("\"isolation\":\"rlimit\""), std::string::npos);
+  setenv("CARDNODE_NO_CGROUPS", "1", 1);
+  kill_nine_leaves_one_instance(this, "cnmark-" + std::to_string(getpid()) + "-k9r");
+  unsetenv("CARDNODE_NO_CGROUPS");
 }
 
 TEST_F(Cluster, CancelAndTimeoutKillTheWholeTree) {

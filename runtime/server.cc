@@ -40,7 +40,10 @@ constexpr uint32_t kPlacementsPerTurn = 64;    // then yield to the loop
 constexpr uint32_t kWaitersMax = 4096;         // clients blocked in WaitJob
 constexpr uint32_t kJobsListedMax = 10'000;    // newest jobs in one ListJobs reply
 constexpr uint32_t kTasksListedMax = 100'000;  // tasks in one GetJob reply (< frame bound)
-constexpr uint64_t kShutdownGraceMs = 10'000;
+// Cancel, timeout and stop send SIGTERM to the task's process group, then SIGKILL to the
+// whole tree after this grace: Nomad's kill_timeout default (Slurm's KillWait is 30 s).
+constexpr uint64_t kKillGraceMs = 5'000;
+constexpr uint64_t kShutdownGraceMs = 10'000;  // > kKillGraceMs: tasks get their grace
 constexpr uint64_t kMetricsRefreshMs = 1000;
 constexpr uint32_t kLeftoverScanMax = 65536;  // pids killed by the environment scan at start
 
@@ -789,6 +792,7 @@ Result<std::unique_ptr<Server>> Server::open(ServerOptions options) {
     s.has_local_node = true;
     ExecutorOptions eo;
     eo.pool_tag = s.pool_tag;
+    eo.kill_grace_ms = kKillGraceMs;
     if (s.options.task_exec_program.empty()) {
       char self[PATH_MAX] = {};
       ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);

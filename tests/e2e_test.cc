@@ -326,8 +326,14 @@ TEST_F(Cluster, CancelAndTimeoutKillTheWholeTree) {
     return cli({"ps", "1", "--json"}).out.find("\"states\":{\"cancelled\":2}") != std::string::npos;
   }));
 
+  // A timeout sends SIGTERM first: sleep dies of it.
   Output t = cli({"run", "--wait", "--timeout", "300ms", "--", "sleep", "30"});
-  EXPECT_EQ(t.code, 128 + SIGKILL) << t.err;
+  EXPECT_EQ(t.code, 128 + SIGTERM) << t.err;
+  // A task that ignores SIGTERM gets SIGKILL after the grace.
+  Output k =
+      cli({"run", "--wait", "--timeout", "300ms", "--", "sh", "-c", "trap '' TERM; sleep 30"});
+  EXPECT_EQ(k.code, 128 + SIGKILL) << k.err;
+  EXPECT_NE(cli({"ps", "3", "--json"}).out.find("\"state\":\"timed_out\""), std::string::npos);
   EXPECT_NE(cli({"ps", "2", "--json"}).out.find("\"state\":\"timed_out\""), std::string::npos);
 }
 

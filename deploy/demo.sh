@@ -48,7 +48,7 @@ say "cardnode ps --json"
 cn ps --json
 
 metrics=$(cat "$data/metrics_addr")
-say "curl http://$metrics/metrics | grep ^cardnode_ | head"
+say "GET http://$metrics/metrics | grep ^cardnode_   # what Prometheus scrapes"
 exec 3<>"/dev/tcp/${metrics%:*}/${metrics##*:}"
 printf 'GET /metrics HTTP/1.0\r\nHost: demo\r\n\r\n' >&3
 grep -E '^cardnode_(jobs_submitted_total|tasks\{|process_resident|storage_bytes_written|build_info)' <&3 || true

@@ -1,7 +1,8 @@
 // Named fault points (RocksDB TEST_SYNC_POINT / Redpanda style). Production code marks
 // a spot with CARDNODE_FAULT_POINT("wal.after_write_before_fsync"); a test arms the
-// name and the code takes its failure path there. Without CARDNODE_FAULT_POINTS (release
-// builds) the macro is the constant false and the registry does not exist.
+// name and the code takes its failure path there. Without CARDNODE_FAULT_POINTS (builds
+// without tests, -DCARDNODE_BUILD_TESTS=OFF) the macro is the constant false and the
+// registry does not exist.
 //
 // Threading: loop thread only, like the code it instruments.
 #pragma once

@@ -13,6 +13,7 @@
 #include "cli/json_out.h"
 #include "net/client.h"
 #include "net/handshake.h"
+#include "scheduler/cluster.h"
 #include "storage/wal.h"
 
 namespace cardnode::cli {
@@ -100,12 +101,12 @@ uint32_t state_count(const pb::JobSummary& j, const char* state) {
 }
 
 std::string states_text(const pb::JobSummary& j) {
-  static const char* kOrder[] = {"queued",    "running",   "succeeded",  "failed",
-                                 "cancelled", "timed_out", "oom_killed", "lost"};
   std::string out;
-  for (const char* s : kOrder)
+  for (size_t i = 0; i < sched::kTaskStateCount; ++i) {
+    const char* s = sched::task_state_name(static_cast<sched::TaskState>(i));
     if (uint32_t n = state_count(j, s))
       out += (out.empty() ? "" : " ") + std::string(s) + ":" + std::to_string(n);
+  }
   return out;
 }
 

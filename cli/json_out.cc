@@ -3,6 +3,8 @@
 #include <cstdio>
 #include <map>
 
+#include "scheduler/cluster.h"
+
 namespace cardnode::cli {
 namespace {
 
@@ -69,29 +71,16 @@ std::string json_escape(const std::string& s) {
   return out;
 }
 
+// pb::TaskState / pb::JobState values equal the scheduler's (proto/cardnode.proto); a
+// value from a newer server that this client does not know prints as "unknown".
 const char* task_state_text(pb::TaskState s) {
-  switch (s) {
-    case pb::TASK_QUEUED: return "queued";
-    case pb::TASK_RUNNING: return "running";
-    case pb::TASK_SUCCEEDED: return "succeeded";
-    case pb::TASK_FAILED: return "failed";
-    case pb::TASK_CANCELLED: return "cancelled";
-    case pb::TASK_TIMED_OUT: return "timed_out";
-    case pb::TASK_OOM_KILLED: return "oom_killed";
-    case pb::TASK_LOST: return "lost";
-    default: return "unknown";
-  }
+  if (s < 0 || static_cast<size_t>(s) >= sched::kTaskStateCount) return "unknown";
+  return sched::task_state_name(static_cast<sched::TaskState>(s));
 }
 
 const char* job_state_text(pb::JobState s) {
-  switch (s) {
-    case pb::JOB_QUEUED: return "queued";
-    case pb::JOB_RUNNING: return "running";
-    case pb::JOB_SUCCEEDED: return "succeeded";
-    case pb::JOB_FAILED: return "failed";
-    case pb::JOB_CANCELLED: return "cancelled";
-    default: return "unknown";
-  }
+  if (s < pb::JOB_QUEUED || s > pb::JOB_CANCELLED) return "unknown";
+  return sched::job_state_name(static_cast<sched::JobState>(s));
 }
 
 std::string jobs_json(const pb::JobList& list) {

@@ -104,15 +104,6 @@ std::string cgroup_parent_name(const std::string& data_dir) {
   return name;
 }
 
-bool task_is_final(sched::TaskState s) {
-  return sched::is_final(s);
-}
-
-bool job_is_final(const sched::Job& job) {
-  return job.state == sched::JobState::kSucceeded || job.state == sched::JobState::kFailed ||
-         job.state == sched::JobState::kCancelled;
-}
-
 }  // namespace
 
 struct Server::Impl {
@@ -555,7 +546,7 @@ void Server::Impl::on_submit(const pb::SubmitJob& m, net::Responder r) {
 void Server::Impl::on_cancel(const pb::CancelJob& m, net::Responder r) {
   const sched::Job* job = state.cluster().job(m.job_id());
   if (!job) return r.reply(error_response(Errc::kNotFound, "no job " + std::to_string(m.job_id())));
-  if (job_is_final(*job)) {  // nothing to change, so nothing to write
+  if (sched::is_final(job->state)) {  // nothing to change, so nothing to write
     pb::Response resp;
     resp.mutable_cancelled()->set_tasks_cancelled(0);
     return r.reply(std::move(resp));
@@ -583,7 +574,7 @@ void Server::Impl::on_cancel(const pb::CancelJob& m, net::Responder r) {
 void Server::Impl::on_wait(const pb::WaitJob& m, net::Responder r) {
   const sched::Job* job = state.cluster().job(m.job_id());
   if (!job) return r.reply(error_response(Errc::kNotFound, "no job " + std::to_string(m.job_id())));
-  if (job_is_final(*job)) {
+  if (sched::is_final(job->state)) {
     pb::Response resp;
     *resp.mutable_job() = detail(*job);
     return r.reply(std::move(resp));
@@ -599,7 +590,7 @@ void Server::Impl::on_read_log(const pb::ReadLog& m, net::Responder r) {
   if (!job || m.index() >= job->tasks.size())
     return r.reply(error_response(Errc::kNotFound, "no task " + std::to_string(m.job_id()) + "." +
                                                        std::to_string(m.index())));
-  const bool final = task_is_final(job->tasks[m.index()].state);
+  const bool final = sched::is_final(job->tasks[m.index()].state);
   const bool started = job->tasks[m.index()].attempts > 0;
   if (!started) {
     pb::Response resp;

@@ -22,9 +22,7 @@ bool job_is_final_counts(const CountArray& counts, uint32_t count) {
 }
 
 bool job_is_final(const sched::Job* job) {
-  return job &&
-         (job->state == sched::JobState::kSucceeded || job->state == sched::JobState::kFailed ||
-          job->state == sched::JobState::kCancelled);
+  return job && sched::is_final(job->state);
 }
 
 }  // namespace

@@ -190,6 +190,10 @@ bool is_final(TaskState s) {
   return s != TaskState::kQueued && s != TaskState::kRunning;
 }
 
+bool is_final(JobState s) {
+  return s != JobState::kQueued && s != JobState::kRunning;
+}
+
 const char* sched_error_name(SchedError e) {
   switch (e) {
     case SchedError::kInvalidSpec: return "invalid_spec";

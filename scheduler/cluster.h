@@ -49,6 +49,7 @@ const char* task_state_name(TaskState s);  // "queued", "timed_out", ...
 const char* job_state_name(JobState s);
 const char* node_state_name(NodeState s);
 bool is_final(TaskState s);
+bool is_final(JobState s);  // succeeded, failed or cancelled
 
 enum class SchedError : uint8_t {
   kInvalidSpec,   // count 0 or above max, zero resources, priority > 100

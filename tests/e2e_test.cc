@@ -404,6 +404,11 @@ TEST_F(Cluster, MetricsAndNodesDescribeTheBoard) {
   EXPECT_EQ(nodes.out.rfind("{\"nodes\":[{\"name\":", 0), 0u) << nodes.out;
   EXPECT_NE(nodes.out.find("\"state\":\"ready\""), std::string::npos);
   EXPECT_NE(nodes.out.find("\"isolation\":"), std::string::npos);
+  // The native path is io_uring, not the fallback (which only qemu or a forced setting picks).
+  if (std::getenv("CARDNODE_IO_BACKEND") == nullptr) {
+    EXPECT_NE(nodes.out.find("\"io_backend\":\"io_uring\""), std::string::npos) << nodes.out;
+    EXPECT_NE(text.find("io_backend=\"io_uring\""), std::string::npos);
+  }
 }
 
 TEST_F(Cluster, IdleClusterWritesNothing) {

@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <set>
 #include <unordered_map>
@@ -53,18 +54,16 @@ uint64_t wall_ms() {
                                    .count());
 }
 
-Status make_dir(const std::string& path, mode_t mode) {
-  if (::mkdir(path.c_str(), mode) == 0 || errno == EEXIST) return {};
-  return fail_errno(errno, "create directory " + path);
-}
-
-Status make_dirs(const std::string& path, mode_t mode) {
-  for (size_t pos = 1; pos != std::string::npos && pos < path.size();) {
-    pos = path.find('/', pos);
-    std::string prefix = path.substr(0, pos);
-    if (auto st = make_dir(prefix, mode); !st) return st;
-    if (pos != std::string::npos) ++pos;
+// Creates the directory and its parents; the last one gets `mode` if it is new, so an
+// operator's own permissions on an existing data dir are kept.
+Status make_dirs(const std::string& path, std::filesystem::perms mode) {
+  std::error_code ec;
+  if (!std::filesystem::create_directories(path, ec)) {
+    if (ec) return fail_errno(ec.value(), "create directory " + path);
+    return {};
   }
+  std::filesystem::permissions(path, mode, ec);
+  if (ec) return fail_errno(ec.value(), "chmod " + path);
   return {};
 }
 
@@ -187,7 +186,7 @@ struct Server::Impl {
 // ---------------------------------------------------------------------------- startup
 
 Status Server::Impl::open_data_dir() {
-  if (auto st = make_dirs(options.data_dir, 0700); !st) return st;
+  if (auto st = make_dirs(options.data_dir, std::filesystem::perms::owner_all); !st) return st;
   std::string lock_path = options.data_dir + "/lock";
   lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (lock_fd < 0) return fail_errno(errno, "open " + lock_path);
@@ -200,7 +199,7 @@ Status Server::Impl::open_data_dir() {
   if (options.log_dir.empty()) options.log_dir = options.data_dir + "/logs";
   work_dir = options.data_dir + "/work";
   for (const std::string& d : {options.log_dir, work_dir, options.data_dir + "/wal"})
-    if (auto st = make_dirs(d, 0755); !st) return st;
+    if (auto st = make_dirs(d, std::filesystem::perms(0755)); !st) return st;
   return {};
 }
 

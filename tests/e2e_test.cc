@@ -228,6 +228,12 @@ TEST_F(Cluster, RunWaitLogsPsSurviveKill9) {
   EXPECT_EQ(r.code, 3) << r.err;
   Output r2 = cardnode({"--data-dir", data_, "run", "--wait", "--", "sh", "-c", "exit 5"}, root_);
   EXPECT_EQ(r2.code, 5) << r2.err;
+  // The server made its token on first start, readable by its owner only.
+  struct stat st {};
+  ASSERT_EQ(stat((data_ + "/token").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  ASSERT_EQ(stat(data_.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
 
   Output out = cli({"logs", "1"});
   EXPECT_EQ(out.code, 0);

@@ -297,19 +297,31 @@ TEST_P(ExecutorTest, JobEnvOverridesTheBase) {
   EXPECT_EQ(out(6), "/bin:/usr/bin:/opt/x\n");
 }
 
+// The timeout must fire after `sh` has started its child, or there is no tree to check.
+// How long `sh` takes to get there is the machine's business (qemu-user: hundreds of ms),
+// so no timeout is guessed: an attempt whose timeout fired before the child's pid was
+// printed still must end timed_out, and the next attempt doubles the timeout.
 TEST_P(ExecutorTest, TimeoutKillsTheWholeTree) {
-  TaskLaunch l = launch(7, {"sh", "-c", "sleep 30 & echo $!; wait"});
-  l.timeout_ms = 200;
-  int32_t pid = 0;
-  TaskExit e = run(l, &pid);
-  EXPECT_EQ(e.state, pb::TASK_TIMED_OUT);
-  EXPECT_EQ(e.signal, SIGKILL);
-  std::vector<pid_t> children = pids_in(out(7));
-  ASSERT_EQ(children.size(), 1u);
-  expect_dead(children[0]);
-  expect_dead(pid);
-  EXPECT_EQ(live_in_group(pid), 0);
-  EXPECT_FALSE(group_exists(7, 0));
+  constexpr uint32_t kAttemptsMax = 7;  // 200 ms .. 12.8 s, within kWaitMax
+  uint64_t timeout_ms = 200;
+  for (uint32_t attempt = 0; attempt < kAttemptsMax; ++attempt, timeout_ms *= 2) {
+    const uint64_t job = 700 + attempt;
+    TaskLaunch l = launch(job, {"sh", "-c", "sleep 30 & echo $!; wait"});
+    l.timeout_ms = timeout_ms;
+    int32_t pid = 0;
+    TaskExit e = run(l, &pid);
+    EXPECT_EQ(e.state, pb::TASK_TIMED_OUT);
+    EXPECT_EQ(e.signal, SIGKILL);
+    expect_dead(pid);
+    EXPECT_EQ(live_in_group(pid), 0);
+    EXPECT_FALSE(group_exists(job, 0));
+    std::vector<pid_t> children = pids_in(out(job));
+    if (children.empty()) continue;  // killed before the child existed: try a longer timeout
+    ASSERT_EQ(children.size(), 1u);
+    expect_dead(children[0]);
+    return;
+  }
+  FAIL() << "sh never printed its child's pid within " << timeout_ms / 2 << " ms";
 }
 
 TEST_P(ExecutorTest, CancelKillsTheWholeTree) {

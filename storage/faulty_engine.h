@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "storage/crash_plan.h"
 #include "storage/io_engine.h"
 
 namespace cardnode::storage {
@@ -32,6 +33,14 @@ class FaultyEngine final : public IoEngine {
   static constexpr uint32_t kSectorBytes = 512;
 
   explicit FaultyEngine(IoEngine& inner) : inner_(inner) {}
+
+  // Joins a CrashPlan: every write and fdatasync submitted is one of its points, and the
+  // plan's crash reverts unsynced sectors as keep_sector() decides (always true: a kill -9,
+  // the page cache survives; always false: power loss with nothing of it on the media).
+  void set_crash_plan(CrashPlan* plan, std::function<bool()> keep_sector) {
+    plan_ = plan;
+    plan_->on_crash([this, keep = std::move(keep_sector)] { crash(keep); });
+  }
 
   // The nth write/fdatasync submitted from now on (1 = the next) fails with `err`.
   void fail_write(uint32_t nth, int err) {
@@ -60,6 +69,9 @@ class FaultyEngine final : public IoEngine {
 
   Status write(int fd, const void* data, uint32_t len, uint64_t offset, IoCallback cb) override {
     if (crashed_) return fail(Errc::kIo, "write after simulated crash", EIO);
+    if (plan_ != nullptr && plan_->reach("write fd " + std::to_string(fd))) {
+      return fail(Errc::kIo, "crashed at a write", EIO);
+    }
     bool inject = ++writes_seen_ == write_fail_at_;
     if (!inject) save_undo(fd, len, offset);
     IoCallback wrapped = [this, inject, err = write_errno_,
@@ -79,6 +91,9 @@ class FaultyEngine final : public IoEngine {
 
   Status fdatasync(int fd, IoCallback cb) override {
     if (crashed_) return fail(Errc::kIo, "fdatasync after simulated crash", EIO);
+    if (plan_ != nullptr && plan_->reach("fdatasync fd " + std::to_string(fd))) {
+      return fail(Errc::kIo, "crashed at an fdatasync", EIO);
+    }
     bool inject = ++fsyncs_seen_ == fsync_fail_at_;
     size_t covered = undo_[fd].size();
     IoCallback wrapped = [this, fd, inject, covered, err = fsync_errno_,
@@ -154,6 +169,7 @@ class FaultyEngine final : public IoEngine {
   }
 
   IoEngine& inner_;
+  CrashPlan* plan_ = nullptr;
   bool crashed_ = false;
   uint64_t writes_seen_ = 0;
   uint64_t write_fail_at_ = 0;

@@ -1,24 +1,30 @@
-// Write-ahead log with group commit. append() queues a record; records queued while a
-// write+fdatasync is in flight go out together in the next one, so one fdatasync
-// covers a whole batch. on_durable runs, in append order, only after the record and
-// every earlier one are on disk — the server acknowledges nothing before that.
+// Write-ahead log with group commit (format and crash rules: storage/wal_format.h).
+// append() queues a record; records queued while a write + fdatasync is in flight go out
+// together in the next batch, so one fdatasync covers a whole batch. on_durable runs, in
+// append order, only after the record and every earlier one are on disk and the seal
+// names it — the server acknowledges nothing before that.
 //
-// An fdatasync failure is not retried (the kernel may have dropped the dirty pages):
-// the WAL becomes failed, every pending and later append gets the error, and the
-// server stops (docs/GUARANTEES.md).
+// Two kinds of failure, kept apart:
+//   - Refusals leave the WAL as it was and usable: a full pending queue (back-pressure:
+//     kResourceExhausted), no room on the disk (kResourceExhausted with sys_errno ENOSPC,
+//     found by preallocating when the record is accepted, never in the middle of a batch),
+//     an empty or oversize payload (kInvalidArgument).
+//   - A failed write or fdatasync is final (the kernel may have dropped the dirty pages,
+//     so it is never retried): the WAL becomes failed, every pending and later append gets
+//     the error, and the server stops (docs/GUARANTEES.md).
 //
-// Threading: loop thread only, like the IoEngine it uses. `engine` must outlive the Wal.
+// Threading: loop thread only, like the IoEngine it uses. `engine` and options.fs must
+// outlive the Wal.
 #pragma once
 
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
-#include <vector>
 
 #include "proto/error.h"
+#include "storage/fs.h"
 #include "storage/io_engine.h"
 #include "storage/wal_format.h"
 
@@ -28,24 +34,42 @@ struct WalOptions {
   std::string dir;  // DATA_DIR/wal
   uint64_t segment_bytes = kSegmentBytesDefault;
   uint64_t prealloc_bytes = kPreallocBytesDefault;
-  uint64_t pending_bytes_max = 16ull << 20;  // queued, not yet written; beyond: kResourceExhausted
+  uint64_t pending_bytes_max = 16ull << 20;  // accepted, not yet durable
+  Fs* fs = nullptr;                          // nullptr: Fs::real()
 };
 
 struct ReplayStats {
-  uint64_t records = 0;
-  uint64_t segments = 0;
-  uint64_t torn_tail_bytes = 0;  // bytes dropped from the newest segment's tail
+  uint64_t records = 0;   // delivered to on_record (seq > after_seq)
+  uint64_t skipped = 0;   // read but covered by the snapshot (seq <= after_seq)
+  uint64_t segments = 0;  // segments read
+  uint64_t last_seq = 0;  // last record in the log (0: none)
+  uint64_t sealed_seq = 0;
+  uint64_t torn_tail_bytes = 0;  // the unacknowledged last write, dropped at open
+  std::string torn_tail_at;      // "FILE at offset N" when torn_tail_bytes > 0
+};
+
+struct WalStats {
+  uint64_t records_appended = 0;
+  uint64_t bytes_appended = 0;  // framed records and batch headers, since open
+  uint64_t batches = 0;
+  uint64_t fdatasyncs = 0;
+  uint64_t segments_created = 0;
+  uint64_t segments_removed = 0;
 };
 
 using DurableCallback = std::function<void(Status)>;
-using ReplayFn = std::function<Status(std::string_view payload)>;
+// seq is the record's sequence number; an error stops open() with that error.
+using ReplayFn = std::function<Status(uint64_t seq, std::string_view payload)>;
 
 class Wal {
  public:
-  // Creates `dir` if needed, replays every intact record in order through `on_record`
-  // (an error from it stops the open), drops a torn tail, and positions for appends.
-  // Replay uses plain reads: it runs once, before the loop starts.
+  // Creates `dir` if needed and replays every intact record with seq > after_seq in order
+  // (records up to after_seq are covered by a snapshot; segments holding only such records
+  // may be gone). Corruption (wal_format.h) fails the open with kCorruption naming the file
+  // and offset. A torn tail is zeroed and the intact end sealed, both fdatasynced, before
+  // appends continue after the last record. Plain blocking reads: runs before the loop.
   [[nodiscard]] static Result<std::unique_ptr<Wal>> open(IoEngine& engine, WalOptions options,
+                                                         uint64_t after_seq,
                                                          const ReplayFn& on_record,
                                                          ReplayStats* stats);
   // Drains first (see drain()), so every callback has run when it returns. Not from
@@ -54,17 +78,30 @@ class Wal {
   Wal(const Wal&) = delete;
   Wal& operator=(const Wal&) = delete;
 
-  // Queues one record. Fails at once (callback not called) for an empty or oversize
-  // payload, a full pending queue, or a failed WAL.
+  // Makes room for one record of `payload_bytes`: checks the pending bound and
+  // preallocates disk space, rolling to a new segment when the current one is full (a
+  // blocking create + fdatasync + directory fsync, once per segment). Refuses as described
+  // above; nothing is queued either way. After it succeeds, an append() of at most that
+  // many bytes, before any other reserve() or append(), cannot be refused.
+  [[nodiscard]] Status reserve(size_t payload_bytes);
+  // Queues one record (reserving first if reserve() was not called for it). On success
+  // on_durable runs exactly once, later, from IoEngine::reap() or wait(); on a refusal it
+  // never runs.
   [[nodiscard]] Status append(std::string_view payload, DurableCallback on_durable);
 
-  uint64_t next_sequence() const;    // sequence number the next append gets
-  uint64_t pending_records() const;  // queued or in flight
+  uint64_t next_sequence() const;     // the sequence number the next append gets
+  uint64_t durable_sequence() const;  // every record up to this one is durable and sealed
+  uint64_t pending_records() const;   // accepted, not yet durable
   bool failed() const;
+  const WalStats& stats() const;
 
-  // Blocks (engine.wait) until every queued record is durable or failed. For shutdown
-  // and tests.
+  // Blocks (engine.wait) until every accepted record is durable or failed, then makes the
+  // seal durable too. For shutdown and tests.
   void drain();
+
+  // Removes every segment all of whose records are <= seq (a snapshot covers them),
+  // never the segment appends go to, then fsyncs the directory. Returns how many went.
+  [[nodiscard]] Result<uint32_t> remove_segments_through(uint64_t seq);
 
  private:
   struct Impl;
@@ -72,8 +109,26 @@ class Wal {
   std::unique_ptr<Impl> impl_;
 };
 
-// Reads a WAL directory without changing it, for `cardnode fsck`. Returns the number
-// of intact records, or the first problem found.
-[[nodiscard]] Result<ReplayStats> check_wal(const std::string& dir);
+// Reads a WAL directory without changing it, for `cardnode fsck`: the same checks as
+// open(), records with seq <= after_seq counted as skipped. A torn tail is reported in
+// the stats, not as an error; corruption is kCorruption naming the file and offset.
+[[nodiscard]] Result<ReplayStats> check_wal(const std::string& dir, uint64_t after_seq = 0);
+
+struct SalvageReport {
+  bool damaged = false;            // false: nothing was wrong, nothing changed
+  std::string damage;              // what and where ("FILE at offset N: crc mismatch")
+  uint64_t records_kept = 0;       // intact records before the damage
+  uint64_t records_set_aside = 0;  // intact records found after it, now in aside_dir
+  uint64_t bytes_set_aside = 0;
+  std::string aside_dir;
+};
+
+// `cardnode fsck --salvage`: for an operator who accepts losing what follows the first
+// corruption. Keeps every intact record before it (trimming the damaged batch to its
+// intact records and sealing the new end), and moves everything after it into aside_dir —
+// the damaged segment's tail as "<segment>.tail", later segments whole — never deleting a
+// byte. A WAL without corruption is left alone (a torn tail is not corruption).
+[[nodiscard]] Result<SalvageReport> salvage_wal(const std::string& dir,
+                                                const std::string& aside_dir, Fs& fs = Fs::real());
 
 }  // namespace cardnode::storage

@@ -1,11 +1,16 @@
-// cardnode: one binary for every role. `server` and `agent` run the pool; every other
-// subcommand is a short-lived client of the server (docs/CLI.md). "__task-exec" is the
-// internal entry the executor spawns for each task (runtime/executor.h).
+// cardnode: one binary for every role. `server` runs the pool; every other subcommand is a
+// short-lived client of the server, except `fsck`, which reads a data dir (docs/CLI.md).
+// "__task-exec" is the internal entry the executor spawns for each task
+// (runtime/executor.h).
+//
+// Each subcommand is one add_*() below: it declares its options and returns what runs it.
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -16,118 +21,249 @@
 
 namespace {
 
-using cardnode::cli::kExitUsage;
+using namespace cardnode::cli;
+using cardnode::Result;
 
 int usage_error(const std::string& message) {
   std::fprintf(stderr, "cardnode: %s\nRun 'cardnode --help' for usage.\n", message.c_str());
   return kExitUsage;
 }
 
+// The first parse error wins; later values are left unset.
 template <class T>
-std::optional<T> check(cardnode::Result<T> r, std::string* error) {
+std::optional<T> check(Result<T> r, std::string* error) {
   if (r) return *r;
   if (error->empty()) *error = r.error().message;
   return std::nullopt;
 }
 
-}  // namespace
+struct Entry {
+  CLI::App* app;
+  std::function<int()> run;
+};
 
-int main(int argc, char** argv) {
-  if (argc >= 2 && std::strcmp(argv[1], "__task-exec") == 0)
-    return cardnode::runtime::task_exec_main(argc, argv);
-  ::signal(SIGPIPE, SIG_IGN);
-
-  CLI::App app{"cardnode: pool ARM boards into one compute cluster", "cardnode"};
-  app.set_version_flag("--version", "cardnode " CARDNODE_VERSION);
-  app.require_subcommand(1);
-  app.fallthrough();  // client options may come before or after the subcommand
-  cardnode::cli::ClientConfig client;
-  app.add_option("--server", client.server, "Server address HOST:PORT (or CARDNODE_ADDR)");
-  app.add_option("--token-file", client.token_file, "Cluster token file (or CARDNODE_TOKEN)");
-  app.add_option("--data-dir", client.data_dir,
-                 "Data directory (server), or where a client finds addr and token");
-
-  // server
-  cardnode::runtime::ServerOptions sopt;
-  std::vector<std::string> server_labels;
-  bool no_exec = false;
-  auto* server = app.add_subcommand("server", "Run the coordinator (and execute tasks here)");
-  server->add_option("--listen", sopt.listen, "Client API address")->capture_default_str();
-  server->add_option("--metrics-listen", sopt.metrics_listen, "Prometheus /metrics address")
+Entry add_server(CLI::App& app, const ClientConfig& client) {
+  struct Args {
+    cardnode::runtime::ServerOptions options;
+    std::vector<std::string> labels;
+    bool no_exec = false;
+    std::string keep_for = "7d";
+    std::string snapshot_bytes = "8M";
+  };
+  auto a = std::make_shared<Args>();
+  auto* sub = app.add_subcommand("server", "Run the coordinator (and execute tasks here)");
+  sub->add_option("--listen", a->options.listen, "Client API address")->capture_default_str();
+  sub->add_option("--metrics-listen", a->options.metrics_listen, "Prometheus /metrics address")
       ->capture_default_str();
-  server->add_flag("--no-exec", no_exec, "Coordinate only; run no tasks on this board");
-  server->add_option("--log-dir", sopt.log_dir, "Task logs (default DATA_DIR/logs), e.g. on tmpfs");
-  server->add_option("--name", sopt.node_name, "This board's node name (default: hostname)");
-  server->add_option("--label", server_labels, "Node label K=V (repeatable)")
+  sub->add_flag("--no-exec", a->no_exec, "Coordinate only; run no tasks on this board");
+  sub->add_option("--log-dir", a->options.log_dir, "Task logs (default DATA_DIR/logs), e.g. on tmpfs");
+  sub->add_option("--name", a->options.node_name, "This board's node name (default: hostname)");
+  sub->add_option("--label", a->labels, "Node label K=V (repeatable)")
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  sub->add_option("--keep-finished", a->options.keep_finished,
+                  "Finished jobs kept in memory and snapshots (default 10000)")
+      ->check(CLI::Range(0u, 100'000'000u));
+  sub->add_option("--keep-finished-for", a->keep_for,
+                  "And for at most this long, e.g. 7d, 12h (default 7d)");
+  sub->add_option("--snapshot-wal-bytes", a->snapshot_bytes,
+                  "Snapshot once the WAL since the last one passes this (default 8M)");
+  return {sub, [a, &client] {
+            std::string err;
+            a->options.data_dir = client.data_dir;
+            a->options.exec = !a->no_exec;
+            for (const auto& l : a->labels) {
+              if (auto kv = check(parse_label(l), &err)) a->options.labels[kv->first] = kv->second;
+            }
+            if (auto v = check(parse_duration_ms(a->keep_for), &err)) {
+              a->options.keep_finished_for_ms = *v;
+            }
+            if (auto v = check(parse_size(a->snapshot_bytes), &err)) {
+              a->options.snapshot_wal_bytes = *v;
+            }
+            if (!err.empty()) return usage_error(err);
+            return cmd_server(std::move(a->options));
+          }};
+}
 
-  // run
-  std::string cpu, mem, timeout, name;
-  uint32_t count = 1, retries = 0, priority = 50;
-  uint64_t after = 0;
-  std::vector<std::string> constraints, command;
-  bool wait = false;
-  auto* run = app.add_subcommand("run", "Submit a job: run CMD as COUNT tasks");
-  run->add_option("--cpu", cpu, "Cores per task (default 1)");
-  run->add_option("--mem", mem, "Memory per task, e.g. 256M (default 128M)");
-  run->add_option("--count", count, "Tasks in the array (default 1)")
+Entry add_run(CLI::App& app, const ClientConfig& client) {
+  struct Args {
+    std::string cpu, mem, timeout, name;
+    uint32_t count = 1, retries = 0, priority = 50;
+    uint64_t after = 0;
+    std::vector<std::string> constraints, command;
+    bool wait = false;
+  };
+  auto a = std::make_shared<Args>();
+  auto* sub = app.add_subcommand("run", "Submit a job: run CMD as COUNT tasks");
+  sub->add_option("--cpu", a->cpu, "Cores per task (default 1)");
+  sub->add_option("--mem", a->mem, "Memory per task, e.g. 256M (default 128M)");
+  sub->add_option("--count", a->count, "Tasks in the array (default 1)")
       ->check(CLI::Range(1u, 1'000'000u));
-  run->add_option("--retries", retries, "Extra attempts for a failed task")
+  sub->add_option("--retries", a->retries, "Extra attempts for a failed task")
       ->check(CLI::Range(0u, 100u));
-  run->add_option("--timeout", timeout, "Time limit per attempt, e.g. 90s, 5m");
-  run->add_option("--constraint", constraints, "Node label K=V the task needs (repeatable)")
+  sub->add_option("--timeout", a->timeout, "Time limit per attempt, e.g. 90s, 5m");
+  sub->add_option("--constraint", a->constraints, "Node label K=V the task needs (repeatable)")
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  run->add_option("--priority", priority, "0-100, higher first (default 50)")
+  sub->add_option("--priority", a->priority, "0-100, higher first (default 50)")
       ->check(CLI::Range(0u, 100u));
-  run->add_option("--after", after, "Start once job AFTER succeeded");
-  run->add_option("--name", name, "Job name (default: the command)");
-  run->add_flag("--wait", wait, "Wait for the job and exit with its result");
-  run->add_option("command", command, "-- CMD [ARG...]")->required();
+  sub->add_option("--after", a->after, "Start once job AFTER succeeded");
+  sub->add_option("--name", a->name, "Job name (default: the command)");
+  sub->add_flag("--wait", a->wait, "Wait for the job and exit with its result");
+  sub->add_option("command", a->command, "-- CMD [ARG...]")->required();
+  return {sub, [a, &client] {
+            std::string err;
+            cardnode::pb::JobSpec spec;
+            for (const auto& arg : a->command) spec.add_command(arg);
+            spec.set_name(a->name);
+            spec.set_count(a->count);
+            spec.set_retries(a->retries);
+            spec.set_priority(a->priority);
+            spec.set_after(a->after);
+            if (!a->cpu.empty()) {
+              if (auto v = check(parse_cpu(a->cpu), &err)) spec.set_cpu_millis(*v);
+            }
+            if (!a->mem.empty()) {
+              if (auto v = check(parse_size(a->mem), &err)) spec.set_mem_bytes(*v);
+            }
+            if (!a->timeout.empty()) {
+              if (auto v = check(parse_duration_ms(a->timeout), &err)) spec.set_timeout_ms(*v);
+            }
+            for (const auto& c : a->constraints) {
+              if (auto kv = check(parse_label(c), &err)) {
+                (*spec.mutable_constraints())[kv->first] = kv->second;
+              }
+            }
+            if (!err.empty()) return usage_error(err);
+            return cmd_run(client, std::move(spec), a->wait);
+          }};
+}
 
-  // submit
-  std::string spec_file;
-  bool submit_wait = false;
-  auto* submit = app.add_subcommand("submit", "Submit a job spec (JobSpec in JSON)");
-  submit->add_option("file", spec_file, "FILE.json")->required();
-  submit->add_flag("--wait", submit_wait, "Wait for the job and exit with its result");
+Entry add_submit(CLI::App& app, const ClientConfig& client) {
+  struct Args {
+    std::string file;
+    bool wait = false;
+  };
+  auto a = std::make_shared<Args>();
+  auto* sub = app.add_subcommand("submit", "Submit a job spec (JobSpec in JSON)");
+  sub->add_option("file", a->file, "FILE.json")->required();
+  sub->add_flag("--wait", a->wait, "Wait for the job and exit with its result");
+  return {sub, [a, &client] { return cmd_submit(client, a->file, a->wait); }};
+}
 
-  // ps, logs, cancel, nodes, fsck
-  std::string ps_job;
-  bool json = false;
-  auto* ps = app.add_subcommand("ps", "List jobs, or one job's tasks");
-  ps->add_option("job", ps_job, "JOB");
-  ps->add_flag("--json", json, "One JSON document on stdout");
-  std::string log_task;
-  bool follow = false, want_stderr = false;
-  auto* logs = app.add_subcommand("logs", "Print a task's output");
-  logs->add_option("task", log_task, "JOB or JOB.INDEX")->required();
-  logs->add_flag("-f,--follow", follow, "Keep printing until the task ends");
-  logs->add_flag("--stderr", want_stderr, "Print stderr instead of stdout");
-  std::string cancel_job;
-  auto* cancel =
+Entry add_ps(CLI::App& app, const ClientConfig& client) {
+  struct Args {
+    std::string job;
+    bool json = false;
+  };
+  auto a = std::make_shared<Args>();
+  auto* sub = app.add_subcommand("ps", "List jobs, or one job's tasks");
+  sub->add_option("job", a->job, "JOB");
+  sub->add_flag("--json", a->json, "One JSON document on stdout");
+  return {sub, [a, &client] {
+            std::string err;
+            std::optional<uint64_t> job;
+            if (!a->job.empty()) job = check(parse_job_id(a->job), &err);
+            if (!err.empty()) return usage_error(err);
+            return cmd_ps(client, job, a->json);
+          }};
+}
+
+Entry add_logs(CLI::App& app, const ClientConfig& client) {
+  struct Args {
+    std::string task;
+    bool follow = false, want_stderr = false;
+  };
+  auto a = std::make_shared<Args>();
+  auto* sub = app.add_subcommand("logs", "Print a task's output");
+  sub->add_option("task", a->task, "JOB or JOB.INDEX")->required();
+  sub->add_flag("-f,--follow", a->follow, "Keep printing until the task ends");
+  sub->add_flag("--stderr", a->want_stderr, "Print stderr instead of stdout");
+  return {sub, [a, &client] {
+            std::string err;
+            auto t = check(parse_task_id(a->task), &err);
+            if (!t) return usage_error(err);
+            return cmd_logs(client, *t, a->follow, a->want_stderr);
+          }};
+}
+
+Entry add_cancel(CLI::App& app, const ClientConfig& client) {
+  auto job = std::make_shared<std::string>();
+  auto* sub =
       app.add_subcommand("cancel", "Cancel a job: queued tasks drop, running ones are killed");
-  cancel->add_option("job", cancel_job, "JOB")->required();
-  bool nodes_json = false;
-  auto* nodes = app.add_subcommand("nodes", "List the boards in the pool");
-  nodes->add_flag("--json", nodes_json, "One JSON document on stdout");
-  std::string fsck_dir;
-  auto* fsck = app.add_subcommand("fsck", "Check a data dir's WAL without changing it");
-  fsck->add_option("data_dir", fsck_dir, "DATA_DIR")->required();
+  sub->add_option("job", *job, "JOB")->required();
+  return {sub, [job, &client] {
+            std::string err;
+            auto j = check(parse_job_id(*job), &err);
+            if (!j) return usage_error(err);
+            return cmd_cancel(client, *j);
+          }};
+}
 
-  // CLI11 reports a mistyped subcommand as a missing one; name it instead.
+Entry add_nodes(CLI::App& app, const ClientConfig& client) {
+  auto json = std::make_shared<bool>(false);
+  auto* sub = app.add_subcommand("nodes", "List the boards in the pool");
+  sub->add_flag("--json", *json, "One JSON document on stdout");
+  return {sub, [json, &client] { return cmd_nodes(client, *json); }};
+}
+
+Entry add_fsck(CLI::App& app, const ClientConfig&) {
+  struct Args {
+    std::string dir;
+    bool salvage = false;
+  };
+  auto a = std::make_shared<Args>();
+  auto* sub = app.add_subcommand(
+      "fsck", "Check a data dir's snapshots and WAL without changing them (exit 1 if damaged)");
+  sub->add_option("data_dir", a->dir, "DATA_DIR")->required();
+  sub->add_flag("--salvage", a->salvage,
+                "Keep every record before the first damage, move the rest aside (never deleted)");
+  return {sub, [a] { return a->salvage ? cmd_salvage(a->dir) : cmd_fsck(a->dir); }};
+}
+
+// CLI11 reports a mistyped subcommand as a missing one; name it instead.
+std::optional<std::string> unknown_subcommand(const CLI::App& app, int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--server" || a == "--token-file" || a == "--data-dir") {
       ++i;
       continue;
     }
-    if (a.rfind("-", 0) == 0) continue;
-    bool known = false;
-    for (const CLI::App* sub : app.get_subcommands({})) known |= sub->get_name() == a;
-    if (!known) return usage_error("unknown subcommand '" + a + "'");
-    break;
+    if (a.starts_with("-")) continue;
+    for (const CLI::App* sub : app.get_subcommands({})) {
+      if (sub->get_name() == a) return std::nullopt;
+    }
+    return a;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc >= 2 && std::strcmp(argv[1], "__task-exec") == 0) {
+    return cardnode::runtime::task_exec_main(argc, argv);
+  }
+  ::signal(SIGPIPE, SIG_IGN);
+
+  CLI::App app{"cardnode: pool ARM boards into one compute cluster", "cardnode"};
+  app.set_version_flag("--version", "cardnode " CARDNODE_VERSION);
+  app.require_subcommand(1);
+  app.fallthrough();  // client options may come before or after the subcommand
+  ClientConfig client;
+  app.add_option("--server", client.server, "Server address HOST:PORT (or CARDNODE_ADDR)");
+  app.add_option("--token-file", client.token_file, "Cluster token file (or CARDNODE_TOKEN)");
+  app.add_option("--data-dir", client.data_dir,
+                 "Data directory (server), or where a client finds addr and token");
+
+  const std::vector<Entry> entries = {
+      add_server(app, client), add_run(app, client),    add_submit(app, client),
+      add_ps(app, client),     add_logs(app, client),   add_cancel(app, client),
+      add_nodes(app, client),  add_fsck(app, client),
+  };
+  if (auto bad = unknown_subcommand(app, argc, argv)) {
+    return usage_error("unknown subcommand '" + *bad + "'");
   }
   try {
     app.parse(argc, argv);
@@ -140,55 +276,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return usage_error(e.what());
   }
-
-  using namespace cardnode::cli;
-  std::string err;
-  if (*server) {
-    sopt.data_dir = client.data_dir;
-    sopt.exec = !no_exec;
-    for (const auto& l : server_labels)
-      if (auto kv = check(parse_label(l), &err)) sopt.labels[kv->first] = kv->second;
-    if (!err.empty()) return usage_error(err);
-    return cmd_server(std::move(sopt));
+  for (const Entry& e : entries) {
+    if (*e.app) return e.run();
   }
-  if (*run) {
-    cardnode::pb::JobSpec spec;
-    for (const auto& a : command) spec.add_command(a);
-    spec.set_name(name);
-    spec.set_count(count);
-    spec.set_retries(retries);
-    spec.set_priority(priority);
-    spec.set_after(after);
-    if (!cpu.empty())
-      if (auto v = check(parse_cpu(cpu), &err)) spec.set_cpu_millis(*v);
-    if (!mem.empty())
-      if (auto v = check(parse_size(mem), &err)) spec.set_mem_bytes(*v);
-    if (!timeout.empty())
-      if (auto v = check(parse_duration_ms(timeout), &err)) spec.set_timeout_ms(*v);
-    for (const auto& c : constraints)
-      if (auto kv = check(parse_label(c), &err))
-        (*spec.mutable_constraints())[kv->first] = kv->second;
-    if (!err.empty()) return usage_error(err);
-    return cmd_run(client, std::move(spec), wait);
-  }
-  if (*submit) return cmd_submit(client, spec_file, submit_wait);
-  if (*ps) {
-    std::optional<uint64_t> job;
-    if (!ps_job.empty()) job = check(parse_job_id(ps_job), &err);
-    if (!err.empty()) return usage_error(err);
-    return cmd_ps(client, job, json);
-  }
-  if (*logs) {
-    auto t = check(parse_task_id(log_task), &err);
-    if (!t) return usage_error(err);
-    return cmd_logs(client, *t, follow, want_stderr);
-  }
-  if (*cancel) {
-    auto j = check(parse_job_id(cancel_job), &err);
-    if (!j) return usage_error(err);
-    return cmd_cancel(client, *j);
-  }
-  if (*nodes) return cmd_nodes(client, nodes_json);
-  if (*fsck) return cmd_fsck(fsck_dir);
   return usage_error("no subcommand");
 }

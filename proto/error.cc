@@ -19,6 +19,7 @@ const char* errc_name(Errc code) {
     case Errc::kUnavailable: return "unavailable";
     case Errc::kInternal: return "internal";
     case Errc::kCancelled: return "cancelled";
+    case Errc::kBusy: return "busy";
   }
   return "unknown";
 }

@@ -26,6 +26,7 @@ enum class Errc : uint8_t {
   kUnavailable = 7,
   kInternal = 8,
   kCancelled = 9,
+  kBusy = 10,  // refused for now under load (a full WAL queue): nothing changed, retry
 };
 
 struct Error {

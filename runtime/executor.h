@@ -25,28 +25,10 @@
 #include "cardnode.pb.h"
 #include "proto/error.h"
 #include "runtime/isolation.h"
+#include "runtime/task_runner.h"
 #include "storage/log_store.h"
 
 namespace cardnode::runtime {
-
-struct TaskLaunch {
-  uint64_t job_id = 0;
-  uint32_t index = 0;
-  uint32_t count = 1;
-  uint32_t attempt = 1;
-  std::vector<std::string> argv;
-  std::vector<std::pair<std::string, std::string>> env;  // added to a minimal base env
-  std::string cwd;
-  TaskLimits limits;
-  uint64_t timeout_ms = 0;  // 0: none
-  std::string node_name;
-};
-
-struct TaskExit {
-  pb::TaskState state = pb::TASK_SUCCEEDED;  // succeeded, failed, cancelled, timed_out, oom_killed
-  int32_t exit_code = 0;
-  int32_t signal = 0;
-};
 
 struct ExecutorOptions {
   // Every task's environment gets CARDNODE_TASK_KEY=<pool_tag>:<job>.<index>, set after
@@ -65,8 +47,6 @@ struct ExecutorOptions {
   uint64_t drain_ms = 2000;
 };
 
-enum class KillReason : uint8_t { kCancelled, kTimedOut, kShutdown };
-
 // Destruction: the owner calls kill_all() and runs the loop until running() == 0 before
 // destroying the Executor; a task still running then is a bug (checked: libuv handles
 // would point into freed memory).
@@ -78,7 +58,7 @@ class Executor {
   // Starts one attempt. On success returns the pid; on_exit runs exactly once later.
   // Fails (on_exit never runs) if the task is already running here, the command cannot
   // be spawned (ENOENT...), or running_max is reached.
-  using ExitCallback = std::function<void(TaskExit)>;
+  using ExitCallback = TaskRunner::ExitCallback;
   [[nodiscard]] Result<int32_t> start(const TaskLaunch& launch, ExitCallback on_exit);
   // Kills the whole tree of a running task; its on_exit reports the reason
   // (cancelled / timed_out). Unknown task: no-op.

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "proto/error.h"
+#include "runtime/task_runner.h"
 
 namespace cardnode::runtime {
 
@@ -26,12 +27,6 @@ const char* isolation_name(IsolationMode m);  // "cgroup-v2", "cgroup-v1", "rlim
 struct IsolationInfo {
   IsolationMode mode = IsolationMode::kRlimit;
   std::vector<std::string> enforced;  // subset of {"memory", "cpu", "pids"}
-};
-
-struct TaskLimits {
-  uint32_t cpu_millis = 0;  // 0: no cpu limit
-  uint64_t mem_bytes = 0;   // 0: no memory limit
-  uint32_t pids_max = 4096;
 };
 
 class Isolation {

@@ -4,6 +4,7 @@
 #include <prometheus/metric_family.h>
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "net/address.h"
@@ -44,37 +45,26 @@ Result<std::unique_ptr<Metrics>> Metrics::start(const std::string& listen) {
   std::unique_ptr<Metrics> m(new Metrics());
   m->registry_ = std::make_shared<prometheus::Registry>();
   auto& r = *m->registry_;
-  m->jobs_submitted_ = counter(r, "cardnode_jobs_submitted_total", "Jobs durably accepted");
   auto& tasks = prometheus::BuildGauge()
                     .Name("cardnode_tasks")
                     .Help("Tasks known to this server, by state")
                     .Register(r);
-  auto& finished = prometheus::BuildCounter()
-                       .Name("cardnode_tasks_finished_total")
-                       .Help("Task attempts that ended, by the state they ended in")
-                       .Register(r);
+  auto& ended = prometheus::BuildCounter()
+                    .Name("cardnode_tasks_finished_total")
+                    .Help("Task attempts that ended, by the state they ended in")
+                    .Register(r);
   for (size_t s = 0; s < sched::kTaskStateCount; ++s) {
-    const char* name = sched::task_state_name(static_cast<sched::TaskState>(s));
-    m->tasks_[s] = &tasks.Add({{"state", name}});
-    // Only end states of an attempt are counted; queued/running stay null.
     const auto st = static_cast<sched::TaskState>(s);
-    if (sched::is_final(st) || st == sched::TaskState::kLost)
-      m->tasks_finished_[s] = &finished.Add({{"state", name}});
+    const char* name = sched::task_state_name(st);
+    m->tasks_[s] = &tasks.Add({{"state", name}});
+    // Only the end of an attempt counts; queued/running stay null.
+    if (sched::is_final(st)) m->tasks_ended_[s] = &ended.Add({{"state", name}});
   }
-  m->bytes_written_ = counter(r, "cardnode_storage_bytes_written_total",
-                              "Bytes written to storage (WAL and task logs)");
-  m->fsyncs_ = counter(r, "cardnode_storage_fsyncs_total", "fdatasync calls");
-  m->wal_records_ = counter(r, "cardnode_wal_records_total", "Records appended to the WAL");
-  m->log_bytes_dropped_ = counter(r, "cardnode_log_bytes_dropped_total",
-                                  "Task output dropped over the per-task log bound");
-  m->accepted_ = counter(r, "cardnode_net_connections_accepted_total", "TCP connections accepted");
-  const std::string rej = "cardnode_net_connections_rejected_total";
-  const std::string rej_help = "Connections closed for bad input, by reason";
-  auto& rejected = prometheus::BuildCounter().Name(rej).Help(rej_help).Register(r);
-  m->rejected_auth_ = &rejected.Add({{"reason", "auth"}});
-  m->rejected_protocol_ = &rejected.Add({{"reason", "protocol"}});
-  m->rejected_limit_ = &rejected.Add({{"reason", "limit"}});
-  m->requests_ = counter(r, "cardnode_net_requests_total", "Client requests served");
+#define CARDNODE_COUNTER_REGISTER(field, name, label, value, help)                    \
+  m->field##_ = std::string_view(label).empty() ? counter(r, name, help)              \
+                                                : counter(r, name, help, {{label, value}});
+  CARDNODE_COUNTERS(CARDNODE_COUNTER_REGISTER)
+#undef CARDNODE_COUNTER_REGISTER
   auto gauge = [&r](const std::string& name, const std::string& help) {
     return &prometheus::BuildGauge().Name(name).Help(help).Register(r).Add({});
   };
@@ -123,15 +113,13 @@ void Metrics::set_node(uint32_t cpu_millis_used, uint64_t mem_bytes_used, uint32
 }
 
 void Metrics::refresh(const MetricSources& now) {
-  add_delta(bytes_written_, now.storage_bytes_written, last_.storage_bytes_written);
-  add_delta(fsyncs_, now.storage_fsyncs, last_.storage_fsyncs);
-  add_delta(wal_records_, now.wal_records, last_.wal_records);
-  add_delta(log_bytes_dropped_, now.log_bytes_dropped, last_.log_bytes_dropped);
-  add_delta(accepted_, now.net_accepted, last_.net_accepted);
-  add_delta(rejected_auth_, now.net_rejected_auth, last_.net_rejected_auth);
-  add_delta(rejected_protocol_, now.net_rejected_protocol, last_.net_rejected_protocol);
-  add_delta(rejected_limit_, now.net_rejected_limit, last_.net_rejected_limit);
-  add_delta(requests_, now.net_requests, last_.net_requests);
+#define CARDNODE_COUNTER_REFRESH(field, name, label, value, help) \
+  add_delta(field##_, now.field, last_.field);
+  CARDNODE_COUNTERS(CARDNODE_COUNTER_REFRESH)
+#undef CARDNODE_COUNTER_REFRESH
+  for (size_t s = 0; s < sched::kTaskStateCount; ++s) {
+    if (tasks_ended_[s] != nullptr) add_delta(tasks_ended_[s], now.tasks_ended[s], last_.tasks_ended[s]);
+  }
   last_ = now;
 }
 

@@ -20,17 +20,41 @@
 
 namespace cardnode::runtime {
 
+// Every monotonic total /metrics shows, in one list: X(field, name, label, value, help).
+// The list declares MetricSources' fields, registers the counters and drives refresh(),
+// so a new counter is one line here and one assignment where the server fills it in.
+#define CARDNODE_COUNTERS(X)                                                                      \
+  X(jobs_submitted, "cardnode_jobs_submitted_total", "", "", "Jobs durably accepted")             \
+  X(jobs_pruned, "cardnode_jobs_pruned_total", "", "", "Finished jobs dropped by retention")       \
+  X(storage_bytes_written, "cardnode_storage_bytes_written_total", "", "",                        \
+    "Bytes written to storage (WAL, snapshots, task logs)")                                        \
+  X(storage_fsyncs, "cardnode_storage_fsyncs_total", "", "", "fdatasync calls")                   \
+  X(wal_records, "cardnode_wal_records_total", "", "", "Records appended to the WAL")             \
+  X(snapshots_written, "cardnode_snapshots_written_total", "", "", "Snapshots made durable")        \
+  X(snapshot_failures, "cardnode_snapshot_failures_total", "", "",                                \
+    "Snapshots abandoned (they are retried)")                                                     \
+  X(refused_busy, "cardnode_requests_refused_total", "reason", "busy",                            \
+    "Changes refused because the WAL could not take them (the client is told)")                   \
+  X(refused_no_space, "cardnode_requests_refused_total", "reason", "no_space",                    \
+    "Changes refused because the WAL could not take them (the client is told)")                   \
+  X(log_bytes_dropped, "cardnode_log_bytes_dropped_total", "", "",                                \
+    "Task output dropped over the per-task log bound")                                            \
+  X(net_accepted, "cardnode_net_connections_accepted_total", "", "", "TCP connections accepted")  \
+  X(net_rejected_auth, "cardnode_net_connections_rejected_total", "reason", "auth",               \
+    "Connections closed for bad input, by reason")                                                \
+  X(net_rejected_protocol, "cardnode_net_connections_rejected_total", "reason", "protocol",       \
+    "Connections closed for bad input, by reason")                                                \
+  X(net_rejected_limit, "cardnode_net_connections_rejected_total", "reason", "limit",             \
+    "Connections closed for bad input, by reason")                                                \
+  X(net_requests, "cardnode_net_requests_total", "", "", "Client requests served")
+
 // Monotonic totals kept by other modules; refresh() adds the growth since last time.
 struct MetricSources {
-  uint64_t storage_bytes_written = 0;
-  uint64_t storage_fsyncs = 0;
-  uint64_t wal_records = 0;
-  uint64_t log_bytes_dropped = 0;
-  uint64_t net_accepted = 0;
-  uint64_t net_rejected_auth = 0;
-  uint64_t net_rejected_protocol = 0;
-  uint64_t net_rejected_limit = 0;
-  uint64_t net_requests = 0;
+#define CARDNODE_COUNTER_FIELD(field, name, label, value, help) uint64_t field = 0;
+  CARDNODE_COUNTERS(CARDNODE_COUNTER_FIELD)
+#undef CARDNODE_COUNTER_FIELD
+  // Attempts that ended, by the state they ended in.
+  std::array<uint64_t, sched::kTaskStateCount> tasks_ended{};
 };
 
 class Metrics {
@@ -41,10 +65,6 @@ class Metrics {
   std::string bound_address() const;  // "127.0.0.1:41234"
   void set_info(const std::string& arch, const std::string& io_backend,
                 const std::string& isolation);
-  void job_submitted() { jobs_submitted_->Increment(); }
-  void task_finished(sched::TaskState s) {
-    if (auto* c = tasks_finished_[static_cast<size_t>(s)]) c->Increment();
-  }
   void set_tasks(const std::array<uint64_t, sched::kTaskStateCount>& totals);
   void set_node(uint32_t cpu_millis_used, uint64_t mem_bytes_used, uint32_t running);
   void refresh(const MetricSources& now);
@@ -54,18 +74,12 @@ class Metrics {
   std::string bound_;
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<prometheus::Exposer> exposer_;
-  prometheus::Counter* jobs_submitted_ = nullptr;
   std::array<prometheus::Gauge*, sched::kTaskStateCount> tasks_{};
-  std::array<prometheus::Counter*, sched::kTaskStateCount> tasks_finished_{};
-  prometheus::Counter* bytes_written_ = nullptr;
-  prometheus::Counter* fsyncs_ = nullptr;
-  prometheus::Counter* wal_records_ = nullptr;
-  prometheus::Counter* log_bytes_dropped_ = nullptr;
-  prometheus::Counter* accepted_ = nullptr;
-  prometheus::Counter* rejected_auth_ = nullptr;
-  prometheus::Counter* rejected_protocol_ = nullptr;
-  prometheus::Counter* rejected_limit_ = nullptr;
-  prometheus::Counter* requests_ = nullptr;
+  std::array<prometheus::Counter*, sched::kTaskStateCount> tasks_ended_{};
+#define CARDNODE_COUNTER_MEMBER(field, name, label, value, help) \
+  prometheus::Counter* field##_ = nullptr;
+  CARDNODE_COUNTERS(CARDNODE_COUNTER_MEMBER)
+#undef CARDNODE_COUNTER_MEMBER
   prometheus::Gauge* cpu_used_ = nullptr;
   prometheus::Gauge* mem_used_ = nullptr;
   prometheus::Gauge* running_ = nullptr;

@@ -1,14 +1,18 @@
-// Server: the coordinator process (`cardnode server`). Owns the event loop and, driven
-// from it, the WAL, the cluster state, the client API, the local executor and the
-// metrics exposer. Every state change follows one path (docs/ARCHITECTURE.md):
+// Server: the coordinator process (`cardnode server`). It owns the event loop and wires
+// the parts together; each part does one job behind a narrow interface:
 //
-//   event -> WAL record -> State::apply -> side effects (reply, spawn, kill)
+//   DataDir (runtime/data_dir.h)          lock, token, identity, published addresses
+//   LocalStore (storage/local_store.h)    WAL + snapshots: the durable store
+//   Coordinator (runtime/coordinator.h)   record -> apply -> schedule -> dispatch
+//   ClientApi (runtime/api.h)             one handler per client request
+//   LocalRunner + Executor                this board's tasks (unless --no-exec)
+//   RpcServer (net/), Metrics             the two listeners
 //
-// with one rule about order: nothing a client or a process can observe happens before
-// the record that causes it is fsynced. Placements are applied at once (so capacity is
-// reserved) but spawned only once durable; submits and cancels are applied once durable.
+// The server decides only what needs the loop: when the coordinator takes a turn (a
+// uv_idle after any event, and a 1 s tick), how storage completions reach it (an eventfd
+// watched with uv_poll), and how it stops (SIGINT/SIGTERM, or a storage failure).
 //
-// Threading: run() owns the calling thread; the exposer keeps its own threads.
+// Threading: run() owns the calling thread; the metrics exposer keeps its own thread.
 #pragma once
 
 #include <cstdint>
@@ -30,12 +34,16 @@ struct ServerOptions {
   std::map<std::string, std::string> labels;
   std::string task_exec_program;  // empty: this binary (/proc/self/exe)
   bool disable_cgroups = false;   // rlimits only (CARDNODE_NO_CGROUPS=1)
+  uint32_t keep_finished = 10'000;                          // --keep-finished
+  uint64_t keep_finished_for_ms = 7ull * 24 * 3600 * 1000;  // --keep-finished-for
+  uint64_t snapshot_wal_bytes = 8ull << 20;                 // --snapshot-wal-bytes
 };
 
 class Server {
  public:
-  // Opens (creating if needed) the data dir, token and lock, replays the WAL, and binds
-  // both listeners. Errors are for the operator: one line, then exit 1.
+  // Opens (creating if needed) the data dir, recovers the state from the newest snapshot
+  // and the WAL after it, and binds both listeners. Errors are for the operator: one line,
+  // then exit 1.
   [[nodiscard]] static Result<std::unique_ptr<Server>> open(ServerOptions options);
   ~Server();
 

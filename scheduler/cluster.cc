@@ -56,6 +56,10 @@ uint64_t free_mem(const Node& n, const Resources& used) {
                                                      : n.spec.capacity.mem_bytes - used.mem_bytes;
 }
 
+bool placeable(const Node& n) {
+  return n.state == NodeState::kReady && !n.removed;
+}
+
 bool labels_match(const Node& n, const JobSpec& spec) {
   for (const auto& [key, value] : spec.constraints) {
     auto it = n.spec.labels.find(key);
@@ -107,7 +111,7 @@ class PlanView {
   void select_candidates(const JobSpec& spec, std::vector<NodeId>* out) const {
     out->clear();
     for (const Node& n : nodes_) {
-      if (n.state == NodeState::kReady && labels_match(n, spec)) out->push_back(n.id);
+      if (placeable(n) && labels_match(n, spec)) out->push_back(n.id);
     }
   }
 
@@ -138,7 +142,7 @@ class PlanView {
     max_free_cpu_ = 0;
     max_free_mem_ = 0;
     for (const Node& n : nodes_) {
-      if (n.state != NodeState::kReady) continue;
+      if (!placeable(n)) continue;
       max_free_cpu_ = std::max(max_free_cpu_, free_cpu(n, used_[n.id]));
       max_free_mem_ = std::max(max_free_mem_, free_mem(n, used_[n.id]));
     }
@@ -204,6 +208,7 @@ const char* sched_error_name(SchedError e) {
     case SchedError::kUnknownJob: return "unknown_job";
     case SchedError::kUnknownNode: return "unknown_node";
     case SchedError::kBadTransition: return "bad_transition";
+    case SchedError::kBadImage: return "bad_image";
   }
   return "unknown";
 }
@@ -212,21 +217,45 @@ Cluster::Cluster(Limits limits) : limits_(limits) {}
 
 // ------------------------------------------------------------------------- nodes
 
+static bool valid_node_spec(const NodeSpec& spec) {
+  return !spec.name.empty() && spec.capacity.cpu_millis > 0 && spec.capacity.mem_bytes > 0;
+}
+
 std::expected<NodeId, SchedError> Cluster::add_node(NodeSpec spec) {
-  if (spec.name.empty() || spec.capacity.cpu_millis == 0 || spec.capacity.mem_bytes == 0) {
-    return std::unexpected(SchedError::kInvalidSpec);
-  }
+  if (!valid_node_spec(spec)) return std::unexpected(SchedError::kInvalidSpec);
   if (node_by_name(spec.name) != nullptr) return std::unexpected(SchedError::kDuplicateId);
-  if (nodes_.size() >= limits_.nodes_max) return std::unexpected(SchedError::kTooManyNodes);
+  if (live_nodes_ >= limits_.nodes_max) return std::unexpected(SchedError::kTooManyNodes);
   Node n;
   n.id = static_cast<NodeId>(nodes_.size());
   n.spec = std::move(spec);
   nodes_.push_back(std::move(n));
+  ++live_nodes_;
   return nodes_.back().id;
 }
 
+std::expected<void, SchedError> Cluster::update_node(NodeId id, NodeSpec spec) {
+  if (id >= nodes_.size() || nodes_[id].removed) return std::unexpected(SchedError::kUnknownNode);
+  if (!valid_node_spec(spec)) return std::unexpected(SchedError::kInvalidSpec);
+  const Node* same_name = node_by_name(spec.name);
+  if (same_name != nullptr && same_name->id != id) {
+    return std::unexpected(SchedError::kDuplicateId);
+  }
+  nodes_[id].spec = std::move(spec);
+  return {};
+}
+
+std::expected<void, SchedError> Cluster::remove_node(NodeId id) {
+  if (id >= nodes_.size() || nodes_[id].removed) return std::unexpected(SchedError::kUnknownNode);
+  if (nodes_[id].running > 0) return std::unexpected(SchedError::kBadTransition);
+  nodes_[id].removed = true;
+  nodes_[id].state = NodeState::kDown;
+  SCHED_CHECK(live_nodes_ > 0);
+  --live_nodes_;
+  return {};
+}
+
 std::expected<void, SchedError> Cluster::set_node_state(NodeId id, NodeState state) {
-  if (id >= nodes_.size()) return std::unexpected(SchedError::kUnknownNode);
+  if (id >= nodes_.size() || nodes_[id].removed) return std::unexpected(SchedError::kUnknownNode);
   nodes_[id].state = state;
   return {};
 }
@@ -310,11 +339,14 @@ std::expected<void, SchedError> Cluster::start(const Placement& p, uint64_t now_
   if (job == nullptr || p.task.index >= job->tasks.size()) {
     return std::unexpected(SchedError::kUnknownJob);
   }
-  if (p.node >= nodes_.size()) return std::unexpected(SchedError::kUnknownNode);
+  if (p.node >= nodes_.size() || nodes_[p.node].removed) {
+    return std::unexpected(SchedError::kUnknownNode);
+  }
   Task& task = job->tasks[p.task.index];
   if (task.state != TaskState::kQueued || waiting(*job)) {
     return std::unexpected(SchedError::kBadTransition);
   }
+  touch(*job);
   bool was_fresh = task.attempts == 0;
   set_task_state(*job, p.task.index, TaskState::kRunning);
   task.attempts = saturating_inc(task.attempts);
@@ -341,6 +373,7 @@ std::expected<TaskState, SchedError> Cluster::finish(TaskRef t, Outcome o, uint6
   if (task.state != TaskState::kRunning || !is_final(o.state)) {
     return std::unexpected(SchedError::kBadTransition);
   }
+  touch(*job);
   Node& node = nodes_[task.node];
   const Resources& need = job->spec.per_task;
   SCHED_CHECK(node.running > 0 && node.used.cpu_millis >= need.cpu_millis &&
@@ -367,6 +400,7 @@ std::expected<std::vector<TaskRef>, SchedError> Cluster::cancel(JobId id, uint64
   std::vector<TaskRef> running;
   if (job_final(job->state)) return running;
 
+  touch(*job);
   cancel_queued(*job);
   uint32_t running_count = job->state_counts[static_cast<size_t>(TaskState::kRunning)];
   running.reserve(running_count);
@@ -379,9 +413,20 @@ std::expected<std::vector<TaskRef>, SchedError> Cluster::cancel(JobId id, uint64
   return running;
 }
 
-std::vector<TaskRef> Cluster::node_lost(NodeId id, uint64_t now_ms) {
-  std::vector<TaskRef> lost;
-  if (id >= nodes_.size()) return lost;
+std::expected<void, SchedError> Cluster::prune(JobId id) {
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return std::unexpected(SchedError::kUnknownJob);
+  if (!job_final(it->second.state)) return std::unexpected(SchedError::kBadTransition);
+  touch(it->second);
+  // A final job is in no index: settle() took it out of runnable_ and cancelling_, and
+  // release_dependents() out of dependents_.
+  jobs_.erase(it);
+  return {};
+}
+
+std::vector<TaskRef> Cluster::running_on(NodeId id) const {
+  std::vector<TaskRef> out;
+  if (id >= nodes_.size() || nodes_[id].running == 0) return out;
   // A scan rather than a per-node index: boards vanish rarely, and an index would cost
   // every start() and finish().
   for (const auto& [job_id, job] : jobs_) {
@@ -389,14 +434,11 @@ std::vector<TaskRef> Cluster::node_lost(NodeId id, uint64_t now_ms) {
     for (uint32_t i = 0; i < job.tasks.size() && running > 0; ++i) {
       if (job.tasks[i].state != TaskState::kRunning) continue;
       --running;
-      if (job.tasks[i].node == id) lost.push_back({job_id, i});
+      if (job.tasks[i].node == id) out.push_back({job_id, i});
     }
+    if (out.size() == nodes_[id].running) break;
   }
-  for (const TaskRef& t : lost) {
-    auto after = finish(t, {.state = TaskState::kLost}, now_ms);
-    SCHED_CHECK(after.has_value());
-  }
-  return lost;
+  return out;
 }
 
 // ---------------------------------------------------------------------- queries
@@ -412,7 +454,7 @@ const Node* Cluster::node(NodeId id) const {
 
 const Node* Cluster::node_by_name(const std::string& name) const {
   for (const Node& n : nodes_) {
-    if (n.spec.name == name) return &n;
+    if (!n.removed && n.spec.name == name) return &n;
   }
   return nullptr;
 }
@@ -424,8 +466,11 @@ Job* Cluster::find_job(JobId id) {
   return it == jobs_.end() ? nullptr : &it->second;
 }
 
+// A dependency that is gone was pruned, so it had ended and released its dependents.
 bool Cluster::waiting(const Job& job) const {
-  return job.spec.after != 0 && !job_final(jobs_.at(job.spec.after).state);
+  if (job.spec.after == 0) return false;
+  auto it = jobs_.find(job.spec.after);
+  return it != jobs_.end() && !job_final(it->second.state);
 }
 
 void Cluster::set_task_state(Job& job, uint32_t index, TaskState to) {
@@ -536,8 +581,11 @@ void Cluster::release_dependents(JobId ended, uint64_t now_ms) {
     bool succeeded = jobs_.at(id).state == JobState::kSucceeded;
     auto [first, last] = dependents_.equal_range(id);
     for (auto it = first; it != last; ++it) {
-      Job& dependent = jobs_.at(it->second);
-      if (job_final(dependent.state)) continue;  // cancelled while it waited
+      auto dep_it = jobs_.find(it->second);
+      // Ended while it waited (cancelled), and maybe pruned since.
+      if (dep_it == jobs_.end() || job_final(dep_it->second.state)) continue;
+      Job& dependent = dep_it->second;
+      touch(dependent);
       if (!succeeded) {
         cancel_queued(dependent);
         if (settle(dependent, now_ms)) work.push_back(dependent.id);
@@ -546,6 +594,107 @@ void Cluster::release_dependents(JobId ended, uint64_t now_ms) {
     }
     dependents_.erase(first, last);
   }
+}
+
+}  // namespace cardnode::sched
+
+// ----------------------------------------------------------------------- restore
+
+namespace cardnode::sched {
+
+std::expected<void, SchedError> Cluster::restore_node(NodeSpec spec, bool removed) {
+  if (!valid_node_spec(spec)) return std::unexpected(SchedError::kBadImage);
+  if (!removed && node_by_name(spec.name) != nullptr) return std::unexpected(SchedError::kBadImage);
+  Node n;
+  n.id = static_cast<NodeId>(nodes_.size());
+  n.spec = std::move(spec);
+  n.removed = removed;
+  if (removed) n.state = NodeState::kDown;
+  nodes_.push_back(std::move(n));
+  if (!removed) ++live_nodes_;
+  return {};
+}
+
+std::expected<void, SchedError> Cluster::restore_job(Job job, bool cancelling) {
+  if (job.id == 0 || jobs_.contains(job.id)) return std::unexpected(SchedError::kBadImage);
+  if (!validate(job.spec) || job.tasks.size() != job.spec.count) {
+    return std::unexpected(SchedError::kBadImage);
+  }
+  job.state_counts = {};
+  job.next_fresh = static_cast<uint32_t>(job.tasks.size());
+  for (uint32_t i = 0; i < job.tasks.size(); ++i) {
+    const Task& t = job.tasks[i];
+    if (static_cast<size_t>(t.state) >= kTaskStateCount)
+      return std::unexpected(SchedError::kBadImage);
+    if (t.attempts > 0 && (t.node >= nodes_.size())) return std::unexpected(SchedError::kBadImage);
+    if (t.state == TaskState::kRunning && nodes_[t.node].removed) {
+      return std::unexpected(SchedError::kBadImage);
+    }
+    ++job.state_counts[static_cast<size_t>(t.state)];
+    if (is_fresh(t) && job.next_fresh == job.tasks.size()) job.next_fresh = i;
+  }
+  job.requeued_head = 0;
+  uint32_t queued_again = 0;
+  for (uint32_t i : job.requeued) {
+    if (i >= job.tasks.size() || job.tasks[i].state != TaskState::kQueued ||
+        job.tasks[i].attempts == 0) {
+      return std::unexpected(SchedError::kBadImage);
+    }
+    ++queued_again;
+  }
+  if (static_cast<uint8_t>(job.state) > static_cast<uint8_t>(JobState::kCancelled)) {
+    return std::unexpected(SchedError::kBadImage);
+  }
+  uint32_t queued = job.state_counts[static_cast<size_t>(TaskState::kQueued)];
+  bool all_succeeded =
+      job.state_counts[static_cast<size_t>(TaskState::kSucceeded)] == job.spec.count;
+  if ((job.state == JobState::kSucceeded) != all_succeeded) {
+    return std::unexpected(SchedError::kBadImage);
+  }
+  if (!is_final(job.state) && (job.state == JobState::kQueued) != (queued == job.spec.count)) {
+    return std::unexpected(SchedError::kBadImage);
+  }
+  uint32_t fresh = 0;
+  for (uint32_t i = job.next_fresh; i < job.tasks.size(); ++i) fresh += is_fresh(job.tasks[i]);
+  if (queued != fresh + queued_again) return std::unexpected(SchedError::kBadImage);
+  bool ended = is_final(job.state);
+  uint32_t open = queued + job.state_counts[static_cast<size_t>(TaskState::kRunning)];
+  if (ended != (open == 0)) return std::unexpected(SchedError::kBadImage);
+  if (cancelling && ended) return std::unexpected(SchedError::kBadImage);
+  if (cancelling) cancelling_.insert(job.id);
+  JobId id = job.id;
+  jobs_.emplace(id, std::move(job));
+  return {};
+}
+
+std::expected<void, SchedError> Cluster::finish_restore(JobId last_job_id) {
+  if (!jobs_.empty() && jobs_.rbegin()->first > last_job_id) {
+    return std::unexpected(SchedError::kBadImage);
+  }
+  last_job_id_ = last_job_id;
+  queued_tasks_ = 0;
+  live_jobs_ = 0;
+  runnable_.clear();
+  dependents_.clear();
+  for (Node& n : nodes_) n.used = {}, n.running = 0;
+  for (auto& [id, job] : jobs_) {
+    queued_tasks_ += job.state_counts[static_cast<size_t>(TaskState::kQueued)];
+    uint32_t running = job.state_counts[static_cast<size_t>(TaskState::kRunning)];
+    for (uint32_t i = 0; i < job.tasks.size() && running > 0; ++i) {
+      const Task& t = job.tasks[i];
+      if (t.state != TaskState::kRunning) continue;
+      --running;
+      Node& n = nodes_[t.node];
+      n.used.cpu_millis += job.spec.per_task.cpu_millis;
+      n.used.mem_bytes += job.spec.per_task.mem_bytes;
+      ++n.running;
+    }
+    if (job_final(job.state)) continue;
+    ++live_jobs_;
+    if (waiting(job)) dependents_.emplace(job.spec.after, id);
+    sync_runnable(job);
+  }
+  return {};
 }
 
 }  // namespace cardnode::sched

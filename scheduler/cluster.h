@@ -6,6 +6,11 @@
 // Placement is two steps, as in Nomad: plan() reads the state and returns decisions
 // without changing anything; the server logs each decision and applies it with start().
 //
+// Every mutator either fails without changing anything or succeeds, so the server can
+// apply a record first and log it only if it applied (the WAL then never holds a record
+// that replay would reject). Before a mutator changes a job it tells the JobObserver, so a
+// snapshot in progress can write the job's old image first (runtime/snapshot_builder.h).
+//
 // Threading: none inside; the server uses it from its loop thread only.
 // Bounds: Limits below; a bound that is hit is an error value, not a crash.
 #pragma once
@@ -22,7 +27,7 @@
 namespace cardnode::sched {
 
 using JobId = uint64_t;
-using NodeId = uint32_t;  // index in Cluster::nodes(), in add_node() order
+using NodeId = uint32_t;  // index in Cluster::nodes(), in add_node() order; never reused
 
 // Values match pb::TaskState / pb::JobState.
 enum class TaskState : uint8_t {
@@ -60,6 +65,7 @@ enum class SchedError : uint8_t {
   kUnknownJob,
   kUnknownNode,
   kBadTransition,  // e.g. finish() on a task that is not running
+  kBadImage,       // restore_*(): an image that is not a state we could have made
 };
 const char* sched_error_name(SchedError e);
 
@@ -72,7 +78,7 @@ struct Limits {
   uint32_t jobs_max = 100'000;  // unfinished jobs
   uint32_t tasks_per_job_max = 1'000'000;
   uint64_t queued_tasks_max = 10'000'000;
-  uint32_t nodes_max = 1024;
+  uint32_t nodes_max = 1024;       // live (not removed) nodes
   uint32_t lost_requeues_max = 5;  // a task lost more often than this ends as lost
 };
 
@@ -137,15 +143,30 @@ struct Node {
   NodeId id = 0;
   NodeSpec spec;
   NodeState state = NodeState::kReady;
+  bool removed = false;  // its id stays taken; it gets no tasks and is not listed
   Resources used;
   uint32_t running = 0;
+};
+
+// Told before a mutator changes a job (its tasks, state or queue), with the job as it is.
+class JobObserver {
+ public:
+  virtual ~JobObserver() = default;
+  virtual void before_change(const Job& job) = 0;
 };
 
 class Cluster {
  public:
   explicit Cluster(Limits limits = {});
 
+  // A new node gets the next id (nodes().size()).
   std::expected<NodeId, SchedError> add_node(NodeSpec spec);
+  // New name, capacity or labels for a node (a rename keeps its id and history). A smaller
+  // capacity may leave it over-committed until tasks finish; plan() never adds to that.
+  std::expected<void, SchedError> update_node(NodeId id, NodeSpec spec);
+  // Only a node with no running task can go; its id is never given out again.
+  std::expected<void, SchedError> remove_node(NodeId id);
+  // ready / draining / down: not durable (heartbeats decide it), so no observer call.
   std::expected<void, SchedError> set_node_state(NodeId id, NodeState state);
 
   // Accepts a job under the id the server chose (ids increase). Validates the spec.
@@ -167,8 +188,24 @@ class Cluster {
   // Queued tasks become cancelled at once; returns the running ones, which the caller
   // kills and then reports with finish(kCancelled).
   std::expected<std::vector<TaskRef>, SchedError> cancel(JobId id, uint64_t now_ms);
-  // Every running task on the node becomes lost (and is requeued, see finish()).
-  std::vector<TaskRef> node_lost(NodeId id, uint64_t now_ms);
+  // Drops a final job (retention). Its id stays used: last_job_id() does not move back.
+  std::expected<void, SchedError> prune(JobId id);
+
+  // The running tasks on a node, in job and index order (the server ends each as lost
+  // with a logged finish() when the node is gone).
+  std::vector<TaskRef> running_on(NodeId id) const;
+
+  // ---- snapshots: rebuild from images, then recompute every derived index --------------
+  // Nodes in id order (removed ones included); jobs in any order, each whole: tasks sized
+  // spec.count, state_counts and the queue fields are recomputed here.
+  std::expected<void, SchedError> restore_node(NodeSpec spec, bool removed);
+  std::expected<void, SchedError> restore_job(Job job, bool cancelling);
+  // Checks the images against each other (nodes of started tasks, dependencies) and
+  // rebuilds node usage, the run queue, the live and queued counts.
+  std::expected<void, SchedError> finish_restore(JobId last_job_id);
+  bool cancelling(JobId id) const { return cancelling_.contains(id); }
+
+  void set_observer(JobObserver* observer) { observer_ = observer; }
 
   const Job* job(JobId id) const;
   const Node* node(NodeId id) const;
@@ -176,10 +213,14 @@ class Cluster {
   const std::map<JobId, Job>& jobs() const { return jobs_; }
   const std::vector<Node>& nodes() const { return nodes_; }
   uint64_t queued_tasks() const { return queued_tasks_; }
+  const Limits& limits() const { return limits_; }
   JobId last_job_id() const { return last_job_id_; }
 
  private:
   Job* find_job(JobId id);
+  void touch(const Job& job) {
+    if (observer_ != nullptr) observer_->before_change(job);
+  }
   bool waiting(const Job& job) const;
   void set_task_state(Job& job, uint32_t index, TaskState to);
   void take_from_queue(Job& job, uint32_t index, bool was_fresh);
@@ -201,6 +242,8 @@ class Cluster {
   std::multimap<JobId, JobId> dependents_;
   // Live jobs cancel() was called on: their running tasks end without a requeue.
   std::set<JobId> cancelling_;
+  uint32_t live_nodes_ = 0;
+  JobObserver* observer_ = nullptr;
 };
 
 }  // namespace cardnode::sched

@@ -414,9 +414,10 @@ TEST_F(ClusterTest, NodeLostEndsItsRunningTasksAsLost) {
   submit(1, job_spec(3));
   place(c);
   ASSERT_EQ(c.node(a)->running, 2u);
-  auto lost = c.node_lost(a, 7);
+  auto lost = c.running_on(a);
   std::vector<TaskRef> want = {{1, 0}, {1, 2}};
   EXPECT_EQ(lost, want);  // task 1 went to b: equal free CPU, more free memory
+  for (const auto& t : lost) ASSERT_TRUE(c.finish(t, outcome(TaskState::kLost), 7));
   EXPECT_EQ(c.node(a)->running, 0u);
   EXPECT_EQ(c.node(a)->used.cpu_millis, 0u);
   EXPECT_EQ(c.node(b)->running, 1u);
@@ -424,7 +425,7 @@ TEST_F(ClusterTest, NodeLostEndsItsRunningTasksAsLost) {
   for (const auto& t : lost) EXPECT_EQ(c.job(1)->tasks[t.index].lost, 1u);
   ASSERT_TRUE(c.set_node_state(a, NodeState::kDown));
   EXPECT_TRUE(c.plan(10).empty());
-  EXPECT_TRUE(c.node_lost(99, 7).empty());
+  EXPECT_TRUE(c.running_on(99).empty());
 }
 
 // ---------------------------------------------------------------------- cancel
@@ -609,7 +610,18 @@ struct OpCancel {
 struct OpNodeLost {
   NodeId id;
 };
-using Op = std::variant<OpAddNode, OpSetNode, OpSubmit, OpStart, OpFinish, OpCancel, OpNodeLost>;
+struct OpUpdateNode {
+  NodeId id;
+  NodeSpec spec;
+};
+struct OpRemoveNode {
+  NodeId id;
+};
+struct OpPrune {
+  JobId id;
+};
+using Op = std::variant<OpAddNode, OpSetNode, OpSubmit, OpStart, OpFinish, OpCancel, OpNodeLost,
+                        OpUpdateNode, OpRemoveNode, OpPrune>;
 
 template <typename T>
 std::string result_text(const std::expected<T, SchedError>& r) {
@@ -635,11 +647,38 @@ std::string apply(Cluster& c, const Op& op, uint64_t now_ms) {
     std::string operator()(const OpStart& o) { return result_text(c.start(o.p, now_ms)); }
     std::string operator()(const OpFinish& o) { return result_text(c.finish(o.t, o.o, now_ms)); }
     std::string operator()(const OpCancel& o) { return result_text(c.cancel(o.id, now_ms)); }
+    // As the server does when a board is gone: each running task ends lost.
     std::string operator()(const OpNodeLost& o) {
-      return std::to_string(c.node_lost(o.id, now_ms).size());
+      auto lost = c.running_on(o.id);
+      for (const TaskRef& t : lost) {
+        if (!c.finish(t, {.state = TaskState::kLost}, now_ms)) return "error finishing lost task";
+      }
+      return std::to_string(lost.size());
     }
+    std::string operator()(const OpUpdateNode& o) {
+      return result_text(c.update_node(o.id, o.spec));
+    }
+    std::string operator()(const OpRemoveNode& o) { return result_text(c.remove_node(o.id)); }
+    std::string operator()(const OpPrune& o) { return result_text(c.prune(o.id)); }
   };
   return std::visit(Visitor{c, now_ms}, op);
+}
+
+std::string job_image(const Job& j) {
+  std::ostringstream out;
+  out << int(j.state) << " " << j.finished_ms << " q";
+  for (size_t i = j.requeued_head; i < j.requeued.size(); ++i) out << " " << j.requeued[i];
+  for (const Task& t : j.tasks) {
+    out << " " << int(t.state) << "/" << int(t.attempts) << "/" << int(t.lost) << "/" << t.exit_code
+        << "/" << int(t.signal) << "/" << t.node;
+  }
+  return out.str();
+}
+
+std::map<JobId, std::string> job_images(const Cluster& c) {
+  std::map<JobId, std::string> out;
+  for (const auto& [id, j] : c.jobs()) out.emplace(id, job_image(j));
+  return out;
 }
 
 // Every field of the state, for comparing two clusters.
@@ -647,8 +686,9 @@ std::string dump(const Cluster& c) {
   std::ostringstream out;
   out << "queued " << c.queued_tasks() << " last " << c.last_job_id() << "\n";
   for (const Node& n : c.nodes()) {
-    out << "node " << n.id << " " << n.spec.name << " " << int(n.state) << " " << n.used.cpu_millis
-        << " " << n.used.mem_bytes << " " << n.running << "\n";
+    out << "node " << n.id << " " << n.spec.name << " " << int(n.state) << " " << n.removed << " "
+        << n.spec.capacity.cpu_millis << " " << n.used.cpu_millis << " " << n.used.mem_bytes << " "
+        << n.running << "\n";
   }
   for (const auto& [id, j] : c.jobs()) {
     out << "job " << id << " " << int(j.state) << " " << j.submitted_ms << " " << j.finished_ms
@@ -671,13 +711,15 @@ bool job_final(JobState s) {
   return s >= JobState::kSucceeded;
 }
 
+// A dependency that was pruned had ended; had it failed, the job would have ended too.
 bool runnable(const Cluster& c, const Job& j) {
   if (job_final(j.state) || count_of(j, TaskState::kQueued) == 0) return false;
-  return j.spec.after == 0 || c.job(j.spec.after)->state == JobState::kSucceeded;
+  const Job* dep = j.spec.after == 0 ? nullptr : c.job(j.spec.after);
+  return dep == nullptr || dep->state == JobState::kSucceeded;
 }
 
 bool fits(const Node& n, const Resources& used, const JobSpec& s) {
-  if (n.state != NodeState::kReady) return false;
+  if (n.state != NodeState::kReady || n.removed) return false;
   for (const auto& [k, v] : s.constraints) {
     auto it = n.spec.labels.find(k);
     if (it == n.spec.labels.end() || it->second != v) return false;
@@ -744,9 +786,8 @@ void check_invariants(const Cluster& c, FinalJobs* final_jobs) {
       ASSERT_GT(live, 0u) << "live job " << id << " has only final tasks";
       ASSERT_EQ(j.state == JobState::kQueued, counts[0] == j.spec.count);
     }
-    if (j.spec.after != 0) {
+    if (j.spec.after != 0 && c.job(j.spec.after) != nullptr) {  // else pruned: it had ended
       const Job* dep = c.job(j.spec.after);
-      ASSERT_NE(dep, nullptr);
       ASSERT_LT(dep->id, id);
       if (!job_final(dep->state)) {
         for (const Task& t : j.tasks) ASSERT_EQ(t.attempts, 0u) << id << " started while waiting";
@@ -758,6 +799,9 @@ void check_invariants(const Cluster& c, FinalJobs* final_jobs) {
   }
   ASSERT_EQ(queued_total, c.queued_tasks());
   for (const Node& n : nodes) {
+    if (n.removed) {
+      ASSERT_EQ(running[n.id], 0u) << "task running on removed node " << n.id;
+    }
     ASSERT_EQ(n.used.cpu_millis, used[n.id].cpu_millis) << n.spec.name;
     ASSERT_EQ(n.used.mem_bytes, used[n.id].mem_bytes) << n.spec.name;
     ASSERT_EQ(n.running, running[n.id]) << n.spec.name;
@@ -835,7 +879,10 @@ class RandomDriver {
       case 30 ... 54: plan_and_start(); break;
       case 55 ... 59: start_out_of_order(); break;
       case 60 ... 89: finish_one(); break;
-      case 90 ... 95: cancel(); break;
+      case 90 ... 93: cancel(); break;
+      case 94 ... 95: prune(); break;
+      case 96: update_node(); break;
+      case 97: record(OpRemoveNode{pick_node()}); break;
       default: record(OpNodeLost{pick_node()}); break;
     }
   }
@@ -849,9 +896,47 @@ class RandomDriver {
   int pick(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng_); }
   NodeId pick_node() { return NodeId(pick(0, int(c_.nodes().size()))); }  // may not exist
 
+  // Applies an op and checks the mutator contract: a refused op changes nothing, and
+  // every job an op changes or drops was shown to the observer first, as it was.
   void record(Op op) {
+    std::map<JobId, std::string> before = job_images(c_);
+    std::string all_before = dump(c_);
+    observer_.seen.clear();
+    c_.set_observer(&observer_);
     std::string result = apply(c_, op, now_ms_);
+    c_.set_observer(nullptr);
+    if (result.starts_with("error")) {
+      EXPECT_EQ(dump(c_), all_before) << "refused op changed the state: " << result;
+    }
+    std::map<JobId, std::string> after = job_images(c_);
+    for (const auto& [id, image] : before) {
+      auto it = after.find(id);
+      if (it != after.end() && it->second == image) continue;
+      auto seen = observer_.seen.find(id);
+      ASSERT_NE(seen, observer_.seen.end()) << "job " << id << " changed unseen";
+      EXPECT_EQ(seen->second, image) << "job " << id << " shown after it changed";
+    }
     log_.emplace_back(std::move(op), std::move(result));
+  }
+
+  void prune() {
+    std::vector<JobId> ids;
+    for (const auto& [id, j] : c_.jobs()) ids.push_back(id);
+    JobId id = ids.empty() || pick(0, 9) == 0 ? JobId(pick(0, 30))
+                                              : ids[size_t(pick(0, int(ids.size()) - 1))];
+    record(OpPrune{id});
+  }
+
+  // Renames, relabels or grows a node (a shrink may over-commit, which the invariants
+  // here do not allow; it has its own test).
+  void update_node() {
+    NodeId id = pick_node();
+    const Node* n = c_.node(id);
+    NodeSpec spec = n != nullptr ? n->spec : node_spec("n9", 1000, kGiB);
+    if (pick(0, 1)) spec.name = "n" + std::to_string(pick(0, 6));
+    if (pick(0, 1)) spec.capacity.cpu_millis += uint32_t(pick(0, 2)) * 500;
+    if (pick(0, 1)) spec.labels["zone"] = pick(0, 1) ? "a" : "b";
+    record(OpUpdateNode{id, spec});
   }
 
   void add_node() {
@@ -925,7 +1010,13 @@ class RandomDriver {
     record(OpFinish{t, {st, pick(0, 2), pick(0, 1) ? 9 : 0}});
   }
 
+  struct RecordingObserver : JobObserver {
+    void before_change(const Job& job) override { seen.emplace(job.id, job_image(job)); }
+    std::map<JobId, std::string> seen;  // first image shown per job
+  };
+
   std::mt19937_64 rng_;
+  RecordingObserver observer_;
   Cluster c_;
   uint64_t now_ms_ = 0;
   std::vector<std::pair<Op, std::string>> log_;
@@ -936,6 +1027,7 @@ class RandomDriver {
 // already been running and then succeeded.
 void check_cancelled(const Cluster& c, const std::set<JobId>& cancelled) {
   for (JobId id : cancelled) {
+    if (c.job(id) == nullptr) continue;  // pruned
     const Job& j = *c.job(id);
     ASSERT_EQ(count_of(j, TaskState::kQueued), 0u) << "cancelled job " << id << " requeued";
     if (job_final(j.state)) {
@@ -984,6 +1076,140 @@ TEST(ClusterProperty, ReplayReproducesStateExactly) {
     }
     ASSERT_EQ(dump(replayed), dump(d.cluster()));
   }
+}
+
+// What a snapshot keeps (nodes, jobs, tasks, queues) rebuilds the same cluster, derived
+// indexes and next placements included.
+Cluster restored_copy(const Cluster& c, Limits limits) {
+  Cluster out(limits);
+  for (const Node& n : c.nodes()) EXPECT_TRUE(out.restore_node(n.spec, n.removed));
+  for (const auto& [id, j] : c.jobs()) {
+    Job image;
+    image.id = id;
+    image.spec = j.spec;
+    image.state = j.state;
+    image.submitted_ms = j.submitted_ms;
+    image.finished_ms = j.finished_ms;
+    image.tasks = j.tasks;
+    image.requeued.assign(j.requeued.begin() + std::ptrdiff_t(j.requeued_head), j.requeued.end());
+    auto ok = out.restore_job(std::move(image), c.cancelling(id));
+    EXPECT_TRUE(ok) << "job " << id << ": " << sched_error_name(ok.error());
+  }
+  EXPECT_TRUE(out.finish_restore(c.last_job_id()));
+  for (const Node& n : c.nodes()) {
+    if (!n.removed) {
+      EXPECT_TRUE(out.set_node_state(n.id, n.state));
+    }
+  }
+  return out;
+}
+
+TEST(ClusterProperty, RestoreFromImagesReproducesStateExactly) {
+  const Limits limits{.jobs_max = 12,
+                      .tasks_per_job_max = 12,
+                      .queued_tasks_max = 80,
+                      .nodes_max = 5,
+                      .lost_requeues_max = 2};
+  for (uint64_t seed = 2000; seed < 2030; ++seed) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    RandomDriver d(seed);
+    for (int step = 0; step < 500; ++step) {
+      d.step();
+      if (step % 50 != 49) continue;
+      Cluster copy = restored_copy(d.cluster(), limits);
+      ASSERT_EQ(dump(copy), dump(d.cluster())) << "after step " << step;
+      FinalJobs none;
+      ASSERT_NO_FATAL_FAILURE(check_invariants(copy, &none));
+    }
+  }
+}
+
+TEST_F(ClusterTest, RestoreRejectsImagesWeCouldNotHaveMade) {
+  NodeId a = add("a", 2000, 4 * kGiB);
+  submit(1, job_spec(2));
+  place(c);
+  Job image = *c.job(1);
+  Cluster fresh;
+  ASSERT_TRUE(fresh.restore_node(c.node(a)->spec, false));
+  Job bad = image;
+  bad.tasks.pop_back();  // fewer tasks than the spec's count
+  EXPECT_EQ(fresh.restore_job(bad, false).error(), SchedError::kBadImage);
+  bad = image;
+  bad.tasks[0].node = 7;  // a started task on a node that does not exist
+  EXPECT_EQ(fresh.restore_job(bad, false).error(), SchedError::kBadImage);
+  bad = image;
+  bad.state = JobState::kSucceeded;  // succeeded with tasks still running
+  EXPECT_EQ(fresh.restore_job(bad, false).error(), SchedError::kBadImage);
+  bad = image;
+  bad.requeued = {0};  // a running task listed as queued for a retry
+  EXPECT_EQ(fresh.restore_job(bad, false).error(), SchedError::kBadImage);
+  image.requeued.clear();
+  ASSERT_TRUE(fresh.restore_job(image, false));
+  EXPECT_EQ(fresh.restore_job(image, false).error(), SchedError::kBadImage);  // twice
+  EXPECT_EQ(fresh.finish_restore(0).error(), SchedError::kBadImage);          // ids go back
+  ASSERT_TRUE(fresh.finish_restore(1));
+  EXPECT_EQ(fresh.node(a)->running, 2u);
+  EXPECT_EQ(fresh.node(a)->used.cpu_millis, 2000u);
+}
+
+TEST_F(ClusterTest, NodesKeepTheirIdThroughRenameAndRemoval) {
+  NodeId a = add("a", 2000, 4 * kGiB);
+  NodeId b = add("b", 1000, 4 * kGiB);
+  submit(1, job_spec(1));
+  auto p = place(c);
+  ASSERT_EQ(p.size(), 1u);
+  ASSERT_EQ(p[0].node, a);
+  EXPECT_EQ(c.update_node(a, node_spec("b", 2000, 4 * kGiB)).error(), SchedError::kDuplicateId);
+  ASSERT_TRUE(c.update_node(a, node_spec("renamed", 2000, 4 * kGiB)));
+  EXPECT_EQ(c.node_by_name("a"), nullptr);
+  EXPECT_EQ(c.node_by_name("renamed")->id, a);
+  EXPECT_EQ(c.job(1)->tasks[0].node, a);  // the task's history follows the node
+  EXPECT_EQ(c.remove_node(a).error(), SchedError::kBadTransition);  // a task runs there
+  ASSERT_TRUE(c.finish({1, 0}, outcome(TaskState::kSucceeded), 2));
+  ASSERT_TRUE(c.remove_node(a));
+  EXPECT_EQ(c.remove_node(a).error(), SchedError::kUnknownNode);
+  EXPECT_EQ(c.node_by_name("renamed"), nullptr);
+  NodeId d = add("renamed", 1000, kGiB);  // the name is free again, the id is not
+  EXPECT_EQ(d, 2u);
+  submit(2, job_spec(2));
+  for (const auto& x : place(c)) EXPECT_NE(x.node, a);
+  EXPECT_EQ(c.start({{2, 1}, a, 1}, 3).error(), SchedError::kUnknownNode);
+  (void)b;
+}
+
+TEST_F(ClusterTest, ShrunkNodeIsOverCommittedUntilTasksFinish) {
+  NodeId a = add("a", 2000, 4 * kGiB);
+  submit(1, job_spec(2));
+  ASSERT_EQ(place(c).size(), 2u);
+  ASSERT_TRUE(c.update_node(a, node_spec("a", 1000, 4 * kGiB)));
+  EXPECT_EQ(c.node(a)->used.cpu_millis, 2000u);
+  submit(2, job_spec(1));
+  EXPECT_TRUE(c.plan(10).empty());
+  ASSERT_TRUE(c.finish({1, 0}, outcome(TaskState::kSucceeded), 2));
+  EXPECT_TRUE(c.plan(10).empty());  // 1000 used of 1000
+  ASSERT_TRUE(c.finish({1, 1}, outcome(TaskState::kSucceeded), 2));
+  EXPECT_EQ(c.plan(10).size(), 1u);
+}
+
+TEST_F(ClusterTest, PruneDropsOnlyFinalJobsAndKeepsIdsUsed) {
+  add("a", 4000, 4 * kGiB);
+  submit(1, job_spec(1));
+  submit(2, job_spec(1));
+  EXPECT_EQ(c.prune(1).error(), SchedError::kBadTransition);  // queued
+  place(c);
+  ASSERT_TRUE(c.finish({1, 0}, outcome(TaskState::kSucceeded), 2));
+  JobSpec dependent = job_spec(1);
+  dependent.after = 1;
+  submit(3, dependent);
+  ASSERT_TRUE(c.prune(1));
+  EXPECT_EQ(c.job(1), nullptr);
+  EXPECT_EQ(c.prune(1).error(), SchedError::kUnknownJob);
+  EXPECT_EQ(c.last_job_id(), 3u);
+  EXPECT_EQ(c.submit(3, job_spec(1), 3).error(), SchedError::kDuplicateId);
+  // The dependent of a pruned (succeeded) job is not waiting.
+  auto p = place(c);
+  ASSERT_EQ(p.size(), 1u);
+  EXPECT_EQ(p[0].task.job, 3u);
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 // most one write is in flight; bytes appended meanwhile coalesce into the next one.
 #include "storage/log_store.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -11,6 +12,7 @@
 #include <deque>
 #include <map>
 #include <optional>
+#include <string_view>
 #include <tuple>
 #include <vector>
 
@@ -82,6 +84,7 @@ struct LogStore::Impl {
   uint64_t pending_bytes = 0;                     // pending + in flight, all files
   uint32_t writes_in_flight = 0;
   uint32_t reads_in_flight = 0;
+  std::deque<uint64_t> forgotten;  // jobs whose files remove_some() deletes
 };
 
 LogFile* LogStore::Impl::find(const LogKey& key) {
@@ -333,6 +336,39 @@ void LogStore::read(const LogKey& key, uint64_t offset, uint32_t max_bytes,
   --s.reads_in_flight;
   ::close(fd);
   op->done(std::unexpected(sub.error()));
+}
+
+void LogStore::forget_job(uint64_t job_id) {
+  impl_->forgotten.push_back(job_id);
+}
+
+bool LogStore::remove_some(uint32_t max_files) {
+  Impl& s = *impl_;
+  uint32_t removed = 0;
+  while (!s.forgotten.empty() && removed < max_files) {  // each pass removes or finishes a job
+    const std::string dir = s.options.dir + "/" + std::to_string(s.forgotten.front());
+    DIR* d = ::opendir(dir.c_str());
+    if (d == nullptr) {  // never had output here, or gone already
+      s.forgotten.pop_front();
+      continue;
+    }
+    bool emptied = true;
+    while (dirent* e = ::readdir(d)) {
+      std::string_view name = e->d_name;
+      if (name == "." || name == "..") continue;
+      if (removed >= max_files) {
+        emptied = false;
+        break;
+      }
+      if (::unlinkat(::dirfd(d), e->d_name, 0) == 0) ++s.stats.files_removed;
+      ++removed;  // counted even when it failed: bounded work per call either way
+    }
+    ::closedir(d);
+    if (!emptied) break;
+    ::rmdir(dir.c_str());
+    s.forgotten.pop_front();
+  }
+  return !s.forgotten.empty();
 }
 
 const LogStats& LogStore::stats() const {

@@ -34,6 +34,7 @@ struct LogStoreOptions {
 
 struct LogStats {
   uint64_t bytes_appended = 0;
+  uint64_t files_removed = 0;  // of jobs retention dropped
   uint64_t bytes_dropped = 0;  // over log_bytes_max, or pending_bytes_max was full
 };
 
@@ -56,6 +57,12 @@ class LogStore {
   // Unknown key with no file: kNotFound. `done` may run before read() returns.
   void read(const LogKey& key, uint64_t offset, uint32_t max_bytes,
             std::function<void(Result<std::string>)> done);
+
+  // Retention dropped the job: its files go, a bounded number per remove_some() call (a
+  // million-task array has two million of them), so the loop never stalls on it.
+  void forget_job(uint64_t job_id);
+  // Removes up to max_files files of forgotten jobs; true while more remain.
+  bool remove_some(uint32_t max_files);
 
   const LogStats& stats() const;
   std::string path(const LogKey& key) const;

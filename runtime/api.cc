@@ -1,0 +1,188 @@
+#include "runtime/api.h"
+
+#include <algorithm>
+
+namespace cardnode::runtime {
+namespace {
+
+static_assert(static_cast<int>(Errc::kBusy) == pb::BUSY &&
+                  static_cast<int>(Errc::kBusy) + 1 == pb::ErrorCode_ARRAYSIZE &&
+                  static_cast<int>(Errc::kNotFound) == pb::NOT_FOUND,
+              "pb::ErrorCode mirrors cardnode::Errc");
+
+}  // namespace
+
+pb::Response error_response(const Error& e) {
+  pb::Response r;
+  r.set_error(static_cast<pb::ErrorCode>(e.code));
+  r.set_error_message(e.describe());
+  return r;
+}
+
+void ClientApi::handle(pb::Request&& req, net::Responder r) {
+  if (c_.stopping()) return r.reply(error_response({Errc::kUnavailable, "server is stopping", 0}));
+  switch (req.body_case()) {
+    case pb::Request::kSubmit: return on_submit(req.submit(), r);
+    case pb::Request::kCancel: return on_cancel(req.cancel(), r);
+    case pb::Request::kWaitJob: return on_wait(req.wait_job(), r);
+    case pb::Request::kReadLog: return on_read_log(req.read_log(), r);
+    case pb::Request::kListJobs: return on_list_jobs(r);
+    case pb::Request::kGetJob: return on_get_job(req.get_job(), r);
+    case pb::Request::kListNodes: return on_list_nodes(r);
+    case pb::Request::BODY_NOT_SET: break;
+  }
+  r.reply(error_response({Errc::kInvalidArgument, "request has no body", 0}));
+}
+
+void ClientApi::after_durable(net::Responder r, std::function<pb::Response()> make) {
+  bool queued = c_.when_durable([r, make = std::move(make)] { r.reply(make()); });
+  if (!queued) r.reply(error_response({Errc::kBusy, "server busy; try again", 0}));
+}
+
+void ClientApi::on_submit(const pb::SubmitJob& m, net::Responder r) {
+  c_.submit(m.spec(), [r](Result<sched::JobId> id) {
+    if (!id) return r.reply(error_response(id.error()));
+    pb::Response resp;
+    resp.mutable_submitted()->set_job_id(*id);
+    r.reply(std::move(resp));
+  });
+}
+
+void ClientApi::on_cancel(const pb::CancelJob& m, net::Responder r) {
+  c_.cancel(m.job_id(), [r](Result<uint32_t> n) {
+    if (!n) return r.reply(error_response(n.error()));
+    pb::Response resp;
+    resp.mutable_cancelled()->set_tasks_cancelled(*n);
+    r.reply(std::move(resp));
+  });
+}
+
+void ClientApi::on_wait(const pb::WaitJob& m, net::Responder r) {
+  const sched::JobId id = m.job_id();
+  c_.wait_job(id, [this, r, id](Status st) {
+    if (!st) return r.reply(error_response(st.error()));
+    const sched::Job* job = c_.state().cluster().job(id);
+    if (job == nullptr) return r.reply(error_response(c_.missing_job(id)));
+    pb::Response resp;
+    *resp.mutable_job() = detail(*job);
+    r.reply(std::move(resp));
+  });
+}
+
+void ClientApi::on_get_job(const pb::GetJob& m, net::Responder r) {
+  after_durable(r, [this, id = m.job_id()] {
+    const sched::Job* job = c_.state().cluster().job(id);
+    if (job == nullptr) return error_response(c_.missing_job(id));
+    pb::Response resp;
+    *resp.mutable_job() = detail(*job);
+    return resp;
+  });
+}
+
+void ClientApi::on_list_jobs(net::Responder r) {
+  after_durable(r, [this] {
+    pb::Response resp;
+    auto* list = resp.mutable_jobs();
+    const auto& jobs = c_.state().cluster().jobs();
+    uint32_t n = 0;
+    for (auto it = jobs.rbegin(); it != jobs.rend() && n < kJobsListedMax; ++it, ++n) {
+      *list->add_jobs() = summary(it->second);
+    }
+    std::reverse(list->mutable_jobs()->begin(), list->mutable_jobs()->end());
+    return resp;
+  });
+}
+
+void ClientApi::on_list_nodes(net::Responder r) {
+  after_durable(r, [this] {
+    pb::Response resp;
+    pb::NodeList* list = resp.mutable_nodes();
+    for (const sched::Node& n : c_.state().cluster().nodes()) {
+      if (n.removed) continue;
+      pb::NodeInfo* ni = list->add_nodes();
+      ni->set_name(n.spec.name);
+      ni->set_state(sched::node_state_name(n.state));
+      ni->set_cpu_millis(n.spec.capacity.cpu_millis);
+      ni->set_mem_bytes(n.spec.capacity.mem_bytes);
+      ni->set_cpu_millis_used(n.used.cpu_millis);
+      ni->set_mem_bytes_used(n.used.mem_bytes);
+      ni->set_running_tasks(n.running);
+      for (const auto& [k, v] : n.spec.labels) (*ni->mutable_labels())[k] = v;
+      if (describe_) describe_(n, ni);
+    }
+    return resp;
+  });
+}
+
+void ClientApi::on_read_log(const pb::ReadLog& m, net::Responder r) {
+  const sched::Job* job = c_.state().cluster().job(m.job_id());
+  if (job == nullptr) return r.reply(error_response(c_.missing_job(m.job_id())));
+  if (m.index() >= job->tasks.size()) {
+    return r.reply(error_response({Errc::kNotFound,
+                                   "no task " + std::to_string(m.job_id()) + "." +
+                                       std::to_string(m.index()),
+                                   0}));
+  }
+  const sched::Task& task = job->tasks[m.index()];
+  const bool final = sched::is_final(task.state);
+  if (task.attempts == 0) {
+    return after_durable(r, [offset = m.offset(), final] {
+      pb::Response resp;
+      resp.mutable_log()->set_next_offset(offset);
+      resp.mutable_log()->set_final(final);
+      return resp;
+    });
+  }
+  storage::LogKey key{m.job_id(), m.index(),
+                      m.stream() == pb::STDERR ? storage::Stream::kStderr : storage::Stream::kStdout};
+  uint32_t max = m.max_bytes() == 0 ? kLogChunkBytesMax : std::min(m.max_bytes(), kLogChunkBytesMax);
+  // "final" is state: it goes out only once the record that made the task final is durable.
+  logs_.read(key, m.offset(), max, [this, r, final, offset = m.offset()](Result<std::string> data) {
+    if (!data && data.error().code != Errc::kNotFound) return r.reply(error_response(data.error()));
+    std::string bytes = data ? std::move(*data) : std::string();
+    after_durable(r, [final, offset, bytes = std::move(bytes)]() mutable {
+      pb::Response resp;
+      pb::LogChunk* chunk = resp.mutable_log();
+      chunk->set_next_offset(offset + bytes.size());
+      chunk->set_final(final && bytes.empty());
+      chunk->set_data(std::move(bytes));
+      return resp;
+    });
+  });
+}
+
+pb::JobSummary ClientApi::summary(const sched::Job& job) const {
+  pb::JobSummary s;
+  s.set_id(job.id);
+  s.set_name(job.spec.name);
+  s.set_state(to_pb(job.state));
+  s.set_priority(job.spec.priority);
+  s.set_count(job.spec.count);
+  for (size_t i = 0; i < sched::kTaskStateCount; ++i) {
+    if (job.state_counts[i] == 0) continue;
+    (*s.mutable_states())[sched::task_state_name(static_cast<sched::TaskState>(i))] =
+        job.state_counts[i];
+  }
+  if (const pb::JobSpec* spec = c_.state().spec(job.id)) *s.mutable_command() = spec->command();
+  return s;
+}
+
+pb::JobDetail ClientApi::detail(const sched::Job& job) const {
+  pb::JobDetail d;
+  *d.mutable_job() = summary(job);
+  const uint32_t n = std::min<uint32_t>(static_cast<uint32_t>(job.tasks.size()), kTasksListedMax);
+  for (uint32_t i = 0; i < n; ++i) {
+    const sched::Task& t = job.tasks[i];
+    pb::TaskInfo* ti = d.add_tasks();
+    ti->set_index(i);
+    ti->set_state(to_pb(t.state));
+    ti->set_exit_code(t.exit_code);
+    ti->set_signal(t.signal);
+    ti->set_attempts(t.attempts);
+    if (t.attempts == 0) continue;
+    if (const sched::Node* node = c_.state().cluster().node(t.node)) ti->set_node(node->spec.name);
+  }
+  return d;
+}
+
+}  // namespace cardnode::runtime

@@ -88,12 +88,14 @@ rss_kb() {
 CN_BIN=""
 CN_DIR=""
 
-# cardnode_start: a one-board pool on a fresh data dir under PB_TMP.
+# cardnode_start [SERVER_ARGS...]: a one-board pool on a fresh data dir under PB_TMP;
+# SERVER_ARGS (e.g. --no-exec) go to `cardnode server`.
+# shellcheck disable=SC2120  # storage_peers.sh passes them; this file's main does not
 cardnode_start() {
   local i
   CN_DIR=$PB_TMP/cardnode-$RANDOM
   mkdir -p "$CN_DIR"
-  "$CN_BIN" server --data-dir "$CN_DIR" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
+  "$CN_BIN" server --data-dir "$CN_DIR" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 "$@" \
     >"$CN_DIR.out" 2>&1 &
   PB_CN_PID=$!
   for ((i = 0; i < 200; i++)); do
@@ -253,6 +255,7 @@ main() {
   CN_BIN=$(resolve_bin "${1:-}")
   pb_init
 
+  # shellcheck disable=SC2119  # no server arguments here
   cardnode_start
   cn run --wait -- true >/dev/null 2>&1 || die "cardnode warm-up job failed"
 

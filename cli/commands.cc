@@ -3,6 +3,8 @@
 #include <google/protobuf/util/json_util.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -13,8 +15,8 @@
 #include "cli/json_out.h"
 #include "net/client.h"
 #include "net/handshake.h"
+#include "runtime/fsck.h"
 #include "scheduler/cluster.h"
-#include "storage/wal.h"
 
 namespace cardnode::cli {
 namespace {
@@ -23,6 +25,11 @@ constexpr uint32_t kConnectTimeoutMs = 5000;
 constexpr uint32_t kCallTimeoutMs = 30'000;
 constexpr uint32_t kLogChunkBytes = 1u << 20;
 constexpr uint32_t kFollowPollMs = 500;
+// A busy server (its WAL queue full) refuses without changing anything: the client tries
+// again after a growing pause, for at most about this long.
+constexpr uint32_t kBusyRetryMs = 30'000;
+constexpr uint32_t kBusyBackoffFirstMs = 20;
+constexpr uint32_t kBusyBackoffMaxMs = 1000;
 
 int error_line(const std::string& message, int code) {
   std::fprintf(stderr, "cardnode: %s\n", message.c_str());
@@ -80,12 +87,23 @@ Result<std::unique_ptr<net::Client>> connect(const ClientConfig& cfg) {
   return net::Client::connect(connectable(addr), token, kConnectTimeoutMs);
 }
 
-// One request, one response; a transport or server error becomes a message.
-Result<pb::Response> call(net::Client& c, pb::Request req, uint32_t timeout_ms = kCallTimeoutMs) {
-  auto resp = c.call(std::move(req), timeout_ms);
-  if (!resp) return std::unexpected(resp.error());
-  if (resp->error() != pb::OK) return fail(static_cast<Errc>(resp->error()), resp->error_message());
-  return resp;
+// One request, one response; a transport or server error becomes a message. A busy
+// refusal (nothing changed) is retried with backoff.
+Result<pb::Response> call(net::Client& c, const pb::Request& req,
+                          uint32_t timeout_ms = kCallTimeoutMs) {
+  uint32_t waited_ms = 0;
+  uint32_t pause_ms = kBusyBackoffFirstMs;
+  for (;;) {  // bounded by kBusyRetryMs
+    auto resp = c.call(pb::Request(req), timeout_ms);
+    if (!resp) return std::unexpected(resp.error());
+    if (resp->error() == pb::OK) return resp;
+    if (resp->error() != pb::BUSY || waited_ms >= kBusyRetryMs) {
+      return fail(static_cast<Errc>(resp->error()), resp->error_message());
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms));
+    waited_ms += pause_ms;
+    pause_ms = std::min(pause_ms * 2, kBusyBackoffMaxMs);
+  }
 }
 
 // Transport and auth failures exit 2 (brief); a server-side refusal exits 1.
@@ -300,11 +318,43 @@ int cmd_nodes(const ClientConfig& cfg, bool json) {
 }
 
 int cmd_fsck(const std::string& data_dir) {
-  auto stats = storage::check_wal(data_dir + "/wal");
-  if (!stats) return error_line("fsck " + data_dir + ": " + stats.error().describe(), 1);
-  std::printf("%s: ok, %llu WAL records in %llu segments\n", data_dir.c_str(),
-              static_cast<unsigned long long>(stats->records),
-              static_cast<unsigned long long>(stats->segments));
+  auto r = runtime::fsck(data_dir);
+  if (!r) return error_line("fsck " + data_dir + ": " + r.error().describe(), 1);
+  std::printf("%s: ok\n", data_dir.c_str());
+  if (r->snapshot_seq > 0) {
+    std::printf("  snapshot through record %llu: %llu jobs, %llu bytes (%u snapshots)\n",
+                static_cast<unsigned long long>(r->snapshot_seq),
+                static_cast<unsigned long long>(r->snapshot_jobs),
+                static_cast<unsigned long long>(r->snapshot_bytes), r->snapshots);
+  } else {
+    std::printf("  no snapshot\n");
+  }
+  for (const std::string& d : r->snapshots_damaged) {
+    std::printf("  damaged snapshot, an older one stands in: %s\n", d.c_str());
+  }
+  std::printf("  WAL: %llu records after the snapshot in %llu segments\n",
+              static_cast<unsigned long long>(r->wal.records),
+              static_cast<unsigned long long>(r->wal.segments));
+  if (r->wal.torn_tail_bytes > 0) {
+    std::printf("  torn tail: %llu bytes at %s (the last write, never acknowledged; the next "
+                "start drops it)\n",
+                static_cast<unsigned long long>(r->wal.torn_tail_bytes), r->wal.torn_tail_at.c_str());
+  }
+  return 0;
+}
+
+int cmd_salvage(const std::string& data_dir) {
+  auto r = runtime::salvage(data_dir);
+  if (!r) return error_line("fsck --salvage " + data_dir + ": " + r.error().describe(), 1);
+  if (!r->damaged) {
+    std::printf("%s: no corruption; nothing changed\n", data_dir.c_str());
+    return 0;
+  }
+  std::printf("%s: %s\n", data_dir.c_str(), r->damage.c_str());
+  std::printf("  kept %llu records; set aside %llu records (%llu bytes) in %s\n",
+              static_cast<unsigned long long>(r->records_kept),
+              static_cast<unsigned long long>(r->records_set_aside),
+              static_cast<unsigned long long>(r->bytes_set_aside), r->aside_dir.c_str());
   return 0;
 }
 

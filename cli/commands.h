@@ -34,6 +34,7 @@ int cmd_logs(const ClientConfig& cfg, TaskId task, bool follow, bool stderr_stre
 int cmd_cancel(const ClientConfig& cfg, uint64_t job);
 int cmd_nodes(const ClientConfig& cfg, bool json);
 int cmd_fsck(const std::string& data_dir);
+int cmd_salvage(const std::string& data_dir);
 
 // The exit code of `run --wait` for a finished job (brief: "Command line").
 int wait_exit_code(const pb::JobDetail& detail);

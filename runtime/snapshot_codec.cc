@@ -46,6 +46,12 @@ Status corrupt(const std::string& what) {
 // ------------------------------------------------------------------------ builder
 
 SnapshotBuilder::SnapshotBuilder(State& state, uint32_t tasks_per_slice)
+    : SnapshotBuilder(static_cast<const State&>(state), tasks_per_slice, /*observe=*/false) {
+  observed_ = &state.cluster();
+  observed_->set_observer(this);
+}
+
+SnapshotBuilder::SnapshotBuilder(const State& state, uint32_t tasks_per_slice, bool observe)
     : state_(state),
       tasks_per_slice_(std::clamp<uint32_t>(tasks_per_slice, 1, kTasksPerSliceMax)),
       covers_seq_(state.applied_seq()) {
@@ -77,11 +83,11 @@ SnapshotBuilder::SnapshotBuilder(State& state, uint32_t tasks_per_slice)
     image->set_removed(n.removed);
     put(chunk);
   }
-  state_.cluster().set_observer(this);
+  CARDNODE_CHECK(!observe);  // observing needs a mutable State: the other constructor
 }
 
 SnapshotBuilder::~SnapshotBuilder() {
-  state_.cluster().set_observer(nullptr);
+  if (observed_ != nullptr) observed_->set_observer(nullptr);
 }
 
 void SnapshotBuilder::put(const pb::SnapshotChunk& chunk) {
@@ -179,8 +185,8 @@ void SnapshotBuilder::before_change(const sched::Job& job) {
   early_.insert(job.id);
 }
 
-std::vector<std::string> encode_snapshot(State& state) {
-  SnapshotBuilder b(state);
+std::vector<std::string> encode_snapshot(const State& state) {
+  SnapshotBuilder b(state, kTasksPerSliceMax, /*observe=*/false);
   b.step(std::numeric_limits<uint64_t>::max());
   std::vector<std::string> out;
   while (b.has_chunk()) out.push_back(b.take_chunk());

@@ -37,6 +37,8 @@ class SnapshotBuilder final : public sched::JobObserver {
  public:
   // Takes the cut now (meta, nodes, the ids of every job) and becomes the observer.
   explicit SnapshotBuilder(State& state, uint32_t tasks_per_slice = kTasksPerSliceMax);
+  // Without observing: only for a state that does not change until the builder is done.
+  SnapshotBuilder(const State& state, uint32_t tasks_per_slice, bool observe);
   ~SnapshotBuilder() override;
   SnapshotBuilder(const SnapshotBuilder&) = delete;
   SnapshotBuilder& operator=(const SnapshotBuilder&) = delete;
@@ -59,7 +61,8 @@ class SnapshotBuilder final : public sched::JobObserver {
   void write_tasks(const sched::Job& job, uint32_t from, uint32_t to);
   void put(const pb::SnapshotChunk& chunk);
 
-  State& state_;
+  const State& state_;
+  sched::Cluster* observed_ = nullptr;  // whose observer we are, if any
   uint32_t tasks_per_slice_;
   uint64_t covers_seq_;
   std::vector<sched::JobId> ids_;  // every job at the cut, ascending
@@ -97,6 +100,6 @@ class SnapshotLoader {
 };
 
 // The whole state at once, jobs in id order: the canonical image tests compare.
-std::vector<std::string> encode_snapshot(State& state);
+std::vector<std::string> encode_snapshot(const State& state);
 
 }  // namespace cardnode::runtime

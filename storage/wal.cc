@@ -1,496 +1,545 @@
-// Write-ahead log: replay at open with plain reads, then group commit through the
-// IoEngine — one write + fdatasync in flight at a time, covering every record queued
-// while the previous one ran.
+// Write-ahead log (format and crash rules: storage/wal_format.h). open() replays with
+// plain reads (storage/wal_scan.h), drops a torn tail and seals the intact end; then group
+// commit through the IoEngine: one batch write + fdatasync in flight, then the seal write
+// naming the batch's last record, then the batch's callbacks. Records accepted meanwhile
+// form the next batch.
+//
+// Room on disk is made when a record is accepted (reserve): the segment is preallocated
+// for every accepted, unwritten record as if each went out in a batch of its own, so a
+// batch write never meets ENOSPC in preallocated space. A record that would not fit in
+// the current segment rolls to a new one, synchronously, there and then.
+//
+// Ownership: Impl owns every fd (segments in OpenSegment, the seal); a record owns its
+// framed bytes and callback until it is acknowledged or failed. Every metadata call and
+// every sync outside the batch/seal data path goes through Fs (options.fs).
 #include "storage/wal.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
-#include <cstdio>
+#include <deque>
 #include <optional>
 
 #include "storage/fault.h"
+#include "storage/wal_scan.h"
 
 namespace cardnode::storage {
 namespace {
 
-constexpr size_t kSegmentDigits = 20;
-constexpr std::string_view kSegmentSuffix = ".wal";
-// A directory holding more entries than this is not one we wrote.
-constexpr uint32_t kDirEntriesMax = 1u << 20;
-// Replay reads a whole segment into memory; anything this large is not ours.
-constexpr uint64_t kSegmentFileBytesMax = 1ull << 30;
-// One group-commit write at most; a larger backlog goes out in several batches.
-constexpr uint64_t kBatchBytesMax = 8ull << 20;
+using wal_detail::WalScan;
+
+// Zeroing a torn tail: at most kBatchHeaderBytes + kBatchBytesMax bytes, in these steps.
 constexpr uint32_t kZeroChunkBytes = 64u << 10;
-constexpr uint32_t kEintrRetriesMax = 100;
 
-void put_u32le(uint8_t* p, uint32_t v) {
-  p[0] = static_cast<uint8_t>(v);
-  p[1] = static_cast<uint8_t>(v >> 8);
-  p[2] = static_cast<uint8_t>(v >> 16);
-  p[3] = static_cast<uint8_t>(v >> 24);
-}
-
-uint32_t get_u32le(const uint8_t* p) {
-  return static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 |
-         static_cast<uint32_t>(p[2]) << 16 | static_cast<uint32_t>(p[3]) << 24;
-}
-
-uint32_t record_crc(const uint8_t* length_bytes, const uint8_t* payload, uint32_t len) {
-  uLong crc = crc32(0L, length_bytes, 4);
-  crc = crc32(crc, payload, len);
-  return static_cast<uint32_t>(crc);
-}
-
-std::string encode_record(std::string_view payload) {
-  auto len = static_cast<uint32_t>(payload.size());
-  std::string out(kWalHeaderBytes + payload.size(), '\0');
-  auto* p = reinterpret_cast<uint8_t*>(out.data());
-  put_u32le(p, len);
-  std::copy(payload.begin(), payload.end(), out.begin() + kWalHeaderBytes);
-  put_u32le(p + 4, record_crc(p, p + kWalHeaderBytes, len));
-  return out;
-}
-
-std::string segment_name(uint64_t first_seq) {
-  char name[32];
-  std::snprintf(name, sizeof name, "%020llu.wal", static_cast<unsigned long long>(first_seq));
-  return name;
-}
-
-std::optional<uint64_t> parse_segment_name(std::string_view name) {
-  if (name.size() != kSegmentDigits + kSegmentSuffix.size()) return std::nullopt;
-  if (!name.ends_with(kSegmentSuffix)) return std::nullopt;
-  uint64_t seq = 0;
-  for (size_t i = 0; i < kSegmentDigits; ++i) {
-    if (name[i] < '0' || name[i] > '9') return std::nullopt;
-    uint64_t digit = static_cast<uint64_t>(name[i] - '0');
-    if (seq > (UINT64_MAX - digit) / 10) return std::nullopt;
-    seq = seq * 10 + digit;
-  }
-  return seq;
-}
-
-struct Segment {
-  uint64_t first_seq = 0;
-  std::string path;
-};
-
-Result<std::vector<Segment>> list_segments(const std::string& dir) {
-  DIR* d = ::opendir(dir.c_str());
-  if (d == nullptr) return fail_errno(errno, "opendir " + dir);
-  std::vector<Segment> segments;
-  uint32_t entries = 0;
-  Status status;
-  while (dirent* e = ::readdir(d)) {
-    if (++entries > kDirEntriesMax) {
-      status = fail(Errc::kCorruption,
-                    dir + ": more than " + std::to_string(kDirEntriesMax) + " entries");
-      break;
-    }
-    std::string_view name = e->d_name;
-    if (!name.ends_with(kSegmentSuffix)) continue;
-    auto seq = parse_segment_name(name);
-    if (!seq) {
-      status = fail(Errc::kCorruption, dir + "/" + std::string(name) + ": not a segment name");
-      break;
-    }
-    segments.push_back(Segment{*seq, dir + "/" + std::string(name)});
-  }
-  ::closedir(d);
-  if (!status) return std::unexpected(status.error());
-  std::sort(segments.begin(), segments.end(),
-            [](const Segment& a, const Segment& b) { return a.first_seq < b.first_seq; });
-  return segments;
-}
-
-Status pread_all(int fd, uint8_t* buf, size_t len, uint64_t offset, const std::string& path) {
-  size_t done = 0;
-  uint32_t eintr = 0;
-  while (done < len) {  // every pass reads something or returns
-    ssize_t n = ::pread(fd, buf + done, len - done, static_cast<off_t>(offset + done));
-    if (n < 0 && errno == EINTR && ++eintr < kEintrRetriesMax) continue;
-    if (n < 0) return fail_errno(errno, "read " + path);
-    if (n == 0) return fail(Errc::kIo, "read " + path + ": file shrank while reading");
-    done += static_cast<size_t>(n);
-  }
-  return {};
-}
-
-Status pwrite_all(int fd, const uint8_t* buf, size_t len, uint64_t offset,
-                  const std::string& path) {
-  size_t done = 0;
-  uint32_t eintr = 0;
-  while (done < len) {  // every pass writes something or returns
-    ssize_t n = ::pwrite(fd, buf + done, len - done, static_cast<off_t>(offset + done));
-    if (n < 0 && errno == EINTR && ++eintr < kEintrRetriesMax) continue;
-    if (n < 0) return fail_errno(errno, "write " + path);
-    if (n == 0) return fail(Errc::kIo, "write " + path + ": no progress");
-    done += static_cast<size_t>(n);
-  }
-  return {};
-}
-
-Result<std::string> read_segment(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return fail_errno(errno, "open " + path);
-  struct stat st {};
-  Result<std::string> out;
-  if (::fstat(fd, &st) != 0) {
-    out = fail_errno(errno, "stat " + path);
-  } else if (static_cast<uint64_t>(st.st_size) > kSegmentFileBytesMax) {
-    out = fail(Errc::kCorruption,
-               path + ": segment larger than " + std::to_string(kSegmentFileBytesMax) + " bytes");
-  } else {
-    out = std::string(static_cast<size_t>(st.st_size), '\0');
-    if (auto rs = pread_all(fd, reinterpret_cast<uint8_t*>(out->data()), out->size(), 0, path);
-        !rs) {
-      out = std::unexpected(rs.error());
-    }
-  }
-  ::close(fd);
-  return out;
-}
-
-// Where the intact records of one segment end, and what follows them.
-struct SegmentScan {
-  uint64_t records = 0;
-  uint64_t end_offset = 0;  // just past the last intact record
-  uint64_t dirty_end = 0;   // just past the last nonzero byte at or after end_offset
-  std::string problem;      // why the records stopped, when not at a zero length
-};
-
-Result<SegmentScan> scan_segment(const std::string& data, const ReplayFn* on_record) {
-  SegmentScan scan;
-  const auto* base = reinterpret_cast<const uint8_t*>(data.data());
-  uint64_t size = data.size();
-  uint64_t pos = 0;
-  while (pos + kWalHeaderBytes <= size) {  // pos grows by at least a header per pass
-    uint32_t len = get_u32le(base + pos);
-    if (len == 0) break;
-    if (len > kRecordBytesMax) {
-      scan.problem = "record length " + std::to_string(len) + " over the maximum";
-      break;
-    }
-    if (pos + kWalHeaderBytes + len > size) {
-      scan.problem = "record runs past the end of the file";
-      break;
-    }
-    const uint8_t* payload = base + pos + kWalHeaderBytes;
-    if (get_u32le(base + pos + 4) != record_crc(base + pos, payload, len)) {
-      scan.problem = "crc mismatch";
-      break;
-    }
-    if (on_record != nullptr && *on_record) {
-      std::string_view view(reinterpret_cast<const char*>(payload), len);
-      if (auto st = (*on_record)(view); !st) return std::unexpected(st.error());
-    }
-    ++scan.records;
-    pos += kWalHeaderBytes + len;
-  }
-  scan.end_offset = pos;
-  uint64_t last = size;
-  while (last > pos && base[last - 1] == 0) --last;
-  scan.dirty_end = last;
-  if (scan.problem.empty() && last > pos) scan.problem = "nonzero bytes after the last record";
-  return scan;
-}
-
-// A whole directory: every intact record replayed in order, the newest segment's torn
-// tail located, everything else that is wrong reported as corruption.
-struct DirScan {
-  std::vector<Segment> segments;
-  uint64_t next_seq = 1;
-  uint64_t tail_offset = 0;     // newest segment: where appends continue
-  uint64_t tail_dirty_end = 0;  // newest segment: end of the bytes to zero
-};
-
-Result<DirScan> scan_dir(const std::string& dir, const ReplayFn* on_record, ReplayStats* stats) {
-  auto segments = list_segments(dir);
-  if (!segments) return std::unexpected(segments.error());
-  DirScan out;
-  out.segments = std::move(*segments);
-  ReplayStats counted;
-  for (size_t i = 0; i < out.segments.size(); ++i) {
-    const Segment& seg = out.segments[i];
-    bool newest = i + 1 == out.segments.size();
-    if (i == 0) out.next_seq = seg.first_seq;
-    if (seg.first_seq != out.next_seq) {
-      return fail(Errc::kCorruption, seg.path + ": starts at sequence " +
-                                         std::to_string(seg.first_seq) + ", expected " +
-                                         std::to_string(out.next_seq));
-    }
-    auto data = read_segment(seg.path);
-    if (!data) return std::unexpected(data.error());
-    auto scan = scan_segment(*data, on_record);
-    if (!scan) return std::unexpected(scan.error());
-    if (!scan->problem.empty() && !newest) {
-      return fail(Errc::kCorruption, seg.path + ": " + scan->problem + " at offset " +
-                                         std::to_string(scan->end_offset));
-    }
-    counted.records += scan->records;
-    ++counted.segments;
-    out.next_seq += scan->records;
-    if (newest) {
-      out.tail_offset = scan->end_offset;
-      out.tail_dirty_end = scan->dirty_end;
-      counted.torn_tail_bytes = scan->dirty_end - scan->end_offset;
-    }
-  }
-  if (stats != nullptr) *stats = counted;
-  return out;
-}
-
-Status make_dirs(const std::string& dir) {
-  // Each prefix ending before a '/' (and the whole path) must exist.
-  for (size_t at = 1; at <= dir.size(); ++at) {
-    if (at < dir.size() && dir[at] != '/') continue;
-    std::string prefix = dir.substr(0, at);
-    if (::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) {
-      return fail_errno(errno, "mkdir " + prefix);
-    }
-  }
-  return {};
-}
-
-Status fsync_fd(int fd, const std::string& what) {
-  if (::fsync(fd) != 0) return fail_errno(errno, "fsync " + what);
-  return {};
+// Disk a record may take: its framing, and a batch header in case it goes out alone.
+uint64_t worst_bytes(uint64_t payload_bytes) {
+  return kBatchHeaderBytes + kRecordHeaderBytes + payload_bytes;
 }
 
 enum class Stage : uint8_t {
   kIdle,         // nothing in flight
-  kWriting,      // batch write submitted
-  kSyncing,      // batch fdatasync submitted
-  kSyncStalled,  // batch written, fdatasync refused by a full engine queue
+  kWriting,      // batch write
+  kSyncing,      // batch fdatasync
+  kSealing,      // seal write naming the batch's last record
   kAcking,       // running the batch's callbacks
+  kRetiring,     // seal fdatasync before a finished segment's fd closes
+  kSealSyncing,  // seal fdatasync asked for by drain()
   kFailed,
+};
+
+// The segment appends go to, or an older one whose last batch is not yet durable.
+struct OpenSegment {
+  uint64_t first_seq = 0;
+  std::string path;
+  UniqueFd fd;
+  uint64_t batch_end = 0;           // where the next batch goes
+  uint64_t queued_worst_bytes = 0;  // records queued for it, each counted with a batch header
+  uint64_t alloc_end = 0;           // preallocated up to here (or the file's size)
+
+  uint64_t reserved_end() const { return batch_end + queued_worst_bytes; }
 };
 
 struct PendingRecord {
   uint64_t seq = 0;
-  std::string encoded;
+  OpenSegment* segment = nullptr;  // owned by Impl::segments until the record is durable
+  std::string framed;
   DurableCallback on_durable;
 };
+
+Status zero_range(Fs& fs, int fd, uint64_t from, uint64_t to, const std::string& path) {
+  const std::string zeros(kZeroChunkBytes, '\0');
+  for (uint64_t at = from; at < to;) {  // at grows by a chunk per pass
+    auto n = static_cast<size_t>(std::min<uint64_t>(kZeroChunkBytes, to - at));
+    if (auto st = fs.write_at(fd, std::string_view(zeros).substr(0, n), at, path); !st) return st;
+    at += n;
+  }
+  return {};
+}
+
+Status check_options(const WalOptions& o) {
+  if (o.dir.empty()) return fail(Errc::kInvalidArgument, "wal dir is empty");
+  if (o.segment_bytes < kSegmentHeaderBytes + worst_bytes(1)) {
+    return fail(Errc::kInvalidArgument, "wal segment_bytes too small for one record");
+  }
+  if (o.pending_bytes_max == 0) return fail(Errc::kInvalidArgument, "wal pending_bytes_max is 0");
+  return {};
+}
 
 }  // namespace
 
 struct Wal::Impl {
-  Impl(IoEngine& e, WalOptions o) : engine(e), options(std::move(o)) {}
-  ~Impl();
+  Impl(IoEngine& e, WalOptions o)
+      : engine(e), options(std::move(o)), fs(options.fs != nullptr ? *options.fs : Fs::real()) {}
 
-  Status open_dir(const DirScan& scan);
-  Status create_segment(uint64_t first_seq);
-  Status ensure_allocated(uint64_t end);
-  Status zero_tail(uint64_t from, uint64_t to);
+  // open()
+  Status make_dir();
+  Status finish_open(const WalScan& scan);
+  Result<std::unique_ptr<OpenSegment>> open_segment(const wal_detail::SegmentFile& file,
+                                                    uint64_t batch_end);
+  Status open_seal(const WalScan& scan);
+  Status drop_leftovers(const WalScan& scan);
 
+  // reserve()
+  Status check_accept(size_t payload_bytes) const;
+  Status make_room(uint64_t worst);
+  Status roll(uint64_t worst);
+  Result<std::unique_ptr<OpenSegment>> create_segment(uint64_t first_seq, uint64_t worst);
+  Status init_segment(OpenSegment& seg, uint64_t worst);
+  Status ensure_allocated(OpenSegment& seg, uint64_t end);
+  void accept(std::string_view payload, DurableCallback on_durable);
+
+  // The group-commit pipeline: kick() starts whatever can go next.
   void kick();
-  void start_flush();
-  void on_written(Result<uint32_t> r);
-  void submit_sync();
-  void on_synced(Result<uint32_t> r);
-  void unbatch();
+  void start_next();
+  bool retire_ready() const;
+  void form_batch();
+  void submit();
+  Status submit_stage();
+  void on_batch_written(Result<uint32_t> r);
+  void on_batch_synced(Result<uint32_t> r);
+  void on_sealed(Result<uint32_t> r);
+  void on_seal_synced(uint64_t seq, Result<uint32_t> r);
   void fail_wal(Error error);
+  bool busy() const;
+  void wait_idle();
+
+  OpenSegment& current() { return *segments.back(); }
 
   IoEngine& engine;
   WalOptions options;
-  int dir_fd = -1;
-  int fd = -1;
-  std::string path;
-  uint64_t offset = 0;     // end of the records in the current segment
-  uint64_t alloc_end = 0;  // bytes the current segment holds (preallocated or written)
-  bool fallocate_ok = true;
+  Fs& fs;
+  WalStats stats;
   uint64_t next_seq = 1;
+  uint64_t durable_seq = 0;
+  bool prealloc_supported = true;  // false after EOPNOTSUPP: writes extend the file
+  // Set by a successful reserve(), used by the append() right after it.
+  std::optional<size_t> reserved_payload_bytes;
 
-  std::deque<PendingRecord> pending;  // not yet in a batch
-  uint64_t pending_bytes = 0;
-  std::deque<PendingRecord> batch;  // the write + fdatasync in flight
-  std::string batch_bytes;          // what engine.write is writing; stable until it completes
+  // Segments on disk, oldest first (for remove_segments_through); the last is current().
+  std::deque<wal_detail::SegmentFile> on_disk;
+  // Open segments, oldest first; back() takes appends, the others retire once their last
+  // batch is durable. At most one more than the segments with records pending.
+  std::deque<std::unique_ptr<OpenSegment>> segments;
+
+  std::string seal_path;
+  UniqueFd seal_fd;
+  std::array<char, kSealBytes> seal_buf{};  // what the seal write in flight writes
+  uint64_t seal_written_seq = 0;
+  uint64_t seal_synced_seq = 0;
+
+  std::deque<PendingRecord> queued;  // accepted, not yet in a batch
+  uint64_t pending_bytes = 0;        // framed bytes accepted, not yet durable
+  std::deque<PendingRecord> batch;   // the batch in the pipeline
+  std::string batch_bytes;           // what engine.write writes; stable until it completes
+  OpenSegment* batch_segment = nullptr;
+  uint64_t batch_offset = 0;
   Stage stage = Stage::kIdle;
+  bool stalled = false;  // the current stage's op was refused by a full engine queue
   std::optional<Error> failure;
 };
 
-Wal::Impl::~Impl() {
-  if (fd >= 0) ::close(fd);
-  if (dir_fd >= 0) ::close(dir_fd);
-}
+// --- open ----------------------------------------------------------------------------------
 
-Status Wal::Impl::open_dir(const DirScan& scan) {
-  dir_fd = ::open(options.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd < 0) return fail_errno(errno, "open " + options.dir);
-  next_seq = scan.next_seq;
-  if (scan.segments.empty()) return create_segment(next_seq);
-  path = scan.segments.back().path;
-  fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-  if (fd < 0) return fail_errno(errno, "open " + path);
+Status Wal::Impl::make_dir() {
   struct stat st {};
-  if (::fstat(fd, &st) != 0) return fail_errno(errno, "stat " + path);
-  alloc_end = static_cast<uint64_t>(st.st_size);
-  offset = scan.tail_offset;
-  return zero_tail(scan.tail_offset, scan.tail_dirty_end);
+  if (::stat(options.dir.c_str(), &st) == 0) return {};
+  if (errno != ENOENT) return fail_errno(errno, "stat " + options.dir);
+  if (auto made = make_dirs(options.dir); !made) return made;
+  // The directory's own name must survive a crash like the files in it.
+  return fs.sync_dir(wal_detail::parent_dir(options.dir));
 }
 
-// New records go where the torn tail began. Stale bytes after them could line up as
-// valid records at the next replay, so they are zeroed (and synced) once, here.
-Status Wal::Impl::zero_tail(uint64_t from, uint64_t to) {
-  if (from >= to) return {};
-  const std::string zeros(kZeroChunkBytes, '\0');
-  for (uint64_t at = from; at < to;) {  // at grows by a chunk per pass
-    size_t n = static_cast<size_t>(std::min<uint64_t>(kZeroChunkBytes, to - at));
-    if (auto st = pwrite_all(fd, reinterpret_cast<const uint8_t*>(zeros.data()), n, at, path);
-        !st) {
-      return st;
-    }
-    at += n;
+// Repairs what the scan found, in an order that a crash at any step leaves for the next
+// open to finish: torn tail zeroed, then the seal naming the last record, then leftovers
+// removed, then (if none is left) a segment to append to.
+Status Wal::Impl::finish_open(const WalScan& scan) {
+  next_seq = scan.next_seq;
+  durable_seq = next_seq - 1;
+  std::unique_ptr<OpenSegment> seg;
+  if (scan.append_segment) {
+    auto opened = open_segment(scan.dir.segments[*scan.append_segment], scan.append_offset);
+    if (!opened) return std::unexpected(opened.error());
+    seg = std::move(*opened);
   }
-  if (::fdatasync(fd) != 0) return fail_errno(errno, "fdatasync " + path);
+  if (scan.torn) {
+    // New batches go where the torn write began; stale bytes after them could otherwise
+    // line up as records at a later replay.
+    CARDNODE_CHECK(seg != nullptr && scan.torn->segment == *scan.append_segment);
+    auto zeroed = zero_range(fs, seg->fd.get(), scan.torn->at, scan.torn->dirty_end, seg->path);
+    if (!zeroed) return zeroed;
+    if (auto synced = fs.sync(seg->fd.get(), seg->path); !synced) return synced;
+    ++stats.fdatasyncs;
+  }
+  if (auto st = open_seal(scan); !st) return st;
+  if (auto st = drop_leftovers(scan); !st) return st;
+  for (size_t i = 0; i < scan.dir.segments.size(); ++i) {
+    if (std::find(scan.leftovers.begin(), scan.leftovers.end(), i) == scan.leftovers.end()) {
+      on_disk.push_back(scan.dir.segments[i]);
+    }
+  }
+  if (seg == nullptr) {
+    auto created = create_segment(next_seq, 0);
+    if (!created) return std::unexpected(created.error());
+    seg = std::move(*created);
+    on_disk.push_back({seg->first_seq, wal_detail::segment_name(seg->first_seq), seg->path});
+  }
+  segments.push_back(std::move(seg));
   return {};
 }
 
-Status Wal::Impl::create_segment(uint64_t first_seq) {
-  if (fd >= 0) ::close(fd);  // already synced: a roll only happens between batches
-  fd = -1;
-  path = options.dir + "/" + segment_name(first_seq);
-  fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return fail_errno(errno, "create " + path);
-  offset = 0;
-  alloc_end = 0;
-  if (auto st = ensure_allocated(1); !st) return st;
-  // The new name must survive a crash before any record in it is acknowledged.
-  return fsync_fd(dir_fd, options.dir);
+Result<std::unique_ptr<OpenSegment>> Wal::Impl::open_segment(const wal_detail::SegmentFile& file,
+                                                             uint64_t batch_end) {
+  auto fd = fs.open(file.path, O_RDWR);
+  if (!fd) return std::unexpected(fd.error());
+  struct stat st {};
+  if (::fstat(fd->get(), &st) != 0) return fail_errno(errno, "stat " + file.path);
+  auto seg = std::make_unique<OpenSegment>();
+  seg->first_seq = file.first_seq;
+  seg->path = file.path;
+  seg->fd = std::move(*fd);
+  seg->batch_end = batch_end;
+  seg->alloc_end = std::max<uint64_t>(static_cast<uint64_t>(st.st_size), batch_end);
+  return seg;
 }
 
-// Preallocating in large steps makes ENOSPC show up here rather than mid-batch, and
-// keeps the bytes after the last record zero. It is a synchronous call on the loop
-// thread, but it runs once per prealloc step (4 MiB by default), not per batch.
-Status Wal::Impl::ensure_allocated(uint64_t end) {
-  if (end <= alloc_end || !fallocate_ok || options.prealloc_bytes == 0) return {};
-  uint64_t step = options.prealloc_bytes;
-  uint64_t grow = (end - alloc_end + step - 1) / step * step;
-  int rc = 0;
-  for (uint32_t i = 0; i < kEintrRetriesMax; ++i) {
-    rc = ::fallocate(fd, 0, static_cast<off_t>(alloc_end), static_cast<off_t>(grow));
-    if (rc == 0 || errno != EINTR) break;
+// After open the seal names the last record: every record replayed counts as
+// acknowledged from now on, so damage to it later is corruption, not a torn tail.
+Status Wal::Impl::open_seal(const WalScan& scan) {
+  seal_path = options.dir + "/" + kSealFileName;
+  uint64_t last = next_seq - 1;
+  bool fresh = !scan.seal_present;  // absent, or empty: a first open that died early
+  auto fd = fs.open(seal_path, O_RDWR | (fresh ? O_CREAT : 0));
+  if (!fd) return std::unexpected(fd.error());
+  seal_fd = std::move(*fd);
+  seal_written_seq = seal_synced_seq = last;
+  if (!fresh && scan.stats.sealed_seq == last) return {};
+  auto seal = wal_detail::encode_seal(last);
+  if (auto st = fs.write_at(seal_fd.get(), {seal.data(), seal.size()}, 0, seal_path); !st)
+    return st;
+  if (auto st = fs.sync(seal_fd.get(), seal_path); !st) return st;
+  ++stats.fdatasyncs;
+  // A new seal is durable before any segment can exist without it.
+  return fresh ? fs.sync_dir(options.dir) : Status{};
+}
+
+Status Wal::Impl::drop_leftovers(const WalScan& scan) {
+  if (scan.leftovers.empty()) return {};
+  // Newest first: whatever a crash leaves, the segments form a run without holes.
+  for (auto it = scan.leftovers.rbegin(); it != scan.leftovers.rend(); ++it) {
+    if (auto st = fs.remove(scan.dir.segments[*it].path); !st) return st;
   }
-  if (rc != 0 && errno == EOPNOTSUPP) {
-    fallocate_ok = false;  // e.g. some FUSE file systems: writes extend the file instead
+  return fs.sync_dir(options.dir);
+}
+
+// --- reserve -------------------------------------------------------------------------------
+
+Status Wal::Impl::check_accept(size_t payload_bytes) const {
+  if (failure) return std::unexpected(*failure);
+  if (payload_bytes == 0) return fail(Errc::kInvalidArgument, "wal record is empty");
+  if (payload_bytes > kRecordBytesMax) {
+    return fail(Errc::kInvalidArgument,
+                "wal record of " + std::to_string(payload_bytes) + " bytes over the maximum");
+  }
+  if (pending_bytes + kRecordHeaderBytes + payload_bytes > options.pending_bytes_max) {
+    return fail(Errc::kResourceExhausted, "wal pending queue full (" +
+                                              std::to_string(pending_bytes) +
+                                              " bytes accepted, not yet durable)");
+  }
+  return {};
+}
+
+Status Wal::Impl::make_room(uint64_t worst) {
+  OpenSegment& seg = current();
+  bool has_records = seg.first_seq < next_seq;
+  // A record larger than a segment still goes into one of its own.
+  if (has_records && seg.reserved_end() + worst > options.segment_bytes) return roll(worst);
+  return ensure_allocated(seg, seg.reserved_end() + worst);
+}
+
+Status Wal::Impl::roll(uint64_t worst) {
+  auto seg = create_segment(next_seq, worst);
+  if (!seg) return std::unexpected(seg.error());
+  on_disk.push_back({next_seq, wal_detail::segment_name(next_seq), (*seg)->path});
+  // The old segment stays open until its last batch is durable (start_next retires it).
+  segments.push_back(std::move(*seg));
+  return {};
+}
+
+Result<std::unique_ptr<OpenSegment>> Wal::Impl::create_segment(uint64_t first_seq, uint64_t worst) {
+  auto seg = std::make_unique<OpenSegment>();
+  seg->first_seq = first_seq;
+  seg->path = options.dir + "/" + wal_detail::segment_name(first_seq);
+  // O_TRUNC: a file of this name can only be what a failed roll here left behind.
+  auto fd = fs.open(seg->path, O_RDWR | O_CREAT | O_TRUNC);
+  if (!fd) return std::unexpected(fd.error());
+  seg->fd = std::move(*fd);
+  seg->batch_end = seg->alloc_end = kSegmentHeaderBytes;
+  if (auto st = init_segment(*seg, worst); !st) {
+    seg->fd.reset();
+    // Best effort: a segment without a batch that is left behind is dropped at the next
+    // open, and the next roll truncates it.
+    [[maybe_unused]] auto removed = fs.remove(seg->path);
+    return std::unexpected(st.error());
+  }
+  ++stats.segments_created;
+  return seg;
+}
+
+Status Wal::Impl::init_segment(OpenSegment& seg, uint64_t worst) {
+  std::string header = wal_detail::encode_segment_header(seg.first_seq);
+  if (auto st = fs.write_at(seg.fd.get(), header, 0, seg.path); !st) return st;
+  // Header and name durable before any batch goes in: a crash must never leave batches in
+  // a segment that could vanish or lose its header.
+  if (auto st = fs.sync(seg.fd.get(), seg.path); !st) return st;
+  ++stats.fdatasyncs;
+  if (auto st = fs.sync_dir(options.dir); !st) return st;
+  return ensure_allocated(seg, kSegmentHeaderBytes + worst);
+}
+
+// Preallocating in prealloc_bytes steps makes ENOSPC show up here, when a record is
+// accepted, rather than in the middle of a batch. It is a synchronous call on the loop
+// thread, but once per step (4 MiB by default), not per record.
+Status Wal::Impl::ensure_allocated(OpenSegment& seg, uint64_t end) {
+  if (!prealloc_supported || end <= seg.alloc_end) return {};
+  uint64_t step = std::max<uint64_t>(options.prealloc_bytes, 1);
+  uint64_t stepped = seg.alloc_end + (end - seg.alloc_end + step - 1) / step * step;
+  uint64_t target = std::max(end, std::min(stepped, options.segment_bytes));
+  Status st = fs.allocate(seg.fd.get(), seg.alloc_end, target - seg.alloc_end, seg.path);
+  if (!st && st.error().sys_errno == ENOSPC && target > end) {
+    target = end;  // a nearly full disk may still hold this record
+    st = fs.allocate(seg.fd.get(), seg.alloc_end, target - seg.alloc_end, seg.path);
+  }
+  if (!st && st.error().sys_errno == EOPNOTSUPP) {
+    // The file system cannot preallocate (some FUSE and network ones): writes extend the
+    // file, and a full disk then shows up as a failed write.
+    prealloc_supported = false;
     return {};
   }
-  if (rc != 0) return fail_errno(errno, "fallocate " + path);
-  alloc_end += grow;
+  if (!st) return st;
+  seg.alloc_end = target;
   return {};
 }
 
+void Wal::Impl::accept(std::string_view payload, DurableCallback on_durable) {
+  OpenSegment& seg = current();
+  PendingRecord rec{next_seq++, &seg, {}, std::move(on_durable)};
+  rec.framed.reserve(kRecordHeaderBytes + payload.size());
+  wal_detail::append_record(rec.framed, payload);
+  seg.queued_worst_bytes += kBatchHeaderBytes + rec.framed.size();
+  pending_bytes += rec.framed.size();
+  queued.push_back(std::move(rec));
+}
+
+// --- the pipeline --------------------------------------------------------------------------
+
 void Wal::Impl::kick() {
-  if (stage == Stage::kIdle) start_flush();
-  if (stage == Stage::kSyncStalled) submit_sync();
+  if (stalled) return submit();
+  if (stage == Stage::kIdle) start_next();
 }
 
-void Wal::Impl::start_flush() {
-  CARDNODE_CHECK(stage == Stage::kIdle && batch.empty());
-  if (pending.empty()) return;
-  uint64_t first_bytes = pending.front().encoded.size();
-  if (offset > 0 && offset + first_bytes > options.segment_bytes) {
-    if (auto st = create_segment(pending.front().seq); !st) return fail_wal(st.error());
+// The oldest open segment is finished when appends go elsewhere and none of its records
+// is still queued (the pipeline is idle, so none is in flight either).
+bool Wal::Impl::retire_ready() const {
+  if (segments.size() < 2) return false;
+  return queued.empty() || queued.front().segment != segments.front().get();
+}
+
+void Wal::Impl::start_next() {
+  CARDNODE_CHECK(stage == Stage::kIdle && batch.empty() && !stalled);
+  // Each pass closes one finished segment, or returns.
+  while (retire_ready()) {
+    if (seal_synced_seq != seal_written_seq) {
+      stage = Stage::kRetiring;
+      return submit();
+    }
+    segments.pop_front();  // closes its fd
   }
-  uint64_t room = options.segment_bytes > offset ? options.segment_bytes - offset : 0;
-  uint64_t limit = std::min(room, kBatchBytesMax);
-  batch_bytes.clear();
-  // At least one record per batch, so a record larger than a segment still goes out.
-  while (!pending.empty()) {
-    uint64_t bytes = pending.front().encoded.size();
-    if (!batch.empty() && batch_bytes.size() + bytes > limit) break;
-    batch_bytes += pending.front().encoded;
-    pending_bytes -= bytes;
-    batch.push_back(std::move(pending.front()));
-    pending.pop_front();
-  }
-  if (auto st = ensure_allocated(offset + batch_bytes.size()); !st) return fail_wal(st.error());
+  if (queued.empty()) return;
+  form_batch();
   stage = Stage::kWriting;
-  auto st = engine.write(fd, batch_bytes.data(), static_cast<uint32_t>(batch_bytes.size()), offset,
-                         [this](Result<uint32_t> r) { on_written(std::move(r)); });
+  submit();
+}
+
+void Wal::Impl::form_batch() {
+  OpenSegment& seg = *queued.front().segment;
+  batch_bytes.assign(kBatchHeaderBytes, '\0');
+  // A batch never spans segments and holds at most kBatchBytesMax of records (one at least).
+  while (!queued.empty() && queued.front().segment == &seg) {
+    PendingRecord& rec = queued.front();
+    uint64_t body = batch_bytes.size() - kBatchHeaderBytes;
+    if (!batch.empty() && body + rec.framed.size() > kBatchBytesMax) break;
+    batch_bytes += rec.framed;
+    seg.queued_worst_bytes -= kBatchHeaderBytes + rec.framed.size();
+    batch.push_back(std::move(rec));
+    queued.pop_front();
+  }
+  auto body_bytes = static_cast<uint32_t>(batch_bytes.size() - kBatchHeaderBytes);
+  auto header = wal_detail::encode_batch_header(static_cast<uint32_t>(batch.size()),
+                                                batch.front().seq, body_bytes);
+  std::copy(header.begin(), header.end(), batch_bytes.begin());
+  batch_segment = &seg;
+  batch_offset = seg.batch_end;
+  seg.batch_end += batch_bytes.size();
+  // reserve() preallocated for every accepted record, each with a batch header.
+  CARDNODE_CHECK(!prealloc_supported || seg.batch_end <= seg.alloc_end);
+  ++stats.batches;
+  stats.records_appended += batch.size();
+  stats.bytes_appended += batch_bytes.size();
+}
+
+void Wal::Impl::submit() {
+  stalled = false;
+  Status st = submit_stage();
   if (st) return;
-  stage = Stage::kIdle;
-  // A full engine queue is load, not damage: the batch waits for the next kick().
-  if (st.error().code == Errc::kResourceExhausted) return unbatch();
-  fail_wal(st.error());
-}
-
-void Wal::Impl::unbatch() {
-  while (!batch.empty()) {
-    pending_bytes += batch.back().encoded.size();
-    pending.push_front(std::move(batch.back()));
-    batch.pop_back();
-  }
-  batch_bytes.clear();
-}
-
-void Wal::Impl::on_written(Result<uint32_t> r) {
-  if (!r) return fail_wal(r.error());
-  if (*r != batch_bytes.size()) {
-    return fail_wal(Error{Errc::kIo, "write " + path + ": short write", 0});
-  }
-  offset += *r;
-  if (CARDNODE_FAULT_POINT("wal.after_write_before_fsync")) {
-    return fail_wal(Error{Errc::kIo, "fault point wal.after_write_before_fsync", EIO});
-  }
-  submit_sync();
-}
-
-void Wal::Impl::submit_sync() {
-  stage = Stage::kSyncing;
-  auto st = engine.fdatasync(fd, [this](Result<uint32_t> r) { on_synced(std::move(r)); });
-  if (st) return;
+  // A full engine queue is load, not damage: the op waits for the next kick().
   if (st.error().code == Errc::kResourceExhausted) {
-    stage = Stage::kSyncStalled;
+    stalled = true;
     return;
   }
   fail_wal(st.error());
 }
 
-void Wal::Impl::on_synced(Result<uint32_t> r) {
+Status Wal::Impl::submit_stage() {
+  switch (stage) {
+    case Stage::kWriting:
+      return engine.write(batch_segment->fd.get(), batch_bytes.data(),
+                          static_cast<uint32_t>(batch_bytes.size()), batch_offset,
+                          [this](Result<uint32_t> r) { on_batch_written(std::move(r)); });
+    case Stage::kSyncing:
+      return engine.fdatasync(batch_segment->fd.get(),
+                              [this](Result<uint32_t> r) { on_batch_synced(std::move(r)); });
+    case Stage::kSealing:
+      return engine.write(seal_fd.get(), seal_buf.data(), kSealBytes, 0,
+                          [this](Result<uint32_t> r) { on_sealed(std::move(r)); });
+    case Stage::kRetiring:
+    case Stage::kSealSyncing:
+      return engine.fdatasync(seal_fd.get(), [this, seq = seal_written_seq](Result<uint32_t> r) {
+        on_seal_synced(seq, std::move(r));
+      });
+    case Stage::kIdle:
+    case Stage::kAcking:
+    case Stage::kFailed: break;
+  }
+  CARDNODE_CHECK(!"no I/O belongs to this stage");
+  return {};
+}
+
+void Wal::Impl::on_batch_written(Result<uint32_t> r) {
+  if (!r) return fail_wal(r.error());
+  if (*r != batch_bytes.size()) {
+    return fail_wal(Error{Errc::kIo, "write " + batch_segment->path + ": short write", EIO});
+  }
+  if (CARDNODE_FAULT_POINT("wal.after_write_before_fsync")) {
+    return fail_wal(Error{Errc::kIo, "fault point wal.after_write_before_fsync", EIO});
+  }
+  stage = Stage::kSyncing;
+  submit();
+}
+
+void Wal::Impl::on_batch_synced(Result<uint32_t> r) {
   // Never retried: after a failed fdatasync the kernel may have dropped the dirty pages
   // and a second fdatasync would report success for data that is gone.
   if (!r) return fail_wal(r.error());
+  ++stats.fdatasyncs;
+  seal_buf = wal_detail::encode_seal(batch.back().seq);
+  stage = Stage::kSealing;
+  submit();
+}
+
+// The seal is not fdatasynced per batch (drain() and a segment's retirement do that):
+// after a power loss it may name an older record, never one that is not durable, since it
+// is written only after the batch's fdatasync completed.
+void Wal::Impl::on_sealed(Result<uint32_t> r) {
+  if (!r) return fail_wal(r.error());
+  if (*r != kSealBytes)
+    return fail_wal(Error{Errc::kIo, "write " + seal_path + ": short write", EIO});
+  seal_written_seq = durable_seq = batch.back().seq;
   stage = Stage::kAcking;
   std::deque<PendingRecord> done;
   done.swap(batch);
   batch_bytes.clear();
+  batch_segment = nullptr;
+  for (const PendingRecord& rec : done) pending_bytes -= rec.framed.size();
   // Appends made by these callbacks only queue (stage is kAcking); they go out next.
   for (PendingRecord& rec : done) rec.on_durable({});
   stage = Stage::kIdle;
-  start_flush();
+  start_next();
+}
+
+void Wal::Impl::on_seal_synced(uint64_t seq, Result<uint32_t> r) {
+  if (!r) return fail_wal(r.error());  // not retried either
+  ++stats.fdatasyncs;
+  seal_synced_seq = std::max(seal_synced_seq, seq);
+  if (stage == Stage::kRetiring) segments.pop_front();
+  stage = Stage::kIdle;
+  start_next();
 }
 
 void Wal::Impl::fail_wal(Error error) {
   failure = error;
   stage = Stage::kFailed;
+  stalled = false;
+  reserved_payload_bytes.reset();
   std::deque<PendingRecord> doomed;
   doomed.swap(batch);
-  for (PendingRecord& rec : pending) doomed.push_back(std::move(rec));
-  pending.clear();
+  for (PendingRecord& rec : queued) doomed.push_back(std::move(rec));
+  queued.clear();
   pending_bytes = 0;
   batch_bytes.clear();
   for (PendingRecord& rec : doomed) rec.on_durable(std::unexpected(error));
 }
 
-Result<std::unique_ptr<Wal>> Wal::open(IoEngine& engine, WalOptions options,
-                                       const ReplayFn& on_record, ReplayStats* stats) {
-  if (options.dir.empty()) return fail(Errc::kInvalidArgument, "wal dir is empty");
-  if (options.segment_bytes <= kWalHeaderBytes) {
-    return fail(Errc::kInvalidArgument, "wal segment_bytes too small");
+bool Wal::Impl::busy() const {
+  if (failure) return false;
+  return stage != Stage::kIdle || !queued.empty() || retire_ready();
+}
+
+void Wal::Impl::wait_idle() {
+  // Each pass completes at least one engine operation, or ends the loop.
+  while (busy()) {
+    kick();
+    if (!busy()) break;
+    CARDNODE_CHECK(engine.in_flight() > 0);  // else nothing could ever finish the work
+    engine.wait();
   }
-  if (auto st = make_dirs(options.dir); !st) return std::unexpected(st.error());
-  auto scan = scan_dir(options.dir, &on_record, stats);
-  if (!scan) return std::unexpected(scan.error());
+}
+
+// --- Wal -----------------------------------------------------------------------------------
+
+Result<std::unique_ptr<Wal>> Wal::open(IoEngine& engine, WalOptions options, uint64_t after_seq,
+                                       const ReplayFn& on_record, ReplayStats* stats) {
+  if (auto st = check_options(options); !st) return std::unexpected(st.error());
   auto impl = std::make_unique<Impl>(engine, std::move(options));
-  if (auto st = impl->open_dir(*scan); !st) return std::unexpected(st.error());
+  if (auto st = impl->make_dir(); !st) return std::unexpected(st.error());
+  auto scan = wal_detail::scan_wal(impl->options.dir, after_seq, &on_record);
+  if (!scan) return std::unexpected(scan.error());
+  if (const auto& problem = scan->first_problem()) return fail(Errc::kCorruption, problem->message);
+  if (auto st = impl->finish_open(*scan); !st) return std::unexpected(st.error());
+  if (stats != nullptr) *stats = scan->stats;
   return std::unique_ptr<Wal>(new Wal(std::move(impl)));
 }
 
@@ -501,20 +550,25 @@ Wal::~Wal() {
   drain();
 }
 
+Status Wal::reserve(size_t payload_bytes) {
+  Impl& w = *impl_;
+  w.reserved_payload_bytes.reset();
+  if (auto st = w.check_accept(payload_bytes); !st) return st;
+  if (auto st = w.make_room(worst_bytes(payload_bytes)); !st) return st;
+  w.reserved_payload_bytes = payload_bytes;
+  return {};
+}
+
 Status Wal::append(std::string_view payload, DurableCallback on_durable) {
   Impl& w = *impl_;
   if (w.failure) return std::unexpected(*w.failure);
-  if (payload.empty()) return fail(Errc::kInvalidArgument, "wal record is empty");
-  if (payload.size() > kRecordBytesMax) {
-    return fail(Errc::kInvalidArgument,
-                "wal record of " + std::to_string(payload.size()) + " bytes over the maximum");
+  bool covered =
+      w.reserved_payload_bytes && !payload.empty() && payload.size() <= *w.reserved_payload_bytes;
+  if (!covered) {
+    if (auto st = reserve(payload.size()); !st) return st;
   }
-  uint64_t bytes = kWalHeaderBytes + static_cast<uint64_t>(payload.size());
-  if (w.pending_bytes + bytes > w.options.pending_bytes_max) {
-    return fail(Errc::kResourceExhausted, "wal pending queue full");
-  }
-  w.pending.push_back(PendingRecord{w.next_seq++, encode_record(payload), std::move(on_durable)});
-  w.pending_bytes += bytes;
+  w.reserved_payload_bytes.reset();
+  w.accept(payload, std::move(on_durable));
   w.kick();
   return {};
 }
@@ -523,30 +577,64 @@ uint64_t Wal::next_sequence() const {
   return impl_->next_seq;
 }
 
+uint64_t Wal::durable_sequence() const {
+  return impl_->durable_seq;
+}
+
 uint64_t Wal::pending_records() const {
-  return impl_->pending.size() + impl_->batch.size();
+  return impl_->queued.size() + impl_->batch.size();
 }
 
 bool Wal::failed() const {
   return impl_->failure.has_value();
 }
 
-void Wal::drain() {
-  Impl& w = *impl_;
-  // Each pass completes at least one engine operation or ends the loop.
-  while (pending_records() > 0 && !w.failure) {
-    w.kick();
-    if (pending_records() == 0 || w.failure) break;
-    CARDNODE_CHECK(w.engine.in_flight() > 0);  // else nothing could ever finish the batch
-    w.engine.wait();
-  }
+const WalStats& Wal::stats() const {
+  return impl_->stats;
 }
 
-Result<ReplayStats> check_wal(const std::string& dir) {
-  ReplayStats stats;
-  auto scan = scan_dir(dir, nullptr, &stats);
+void Wal::drain() {
+  Impl& w = *impl_;
+  CARDNODE_CHECK(w.stage != Stage::kAcking);  // not from inside a DurableCallback
+  w.wait_idle();
+  if (w.failure || w.seal_synced_seq == w.seal_written_seq) return;
+  w.stage = Stage::kSealSyncing;
+  w.submit();
+  w.wait_idle();
+}
+
+Result<uint32_t> Wal::remove_segments_through(uint64_t seq) {
+  Impl& w = *impl_;
+  if (w.failure) return std::unexpected(*w.failure);
+  if (seq > w.durable_seq) {
+    return fail(Errc::kInvalidArgument, "remove wal segments through " + std::to_string(seq) +
+                                            ": only " + std::to_string(w.durable_seq) +
+                                            " is durable");
+  }
+  uint32_t removed = 0;
+  Status st;
+  // Oldest first, so a crash leaves a run of segments without holes; never the last one,
+  // which takes appends. A segment ends where the next one begins.
+  while (w.on_disk.size() > 1 && w.on_disk[1].first_seq - 1 <= seq) {
+    st = w.fs.remove(w.on_disk.front().path);
+    if (!st) break;
+    w.on_disk.pop_front();
+    ++removed;
+  }
+  if (removed > 0) {
+    auto synced = w.fs.sync_dir(w.options.dir);
+    if (st) st = synced;
+  }
+  w.stats.segments_removed += removed;
+  if (!st) return std::unexpected(st.error());
+  return removed;
+}
+
+Result<ReplayStats> check_wal(const std::string& dir, uint64_t after_seq) {
+  auto scan = wal_detail::scan_wal(dir, after_seq, nullptr);
   if (!scan) return std::unexpected(scan.error());
-  return stats;
+  if (const auto& problem = scan->first_problem()) return fail(Errc::kCorruption, problem->message);
+  return scan->stats;
 }
 
 }  // namespace cardnode::storage

@@ -41,11 +41,14 @@ struct WalOptions {
 struct ReplayStats {
   uint64_t records = 0;   // delivered to on_record (seq > after_seq)
   uint64_t skipped = 0;   // read but covered by the snapshot (seq <= after_seq)
-  uint64_t segments = 0;  // segments read
+  uint64_t segments = 0;  // segments of the log read (not counting dropped ones)
   uint64_t last_seq = 0;  // last record in the log (0: none)
   uint64_t sealed_seq = 0;
   uint64_t torn_tail_bytes = 0;  // the unacknowledged last write, dropped at open
   std::string torn_tail_at;      // "FILE at offset N" when torn_tail_bytes > 0
+  // Segments after the end of the log holding no batch (a roll a crash cut short, or one
+  // whose record was never written), removed at open.
+  uint64_t segments_dropped = 0;
 };
 
 struct WalStats {
@@ -68,6 +71,8 @@ class Wal {
   // may be gone). Corruption (wal_format.h) fails the open with kCorruption naming the file
   // and offset. A torn tail is zeroed and the intact end sealed, both fdatasynced, before
   // appends continue after the last record. Plain blocking reads: runs before the loop.
+  // Records are delivered as their batch checks out, so a failed open may already have
+  // delivered some: the caller discards what it built. An empty `dir` starts at after_seq+1.
   [[nodiscard]] static Result<std::unique_ptr<Wal>> open(IoEngine& engine, WalOptions options,
                                                          uint64_t after_seq,
                                                          const ReplayFn& on_record,
@@ -82,7 +87,9 @@ class Wal {
   // preallocates disk space, rolling to a new segment when the current one is full (a
   // blocking create + fdatasync + directory fsync, once per segment). Refuses as described
   // above; nothing is queued either way. After it succeeds, an append() of at most that
-  // many bytes, before any other reserve() or append(), cannot be refused.
+  // many bytes, before any other reserve() or append(), cannot be refused (it still fails
+  // if the WAL failed in between). Any error of a roll is a refusal: the half-made segment
+  // is removed and nothing acknowledged depends on it.
   [[nodiscard]] Status reserve(size_t payload_bytes);
   // Queues one record (reserving first if reserve() was not called for it). On success
   // on_durable runs exactly once, later, from IoEngine::reap() or wait(); on a refusal it
@@ -101,6 +108,7 @@ class Wal {
 
   // Removes every segment all of whose records are <= seq (a snapshot covers them),
   // never the segment appends go to, then fsyncs the directory. Returns how many went.
+  // seq above durable_sequence() is kInvalidArgument (a snapshot covers durable records).
   [[nodiscard]] Result<uint32_t> remove_segments_through(uint64_t seq);
 
  private:
@@ -128,6 +136,12 @@ struct SalvageReport {
 // intact records and sealing the new end), and moves everything after it into aside_dir —
 // the damaged segment's tail as "<segment>.tail", later segments whole — never deleting a
 // byte. A WAL without corruption is left alone (a torn tail is not corruption).
+// The whole log is checked, from its first segment (no snapshot is assumed). aside_dir is
+// created if needed and must be on the same file system (files are renamed into it); a
+// file already there is never replaced (kInvalidArgument: choose a fresh aside_dir). The
+// .tail holds the bytes from the damaged batch's start to the segment's last nonzero byte
+// (the rest is preallocated zeros); a damaged seal is moved aside as "seal", and *.wal
+// names that are not segments are moved aside whole.
 [[nodiscard]] Result<SalvageReport> salvage_wal(const std::string& dir,
                                                 const std::string& aside_dir, Fs& fs = Fs::real());
 

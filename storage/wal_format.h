@@ -1,7 +1,8 @@
 // WAL on-disk format, version 2. DATA_DIR/wal/ holds segments named by the sequence
 // number of their first record, 20 decimal digits (00000000000000000001.wal), and one
-// small file, `seal`, naming the last record ever acknowledged. Integers are little-endian;
-// crc32 is zlib's.
+// small file, `seal`, naming the last record ever acknowledged. Any other *.wal name is
+// corruption; names not ending in .wal are not the log's and are left alone. Integers are
+// little-endian; crc32 is zlib's.
 //
 //   segment := segment_header | batch* | zeros          (preallocated: the rest reads as 0)
 //   segment_header (32) := "CNODEWAL" | version u32 = 2 | 0 u32 | first_seq u64 | 0 u32
@@ -20,9 +21,12 @@
 //   - One batch write + fdatasync in flight at a time; batch k+1 is written only after
 //     batch k's fdatasync completed. A batch is at most kBatchBytesMax bytes of records.
 //   - After batch k's fdatasync, `seal` is overwritten with k's last sequence number, and
-//     only then are k's records acknowledged. The seal is not fdatasynced on its own (the
-//     next batch's and drain()'s fdatasync cover it): after a power loss it may be older
-//     than the last acknowledgement, never newer than what is durable.
+//     only then are k's records acknowledged. The seal is fdatasynced only by drain() and
+//     when a segment is finished (before its fd closes), not per batch: after a power loss
+//     it may be older than the last acknowledgement, never newer than what is durable.
+//   - `seal` is created, written and fsynced with its directory before the first segment;
+//     an empty one (a first open that died there) counts as absent, a missing one while
+//     segments exist is corruption. open() leaves it naming the last record replayed.
 //   - A segment is created, its header written and fdatasynced and the directory fsynced,
 //     before any batch goes into it. Its blocks are preallocated, so unwritten bytes are 0.
 //
@@ -32,17 +36,21 @@
 // the expected first_seq nor the start of all-zero bytes to the end of the file. The
 // bytes from D on are a TORN TAIL, dropped (zeroed) at the next open, when all hold:
 //   (a) D is in the last segment holding any batch (later segments, if any, hold only a
-//       header, or a torn header and zeros, from a roll that never got a batch);
+//       header, or a torn header and zeros, from a roll that never got a batch; open()
+//       removes them);
 //   (b) the first record lost at D comes after the seal: expected_seq > sealed_seq;
 //   (c) no batch header with a first_seq above expected_seq, and whose first record checks
 //       out, begins anywhere after D in the segment (a later batch is proof that the one at
-//       D was fdatasynced);
+//       D was fdatasynced) — searched from E when the header at D is intact, since the
+//       bytes before E are that batch's payload, which a client may fill with look-alikes;
 //   (d) every byte from E on is 0, where E = D + kBatchHeaderBytes + body_bytes when the
 //       batch header at D is intact, else D + kBatchHeaderBytes + kBatchBytesMax.
 // Anything else is CORRUPTION: damage in an older segment, in an acknowledged (sealed)
 // batch, before intact later batches, a first_seq that breaks the sequence (a gap or an
-// overlap), a missing segment, or a log that ends before the seal (the newest segment
-// lost or truncated). Corruption stops the server with one line naming the file and
+// overlap: an intact batch header at D that is out of sequence or out of range is never
+// torn, whatever (a)-(d) say, since a crash cannot write a whole header wrong), a missing
+// segment, a damaged or missing seal, or a log that ends before the seal (the newest
+// segment lost or truncated). Corruption stops the server with one line naming the file and
 // offset; `cardnode fsck` reports it and exits 1; `cardnode fsck --salvage` keeps every
 // record before it and moves the rest aside.
 #pragma once

@@ -4,9 +4,9 @@
 // drop, roll leftovers to remove, or the first corruption — without changing anything.
 // The encoders for what the writer puts on disk live here too, next to their parsers.
 //
-// Memory: a segment is read through a window of at most kBatchHeaderBytes +
-// kBatchBytesMax + kReadChunkBytes bytes, never whole (segments are 64 MiB by default and
-// the boards have little RAM).
+// Memory: a segment is read through a window of at most one batch (kBatchHeaderBytes +
+// kBatchBytesMax bytes), never whole: segments are 64 MiB by default and the boards have
+// little RAM.
 //
 // Threading: none; plain blocking reads (storage/posix.h).
 #pragma once

@@ -336,9 +336,10 @@ int cmd_fsck(const std::string& data_dir) {
               static_cast<unsigned long long>(r->wal.records),
               static_cast<unsigned long long>(r->wal.segments));
   if (r->wal.torn_tail_bytes > 0) {
-    std::printf("  torn tail: %llu bytes at %s (the last write, never acknowledged; the next "
-                "start drops it)\n",
-                static_cast<unsigned long long>(r->wal.torn_tail_bytes), r->wal.torn_tail_at.c_str());
+    std::printf(
+        "  torn tail: %llu bytes at %s (the last write, never acknowledged; the next "
+        "start drops it)\n",
+        static_cast<unsigned long long>(r->wal.torn_tail_bytes), r->wal.torn_tail_at.c_str());
   }
   return 0;
 }

@@ -56,7 +56,8 @@ Entry add_server(CLI::App& app, const ClientConfig& client) {
   sub->add_option("--metrics-listen", a->options.metrics_listen, "Prometheus /metrics address")
       ->capture_default_str();
   sub->add_flag("--no-exec", a->no_exec, "Coordinate only; run no tasks on this board");
-  sub->add_option("--log-dir", a->options.log_dir, "Task logs (default DATA_DIR/logs), e.g. on tmpfs");
+  sub->add_option("--log-dir", a->options.log_dir,
+                  "Task logs (default DATA_DIR/logs), e.g. on tmpfs");
   sub->add_option("--name", a->options.node_name, "This board's node name (default: hostname)");
   sub->add_option("--label", a->labels, "Node label K=V (repeatable)")
       ->expected(1)
@@ -258,8 +259,8 @@ int main(int argc, char** argv) {
                  "Data directory (server), or where a client finds addr and token");
 
   const std::vector<Entry> entries = {
-      add_server(app, client), add_run(app, client),    add_submit(app, client),
-      add_ps(app, client),     add_logs(app, client),   add_cancel(app, client),
+      add_server(app, client), add_run(app, client),  add_submit(app, client),
+      add_ps(app, client),     add_logs(app, client), add_cancel(app, client),
       add_nodes(app, client),  add_fsck(app, client),
   };
   if (auto bad = unknown_subcommand(app, argc, argv)) {

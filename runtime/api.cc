@@ -118,10 +118,9 @@ void ClientApi::on_read_log(const pb::ReadLog& m, net::Responder r) {
   const sched::Job* job = c_.state().cluster().job(m.job_id());
   if (job == nullptr) return r.reply(error_response(c_.missing_job(m.job_id())));
   if (m.index() >= job->tasks.size()) {
-    return r.reply(error_response({Errc::kNotFound,
-                                   "no task " + std::to_string(m.job_id()) + "." +
-                                       std::to_string(m.index()),
-                                   0}));
+    return r.reply(error_response(
+        {Errc::kNotFound, "no task " + std::to_string(m.job_id()) + "." + std::to_string(m.index()),
+         0}));
   }
   const sched::Task& task = job->tasks[m.index()];
   const bool final = sched::is_final(task.state);
@@ -133,9 +132,11 @@ void ClientApi::on_read_log(const pb::ReadLog& m, net::Responder r) {
       return resp;
     });
   }
-  storage::LogKey key{m.job_id(), m.index(),
-                      m.stream() == pb::STDERR ? storage::Stream::kStderr : storage::Stream::kStdout};
-  uint32_t max = m.max_bytes() == 0 ? kLogChunkBytesMax : std::min(m.max_bytes(), kLogChunkBytesMax);
+  storage::LogKey key{
+      m.job_id(), m.index(),
+      m.stream() == pb::STDERR ? storage::Stream::kStderr : storage::Stream::kStdout};
+  uint32_t max =
+      m.max_bytes() == 0 ? kLogChunkBytesMax : std::min(m.max_bytes(), kLogChunkBytesMax);
   // "final" is state: it goes out only once the record that made the task final is durable.
   logs_.read(key, m.offset(), max, [this, r, final, offset = m.offset()](Result<std::string> data) {
     if (!data && data.error().code != Errc::kNotFound) return r.reply(error_response(data.error()));

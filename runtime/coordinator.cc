@@ -66,8 +66,8 @@ Result<storage::RecoveryReport> Coordinator::recover() {
         // Live, this record applied before it was logged: a failure here is a bug or damage
         // the checksums missed, never a record to skip (guarantee 6).
         if (auto a = state_.apply(rec, seq); !a) {
-          return fail(Errc::kCorruption,
-                      "WAL record " + std::to_string(seq) + " does not apply: " + a.error().message);
+          return fail(Errc::kCorruption, "WAL record " + std::to_string(seq) +
+                                             " does not apply: " + a.error().message);
         }
         return {};
       });
@@ -292,9 +292,8 @@ void Coordinator::schedule() {
     s->set_node_id(p.node);
     s->set_attempt(p.attempt);
     s->set_started_ms(hooks_.now_ms());
-    auto seq = commit(rec, [this, t = p.task, attempt = p.attempt](const Applied&) {
-      dispatch(t, attempt);
-    });
+    auto seq = commit(
+        rec, [this, t = p.task, attempt = p.attempt](const Applied&) { dispatch(t, attempt); });
     if (!seq) return;  // the store is full: placements wait for the next turn
   }
   if (plan.size() == options_.placements_per_turn) hooks_.request_turn();
@@ -396,8 +395,7 @@ void Coordinator::retry_outcomes() {
 void Coordinator::prune_if_due() {
   const uint64_t now = hooks_.now_ms();
   const bool over_count = state_.finished_jobs() > options_.keep_finished;
-  const uint64_t interval =
-      std::clamp<uint64_t>(options_.keep_finished_for_ms / 10, 1'000, 60'000);
+  const uint64_t interval = std::clamp<uint64_t>(options_.keep_finished_for_ms / 10, 1'000, 60'000);
   if (now < last_prune_check_ms_) last_prune_check_ms_ = now;  // the clock went back
   const bool age_due = now - last_prune_check_ms_ >= interval;
   if (!over_count && !age_due) return;

@@ -51,7 +51,7 @@ struct CoordinatorOptions {
 };
 
 struct CoordinatorHooks {
-  std::function<uint64_t()> now_ms;  // wall clock, ms since the epoch (records carry it)
+  std::function<uint64_t()> now_ms;    // wall clock, ms since the epoch (records carry it)
   std::function<void()> request_turn;  // call turn() soon, from the loop
   // Durable: these jobs are gone (their task logs can go too).
   std::function<void(const std::vector<sched::JobId>&)> jobs_pruned;
@@ -62,8 +62,8 @@ struct CoordinatorHooks {
 };
 
 struct CoordinatorStats {
-  uint64_t records = 0;          // appended
-  uint64_t refused_busy = 0;     // the store's queue was full
+  uint64_t records = 0;       // appended
+  uint64_t refused_busy = 0;  // the store's queue was full
   uint64_t refused_no_space = 0;
   uint64_t outcomes_deferred = 0;  // task ends waiting for the store to take them
   uint64_t stale_reports = 0;      // ends of attempts the state no longer runs

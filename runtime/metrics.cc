@@ -60,8 +60,8 @@ Result<std::unique_ptr<Metrics>> Metrics::start(const std::string& listen) {
     // Only the end of an attempt counts; queued/running stay null.
     if (sched::is_final(st)) m->tasks_ended_[s] = &ended.Add({{"state", name}});
   }
-#define CARDNODE_COUNTER_REGISTER(field, name, label, value, help)                    \
-  m->field##_ = std::string_view(label).empty() ? counter(r, name, help)              \
+#define CARDNODE_COUNTER_REGISTER(field, name, label, value, help)       \
+  m->field##_ = std::string_view(label).empty() ? counter(r, name, help) \
                                                 : counter(r, name, help, {{label, value}});
   CARDNODE_COUNTERS(CARDNODE_COUNTER_REGISTER)
 #undef CARDNODE_COUNTER_REGISTER
@@ -118,7 +118,8 @@ void Metrics::refresh(const MetricSources& now) {
   CARDNODE_COUNTERS(CARDNODE_COUNTER_REFRESH)
 #undef CARDNODE_COUNTER_REFRESH
   for (size_t s = 0; s < sched::kTaskStateCount; ++s) {
-    if (tasks_ended_[s] != nullptr) add_delta(tasks_ended_[s], now.tasks_ended[s], last_.tasks_ended[s]);
+    if (tasks_ended_[s] != nullptr)
+      add_delta(tasks_ended_[s], now.tasks_ended[s], last_.tasks_ended[s]);
   }
   last_ = now;
 }

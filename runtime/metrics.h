@@ -23,29 +23,29 @@ namespace cardnode::runtime {
 // Every monotonic total /metrics shows, in one list: X(field, name, label, value, help).
 // The list declares MetricSources' fields, registers the counters and drives refresh(),
 // so a new counter is one line here and one assignment where the server fills it in.
-#define CARDNODE_COUNTERS(X)                                                                      \
-  X(jobs_submitted, "cardnode_jobs_submitted_total", "", "", "Jobs durably accepted")             \
-  X(jobs_pruned, "cardnode_jobs_pruned_total", "", "", "Finished jobs dropped by retention")       \
-  X(storage_bytes_written, "cardnode_storage_bytes_written_total", "", "",                        \
-    "Bytes written to storage (WAL, snapshots, task logs)")                                        \
-  X(storage_fsyncs, "cardnode_storage_fsyncs_total", "", "", "fdatasync calls")                   \
-  X(wal_records, "cardnode_wal_records_total", "", "", "Records appended to the WAL")             \
-  X(snapshots_written, "cardnode_snapshots_written_total", "", "", "Snapshots made durable")        \
-  X(snapshot_failures, "cardnode_snapshot_failures_total", "", "",                                \
-    "Snapshots abandoned (they are retried)")                                                     \
-  X(refused_busy, "cardnode_requests_refused_total", "reason", "busy",                            \
-    "Changes refused because the WAL could not take them (the client is told)")                   \
-  X(refused_no_space, "cardnode_requests_refused_total", "reason", "no_space",                    \
-    "Changes refused because the WAL could not take them (the client is told)")                   \
-  X(log_bytes_dropped, "cardnode_log_bytes_dropped_total", "", "",                                \
-    "Task output dropped over the per-task log bound")                                            \
-  X(net_accepted, "cardnode_net_connections_accepted_total", "", "", "TCP connections accepted")  \
-  X(net_rejected_auth, "cardnode_net_connections_rejected_total", "reason", "auth",               \
-    "Connections closed for bad input, by reason")                                                \
-  X(net_rejected_protocol, "cardnode_net_connections_rejected_total", "reason", "protocol",       \
-    "Connections closed for bad input, by reason")                                                \
-  X(net_rejected_limit, "cardnode_net_connections_rejected_total", "reason", "limit",             \
-    "Connections closed for bad input, by reason")                                                \
+#define CARDNODE_COUNTERS(X)                                                                     \
+  X(jobs_submitted, "cardnode_jobs_submitted_total", "", "", "Jobs durably accepted")            \
+  X(jobs_pruned, "cardnode_jobs_pruned_total", "", "", "Finished jobs dropped by retention")     \
+  X(storage_bytes_written, "cardnode_storage_bytes_written_total", "", "",                       \
+    "Bytes written to storage (WAL, snapshots, task logs)")                                      \
+  X(storage_fsyncs, "cardnode_storage_fsyncs_total", "", "", "fdatasync calls")                  \
+  X(wal_records, "cardnode_wal_records_total", "", "", "Records appended to the WAL")            \
+  X(snapshots_written, "cardnode_snapshots_written_total", "", "", "Snapshots made durable")     \
+  X(snapshot_failures, "cardnode_snapshot_failures_total", "", "",                               \
+    "Snapshots abandoned (they are retried)")                                                    \
+  X(refused_busy, "cardnode_requests_refused_total", "reason", "busy",                           \
+    "Changes refused because the WAL could not take them (the client is told)")                  \
+  X(refused_no_space, "cardnode_requests_refused_total", "reason", "no_space",                   \
+    "Changes refused because the WAL could not take them (the client is told)")                  \
+  X(log_bytes_dropped, "cardnode_log_bytes_dropped_total", "", "",                               \
+    "Task output dropped over the per-task log bound")                                           \
+  X(net_accepted, "cardnode_net_connections_accepted_total", "", "", "TCP connections accepted") \
+  X(net_rejected_auth, "cardnode_net_connections_rejected_total", "reason", "auth",              \
+    "Connections closed for bad input, by reason")                                               \
+  X(net_rejected_protocol, "cardnode_net_connections_rejected_total", "reason", "protocol",      \
+    "Connections closed for bad input, by reason")                                               \
+  X(net_rejected_limit, "cardnode_net_connections_rejected_total", "reason", "limit",            \
+    "Connections closed for bad input, by reason")                                               \
   X(net_requests, "cardnode_net_requests_total", "", "", "Client requests served")
 
 // Monotonic totals kept by other modules; refresh() adds the growth since last time.

@@ -130,7 +130,8 @@ void SnapshotBuilder::write_tasks(const sched::Job& job, uint32_t from, uint32_t
     slice->set_first_index(at);
     std::string* bytes = slice->mutable_tasks();
     bytes->resize(static_cast<size_t>(n) * kTaskImageBytes);
-    for (uint32_t i = 0; i < n; ++i) encode_task(job.tasks[at + i], bytes->data() + i * kTaskImageBytes);
+    for (uint32_t i = 0; i < n; ++i)
+      encode_task(job.tasks[at + i], bytes->data() + i * kTaskImageBytes);
     put(chunk);
     at += n;
   }
@@ -256,7 +257,8 @@ Status SnapshotLoader::feed_job(const pb::JobImage& image) {
 
 Status SnapshotLoader::feed_tasks(const pb::TaskSlice& slice) {
   auto it = partial_.find(slice.job_id());
-  if (it == partial_.end()) return corrupt("tasks of job " + std::to_string(slice.job_id()) + " before its image");
+  if (it == partial_.end())
+    return corrupt("tasks of job " + std::to_string(slice.job_id()) + " before its image");
   Partial& p = it->second;
   const std::string& bytes = slice.tasks();
   if (slice.first_index() != p.next_task || bytes.empty() || bytes.size() % kTaskImageBytes != 0) {
@@ -280,7 +282,8 @@ Status SnapshotLoader::feed_tasks(const pb::TaskSlice& slice) {
 Status SnapshotLoader::finish() {
   if (!have_meta_) return corrupt("empty");
   if (nodes_ != meta_.nodes()) return corrupt("fewer nodes than the meta says");
-  if (!partial_.empty() || jobs_done_ != meta_.jobs()) return corrupt("a job is incomplete or missing");
+  if (!partial_.empty() || jobs_done_ != meta_.jobs())
+    return corrupt("a job is incomplete or missing");
   return state_.finish_restore(meta_.covers_seq(), meta_.last_job_id(), meta_.jobs_submitted(),
                                meta_.jobs_pruned());
 }

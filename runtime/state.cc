@@ -285,7 +285,8 @@ Status State::restore_node(NodeImage image) {
     return fail(Errc::kCorruption, "snapshot: two live nodes share an identity");
   }
   auto ok = cluster_.restore_node(std::move(image.spec), image.removed);
-  if (!ok) return fail(Errc::kCorruption, std::string("snapshot: node: ") + sched_error_text(ok.error()));
+  if (!ok)
+    return fail(Errc::kCorruption, std::string("snapshot: node: ") + sched_error_text(ok.error()));
   if (!image.removed) {
     node_of_identity_[image.identity] = static_cast<sched::NodeId>(identities_.size());
   }
@@ -304,8 +305,8 @@ Status State::restore_job(sched::Job job, pb::JobSpec spec, bool cancelling) {
   return {};
 }
 
-Status State::finish_restore(uint64_t covers_seq, sched::JobId last_job_id,
-                             uint64_t jobs_submitted, uint64_t jobs_pruned) {
+Status State::finish_restore(uint64_t covers_seq, sched::JobId last_job_id, uint64_t jobs_submitted,
+                             uint64_t jobs_pruned) {
   auto ok = cluster_.finish_restore(last_job_id);
   if (!ok) return fail(Errc::kCorruption, std::string("snapshot: ") + sched_error_text(ok.error()));
   applied_seq_ = covers_seq;

@@ -118,8 +118,8 @@ class State {
   std::unordered_map<sched::JobId, pb::JobSpec> specs_;
   std::vector<std::string> identities_;  // by NodeId
   std::unordered_map<std::string, sched::NodeId> node_of_identity_;
-  std::set<sched::JobId> waiting_;                          // unfinished jobs with a dependency
-  std::set<std::pair<uint64_t, sched::JobId>> finished_;    // (finished_ms, id), for retention
+  std::set<sched::JobId> waiting_;                        // unfinished jobs with a dependency
+  std::set<std::pair<uint64_t, sched::JobId>> finished_;  // (finished_ms, id), for retention
   std::array<uint64_t, sched::kTaskStateCount> totals_{};
   uint64_t jobs_submitted_ = 0;
   uint64_t jobs_pruned_ = 0;

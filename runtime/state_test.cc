@@ -114,20 +114,20 @@ TEST(State, RefusedRecordsChangeNothing) {
   const std::vector<std::string> before = encode_snapshot(f.s);
   const uint64_t seq = f.s.applied_seq();
   std::vector<pb::WalRecord> refused = {
-      started(9, 0),                            // no such job
-      started(1, 0),                            // already running
-      started(1, 1, 1, /*node=*/7),             // no such node
-      finished(1, 1, pb::TASK_SUCCEEDED),       // not running
-      finished(1, 0, pb::TASK_QUEUED),          // not an end
-      submitted(1, 1),                          // id used
-      cancelled(9),                             // no such job
-      node_updated(0, "n1", "someone-else"),    // node 0 is another board
-      node_updated(5, "n5", "board-5"),         // ids are handed out in order
-      node_updated(1, "n1", "board-2"),         // the name is taken
-      node_removed(0),                          // a task runs there
-      pruned({1}),                              // job 1 is not finished
-      pruned({}),                               // prunes nothing
-      pb::WalRecord{},                          // no event
+      started(9, 0),                          // no such job
+      started(1, 0),                          // already running
+      started(1, 1, 1, /*node=*/7),           // no such node
+      finished(1, 1, pb::TASK_SUCCEEDED),     // not running
+      finished(1, 0, pb::TASK_QUEUED),        // not an end
+      submitted(1, 1),                        // id used
+      cancelled(9),                           // no such job
+      node_updated(0, "n1", "someone-else"),  // node 0 is another board
+      node_updated(5, "n5", "board-5"),       // ids are handed out in order
+      node_updated(1, "n1", "board-2"),       // the name is taken
+      node_removed(0),                        // a task runs there
+      pruned({1}),                            // job 1 is not finished
+      pruned({}),                             // prunes nothing
+      pb::WalRecord{},                        // no event
   };
   for (const auto& r : refused) {
     auto a = f.apply(r);

@@ -61,8 +61,8 @@ inline pb::WalRecord cancelled(uint64_t job) {
   return r;
 }
 
-inline pb::WalRecord node_updated(uint32_t id, const std::string& name,
-                                  const std::string& identity, uint32_t cpu_millis = 4000) {
+inline pb::WalRecord node_updated(uint32_t id, const std::string& name, const std::string& identity,
+                                  uint32_t cpu_millis = 4000) {
   pb::WalRecord r;
   auto* n = r.mutable_node_updated();
   n->set_node_id(id);
@@ -157,10 +157,9 @@ class HistoryGen {
     }
     if (running.empty()) return submit(c, now_ms);
     auto t = running[size_t(pick(0, int(running.size()) - 1))];
-    static constexpr pb::TaskState kEnds[] = {pb::TASK_SUCCEEDED, pb::TASK_SUCCEEDED,
-                                              pb::TASK_FAILED,    pb::TASK_TIMED_OUT,
-                                              pb::TASK_OOM_KILLED, pb::TASK_CANCELLED,
-                                              pb::TASK_LOST};
+    static constexpr pb::TaskState kEnds[] = {
+        pb::TASK_SUCCEEDED,  pb::TASK_SUCCEEDED, pb::TASK_FAILED, pb::TASK_TIMED_OUT,
+        pb::TASK_OOM_KILLED, pb::TASK_CANCELLED, pb::TASK_LOST};
     return finished(t.job, t.index, kEnds[pick(0, 6)], pick(0, 3), now_ms);
   }
 
@@ -187,7 +186,7 @@ class HistoryGen {
       case 0: return started(c.last_job_id() + 5, 0);
       case 1: return finished(1, 99, pb::TASK_SUCCEEDED);
       case 2: return submitted(c.last_job_id(), 1);  // an id already used
-      case 3:  // an id that is neither known nor the next one
+      case 3:                                        // an id that is neither known nor the next one
         return node_updated(static_cast<uint32_t>(c.nodes().size()) + 3, "imposter", "x");
       default: return pb::WalRecord{};
     }

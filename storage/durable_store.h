@@ -40,7 +40,7 @@ class SnapshotSink {
 };
 
 struct RecoveryReport {
-  uint64_t snapshot_seq = 0;        // 0: no snapshot
+  uint64_t snapshot_seq = 0;  // 0: no snapshot
   std::string snapshot_path;
   uint64_t snapshot_bytes = 0;
   std::vector<std::string> snapshots_skipped;  // damaged ones, newest first, with why

@@ -63,10 +63,10 @@ class LocalStore final : public DurableStore {
   LocalStoreOptions options_;
   Fs& fs_;
   std::unique_ptr<Wal> wal_;
-  uint64_t snapshot_seq_ = 0;       // newest installed snapshot (0: none)
+  uint64_t snapshot_seq_ = 0;  // newest installed snapshot (0: none)
   uint64_t snapshot_bytes_ = 0;
-  uint64_t replayed_bytes_ = 0;     // record bytes after the snapshot, read at recovery
-  uint64_t wal_bytes_at_cut_ = 0;   // wal stats().bytes_appended when that snapshot was cut
+  uint64_t replayed_bytes_ = 0;    // record bytes after the snapshot, read at recovery
+  uint64_t wal_bytes_at_cut_ = 0;  // wal stats().bytes_appended when that snapshot was cut
   bool snapshot_in_progress_ = false;
   LocalStoreStats stats_;
 };

@@ -6,7 +6,6 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -19,6 +18,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -58,7 +58,7 @@ inline bool eventually(Pred pred, std::chrono::milliseconds limit = 10s) {
 // Runs the binary with args; captures stdout and stderr through files (no pipe
 // deadlocks for large output). Bounded by the test timeout in ctest.
 inline Output cardnode(const std::vector<std::string>& args, const std::string& scratch,
-                const std::vector<std::string>& env = {}) {
+                       const std::vector<std::string>& env = {}) {
   std::string out_path = scratch + "/cli.out", err_path = scratch + "/cli.err";
   pid_t pid = fork();
   if (pid == 0) {
@@ -254,7 +254,7 @@ class Cluster : public ::testing::Test {
 
   // A server that must refuse to start (damaged data dir): its exit code and stderr.
   Output server_refuses(const std::vector<std::string>& extra = {}) {
-    std::vector<std::string> args{"server",      "--data-dir",       data_, "--listen",
+    std::vector<std::string> args{"server",      "--data-dir",       data_,        "--listen",
                                   "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"};
     args.insert(args.end(), extra.begin(), extra.end());
     return cardnode_bounded(args, root_, 20s);

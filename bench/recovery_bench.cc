@@ -91,6 +91,7 @@ struct Process {
       }
       if (engine->in_flight() > 0) {
         engine->wait();
+        turn = turn || c->snapshot_in_progress();  // as the server: a turn after completions
         busy = true;
       }
       if (!busy) return longest;
@@ -173,7 +174,8 @@ int main(int argc, char** argv) {
     spec.add_command("true");
     spec.set_count(array);
     p.c->submit(spec, [](Result<sched::JobId>) {});
-    p.settle();
+    while (p.engine->in_flight() > 0) p.engine->wait();  // durable, but no turn taken yet
+    p.turn = false;
     auto t1 = Clock::now();
     p.c->turn();  // the cut: the snapshot begins
     // The cancel touches the newest job before the snapshot has reached it: the job is
@@ -184,9 +186,11 @@ int main(int argc, char** argv) {
     double longest = p.settle();
     std::printf(
         "snapshot_ms=%.0f longest_turn_ms=%.2f copy_before_write_ms=%.2f (one %u-task job) "
-        "snapshots=%llu jobs_copied_early=%llu snapshot_bytes=%llu\n",
+        "snapshots=%llu started=%llu failures=%llu jobs_copied_early=%llu snapshot_bytes=%llu\n",
         ms_since(t1), longest, cbw_ms, array,
         static_cast<unsigned long long>(p.c->stats().snapshots_written),
+        static_cast<unsigned long long>(p.c->stats().snapshots_started),
+        static_cast<unsigned long long>(p.c->stats().snapshot_failures),
         static_cast<unsigned long long>(p.c->stats().snapshot_jobs_copied_early),
         static_cast<unsigned long long>(p.store->snapshot_bytes()));
   }

@@ -186,6 +186,8 @@ class Harness {
       }
       if (engine_used_->in_flight() > 0) {
         engine_used_->wait();
+        // As the server: storage completions are followed by a turn (a snapshot goes on).
+        turn_requested_ = turn_requested_ || c_->snapshot_in_progress();
         busy = true;
       }
       if (!busy) return;
@@ -202,7 +204,10 @@ class Harness {
       turn_requested_ = false;
       c_->turn();
     }
-    if (engine_used_->in_flight() > 0 && rng() % 2 == 0) engine_used_->reap();
+    if (engine_used_->in_flight() > 0 && rng() % 2 == 0) {
+      engine_used_->reap();
+      turn_requested_ = turn_requested_ || c_->snapshot_in_progress();
+    }
   }
 
  private:

@@ -185,13 +185,13 @@ int main(int argc, char** argv) {
     const double cbw_ms = ms_since(t2);
     double longest = p.settle();
     std::printf(
-        "snapshot_ms=%.0f longest_turn_ms=%.2f copy_before_write_ms=%.2f (one %u-task job) "
-        "snapshots=%llu started=%llu failures=%llu jobs_copied_early=%llu snapshot_bytes=%llu\n",
+        "snapshot_ms=%.0f longest_turn_ms=%.2f cancel_during_snapshot_ms=%.2f (one %u-task job) "
+        "snapshots=%llu started=%llu failures=%llu slices_copied_early=%llu snapshot_bytes=%llu\n",
         ms_since(t1), longest, cbw_ms, array,
         static_cast<unsigned long long>(p.c->stats().snapshots_written),
         static_cast<unsigned long long>(p.c->stats().snapshots_started),
         static_cast<unsigned long long>(p.c->stats().snapshot_failures),
-        static_cast<unsigned long long>(p.c->stats().snapshot_jobs_copied_early),
+        static_cast<unsigned long long>(p.c->stats().snapshot_slices_copied_early),
         static_cast<unsigned long long>(p.store->snapshot_bytes()));
   }
 

@@ -123,32 +123,30 @@ void ClientApi::on_read_log(const pb::ReadLog& m, net::Responder r) {
          0}));
   }
   const sched::Task& task = job->tasks[m.index()];
-  const bool final = sched::is_final(task.state);
+  // "final" is state: it is said only once the record that made the task final is durable
+  // (until then the client reads on and asks again). The bytes are output, not state, and
+  // go at once: no read holds a chunk while it waits for the disk.
+  const bool final = sched::is_final(task.state) && c_.all_durable();
   if (task.attempts == 0) {
-    return after_durable(r, [offset = m.offset(), final] {
-      pb::Response resp;
-      resp.mutable_log()->set_next_offset(offset);
-      resp.mutable_log()->set_final(final);
-      return resp;
-    });
+    pb::Response resp;
+    resp.mutable_log()->set_next_offset(m.offset());
+    resp.mutable_log()->set_final(final);
+    return r.reply(std::move(resp));
   }
   storage::LogKey key{
       m.job_id(), m.index(),
       m.stream() == pb::STDERR ? storage::Stream::kStderr : storage::Stream::kStdout};
   uint32_t max =
       m.max_bytes() == 0 ? kLogChunkBytesMax : std::min(m.max_bytes(), kLogChunkBytesMax);
-  // "final" is state: it goes out only once the record that made the task final is durable.
-  logs_.read(key, m.offset(), max, [this, r, final, offset = m.offset()](Result<std::string> data) {
+  logs_.read(key, m.offset(), max, [r, final, offset = m.offset()](Result<std::string> data) {
     if (!data && data.error().code != Errc::kNotFound) return r.reply(error_response(data.error()));
     std::string bytes = data ? std::move(*data) : std::string();
-    after_durable(r, [final, offset, bytes = std::move(bytes)]() mutable {
-      pb::Response resp;
-      pb::LogChunk* chunk = resp.mutable_log();
-      chunk->set_next_offset(offset + bytes.size());
-      chunk->set_final(final && bytes.empty());
-      chunk->set_data(std::move(bytes));
-      return resp;
-    });
+    pb::Response resp;
+    pb::LogChunk* chunk = resp.mutable_log();
+    chunk->set_next_offset(offset + bytes.size());
+    chunk->set_final(final && bytes.empty());
+    chunk->set_data(std::move(bytes));
+    r.reply(std::move(resp));
   });
 }
 

@@ -161,8 +161,28 @@ void Coordinator::notify_finished(const std::vector<sched::JobId>& jobs) {
 Result<sched::NodeId> Coordinator::register_node(const std::string& identity,
                                                  const sched::NodeSpec& spec) {
   auto known = state_.node_by_identity(identity);
+  if (known && same_node(state_.cluster().node(*known)->spec, spec)) return *known;
+  // The name belongs to another board that is not here (a board whose identity file was
+  // lost, or a replaced one): that node is retired, its running tasks ended lost first.
+  const sched::Node* holder = state_.cluster().node_by_name(spec.name);
+  if (holder != nullptr && (!known || holder->id != *known)) {
+    if (runners_.contains(holder->id)) {
+      return fail(Errc::kInvalidArgument,
+                  "node name " + spec.name + " is taken by a board in the pool");
+    }
+    const sched::NodeId old = holder->id;
+    end_running_tasks(old);
+    if (!state_.cluster().running_on(old).empty()) {
+      return fail(Errc::kBusy, "node name " + spec.name + " is still taken; try again");
+    }
+    pb::WalRecord removal;
+    removal.mutable_node_removed()->set_node_id(old);
+    removal.mutable_node_removed()->set_removed_ms(hooks_.now_ms());
+    if (auto seq = commit(removal, nullptr); !seq) return std::unexpected(seq.error());
+    info("node " + std::to_string(old) + " (" + spec.name +
+         ") retired: another board took its name");
+  }
   const auto id = known ? *known : static_cast<sched::NodeId>(state_.cluster().nodes().size());
-  if (known && same_node(state_.cluster().node(id)->spec, spec)) return id;
   pb::WalRecord rec;
   pb::NodeUpdated* n = rec.mutable_node_updated();
   n->set_node_id(id);
@@ -246,7 +266,16 @@ void Coordinator::wait_job(sched::JobId id, std::function<void(Status)> done) {
   const sched::Job* job = state_.cluster().job(id);
   if (job == nullptr) return done(std::unexpected(missing_job(id)));
   if (sched::is_final(job->state)) {
-    if (!when_durable([done] { done({}); })) done(fail(Errc::kBusy, "server busy"));
+    // Kept from pruning until answered (the answer reads the job).
+    ++answering_[id];
+    auto answered = [this, id, done] {
+      if (--answering_[id] == 0) answering_.erase(id);
+      done({});
+    };
+    if (!when_durable(answered)) {
+      if (--answering_[id] == 0) answering_.erase(id);
+      done(fail(Errc::kBusy, "server busy"));
+    }
     return;
   }
   if (stopping_) return done(fail(Errc::kUnavailable, "server is stopping"));
@@ -325,6 +354,11 @@ void Coordinator::dispatch(sched::TaskRef t, uint32_t attempt) {
   const sched::Task& task = job->tasks[t.index];
   if (task.state != sched::TaskState::kRunning || task.attempts != attempt) return;  // ended since
   const sched::NodeId node = task.node;
+  // Cancelled while its placement was on the way to the disk: it ends without a process.
+  if (state_.cluster().cancelling(t.job)) {
+    task_ended(t, attempt, node, TaskExit{pb::TASK_CANCELLED, 0, 0});
+    return;
+  }
   auto it = runners_.find(node);
   if (it == runners_.end() || stopping_) {
     task_ended(t, attempt, node, TaskExit{pb::TASK_LOST, 0, 0});
@@ -352,7 +386,8 @@ void Coordinator::task_ended(sched::TaskRef t, uint32_t attempt, sched::NodeId n
   ++stats_.outcomes_deferred;
 }
 
-// False: the store refused for now (the outcome must wait); true: logged or stale.
+// False: the store refused for now (the outcome must wait); true: logged, or stale, or the
+// store has failed for good (the server is stopping; the next start ends the task lost).
 bool Coordinator::record_outcome(const Outcome& o) {
   const sched::Job* job = state_.cluster().job(o.task.job);
   if (job == nullptr || o.task.index >= job->tasks.size() ||
@@ -369,13 +404,18 @@ bool Coordinator::record_outcome(const Outcome& o) {
   f->set_exit_code(o.exit.exit_code);
   f->set_signal(o.exit.signal);
   f->set_finished_ms(hooks_.now_ms());
-  auto seq = commit(rec, nullptr);
-  if (!seq) {
-    if (seq.error().code == Errc::kBusy || seq.error().sys_errno == ENOSPC) return false;
+  if (!sched::is_final(from_pb(o.exit.state))) {  // a runner's bug, not the task's
     warn("task " + std::to_string(o.task.job) + "." + std::to_string(o.task.index) +
-         " end not logged: " + seq.error().describe());
-    return true;
+         " ended in a state that is not an end; taken as lost");
+    Outcome lost = o;
+    lost.exit = TaskExit{pb::TASK_LOST, 0, 0};
+    return record_outcome(lost);
   }
+  // The task runs in this attempt (checked above), so the record applies: a failure here is
+  // the store refusing for now (queue full, disk full, a file error at a roll), and the end
+  // waits and is tried again; it is never dropped while the store works.
+  auto seq = commit(rec, nullptr);
+  if (!seq) return failed_;
   ++stats_.tasks_ended[static_cast<size_t>(o.exit.state)];
   hooks_.request_turn();  // its capacity is free
   return true;
@@ -402,6 +442,9 @@ void Coordinator::prune_if_due() {
   if (age_due) last_prune_check_ms_ = now;
   auto ids = state_.prune_candidates(options_.keep_finished, options_.keep_finished_for_ms, now,
                                      kPrunedPerRecordMax);
+  // A job a client still waits for stays until it has its answer (the next turn prunes it).
+  std::erase_if(
+      ids, [this](sched::JobId id) { return waiters_.contains(id) || answering_.contains(id); });
   if (ids.empty()) return;
   pb::WalRecord rec;
   pb::JobsPruned* p = rec.mutable_jobs_pruned();
@@ -461,7 +504,7 @@ void Coordinator::snapshot_step() {
 // durable, so it is finished once its cut is.
 void Coordinator::finish_snapshot() {
   const uint64_t covers = builder_->covers_seq();
-  stats_.snapshot_jobs_copied_early += builder_->jobs_written_early();
+  stats_.snapshot_slices_copied_early += builder_->slices_copied_early();
   builder_.reset();
   snapshot_finishing_ = true;
   bool queued = when_durable([this, covers] {

@@ -70,7 +70,7 @@ struct CoordinatorStats {
   uint64_t snapshots_started = 0;
   uint64_t snapshots_written = 0;
   uint64_t snapshot_failures = 0;
-  uint64_t snapshot_jobs_copied_early = 0;
+  uint64_t snapshot_slices_copied_early = 0;                   // copy-before-write
   std::array<uint64_t, sched::kTaskStateCount> tasks_ended{};  // logged ends, by state
 };
 
@@ -98,7 +98,9 @@ class Coordinator {
   // rules): its processes are gone (a restarted server, a dead board).
   void end_running_tasks(sched::NodeId id);
 
-  // ---- requests: done runs exactly once, at once with a refusal, else once durable ----
+  // ---- requests: done runs once — at once with a refusal, else once durable. If the
+  // store fails for good first, it never runs: the server is stopping and its client
+  // connections close. -----------------------------------------------------------------
   using SubmitDone = std::function<void(Result<sched::JobId>)>;
   void submit(pb::JobSpec spec, SubmitDone done);
   using CancelDone = std::function<void(Result<uint32_t>)>;  // tasks cancelled
@@ -122,6 +124,8 @@ class Coordinator {
   const CoordinatorStats& stats() const { return stats_; }
   bool snapshot_in_progress() const { return sink_ != nullptr; }
   uint64_t durable_seq() const { return durable_seq_; }
+  // Every record applied so far is durable.
+  bool all_durable() const { return durable_seq_ + 1 >= store_.next_sequence(); }
 
  private:
   struct Barrier {
@@ -169,6 +173,7 @@ class Coordinator {
   std::deque<Barrier> barriers_;
   std::unordered_map<sched::JobId, std::vector<std::function<void(Status)>>> waiters_;
   uint32_t waiter_count_ = 0;
+  std::unordered_map<sched::JobId, uint32_t> answering_;  // final jobs with a wait answer due
   std::deque<Outcome> deferred_;  // task ends the store refused, oldest first
 
   uint64_t last_prune_check_ms_ = 0;

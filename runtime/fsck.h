@@ -4,8 +4,11 @@
 // The check reads every snapshot (checksums), decodes the newest whole one into a State
 // (so a snapshot that passes its checksums but describes no state we could have made is
 // reported too), then checks the WAL after it with the same rules the server starts with
-// (storage/wal_format.h). A torn tail is reported but is not an error: it is the last write,
-// never acknowledged, and the next start drops it.
+// (storage/wal_format.h): framing, checksums, sequence, the seal. It does not apply the
+// records (a record that passes its checksums but does not apply is found only by a start).
+// A torn tail is reported but is not an error: it is the last write, never acknowledged,
+// and the next start drops it. On a running server's data dir the check may race with
+// compaction and report a segment missing; stop the server for a conclusive answer.
 //
 // Threading: plain blocking calls; for the CLI.
 #pragma once

@@ -23,6 +23,7 @@
 #include "storage/io_engine.h"
 #include "storage/local_store.h"
 #include "storage/log_store.h"
+#include "storage/posix.h"
 
 namespace cardnode::runtime {
 namespace {
@@ -34,6 +35,7 @@ constexpr uint64_t kShutdownGraceMs = 10'000;  // > kKillGraceMs: tasks get thei
 constexpr uint64_t kTickMs = 1000;             // metrics, retries, age-based retention
 constexpr uint32_t kLeftoverScanMax = 65536;   // pids killed by the environment scan at start
 constexpr uint32_t kLogFilesRemovedPerTurn = 256;
+constexpr uint32_t kLogDirEntriesMax = 1'000'000;  // job dirs listed at start
 
 uint64_t wall_ms() {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -90,6 +92,7 @@ struct Server::Impl {
   void start_loop_handles();
   CoordinatorHooks hooks();
 
+  void sweep_pruned_logs();
   void request_turn();
   void take_turn();
   void describe(const sched::Node& n, pb::NodeInfo* info) const;
@@ -274,6 +277,29 @@ void Server::Impl::start_loop_handles() {
   shutdown_timer.data = this;
 }
 
+// Logs of jobs pruned before a stop that left no time to remove them: found by name, and
+// removed in the background like any pruned job's.
+void Server::Impl::sweep_pruned_logs() {
+  auto names = storage::list_dir(dir->log_dir(), kLogDirEntriesMax);
+  if (!names) {
+    log(Level::kWarn, "server", "cannot list task logs: " + names.error().describe());
+    return;
+  }
+  uint32_t found = 0;
+  for (const std::string& name : *names) {
+    if (name.empty() || name.size() > 20 ||
+        name.find_first_not_of("0123456789") != std::string::npos) {
+      continue;
+    }
+    const sched::JobId id = std::stoull(name);
+    if (!coordinator->state().pruned(id)) continue;
+    logs->forget_job(id);
+    ++found;
+  }
+  if (found > 0)
+    log(Level::kInfo, "server", "removing the logs of " + std::to_string(found) + " pruned jobs");
+}
+
 // ------------------------------------------------------------------------- the loop
 
 void Server::Impl::request_turn() {
@@ -372,6 +398,12 @@ Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Server::~Server() {
   if (!impl_) return;
   Impl& s = *impl_;
+  // What the store still owes (an open() that failed after logging, a stop cut short) runs
+  // now, while everything its callbacks reach is alive; stopped, they start nothing.
+  if (s.coordinator) {
+    s.coordinator->stop();
+    s.store->drain();
+  }
   s.rpc.reset();
   s.api.reset();
   if (s.executor && s.executor->running() > 0) {
@@ -417,6 +449,7 @@ Result<std::unique_ptr<Server>> Server::open(ServerOptions options) {
   for (const sched::Node& n : s.coordinator->state().cluster().nodes()) {
     if (!n.removed) s.coordinator->end_running_tasks(n.id);
   }
+  s.sweep_pruned_logs();
   if (auto st = s.start_listeners(); !st) return std::unexpected(st.error());
   s.start_loop_handles();
   s.request_turn();

@@ -47,8 +47,8 @@ Status corrupt(const std::string& what) {
 
 SnapshotBuilder::SnapshotBuilder(State& state, uint32_t tasks_per_slice)
     : SnapshotBuilder(static_cast<const State&>(state), tasks_per_slice, /*observe=*/false) {
-  observed_ = &state.cluster();
-  observed_->set_observer(this);
+  observed_ = &state;
+  observed_->set_snapshot_observer(this);
 }
 
 SnapshotBuilder::SnapshotBuilder(const State& state, uint32_t tasks_per_slice, bool observe)
@@ -87,7 +87,7 @@ SnapshotBuilder::SnapshotBuilder(const State& state, uint32_t tasks_per_slice, b
 }
 
 SnapshotBuilder::~SnapshotBuilder() {
-  if (observed_ != nullptr) observed_->set_observer(nullptr);
+  if (observed_ != nullptr) observed_->set_snapshot_observer(nullptr);
 }
 
 void SnapshotBuilder::put(const pb::SnapshotChunk& chunk) {
@@ -121,73 +121,85 @@ void SnapshotBuilder::write_image(const sched::Job& job) {
   put(chunk);
 }
 
-void SnapshotBuilder::write_tasks(const sched::Job& job, uint32_t from, uint32_t to) {
-  for (uint32_t at = from; at < to;) {  // at grows by a slice per pass
-    uint32_t n = std::min(tasks_per_slice_, to - at);
-    pb::SnapshotChunk chunk;
-    pb::TaskSlice* slice = chunk.mutable_tasks();
-    slice->set_job_id(job.id);
-    slice->set_first_index(at);
-    std::string* bytes = slice->mutable_tasks();
-    bytes->resize(static_cast<size_t>(n) * kTaskImageBytes);
-    for (uint32_t i = 0; i < n; ++i)
-      encode_task(job.tasks[at + i], bytes->data() + i * kTaskImageBytes);
-    put(chunk);
-    at += n;
+// Slice `slice` of a job: tasks [slice * tasks_per_slice_, ...) as they are now.
+void SnapshotBuilder::write_slice(const sched::Job& job, Progress& p, uint32_t slice) {
+  CARDNODE_CHECK(!p.slices[slice]);
+  const auto count = static_cast<uint32_t>(job.tasks.size());
+  const uint32_t at = slice * tasks_per_slice_;
+  const uint32_t n = std::min(tasks_per_slice_, count - at);
+  pb::SnapshotChunk chunk;
+  pb::TaskSlice* out = chunk.mutable_tasks();
+  out->set_job_id(job.id);
+  out->set_first_index(at);
+  std::string* bytes = out->mutable_tasks();
+  bytes->resize(static_cast<size_t>(n) * kTaskImageBytes);
+  for (uint32_t i = 0; i < n; ++i)
+    encode_task(job.tasks[at + i], bytes->data() + i * kTaskImageBytes);
+  put(chunk);
+  p.slices[slice] = true;
+  --p.slices_left;
+}
+
+SnapshotBuilder::Progress& SnapshotBuilder::progress(const sched::Job& job) {
+  auto [it, added] = progress_.try_emplace(job.id);
+  if (added) {
+    const auto count = static_cast<uint32_t>(job.tasks.size());
+    const uint32_t slices = (count + tasks_per_slice_ - 1) / tasks_per_slice_;
+    it->second.slices.assign(slices, false);
+    it->second.slices_left = slices;
   }
+  return it->second;
 }
 
 bool SnapshotBuilder::step(uint64_t tasks_budget) {
   const sched::Cluster& c = state_.cluster();
   while (cursor_ < ids_.size() && tasks_budget > 0) {  // each pass spends budget or moves on
-    sched::JobId id = ids_[cursor_];
-    if (early_.contains(id)) {
+    const sched::Job* job = c.job(ids_[cursor_]);
+    if (job == nullptr) {  // dropped after the cut: written whole by before_change first
+      CARDNODE_CHECK(progress_.contains(ids_[cursor_]));
       ++cursor_;
       continue;
     }
-    const sched::Job* job = c.job(id);
-    CARDNODE_CHECK(job != nullptr);  // dropping a job goes through before_change first
-    if (!cursor_image_written_) {
+    Progress& p = progress(*job);
+    if (!p.image) {
       write_image(*job);
-      cursor_image_written_ = true;
+      p.image = true;
       --tasks_budget;
     }
-    auto count = static_cast<uint32_t>(job->tasks.size());
-    uint64_t room = std::min<uint64_t>(tasks_budget, count - cursor_next_task_);
-    auto to = static_cast<uint32_t>(cursor_next_task_ + room);
-    write_tasks(*job, cursor_next_task_, to);
-    tasks_budget -= std::min<uint64_t>(tasks_budget, room);
-    cursor_next_task_ = to;
-    if (cursor_next_task_ == count) {
-      ++cursor_;
-      cursor_next_task_ = 0;
-      cursor_image_written_ = false;
+    for (uint32_t s = 0; s < p.slices.size() && p.slices_left > 0 && tasks_budget > 0; ++s) {
+      if (p.slices[s]) continue;
+      write_slice(*job, p, s);
+      tasks_budget -= std::min<uint64_t>(tasks_budget, tasks_per_slice_);
     }
+    if (p.slices_left > 0) break;  // the budget ran out inside this job
+    progress_.erase(job->id);
+    ++cursor_;
   }
   return encoded_all();
 }
 
-void SnapshotBuilder::before_change(const sched::Job& job) {
-  auto it = std::lower_bound(ids_.begin(), ids_.end(), job.id);
-  if (it == ids_.end() || *it != job.id) return;  // submitted after the cut
-  auto pos = static_cast<size_t>(it - ids_.begin());
-  if (pos < cursor_ || early_.contains(job.id)) return;  // already written as it was
-  auto count = static_cast<uint32_t>(job.tasks.size());
-  if (pos == cursor_) {  // partly written: finish it
-    if (!cursor_image_written_) write_image(job);
-    write_tasks(job, cursor_next_task_, count);
-    ++cursor_;
-    cursor_next_task_ = 0;
-    cursor_image_written_ = false;
-    return;
+void SnapshotBuilder::before_change(const sched::Job& job, uint32_t first_task,
+                                    uint32_t last_task) {
+  if (!std::binary_search(ids_.begin(), ids_.end(), job.id)) return;  // submitted after the cut
+  auto pos = static_cast<size_t>(std::lower_bound(ids_.begin(), ids_.end(), job.id) - ids_.begin());
+  if (pos < cursor_) return;  // already written, as it was
+  Progress& p = progress(job);
+  if (!p.image) {
+    write_image(job);
+    p.image = true;
   }
-  write_image(job);
-  write_tasks(job, 0, count);
-  early_.insert(job.id);
+  const auto count = static_cast<uint32_t>(job.tasks.size());
+  if (first_task > last_task || first_task >= count) return;
+  last_task = std::min(last_task, count - 1);
+  for (uint32_t s = first_task / tasks_per_slice_; s <= last_task / tasks_per_slice_; ++s) {
+    if (p.slices[s]) continue;
+    write_slice(job, p, s);
+    ++slices_copied_early_;
+  }
 }
 
 std::vector<std::string> encode_snapshot(const State& state) {
-  SnapshotBuilder b(state, kTasksPerSliceMax, /*observe=*/false);
+  SnapshotBuilder b(state, kTasksPerSlice, /*observe=*/false);
   b.step(std::numeric_limits<uint64_t>::max());
   std::vector<std::string> out;
   while (b.has_chunk()) out.push_back(b.take_chunk());
@@ -257,22 +269,31 @@ Status SnapshotLoader::feed_job(const pb::JobImage& image) {
 
 Status SnapshotLoader::feed_tasks(const pb::TaskSlice& slice) {
   auto it = partial_.find(slice.job_id());
-  if (it == partial_.end())
+  if (it == partial_.end()) {
     return corrupt("tasks of job " + std::to_string(slice.job_id()) + " before its image");
+  }
   Partial& p = it->second;
   const std::string& bytes = slice.tasks();
-  if (slice.first_index() != p.next_task || bytes.empty() || bytes.size() % kTaskImageBytes != 0) {
-    return corrupt("tasks of job " + std::to_string(slice.job_id()) + " out of order");
+  const uint64_t n = bytes.size() / kTaskImageBytes;
+  const uint64_t first = slice.first_index();
+  if (bytes.empty() || bytes.size() % kTaskImageBytes != 0 || n > kTasksPerSliceMax ||
+      first + n > p.job.tasks.size()) {
+    return corrupt("a task slice of job " + std::to_string(slice.job_id()) + " is malformed");
   }
-  uint64_t n = bytes.size() / kTaskImageBytes;
-  if (p.next_task + n > p.job.tasks.size()) {
-    return corrupt("job " + std::to_string(slice.job_id()) + " has too many tasks");
+  // Slices come in any order (a change may copy one early), but never overlap.
+  auto next = p.covered.upper_bound(static_cast<uint32_t>(first));
+  if (next != p.covered.end() && next->first < first + n) {
+    return corrupt("task slices of job " + std::to_string(slice.job_id()) + " overlap");
   }
+  if (next != p.covered.begin() && std::prev(next)->second > first) {
+    return corrupt("task slices of job " + std::to_string(slice.job_id()) + " overlap");
+  }
+  p.covered.emplace(static_cast<uint32_t>(first), static_cast<uint32_t>(first + n));
   for (uint64_t i = 0; i < n; ++i) {
-    p.job.tasks[p.next_task + i] = decode_task(bytes.data() + i * kTaskImageBytes);
+    p.job.tasks[first + i] = decode_task(bytes.data() + i * kTaskImageBytes);
   }
-  p.next_task += static_cast<uint32_t>(n);
-  if (p.next_task < p.job.tasks.size()) return {};
+  p.tasks_received += n;
+  if (p.tasks_received < p.job.tasks.size()) return {};
   Partial done = std::move(p);
   partial_.erase(it);
   ++jobs_done_;

@@ -1,11 +1,13 @@
 // Snapshot codec: a State as a run of pb::SnapshotChunk messages, and back.
 //
 // SnapshotBuilder writes the state as it was at one WAL sequence number (the cut) without
-// stopping the loop: step() encodes a bounded number of tasks per call, and because it is
-// the cluster's JobObserver, a job about to change after the cut is written first, whole,
-// as it still is (copy-before-write). Every job's chunks therefore show it at the cut,
-// whatever happened since. The cost of one step is bounded by its task budget; the cost of
-// one copy-before-write by the size of one job.
+// stopping the loop: step() encodes a bounded number of tasks per call, and because it
+// observes the state's changes, what a record is about to change after the cut is written
+// first, as it still is (copy-before-write): the job's own fields, and the slices of tasks
+// the change may touch. Every chunk therefore shows the state at the cut, whatever happened
+// since. The cost of one step is bounded by its task budget; a copy-before-write costs one
+// slice (kTasksPerSlice tasks) for a task's start or end, and no more than the change it
+// precedes for a change of many tasks (a cancel, a cascade, a prune).
 //
 // SnapshotLoader rebuilds a State from the chunks of one snapshot, checking everything
 // (counts, node ids, task states) as it goes: a snapshot that passed its checksums but
@@ -17,6 +19,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -31,12 +34,13 @@ namespace cardnode::runtime {
 
 inline constexpr uint32_t kSnapshotFormat = 1;
 inline constexpr uint32_t kTaskImageBytes = 12;
-inline constexpr uint32_t kTasksPerSliceMax = 65536;  // 768 KiB of tasks per chunk
+inline constexpr uint32_t kTasksPerSlice = 4096;      // 48 KiB of tasks per chunk
+inline constexpr uint32_t kTasksPerSliceMax = 65536;  // what a reader accepts per chunk
 
 class SnapshotBuilder final : public sched::JobObserver {
  public:
-  // Takes the cut now (meta, nodes, the ids of every job) and becomes the observer.
-  explicit SnapshotBuilder(State& state, uint32_t tasks_per_slice = kTasksPerSliceMax);
+  // Takes the cut now (meta, nodes, the ids of every job) and observes the state.
+  explicit SnapshotBuilder(State& state, uint32_t tasks_per_slice = kTasksPerSlice);
   // Without observing: only for a state that does not change until the builder is done.
   SnapshotBuilder(const State& state, uint32_t tasks_per_slice, bool observe);
   ~SnapshotBuilder() override;
@@ -44,32 +48,39 @@ class SnapshotBuilder final : public sched::JobObserver {
   SnapshotBuilder& operator=(const SnapshotBuilder&) = delete;
 
   uint64_t covers_seq() const { return covers_seq_; }
-  // Encodes jobs in id order, at most about `tasks_budget` tasks' worth (a job counts at
-  // least one). Returns true once every job of the cut is encoded.
+  // Encodes jobs in id order, whole slices, until about `tasks_budget` tasks are encoded (a
+  // job's own fields count one; the last slice may go past the budget by less than a
+  // slice). Returns true once every job of the cut is encoded.
   bool step(uint64_t tasks_budget);
   bool encoded_all() const { return cursor_ >= ids_.size(); }
   // Encoded chunks not yet taken, oldest first.
   bool has_chunk() const { return !chunks_.empty(); }
   std::string take_chunk();
   uint64_t chunk_bytes_queued() const { return queued_bytes_; }
-  uint64_t jobs_written_early() const { return early_.size(); }
+  uint64_t slices_copied_early() const { return slices_copied_early_; }
 
-  void before_change(const sched::Job& job) override;
+  void before_change(const sched::Job& job, uint32_t first_task, uint32_t last_task) override;
 
  private:
+  // What has been written of one job; kept only for jobs a change reached before step().
+  struct Progress {
+    bool image = false;
+    std::vector<bool> slices;  // by slice index
+    uint32_t slices_left = 0;
+  };
+  Progress& progress(const sched::Job& job);
   void write_image(const sched::Job& job);
-  void write_tasks(const sched::Job& job, uint32_t from, uint32_t to);
+  void write_slice(const sched::Job& job, Progress& p, uint32_t slice);
   void put(const pb::SnapshotChunk& chunk);
 
   const State& state_;
-  sched::Cluster* observed_ = nullptr;  // whose observer we are, if any
+  State* observed_ = nullptr;  // whose changes we observe, if any
   uint32_t tasks_per_slice_;
   uint64_t covers_seq_;
   std::vector<sched::JobId> ids_;  // every job at the cut, ascending
   size_t cursor_ = 0;              // ids_[cursor_] is the job step() works on
-  uint32_t cursor_next_task_ = 0;  // its next task to encode; 0: image not yet written
-  bool cursor_image_written_ = false;
-  std::unordered_set<sched::JobId> early_;  // written whole by before_change
+  std::unordered_map<sched::JobId, Progress> progress_;
+  uint64_t slices_copied_early_ = 0;
   std::deque<std::string> chunks_;
   uint64_t queued_bytes_ = 0;
 };
@@ -86,7 +97,8 @@ class SnapshotLoader {
     sched::Job job;
     pb::JobSpec spec;
     bool cancelling = false;
-    uint32_t next_task = 0;
+    std::map<uint32_t, uint32_t> covered;  // task ranges [first, end) received so far
+    uint64_t tasks_received = 0;
   };
   Status feed_job(const pb::JobImage& image);
   Status feed_tasks(const pb::TaskSlice& slice);

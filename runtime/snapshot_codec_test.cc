@@ -97,7 +97,7 @@ TEST(SnapshotCodec, StepsStayWithinTheirBudget) {
   ASSERT_TRUE(apply(node_updated(0, "n", "id")));
   ASSERT_TRUE(apply(submitted(1, 100'000)));
   ASSERT_TRUE(apply(submitted(2, 50'000)));
-  SnapshotBuilder b(s, /*tasks_per_slice=*/4096);
+  SnapshotBuilder b(s, /*tasks_per_slice=*/256);
   while (b.has_chunk()) (void)b.take_chunk();  // meta and nodes
   uint32_t steps = 0;
   while (!b.encoded_all()) {
@@ -109,9 +109,9 @@ TEST(SnapshotCodec, StepsStayWithinTheirBudget) {
       ASSERT_TRUE(c.ParseFromString(b.take_chunk()));
       if (c.has_tasks()) tasks += c.tasks().tasks().size() / kTaskImageBytes;
     }
-    EXPECT_LE(tasks, 1000u);
+    EXPECT_LT(tasks, 1000u + 256u);  // the last slice may go past the budget
   }
-  EXPECT_GE(steps, 150u);
+  EXPECT_GE(steps, 120u);
 }
 
 // A snapshot that passed its checksums but is not a state we could have made is refused
@@ -153,6 +153,42 @@ TEST(SnapshotCodec, LoaderRefusesImpossibleImages) {
   expect_refused({c.SerializeAsString(), good[1], good[2], good[3]}, "unknown format");
   State fresh;
   ASSERT_TRUE(load(fresh, good));
+}
+
+// Byte mutations of a valid snapshot's chunks (which pass the file's checksums in real
+// life only through a bug or a bad disk): loading either refuses with kCorruption or
+// yields a state that keeps working — never a crash, now or at the next records.
+TEST(SnapshotCodec, MutatedImagesAreRefusedOrHarmless) {
+  const uint64_t seed = seed_base();
+  std::mt19937_64 rng(seed);
+  State live;
+  Applier apply{live};
+  HistoryGen gen(seed);
+  uint64_t now = 1000;
+  grow(live, apply, gen, 300, &now);
+  const std::vector<std::string> good = encode_snapshot(live);
+  uint32_t loaded = 0;
+  for (int trial = 0; trial < 3000; ++trial) {
+    std::vector<std::string> chunks = good;
+    std::string& c = chunks[rng() % chunks.size()];
+    if (c.empty()) continue;
+    for (int flips = 1 + int(rng() % 3); flips > 0; --flips) {
+      c[rng() % c.size()] = static_cast<char>(rng());
+    }
+    if (rng() % 8 == 0) c.resize(rng() % c.size());
+    State s;
+    auto st = load(s, chunks);
+    if (!st) {
+      EXPECT_EQ(st.error().code, Errc::kCorruption) << st.error().describe();
+      continue;
+    }
+    ++loaded;
+    Applier more{s, s.applied_seq()};
+    HistoryGen next(seed + uint64_t(trial));
+    for (int i = 0; i < 50; ++i) (void)more(next.next(s, ++now));
+    (void)s.cluster().plan(100);
+  }
+  std::printf("%u of 3000 mutated images loaded (and kept working)\n", loaded);
 }
 
 }  // namespace

@@ -61,7 +61,9 @@ sched::NodeSpec to_sched_node(const pb::NodeUpdated& r) {
   return out;
 }
 
-State::State(sched::Limits limits) : cluster_(limits) {}
+State::State(sched::Limits limits) : cluster_(limits) {
+  cluster_.set_observer(this);
+}
 
 Status State::normalize(pb::JobSpec* spec) const {
   if (spec->command_size() == 0 || spec->command(0).empty())
@@ -123,27 +125,19 @@ std::vector<sched::JobId> State::prune_candidates(uint32_t keep_count, uint64_t 
   return out;
 }
 
-std::vector<std::pair<sched::JobId, State::CountArray>> State::counts_before(
-    sched::JobId id) const {
-  std::vector<std::pair<sched::JobId, CountArray>> out;
-  if (const sched::Job* job = cluster_.job(id)) out.emplace_back(id, job->state_counts);
-  // Bounded by the number of unfinished jobs with a dependency (sched::Limits::jobs_max).
-  for (sched::JobId dep : waiting_) {
-    if (dep == id) continue;
-    if (const sched::Job* job = cluster_.job(dep)) out.emplace_back(dep, job->state_counts);
-  }
-  return out;
+void State::before_change(const sched::Job& job, uint32_t first_task, uint32_t last_task) {
+  if (touched_ids_.insert(job.id).second) touched_.emplace_back(job.id, job.state_counts);
+  if (snapshot_observer_ != nullptr) snapshot_observer_->before_change(job, first_task, last_task);
 }
 
-void State::account(const std::vector<std::pair<sched::JobId, CountArray>>& before, Applied* out) {
-  for (const auto& [id, counts] : before) {
+void State::account(Applied* out) {
+  for (const auto& [id, counts] : touched_) {
     const sched::Job* job = cluster_.job(id);
-    if (!job) continue;
+    if (!job) continue;  // pruned: apply_jobs_pruned settled its totals
     for (size_t s = 0; s < sched::kTaskStateCount; ++s)
       totals_[s] += static_cast<uint64_t>(job->state_counts[s]) - counts[s];
     if (sched::is_final(job->state) && !job_is_final_counts(counts, job->spec.count)) {
       out->finished_jobs.push_back(id);
-      waiting_.erase(id);
       finished_.emplace(job->finished_ms, id);
     }
   }
@@ -154,8 +148,13 @@ Result<Applied> State::apply(const pb::WalRecord& record, uint64_t seq) {
     return fail(Errc::kInternal, "record " + std::to_string(seq) + " applied after record " +
                                      std::to_string(applied_seq_));
   }
+  touched_.clear();
+  touched_ids_.clear();
   auto out = apply_event(record);
-  if (out) applied_seq_ = seq;
+  if (out) {
+    applied_seq_ = seq;
+    account(&*out);
+  }
   return out;
 }
 
@@ -168,21 +167,18 @@ Result<Applied> State::apply_event(const pb::WalRecord& record) {
       if (!ok) return sched_fail(ok.error(), "job " + std::to_string(r.job_id()));
       specs_[r.job_id()] = r.spec();
       ++jobs_submitted_;
-      if (r.spec().after() != 0) waiting_.insert(r.job_id());
-      // A job whose dependency already failed ends at once, cancelled.
-      account({{r.job_id(), CountArray{}}}, &out);
+      // New: counted from nothing (a job whose dependency already failed ends at once).
+      if (touched_ids_.insert(r.job_id()).second) touched_.emplace_back(r.job_id(), CountArray{});
       return out;
     }
     case pb::WalRecord::kTaskStarted: {
       const auto& r = record.task_started();
-      auto before = counts_before(r.job_id());
       sched::Placement p{{r.job_id(), r.index()}, r.node_id(), r.attempt()};
       auto ok = cluster_.start(p, r.started_ms());
       if (!ok) {
         return sched_fail(ok.error(), "start task " + std::to_string(r.job_id()) + "." +
                                           std::to_string(r.index()));
       }
-      account(before, &out);
       return out;
     }
     case pb::WalRecord::kTaskFinished: {
@@ -190,22 +186,18 @@ Result<Applied> State::apply_event(const pb::WalRecord& record) {
       if (r.state() < 0 || r.state() >= pb::TaskState_ARRAYSIZE) {
         return fail(Errc::kInvalidArgument, "task finished in an unknown state");
       }
-      auto before = counts_before(r.job_id());
       sched::Outcome o{from_pb(r.state()), r.exit_code(), r.signal()};
       auto ok = cluster_.finish({r.job_id(), r.index()}, o, r.finished_ms());
       if (!ok) {
         return sched_fail(ok.error(), "finish task " + std::to_string(r.job_id()) + "." +
                                           std::to_string(r.index()));
       }
-      account(before, &out);
       return out;
     }
     case pb::WalRecord::kJobCancelled: {
       const auto& r = record.job_cancelled();
-      auto before = counts_before(r.job_id());
       auto running = cluster_.cancel(r.job_id(), r.cancelled_ms());
       if (!running) return sched_fail(running.error(), "cancel job " + std::to_string(r.job_id()));
-      account(before, &out);
       out.to_kill = std::move(*running);
       return out;
     }
@@ -313,15 +305,10 @@ Status State::finish_restore(uint64_t covers_seq, sched::JobId last_job_id, uint
   jobs_submitted_ = jobs_submitted;
   jobs_pruned_ = jobs_pruned;
   totals_ = {};
-  waiting_.clear();
   finished_.clear();
   for (const auto& [id, job] : cluster_.jobs()) {
     for (size_t s = 0; s < sched::kTaskStateCount; ++s) totals_[s] += job.state_counts[s];
-    if (sched::is_final(job.state)) {
-      finished_.emplace(job.finished_ms, id);
-    } else if (job.spec.after != 0) {
-      waiting_.insert(id);
-    }
+    if (sched::is_final(job.state)) finished_.emplace(job.finished_ms, id);
   }
   return {};
 }

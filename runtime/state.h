@@ -17,6 +17,7 @@
 #include <set>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -58,7 +59,7 @@ struct Applied {
   std::vector<sched::JobId> pruned_jobs;    // their logs can go
 };
 
-class State {
+class State final : private sched::JobObserver {
  public:
   explicit State(sched::Limits limits = {});
   State(const State&) = delete;
@@ -90,6 +91,10 @@ class State {
   uint64_t jobs_submitted() const { return jobs_submitted_; }
   uint64_t jobs_pruned() const { return jobs_pruned_; }
 
+  // A snapshot in progress observes changes through the state: the cluster has one
+  // observer slot, and the state needs it to count what each record moves.
+  void set_snapshot_observer(sched::JobObserver* observer) { snapshot_observer_ = observer; }
+
   // ---- snapshots (runtime/snapshot_codec.h) ------------------------------------------
   // Restores what a snapshot holds into an empty State. Each call is checked; the last,
   // finish_restore(), rebuilds every derived index and total.
@@ -108,18 +113,20 @@ class State {
   Result<Applied> apply_event(const pb::WalRecord& record);
   Result<Applied> apply_node_updated(const pb::NodeUpdated& r);
   Result<Applied> apply_jobs_pruned(const pb::JobsPruned& r);
-  // Jobs whose task counts a record may move: `id` itself and every unfinished job
-  // waiting on another (a job's end cancels or releases its dependents).
-  std::vector<std::pair<sched::JobId, CountArray>> counts_before(sched::JobId id) const;
-  void account(const std::vector<std::pair<sched::JobId, CountArray>>& before, Applied* out);
+  // The cluster tells us each job it is about to change: we keep its task counts from
+  // before, so account() looks at exactly the jobs a record moved (cascades included).
+  void before_change(const sched::Job& job, uint32_t first_task, uint32_t last_task) override;
+  void account(Applied* out);
 
   sched::Cluster cluster_;
   uint64_t applied_seq_ = 0;
   std::unordered_map<sched::JobId, pb::JobSpec> specs_;
   std::vector<std::string> identities_;  // by NodeId
   std::unordered_map<std::string, sched::NodeId> node_of_identity_;
-  std::set<sched::JobId> waiting_;                        // unfinished jobs with a dependency
-  std::set<std::pair<uint64_t, sched::JobId>> finished_;  // (finished_ms, id), for retention
+  std::set<std::pair<uint64_t, sched::JobId>> finished_;      // (finished_ms, id), for retention
+  std::vector<std::pair<sched::JobId, CountArray>> touched_;  // this record's jobs, before
+  std::unordered_set<sched::JobId> touched_ids_;
+  sched::JobObserver* snapshot_observer_ = nullptr;
   std::array<uint64_t, sched::kTaskStateCount> totals_{};
   uint64_t jobs_submitted_ = 0;
   uint64_t jobs_pruned_ = 0;

@@ -346,7 +346,7 @@ std::expected<void, SchedError> Cluster::start(const Placement& p, uint64_t now_
   if (task.state != TaskState::kQueued || waiting(*job)) {
     return std::unexpected(SchedError::kBadTransition);
   }
-  touch(*job);
+  touch(*job, p.task.index, p.task.index);
   bool was_fresh = task.attempts == 0;
   set_task_state(*job, p.task.index, TaskState::kRunning);
   task.attempts = saturating_inc(task.attempts);
@@ -373,7 +373,7 @@ std::expected<TaskState, SchedError> Cluster::finish(TaskRef t, Outcome o, uint6
   if (task.state != TaskState::kRunning || !is_final(o.state)) {
     return std::unexpected(SchedError::kBadTransition);
   }
-  touch(*job);
+  touch(*job, t.index, t.index);
   Node& node = nodes_[task.node];
   const Resources& need = job->spec.per_task;
   SCHED_CHECK(node.running > 0 && node.used.cpu_millis >= need.cpu_millis &&
@@ -400,7 +400,7 @@ std::expected<std::vector<TaskRef>, SchedError> Cluster::cancel(JobId id, uint64
   std::vector<TaskRef> running;
   if (job_final(job->state)) return running;
 
-  touch(*job);
+  touch_all(*job);
   cancel_queued(*job);
   uint32_t running_count = job->state_counts[static_cast<size_t>(TaskState::kRunning)];
   running.reserve(running_count);
@@ -417,7 +417,7 @@ std::expected<void, SchedError> Cluster::prune(JobId id) {
   auto it = jobs_.find(id);
   if (it == jobs_.end()) return std::unexpected(SchedError::kUnknownJob);
   if (!job_final(it->second.state)) return std::unexpected(SchedError::kBadTransition);
-  touch(it->second);
+  touch_all(it->second);
   // A final job is in no index: settle() took it out of runnable_ and cancelling_, and
   // release_dependents() out of dependents_.
   jobs_.erase(it);
@@ -585,7 +585,7 @@ void Cluster::release_dependents(JobId ended, uint64_t now_ms) {
       // Ended while it waited (cancelled), and maybe pruned since.
       if (dep_it == jobs_.end() || job_final(dep_it->second.state)) continue;
       Job& dependent = dep_it->second;
-      touch(dependent);
+      touch_all(dependent);
       if (!succeeded) {
         cancel_queued(dependent);
         if (settle(dependent, now_ms)) work.push_back(dependent.id);
@@ -624,9 +624,17 @@ std::expected<void, SchedError> Cluster::restore_job(Job job, bool cancelling) {
   job.next_fresh = static_cast<uint32_t>(job.tasks.size());
   for (uint32_t i = 0; i < job.tasks.size(); ++i) {
     const Task& t = job.tasks[i];
-    if (static_cast<size_t>(t.state) >= kTaskStateCount)
+    if (static_cast<size_t>(t.state) >= kTaskStateCount) {
       return std::unexpected(SchedError::kBadImage);
-    if (t.attempts > 0 && (t.node >= nodes_.size())) return std::unexpected(SchedError::kBadImage);
+    }
+    // Only a queued task, or one cancelled while queued, has never started; every other
+    // state names the node of an attempt.
+    bool never_started_ok = t.state == TaskState::kQueued || t.state == TaskState::kCancelled;
+    if (t.attempts == 0 && (!never_started_ok || t.lost > 0)) {
+      return std::unexpected(SchedError::kBadImage);
+    }
+    if (t.lost > t.attempts) return std::unexpected(SchedError::kBadImage);
+    if (t.attempts > 0 && t.node >= nodes_.size()) return std::unexpected(SchedError::kBadImage);
     if (t.state == TaskState::kRunning && nodes_[t.node].removed) {
       return std::unexpected(SchedError::kBadImage);
     }
@@ -635,11 +643,13 @@ std::expected<void, SchedError> Cluster::restore_job(Job job, bool cancelling) {
   }
   job.requeued_head = 0;
   uint32_t queued_again = 0;
+  std::vector<bool> listed(job.tasks.size());
   for (uint32_t i : job.requeued) {
     if (i >= job.tasks.size() || job.tasks[i].state != TaskState::kQueued ||
-        job.tasks[i].attempts == 0) {
+        job.tasks[i].attempts == 0 || listed[i]) {
       return std::unexpected(SchedError::kBadImage);
     }
+    listed[i] = true;
     ++queued_again;
   }
   if (static_cast<uint8_t>(job.state) > static_cast<uint8_t>(JobState::kCancelled)) {

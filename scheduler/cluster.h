@@ -8,8 +8,9 @@
 //
 // Every mutator either fails without changing anything or succeeds, so the server can
 // apply a record first and log it only if it applied (the WAL then never holds a record
-// that replay would reject). Before a mutator changes a job it tells the JobObserver, so a
-// snapshot in progress can write the job's old image first (runtime/snapshot_builder.h).
+// that replay would reject). Before a mutator changes a job it tells the JobObserver which
+// tasks may change, so a snapshot in progress can write their old image first
+// (runtime/snapshot_codec.h), and the state can count what moved.
 //
 // Threading: none inside; the server uses it from its loop thread only.
 // Bounds: Limits below; a bound that is hit is an error value, not a crash.
@@ -148,11 +149,12 @@ struct Node {
   uint32_t running = 0;
 };
 
-// Told before a mutator changes a job (its tasks, state or queue), with the job as it is.
+// Told before a mutator changes a job, with the job as it still is. Tasks first..last may
+// change (first > last: none); the job's own fields (state, queue) may change in any case.
 class JobObserver {
  public:
   virtual ~JobObserver() = default;
-  virtual void before_change(const Job& job) = 0;
+  virtual void before_change(const Job& job, uint32_t first_task, uint32_t last_task) = 0;
 };
 
 class Cluster {
@@ -218,9 +220,10 @@ class Cluster {
 
  private:
   Job* find_job(JobId id);
-  void touch(const Job& job) {
-    if (observer_ != nullptr) observer_->before_change(job);
+  void touch(const Job& job, uint32_t first_task, uint32_t last_task) {
+    if (observer_ != nullptr) observer_->before_change(job, first_task, last_task);
   }
+  void touch_all(const Job& job) { touch(job, 0, static_cast<uint32_t>(job.tasks.size()) - 1); }
   bool waiting(const Job& job) const;
   void set_task_state(Job& job, uint32_t index, TaskState to);
   void take_from_queue(Job& job, uint32_t index, bool was_fresh);

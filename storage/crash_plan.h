@@ -28,6 +28,7 @@ class CrashPlan {
   bool reach(std::string_view what) {
     if (crashed_) return true;
     ++points_;
+    if (record_) seen_.emplace_back(what);
     if (points_ != crash_at_) return false;
     crashed_ = true;
     crash_point_ = std::string(what);
@@ -39,6 +40,10 @@ class CrashPlan {
   uint64_t points() const { return points_; }
   const std::string& crash_point() const { return crash_point_; }
 
+  // A counting run can keep every point's description (to check a workload's coverage).
+  void record_points() { record_ = true; }
+  const std::vector<std::string>& seen() const { return seen_; }
+
   // Doubles register what a crash does to them.
   void on_crash(std::function<void()> action) { actions_.push_back(std::move(action)); }
 
@@ -47,6 +52,8 @@ class CrashPlan {
   uint64_t points_ = 0;
   bool crashed_ = false;
   std::string crash_point_;
+  bool record_ = false;
+  std::vector<std::string> seen_;
   std::vector<std::function<void()>> actions_;
 };
 

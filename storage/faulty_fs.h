@@ -36,6 +36,9 @@ class FaultyFs final : public Fs {
   // The nth call of `op` ("open", "allocate", "write_at", "truncate", "sync", "sync_dir",
   // "rename", "remove") from now fails with `err`, without a crash (ENOSPC, EIO...).
   void fail_nth(const std::string& op, uint32_t nth, int err) { fails_[op] = {nth, err}; }
+  // Every call of `op` fails with `err` until stop_failing(op) (a disk that stays full).
+  void fail_always(const std::string& op, int err) { always_[op] = err; }
+  void stop_failing(const std::string& op) { always_.erase(op); }
 
   Result<UniqueFd> open(const std::string& path, int flags, uint32_t mode) override {
     if (auto st = gate("open " + path, "open"); !st) return std::unexpected(st.error());
@@ -124,6 +127,8 @@ class FaultyFs final : public Fs {
 
   Status gate(const std::string& what, const std::string& op) {
     if (plan_ != nullptr && plan_->reach(what)) return fail(Errc::kIo, "crashed at " + what, EIO);
+    if (auto it = always_.find(op); it != always_.end())
+      return fail_errno(it->second, what + " (injected)");
     if (auto it = fails_.find(op); it != fails_.end() && --it->second.nth == 0) {
       int err = it->second.err;
       fails_.erase(it);
@@ -172,6 +177,7 @@ class FaultyFs final : public Fs {
   std::vector<Change> log_;
   std::map<int, std::vector<Undo>> undo_writes_;
   std::map<std::string, Fail> fails_;
+  std::map<std::string, int> always_;
 };
 
 }  // namespace cardnode::storage

@@ -129,6 +129,9 @@ Result<std::unique_ptr<SnapshotSink>> LocalStore::begin_snapshot(uint64_t covers
     return std::unexpected(writer.error());
   }
   snapshot_in_progress_ = true;
+  // Records after the cut go into a segment of their own: the segments this snapshot covers
+  // are then never read again, so damage in them cannot stop a start.
+  if (covers_seq + 1 == wal_->next_sequence()) wal_->start_segment_at_next_record();
   return std::unique_ptr<SnapshotSink>(
       new Sink(*this, std::move(*writer), covers_seq, wal_->stats().bytes_appended));
 }

@@ -138,6 +138,7 @@ struct Wal::Impl {
   bool prealloc_supported = true;  // false after EOPNOTSUPP: writes extend the file
   // Set by a successful reserve(), used by the append() right after it.
   std::optional<size_t> reserved_payload_bytes;
+  bool roll_requested = false;  // start_segment_at_next_record()
 
   // Segments on disk, oldest first (for remove_segments_through); the last is current().
   std::deque<wal_detail::SegmentFile> on_disk;
@@ -276,7 +277,12 @@ Status Wal::Impl::make_room(uint64_t worst) {
   OpenSegment& seg = current();
   bool has_records = seg.first_seq < next_seq;
   // A record larger than a segment still goes into one of its own.
-  if (has_records && seg.reserved_end() + worst > options.segment_bytes) return roll(worst);
+  bool full = seg.reserved_end() + worst > options.segment_bytes;
+  if (has_records && (full || roll_requested)) {
+    if (auto st = roll(worst); !st) return st;
+    roll_requested = false;
+    return {};
+  }
   return ensure_allocated(seg, seg.reserved_end() + worst);
 }
 
@@ -601,6 +607,10 @@ void Wal::drain() {
   w.stage = Stage::kSealSyncing;
   w.submit();
   w.wait_idle();
+}
+
+void Wal::start_segment_at_next_record() {
+  impl_->roll_requested = true;
 }
 
 Result<uint32_t> Wal::remove_segments_through(uint64_t seq) {

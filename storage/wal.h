@@ -106,6 +106,12 @@ class Wal {
   // seal durable too. For shutdown and tests.
   void drain();
 
+  // The next record goes into a new segment (if the current one holds any). Called at a
+  // snapshot's cut, so every record after the cut is in segments that begin after it: the
+  // segments the snapshot covers are then never read, and damage in them cannot stop a
+  // start that does not need them.
+  void start_segment_at_next_record();
+
   // Removes every segment all of whose records are <= seq (a snapshot covers them),
   // never the segment appends go to, then fsyncs the directory. Returns how many went.
   // seq above durable_sequence() is kInvalidArgument (a snapshot covers durable records).
@@ -142,7 +148,11 @@ struct SalvageReport {
 // .tail holds the bytes from the damaged batch's start to the segment's last nonzero byte
 // (the rest is preallocated zeros); a damaged seal is moved aside as "seal", and *.wal
 // names that are not segments are moved aside whole.
+// after_seq: the newest valid snapshot holds every record up to it (0: none). Segments it
+// wholly covers are not read; damage in records it holds, inside a segment that also
+// holds later ones, is not cut (kCorruption: cutting there would lose the later records).
 [[nodiscard]] Result<SalvageReport> salvage_wal(const std::string& dir,
-                                                const std::string& aside_dir, Fs& fs = Fs::real());
+                                                const std::string& aside_dir, Fs& fs = Fs::real(),
+                                                uint64_t after_seq = 0);
 
 }  // namespace cardnode::storage

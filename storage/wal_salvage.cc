@@ -29,8 +29,8 @@ uint64_t file_bytes(const std::string& path) {
 
 class Salvage {
  public:
-  Salvage(const std::string& dir, const std::string& aside_dir, Fs& fs)
-      : dir_(dir), aside_(aside_dir), fs_(fs) {
+  Salvage(const std::string& dir, const std::string& aside_dir, Fs& fs, uint64_t after_seq)
+      : dir_(dir), aside_(aside_dir), fs_(fs), after_seq_(after_seq) {
     report_.aside_dir = aside_dir;
   }
 
@@ -51,6 +51,7 @@ class Salvage {
   std::string dir_;
   std::string aside_;
   Fs& fs_;
+  uint64_t after_seq_;  // a snapshot holds every record up to here
   SalvageReport report_;
   uint64_t last_kept_seq_ = 0;
   bool aside_ready_ = false;
@@ -60,8 +61,10 @@ Result<SalvageReport> Salvage::run() {
   auto listed = wal_detail::list_wal_dir(dir_);
   if (!listed) return std::unexpected(listed.error());
   if (auto st = move_foreign(listed->foreign); !st) return std::unexpected(st.error());
-  // No snapshot is assumed: the log is checked from its first segment on.
+  // The log is checked from its first segment on, or from the first one the snapshot does
+  // not wholly cover.
   uint64_t after_seq = listed->segments.empty() ? 0 : listed->segments.front().first_seq - 1;
+  after_seq = std::max(after_seq, after_seq_);
   auto scan = wal_detail::scan_wal(dir_, after_seq, nullptr);
   if (!scan) return std::unexpected(scan.error());
   if (!scan->first_problem()) {
@@ -70,7 +73,19 @@ Result<SalvageReport> Salvage::run() {
     }
     return report_;
   }
-  if (!report_.damaged) report_.damage = scan->first_problem()->message;
+  // Cutting below the snapshot would drop the records after it too: the log would then end
+  // before the snapshot, and no start could use either.
+  const wal_detail::Corruption& problem = *scan->first_problem();
+  const bool before_snapshot = problem.kind == wal_detail::Corruption::Kind::kBatch ||
+                               problem.kind == wal_detail::Corruption::Kind::kSegment;
+  if (after_seq_ > 0 && before_snapshot && problem.seq <= after_seq_) {
+    return fail(Errc::kCorruption,
+                problem.message + "; the damage is in records the snapshot through " +
+                    std::to_string(after_seq_) +
+                    " already holds, inside a segment that also holds later records: salvage "
+                    "cannot cut there without losing those");
+  }
+  if (!report_.damaged) report_.damage = problem.message;
   report_.damaged = true;
   if (auto st = repair(*scan); !st) return std::unexpected(st.error());
   return report_;
@@ -227,8 +242,9 @@ Result<std::string> Salvage::aside_path(const std::string& name) {
 
 }  // namespace
 
-Result<SalvageReport> salvage_wal(const std::string& dir, const std::string& aside_dir, Fs& fs) {
-  Salvage salvage(dir, aside_dir, fs);
+Result<SalvageReport> salvage_wal(const std::string& dir, const std::string& aside_dir, Fs& fs,
+                                  uint64_t after_seq) {
+  Salvage salvage(dir, aside_dir, fs, after_seq);
   return salvage.run();
 }
 

@@ -195,6 +195,16 @@ TEST_F(Cluster, RetentionPrunesTheOldestAndTheirLogs) {
   EXPECT_EQ(cli({"run", "--", "true"}).out, "7\n");
 }
 
+// Keeping no finished job at all still answers every waiting client first.
+TEST_F(Cluster, RetentionNeverTakesAJobFromItsWaitingClient) {
+  start_server({"--keep-finished", "0"});
+  for (int i = 0; i < 8; ++i) {
+    Output r = cli({"run", "--wait", "--cpu", "0.1", "--", "sh", "-c", "exit 3"});
+    EXPECT_EQ(r.code, 3) << r.err;
+  }
+  EXPECT_TRUE(eventually([&] { return job_ids(json_of(cli({"ps", "--json"}))).empty(); }));
+}
+
 TEST_F(Cluster, RetentionByAgePrunesAnIdleHistory) {
   start_server({"--keep-finished-for", "2s"});
   ASSERT_EQ(cli({"run", "--wait", "--cpu", "0.1", "--", "true"}).code, 0);

@@ -15,7 +15,8 @@
 // through the callbacks they pass in; the client API (runtime/api.h) turns those into
 // replies. It never calls into the API or the server.
 //
-// Threading: loop thread only. `store` must outlive the coordinator.
+// Threading: loop thread only. `store` must outlive the coordinator, and be drained
+// (DurableStore::drain) before the coordinator goes: its pending callbacks point here.
 #pragma once
 
 #include <array>

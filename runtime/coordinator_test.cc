@@ -155,7 +155,12 @@ class Harness {
     engine_used_ = engine;
   }
 
+  // As the server: what the store still owes runs while the coordinator is alive.
   ~Harness() {
+    if (c_) {
+      c_->stop();
+      store_->drain();
+    }
     c_.reset();
     store_.reset();
     local_.reset();

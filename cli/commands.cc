@@ -332,9 +332,10 @@ int cmd_fsck(const std::string& data_dir) {
   for (const std::string& d : r->snapshots_damaged) {
     std::printf("  damaged snapshot, an older one stands in: %s\n", d.c_str());
   }
-  std::printf("  WAL: %llu records after the snapshot in %llu segments\n",
+  std::printf("  WAL: %llu records in %llu segments%s\n",
               static_cast<unsigned long long>(r->wal.records),
-              static_cast<unsigned long long>(r->wal.segments));
+              static_cast<unsigned long long>(r->wal.segments),
+              r->snapshot_seq > 0 ? " after the snapshot" : "");
   if (r->wal.torn_tail_bytes > 0) {
     std::printf(
         "  torn tail: %llu bytes at %s (the last write, never acknowledged; the next "

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make demo: a one-board pool on a temporary data dir. Starts `cardnode server`, runs an
 # 8-task array job, shows `ps`, a task's logs and a few lines of /metrics, then stops
-# the server with SIGTERM (a clean stop) and removes the data dir.
+# the server with SIGTERM (a clean stop), checks the data dir with `fsck` and removes it.
 set -euo pipefail
 bin=${1:-build/release/cli/cardnode}
 [ -x "$bin" ] || { echo "demo: $bin not built (run make build)" >&2; exit 2; }
@@ -57,3 +57,5 @@ exec 3>&-
 say "kill -TERM <server>   # clean stop"
 kill -TERM "$server_pid"; wait "$server_pid"; server_pid=
 echo "server stopped cleanly"
+say "cardnode fsck $data   # the durable state: snapshots and WAL, checked without changing them"
+"$bin" fsck "$data"

@@ -29,6 +29,13 @@ void ClientApi::handle(pb::Request&& req, net::Responder r) {
     case pb::Request::kListJobs: return on_list_jobs(r);
     case pb::Request::kGetJob: return on_get_job(req.get_job(), r);
     case pb::Request::kListNodes: return on_list_nodes(r);
+    case pb::Request::kAgentHello:
+    case pb::Request::kAgentHeartbeat:
+    case pb::Request::kAgentPoll:
+    case pb::Request::kAgentReport:
+    case pb::Request::kAgentLog:
+    case pb::Request::kDrain:
+      return r.reply(error_response({Errc::kInvalidArgument, "not served here yet", 0}));
     case pb::Request::BODY_NOT_SET: break;
   }
   r.reply(error_response({Errc::kInvalidArgument, "request has no body", 0}));

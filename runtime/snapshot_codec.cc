@@ -79,8 +79,14 @@ SnapshotBuilder::SnapshotBuilder(const State& state, uint32_t tasks_per_slice, b
     node->set_identity(state.node_identity(n.id));
     node->set_cpu_millis(n.spec.capacity.cpu_millis);
     node->set_mem_bytes(n.spec.capacity.mem_bytes);
+    node->set_tasks_max(n.spec.tasks_max);
     for (const auto& [k, v] : n.spec.labels) (*node->mutable_labels())[k] = v;
     image->set_removed(n.removed);
+    if (n.draining) {
+      image->mutable_drain()->set_node_id(n.id);
+      image->mutable_drain()->set_draining(true);
+      image->mutable_drain()->set_deadline_ms(n.drain_deadline_ms);
+    }
     put(chunk);
   }
   CARDNODE_CHECK(!observe);  // observing needs a mutable State: the other constructor
@@ -228,7 +234,9 @@ Status SnapshotLoader::feed(std::string_view bytes) {
       if (jobs_done_ > 0 || !partial_.empty()) return corrupt("a node after the jobs");
       const pb::NodeImage& image = chunk.node();
       if (image.node().node_id() != nodes_) return corrupt("nodes out of order");
-      State::NodeImage n{to_sched_node(image.node()), image.node().identity(), image.removed()};
+      State::NodeImage n{to_sched_node(image.node()), image.node().identity(), image.removed(),
+                         image.has_drain() && image.drain().draining(),
+                         image.has_drain() ? image.drain().deadline_ms() : 0};
       if (auto st = state_.restore_node(std::move(n)); !st) return st;
       ++nodes_;
       return {};

@@ -57,6 +57,7 @@ sched::NodeSpec to_sched_node(const pb::NodeUpdated& r) {
   sched::NodeSpec out;
   out.name = r.name();
   out.capacity = {r.cpu_millis(), r.mem_bytes()};
+  out.tasks_max = r.tasks_max();
   for (const auto& [k, v] : r.labels()) out.labels[k] = v;
   return out;
 }
@@ -210,6 +211,12 @@ Result<Applied> State::apply_event(const pb::WalRecord& record) {
       return out;
     }
     case pb::WalRecord::kJobsPruned: return apply_jobs_pruned(record.jobs_pruned());
+    case pb::WalRecord::kNodeDrain: {
+      const auto& r = record.node_drain();
+      auto ok = cluster_.set_draining(r.node_id(), r.draining(), r.deadline_ms());
+      if (!ok) return sched_fail(ok.error(), "drain node " + std::to_string(r.node_id()));
+      return out;
+    }
     case pb::WalRecord::EVENT_NOT_SET: break;
   }
   return fail(Errc::kCorruption, "WAL record without an event");
@@ -276,7 +283,8 @@ Status State::restore_node(NodeImage image) {
   if (!image.removed && node_by_identity(image.identity)) {
     return fail(Errc::kCorruption, "snapshot: two live nodes share an identity");
   }
-  auto ok = cluster_.restore_node(std::move(image.spec), image.removed);
+  auto ok = cluster_.restore_node(std::move(image.spec), image.removed, image.draining,
+                                  image.drain_deadline_ms);
   if (!ok)
     return fail(Errc::kCorruption, std::string("snapshot: node: ") + sched_error_text(ok.error()));
   if (!image.removed) {

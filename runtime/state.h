@@ -102,6 +102,8 @@ class State final : private sched::JobObserver {
     sched::NodeSpec spec;
     std::string identity;
     bool removed = false;
+    bool draining = false;
+    uint64_t drain_deadline_ms = 0;
   };
   [[nodiscard]] Status restore_node(NodeImage image);
   [[nodiscard]] Status restore_job(sched::Job job, pb::JobSpec spec, bool cancelling);

@@ -56,8 +56,10 @@ uint64_t free_mem(const Node& n, const Resources& used) {
                                                      : n.spec.capacity.mem_bytes - used.mem_bytes;
 }
 
+// Takes new tasks at all (capacity and the executor's own task limit are checked against
+// a plan's running view in PlanView).
 bool placeable(const Node& n) {
-  return n.state == NodeState::kReady && !n.removed;
+  return n.state == NodeState::kReady && !n.removed && !n.draining;
 }
 
 bool labels_match(const Node& n, const JobSpec& spec) {
@@ -98,7 +100,11 @@ class PlanView {
  public:
   explicit PlanView(const std::vector<Node>& nodes) : nodes_(nodes) {
     used_.reserve(nodes.size());
-    for (const Node& n : nodes) used_.push_back(n.used);
+    running_.reserve(nodes.size());
+    for (const Node& n : nodes) {
+      used_.push_back(n.used);
+      running_.push_back(n.running);
+    }
     refresh_max_free();
   }
 
@@ -121,6 +127,7 @@ class PlanView {
     uint32_t best_cpu = 0;
     uint64_t best_mem = 0;
     for (NodeId id : candidates) {
+      if (at_task_limit(id)) continue;  // the node said it runs no more at once
       uint32_t cpu = free_cpu(nodes_[id], used_[id]);
       uint64_t mem = free_mem(nodes_[id], used_[id]);
       if (cpu < need.cpu_millis || mem < need.mem_bytes) continue;
@@ -134,15 +141,21 @@ class PlanView {
   void take(NodeId id, const Resources& need) {
     used_[id].cpu_millis += need.cpu_millis;
     used_[id].mem_bytes += need.mem_bytes;
+    ++running_[id];
     refresh_max_free();
   }
 
  private:
+  bool at_task_limit(NodeId id) const {
+    uint32_t max = nodes_[id].spec.tasks_max;
+    return max != 0 && running_[id] >= max;
+  }
+
   void refresh_max_free() {
     max_free_cpu_ = 0;
     max_free_mem_ = 0;
     for (const Node& n : nodes_) {
-      if (!placeable(n)) continue;
+      if (!placeable(n) || at_task_limit(n.id)) continue;
       max_free_cpu_ = std::max(max_free_cpu_, free_cpu(n, used_[n.id]));
       max_free_mem_ = std::max(max_free_mem_, free_mem(n, used_[n.id]));
     }
@@ -150,6 +163,7 @@ class PlanView {
 
   const std::vector<Node>& nodes_;
   std::vector<Resources> used_;
+  std::vector<uint32_t> running_;
   uint32_t max_free_cpu_ = 0;
   uint64_t max_free_mem_ = 0;
 };
@@ -251,6 +265,14 @@ std::expected<void, SchedError> Cluster::remove_node(NodeId id) {
   nodes_[id].state = NodeState::kDown;
   SCHED_CHECK(live_nodes_ > 0);
   --live_nodes_;
+  return {};
+}
+
+std::expected<void, SchedError> Cluster::set_draining(NodeId id, bool draining,
+                                                      uint64_t deadline_ms) {
+  if (id >= nodes_.size() || nodes_[id].removed) return std::unexpected(SchedError::kUnknownNode);
+  nodes_[id].draining = draining;
+  nodes_[id].drain_deadline_ms = draining ? deadline_ms : 0;
   return {};
 }
 
@@ -602,13 +624,16 @@ void Cluster::release_dependents(JobId ended, uint64_t now_ms) {
 
 namespace cardnode::sched {
 
-std::expected<void, SchedError> Cluster::restore_node(NodeSpec spec, bool removed) {
+std::expected<void, SchedError> Cluster::restore_node(NodeSpec spec, bool removed, bool draining,
+                                                      uint64_t drain_deadline_ms) {
   if (!valid_node_spec(spec)) return std::unexpected(SchedError::kBadImage);
   if (!removed && node_by_name(spec.name) != nullptr) return std::unexpected(SchedError::kBadImage);
   Node n;
   n.id = static_cast<NodeId>(nodes_.size());
   n.spec = std::move(spec);
   n.removed = removed;
+  n.draining = draining && !removed;
+  n.drain_deadline_ms = n.draining ? drain_deadline_ms : 0;
   if (removed) n.state = NodeState::kDown;
   nodes_.push_back(std::move(n));
   if (!removed) ++live_nodes_;

@@ -97,6 +97,7 @@ struct NodeSpec {
   std::string name;
   Resources capacity;
   std::map<std::string, std::string> labels;
+  uint32_t tasks_max = 0;  // tasks its executor runs at once; 0: no limit of its own
 };
 
 struct TaskRef {
@@ -143,8 +144,10 @@ struct Job {
 struct Node {
   NodeId id = 0;
   NodeSpec spec;
-  NodeState state = NodeState::kReady;
-  bool removed = false;  // its id stays taken; it gets no tasks and is not listed
+  NodeState state = NodeState::kReady;  // reachable or not: not durable
+  bool removed = false;                 // its id stays taken; it gets no tasks and is not listed
+  bool draining = false;                // durable: no new placements
+  uint64_t drain_deadline_ms = 0;       // then running tasks are stopped and requeued; 0: none
   Resources used;
   uint32_t running = 0;
 };
@@ -168,8 +171,10 @@ class Cluster {
   std::expected<void, SchedError> update_node(NodeId id, NodeSpec spec);
   // Only a node with no running task can go; its id is never given out again.
   std::expected<void, SchedError> remove_node(NodeId id);
-  // ready / draining / down: not durable (heartbeats decide it), so no observer call.
+  // ready / down: not durable (heartbeats decide it), so no observer call.
   std::expected<void, SchedError> set_node_state(NodeId id, NodeState state);
+  // `cardnode drain`: a draining node gets no new placements (durable, a record).
+  std::expected<void, SchedError> set_draining(NodeId id, bool draining, uint64_t deadline_ms);
 
   // Accepts a job under the id the server chose (ids increase). Validates the spec.
   std::expected<void, SchedError> submit(JobId id, JobSpec spec, uint64_t now_ms);
@@ -200,7 +205,8 @@ class Cluster {
   // ---- snapshots: rebuild from images, then recompute every derived index --------------
   // Nodes in id order (removed ones included); jobs in any order, each whole: tasks sized
   // spec.count, state_counts and the queue fields are recomputed here.
-  std::expected<void, SchedError> restore_node(NodeSpec spec, bool removed);
+  std::expected<void, SchedError> restore_node(NodeSpec spec, bool removed, bool draining = false,
+                                               uint64_t drain_deadline_ms = 0);
   std::expected<void, SchedError> restore_job(Job job, bool cancelling);
   // Checks the images against each other (nodes of started tasks, dependencies) and
   // rebuilds node usage, the run queue, the live and queued counts.

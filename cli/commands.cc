@@ -190,6 +190,45 @@ int cmd_server(runtime::ServerOptions options) {
   return (*server)->run();
 }
 
+int cmd_agent(const ClientConfig& cfg, runtime::AgentOptions options) {
+  options.data_dir = !cfg.data_dir.empty() ? cfg.data_dir : default_data_dir();
+  if (const char* v = env_or_null("CARDNODE_NO_CGROUPS")) options.disable_cgroups = std::string(v) == "1";
+  // The cluster token: --token-file, else CARDNODE_TOKEN, else DATA_DIR/token (copied there
+  // from the server's data dir).
+  if (!cfg.token_file.empty()) {
+    auto t = net::load_token(cfg.token_file);
+    if (!t) return error_line(t.error().describe(), kExitUsage);
+    options.token = *t;
+  } else if (const char* env = env_or_null("CARDNODE_TOKEN")) {
+    options.token = env;
+  } else {
+    auto t = net::load_token(options.data_dir + "/token");
+    if (!t) {
+      return error_line("no cluster token: pass --token-file F (the server's DATA_DIR/token), set "
+                        "CARDNODE_TOKEN, or copy it to " + options.data_dir + "/token (" +
+                            t.error().describe() + ")",
+                        kExitUsage);
+    }
+    options.token = *t;
+  }
+  auto agent = runtime::Agent::open(std::move(options));
+  if (!agent) return error_line(agent.error().describe(), 1);
+  return (*agent)->run();
+}
+
+int cmd_drain(const ClientConfig& cfg, const std::string& node, bool undrain, uint64_t deadline_ms) {
+  auto c = connect(cfg);
+  if (!c) return report(c.error());
+  pb::Request req;
+  req.mutable_drain()->set_node(node);
+  req.mutable_drain()->set_undrain(undrain);
+  req.mutable_drain()->set_deadline_ms(deadline_ms);
+  auto resp = call(**c, req);
+  if (!resp) return report(resp.error());
+  std::printf("%s %s\n", undrain ? "undrained" : "draining", node.c_str());
+  return 0;
+}
+
 int cmd_run(const ClientConfig& cfg, pb::JobSpec spec, bool wait) {
   char cwd[4096];
   if (::getcwd(cwd, sizeof(cwd)) != nullptr) spec.set_cwd(cwd);

@@ -10,6 +10,7 @@
 
 #include "cardnode.pb.h"
 #include "cli/parse.h"
+#include "runtime/agent.h"
 #include "runtime/server.h"
 
 namespace cardnode::cli {
@@ -27,6 +28,8 @@ struct ClientConfig {
 std::string default_data_dir();
 
 int cmd_server(runtime::ServerOptions options);
+int cmd_agent(const ClientConfig& cfg, runtime::AgentOptions options);
+int cmd_drain(const ClientConfig& cfg, const std::string& node, bool undrain, uint64_t deadline_ms);
 int cmd_run(const ClientConfig& cfg, pb::JobSpec spec, bool wait);
 int cmd_submit(const ClientConfig& cfg, const std::string& file, bool wait);
 int cmd_ps(const ClientConfig& cfg, std::optional<uint64_t> job, bool json);

@@ -1,5 +1,6 @@
-// cardnode: one binary for every role. `server` runs the pool; every other subcommand is a
-// short-lived client of the server, except `fsck`, which reads a data dir (docs/CLI.md).
+// cardnode: one binary for every role. `server` runs the pool and `agent` runs a board's
+// tasks for it; every other subcommand is a short-lived client of the server, except `fsck`,
+// which reads a data dir (docs/CLI.md).
 // "__task-exec" is the internal entry the executor spawns for each task
 // (runtime/executor.h).
 //
@@ -49,6 +50,8 @@ Entry add_server(CLI::App& app, const ClientConfig& client) {
     bool no_exec = false;
     std::string keep_for = "7d";
     std::string snapshot_bytes = "8M";
+    std::string heartbeat = "1s";
+    std::string grace = "10s";
   };
   auto a = std::make_shared<Args>();
   auto* sub = app.add_subcommand("server", "Run the coordinator (and execute tasks here)");
@@ -69,6 +72,9 @@ Entry add_server(CLI::App& app, const ClientConfig& client) {
                   "And for at most this long, e.g. 7d, 12h (default 7d)");
   sub->add_option("--snapshot-wal-bytes", a->snapshot_bytes,
                   "Snapshot once the WAL since the last one passes this (default 8M)");
+  sub->add_option("--heartbeat", a->heartbeat, "Agents' heartbeat interval (default 1s)");
+  sub->add_option("--grace", a->grace,
+                  "Silence after which an agent's node is down and its tasks lost (default 10s)");
   return {sub, [a, &client] {
             std::string err;
             a->options.data_dir = client.data_dir;
@@ -82,8 +88,69 @@ Entry add_server(CLI::App& app, const ClientConfig& client) {
             if (auto v = check(parse_size(a->snapshot_bytes), &err)) {
               a->options.snapshot_wal_bytes = *v;
             }
+            if (auto v = check(parse_duration_ms(a->heartbeat), &err)) a->options.heartbeat_ms = *v;
+            if (auto v = check(parse_duration_ms(a->grace), &err)) a->options.grace_ms = *v;
+            if (err.empty() && (a->options.heartbeat_ms < 10 || a->options.heartbeat_ms > 60'000)) {
+              err = "--heartbeat must be between 10ms and 60s";
+            }
+            if (err.empty() && a->options.grace_ms < 2 * a->options.heartbeat_ms) {
+              err = "--grace must be at least two heartbeats";
+            }
             if (!err.empty()) return usage_error(err);
             return cmd_server(std::move(a->options));
+          }};
+}
+
+Entry add_agent(CLI::App& app, const ClientConfig& client) {
+  struct Args {
+    cardnode::runtime::AgentOptions options;
+    std::vector<std::string> labels;
+    uint32_t tasks_max = 1024;
+  };
+  auto a = std::make_shared<Args>();
+  auto* sub = app.add_subcommand("agent", "Run tasks on this board for the server at --join");
+  sub->add_option("--join", a->options.join, "The server's address HOST:PORT")->required();
+  sub->add_option("--log-dir", a->options.log_dir,
+                  "Task logs (default DATA_DIR/logs), e.g. on tmpfs");
+  sub->add_option("--name", a->options.node_name, "This board's node name (default: hostname)");
+  sub->add_option("--label", a->labels, "Node label K=V (repeatable)")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  sub->add_option("--tasks-max", a->tasks_max, "Tasks this board runs at once (default 1024)")
+      ->check(CLI::Range(1u, 1024u));
+  return {sub, [a, &client] {
+            std::string err;
+            a->options.tasks_max = a->tasks_max;
+            for (const auto& l : a->labels) {
+              if (auto kv = check(parse_label(l), &err)) a->options.labels[kv->first] = kv->second;
+            }
+            if (!err.empty()) return usage_error(err);
+            return cmd_agent(client, std::move(a->options));
+          }};
+}
+
+Entry add_drain(CLI::App& app, const ClientConfig& client) {
+  struct Args {
+    std::string node, deadline;
+    bool undrain = false;
+  };
+  auto a = std::make_shared<Args>();
+  auto* sub = app.add_subcommand(
+      "drain", "Stop placing tasks on NODE; running ones finish (or stop after --deadline)");
+  sub->add_option("node", a->node, "NODE")->required();
+  sub->add_option("--deadline", a->deadline,
+                  "Stop what still runs after this long and requeue it, e.g. 5m");
+  sub->add_flag("--undrain", a->undrain, "Place tasks on NODE again");
+  return {sub, [a, &client] {
+            uint64_t deadline_ms = 0;
+            if (!a->deadline.empty()) {
+              if (a->undrain) return usage_error("--deadline makes no sense with --undrain");
+              auto v = parse_duration_ms(a->deadline);
+              if (!v) return usage_error(v.error().message);
+              if (*v == 0) return usage_error("--deadline must be above zero");
+              deadline_ms = *v;
+            }
+            return cmd_drain(client, a->node, a->undrain, deadline_ms);
           }};
 }
 
@@ -259,9 +326,10 @@ int main(int argc, char** argv) {
                  "Data directory (server), or where a client finds addr and token");
 
   const std::vector<Entry> entries = {
-      add_server(app, client), add_run(app, client),  add_submit(app, client),
-      add_ps(app, client),     add_logs(app, client), add_cancel(app, client),
-      add_nodes(app, client),  add_fsck(app, client),
+      add_server(app, client), add_agent(app, client),  add_run(app, client),
+      add_submit(app, client), add_ps(app, client),     add_logs(app, client),
+      add_cancel(app, client), add_nodes(app, client),  add_drain(app, client),
+      add_fsck(app, client),
   };
   if (auto bad = unknown_subcommand(app, argc, argv)) {
     return usage_error("unknown subcommand '" + *bad + "'");

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "runtime/agent_hub.h"
+
 namespace cardnode::runtime {
 namespace {
 
@@ -29,13 +31,12 @@ void ClientApi::handle(pb::Request&& req, net::Responder r) {
     case pb::Request::kListJobs: return on_list_jobs(r);
     case pb::Request::kGetJob: return on_get_job(req.get_job(), r);
     case pb::Request::kListNodes: return on_list_nodes(r);
-    case pb::Request::kAgentHello:
-    case pb::Request::kAgentHeartbeat:
-    case pb::Request::kAgentPoll:
-    case pb::Request::kAgentReport:
-    case pb::Request::kAgentLog:
-    case pb::Request::kDrain:
-      return r.reply(error_response({Errc::kInvalidArgument, "not served here yet", 0}));
+    case pb::Request::kAgentHello: return hub_.on_hello(req.agent_hello(), r);
+    case pb::Request::kAgentHeartbeat: return hub_.on_heartbeat(req.agent_heartbeat(), r);
+    case pb::Request::kAgentPoll: return hub_.on_poll(req.agent_poll(), r);
+    case pb::Request::kAgentReport: return hub_.on_report(req.agent_report(), r);
+    case pb::Request::kAgentLog: return hub_.on_log(req.agent_log(), r);
+    case pb::Request::kDrain: return on_drain(req.drain(), r);
     case pb::Request::BODY_NOT_SET: break;
   }
   r.reply(error_response({Errc::kInvalidArgument, "request has no body", 0}));
@@ -108,7 +109,12 @@ void ClientApi::on_list_nodes(net::Responder r) {
       if (n.removed) continue;
       pb::NodeInfo* ni = list->add_nodes();
       ni->set_name(n.spec.name);
-      ni->set_state(sched::node_state_name(n.state));
+      const char* state = n.state == sched::NodeState::kDown ? "down"
+                          : !n.draining                       ? "ready"
+                          : n.running > 0                     ? "draining"
+                                                              : "drained";
+      ni->set_state(state);
+      ni->set_tasks_max(n.spec.tasks_max);
       ni->set_cpu_millis(n.spec.capacity.cpu_millis);
       ni->set_mem_bytes(n.spec.capacity.mem_bytes);
       ni->set_cpu_millis_used(n.used.cpu_millis);
@@ -125,9 +131,10 @@ void ClientApi::on_read_log(const pb::ReadLog& m, net::Responder r) {
   const sched::Job* job = c_.state().cluster().job(m.job_id());
   if (job == nullptr) return r.reply(error_response(c_.missing_job(m.job_id())));
   if (m.index() >= job->tasks.size()) {
-    return r.reply(error_response(
-        {Errc::kNotFound, "no task " + std::to_string(m.job_id()) + "." + std::to_string(m.index()),
-         0}));
+    return r.reply(error_response({Errc::kNotFound,
+                                   "no task " + std::to_string(m.job_id()) + "." +
+                                       std::to_string(m.index()),
+                                   0}));
   }
   const sched::Task& task = job->tasks[m.index()];
   // "final" is state: it is said only once the record that made the task final is durable
@@ -140,12 +147,21 @@ void ClientApi::on_read_log(const pb::ReadLog& m, net::Responder r) {
     resp.mutable_log()->set_final(final);
     return r.reply(std::move(resp));
   }
-  storage::LogKey key{
-      m.job_id(), m.index(),
-      m.stream() == pb::STDERR ? storage::Stream::kStderr : storage::Stream::kStdout};
-  uint32_t max =
-      m.max_bytes() == 0 ? kLogChunkBytesMax : std::min(m.max_bytes(), kLogChunkBytesMax);
-  logs_.read(key, m.offset(), max, [r, final, offset = m.offset()](Result<std::string> data) {
+  const uint64_t offset = m.offset();
+  // Logs stay on the board that ran the task: another board's are fetched through its agent.
+  if (!local_node_ || task.node != *local_node_) {
+    const uint32_t wait_ms = final ? 0 : std::min<uint32_t>(m.wait_ms(), kLogWaitMsMax);
+    return hub_.fetch_log(task.node, m, wait_ms, [r, offset](pb::Response resp) {
+      if (resp.has_log()) {
+        resp.mutable_log()->set_next_offset(offset + resp.log().data().size());
+      }
+      r.reply(std::move(resp));
+    });
+  }
+  storage::LogKey key{m.job_id(), m.index(),
+                      m.stream() == pb::STDERR ? storage::Stream::kStderr : storage::Stream::kStdout};
+  uint32_t max = m.max_bytes() == 0 ? kLogChunkBytesMax : std::min(m.max_bytes(), kLogChunkBytesMax);
+  logs_.read(key, offset, max, [r, final, offset](Result<std::string> data) {
     if (!data && data.error().code != Errc::kNotFound) return r.reply(error_response(data.error()));
     std::string bytes = data ? std::move(*data) : std::string();
     pb::Response resp;
@@ -154,6 +170,13 @@ void ClientApi::on_read_log(const pb::ReadLog& m, net::Responder r) {
     chunk->set_final(final && bytes.empty());
     chunk->set_data(std::move(bytes));
     r.reply(std::move(resp));
+  });
+}
+
+void ClientApi::on_drain(const pb::DrainNode& m, net::Responder r) {
+  c_.drain(m.node(), m.undrain(), m.deadline_ms(), [r](Status st) {
+    if (!st) return r.reply(error_response(st.error()));
+    r.reply(pb::Response{});
   });
 }
 

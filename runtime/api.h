@@ -7,6 +7,7 @@
 #pragma once
 
 #include <functional>
+#include <optional>
 
 #include "cardnode.pb.h"
 #include "net/rpc_server.h"
@@ -18,14 +19,23 @@ namespace cardnode::runtime {
 inline constexpr uint32_t kJobsListedMax = 10'000;    // newest jobs in one ListJobs reply
 inline constexpr uint32_t kTasksListedMax = 100'000;  // tasks in one GetJob reply (< frame bound)
 inline constexpr uint32_t kLogChunkBytesMax = 1u << 20;
+inline constexpr uint32_t kLogWaitMsMax = 30'000;  // a `logs -f` read held at most this long
 
 // Fills what only the board itself knows (arch, isolation, io backend) into a node's entry.
 using DescribeNode = std::function<void(const sched::Node& node, pb::NodeInfo* info)>;
 
+class AgentHub;
+
 class ClientApi {
  public:
-  ClientApi(Coordinator& coordinator, storage::LogStore& logs, DescribeNode describe)
-      : c_(coordinator), logs_(logs), describe_(std::move(describe)) {}
+  // local_node: the server's own board (its task logs are here); hub: remote boards.
+  ClientApi(Coordinator& coordinator, storage::LogStore& logs, AgentHub& hub,
+            std::optional<sched::NodeId> local_node, DescribeNode describe)
+      : c_(coordinator),
+        logs_(logs),
+        hub_(hub),
+        local_node_(local_node),
+        describe_(std::move(describe)) {}
 
   void handle(pb::Request&& request, net::Responder responder);
 
@@ -37,6 +47,7 @@ class ClientApi {
   void on_list_jobs(net::Responder r);
   void on_list_nodes(net::Responder r);
   void on_read_log(const pb::ReadLog& m, net::Responder r);
+  void on_drain(const pb::DrainNode& m, net::Responder r);
   // Answers with make() once everything applied so far is durable.
   void after_durable(net::Responder r, std::function<pb::Response()> make);
 
@@ -45,6 +56,8 @@ class ClientApi {
 
   Coordinator& c_;
   storage::LogStore& logs_;
+  AgentHub& hub_;
+  std::optional<sched::NodeId> local_node_;
   DescribeNode describe_;
 };
 

@@ -9,7 +9,8 @@ namespace {
 
 bool same_node(const sched::NodeSpec& a, const sched::NodeSpec& b) {
   return a.name == b.name && a.capacity.cpu_millis == b.capacity.cpu_millis &&
-         a.capacity.mem_bytes == b.capacity.mem_bytes && a.labels == b.labels;
+         a.capacity.mem_bytes == b.capacity.mem_bytes && a.labels == b.labels &&
+         a.tasks_max == b.tasks_max;
 }
 
 std::string duration_text(uint64_t ms) {
@@ -190,6 +191,7 @@ Result<sched::NodeId> Coordinator::register_node(const std::string& identity,
   n->set_identity(identity);
   n->set_cpu_millis(spec.capacity.cpu_millis);
   n->set_mem_bytes(spec.capacity.mem_bytes);
+  n->set_tasks_max(spec.tasks_max);
   for (const auto& [k, v] : spec.labels) (*n->mutable_labels())[k] = v;
   n->set_updated_ms(hooks_.now_ms());
   auto seq = commit(rec, nullptr);
@@ -376,6 +378,72 @@ void Coordinator::dispatch(sched::TaskRef t, uint32_t attempt) {
   }
 }
 
+bool Coordinator::runs(sched::TaskRef t, uint32_t attempt, sched::NodeId node) const {
+  const sched::Job* job = state_.cluster().job(t.job);
+  if (job == nullptr || t.index >= job->tasks.size()) return false;
+  const sched::Task& task = job->tasks[t.index];
+  return task.state == sched::TaskState::kRunning && task.attempts == attempt && task.node == node;
+}
+
+std::vector<std::pair<sched::TaskRef, uint32_t>> Coordinator::attempts_on(sched::NodeId id) const {
+  std::vector<std::pair<sched::TaskRef, uint32_t>> out;
+  for (const sched::TaskRef& t : state_.cluster().running_on(id)) {
+    out.emplace_back(t, state_.cluster().job(t.job)->tasks[t.index].attempts);
+  }
+  return out;
+}
+
+Coordinator::EndReport Coordinator::report_end(sched::TaskRef t, uint32_t attempt,
+                                               sched::NodeId node, TaskExit exit) {
+  if (!runs(t, attempt, node)) {
+    ++stats_.stale_reports;
+    return EndReport::kStale;
+  }
+  const uint64_t deferred_before = deferred_.size();
+  task_ended(t, attempt, node, exit);
+  return deferred_.size() > deferred_before ? EndReport::kDeferred : EndReport::kLogged;
+}
+
+void Coordinator::drain(const std::string& node_name, bool undrain, uint64_t deadline_ms,
+                        std::function<void(Status)> done) {
+  if (stopping_) return done(fail(Errc::kUnavailable, "server is stopping"));
+  const sched::Node* node = state_.cluster().node_by_name(node_name);
+  if (node == nullptr) return done(fail(Errc::kNotFound, "no node " + node_name));
+  pb::WalRecord rec;
+  pb::NodeDrain* d = rec.mutable_node_drain();
+  d->set_node_id(node->id);
+  d->set_draining(!undrain);
+  d->set_deadline_ms(undrain || deadline_ms == 0 ? 0 : hooks_.now_ms() + deadline_ms);
+  d->set_at_ms(hooks_.now_ms());
+  auto seq = commit(rec, [this, done](const Applied&) {
+    done({});
+    hooks_.request_turn();
+  });
+  if (!seq) done(std::unexpected(seq.error()));
+}
+
+// Past a drain's deadline, what still runs there is stopped and requeued (it ends lost).
+void Coordinator::stop_drained_tasks() {
+  const uint64_t now = hooks_.now_ms();
+  for (const sched::Node& n : state_.cluster().nodes()) {
+    if (!n.draining || n.drain_deadline_ms == 0 || now < n.drain_deadline_ms || n.running == 0) {
+      continue;
+    }
+    auto runner = runners_.find(n.id);
+    if (runner == runners_.end()) continue;
+    for (const auto& [t, attempt] : attempts_on(n.id)) {
+      if (!drain_stopped_.insert({t, attempt}).second) continue;
+      runner->second->kill(t.job, t.index, KillReason::kShutdown);
+    }
+  }
+  // Forget attempts that ended (bounded by what runs).
+  std::erase_if(drain_stopped_, [this](const auto& e) {
+    const sched::Job* job = state_.cluster().job(e.first.job);
+    return job == nullptr || job->tasks[e.first.index].state != sched::TaskState::kRunning ||
+           job->tasks[e.first.index].attempts != e.second;
+  });
+}
+
 void Coordinator::task_ended(sched::TaskRef t, uint32_t attempt, sched::NodeId node,
                              TaskExit exit) {
   Outcome o{t, attempt, exit};
@@ -536,6 +604,7 @@ void Coordinator::turn() {
   if (!stopping_) {
     schedule();
     prune_if_due();
+    stop_drained_tasks();
   }
   snapshot_step();
 }

@@ -25,6 +25,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -99,6 +100,25 @@ class Coordinator {
   // rules): its processes are gone (a restarted server, a dead board).
   void end_running_tasks(sched::NodeId id);
 
+  // ---- attempts reported from elsewhere (runtime/agent_hub.h) --------------------------
+  // The end of an attempt that node `node` ran, as its agent reports it. A report of an
+  // attempt that already ended, or that the state does not run there, is stale and
+  // changes nothing (a report may come twice; it is applied once).
+  enum class EndReport : uint8_t {
+    kLogged,    // logged now: durable once when_durable() says so
+    kStale,     // nothing to log
+    kDeferred,  // the store refused for now: it waits here; do not acknowledge it yet
+  };
+  EndReport report_end(sched::TaskRef t, uint32_t attempt, sched::NodeId node, TaskExit exit);
+  // True when the state runs this attempt on that node (an agent that came back lists it).
+  bool runs(sched::TaskRef t, uint32_t attempt, sched::NodeId node) const;
+  // The attempts the state runs on a node.
+  std::vector<std::pair<sched::TaskRef, uint32_t>> attempts_on(sched::NodeId id) const;
+
+  // `cardnode drain NODE [--deadline DUR]` / `--undrain`. done once durable (or refused).
+  void drain(const std::string& node_name, bool undrain, uint64_t deadline_ms,
+             std::function<void(Status)> done);
+
   // ---- requests: done runs once — at once with a refusal, else once durable. If the
   // store fails for good first, it never runs: the server is stopping and its client
   // connections close. -----------------------------------------------------------------
@@ -152,6 +172,7 @@ class Coordinator {
   void task_ended(sched::TaskRef t, uint32_t attempt, sched::NodeId node, TaskExit exit);
   bool record_outcome(const Outcome& o);
   void retry_outcomes();
+  void stop_drained_tasks();
 
   void prune_if_due();
   void snapshot_step();
@@ -178,6 +199,8 @@ class Coordinator {
   std::deque<Outcome> deferred_;  // task ends the store refused, oldest first
 
   uint64_t last_prune_check_ms_ = 0;
+  // Attempts stopped at a drain deadline: told once (bounded by the running tasks).
+  std::set<std::pair<sched::TaskRef, uint32_t>> drain_stopped_;
 
   std::unique_ptr<SnapshotBuilder> builder_;
   std::unique_ptr<storage::SnapshotSink> sink_;

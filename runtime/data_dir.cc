@@ -72,7 +72,8 @@ Result<std::string> load_or_create_identity(const std::string& path) {
   return id;
 }
 
-Result<DataDir> DataDir::open(const std::string& path, const std::string& log_dir) {
+Result<DataDir> DataDir::open(const std::string& path, const std::string& log_dir,
+                              bool make_token) {
   DataDir d;
   d.path_ = path;
   if (auto st = make_dir(path, 0700); !st) return std::unexpected(st.error());
@@ -82,9 +83,11 @@ Result<DataDir> DataDir::open(const std::string& path, const std::string& log_di
     return fail(Errc::kUnavailable, "another cardnode server is using data dir " + path);
   }
   d.lock_ = std::move(*lock);
-  auto token = net::create_token_if_missing(path + "/token");
-  if (!token) return std::unexpected(token.error());
-  d.token_ = std::move(*token);
+  if (make_token) {
+    auto token = net::create_token_if_missing(path + "/token");
+    if (!token) return std::unexpected(token.error());
+    d.token_ = std::move(*token);
+  }
   auto identity = load_or_create_identity(path + "/node_id");
   if (!identity) return std::unexpected(identity.error());
   d.node_identity_ = std::move(*identity);

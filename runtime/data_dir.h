@@ -22,7 +22,9 @@ namespace cardnode::runtime {
 class DataDir {
  public:
   // Creates what is missing and takes the lock (kUnavailable if another process holds it).
-  [[nodiscard]] static Result<DataDir> open(const std::string& path, const std::string& log_dir);
+  // A server makes the cluster token on first start; an agent is given it (make_token false).
+  [[nodiscard]] static Result<DataDir> open(const std::string& path, const std::string& log_dir,
+                                            bool make_token = true);
 
   const std::string& path() const { return path_; }
   const std::string& token() const { return token_; }

@@ -40,6 +40,10 @@ NodeFacts read_node_facts() {
   std::ifstream t("/sys/class/thermal/thermal_zone0/temp");
   long long milli = 0;
   if (t >> milli) f.temperature_millicelsius = static_cast<int32_t>(milli);
+  std::ifstream model("/proc/device-tree/model");
+  if (std::getline(model, f.board_model, '\0') && f.board_model.size() > 128) {
+    f.board_model.resize(128);
+  }
   return f;
 }
 

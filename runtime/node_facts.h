@@ -16,6 +16,7 @@ struct NodeFacts {
   uint32_t cpu_millis = 0;                          // online CPUs x 1000
   uint64_t mem_bytes = 0;                           // MemTotal
   std::optional<int32_t> temperature_millicelsius;  // thermal_zone0, when present
+  std::string board_model;                          // /proc/device-tree/model, when present
 };
 
 NodeFacts read_node_facts();

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "net/rpc_server.h"
+#include "runtime/agent_hub.h"
 #include "runtime/api.h"
 #include "runtime/coordinator.h"
 #include "runtime/data_dir.h"
@@ -65,6 +66,7 @@ struct Server::Impl {
   std::unique_ptr<storage::LogStore> logs;
   std::unique_ptr<storage::LocalStore> store;
   std::unique_ptr<Coordinator> coordinator;
+  std::unique_ptr<AgentHub> hub;
   std::unique_ptr<ClientApi> api;
   Isolation isolation;
   std::unique_ptr<Executor> executor;
@@ -205,6 +207,7 @@ Status register_local_node(Server::Impl& s) {
   spec.capacity = {s.facts.cpu_millis, s.facts.mem_bytes};
   spec.labels = s.options.labels;
   spec.labels["arch"] = s.facts.arch;
+  spec.tasks_max = ExecutorOptions{}.running_max;  // what the executor below will take
   auto id = s.coordinator->register_node(s.dir->node_identity(), spec);
   if (!id)
     return fail(id.error().code,
@@ -217,7 +220,8 @@ Status Server::Impl::start_listeners() {
   net::RpcServerOptions ro;
   ro.listen = options.listen;
   api = std::make_unique<ClientApi>(
-      *coordinator, *logs, [this](const sched::Node& n, pb::NodeInfo* info) { describe(n, info); });
+      *coordinator, *logs, *hub, local_node,
+      [this](const sched::Node& n, pb::NodeInfo* info) { describe(n, info); });
   rpc = std::make_unique<net::RpcServer>(&loop, dir->token(), ro,
                                          [this](pb::Request&& req, net::Responder r) {
                                            api->handle(std::move(req), std::move(r));
@@ -269,6 +273,7 @@ void Server::Impl::start_loop_handles() {
       &tick_timer,
       [](uv_timer_t* h) {
         auto* self = static_cast<Impl*>(h->data);
+        self->hub->tick();
         self->take_turn();
         self->refresh_metrics();
       },
@@ -319,7 +324,7 @@ void Server::Impl::take_turn() {
 }
 
 void Server::Impl::describe(const sched::Node& n, pb::NodeInfo* info) const {
-  if (!local_node || n.id != *local_node) return;
+  if (!local_node || n.id != *local_node) return hub->describe(n, info);
   info->set_arch(facts.arch);
   info->set_isolation(isolation_name(isolation.info().mode));
   for (const auto& e : isolation.info().enforced) info->add_enforced(e);
@@ -364,6 +369,7 @@ void Server::Impl::begin_stop(const char* why) {
   stop_started_ms = uv_now(&loop);
   log(Level::kInfo, "server", std::string("stopping (") + why + ")");
   coordinator->stop();
+  hub->stop();
   rpc->stop();
   // Killed tasks end lost (logged) and run again after the next start.
   if (executor) executor->kill_all();
@@ -406,6 +412,8 @@ Server::~Server() {
   }
   s.rpc.reset();
   s.api.reset();
+  if (s.hub) s.hub->stop();
+  s.hub.reset();
   if (s.executor && s.executor->running() > 0) {
     // The shutdown grace ran out with processes still being reaped. The Executor may
     // not be destroyed with live handles; the process is exiting, so let it go.
@@ -444,11 +452,14 @@ Result<std::unique_ptr<Server>> Server::open(ServerOptions options) {
     if (auto st = register_local_node(s); !st) return std::unexpected(st.error());
     s.coordinator->attach_runner(*s.local_node, s.runner.get());
   }
-  // No node has processes from before this start that we could still follow (agents that
-  // reconnect come with the cluster work): what the log says runs anywhere ended lost.
-  for (const sched::Node& n : s.coordinator->state().cluster().nodes()) {
-    if (!n.removed) s.coordinator->end_running_tasks(n.id);
-  }
+  // This board's executor starts empty: what the log says ran here died with the last run.
+  // Other boards' agents still run their tasks and get a grace to come back and say so.
+  if (s.local_node) s.coordinator->end_running_tasks(*s.local_node);
+  AgentHubOptions ho;
+  ho.heartbeat_ms = s.options.heartbeat_ms;
+  ho.grace_ms = s.options.grace_ms;
+  s.hub = std::make_unique<AgentHub>(*s.coordinator, ho, [&s] { return uv_now(&s.loop); });
+  s.hub->await_returning_nodes(s.local_node);
   s.sweep_pruned_logs();
   if (auto st = s.start_listeners(); !st) return std::unexpected(st.error());
   s.start_loop_handles();

@@ -37,6 +37,8 @@ struct ServerOptions {
   uint32_t keep_finished = 10'000;                          // --keep-finished
   uint64_t keep_finished_for_ms = 7ull * 24 * 3600 * 1000;  // --keep-finished-for
   uint64_t snapshot_wal_bytes = 8ull << 20;                 // --snapshot-wal-bytes
+  uint64_t heartbeat_ms = 1000;                             // --heartbeat: agents' interval
+  uint64_t grace_ms = 10'000;                               // --grace: silence before down
 };
 
 class Server {

@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -227,8 +228,13 @@ class Cluster : public ::testing::Test {
       int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
       dup2(fd, 2);
       dup2(fd, 1);
-      std::vector<std::string> args{CARDNODE_BIN, "server",      "--data-dir",       data_,
-                                    "--listen",   "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"};
+      std::vector<std::string> args{CARDNODE_BIN, "server", "--data-dir", data_};
+      // Port 0 unless the test names an address (a restart on the same one).
+      for (const char* opt : {"--listen", "--metrics-listen"}) {
+        if (std::find(extra.begin(), extra.end(), opt) == extra.end()) {
+          args.insert(args.end(), {opt, "127.0.0.1:0"});
+        }
+      }
       args.insert(args.end(), extra.begin(), extra.end());
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());

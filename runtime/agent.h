@@ -1,0 +1,56 @@
+// Agent: `cardnode agent --join HOST:PORT` — a board that runs what the server gives it.
+//
+// One loop, like the server: an RpcClient to the server (net/rpc_client.h: reconnects with
+// exponential backoff and jitter), the Executor and its isolation, a LogStore for task
+// output (logs stay on this board; the server fetches them), and the AgentJournal.
+//
+// The session (runtime/agent_protocol.md): hello with identity, facts, what still runs and
+// the ends not yet acknowledged; then one AgentPoll always outstanding (answered with work),
+// heartbeats every heartbeat_ms, and reports of task ends until acknowledged.
+//
+// Edge autonomy: when the server is away (crash, restart, partition) nothing here stops —
+// tasks run on, their ends wait in the journal, and go out when the server is back.
+// An agent restart kills what its previous run left (cgroups, the task tag) and reports
+// those attempts lost: nothing runs untracked.
+//
+// Threading: run() owns the calling thread.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "proto/error.h"
+
+namespace cardnode::runtime {
+
+struct AgentOptions {
+  std::string join;        // HOST:PORT of the server
+  std::string token;       // the cluster token (the CLI reads --token-file etc.)
+  std::string data_dir;    // node_id, journal/, logs/, work/
+  std::string log_dir;     // empty: DATA_DIR/logs
+  std::string node_name;   // empty: the hostname
+  std::map<std::string, std::string> labels;
+  std::string task_exec_program;  // empty: this binary
+  bool disable_cgroups = false;
+  uint32_t tasks_max = 1024;       // tasks at once: told to the server, which never sends more
+  uint64_t heartbeat_ms = 1000;    // until the server says otherwise
+};
+
+class Agent {
+ public:
+  [[nodiscard]] static Result<std::unique_ptr<Agent>> open(AgentOptions options);
+  ~Agent();
+  // Runs until SIGINT/SIGTERM: tasks are killed (their ends reported lost if the server can
+  // be told, else kept in the journal). Returns the exit code.
+  int run();
+
+  struct Impl;
+
+ private:
+  explicit Agent(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace cardnode::runtime

@@ -1,0 +1,287 @@
+// End-to-end across processes: a server (`--no-exec`) and agents, each its own process with
+// its own data dir, on loopback — the pool of boards, on one machine. Failures are real:
+// kill -9 of an agent or of the server, restarts on the same address. Waits are bounded
+// polls of `ps --json` / `nodes --json`, never guessed sleeps.
+//
+// Heartbeats are 200 ms and the grace 2 s here (both are server flags) so that a test that
+// waits for a node to be declared down waits seconds, not tens of them.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <set>
+
+#include "tests/e2e_pool.h"
+
+namespace cardnode::e2e {
+namespace {
+
+// The final view of a job's tasks: index -> {state, attempts, node}.
+struct TaskView {
+  std::string state, node;
+  int attempts = 0;
+};
+std::map<int, TaskView> tasks_of(Pool* t, int job) {
+  std::map<int, TaskView> out;
+  Json j = json_of(t->cli({"ps", std::to_string(job), "--json"}));
+  if (!j.contains("tasks")) return out;
+  for (const auto& task : j["tasks"]) {
+    out[task["index"].get<int>()] = {task["state"].get<std::string>(),
+                                     task.value("node", std::string()),
+                                     task["attempts"].get<int>()};
+  }
+  return out;
+}
+
+int count_state(const std::map<int, TaskView>& tasks, const std::string& state) {
+  int n = 0;
+  for (const auto& [i, t] : tasks) n += t.state == state;
+  return n;
+}
+
+TEST_F(Pool, ThreeAgentsShareAnArrayAndTheSurvivorsFinishAKilledOnesTasks) {
+  ASSERT_NO_FATAL_FAILURE(start_pool_server());
+  for (const char* name : {"a1", "a2", "a3"}) ASSERT_NO_FATAL_FAILURE(start_agent(name));
+  ASSERT_TRUE(eventually([&] { return ready_nodes() == 3; })) << logs();
+
+  // 300 tasks, small enough that all three boards hold some at once.
+  Output r = cli({"run", "--count", "300", "--cpu", "0.1", "--mem", "16M", "--", "sh", "-c",
+                  "sleep 0.5"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  // Every agent runs some, then a2 dies with tasks running.
+  ASSERT_TRUE(eventually(
+      [&] {
+        std::set<std::string> nodes;
+        int running_on_a2 = 0;
+        for (const auto& [i, t] : tasks_of(this, 1)) {
+          if (t.state == "running" || t.state == "succeeded") nodes.insert(t.node);
+          running_on_a2 += t.state == "running" && t.node == "a2";
+        }
+        return nodes.size() == 3 && running_on_a2 > 0;
+      },
+      60s))
+      << logs();
+  kill_agent("a2", SIGKILL);
+
+  // Grace (2 s) plus a few seconds per round of the remaining work.
+  ASSERT_TRUE(eventually([&] { return count_state(tasks_of(this, 1), "succeeded") == 300; }, 90s))
+      << cli({"ps", "1"}).out << logs();
+  auto tasks = tasks_of(this, 1);
+  int moved = 0;
+  for (const auto& [i, t] : tasks) {
+    EXPECT_EQ(t.state, "succeeded") << i;
+    // A task that needed a second attempt got it on a survivor.
+    if (t.attempts > 1) {
+      ++moved;
+      EXPECT_NE(t.node, "a2") << "task " << i << " ran again on the dead agent";
+    }
+  }
+  EXPECT_GT(moved, 0) << "a2 had running tasks when it died";
+  EXPECT_EQ(node_state("a2"), "down");
+}
+
+TEST_F(Pool, ServerKill9RestartsOnTheSameAddressAndNothingRunsTwice) {
+  const std::string listen = "127.0.0.1:" + std::to_string(free_port());
+  ASSERT_NO_FATAL_FAILURE(start_pool_server({"--listen", listen}));
+  ASSERT_NO_FATAL_FAILURE(start_agent("a1"));
+  ASSERT_NO_FATAL_FAILURE(start_agent("a2"));
+  ASSERT_TRUE(eventually([&] { return ready_nodes() == 2; })) << logs();
+
+  // Each task appends its index to a file once it has slept: the side effect counts runs.
+  const std::string side = root_ + "/side";
+  Output r = cli({"run", "--count", "12", "--cpu", "0.1", "--mem", "16M", "--", "sh", "-c",
+                  "sleep 2; echo $CARDNODE_TASK_INDEX >> " + side});
+  ASSERT_EQ(r.code, 0) << r.err;
+  ASSERT_TRUE(eventually([&] { return count_state(tasks_of(this, 1), "running") == 12; }, 30s))
+      << logs();
+  stop_server(SIGKILL);
+  ASSERT_NO_FATAL_FAILURE(start_pool_server({"--listen", listen}));
+
+  ASSERT_TRUE(eventually([&] { return count_state(tasks_of(this, 1), "succeeded") == 12; }, 60s))
+      << cli({"ps", "1"}).out << logs();
+  std::map<std::string, int> lines;
+  std::istringstream in(slurp(side));
+  for (std::string l; std::getline(in, l);) ++lines[l];
+  EXPECT_EQ(lines.size(), 12u) << slurp(side);
+  for (const auto& [l, n] : lines) EXPECT_EQ(n, 1) << "task " << l << " ran " << n << " times";
+  for (const auto& [i, t] : tasks_of(this, 1)) EXPECT_EQ(t.attempts, 1) << i;
+}
+
+TEST_F(Pool, AgentKill9AndRestartLeavesNoUntrackedProcess) {
+  ASSERT_NO_FATAL_FAILURE(start_pool_server());
+  ASSERT_NO_FATAL_FAILURE(start_agent("a1"));
+  ASSERT_TRUE(eventually([&] { return ready_nodes() == 1; })) << logs();
+  const std::string marker = "agent-restart-" + std::to_string(getpid());
+  Output r = cli({"run", "--count", "3", "--cpu", "0.1", "--mem", "16M", "--", "sh", "-c",
+                  "sleep 300; : " + marker});
+  ASSERT_EQ(r.code, 0) << r.err;
+  ASSERT_TRUE(eventually([&] { return count_with_marker(marker) == 3; }, 30s)) << logs();
+
+  kill_agent("a1", SIGKILL);
+  ASSERT_NO_FATAL_FAILURE(start_agent("a1"));
+  // The restarted agent killed its previous run's tasks and reported them lost; the server
+  // requeued them, so each task runs once more: three instances, never six.
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto tasks = tasks_of(this, 1);
+        int second = 0;
+        for (const auto& [i, t] : tasks) second += t.state == "running" && t.attempts == 2;
+        return second == 3;
+      },
+      30s))
+      << cli({"ps", "1"}).out << logs();
+  ASSERT_TRUE(eventually([&] { return count_with_marker(marker) == 3; }, 10s));
+  EXPECT_EQ(count_with_marker(marker), 3);
+
+  // And a cancel leaves nothing at all.
+  EXPECT_EQ(cli({"cancel", "1"}).code, 0);
+  ASSERT_TRUE(eventually([&] { return count_with_marker(marker) == 0; }, 20s));
+  ASSERT_TRUE(eventually([&] { return count_state(tasks_of(this, 1), "cancelled") == 3; }, 20s))
+      << cli({"ps", "1"}).out;
+}
+
+TEST_F(Pool, DrainLetsRunningTasksFinishAndPlacesNothingNew) {
+  ASSERT_NO_FATAL_FAILURE(start_pool_server());
+  ASSERT_NO_FATAL_FAILURE(start_agent("a1"));
+  ASSERT_NO_FATAL_FAILURE(start_agent("a2"));
+  ASSERT_TRUE(eventually([&] { return ready_nodes() == 2; })) << logs();
+  Gate gate(root_ + "/gate");
+  // Two long tasks per node (2 cores each, 1 core per task), finishing when the gate opens.
+  Output r = cli({"run", "--count", "4", "--", "sh", "-c", gate.wait_command()});
+  ASSERT_EQ(r.code, 0) << r.err;
+  ASSERT_TRUE(eventually([&] { return count_state(tasks_of(this, 1), "running") == 4; }, 30s));
+
+  Output d = cli({"drain", "a1"});
+  ASSERT_EQ(d.code, 0) << d.err;
+  EXPECT_EQ(node_state("a1"), "draining");
+  // New work goes elsewhere only: a2 is full, so the new job waits rather than use a1.
+  ASSERT_EQ(cli({"run", "--count", "2", "--", "true"}).code, 0);
+  gate.open();
+  ASSERT_TRUE(eventually([&] { return count_state(tasks_of(this, 2), "succeeded") == 2; }, 30s));
+  for (const auto& [i, t] : tasks_of(this, 2)) EXPECT_EQ(t.node, "a2") << i;
+  ASSERT_TRUE(eventually([&] { return node_state("a1") == "drained"; }, 10s));
+  // Tasks that ran on a1 finished there: a drain without a deadline stops nothing.
+  for (const auto& [i, t] : tasks_of(this, 1)) {
+    EXPECT_EQ(t.state, "succeeded") << i;
+    EXPECT_EQ(t.attempts, 1) << i;
+  }
+
+  EXPECT_EQ(cli({"drain", "a1", "--undrain"}).code, 0);
+  EXPECT_EQ(node_state("a1"), "ready");
+  EXPECT_NE(cli({"drain", "no-such-node"}).code, 0);
+}
+
+TEST_F(Pool, DrainWithADeadlineStopsAndRequeuesWhatStillRuns) {
+  ASSERT_NO_FATAL_FAILURE(start_pool_server());
+  ASSERT_NO_FATAL_FAILURE(start_agent("a1"));
+  ASSERT_TRUE(eventually([&] { return ready_nodes() == 1; })) << logs();
+  const std::string marker = "drain-deadline-" + std::to_string(getpid());
+  Output r = cli({"run", "--count", "2", "--cpu", "0.5", "--", "sh", "-c",
+                  "sleep 300; : " + marker});
+  ASSERT_EQ(r.code, 0) << r.err;
+  ASSERT_TRUE(eventually([&] { return count_with_marker(marker) == 2; }, 30s));
+
+  ASSERT_EQ(cli({"drain", "a1", "--deadline", "1s"}).code, 0);
+  // After the deadline the tasks are stopped (their whole tree) and back in the queue.
+  ASSERT_TRUE(eventually([&] { return count_state(tasks_of(this, 1), "queued") == 2; }, 30s))
+      << cli({"ps", "1"}).out << logs();
+  ASSERT_TRUE(eventually([&] { return count_with_marker(marker) == 0; }, 20s));
+  ASSERT_TRUE(eventually([&] { return node_state("a1") == "drained"; }, 10s));
+
+  // A second board takes them.
+  ASSERT_NO_FATAL_FAILURE(start_agent("a2"));
+  ASSERT_TRUE(eventually([&] { return count_state(tasks_of(this, 1), "running") == 2; }, 30s))
+      << logs();
+  for (const auto& [i, t] : tasks_of(this, 1)) EXPECT_EQ(t.node, "a2") << i;
+  EXPECT_EQ(cli({"cancel", "1"}).code, 0);
+  ASSERT_TRUE(eventually([&] { return count_with_marker(marker) == 0; }, 20s));
+}
+
+TEST_F(Pool, LogsComeFromTheBoardThatRanTheTaskAndFollowPushesOutput) {
+  ASSERT_NO_FATAL_FAILURE(start_pool_server());
+  ASSERT_NO_FATAL_FAILURE(start_agent("a1"));
+  ASSERT_TRUE(eventually([&] { return ready_nodes() == 1; })) << logs();
+  ASSERT_EQ(cli({"run", "--wait", "--", "sh", "-c", "echo out; echo err >&2"}).code, 0);
+  EXPECT_EQ(cli({"logs", "1"}).out, "out\n");
+  EXPECT_EQ(cli({"logs", "1", "--stderr"}).out, "err\n");
+  // The bytes live under the agent's data dir, not the server's.
+  EXPECT_TRUE(fs::exists(agent_dir("a1") + "/logs"));
+
+  // -f follows a running task to its end, seeing lines as they come.
+  Gate gate(root_ + "/gate");
+  ASSERT_EQ(cli({"run", "--", "sh", "-c", "echo first; " + gate.wait_command() + "; echo last"})
+                .code,
+            0);
+  ASSERT_TRUE(eventually([&] { return cli({"logs", "2"}).out == "first\n"; }, 20s));
+  gate.open();
+  Output f = cli({"logs", "-f", "2"});
+  EXPECT_EQ(f.code, 0) << f.err;
+  EXPECT_EQ(f.out, "first\nlast\n");
+
+  // A board that is down says so, in one line.
+  kill_agent("a1", SIGKILL);
+  ASSERT_TRUE(eventually([&] { return node_state("a1") == "down"; }, 20s));
+  Output down = cli({"logs", "1"});
+  EXPECT_NE(down.code, 0);
+  EXPECT_NE(down.err.find("down"), std::string::npos) << down.err;
+  EXPECT_EQ(std::count(down.err.begin(), down.err.end(), '\n'), 1) << down.err;
+}
+
+TEST_F(Pool, ANodeNeverGetsMoreTasksThanItSaidItCanRun) {
+  ASSERT_NO_FATAL_FAILURE(start_pool_server());
+  ASSERT_NO_FATAL_FAILURE(start_agent("small", {"--tasks-max", "3"}));
+  ASSERT_TRUE(eventually([&] { return ready_nodes() == 1; })) << logs();
+  // Tiny tasks: cores and memory would allow dozens at once; the agent's limit is 3.
+  Output r = cli({"run", "--count", "30", "--cpu", "0.01", "--mem", "4M", "--", "sh", "-c",
+                  "sleep 0.2"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  int most = 0;
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto tasks = tasks_of(this, 1);
+        most = std::max(most, count_state(tasks, "running"));
+        return count_state(tasks, "succeeded") == 30;
+      },
+      60s))
+      << cli({"ps", "1"}).out;
+  EXPECT_LE(most, 3);
+  EXPECT_GT(most, 0);
+  // The agent's executor refuses a fourth task (exit 127, a failed attempt): one attempt
+  // each means the server never sent one.
+  for (const auto& [i, t] : tasks_of(this, 1)) EXPECT_EQ(t.attempts, 1) << i;
+}
+
+// The server's own board: more tiny tasks than its executor runs at once. The scheduler
+// knows the executor's limit, so none is refused at spawn (exit 127) and burns a retry.
+TEST_F(Pool, MoreTinyTasksThanTheLocalExecutorTakesAllSucceed) {
+  ASSERT_NO_FATAL_FAILURE(start_server());
+  Gate gate(root_ + "/gate");
+  Output r = cli({"run", "--count", "1100", "--cpu", "0.001", "--mem", "1M", "--", "sh", "-c",
+                  gate.wait_command()});
+  ASSERT_EQ(r.code, 0) << r.err;
+  ASSERT_TRUE(eventually([&] { return count_state(tasks_of(this, 1), "running") == 1024; }, 120s))
+      << cli({"ps", "1"}).out;
+  gate.open();
+  ASSERT_TRUE(eventually([&] { return count_state(tasks_of(this, 1), "succeeded") == 1100; }, 180s))
+      << cli({"ps", "1"}).out;
+  for (const auto& [i, t] : tasks_of(this, 1)) EXPECT_EQ(t.attempts, 1) << i;
+}
+
+TEST_F(Pool, AnAgentWithTheWrongTokenIsRefusedAndChangesNothing) {
+  ASSERT_NO_FATAL_FAILURE(start_pool_server());
+  fs::create_directories(agent_dir("bad"));
+  {
+    std::ofstream(agent_dir("bad") + "/token") << std::string(64, 'f') << "\n";
+  }
+  ::chmod((agent_dir("bad") + "/token").c_str(), 0600);
+  ASSERT_NO_FATAL_FAILURE(start_agent("bad", {}, /*copy_token=*/false));
+  // It keeps trying (backoff) but never joins.
+  ASSERT_TRUE(eventually([&] { return slurp(agent_log("bad")).find("token") != std::string::npos ||
+                                      slurp(agent_log("bad")).find("auth") != std::string::npos; },
+                         20s))
+      << slurp(agent_log("bad"));
+  Json nodes = json_of(cli({"nodes", "--json"}));
+  EXPECT_TRUE(nodes["nodes"].empty()) << nodes.dump();
+}
+
+}  // namespace
+}  // namespace cardnode::e2e

@@ -16,7 +16,7 @@ SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEPS := build-essential cmake ninja-build pkg-config \
         libuv1-dev liburing-dev libprotobuf-dev protobuf-compiler prometheus-cpp-dev \
         libssl-dev zlib1g-dev libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev \
-        nlohmann-json3-dev
+        nlohmann-json3-dev iproute2 util-linux
 CROSS_DEPS := crossbuild-essential-arm64 crossbuild-essential-armhf qemu-user qemu-user-binfmt mmdebstrap
 
 .PHONY: all deps cross-deps build demo test test-native cross-build cross-test bench asan clean

@@ -131,6 +131,12 @@ std::string nodes_json(const pb::NodeList& list) {
       enforced += (e > 0 ? "," : "") + json_escape(n.enforced(e));
     field(&obj, "enforced", enforced + "]", &first);
     field(&obj, "io_backend", json_escape(n.io_backend()), &first);
+    field(&obj, "tasks_max", num(uint64_t{n.tasks_max()}), &first);
+    field(&obj, "board_model", json_escape(n.board_model()), &first);
+    if (n.has_temperature_millicelsius()) {
+      field(&obj, "temperature_millicelsius", std::to_string(n.temperature_millicelsius()), &first);
+    }
+    field(&obj, "last_seen_ms_ago", num(n.last_seen_ms_ago()), &first);
     std::map<std::string, std::string> labels(n.labels().begin(), n.labels().end());
     std::string lab = "{";
     bool lfirst = true;

@@ -65,7 +65,12 @@ class Pool : public Cluster {
 
   // A coordinating server with fast failure detection (see the test file's header).
   void start_pool_server(std::vector<std::string> extra = {}) {
-    extra.insert(extra.end(), {"--no-exec", "--heartbeat", "200ms", "--grace", "2s"});
+    extra.push_back("--no-exec");
+    for (auto [flag, value] : {std::pair{"--heartbeat", "200ms"}, std::pair{"--grace", "2s"}}) {
+      if (std::find(extra.begin(), extra.end(), flag) == extra.end()) {
+        extra.insert(extra.end(), {flag, value});
+      }
+    }
     start_server(extra);
   }
 
@@ -75,7 +80,7 @@ class Pool : public Cluster {
   // Starts `cardnode agent --join <server> --name NAME` with DATA_DIR root/agents/NAME and
   // the server's token copied there (as an operator would).
   void start_agent(const std::string& name, const std::vector<std::string>& extra = {},
-                   bool copy_token = true) {
+                   bool copy_token = true, const std::vector<std::string>& wrapper = {}) {
     ASSERT_FALSE(addr_.empty()) << "start the server first";
     const std::string dir = agent_dir(name);
     fs::create_directories(dir);
@@ -90,13 +95,15 @@ class Pool : public Cluster {
       int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
       dup2(fd, 2);
       dup2(fd, 1);
-      std::vector<std::string> args{CARDNODE_BIN, "agent", "--data-dir", dir,
-                                    "--join",     join,    "--name",     name};
+      // wrapper: a command the agent runs under ("ip netns exec NS").
+      std::vector<std::string> args = wrapper;
+      args.insert(args.end(), {CARDNODE_BIN, "agent", "--data-dir", dir, "--join", join,
+                               "--name", name});
       args.insert(args.end(), extra.begin(), extra.end());
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);
-      execv(CARDNODE_BIN, argv.data());
+      execvp(argv[0], argv.data());
       _exit(127);
     }
     agents_[name] = pid;

@@ -216,10 +216,10 @@ void Coordinator::detach_runner(sched::NodeId id) {
   (void)state_.cluster().set_node_state(id, sched::NodeState::kDown);
 }
 
-void Coordinator::end_running_tasks(sched::NodeId id) {
+void Coordinator::end_running_tasks(sched::NodeId id, bool requeue_free) {
   for (const sched::TaskRef& t : state_.cluster().running_on(id)) {
     const sched::Task& task = state_.cluster().job(t.job)->tasks[t.index];
-    task_ended(t, task.attempts, id, TaskExit{pb::TASK_LOST, 0, 0});
+    task_ended(t, task.attempts, id, TaskExit{pb::TASK_LOST, 0, 0, requeue_free});
   }
 }
 
@@ -363,7 +363,8 @@ void Coordinator::dispatch(sched::TaskRef t, uint32_t attempt) {
   }
   auto it = runners_.find(node);
   if (it == runners_.end() || stopping_) {
-    task_ended(t, attempt, node, TaskExit{pb::TASK_LOST, 0, 0});
+    // Placed just before a clean stop: never started, and no fault of the task's.
+    task_ended(t, attempt, node, TaskExit{pb::TASK_LOST, 0, 0, stopping_});
     return;
   }
   auto st = it->second->start(make_launch(t, attempt, node), [this, t, attempt, node](TaskExit e) {
@@ -472,6 +473,7 @@ bool Coordinator::record_outcome(const Outcome& o) {
   f->set_exit_code(o.exit.exit_code);
   f->set_signal(o.exit.signal);
   f->set_finished_ms(hooks_.now_ms());
+  f->set_requeue_free(o.exit.requeue_free && o.exit.state == pb::TASK_LOST);
   if (!sched::is_final(from_pb(o.exit.state))) {  // a runner's bug, not the task's
     warn("task " + std::to_string(o.task.job) + "." + std::to_string(o.task.index) +
          " ended in a state that is not an end; taken as lost");

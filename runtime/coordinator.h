@@ -97,8 +97,9 @@ class Coordinator {
   // The node's runner is gone: the node is down and no task goes there.
   void detach_runner(sched::NodeId id);
   // Every task the state says runs on the node ends lost (requeued by the scheduler's
-  // rules): its processes are gone (a restarted server, a dead board).
-  void end_running_tasks(sched::NodeId id);
+  // rules): its processes are gone (a restarted server, a dead board). requeue_free: they
+  // were stopped cleanly, and the requeue does not use their lost budget.
+  void end_running_tasks(sched::NodeId id, bool requeue_free = false);
 
   // ---- attempts reported from elsewhere (runtime/agent_hub.h) --------------------------
   // The end of an attempt that node `node` ran, as its agent reports it. A report of an

@@ -415,6 +415,47 @@ TEST_P(CoordinatorTest, ATaskEndTheStoreRefusesWaitsAndIsLoggedLater) {
   EXPECT_EQ(h->c().state().cluster().node(0)->running, 0u);
 }
 
+// A clean stop ends its tasks lost and requeue-free: the flag is in the record, so a
+// restart replays exactly that and the task's lost budget is untouched; an end the state
+// learns at a start (after a crash) counts.
+TEST_P(CoordinatorTest, ACleanStopsEndsAreRequeueFreeInTheLogToo) {
+  {
+    OPEN_OR_SKIP(h);
+    h->join(0);
+    h->c().submit(spec_of(2), [](Result<sched::JobId>) {});
+    h->settle();
+    ASSERT_EQ(h->runner(0).running.size(), 2u);
+    h->c().stop();
+    ASSERT_TRUE(h->runner(0).end({1, 0}, TaskExit{pb::TASK_LOST, 0, 0, /*requeue_free=*/true}));
+    h->c().end_running_tasks(0, /*requeue_free=*/true);  // the grace ran out for task 1
+    h->settle();
+    for (uint32_t i = 0; i < 2; ++i) {
+      const sched::Task& t = h->state().cluster().job(1)->tasks[i];
+      EXPECT_EQ(t.state, sched::TaskState::kQueued);
+      EXPECT_EQ(t.lost, 0u);
+      EXPECT_EQ(t.lost_free, 1u);
+    }
+  }
+  pb::WalRecord last;
+  ASSERT_TRUE(last.ParseFromString(log_.rbegin()->second));
+  EXPECT_TRUE(last.task_finished().requeue_free());
+  auto h = open();
+  ASSERT_NE(h, nullptr);
+  EXPECT_EQ(encode_snapshot(h->state()), replayed_state(log_, log_.rbegin()->first));
+  EXPECT_EQ(h->state().cluster().job(1)->tasks[1].lost_free, 1u);
+  h->join(0);
+  h->settle();
+  ASSERT_EQ(h->runner(0).running.size(), 2u);
+  h->runner(0).running.clear();  // as a start after a crash: the processes are gone ...
+  h->c().end_running_tasks(0);   // ... and this loss counts
+  const sched::Task& t = h->state().cluster().job(1)->tasks[0];
+  EXPECT_EQ(t.state, sched::TaskState::kQueued);
+  EXPECT_EQ(t.attempts, 2u);
+  EXPECT_EQ(t.lost, 1u);
+  EXPECT_EQ(t.lost_free, 1u);
+  h->settle();
+}
+
 // A board that lost its identity file (or a new board under an old name) retires the old
 // node instead of failing to start; the old node's history stays with its id.
 TEST_P(CoordinatorTest, ANewBoardUnderAnOldNameRetiresTheOldNode) {

@@ -375,6 +375,7 @@ void Executor::Impl::finish(Task* t) {
   e.exit_code = t->term_signal != 0 ? 0 : static_cast<int32_t>(t->exit_status);
   if (t->killed) {
     e.state = state_for(t->reason);
+    e.requeue_free = t->reason == KillReason::kShutdown;
   } else if (t->oom) {
     e.state = pb::TASK_OOM_KILLED;
   } else if (t->term_signal == 0 && t->exit_status == 0) {

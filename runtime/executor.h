@@ -64,7 +64,8 @@ class Executor {
   // (cancelled / timed_out). Unknown task: no-op.
   void kill(uint64_t job_id, uint32_t index, KillReason reason);
   // Kills everything (shutdown): on_exit callbacks still run as processes are reaped,
-  // reporting TASK_LOST (the task did not fail: it is to be run again).
+  // reporting TASK_LOST, requeue-free (the task did not fail: it is to be run again, and
+  // a clean stop does not use up its lost budget).
   void kill_all();
   uint32_t running() const;
 

@@ -446,7 +446,7 @@ TEST_P(ExecutorTest, RunningMaxAndDuplicatesAreRefused) {
   EXPECT_EQ(exec_->running(), 0u);
 }
 
-TEST_P(ExecutorTest, ShutdownReportsTasksLost) {
+TEST_P(ExecutorTest, ShutdownReportsTasksLostAndRequeueFree) {
   std::vector<TaskExit> exits;
   for (uint32_t i = 0; i < 3; ++i) {
     TaskLaunch l = launch(16, {"sleep", "100"});
@@ -455,7 +455,10 @@ TEST_P(ExecutorTest, ShutdownReportsTasksLost) {
   }
   exec_->kill_all();
   run_until([&] { return exits.size() == 3; });
-  for (const TaskExit& e : exits) EXPECT_EQ(e.state, pb::TASK_LOST);
+  for (const TaskExit& e : exits) {
+    EXPECT_EQ(e.state, pb::TASK_LOST);
+    EXPECT_TRUE(e.requeue_free);  // a clean stop is not the task's fault
+  }
 }
 
 TEST_P(ExecutorTest, GraceLetsTheTaskCleanUp) {

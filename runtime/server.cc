@@ -77,7 +77,7 @@ struct Server::Impl {
   std::optional<sched::NodeId> local_node;
 
   uv_poll_t io_poll{};
-  uv_signal_t sigint{}, sigterm{};
+  uv_signal_t sigint{}, sigterm{}, sighup{};
   uv_idle_t turn_idle{};
   uv_timer_t tick_timer{};
   uv_timer_t shutdown_timer{};
@@ -253,7 +253,7 @@ void Server::Impl::start_loop_handles() {
     self->request_turn();     // a snapshot or a deferred task end may continue now
     self->refresh_metrics();  // a few counter adds: /metrics without a timer's lag
   });
-  for (uv_signal_t* sig : {&sigint, &sigterm}) {
+  for (uv_signal_t* sig : {&sigint, &sigterm, &sighup}) {
     uv_signal_init(&loop, sig);
     sig->data = this;
   }
@@ -263,6 +263,14 @@ void Server::Impl::start_loop_handles() {
   uv_signal_start(
       &sigterm, [](uv_signal_t* h, int) { static_cast<Impl*>(h->data)->begin_stop("SIGTERM"); },
       SIGTERM);
+  // A hangup (a closed terminal, `systemctl reload`) must not stop the pool. The server
+  // logs to stderr and holds no file to reopen, so there is nothing to reload.
+  uv_signal_start(
+      &sighup,
+      [](uv_signal_t*, int) {
+        log(Level::kInfo, "server", "SIGHUP ignored (nothing to reload); SIGTERM stops the server");
+      },
+      SIGHUP);
   uv_idle_init(&loop, &turn_idle);
   turn_idle.data = this;
   // The tick wakes the loop once a second; it writes nothing unless there is work
@@ -382,7 +390,12 @@ void Server::Impl::shutdown_tick() {
   const bool wal_done = store->pending_records() == 0 || store->failed();
   const bool overdue = uv_now(&loop) - stop_started_ms > kShutdownGraceMs;
   if (!((tasks_done && wal_done) || overdue)) return;
-  if (overdue) log(Level::kWarn, "server", "shutdown grace exceeded; closing anyway");
+  if (overdue) {
+    log(Level::kWarn, "server", "shutdown grace exceeded; closing anyway");
+    // Still stopping cleanly: what has not been reaped yet ends requeue-free, like the rest
+    // (its reports come too late and are dropped as stale; the next start kills leftovers).
+    if (local_node) coordinator->end_running_tasks(*local_node, /*requeue_free=*/true);
+  }
   close_handles();
 }
 
@@ -390,8 +403,8 @@ void Server::Impl::close_handles() {
   uv_timer_stop(&shutdown_timer);
   for (uv_handle_t* h :
        {reinterpret_cast<uv_handle_t*>(&io_poll), reinterpret_cast<uv_handle_t*>(&sigint),
-        reinterpret_cast<uv_handle_t*>(&sigterm), reinterpret_cast<uv_handle_t*>(&turn_idle),
-        reinterpret_cast<uv_handle_t*>(&tick_timer),
+        reinterpret_cast<uv_handle_t*>(&sigterm), reinterpret_cast<uv_handle_t*>(&sighup),
+        reinterpret_cast<uv_handle_t*>(&turn_idle), reinterpret_cast<uv_handle_t*>(&tick_timer),
         reinterpret_cast<uv_handle_t*>(&shutdown_timer)}) {
     if (!uv_is_closing(h)) uv_close(h, nullptr);
   }
@@ -434,6 +447,9 @@ Server::~Server() {
 }
 
 Result<std::unique_ptr<Server>> Server::open(ServerOptions options) {
+  // Until the loop's handler is in place (start_loop_handles), a hangup during recovery
+  // is ignored too; spawned tasks get the default action back (libuv resets it).
+  ::signal(SIGHUP, SIG_IGN);
   auto impl = std::make_unique<Impl>();
   Impl& s = *impl;
   s.options = std::move(options);

@@ -10,7 +10,8 @@
 //
 // The server decides only what needs the loop: when the coordinator takes a turn (a
 // uv_idle after any event, and a 1 s tick), how storage completions reach it (an eventfd
-// watched with uv_poll), and how it stops (SIGINT/SIGTERM, or a storage failure).
+// watched with uv_poll), and how it stops (SIGINT/SIGTERM, or a storage failure; SIGHUP
+// is logged and ignored).
 //
 // Threading: run() owns the calling thread; the metrics exposer keeps its own thread.
 #pragma once
@@ -49,8 +50,8 @@ class Server {
   [[nodiscard]] static Result<std::unique_ptr<Server>> open(ServerOptions options);
   ~Server();
 
-  // Serves until SIGINT or SIGTERM (clean stop: tasks killed, WAL drained) or a storage
-  // failure. Returns the process exit code.
+  // Serves until SIGINT or SIGTERM (clean stop: tasks killed and requeued without using
+  // their lost budget, WAL drained) or a storage failure. Returns the process exit code.
   int run();
 
   struct Impl;

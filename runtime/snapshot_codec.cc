@@ -20,7 +20,7 @@ uint32_t get_u32le(const char* p) {
 void encode_task(const sched::Task& t, char* p) {
   p[0] = static_cast<char>(t.state);
   p[1] = static_cast<char>(t.attempts);
-  p[2] = static_cast<char>(t.lost);
+  p[2] = static_cast<char>(t.lost | t.lost_free << 4);
   p[3] = static_cast<char>(t.signal);
   put_u32le(p + 4, static_cast<uint32_t>(t.exit_code));
   put_u32le(p + 8, t.node);
@@ -30,7 +30,8 @@ sched::Task decode_task(const char* p) {
   sched::Task t;
   t.state = static_cast<sched::TaskState>(static_cast<uint8_t>(p[0]));
   t.attempts = static_cast<uint8_t>(p[1]);
-  t.lost = static_cast<uint8_t>(p[2]);
+  t.lost = static_cast<uint8_t>(p[2]) & 0x0f;
+  t.lost_free = static_cast<uint8_t>(p[2]) >> 4;
   t.signal = static_cast<int8_t>(p[3]);
   t.exit_code = static_cast<int32_t>(get_u32le(p + 4));
   t.node = get_u32le(p + 8);

@@ -155,6 +155,39 @@ TEST(SnapshotCodec, LoaderRefusesImpossibleImages) {
   ASSERT_TRUE(load(fresh, good));
 }
 
+// A task's two lost counts share its image's lost byte: requeue-free losses (a clean stop)
+// in the high half. Images written before there were any read the same as then.
+TEST(SnapshotCodec, BothLostCountsSurviveASnapshot) {
+  State s;
+  Applier apply{s};
+  ASSERT_TRUE(apply(node_updated(0, "n", "id")));
+  ASSERT_TRUE(apply(submitted(1, 2)));
+  for (uint32_t attempt = 1; attempt <= 3; ++attempt) {
+    ASSERT_TRUE(apply(started(1, 0, attempt)));
+    pb::WalRecord end = finished(1, 0, pb::TASK_LOST);
+    end.mutable_task_finished()->set_requeue_free(attempt != 2);
+    ASSERT_TRUE(apply(end));
+  }
+  const std::vector<std::string> chunks = encode_snapshot(s);
+  State restored;
+  ASSERT_TRUE(load(restored, chunks));
+  const sched::Task& t = restored.cluster().job(1)->tasks[0];
+  EXPECT_EQ(t.attempts, 3u);
+  EXPECT_EQ(t.lost, 1u);
+  EXPECT_EQ(t.lost_free, 2u);
+
+  pb::SnapshotChunk c;
+  ASSERT_TRUE(c.ParseFromString(chunks[3]));
+  std::string tasks = c.tasks().tasks();
+  EXPECT_EQ(tasks[2], '\x21');
+  tasks[2] = 3;  // as written before requeue-free losses: three that counted
+  c.mutable_tasks()->set_tasks(tasks);
+  State old;
+  ASSERT_TRUE(load(old, {chunks[0], chunks[1], chunks[2], c.SerializeAsString()}));
+  EXPECT_EQ(old.cluster().job(1)->tasks[0].lost, 3u);
+  EXPECT_EQ(old.cluster().job(1)->tasks[0].lost_free, 0u);
+}
+
 // Byte mutations of a valid snapshot's chunks (which pass the file's checksums in real
 // life only through a bug or a bad disk): loading either refuses with kCorruption or
 // yields a state that keeps working — never a crash, now or at the next records.

@@ -40,8 +40,12 @@ struct TaskExit {
                                              // oom_killed, or lost (killed by a shutdown)
   int32_t exit_code = 0;
   int32_t signal = 0;
+  // lost only: stopped cleanly (KillReason::kShutdown), through no fault of the task or
+  // the board, so the requeue does not use the task's lost budget (pb::TaskFinished).
+  bool requeue_free = false;
 };
 
+// kShutdown: a clean stop of the server or the board; the task ends lost, requeue-free.
 enum class KillReason : uint8_t { kCancelled, kTimedOut, kShutdown };
 
 class TaskRunner {

@@ -159,8 +159,11 @@ class HistoryGen {
     auto t = running[size_t(pick(0, int(running.size()) - 1))];
     static constexpr pb::TaskState kEnds[] = {
         pb::TASK_SUCCEEDED,  pb::TASK_SUCCEEDED, pb::TASK_FAILED, pb::TASK_TIMED_OUT,
-        pb::TASK_OOM_KILLED, pb::TASK_CANCELLED, pb::TASK_LOST};
-    return finished(t.job, t.index, kEnds[pick(0, 6)], pick(0, 3), now_ms);
+        pb::TASK_OOM_KILLED, pb::TASK_CANCELLED, pb::TASK_LOST,   pb::TASK_LOST};
+    const int end = pick(0, 7);
+    auto r = finished(t.job, t.index, kEnds[end], pick(0, 3), now_ms);
+    r.mutable_task_finished()->set_requeue_free(end == 7);  // lost to a clean stop
+    return r;
   }
 
   pb::WalRecord cancel(const sched::Cluster& c, uint64_t now_ms) {

@@ -41,6 +41,12 @@ uint8_t saturating_inc(uint8_t v) {
   return v == kAttemptsMax ? v : static_cast<uint8_t>(v + 1);
 }
 
+constexpr uint8_t kLostCountMax = 15;  // Task::lost and Task::lost_free are 4 bits
+
+uint8_t saturating_inc4(uint8_t v) {
+  return v == kLostCountMax ? v : static_cast<uint8_t>(v + 1);
+}
+
 std::pair<uint32_t, JobId> runnable_key(const Job& job) {
   return {kPriorityMax - job.spec.priority, job.id};
 }
@@ -227,7 +233,11 @@ const char* sched_error_name(SchedError e) {
   return "unknown";
 }
 
-Cluster::Cluster(Limits limits) : limits_(limits) {}
+Cluster::Cluster(Limits limits) : limits_(limits) {
+  // lost must be able to pass the bound for a lost task ever to end.
+  SCHED_CHECK(limits_.lost_requeues_max <= kLostRequeuesMaxLimit);
+  static_assert(kLostRequeuesMaxLimit < kLostCountMax);
+}
 
 // ------------------------------------------------------------------------- nodes
 
@@ -406,7 +416,11 @@ std::expected<TaskState, SchedError> Cluster::finish(TaskRef t, Outcome o, uint6
 
   task.exit_code = o.exit_code;
   task.signal = static_cast<int8_t>(std::clamp<int32_t>(o.signal, INT8_MIN, INT8_MAX));
-  if (o.state == TaskState::kLost) task.lost = saturating_inc(task.lost);
+  if (o.state == TaskState::kLost && o.requeue_free) {
+    task.lost_free = saturating_inc4(task.lost_free);
+  } else if (o.state == TaskState::kLost) {
+    task.lost = saturating_inc4(task.lost);
+  }
 
   TaskState to = should_requeue(*job, task, o.state) ? TaskState::kQueued : o.state;
   set_task_state(*job, t.index, to);
@@ -532,13 +546,15 @@ void Cluster::take_from_queue(Job& job, uint32_t index, bool was_fresh) {
 }
 
 // attempts saturates at 255, so a task is started at most 255 times whatever retries
-// and lost_requeues_max say. Lost attempts do not count against retries.
+// and lost_requeues_max say. Lost attempts do not count against retries, and requeue-free
+// ones not against lost_requeues_max either.
 bool Cluster::should_requeue(const Job& job, const Task& task, TaskState outcome) const {
   if (cancelling_.contains(job.id) || task.attempts >= kAttemptsMax) return false;
   switch (outcome) {
     case TaskState::kFailed:
     case TaskState::kTimedOut:
-    case TaskState::kOomKilled: return uint32_t{task.attempts} - task.lost <= job.spec.retries;
+    case TaskState::kOomKilled:
+      return uint32_t{task.attempts} - task.lost - task.lost_free <= job.spec.retries;
     case TaskState::kLost: return task.lost <= limits_.lost_requeues_max;
     default: return false;
   }
@@ -655,10 +671,10 @@ std::expected<void, SchedError> Cluster::restore_job(Job job, bool cancelling) {
     // Only a queued task, or one cancelled while queued, has never started; every other
     // state names the node of an attempt.
     bool never_started_ok = t.state == TaskState::kQueued || t.state == TaskState::kCancelled;
-    if (t.attempts == 0 && (!never_started_ok || t.lost > 0)) {
+    if (t.attempts == 0 && (!never_started_ok || t.lost + t.lost_free > 0)) {
       return std::unexpected(SchedError::kBadImage);
     }
-    if (t.lost > t.attempts) return std::unexpected(SchedError::kBadImage);
+    if (t.lost + t.lost_free > t.attempts) return std::unexpected(SchedError::kBadImage);
     if (t.attempts > 0 && t.node >= nodes_.size()) return std::unexpected(SchedError::kBadImage);
     if (t.state == TaskState::kRunning && nodes_[t.node].removed) {
       return std::unexpected(SchedError::kBadImage);

@@ -79,9 +79,12 @@ struct Limits {
   uint32_t jobs_max = 100'000;  // unfinished jobs
   uint32_t tasks_per_job_max = 1'000'000;
   uint64_t queued_tasks_max = 10'000'000;
-  uint32_t nodes_max = 1024;       // live (not removed) nodes
-  uint32_t lost_requeues_max = 5;  // a task lost more often than this ends as lost
+  uint32_t nodes_max = 1024;  // live (not removed) nodes
+  // A task lost more often than this ends as lost; at most kLostRequeuesMaxLimit. Lost
+  // attempts that were requeue-free (Outcome::requeue_free) do not count.
+  uint32_t lost_requeues_max = 5;
 };
+inline constexpr uint32_t kLostRequeuesMaxLimit = 14;  // Task::lost is 4 bits
 
 struct JobSpec {
   std::string name;
@@ -116,17 +119,26 @@ struct Outcome {
   TaskState state = TaskState::kSucceeded;  // a final state or kLost
   int32_t exit_code = 0;
   int32_t signal = 0;
+  // kLost only: lost to a clean stop (of the server or the board), not to the task or a
+  // failure. Requeued without using the lost budget (nor --retries, as every lost attempt).
+  bool requeue_free = false;
 };
 
 // 12 bytes per task, queued or not.
 struct Task {
   TaskState state = TaskState::kQueued;
-  uint8_t attempts = 0;  // saturates at 255
-  uint8_t lost = 0;
+  uint8_t attempts = 0;  // saturates at 255: a task starts at most 255 times in all
+  // Lost attempts, which do not count against --retries: those that count against
+  // Limits::lost_requeues_max, and the requeue-free ones. Both saturate at 15; past that,
+  // further requeue-free losses of the same task count against --retries (never against
+  // the lost budget). lost + lost_free <= attempts.
+  uint8_t lost : 4 = 0;
+  uint8_t lost_free : 4 = 0;
   int8_t signal = 0;
   int32_t exit_code = 0;
   NodeId node = 0;  // valid once attempts > 0
 };
+static_assert(sizeof(Task) == 12);
 
 struct Job {
   JobId id = 0;
@@ -189,7 +201,8 @@ class Cluster {
   // node whose capacity changed; plan() never does.
   std::expected<void, SchedError> start(const Placement& p, uint64_t now_ms);
   // Applies the end of a running attempt. A failed/timed_out/oom_killed task with
-  // attempts left, or a lost one under lost_requeues_max, goes back to the queue.
+  // attempts left, or a lost one under lost_requeues_max (a requeue-free loss always, while
+  // attempts last), goes back to the queue.
   // Returns the task's state afterwards (kQueued when requeued).
   std::expected<TaskState, SchedError> finish(TaskRef t, Outcome o, uint64_t now_ms);
   // Queued tasks become cancelled at once; returns the running ones, which the caller

@@ -409,6 +409,43 @@ TEST_F(ClusterTest, LostTasksRequeueUpToTheBoundWithoutUsingRetries) {
   EXPECT_EQ(j.state, JobState::kFailed);
 }
 
+// A clean stop is nobody's fault: its losses requeue the task without using the lost
+// budget or --retries, however many there are; other losses still count.
+TEST_F(ClusterTest, RequeueFreeLossesUseNeitherTheLostBudgetNorRetries) {
+  Cluster lc(Limits{.lost_requeues_max = 2});
+  ASSERT_TRUE(lc.add_node(node_spec("a", 1000, kGiB)));
+  JobSpec s = job_spec(1);
+  s.retries = 1;
+  ASSERT_TRUE(lc.submit(1, s, 0));
+  auto run_and_end = [&](Outcome o) {
+    auto p = place(lc);
+    EXPECT_EQ(p.size(), 1u);
+    return p.empty() ? TaskState::kQueued : lc.finish(p[0].task, o, 5).value();
+  };
+  const Outcome clean_stop{.state = TaskState::kLost, .requeue_free = true};
+  for (int i = 0; i < 7; ++i) EXPECT_EQ(run_and_end(clean_stop), TaskState::kQueued) << i;
+  EXPECT_EQ(lc.job(1)->tasks[0].lost, 0u);
+  EXPECT_EQ(lc.job(1)->tasks[0].lost_free, 7u);
+  EXPECT_EQ(lc.job(1)->state, JobState::kQueued);
+  // The retry is still there, and so is the whole lost budget.
+  EXPECT_EQ(run_and_end(outcome(TaskState::kFailed)), TaskState::kQueued);
+  EXPECT_EQ(run_and_end(outcome(TaskState::kLost)), TaskState::kQueued);
+  EXPECT_EQ(run_and_end(clean_stop), TaskState::kQueued);
+  EXPECT_EQ(run_and_end(outcome(TaskState::kLost)), TaskState::kQueued);
+  EXPECT_EQ(run_and_end(outcome(TaskState::kLost)), TaskState::kLost);  // third counted loss
+  const Task& t = lc.job(1)->tasks[0];
+  EXPECT_EQ(t.attempts, 12u);
+  EXPECT_EQ(t.lost, 3u);
+  EXPECT_EQ(t.lost_free, 8u);
+  EXPECT_EQ(lc.job(1)->state, JobState::kFailed);
+
+  // The flag means nothing on an end that is not a loss.
+  ASSERT_TRUE(lc.submit(2, job_spec(1), 0));
+  EXPECT_EQ(run_and_end({.state = TaskState::kFailed, .exit_code = 1, .requeue_free = true}),
+            TaskState::kFailed);
+  EXPECT_EQ(lc.job(2)->tasks[0].lost_free, 0u);
+}
+
 TEST_F(ClusterTest, NodeLostEndsItsRunningTasksAsLost) {
   NodeId a = add("a", 2000);
   NodeId b = add("b", 1000);
@@ -670,8 +707,8 @@ std::string job_image(const Job& j) {
   out << int(j.state) << " " << j.finished_ms << " q";
   for (size_t i = j.requeued_head; i < j.requeued.size(); ++i) out << " " << j.requeued[i];
   for (const Task& t : j.tasks) {
-    out << " " << int(t.state) << "/" << int(t.attempts) << "/" << int(t.lost) << "/" << t.exit_code
-        << "/" << int(t.signal) << "/" << t.node;
+    out << " " << int(t.state) << "/" << int(t.attempts) << "/" << int(t.lost) << "+"
+        << int(t.lost_free) << "/" << t.exit_code << "/" << int(t.signal) << "/" << t.node;
   }
   return out.str();
 }
@@ -697,8 +734,8 @@ std::string dump(const Cluster& c) {
     for (size_t i = j.requeued_head; i < j.requeued.size(); ++i) out << " " << j.requeued[i];
     out << "\n";
     for (const Task& t : j.tasks) {
-      out << " " << int(t.state) << "/" << int(t.attempts) << "/" << int(t.lost) << "/"
-          << t.exit_code << "/" << int(t.signal) << "/" << t.node;
+      out << " " << int(t.state) << "/" << int(t.attempts) << "/" << int(t.lost) << "+"
+          << int(t.lost_free) << "/" << t.exit_code << "/" << int(t.signal) << "/" << t.node;
     }
     out << "\n";
   }
@@ -1029,7 +1066,7 @@ class RandomDriver {
         TaskState::kSucceeded, TaskState::kSucceeded, TaskState::kFailed, TaskState::kTimedOut,
         TaskState::kOomKilled, TaskState::kCancelled, TaskState::kLost,   TaskState::kQueued};
     TaskState st = kOutcomes[pick(0, 7)];
-    record(OpFinish{t, {st, pick(0, 2), pick(0, 1) ? 9 : 0}});
+    record(OpFinish{t, {st, pick(0, 2), pick(0, 1) ? 9 : 0, pick(0, 1) == 0}});
   }
 
   struct RecordingObserver : JobObserver {
@@ -1169,6 +1206,10 @@ TEST_F(ClusterTest, RestoreRejectsImagesWeCouldNotHaveMade) {
   EXPECT_EQ(fresh.restore_job(bad, false).error(), SchedError::kBadImage);
   bad = image;
   bad.requeued = {0};  // a running task listed as queued for a retry
+  EXPECT_EQ(fresh.restore_job(bad, false).error(), SchedError::kBadImage);
+  bad = image;
+  bad.tasks[0].lost = 1;  // more lost attempts than the one attempt
+  bad.tasks[0].lost_free = 1;
   EXPECT_EQ(fresh.restore_job(bad, false).error(), SchedError::kBadImage);
   image.requeued.clear();
   ASSERT_TRUE(fresh.restore_job(image, false));

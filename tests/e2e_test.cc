@@ -256,6 +256,58 @@ TEST_F(Cluster, SigtermStopsCleanlyAndKillsTasks) {
   EXPECT_NE(slurp(root_ + "/server.log").find("stopped"), std::string::npos);
 }
 
+// A clean stop is no fault of a task: it is requeued without using its lost budget (a
+// task lost more than 5 times ends lost), so it survives any number of clean restarts.
+TEST_F(Cluster, ARunningTaskSurvivesCleanRestartsThenCompletes) {
+  start_server();
+  ASSERT_EQ(
+      cli({"run", "--", "sh", "-c", "[ \"$CARDNODE_ATTEMPT\" -ge 8 ] && exit 0; sleep 60"}).code,
+      0);
+  auto task = [&] { return json_of(cli({"ps", "1", "--json"}))["tasks"][0]; };
+  for (int attempt = 1; attempt <= 7; ++attempt) {
+    Json t;
+    ASSERT_TRUE(eventually([&] {
+      t = task();
+      EXPECT_NE(t["state"], "lost") << t;
+      return t["state"] == "running" && t["attempts"] == attempt;
+    })) << t
+        << slurp(root_ + "/server.log");
+    int status = stop_server(SIGTERM);
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+    start_server();
+  }
+  Json t;
+  ASSERT_TRUE(eventually([&] {
+    t = task();
+    EXPECT_NE(t["state"], "lost") << t;
+    return t["state"] == "succeeded";
+  })) << t;
+  EXPECT_EQ(t["attempts"], 8);
+}
+
+// SIGHUP (a closed terminal, `systemctl reload`) leaves the server serving and its tasks
+// running; tasks themselves get the default action for it.
+TEST_F(Cluster, SighupLeavesTheServerServing) {
+  start_server();
+  const std::string marker = "cnmark-" + std::to_string(getpid()) + "-hup";
+  ASSERT_EQ(cli({"run", "--", "sh", "-c", "sleep 60; : " + marker}).code, 0);
+  ASSERT_TRUE(eventually([&] { return process_with_marker_exists(marker); }));
+  ASSERT_EQ(kill(server_, SIGHUP), 0);
+  EXPECT_TRUE(eventually(
+      [&] { return slurp(root_ + "/server.log").find("SIGHUP ignored") != std::string::npos; }));
+  EXPECT_EQ(waitpid(server_, nullptr, WNOHANG), 0) << "the server is gone";
+  Output ps = cli({"ps", "1", "--json"});
+  ASSERT_EQ(ps.code, 0) << ps.err;
+  EXPECT_EQ(json_of(ps)["tasks"][0]["state"], "running");
+  EXPECT_TRUE(process_with_marker_exists(marker));
+  // SigIgn of a task: bit 0 is SIGHUP.
+  Output r = cli({"run", "--wait", "--", "sh", "-c", "grep SigIgn /proc/self/status"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::string ign = cli({"logs", "2"}).out;
+  ASSERT_EQ(ign.rfind("SigIgn:", 0), 0u) << ign;
+  EXPECT_EQ(std::stoull(ign.substr(7), nullptr, 16) & 1, 0u) << ign;
+}
+
 TEST_F(Cluster, SubmitJsonSpec) {
   start_server();
   std::string spec = root_ + "/job.json";

@@ -137,6 +137,71 @@ std::string human_bytes(uint64_t b) {
   return buf;
 }
 
+// Every job, page by page: the server bounds each reply (runtime/listing.h).
+Result<pb::JobList> fetch_jobs(net::Client& c) {
+  pb::JobList all;
+  uint64_t after = 0;
+  for (;;) {  // bounded by the jobs there are: each page starts past the last one
+    pb::Request req;
+    req.mutable_list_jobs()->set_after_job_id(after);
+    auto resp = call(c, req);
+    if (!resp) return std::unexpected(resp.error());
+    pb::JobList* page = resp->mutable_jobs();
+    for (pb::JobSummary& j : *page->mutable_jobs()) *all.add_jobs() = std::move(j);
+    if (page->next_after() == 0) return all;
+    if (page->next_after() <= after) return fail(Errc::kInternal, "the job list went backwards");
+    after = page->next_after();
+  }
+}
+
+// The tasks after the first page of a job (from GetJob or WaitJob), appended to it.
+Status fetch_remaining_tasks(net::Client& c, pb::JobDetail* detail) {
+  uint32_t next = detail->next_task();
+  while (next != 0) {  // bounded by the job's tasks: each page starts past the last one
+    pb::Request req;
+    req.mutable_get_job()->set_job_id(detail->job().id());
+    req.mutable_get_job()->set_first_task(next);
+    auto resp = call(c, req);
+    if (!resp) return std::unexpected(resp.error());
+    pb::JobDetail* page = resp->mutable_job();
+    if (page->tasks_size() == 0 || (page->next_task() != 0 && page->next_task() <= next))
+      return fail(Errc::kInternal, "the task list of job " + std::to_string(detail->job().id()) +
+                                       " does not advance");
+    for (pb::TaskInfo& t : *page->mutable_tasks()) *detail->add_tasks() = std::move(t);
+    next = page->next_task();
+  }
+  detail->set_next_task(0);
+  return {};
+}
+
+Result<pb::JobDetail> fetch_job(net::Client& c, uint64_t id) {
+  pb::Request req;
+  req.mutable_get_job()->set_job_id(id);
+  auto resp = call(c, req);
+  if (!resp) return std::unexpected(resp.error());
+  pb::JobDetail detail = std::move(*resp->mutable_job());
+  if (auto st = fetch_remaining_tasks(c, &detail); !st) return std::unexpected(st.error());
+  return detail;
+}
+
+// A command for the table: arguments joined by spaces, cut to `width` bytes (on a UTF-8
+// boundary) with "..." where it was cut, here or by the server.
+std::string command_text(const pb::JobSummary& j, size_t width) {
+  std::string text;
+  for (const std::string& arg : j.command()) {
+    if (!text.empty()) text.push_back(' ');
+    text.append(arg, 0, width + 1);  // enough to tell that it is too long
+    if (text.size() > width) break;
+  }
+  for (char& ch : text) {
+    if (static_cast<unsigned char>(ch) < 0x20) ch = ' ';  // one line per row
+  }
+  if (text.size() <= width && !j.command_shortened()) return text;
+  size_t n = std::min(text.size(), width - 3);
+  while (n > 0 && n < text.size() && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) --n;
+  return text.substr(0, n) + "...";
+}
+
 int submit_and_maybe_wait(const ClientConfig& cfg, pb::JobSpec spec, bool wait) {
   auto c = connect(cfg);
   if (!c) return report(c.error());
@@ -155,6 +220,8 @@ int submit_and_maybe_wait(const ClientConfig& cfg, pb::JobSpec spec, bool wait) 
   w.mutable_wait_job()->set_job_id(id);
   auto done = call(**c, std::move(w), /*timeout_ms=*/0);
   if (!done) return report(done.error());
+  // The first page of tasks is enough: a one-task job's task is on it, and an array's exit
+  // code is its job's state.
   const pb::JobSummary& j = done->job().job();
   std::fprintf(stderr, "cardnode: job %llu %s (%s)\n", static_cast<unsigned long long>(id),
                job_state_text(j.state()), states_text(j).c_str());
@@ -171,7 +238,8 @@ std::string default_data_dir() {
 }
 
 int wait_exit_code(const pb::JobDetail& d) {
-  if (d.tasks_size() == 1) {
+  if (d.job().count() == 1) {
+    if (d.tasks_size() == 0) return 1;  // never sent by a server: a task page is never empty
     const pb::TaskInfo& t = d.tasks(0);
     if (t.state() == pb::TASK_SUCCEEDED) return 0;
     if (t.signal() > 0) return 128 + t.signal();
@@ -257,31 +325,39 @@ int cmd_submit(const ClientConfig& cfg, const std::string& file, bool wait) {
 int cmd_ps(const ClientConfig& cfg, std::optional<uint64_t> job, bool json) {
   auto c = connect(cfg);
   if (!c) return report(c.error());
-  pb::Request req;
-  if (job)
-    req.mutable_get_job()->set_job_id(*job);
-  else
-    req.mutable_list_jobs();
-  auto resp = call(**c, std::move(req));
-  if (!resp) return report(resp.error());
+  // Fetched whole before anything is printed: a failure half-way prints no partial table.
+  pb::JobList list;
+  pb::JobDetail detail;
+  if (job) {
+    auto d = fetch_job(**c, *job);
+    if (!d) return report(d.error());
+    detail = std::move(*d);
+  } else {
+    auto l = fetch_jobs(**c);
+    if (!l) return report(l.error());
+    list = std::move(*l);
+  }
   if (json) {
-    std::printf("%s\n", job ? job_json(resp->job()).c_str() : jobs_json(resp->jobs()).c_str());
+    std::printf("%s\n", job ? job_json(detail).c_str() : jobs_json(list).c_str());
     return 0;
   }
-  std::printf("%-6s %-20s %-10s %4s %6s  %s\n", "ID", "NAME", "STATE", "PRI", "TASKS", "STATES");
+  constexpr int kCommandWidth = 32;
+  std::printf("%-6s %-20s %-10s %4s %6s  %-*s  %s\n", "ID", "NAME", "STATE", "PRI", "TASKS",
+              kCommandWidth, "COMMAND", "STATES");
   auto row = [](const pb::JobSummary& j) {
-    std::printf("%-6llu %-20.20s %-10s %4u %6u  %s\n", static_cast<unsigned long long>(j.id()),
-                j.name().c_str(), job_state_text(j.state()), j.priority(), j.count(),
-                states_text(j).c_str());
+    std::printf("%-6llu %-20.20s %-10s %4u %6u  %-*s  %s\n",
+                static_cast<unsigned long long>(j.id()), j.name().c_str(),
+                job_state_text(j.state()), j.priority(), j.count(), kCommandWidth,
+                command_text(j, kCommandWidth).c_str(), states_text(j).c_str());
   };
   if (!job) {
-    for (const auto& j : resp->jobs().jobs()) row(j);
+    for (const auto& j : list.jobs()) row(j);
     return 0;
   }
-  row(resp->job().job());
+  row(detail.job());
   std::printf("\n%-12s %-11s %5s %6s %8s  %s\n", "TASK", "STATE", "EXIT", "SIGNAL", "ATTEMPTS",
               "NODE");
-  for (const auto& t : resp->job().tasks())
+  for (const auto& t : detail.tasks())
     std::printf("%-12s %-11s %5d %6d %8u  %s\n",
                 (std::to_string(*job) + "." + std::to_string(t.index())).c_str(),
                 task_state_text(t.state()), t.exit_code(), t.signal(), t.attempts(),

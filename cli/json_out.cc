@@ -43,6 +43,8 @@ std::string summary_fields(const pb::JobSummary& j) {
   }
   cmd.push_back(']');
   field(&out, "command", cmd, &first);
+  // Only when the server cut it (job lists): the shape stays as it was for the rest.
+  if (j.command_shortened()) field(&out, "command_shortened", "true", &first);
   return out;
 }
 

@@ -80,6 +80,7 @@ TEST(WaitExitCode, FollowsTheBrief) {
   EXPECT_EQ(wait_exit_code(one_task(pb::TASK_TIMED_OUT, 0, 9)), 137);
   EXPECT_EQ(wait_exit_code(one_task(pb::TASK_CANCELLED, 0, 0)), 1);
   pb::JobDetail arr = one_task(pb::TASK_SUCCEEDED, 0, 0);
+  arr.mutable_job()->set_count(2);
   arr.add_tasks()->set_state(pb::TASK_FAILED);
   arr.mutable_job()->set_state(pb::JOB_FAILED);
   EXPECT_EQ(wait_exit_code(arr), 1);

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "runtime/agent_hub.h"
+#include "runtime/listing.h"
 
 namespace cardnode::runtime {
 namespace {
@@ -28,7 +29,7 @@ void ClientApi::handle(pb::Request&& req, net::Responder r) {
     case pb::Request::kCancel: return on_cancel(req.cancel(), r);
     case pb::Request::kWaitJob: return on_wait(req.wait_job(), r);
     case pb::Request::kReadLog: return on_read_log(req.read_log(), r);
-    case pb::Request::kListJobs: return on_list_jobs(r);
+    case pb::Request::kListJobs: return on_list_jobs(req.list_jobs(), r);
     case pb::Request::kGetJob: return on_get_job(req.get_job(), r);
     case pb::Request::kListNodes: return on_list_nodes(r);
     case pb::Request::kAgentHello: return hub_.on_hello(req.agent_hello(), r);
@@ -71,32 +72,26 @@ void ClientApi::on_wait(const pb::WaitJob& m, net::Responder r) {
     if (!st) return r.reply(error_response(st.error()));
     const sched::Job* job = c_.state().cluster().job(id);
     if (job == nullptr) return r.reply(error_response(c_.missing_job(id)));
-    pb::Response resp;
-    *resp.mutable_job() = detail(*job);
+    pb::Response resp;  // the first page: the client reads the rest with GetJob
+    *resp.mutable_job() = job_page(c_.state(), *job, 0, 0);
     r.reply(std::move(resp));
   });
 }
 
 void ClientApi::on_get_job(const pb::GetJob& m, net::Responder r) {
-  after_durable(r, [this, id = m.job_id()] {
-    const sched::Job* job = c_.state().cluster().job(id);
-    if (job == nullptr) return error_response(c_.missing_job(id));
+  after_durable(r, [this, m] {
+    const sched::Job* job = c_.state().cluster().job(m.job_id());
+    if (job == nullptr) return error_response(c_.missing_job(m.job_id()));
     pb::Response resp;
-    *resp.mutable_job() = detail(*job);
+    *resp.mutable_job() = job_page(c_.state(), *job, m.first_task(), m.max_tasks());
     return resp;
   });
 }
 
-void ClientApi::on_list_jobs(net::Responder r) {
-  after_durable(r, [this] {
+void ClientApi::on_list_jobs(const pb::ListJobs& m, net::Responder r) {
+  after_durable(r, [this, m] {
     pb::Response resp;
-    auto* list = resp.mutable_jobs();
-    const auto& jobs = c_.state().cluster().jobs();
-    uint32_t n = 0;
-    for (auto it = jobs.rbegin(); it != jobs.rend() && n < kJobsListedMax; ++it, ++n) {
-      *list->add_jobs() = summary(it->second);
-    }
-    std::reverse(list->mutable_jobs()->begin(), list->mutable_jobs()->end());
+    *resp.mutable_jobs() = list_jobs(c_.state(), m);
     return resp;
   });
 }
@@ -178,40 +173,6 @@ void ClientApi::on_drain(const pb::DrainNode& m, net::Responder r) {
     if (!st) return r.reply(error_response(st.error()));
     r.reply(pb::Response{});
   });
-}
-
-pb::JobSummary ClientApi::summary(const sched::Job& job) const {
-  pb::JobSummary s;
-  s.set_id(job.id);
-  s.set_name(job.spec.name);
-  s.set_state(to_pb(job.state));
-  s.set_priority(job.spec.priority);
-  s.set_count(job.spec.count);
-  for (size_t i = 0; i < sched::kTaskStateCount; ++i) {
-    if (job.state_counts[i] == 0) continue;
-    (*s.mutable_states())[sched::task_state_name(static_cast<sched::TaskState>(i))] =
-        job.state_counts[i];
-  }
-  if (const pb::JobSpec* spec = c_.state().spec(job.id)) *s.mutable_command() = spec->command();
-  return s;
-}
-
-pb::JobDetail ClientApi::detail(const sched::Job& job) const {
-  pb::JobDetail d;
-  *d.mutable_job() = summary(job);
-  const uint32_t n = std::min<uint32_t>(static_cast<uint32_t>(job.tasks.size()), kTasksListedMax);
-  for (uint32_t i = 0; i < n; ++i) {
-    const sched::Task& t = job.tasks[i];
-    pb::TaskInfo* ti = d.add_tasks();
-    ti->set_index(i);
-    ti->set_state(to_pb(t.state));
-    ti->set_exit_code(t.exit_code);
-    ti->set_signal(t.signal);
-    ti->set_attempts(t.attempts);
-    if (t.attempts == 0) continue;
-    if (const sched::Node* node = c_.state().cluster().node(t.node)) ti->set_node(node->spec.name);
-  }
-  return d;
 }
 
 }  // namespace cardnode::runtime

@@ -1,7 +1,8 @@
 // ClientApi: the client requests of docs/CLI.md, one handler each. A handler checks the
 // request, asks the coordinator, and turns its answer into a reply. Every answer is sent
 // only once every record applied before it is durable (Coordinator::when_durable), so a
-// client never sees a state that a crash could take back.
+// client never sees a state that a crash could take back. Listings come in pages that fit
+// a frame (runtime/listing.h).
 //
 // Threading: loop thread only. The coordinator and the log store must outlive it.
 #pragma once
@@ -16,8 +17,6 @@
 
 namespace cardnode::runtime {
 
-inline constexpr uint32_t kJobsListedMax = 10'000;    // newest jobs in one ListJobs reply
-inline constexpr uint32_t kTasksListedMax = 100'000;  // tasks in one GetJob reply (< frame bound)
 inline constexpr uint32_t kLogChunkBytesMax = 1u << 20;
 inline constexpr uint32_t kLogWaitMsMax = 30'000;  // a `logs -f` read held at most this long
 
@@ -44,15 +43,12 @@ class ClientApi {
   void on_cancel(const pb::CancelJob& m, net::Responder r);
   void on_wait(const pb::WaitJob& m, net::Responder r);
   void on_get_job(const pb::GetJob& m, net::Responder r);
-  void on_list_jobs(net::Responder r);
+  void on_list_jobs(const pb::ListJobs& m, net::Responder r);
   void on_list_nodes(net::Responder r);
   void on_read_log(const pb::ReadLog& m, net::Responder r);
   void on_drain(const pb::DrainNode& m, net::Responder r);
   // Answers with make() once everything applied so far is durable.
   void after_durable(net::Responder r, std::function<pb::Response()> make);
-
-  pb::JobSummary summary(const sched::Job& job) const;
-  pb::JobDetail detail(const sched::Job& job) const;
 
   Coordinator& c_;
   storage::LogStore& logs_;

@@ -58,6 +58,7 @@ pb::TaskOutcome outcome_of(const pb::TaskAttempt& a, const TaskExit& e) {
   o.set_state(e.state);
   o.set_exit_code(e.exit_code);
   o.set_signal(e.signal);
+  o.set_requeue_free(e.requeue_free);
   return o;
 }
 

@@ -24,7 +24,7 @@ pb::TaskAttempt attempt_of(sched::TaskRef t, uint32_t attempt) {
 }
 
 TaskExit exit_of(const pb::TaskOutcome& o) {
-  return TaskExit{o.state(), o.exit_code(), o.signal()};
+  return TaskExit{o.state(), o.exit_code(), o.signal(), o.requeue_free()};
 }
 
 uint64_t random_session_id() {

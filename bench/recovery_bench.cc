@@ -20,7 +20,7 @@
 #include <filesystem>
 #include <string>
 
-#include "runtime/coordinator.h"
+#include "runtime/coordinator/coordinator.h"
 #include "storage/local_store.h"
 
 namespace {

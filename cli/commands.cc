@@ -15,7 +15,7 @@
 #include "cli/json_out.h"
 #include "net/client.h"
 #include "net/handshake.h"
-#include "runtime/fsck.h"
+#include "runtime/coordinator/fsck.h"
 #include "scheduler/cluster.h"
 
 namespace cardnode::cli {

@@ -10,8 +10,8 @@
 
 #include "cardnode.pb.h"
 #include "cli/parse.h"
-#include "runtime/agent.h"
-#include "runtime/server.h"
+#include "runtime/agent/agent.h"
+#include "runtime/coordinator/server.h"
 
 namespace cardnode::cli {
 

@@ -18,7 +18,7 @@
 
 #include "cli/commands.h"
 #include "cli/parse.h"
-#include "runtime/executor.h"
+#include "runtime/exec/executor.h"
 
 namespace {
 

@@ -1,0 +1,127 @@
+#include "runtime/coordinator/metrics.h"
+
+#include <prometheus/collectable.h>
+#include <prometheus/metric_family.h>
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "net/address.h"
+#include "runtime/node_facts.h"
+
+namespace cardnode::runtime {
+namespace {
+
+// Reads /proc/self/status at scrape time, on the exposer's thread: no shared state.
+class ProcessCollector : public prometheus::Collectable {
+ public:
+  std::vector<prometheus::MetricFamily> Collect() const override {
+    prometheus::MetricFamily rss;
+    rss.name = "cardnode_process_resident_memory_bytes";
+    rss.help = "Resident set size of this cardnode process (VmRSS)";
+    rss.type = prometheus::MetricType::Gauge;
+    prometheus::ClientMetric m;
+    m.gauge.value = static_cast<double>(resident_bytes());
+    rss.metric.push_back(m);
+    return {rss};
+  }
+};
+
+prometheus::Counter* counter(prometheus::Registry& r, const std::string& name,
+                             const std::string& help, const prometheus::Labels& labels = {}) {
+  return &prometheus::BuildCounter().Name(name).Help(help).Register(r).Add(labels);
+}
+
+void add_delta(prometheus::Counter* c, uint64_t now, uint64_t before) {
+  if (now > before) c->Increment(static_cast<double>(now - before));
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Metrics>> Metrics::start(const std::string& listen) {
+  auto hp = net::parse_host_port(listen);
+  if (!hp) return std::unexpected(hp.error());
+  std::unique_ptr<Metrics> m(new Metrics());
+  m->registry_ = std::make_shared<prometheus::Registry>();
+  auto& r = *m->registry_;
+  auto& tasks = prometheus::BuildGauge()
+                    .Name("cardnode_tasks")
+                    .Help("Tasks known to this server, by state")
+                    .Register(r);
+  auto& ended = prometheus::BuildCounter()
+                    .Name("cardnode_tasks_finished_total")
+                    .Help("Task attempts that ended, by the state they ended in")
+                    .Register(r);
+  for (size_t s = 0; s < sched::kTaskStateCount; ++s) {
+    const auto st = static_cast<sched::TaskState>(s);
+    const char* name = sched::task_state_name(st);
+    m->tasks_[s] = &tasks.Add({{"state", name}});
+    // Only the end of an attempt counts; queued/running stay null.
+    if (sched::is_final(st)) m->tasks_ended_[s] = &ended.Add({{"state", name}});
+  }
+#define CARDNODE_COUNTER_REGISTER(field, name, label, value, help)       \
+  m->field##_ = std::string_view(label).empty() ? counter(r, name, help) \
+                                                : counter(r, name, help, {{label, value}});
+  CARDNODE_COUNTERS(CARDNODE_COUNTER_REGISTER)
+#undef CARDNODE_COUNTER_REGISTER
+  auto gauge = [&r](const std::string& name, const std::string& help) {
+    return &prometheus::BuildGauge().Name(name).Help(help).Register(r).Add({});
+  };
+  m->cpu_used_ =
+      gauge("cardnode_node_cpu_millis_used", "CPU reserved by running tasks (1000 = one core)");
+  m->mem_used_ = gauge("cardnode_node_memory_bytes_used", "Memory reserved by running tasks");
+  m->running_ = gauge("cardnode_node_running_tasks", "Tasks running on this board");
+  m->process_collector_ = std::make_shared<ProcessCollector>();
+
+  try {  // prometheus-cpp reports a failed bind by throwing; nothing escapes this module.
+    const std::string host = hp->host.empty() ? "0.0.0.0" : hp->host;
+    m->exposer_ = std::make_unique<prometheus::Exposer>(
+        host + ":" + std::to_string(hp->port), 1);  // one civetweb worker: scrapes are rare
+  } catch (const std::exception& e) {
+    return fail(Errc::kUnavailable, "cannot listen for metrics on " + listen + ": " + e.what());
+  }
+  m->exposer_->RegisterCollectable(m->registry_);
+  m->exposer_->RegisterCollectable(m->process_collector_);
+  auto ports = m->exposer_->GetListeningPorts();
+  m->bound_ = hp->host + ":" + std::to_string(ports.empty() ? hp->port : ports.front());
+  return m;
+}
+
+std::string Metrics::bound_address() const {
+  return bound_;
+}
+
+void Metrics::set_info(const std::string& arch, const std::string& io_backend,
+                       const std::string& isolation) {
+  prometheus::BuildGauge()
+      .Name("cardnode_build_info")
+      .Help("Constant 1; labels describe this process")
+      .Register(*registry_)
+      .Add({{"arch", arch}, {"io_backend", io_backend}, {"isolation", isolation}})
+      .Set(1);
+}
+
+void Metrics::set_tasks(const std::array<uint64_t, sched::kTaskStateCount>& totals) {
+  for (size_t s = 0; s < totals.size(); ++s) tasks_[s]->Set(static_cast<double>(totals[s]));
+}
+
+void Metrics::set_node(uint32_t cpu_millis_used, uint64_t mem_bytes_used, uint32_t running) {
+  cpu_used_->Set(cpu_millis_used);
+  mem_used_->Set(static_cast<double>(mem_bytes_used));
+  running_->Set(running);
+}
+
+void Metrics::refresh(const MetricSources& now) {
+#define CARDNODE_COUNTER_REFRESH(field, name, label, value, help) \
+  add_delta(field##_, now.field, last_.field);
+  CARDNODE_COUNTERS(CARDNODE_COUNTER_REFRESH)
+#undef CARDNODE_COUNTER_REFRESH
+  for (size_t s = 0; s < sched::kTaskStateCount; ++s) {
+    if (tasks_ended_[s] != nullptr)
+      add_delta(tasks_ended_[s], now.tasks_ended[s], last_.tasks_ended[s]);
+  }
+  last_ = now;
+}
+
+}  // namespace cardnode::runtime

@@ -1,0 +1,493 @@
+#include "runtime/coordinator/server.h"
+
+#include <limits.h>
+#include <signal.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <chrono>
+#include <cstdio>
+#include <optional>
+#include <utility>
+
+#include "net/rpc_server.h"
+#include "runtime/coordinator/agent_hub.h"
+#include "runtime/coordinator/api.h"
+#include "runtime/coordinator/coordinator.h"
+#include "runtime/data_dir.h"
+#include "runtime/exec/executor.h"
+#include "runtime/exec/isolation.h"
+#include "runtime/coordinator/local_runner.h"
+#include "runtime/log.h"
+#include "runtime/coordinator/metrics.h"
+#include "runtime/node_facts.h"
+#include "storage/io_engine.h"
+#include "storage/local_store.h"
+#include "storage/log_store.h"
+#include "storage/posix.h"
+
+namespace cardnode::runtime {
+namespace {
+
+// Cancel, timeout and stop send SIGTERM to the task's process group, then SIGKILL to the
+// whole tree after this grace: Nomad's kill_timeout default (Slurm's KillWait is 30 s).
+constexpr uint64_t kKillGraceMs = 5'000;
+constexpr uint64_t kShutdownGraceMs = 10'000;  // > kKillGraceMs: tasks get their grace
+constexpr uint64_t kTickMs = 1000;             // metrics, retries, age-based retention
+constexpr uint32_t kLeftoverScanMax = 65536;   // pids killed by the environment scan at start
+constexpr uint32_t kLogFilesRemovedPerTurn = 256;
+constexpr uint32_t kLogDirEntriesMax = 1'000'000;  // job dirs listed at start
+
+uint64_t wall_ms() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count());
+}
+
+// Task groups live under a parent named for the data dir, so two servers on one machine
+// never kill each other's leftovers. FNV-1a: stable across builds.
+std::string pool_tag_for(const std::string& data_dir) {
+  char real[PATH_MAX];
+  std::string path = ::realpath(data_dir.c_str(), real) ? real : data_dir;
+  uint32_t h = 2166136261u;
+  for (unsigned char c : path) h = (h ^ c) * 16777619u;
+  char name[32];
+  std::snprintf(name, sizeof(name), "cardnode-%08x", h);
+  return name;
+}
+
+}  // namespace
+
+struct Server::Impl {
+  ServerOptions options;
+  uv_loop_t loop{};
+  std::optional<DataDir> dir;
+  std::unique_ptr<storage::IoEngine> engine;
+  std::unique_ptr<storage::LogStore> logs;
+  std::unique_ptr<storage::LocalStore> store;
+  std::unique_ptr<Coordinator> coordinator;
+  std::unique_ptr<AgentHub> hub;
+  std::unique_ptr<ClientApi> api;
+  Isolation isolation;
+  std::unique_ptr<Executor> executor;
+  std::unique_ptr<LocalRunner> runner;
+  std::unique_ptr<net::RpcServer> rpc;
+  std::unique_ptr<Metrics> metrics;
+  NodeFacts facts;
+  std::optional<sched::NodeId> local_node;
+
+  uv_poll_t io_poll{};
+  uv_signal_t sigint{}, sigterm{}, sighup{};
+  uv_idle_t turn_idle{};
+  uv_timer_t tick_timer{};
+  uv_timer_t shutdown_timer{};
+  bool handles_started = false;
+  bool turn_pending = false;
+  bool stopping = false;
+  uint64_t stop_started_ms = 0;
+  int exit_code = 0;
+
+  Status open_storage();
+  Status recover();
+  Status start_executor();
+  Status start_listeners();
+  void start_loop_handles();
+  CoordinatorHooks hooks();
+
+  void sweep_pruned_logs();
+  void request_turn();
+  void take_turn();
+  void describe(const sched::Node& n, pb::NodeInfo* info) const;
+  void refresh_metrics();
+  void begin_stop(const char* why);
+  void shutdown_tick();
+  void close_handles();
+};
+
+// ---------------------------------------------------------------------------- startup
+
+CoordinatorHooks Server::Impl::hooks() {
+  CoordinatorHooks h;
+  h.now_ms = wall_ms;
+  h.request_turn = [this] { request_turn(); };
+  h.jobs_pruned = [this](const std::vector<sched::JobId>& jobs) {
+    for (sched::JobId id : jobs) logs->forget_job(id);
+    request_turn();
+  };
+  h.fatal = [this](const Error& e) {
+    log(Level::kError, "storage", "cannot write the WAL, stopping: " + e.describe());
+    exit_code = 1;
+    begin_stop("storage failure");
+  };
+  h.log_info = [](const std::string& m) { log(Level::kInfo, "coordinator", m); };
+  h.log_warn = [](const std::string& m) { log(Level::kWarn, "coordinator", m); };
+  return h;
+}
+
+Status Server::Impl::open_storage() {
+  std::string why;
+  auto eng = storage::IoEngine::create(storage::IoOptions{}, &why);
+  if (!eng) return std::unexpected(eng.error());
+  engine = std::move(*eng);
+  if (engine->backend() == storage::Backend::kIoUring) {
+    log(Level::kInfo, "storage", "io backend: io_uring");
+  } else {
+    log(Level::kWarn, "storage", "io backend: fallback (" + why + ")");
+  }
+  logs =
+      std::make_unique<storage::LogStore>(*engine, storage::LogStoreOptions{.dir = dir->log_dir()});
+  store = std::make_unique<storage::LocalStore>(*engine,
+                                                storage::LocalStoreOptions{.dir = dir->path()});
+  CoordinatorOptions co;
+  co.keep_finished = options.keep_finished;
+  co.keep_finished_for_ms = options.keep_finished_for_ms;
+  co.snapshot_wal_bytes_min = options.snapshot_wal_bytes;
+  coordinator = std::make_unique<Coordinator>(*store, co, hooks());
+  return {};
+}
+
+Status Server::Impl::recover() {
+  auto report = coordinator->recover();
+  if (!report) return std::unexpected(report.error());
+  for (const std::string& skipped : report->snapshots_skipped) {
+    log(Level::kWarn, "storage", "damaged snapshot skipped: " + skipped);
+  }
+  const storage::ReplayStats& w = report->wal;
+  std::string from = report->snapshot_seq == 0
+                         ? std::string("no snapshot")
+                         : "snapshot through record " + std::to_string(report->snapshot_seq);
+  log(Level::kInfo, "storage",
+      "recovered from " + from + " and " + std::to_string(w.records) + " WAL records in " +
+          std::to_string(w.segments) + " segments; " +
+          std::to_string(coordinator->state().cluster().jobs().size()) + " jobs");
+  if (w.torn_tail_bytes > 0) {
+    log(Level::kWarn, "storage",
+        "dropped the last write, never acknowledged, cut short by a crash: " +
+            std::to_string(w.torn_tail_bytes) + " bytes at " + w.torn_tail_at);
+  }
+  return {};
+}
+
+Status Server::Impl::start_executor() {
+  const std::string pool_tag = pool_tag_for(options.data_dir);
+  isolation = Isolation::probe("/sys/fs/cgroup", pool_tag, options.disable_cgroups);
+  // Tasks of a previous run died with it, or are killed now: through their cgroups, and
+  // without cgroups by the pool's tag in their environment.
+  uint32_t stale = isolation.destroy_all_groups();
+  for (int32_t pid : pids_with_env(task_key_prefix(pool_tag), /*prefix=*/true, kLeftoverScanMax)) {
+    ::kill(pid, SIGKILL);
+    ++stale;
+  }
+  if (stale > 0) log(Level::kInfo, "executor", "killed " + std::to_string(stale) + " leftovers");
+  std::string enforced;
+  for (const auto& e : isolation.info().enforced) enforced += (enforced.empty() ? "" : ",") + e;
+  log(Level::kInfo, "executor",
+      std::string("isolation: ") + isolation_name(isolation.info().mode) +
+          " (enforced: " + (enforced.empty() ? "none" : enforced) + ")");
+  ExecutorOptions eo;
+  eo.pool_tag = pool_tag;
+  eo.kill_grace_ms = kKillGraceMs;
+  eo.task_exec_program = options.task_exec_program;
+  if (eo.task_exec_program.empty()) {
+    char self[PATH_MAX] = {};
+    ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (n <= 0) return fail_errno(errno, "readlink /proc/self/exe");
+    eo.task_exec_program.assign(self, static_cast<size_t>(n));
+  }
+  executor = std::make_unique<Executor>(&loop, *logs, isolation, eo);
+  runner = std::make_unique<LocalRunner>(*executor, *logs, dir->work_dir());
+  return {};
+}
+
+// This board's node, by its identity: a rename or new capacity is a logged update of the
+// same node, so its tasks' history stays its own.
+Status register_local_node(Server::Impl& s) {
+  sched::NodeSpec spec;
+  spec.name = s.options.node_name.empty() ? s.facts.hostname : s.options.node_name;
+  spec.capacity = {s.facts.cpu_millis, s.facts.mem_bytes};
+  spec.labels = s.options.labels;
+  spec.labels["arch"] = s.facts.arch;
+  spec.tasks_max = ExecutorOptions{}.running_max;  // what the executor below will take
+  auto id = s.coordinator->register_node(s.dir->node_identity(), spec);
+  if (!id)
+    return fail(id.error().code,
+                "cannot register this board as node " + spec.name + ": " + id.error().describe());
+  s.local_node = *id;
+  return {};
+}
+
+Status Server::Impl::start_listeners() {
+  net::RpcServerOptions ro;
+  ro.listen = options.listen;
+  api = std::make_unique<ClientApi>(
+      *coordinator, *logs, *hub, local_node,
+      [this](const sched::Node& n, pb::NodeInfo* info) { describe(n, info); });
+  rpc = std::make_unique<net::RpcServer>(&loop, dir->token(), ro,
+                                         [this](pb::Request&& req, net::Responder r) {
+                                           api->handle(std::move(req), std::move(r));
+                                           refresh_metrics();
+                                         });
+  auto bound = rpc->start();
+  if (!bound) return std::unexpected(bound.error());
+  auto m = Metrics::start(options.metrics_listen);
+  if (!m) return std::unexpected(m.error());
+  metrics = std::move(*m);
+  metrics->set_info(facts.arch, storage::backend_name(engine->backend()),
+                    options.exec ? isolation_name(isolation.info().mode) : "none");
+  refresh_metrics();
+  if (auto st = dir->publish("addr", *bound + "\n"); !st) return st;
+  if (auto st = dir->publish("metrics_addr", metrics->bound_address() + "\n"); !st) return st;
+  log(Level::kInfo, "server",
+      "listening on " + *bound + ", metrics on " + metrics->bound_address() + ", data dir " +
+          options.data_dir);
+  return {};
+}
+
+void Server::Impl::start_loop_handles() {
+  handles_started = true;
+  uv_poll_init(&loop, &io_poll, engine->completion_fd());
+  io_poll.data = this;
+  uv_poll_start(&io_poll, UV_READABLE, [](uv_poll_t* h, int, int) {
+    auto* self = static_cast<Impl*>(h->data);
+    self->engine->reap();
+    self->request_turn();     // a snapshot or a deferred task end may continue now
+    self->refresh_metrics();  // a few counter adds: /metrics without a timer's lag
+  });
+  for (uv_signal_t* sig : {&sigint, &sigterm, &sighup}) {
+    uv_signal_init(&loop, sig);
+    sig->data = this;
+  }
+  uv_signal_start(
+      &sigint, [](uv_signal_t* h, int) { static_cast<Impl*>(h->data)->begin_stop("SIGINT"); },
+      SIGINT);
+  uv_signal_start(
+      &sigterm, [](uv_signal_t* h, int) { static_cast<Impl*>(h->data)->begin_stop("SIGTERM"); },
+      SIGTERM);
+  // A hangup (a closed terminal, `systemctl reload`) must not stop the pool. The server
+  // logs to stderr and holds no file to reopen, so there is nothing to reload.
+  uv_signal_start(
+      &sighup,
+      [](uv_signal_t*, int) {
+        log(Level::kInfo, "server", "SIGHUP ignored (nothing to reload); SIGTERM stops the server");
+      },
+      SIGHUP);
+  uv_idle_init(&loop, &turn_idle);
+  turn_idle.data = this;
+  // The tick wakes the loop once a second; it writes nothing unless there is work
+  // (guarantee 5: an idle cluster writes nothing).
+  uv_timer_init(&loop, &tick_timer);
+  tick_timer.data = this;
+  uv_timer_start(
+      &tick_timer,
+      [](uv_timer_t* h) {
+        auto* self = static_cast<Impl*>(h->data);
+        self->hub->tick();
+        self->take_turn();
+        self->refresh_metrics();
+      },
+      kTickMs, kTickMs);
+  uv_timer_init(&loop, &shutdown_timer);
+  shutdown_timer.data = this;
+}
+
+// Logs of jobs pruned before a stop that left no time to remove them: found by name, and
+// removed in the background like any pruned job's.
+void Server::Impl::sweep_pruned_logs() {
+  auto names = storage::list_dir(dir->log_dir(), kLogDirEntriesMax);
+  if (!names) {
+    log(Level::kWarn, "server", "cannot list task logs: " + names.error().describe());
+    return;
+  }
+  uint32_t found = 0;
+  for (const std::string& name : *names) {
+    if (name.empty() || name.size() > 20 ||
+        name.find_first_not_of("0123456789") != std::string::npos) {
+      continue;
+    }
+    const sched::JobId id = std::stoull(name);
+    if (!coordinator->state().pruned(id)) continue;
+    logs->forget_job(id);
+    ++found;
+  }
+  if (found > 0)
+    log(Level::kInfo, "server", "removing the logs of " + std::to_string(found) + " pruned jobs");
+}
+
+// ------------------------------------------------------------------------- the loop
+
+void Server::Impl::request_turn() {
+  if (turn_pending || !handles_started) return;
+  turn_pending = true;
+  uv_idle_start(&turn_idle, [](uv_idle_t* h) {
+    auto* self = static_cast<Impl*>(h->data);
+    uv_idle_stop(h);
+    self->turn_pending = false;
+    self->take_turn();
+  });
+}
+
+void Server::Impl::take_turn() {
+  coordinator->turn();
+  if (logs->remove_some(kLogFilesRemovedPerTurn)) request_turn();
+}
+
+void Server::Impl::describe(const sched::Node& n, pb::NodeInfo* info) const {
+  if (!local_node || n.id != *local_node) return hub->describe(n, info);
+  info->set_arch(facts.arch);
+  info->set_isolation(isolation_name(isolation.info().mode));
+  for (const auto& e : isolation.info().enforced) info->add_enforced(e);
+  info->set_io_backend(storage::backend_name(engine->backend()));
+}
+
+void Server::Impl::refresh_metrics() {
+  if (!metrics) return;
+  const State& state = coordinator->state();
+  const CoordinatorStats& cs = coordinator->stats();
+  MetricSources s;
+  s.jobs_submitted = state.jobs_submitted();
+  s.jobs_pruned = state.jobs_pruned();
+  s.storage_bytes_written = engine->stats().bytes_written;
+  s.storage_fsyncs = engine->stats().fsyncs;
+  s.wal_records = cs.records;
+  s.snapshots_written = cs.snapshots_written;
+  s.snapshot_failures = cs.snapshot_failures;
+  s.refused_busy = cs.refused_busy;
+  s.refused_no_space = cs.refused_no_space;
+  s.log_bytes_dropped = logs->stats().bytes_dropped;
+  const net::RpcServerStats& ns = rpc->stats();
+  s.net_accepted = ns.accepted;
+  s.net_rejected_auth = ns.rejected_auth;
+  s.net_rejected_protocol = ns.rejected_protocol;
+  s.net_rejected_limit = ns.rejected_limit;
+  s.net_requests = ns.requests;
+  s.tasks_ended = cs.tasks_ended;
+  metrics->refresh(s);
+  metrics->set_tasks(state.task_totals());
+  if (local_node) {
+    const sched::Node* n = state.cluster().node(*local_node);
+    metrics->set_node(n->used.cpu_millis, n->used.mem_bytes, n->running);
+  }
+}
+
+// ------------------------------------------------------------------------ shutdown
+
+void Server::Impl::begin_stop(const char* why) {
+  if (stopping) return;
+  stopping = true;
+  stop_started_ms = uv_now(&loop);
+  log(Level::kInfo, "server", std::string("stopping (") + why + ")");
+  coordinator->stop();
+  hub->stop();
+  rpc->stop();
+  // Killed tasks end lost (logged) and run again after the next start.
+  if (executor) executor->kill_all();
+  uv_timer_start(
+      &shutdown_timer, [](uv_timer_t* h) { static_cast<Impl*>(h->data)->shutdown_tick(); }, 0, 20);
+}
+
+void Server::Impl::shutdown_tick() {
+  const bool tasks_done = !executor || executor->running() == 0;
+  const bool wal_done = store->pending_records() == 0 || store->failed();
+  const bool overdue = uv_now(&loop) - stop_started_ms > kShutdownGraceMs;
+  if (!((tasks_done && wal_done) || overdue)) return;
+  if (overdue) {
+    log(Level::kWarn, "server", "shutdown grace exceeded; closing anyway");
+    // Still stopping cleanly: what has not been reaped yet ends requeue-free, like the rest
+    // (its reports come too late and are dropped as stale; the next start kills leftovers).
+    if (local_node) coordinator->end_running_tasks(*local_node, /*requeue_free=*/true);
+  }
+  close_handles();
+}
+
+void Server::Impl::close_handles() {
+  uv_timer_stop(&shutdown_timer);
+  for (uv_handle_t* h :
+       {reinterpret_cast<uv_handle_t*>(&io_poll), reinterpret_cast<uv_handle_t*>(&sigint),
+        reinterpret_cast<uv_handle_t*>(&sigterm), reinterpret_cast<uv_handle_t*>(&sighup),
+        reinterpret_cast<uv_handle_t*>(&turn_idle), reinterpret_cast<uv_handle_t*>(&tick_timer),
+        reinterpret_cast<uv_handle_t*>(&shutdown_timer)}) {
+    if (!uv_is_closing(h)) uv_close(h, nullptr);
+  }
+}
+
+// -------------------------------------------------------------------------- Server
+
+Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Server::~Server() {
+  if (!impl_) return;
+  Impl& s = *impl_;
+  // What the store still owes (an open() that failed after logging, a stop cut short) runs
+  // now, while everything its callbacks reach is alive; stopped, they start nothing.
+  if (s.coordinator) {
+    s.coordinator->stop();
+    s.store->drain();
+  }
+  s.rpc.reset();
+  s.api.reset();
+  if (s.hub) s.hub->stop();
+  s.hub.reset();
+  if (s.executor && s.executor->running() > 0) {
+    // The shutdown grace ran out with processes still being reaped. The Executor may
+    // not be destroyed with live handles; the process is exiting, so let it go.
+    log(Level::kWarn, "server",
+        "exiting with " + std::to_string(s.executor->running()) + " tasks not yet reaped");
+    (void)s.runner.release();
+    (void)s.executor.release();
+  } else if (s.executor) {
+    s.runner.reset();
+    s.executor.reset();
+    s.isolation.destroy_parent();  // clean stop: no task left, remove our cgroups
+  }
+  s.coordinator.reset();  // before the store it writes to
+  s.store.reset();        // drains the WAL
+  s.logs.reset();
+  s.engine.reset();
+  uv_loop_close(&s.loop);
+}
+
+Result<std::unique_ptr<Server>> Server::open(ServerOptions options) {
+  // Until the loop's handler is in place (start_loop_handles), a hangup during recovery
+  // is ignored too; spawned tasks get the default action back (libuv resets it).
+  ::signal(SIGHUP, SIG_IGN);
+  auto impl = std::make_unique<Impl>();
+  Impl& s = *impl;
+  s.options = std::move(options);
+  if (int rc = uv_loop_init(&s.loop); rc != 0) {
+    return fail(Errc::kInternal, std::string("uv_loop_init: ") + uv_strerror(rc));
+  }
+  std::unique_ptr<Server> server(new Server(std::move(impl)));
+  auto dir = DataDir::open(s.options.data_dir, s.options.log_dir);
+  if (!dir) return std::unexpected(dir.error());
+  s.dir.emplace(std::move(*dir));
+  if (auto st = s.open_storage(); !st) return std::unexpected(st.error());
+  if (auto st = s.recover(); !st) return std::unexpected(st.error());
+  s.facts = read_node_facts();
+  if (s.options.exec) {
+    if (auto st = s.start_executor(); !st) return std::unexpected(st.error());
+    if (auto st = register_local_node(s); !st) return std::unexpected(st.error());
+    s.coordinator->attach_runner(*s.local_node, s.runner.get());
+  }
+  // This board's executor starts empty: what the log says ran here died with the last run.
+  // Other boards' agents still run their tasks and get a grace to come back and say so.
+  if (s.local_node) s.coordinator->end_running_tasks(*s.local_node);
+  AgentHubOptions ho;
+  ho.heartbeat_ms = s.options.heartbeat_ms;
+  ho.grace_ms = s.options.grace_ms;
+  s.hub = std::make_unique<AgentHub>(*s.coordinator, ho, [&s] { return uv_now(&s.loop); });
+  s.hub->await_returning_nodes(s.local_node);
+  s.sweep_pruned_logs();
+  if (auto st = s.start_listeners(); !st) return std::unexpected(st.error());
+  s.start_loop_handles();
+  s.request_turn();
+  return server;
+}
+
+int Server::run() {
+  uv_run(&impl_->loop, UV_RUN_DEFAULT);
+  if (impl_->store) impl_->store->drain();
+  log(Level::kInfo, "server", "stopped");
+  return impl_->exit_code;
+}
+
+}  // namespace cardnode::runtime

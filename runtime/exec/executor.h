@@ -1,0 +1,86 @@
+// Executor: runs task attempts on this board as plain processes — no helper process
+// per task. The process is spawned through `cardnode __task-exec` (runtime/task_exec.cc),
+// which joins the task's cgroups, applies rlimits and then execs the command, so the
+// command's pid is the spawned pid. stdout and stderr go through pipes into the LogStore.
+//
+// When the command's process exits, the rest of its tree (cgroup, else process group)
+// is killed, output is drained and written, and only then on_exit runs: a task
+// reported finished has left no process behind and has all its output in the log.
+// (Without cgroups the tree is the process group: a process that starts its own session
+// escapes; its pipes are closed on it after drain_ms.) A failed task whose group saw an
+// OOM kill is reported TASK_OOM_KILLED.
+//
+// Threading: loop thread only. `loop`, `logs` and `isolation` must outlive the Executor.
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cardnode.pb.h"
+#include "proto/error.h"
+#include "runtime/exec/isolation.h"
+#include "runtime/exec/task_runner.h"
+#include "storage/log_store.h"
+
+namespace cardnode::runtime {
+
+struct ExecutorOptions {
+  // Every task's environment gets CARDNODE_TASK_KEY=<pool_tag>:<job>.<index>, set after
+  // the job's env so a job cannot override it. Without cgroups it is how the tree of a
+  // task is found once processes left its process group; task_key_prefix() finds them all.
+  std::string pool_tag = "cardnode";
+  // Program spawned for every task, with "__task-exec" as argv[1]. Normally the
+  // cardnode binary itself (/proc/self/exe). Empty: spawn the command directly and join
+  // the cgroup right after spawn (a short window in which a fork escapes; only for
+  // unit tests under qemu-user, where the ARM binary cannot exec itself).
+  std::string task_exec_program;
+  uint32_t running_max = 1024;  // tasks at once on this board
+  uint64_t kill_grace_ms = 0;   // SIGTERM first, then SIGKILL after this (0: SIGKILL at once)
+  // After the process exits, how long its pipes may stay open (held by a process that
+  // escaped the kill, possible only in rlimit mode) before we close them ourselves.
+  uint64_t drain_ms = 2000;
+};
+
+// Destruction: the owner calls kill_all() and runs the loop until running() == 0 before
+// destroying the Executor; a task still running then is a bug (checked: libuv handles
+// would point into freed memory).
+class Executor {
+ public:
+  Executor(uv_loop_t* loop, storage::LogStore& logs, Isolation& isolation, ExecutorOptions options);
+  ~Executor();
+
+  // Starts one attempt. On success returns the pid; on_exit runs exactly once later.
+  // Fails (on_exit never runs) if the task is already running here, the command cannot
+  // be spawned (ENOENT...), or running_max is reached.
+  using ExitCallback = TaskRunner::ExitCallback;
+  [[nodiscard]] Result<int32_t> start(const TaskLaunch& launch, ExitCallback on_exit);
+  // Kills the whole tree of a running task; its on_exit reports the reason
+  // (cancelled / timed_out). Unknown task: no-op.
+  void kill(uint64_t job_id, uint32_t index, KillReason reason);
+  // Kills everything (shutdown): on_exit callbacks still run as processes are reaped,
+  // reporting TASK_LOST, requeue-free (the task did not fail: it is to be run again, and
+  // a clean stop does not use up its lost budget).
+  void kill_all();
+  uint32_t running() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// "CARDNODE_TASK_KEY=<pool_tag>:": the environment prefix every task of a pool carries.
+std::string task_key_prefix(const std::string& pool_tag);
+
+// The "__task-exec" entry point: argv after "__task-exec" is
+//   [--cgroup-procs PATH]... [--rlimit-as BYTES] -- CMD [ARG...]
+// Joins each cgroup, sets limits, execs CMD. Returns only on failure (exit code 127
+// with a one-line reason on stderr, which lands in the task's stderr log).
+int task_exec_main(int argc, char** argv);
+
+}  // namespace cardnode::runtime

@@ -1,0 +1,530 @@
+// Executor with real processes, real pipes, the real LogStore on a real IoEngine and —
+// where this machine allows it (root) — the real cgroups. Every test runs in three
+// modes: through the __task-exec trampoline with cgroups, through it with rlimits only,
+// and spawning the command directly (cgroups joined after spawn).
+#include "runtime/exec/executor.h"
+
+#include <dirent.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <sstream>
+
+#include "storage/io_engine.h"
+#include "storage/log_store.h"
+
+namespace cardnode::runtime {
+namespace {
+
+namespace fs = std::filesystem;
+using storage::Stream;
+
+constexpr auto kWaitMax = std::chrono::seconds(15);  // a hang fails, it never passes
+
+struct Mode {
+  const char* name;
+  bool cgroups;
+  bool trampoline;
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// /proc/PID/stat fields after the command: state, ppid, pgrp.
+bool proc_stat(pid_t pid, char* state, pid_t* pgrp) {
+  std::string stat = slurp("/proc/" + std::to_string(pid) + "/stat");
+  size_t paren = stat.rfind(')');
+  if (paren == std::string::npos) return false;
+  std::istringstream in(stat.substr(paren + 1));
+  long ppid = 0, pg = 0;
+  if (!(in >> *state >> ppid >> pg)) return false;
+  *pgrp = static_cast<pid_t>(pg);
+  return true;
+}
+
+// Alive and not a zombie: an orphan we killed may linger as a zombie until init reaps
+// it; it runs nothing and holds no memory.
+bool alive(pid_t pid) {
+  char state = 0;
+  pid_t pgrp = 0;
+  return ::kill(pid, 0) == 0 && proc_stat(pid, &state, &pgrp) && state != 'Z';
+}
+
+// Live (non-zombie) members of process group `pgid`.
+int live_in_group(pid_t pgid) {
+  int n = 0;
+  DIR* d = ::opendir("/proc");
+  while (struct dirent* e = d ? ::readdir(d) : nullptr) {
+    char* end = nullptr;
+    long pid = std::strtol(e->d_name, &end, 10);
+    char state = 0;
+    pid_t pgrp = 0;
+    if (*end == '\0' && pid > 0 && proc_stat(static_cast<pid_t>(pid), &state, &pgrp) &&
+        pgrp == pgid && state != 'Z') {
+      ++n;
+    }
+  }
+  if (d) ::closedir(d);
+  return n;
+}
+
+// Under qemu-user without binfmt_misc the (ARM) helper cannot be exec'd from the (ARM)
+// test: the trampoline modes are then skipped and only direct spawn runs.
+bool helper_runs() {
+  static const bool runs = [] {
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      ::execl(CARDNODE_TASK_EXEC_HELPER, CARDNODE_TASK_EXEC_HELPER, "__task-exec", "--", "true",
+              static_cast<char*>(nullptr));
+      ::_exit(126);
+    }
+    int status = 0;
+    return pid > 0 && ::waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+           WEXITSTATUS(status) == 0;
+  }();
+  return runs;
+}
+
+std::vector<pid_t> pids_in(const std::string& text) {
+  std::vector<pid_t> out;
+  std::istringstream in(text);
+  for (long p; in >> p;) out.push_back(static_cast<pid_t>(p));
+  return out;
+}
+
+class ExecutorTest : public ::testing::TestWithParam<Mode> {
+ protected:
+  void SetUp() override {
+    const char* base = std::getenv("TMPDIR");
+    std::string tmpl = std::string(base != nullptr ? base : "/tmp") + "/executor_test.XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+    tmp_ = tmpl;
+
+    auto engine = storage::IoEngine::create({}, nullptr);
+    ASSERT_TRUE(engine) << engine.error().describe();
+    engine_ = std::move(*engine);
+    ASSERT_EQ(uv_loop_init(&loop_), 0);
+    CARDNODE_CHECK(uv_poll_init(&loop_, &poll_, engine_->completion_fd()) == 0);
+    loop_open_ = true;
+    poll_.data = engine_.get();
+    uv_poll_start(&poll_, UV_READABLE,
+                  [](uv_poll_t* p, int, int) { static_cast<storage::IoEngine*>(p->data)->reap(); });
+    // Wakes the loop now and then so run_until() can notice its deadline.
+    uv_timer_init(&loop_, &tick_);
+    uv_timer_start(
+        &tick_, [](uv_timer_t*) {}, 50, 50);
+    logs_ = std::make_unique<storage::LogStore>(*engine_,
+                                                storage::LogStoreOptions{.dir = tmp_ / "logs"});
+
+    // Our own parent group, so a cardnode on this machine and our groups never meet.
+    group_parent_ = "cardnode-executor-test-" + std::to_string(::getpid());
+    iso_ = Isolation::probe("/sys/fs/cgroup", group_parent_, !GetParam().cgroups);
+    if (GetParam().cgroups && iso_.info().mode == IsolationMode::kRlimit) {
+      GTEST_SKIP() << "no usable cgroups here (not root?)";
+    }
+    if (GetParam().trampoline && !helper_runs()) {
+      GTEST_SKIP() << "cannot exec " << CARDNODE_TASK_EXEC_HELPER << " here (qemu-user?)";
+    }
+    options_.task_exec_program = GetParam().trampoline ? CARDNODE_TASK_EXEC_HELPER : "";
+    // Per process, like a server's per-data-dir tag: ctest runs test processes side by
+    // side with the same job ids, and in rlimit mode tasks are found by this tag.
+    options_.pool_tag = group_parent_;
+    make_executor();
+  }
+
+  void make_executor() { exec_ = std::make_unique<Executor>(&loop_, *logs_, iso_, options_); }
+
+  void TearDown() override {
+    if (exec_) {
+      exec_->kill_all();
+      run_until([&] { return exec_->running() == 0; });
+      exec_.reset();
+    }
+    if (loop_open_) {
+      uv_close(reinterpret_cast<uv_handle_t*>(&poll_), nullptr);
+      uv_close(reinterpret_cast<uv_handle_t*>(&tick_), nullptr);
+      uv_run(&loop_, UV_RUN_DEFAULT);
+      logs_.reset();
+      EXPECT_EQ(uv_loop_close(&loop_), 0) << "a libuv handle was leaked";
+    }
+    iso_.destroy_all_groups();
+    for (const char* h : {"", "memory", "cpu", "cpu,cpuacct", "cpuacct,cpu", "pids"}) {
+      ::rmdir((fs::path("/sys/fs/cgroup") / h / group_parent_).c_str());
+    }
+    if (!tmp_.empty()) fs::remove_all(tmp_);
+  }
+
+  template <class Pred>
+  void run_until(Pred done) {
+    auto deadline = std::chrono::steady_clock::now() + kWaitMax;
+    while (!done()) {
+      ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "gave up waiting";
+      uv_run(&loop_, UV_RUN_ONCE);
+    }
+  }
+
+  TaskLaunch launch(uint64_t job, std::vector<std::string> argv) {
+    TaskLaunch l;
+    l.job_id = job;
+    l.index = 0;
+    l.count = 1;
+    l.argv = std::move(argv);
+    l.cwd = tmp_.string();
+    l.node_name = "pi-test";
+    return l;
+  }
+
+  // Starts a task and runs the loop until it has been reported.
+  TaskExit run(const TaskLaunch& l, int32_t* pid_out = nullptr) {
+    std::optional<TaskExit> exit;
+    auto pid = exec_->start(l, [&](TaskExit e) { exit = e; });
+    EXPECT_TRUE(pid) << pid.error().describe();
+    if (!pid) return {pb::TASK_LOST, -1, -1};
+    if (pid_out) *pid_out = *pid;
+    run_until([&] { return exit.has_value(); });
+    return exit.value_or(TaskExit{pb::TASK_LOST, -1, -1});
+  }
+
+  std::string out(uint64_t job, uint32_t index = 0) {
+    return slurp(logs_->path({job, index, Stream::kStdout}));
+  }
+  std::string err(uint64_t job, uint32_t index = 0) {
+    return slurp(logs_->path({job, index, Stream::kStderr}));
+  }
+  // Lines printed by a still-running task: the LogStore writes them asynchronously.
+  std::string wait_for_lines(uint64_t job, size_t lines) {
+    std::string text;
+    run_until([&] {
+      text = out(job);
+      return static_cast<size_t>(std::count(text.begin(), text.end(), '\n')) >= lines;
+    });
+    return text;
+  }
+  // The tree got SIGKILL before the report (and, with cgroups, left the group: see
+  // group_exists). SIGKILL is delivered asynchronously: the last steps of an exit may
+  // still be running when we look, so wait for them (bounded).
+  void expect_dead(pid_t pid) {
+    run_until([&] { return !alive(pid); });
+  }
+  bool group_exists(uint64_t job, uint32_t index) {
+    std::string g = std::to_string(job) + "." + std::to_string(index);
+    for (const char* h : {"", "memory", "cpu", "pids"}) {
+      if (fs::exists(fs::path("/sys/fs/cgroup") / h / group_parent_ / g)) return true;
+    }
+    return false;
+  }
+
+  fs::path tmp_;
+  uv_loop_t loop_{};
+  bool loop_open_ = false;
+  uv_poll_t poll_{};
+  uv_timer_t tick_{};
+  std::unique_ptr<storage::IoEngine> engine_;
+  std::unique_ptr<storage::LogStore> logs_;
+  std::string group_parent_;
+  Isolation iso_;
+  ExecutorOptions options_;
+  std::unique_ptr<Executor> exec_;
+};
+
+TEST_P(ExecutorTest, ExitCodeAndOutputAreCaptured) {
+  TaskExit e = run(launch(1, {"sh", "-c", "echo hello; echo oops >&2; exit 3"}));
+  EXPECT_EQ(e.state, pb::TASK_FAILED);
+  EXPECT_EQ(e.exit_code, 3);
+  EXPECT_EQ(e.signal, 0);
+  EXPECT_EQ(out(1), "hello\n");
+  EXPECT_EQ(err(1), "oops\n");
+  EXPECT_EQ(exec_->running(), 0u);
+  EXPECT_FALSE(group_exists(1, 0));
+}
+
+TEST_P(ExecutorTest, SuccessIsReported) {
+  TaskExit e = run(launch(2, {"true"}));
+  EXPECT_EQ(e.state, pb::TASK_SUCCEEDED);
+  EXPECT_EQ(e.exit_code, 0);
+  EXPECT_EQ(e.signal, 0);
+  EXPECT_EQ(out(2), "");
+}
+
+TEST_P(ExecutorTest, AllOutputIsInTheLogBeforeTheReport) {
+  TaskExit e = run(launch(3, {"sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' x; echo"}));
+  EXPECT_EQ(e.state, pb::TASK_SUCCEEDED);
+  std::string text = out(3);
+  EXPECT_EQ(text.size(), 3000001u);
+  EXPECT_TRUE(text == std::string(3000000, 'x') + "\n");
+}
+
+TEST_P(ExecutorTest, DeathBySignalIsFailedWithTheSignal) {
+  TaskExit e = run(launch(4, {"sh", "-c", "kill -TERM $$"}));
+  EXPECT_EQ(e.state, pb::TASK_FAILED);
+  EXPECT_EQ(e.signal, SIGTERM);
+  EXPECT_EQ(e.exit_code, 0);
+}
+
+TEST_P(ExecutorTest, TaskSeesItsEnvironmentAndCwd) {
+  ::setenv("CARDNODE_EXECUTOR_TEST_LEAK", "1", 1);
+  TaskLaunch l = launch(5, {"sh", "-c",
+                            "echo $CARDNODE_JOB_ID $CARDNODE_TASK_INDEX $CARDNODE_TASK_COUNT "
+                            "$CARDNODE_NODE $CARDNODE_ATTEMPT $GREETING; pwd; "
+                            "echo ${CARDNODE_EXECUTOR_TEST_LEAK:-clean}; echo $PATH"});
+  l.index = 3;
+  l.count = 8;
+  l.attempt = 2;
+  l.env = {{"GREETING", "hi there"}};
+  TaskExit e = run(l);
+  EXPECT_EQ(e.state, pb::TASK_SUCCEEDED);
+  EXPECT_EQ(out(5, 3),
+            "5 3 8 pi-test 2 hi there\n" + fs::canonical(tmp_).string() +
+                "\nclean\n/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n");
+}
+
+TEST_P(ExecutorTest, JobEnvOverridesTheBase) {
+  TaskLaunch l = launch(6, {"sh", "-c", "echo $PATH"});
+  l.env = {{"PATH", "/bin:/usr/bin:/opt/x"}};
+  EXPECT_EQ(run(l).state, pb::TASK_SUCCEEDED);
+  EXPECT_EQ(out(6), "/bin:/usr/bin:/opt/x\n");
+}
+
+// The timeout must fire after `sh` has started its child, or there is no tree to check.
+// How long `sh` takes to get there is the machine's business (qemu-user: hundreds of ms),
+// so no timeout is guessed: an attempt whose timeout fired before the child's pid was
+// printed still must end timed_out, and the next attempt doubles the timeout.
+TEST_P(ExecutorTest, TimeoutKillsTheWholeTree) {
+  constexpr uint32_t kAttemptsMax = 7;  // 200 ms .. 12.8 s, within kWaitMax
+  uint64_t timeout_ms = 200;
+  for (uint32_t attempt = 0; attempt < kAttemptsMax; ++attempt, timeout_ms *= 2) {
+    const uint64_t job = 700 + attempt;
+    TaskLaunch l = launch(job, {"sh", "-c", "sleep 30 & echo $!; wait"});
+    l.timeout_ms = timeout_ms;
+    int32_t pid = 0;
+    TaskExit e = run(l, &pid);
+    EXPECT_EQ(e.state, pb::TASK_TIMED_OUT);
+    EXPECT_EQ(e.signal, SIGKILL);
+    expect_dead(pid);
+    EXPECT_EQ(live_in_group(pid), 0);
+    EXPECT_FALSE(group_exists(job, 0));
+    std::vector<pid_t> children = pids_in(out(job));
+    if (children.empty()) continue;  // killed before the child existed: try a longer timeout
+    ASSERT_EQ(children.size(), 1u);
+    expect_dead(children[0]);
+    return;
+  }
+  FAIL() << "sh never printed its child's pid within " << timeout_ms / 2 << " ms";
+}
+
+TEST_P(ExecutorTest, CancelKillsTheWholeTree) {
+  std::optional<TaskExit> exit;
+  auto pid = exec_->start(launch(8, {"sh", "-c", "sleep 100 & echo $!; sleep 100 & echo $!; wait"}),
+                          [&](TaskExit e) { exit = e; });
+  ASSERT_TRUE(pid) << pid.error().describe();
+  std::vector<pid_t> children = pids_in(wait_for_lines(8, 2));
+  ASSERT_EQ(children.size(), 2u);
+  for (pid_t c : children) EXPECT_TRUE(alive(c));
+  EXPECT_EQ(exec_->running(), 1u);
+  exec_->kill(8, 0, KillReason::kCancelled);
+  exec_->kill(8, 0, KillReason::kTimedOut);    // the first reason is the one reported
+  exec_->kill(99, 0, KillReason::kCancelled);  // unknown: ignored
+  run_until([&] { return exit.has_value(); });
+  EXPECT_EQ(exit->state, pb::TASK_CANCELLED);
+  EXPECT_EQ(exit->signal, SIGKILL);
+  for (pid_t c : children) expect_dead(c);
+  expect_dead(*pid);
+  EXPECT_EQ(live_in_group(*pid), 0);
+  EXPECT_FALSE(group_exists(8, 0));
+}
+
+TEST_P(ExecutorTest, BackgroundChildIsKilledBeforeTheReport) {
+  TaskExit e = run(launch(9, {"sh", "-c", "sleep 100 & echo $!"}));
+  EXPECT_EQ(e.state, pb::TASK_SUCCEEDED);  // the task itself exited 0
+  std::vector<pid_t> children = pids_in(out(9));
+  ASSERT_EQ(children.size(), 1u);
+  expect_dead(children[0]);
+}
+
+TEST_P(ExecutorTest, CommandNotFound) {
+  TaskLaunch l = launch(10, {"/nonexistent/command", "arg"});
+  if (!GetParam().trampoline) {
+    // Direct spawn: libuv reports the failed exec; no task, nothing left behind.
+    auto r = exec_->start(l, [](TaskExit) { ADD_FAILURE() << "on_exit after a failed start"; });
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, Errc::kNotFound);
+    EXPECT_EQ(exec_->running(), 0u);
+    EXPECT_FALSE(group_exists(10, 0));
+    return;
+  }
+  TaskExit e = run(l);
+  EXPECT_EQ(e.state, pb::TASK_FAILED);
+  EXPECT_EQ(e.exit_code, 127);
+  EXPECT_EQ(err(10), "cardnode: cannot run /nonexistent/command: No such file or directory\n");
+}
+
+TEST_P(ExecutorTest, NotExecutableIs126) {
+  if (!GetParam().trampoline) GTEST_SKIP() << "direct spawn fails start() instead";
+  fs::path script = tmp_ / "script.sh";
+  std::ofstream(script) << "#!/bin/sh\necho hi\n";
+  fs::permissions(script, fs::perms::owner_read);  // even root needs one x bit to exec
+  TaskExit e = run(launch(11, {script.string()}));
+  EXPECT_EQ(e.state, pb::TASK_FAILED);
+  EXPECT_EQ(e.exit_code, 126);
+  EXPECT_NE(err(11).find("Permission denied"), std::string::npos) << err(11);
+}
+
+TEST_P(ExecutorTest, MissingTrampolineFailsStartAndCleansUp) {
+  options_.task_exec_program = (tmp_ / "no-such-cardnode").string();
+  make_executor();
+  auto r = exec_->start(launch(12, {"true"}), [](TaskExit) { ADD_FAILURE() << "on_exit ran"; });
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, Errc::kNotFound);
+  EXPECT_EQ(exec_->running(), 0u);
+  EXPECT_FALSE(group_exists(12, 0));
+  // The same task starts once the program is there.
+  options_.task_exec_program = GetParam().trampoline ? CARDNODE_TASK_EXEC_HELPER : "";
+  make_executor();
+  EXPECT_EQ(run(launch(12, {"true"})).state, pb::TASK_SUCCEEDED);
+}
+
+TEST_P(ExecutorTest, MemoryLimitIsEnforced) {
+  if (!GetParam().trampoline && iso_.memory_by_rlimit()) {
+    GTEST_SKIP() << "direct spawn cannot set RLIMIT_AS";
+  }
+  // qemu-user accepts setrlimit(RLIMIT_AS) and ignores it (it would starve the emulator).
+  if (iso_.memory_by_rlimit() && std::getenv("CARDNODE_TEST_EMULATOR") != nullptr) {
+    GTEST_SKIP() << "RLIMIT_AS is not enforced under " << std::getenv("CARDNODE_TEST_EMULATOR");
+  }
+  // GNU tail keeps a newline-free stream in memory: 300 MiB against a 64 MiB limit.
+  std::string cmd = "head -c 300M /dev/zero | tail >/dev/null";
+  if (!GetParam().trampoline) {
+    // Direct spawn joins the group after exec: what the shell forks before that escapes
+    // (the documented window). Wait until the shell is in, then fork.
+    cmd = "until grep -q " + group_parent_ + " /proc/$$/cgroup; do :; done; " + cmd;
+  }
+  TaskLaunch l = launch(13, {"sh", "-c", cmd});
+  l.limits.mem_bytes = 64 << 20;
+  TaskExit e = run(l);
+  if (iso_.memory_by_rlimit()) {
+    // RLIMIT_AS: tail's allocation fails and it says so.
+    EXPECT_EQ(e.state, pb::TASK_FAILED);
+    EXPECT_NE(err(13).find("tail"), std::string::npos) << err(13);
+  } else {
+    // The cgroup OOM killer ends tail (v2 with memory.oom.group: the whole group); the
+    // shell then exits 137, and a failed task with an OOM kill in its group is OOM_KILLED.
+    EXPECT_EQ(e.state, pb::TASK_OOM_KILLED) << "exit " << e.exit_code << " signal " << e.signal;
+  }
+  EXPECT_FALSE(group_exists(13, 0));
+}
+
+TEST_P(ExecutorTest, RunningMaxAndDuplicatesAreRefused) {
+  options_.running_max = 2;
+  make_executor();
+  int exits = 0;
+  auto a = exec_->start(launch(14, {"sleep", "100"}), [&](TaskExit) { ++exits; });
+  ASSERT_TRUE(a) << a.error().describe();
+  auto dup = exec_->start(launch(14, {"sleep", "100"}), [&](TaskExit) { ++exits; });
+  ASSERT_FALSE(dup);
+  EXPECT_EQ(dup.error().code, Errc::kInvalidArgument);
+  TaskLaunch second = launch(14, {"sleep", "100"});
+  second.index = 1;
+  ASSERT_TRUE(exec_->start(second, [&](TaskExit) { ++exits; }));
+  auto third = exec_->start(launch(15, {"sleep", "100"}), [&](TaskExit) { ++exits; });
+  ASSERT_FALSE(third);
+  EXPECT_EQ(third.error().code, Errc::kResourceExhausted);
+  EXPECT_EQ(exec_->running(), 2u);
+  exec_->kill_all();
+  run_until([&] { return exits == 2; });
+  EXPECT_EQ(exec_->running(), 0u);
+}
+
+TEST_P(ExecutorTest, ShutdownReportsTasksLostAndRequeueFree) {
+  std::vector<TaskExit> exits;
+  for (uint32_t i = 0; i < 3; ++i) {
+    TaskLaunch l = launch(16, {"sleep", "100"});
+    l.index = i;
+    ASSERT_TRUE(exec_->start(l, [&](TaskExit e) { exits.push_back(e); }));
+  }
+  exec_->kill_all();
+  run_until([&] { return exits.size() == 3; });
+  for (const TaskExit& e : exits) {
+    EXPECT_EQ(e.state, pb::TASK_LOST);
+    EXPECT_TRUE(e.requeue_free);  // a clean stop is not the task's fault
+  }
+}
+
+TEST_P(ExecutorTest, GraceLetsTheTaskCleanUp) {
+  options_.kill_grace_ms = 5000;
+  make_executor();
+  std::optional<TaskExit> exit;
+  ASSERT_TRUE(exec_->start(
+      launch(17, {"sh", "-c", "trap 'echo cleaned; exit 7' TERM; echo ready; sleep 100 & wait"}),
+      [&](TaskExit e) { exit = e; }));
+  wait_for_lines(17, 1);
+  exec_->kill(17, 0, KillReason::kCancelled);
+  run_until([&] { return exit.has_value(); });
+  EXPECT_EQ(exit->state, pb::TASK_CANCELLED);
+  EXPECT_EQ(exit->exit_code, 7);
+  EXPECT_EQ(out(17), "ready\ncleaned\n");
+}
+
+TEST_P(ExecutorTest, GraceEndsWithSigkill) {
+  options_.kill_grace_ms = 100;
+  make_executor();
+  std::optional<TaskExit> exit;
+  ASSERT_TRUE(exec_->start(launch(18, {"sh", "-c", "trap '' TERM; echo ready; sleep 100"}),
+                           [&](TaskExit e) { exit = e; }));
+  wait_for_lines(18, 1);
+  exec_->kill(18, 0, KillReason::kTimedOut);
+  run_until([&] { return exit.has_value(); });
+  EXPECT_EQ(exit->state, pb::TASK_TIMED_OUT);
+  EXPECT_EQ(exit->signal, SIGKILL);
+}
+
+TEST_P(ExecutorTest, RetryFromOnExitReusesTheTaskSlot) {
+  std::vector<TaskExit> exits;
+  TaskLaunch l = launch(19, {"sh", "-c", "echo attempt $CARDNODE_ATTEMPT; exit 1"});
+  std::function<void(TaskExit)> on_exit = [&](TaskExit e) {
+    exits.push_back(e);
+    if (exits.size() == 1) {
+      l.attempt = 2;
+      EXPECT_TRUE(exec_->start(l, on_exit));
+    }
+  };
+  ASSERT_TRUE(exec_->start(l, on_exit));
+  run_until([&] { return exits.size() == 2; });
+  EXPECT_EQ(out(19), "attempt 2\n");  // a new attempt starts its log afresh
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, ExecutorTest,
+                         ::testing::Values(Mode{"cgroup", true, true}, Mode{"rlimit", false, true},
+                                           Mode{"direct", true, false}),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+// The trampoline on its own: argument errors end in 127 with a reason, never a crash.
+TEST(TaskExecMain, RejectsBadArguments) {
+  std::vector<std::vector<std::string>> bad = {
+      {"cardnode", "__task-exec"},
+      {"cardnode", "__task-exec", "--"},
+      {"cardnode", "__task-exec", "--bogus", "--", "true"},
+      {"cardnode", "__task-exec", "--rlimit-as", "12x", "--", "true"},
+      {"cardnode", "__task-exec", "--cgroup-procs", "/nonexistent/cgroup.procs", "--", "true"},
+  };
+  for (auto& args : bad) {
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    EXPECT_EQ(task_exec_main(static_cast<int>(args.size()), argv.data()), 127);
+  }
+}
+
+}  // namespace
+}  // namespace cardnode::runtime

@@ -1,0 +1,393 @@
+// Isolation: cgroup v2, cgroup v1 or rlimits. Every write is a small blocking write to
+// cgroupfs (kernel memory, no disk), so it is done inline on the loop thread.
+//
+// Tests pass a fake tree of plain files as `cgroup_root`; that is why writes open with
+// O_CREAT|O_TRUNC (harmless on cgroupfs, where every control file already exists) and
+// why a v2 root is also recognised by its cgroup.controllers file, not only by statfs.
+#include "runtime/exec/isolation.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <set>
+#include <string_view>
+
+namespace cardnode::runtime {
+namespace {
+
+constexpr uint32_t kKillRounds = 50;  // destroy_group: at most 50 x 10 ms
+constexpr long kKillPauseNs = 10 * 1000 * 1000;
+constexpr size_t kControlFileBytesMax = 1 << 20;  // cgroup.procs of a 4096-pid group is ~32 KiB
+constexpr uint32_t kGroupsMax = 65536;            // destroy_all_groups scans at most this many
+constexpr uint64_t kCpuPeriodUs = 100000;
+constexpr uint64_t kCpuQuotaMinUs = 1000;  // the kernel rejects smaller quotas
+
+bool exists(const std::string& path) {
+  return ::access(path.c_str(), F_OK) == 0;
+}
+
+Status write_file(const std::string& path, std::string_view value) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return fail_errno(errno, "open " + path);
+  ssize_t n = ::write(fd, value.data(), value.size());
+  int err = errno;
+  ::close(fd);
+  if (n < 0) return fail_errno(err, "write " + path);
+  if (static_cast<size_t>(n) != value.size()) return fail(Errc::kIo, "short write " + path);
+  return {};
+}
+
+Result<std::string> read_file(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return fail_errno(errno, "open " + path);
+  std::string out;
+  char buf[4096];
+  while (out.size() < kControlFileBytesMax) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int err = errno;
+      ::close(fd);
+      return fail_errno(err, "read " + path);
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return out;
+}
+
+std::set<std::string> tokens(std::string_view text) {
+  std::set<std::string> out;
+  size_t i = 0;
+  while (i < text.size()) {
+    size_t j = text.find_first_of(" \t\n", i);
+    if (j == std::string_view::npos) j = text.size();
+    std::string_view tok = text.substr(i, j - i);
+    if (!tok.empty() && tok.front() == '+') tok.remove_prefix(1);
+    if (!tok.empty()) out.emplace(tok);
+    i = j + 1;
+  }
+  return out;
+}
+
+std::vector<pid_t> parse_pids(std::string_view text) {
+  std::vector<pid_t> out;
+  for (const std::string& t : tokens(text)) {
+    char* end = nullptr;
+    long v = std::strtol(t.c_str(), &end, 10);
+    if (end != t.c_str() && *end == '\0' && v > 0) out.push_back(static_cast<pid_t>(v));
+  }
+  return out;
+}
+
+// "key N" lines (memory.oom_control, memory.events): the value of `key`, 0 if absent.
+uint64_t keyed_value(std::string_view text, std::string_view key) {
+  size_t i = 0;
+  while (i < text.size()) {
+    size_t eol = text.find('\n', i);
+    if (eol == std::string_view::npos) eol = text.size();
+    std::string_view line = text.substr(i, eol - i);
+    if (line.size() > key.size() && line.substr(0, key.size()) == key && line[key.size()] == ' ') {
+      return std::strtoull(std::string(line.substr(key.size() + 1)).c_str(), nullptr, 10);
+    }
+    i = eol + 1;
+  }
+  return 0;
+}
+
+bool is_cgroup2(const std::string& root) {
+  struct statfs st {};
+  if (::statfs(root.c_str(), &st) == 0 && st.f_type == CGROUP2_SUPER_MAGIC) return true;
+  return exists(root + "/cgroup.controllers");  // fake trees in tests
+}
+
+bool make_dir(const std::string& path) {
+  return ::mkdir(path.c_str(), 0755) == 0 || errno == EEXIST;
+}
+
+void pause_briefly() {
+  struct timespec ts {
+    0, kKillPauseNs
+  };
+  ::nanosleep(&ts, nullptr);
+}
+
+// Asks for +memory +cpu +pids in one write (all or nothing in the kernel), then one by
+// one so a controller the kernel refuses does not take the others down with it.
+void enable_controllers(const std::string& subtree_control, const std::set<std::string>& want) {
+  std::set<std::string> have;
+  if (auto cur = read_file(subtree_control)) have = tokens(*cur);
+  std::string all;
+  for (const std::string& c : want) {
+    if (have.contains(c)) continue;
+    if (!all.empty()) all += ' ';
+    all += "+" + c;
+  }
+  if (all.empty() || write_file(subtree_control, all)) return;
+  for (const std::string& c : want) {
+    if (!have.contains(c)) (void)write_file(subtree_control, "+" + c);
+  }
+}
+
+}  // namespace
+
+const char* isolation_name(IsolationMode m) {
+  switch (m) {
+    case IsolationMode::kCgroupV2: return "cgroup-v2";
+    case IsolationMode::kCgroupV1: return "cgroup-v1";
+    case IsolationMode::kRlimit: return "rlimit";
+  }
+  return "unknown";
+}
+
+Isolation Isolation::probe(const std::string& cgroup_root, const std::string& name,
+                           bool disable_cgroups) {
+  Isolation iso;
+  iso.root_ = cgroup_root;
+  iso.name_ = name;
+  bool cgroups = !disable_cgroups && ::geteuid() == 0;
+  if (cgroups && is_cgroup2(cgroup_root)) {
+    cgroups = iso.try_v2();
+  } else if (cgroups) {
+    cgroups = iso.try_v1();
+  }
+  if (!cgroups) {
+    // RLIMIT_AS caps virtual address space, not resident memory: it over-counts (mapped
+    // but untouched memory, thread stacks, big reservations by JVMs and Go) and is per
+    // process, not per tree. Better than nothing on a board without the memory cgroup.
+    iso.info_.mode = IsolationMode::kRlimit;
+    iso.info_.enforced = {"memory"};
+    iso.memory_by_rlimit_ = true;
+    iso.memory_dir_.clear();
+    iso.cpu_dir_.clear();
+    iso.pids_dir_.clear();
+    iso.controller_dirs_.clear();
+    return iso;
+  }
+  // Without a memory controller (Raspberry Pi OS kernels ship with it off unless
+  // cgroup_enable=memory), memory still gets RLIMIT_AS; cpu and pids use the cgroups.
+  iso.memory_by_rlimit_ = iso.memory_dir_.empty();
+  iso.info_.enforced.push_back("memory");
+  if (!iso.cpu_dir_.empty()) iso.info_.enforced.push_back("cpu");
+  if (!iso.pids_dir_.empty()) iso.info_.enforced.push_back("pids");
+  for (const std::string* d : {&iso.memory_dir_, &iso.cpu_dir_, &iso.pids_dir_}) {
+    if (d->empty()) continue;
+    bool seen = false;
+    for (const std::string& c : iso.controller_dirs_) seen = seen || c == *d;
+    if (!seen) iso.controller_dirs_.push_back(*d);
+  }
+  return iso;
+}
+
+bool Isolation::try_v2() {
+  auto avail = read_file(root_ + "/cgroup.controllers");
+  if (!avail) return false;
+  std::set<std::string> want;
+  for (const std::string& c : tokens(*avail)) {
+    if (c == "memory" || c == "cpu" || c == "pids") want.insert(c);
+  }
+  if (want.empty()) return false;
+  enable_controllers(root_ + "/cgroup.subtree_control", want);
+  std::string parent = root_ + "/" + name_;
+  if (!make_dir(parent)) return false;
+  enable_controllers(parent + "/cgroup.subtree_control", want);
+  auto enabled = read_file(parent + "/cgroup.subtree_control");
+  std::set<std::string> on = enabled ? tokens(*enabled) : std::set<std::string>{};
+  if (on.contains("memory")) memory_dir_ = parent;
+  if (on.contains("cpu")) cpu_dir_ = parent;
+  if (on.contains("pids")) pids_dir_ = parent;
+  info_.mode = IsolationMode::kCgroupV2;
+  if (memory_dir_.empty() && cpu_dir_.empty() && pids_dir_.empty()) {
+    ::rmdir(parent.c_str());
+    return false;
+  }
+  return true;
+}
+
+bool Isolation::try_v1() {
+  // Returns root/HIERARCHY/name if the hierarchy is mounted, the parent group can be
+  // made and it has `probe_file` (the limit file proves the controller is there).
+  auto parent_for = [&](std::initializer_list<const char*> hierarchies, const char* probe_file) {
+    for (const char* h : hierarchies) {
+      std::string hier = root_ + "/" + h;
+      if (!exists(hier + "/cgroup.procs")) continue;
+      std::string parent = hier + "/" + name_;
+      if (!make_dir(parent)) return std::string();
+      if (exists(parent + "/" + probe_file)) return parent;
+      ::rmdir(parent.c_str());
+      return std::string();
+    }
+    return std::string();
+  };
+  memory_dir_ = parent_for({"memory"}, "memory.limit_in_bytes");
+  cpu_dir_ = parent_for({"cpu", "cpu,cpuacct", "cpuacct,cpu"}, "cpu.cfs_quota_us");
+  pids_dir_ = parent_for({"pids"}, "pids.max");
+  memsw_ = !memory_dir_.empty() && exists(memory_dir_ + "/memory.memsw.limit_in_bytes");
+  info_.mode = IsolationMode::kCgroupV1;
+  return !memory_dir_.empty() || !cpu_dir_.empty() || !pids_dir_.empty();
+}
+
+Result<std::vector<std::string>> Isolation::create_group(const std::string& task_name,
+                                                         const TaskLimits& limits) {
+  std::vector<std::string> procs;
+  if (info_.mode == IsolationMode::kRlimit) return procs;
+  if (task_name.empty() || task_name.find('/') != std::string::npos || task_name[0] == '.') {
+    return fail(Errc::kInvalidArgument, "bad task group name '" + task_name + "'");
+  }
+  for (const std::string& parent : controller_dirs_) {
+    std::string dir = parent + "/" + task_name;
+    int rc = ::mkdir(dir.c_str(), 0755);
+    if (rc != 0 && errno == EEXIST) {
+      kill_and_remove(dir);  // left over from an earlier attempt
+      rc = ::mkdir(dir.c_str(), 0755);
+    }
+    if (rc != 0 && errno != EEXIST) {
+      int err = errno;
+      destroy_group(task_name);
+      return fail_errno(err, "mkdir " + dir);
+    }
+    procs.push_back(dir + "/cgroup.procs");
+  }
+
+  bool v2 = info_.mode == IsolationMode::kCgroupV2;
+  auto set = [&](const std::string& parent, const char* file, const std::string& value) {
+    return write_file(parent + "/" + task_name + "/" + file, value);
+  };
+  Status st;
+  if (!memory_dir_.empty() && limits.mem_bytes > 0) {
+    std::string bytes = std::to_string(limits.mem_bytes);
+    st = set(memory_dir_, v2 ? "memory.max" : "memory.limit_in_bytes", bytes);
+    // Swap must not dodge the limit; refused where swap accounting is off.
+    if (st && v2) (void)set(memory_dir_, "memory.swap.max", "0");
+    if (st && !v2 && memsw_) (void)set(memory_dir_, "memory.memsw.limit_in_bytes", bytes);
+  }
+  // A task is one unit: on OOM the kernel kills the whole group, not one random process.
+  if (st && v2 && !memory_dir_.empty()) (void)set(memory_dir_, "memory.oom.group", "1");
+  if (st && !cpu_dir_.empty() && limits.cpu_millis > 0) {
+    uint64_t quota_us = uint64_t{limits.cpu_millis} * kCpuPeriodUs / 1000;
+    if (quota_us < kCpuQuotaMinUs) quota_us = kCpuQuotaMinUs;
+    if (v2) {
+      st = set(cpu_dir_, "cpu.max", std::to_string(quota_us) + " " + std::to_string(kCpuPeriodUs));
+    } else {
+      st = set(cpu_dir_, "cpu.cfs_period_us", std::to_string(kCpuPeriodUs));
+      if (st) st = set(cpu_dir_, "cpu.cfs_quota_us", std::to_string(quota_us));
+    }
+  }
+  if (st && !pids_dir_.empty()) {
+    st = set(pids_dir_, "pids.max", limits.pids_max > 0 ? std::to_string(limits.pids_max) : "max");
+  }
+  if (!st) {
+    destroy_group(task_name);
+    return std::unexpected(st.error());
+  }
+  return procs;
+}
+
+void Isolation::signal_group(const std::string& task_name, int sig) {
+  for (const std::string& parent : controller_dirs_) {
+    auto text = read_file(parent + "/" + task_name + "/cgroup.procs");
+    if (!text) continue;
+    for (pid_t pid : parse_pids(*text)) ::kill(pid, sig);
+  }
+}
+
+void Isolation::kill_and_remove(const std::string& dir) {
+  std::string procs = dir + "/cgroup.procs";
+  // cgroup.kill (v2, Linux 5.14+) kills the whole group atomically, forks included.
+  if (info_.mode == IsolationMode::kCgroupV2 && exists(dir + "/cgroup.kill")) {
+    (void)write_file(dir + "/cgroup.kill", "1");
+  }
+  for (uint32_t round = 0; round < kKillRounds; ++round) {
+    auto text = read_file(procs);
+    std::vector<pid_t> pids = text ? parse_pids(*text) : std::vector<pid_t>{};
+    for (pid_t pid : pids) ::kill(pid, SIGKILL);
+    if (pids.empty()) {
+      if (::rmdir(dir.c_str()) == 0 || errno == ENOENT) return;
+      if (errno != EBUSY) return;  // not a cgroup (fake tree) or not ours: give up
+    }
+    pause_briefly();  // SIGKILL is delivered asynchronously; let the exits land
+  }
+}
+
+void Isolation::destroy_group(const std::string& task_name) {
+  if (task_name.empty() || task_name.find('/') != std::string::npos || task_name[0] == '.') return;
+  for (const std::string& parent : controller_dirs_) kill_and_remove(parent + "/" + task_name);
+}
+
+bool Isolation::oom_killed(const std::string& task_name) const {
+  if (memory_dir_.empty()) return false;
+  std::string dir = memory_dir_ + "/" + task_name;
+  if (info_.mode == IsolationMode::kCgroupV2) {
+    auto text = read_file(dir + "/memory.events");
+    return text && keyed_value(*text, "oom_kill") > 0;
+  }
+  auto text = read_file(dir + "/memory.oom_control");
+  return text && keyed_value(*text, "oom_kill") > 0;
+}
+
+uint32_t Isolation::destroy_all_groups() {
+  std::set<std::string> names;
+  for (const std::string& parent : controller_dirs_) {
+    DIR* d = ::opendir(parent.c_str());
+    if (d == nullptr) continue;
+    while (struct dirent* e = ::readdir(d)) {
+      if (names.size() >= kGroupsMax) break;
+      if (e->d_name[0] == '.') continue;
+      struct stat st {};
+      std::string path = parent + "/" + e->d_name;
+      if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) names.insert(e->d_name);
+    }
+    ::closedir(d);
+  }
+  for (const std::string& n : names) destroy_group(n);
+  return static_cast<uint32_t>(names.size());
+}
+
+void Isolation::destroy_parent() {
+  destroy_all_groups();
+  for (const std::string& parent : controller_dirs_) ::rmdir(parent.c_str());
+  *this = Isolation();
+  info_.enforced = {"memory"};  // as probe() reports rlimit mode
+}
+
+std::vector<int32_t> pids_with_env(const std::string& entry, bool prefix, uint32_t max) {
+  constexpr size_t kEnvironBytesMax = 256u << 10;  // larger environments are not read
+  std::vector<int32_t> out;
+  DIR* proc = ::opendir("/proc");
+  if (proc == nullptr) return out;
+  const int32_t self = static_cast<int32_t>(::getpid());
+  std::string needle;
+  needle.push_back('\0');
+  needle += entry;
+  if (!prefix) needle.push_back('\0');
+  while (struct dirent* e = ::readdir(proc)) {
+    if (out.size() >= max) break;
+    char* end = nullptr;
+    long pid = std::strtol(e->d_name, &end, 10);
+    if (pid <= 0 || *end != '\0' || pid == self) continue;
+    std::ifstream in(std::string("/proc/") + e->d_name + "/environ", std::ios::binary);
+    std::string env(1, '\0');  // so the first entry matches "\0K=V\0" too
+    char buf[4096];
+    while (in && env.size() < kEnvironBytesMax) {
+      in.read(buf, sizeof(buf));
+      env.append(buf, static_cast<size_t>(in.gcount()));
+    }
+    env.push_back('\0');
+    if (env.find(needle) != std::string::npos) out.push_back(static_cast<int32_t>(pid));
+  }
+  ::closedir(proc);
+  return out;
+}
+
+}  // namespace cardnode::runtime

@@ -70,6 +70,7 @@ struct Responder::State {
   std::shared_ptr<Connection*> conn;  // *conn is nullptr once the connection closed
   uint64_t request_id = 0;
   bool replied = false;
+  std::function<void(pb::Response&&)> sink;  // Responder::to(): replies go here instead
 };
 
 namespace {
@@ -279,6 +280,11 @@ namespace {
 void send_reply(Responder::State* state, pb::Response&& response) {
   if (state->replied) return;
   state->replied = true;
+  if (state->sink) {
+    response.set_id(state->request_id);
+    state->sink(std::move(response));
+    return;
+  }
   Connection* c = *state->conn;
   if (c == nullptr || c->server == nullptr) return;
   c->inflight--;
@@ -304,6 +310,14 @@ Responder::State::~State() {
   dropped.set_error(pb::INTERNAL);
   dropped.set_error_message("request dropped by the server without a reply");
   send_reply(this, std::move(dropped));
+}
+
+Responder Responder::to(std::function<void(pb::Response&&)> sink) {
+  Responder r;
+  r.state_ = std::make_shared<State>();
+  r.state_->conn = std::make_shared<Connection*>(nullptr);
+  r.state_->sink = std::move(sink);
+  return r;
 }
 
 void Responder::reply(pb::Response&& response) const {

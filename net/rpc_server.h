@@ -54,6 +54,10 @@ struct RpcServerStats {
 // does nothing.
 class Responder {
  public:
+  // A Responder whose reply goes to `sink` instead of a connection: for in-process callers
+  // and for tests that drive a request handler directly. The same rules hold: one reply,
+  // and an INTERNAL error response if every copy is dropped unanswered.
+  static Responder to(std::function<void(pb::Response&&)> sink);
   void reply(pb::Response&& response) const;
   struct State;
   std::shared_ptr<State> state_;  // shared with the connection: a Responder may outlive it

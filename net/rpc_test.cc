@@ -624,3 +624,26 @@ TEST(Address, ResolveAndFormat) {
 
 }  // namespace
 }  // namespace cardnode::net
+
+namespace cardnode::net {
+namespace {
+
+TEST(ResponderTo, RepliesOnceToItsSinkAndAnswersADroppedRequest) {
+  std::vector<pb::Response> got;
+  {
+    Responder r = Responder::to([&](pb::Response&& resp) { got.push_back(std::move(resp)); });
+    pb::Response first;
+    first.mutable_submitted()->set_job_id(7);
+    Responder copy = r;
+    copy.reply(std::move(first));
+    r.reply(pb::Response{});  // a second reply is ignored
+  }
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].submitted().job_id(), 7u);
+  { Responder dropped = Responder::to([&](pb::Response&& resp) { got.push_back(std::move(resp)); }); }
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[1].error(), pb::INTERNAL);
+}
+
+}  // namespace
+}  // namespace cardnode::net

@@ -357,11 +357,17 @@ int cmd_ps(const ClientConfig& cfg, std::optional<uint64_t> job, bool json) {
   row(detail.job());
   std::printf("\n%-12s %-11s %5s %6s %8s  %s\n", "TASK", "STATE", "EXIT", "SIGNAL", "ATTEMPTS",
               "NODE");
-  for (const auto& t : detail.tasks())
+  for (const auto& t : detail.tasks()) {
     std::printf("%-12s %-11s %5d %6d %8u  %s\n",
                 (std::to_string(*job) + "." + std::to_string(t.index())).c_str(),
                 task_state_text(t.state()), t.exit_code(), t.signal(), t.attempts(),
                 t.node().c_str());
+    // Earlier attempts under their task, indented: "  #1 lost on board-2".
+    for (const auto& a : t.earlier()) {
+      std::printf("  #%-9u %-11s %5d %6d %8s  %s\n", a.attempt(), task_state_text(a.state()),
+                  a.exit_code(), a.signal(), "", a.node().c_str());
+    }
+  }
   return 0;
 }
 

@@ -107,6 +107,21 @@ std::string job_json(const pb::JobDetail& d) {
     field(&obj, "signal", num(int64_t{t.signal()}), &first);
     field(&obj, "attempts", num(uint64_t{t.attempts()}), &first);
     field(&obj, "node", json_escape(t.node()), &first);
+    if (t.earlier_size() > 0) {
+      std::string earlier = "[";
+      for (int e = 0; e < t.earlier_size(); ++e) {
+        const pb::AttemptInfo& a = t.earlier(e);
+        std::string att;
+        bool afirst = true;
+        field(&att, "attempt", num(uint64_t{a.attempt()}), &afirst);
+        field(&att, "state", json_escape(task_state_text(a.state())), &afirst);
+        field(&att, "exit_code", num(int64_t{a.exit_code()}), &afirst);
+        field(&att, "signal", num(int64_t{a.signal()}), &afirst);
+        field(&att, "node", json_escape(a.node()), &afirst);
+        earlier += (e > 0 ? ",{" : "{") + att + "}";
+      }
+      field(&obj, "earlier", earlier + "]", &first);
+    }
     out += "{" + obj + "}";
   }
   return out + "]}";

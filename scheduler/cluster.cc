@@ -423,11 +423,23 @@ std::expected<TaskState, SchedError> Cluster::finish(TaskRef t, Outcome o, uint6
   }
 
   TaskState to = should_requeue(*job, task, o.state) ? TaskState::kQueued : o.state;
+  if (to == TaskState::kQueued) remember_attempt(*job, t.index, task, o.state);
   set_task_state(*job, t.index, to);
   if (to == TaskState::kQueued) job->requeued.push_back(t.index);
   if (settle(*job, now_ms)) release_dependents(job->id, now_ms);
   sync_runnable(*job);
   return to;
+}
+
+void Cluster::remember_attempt(Job& job, uint32_t index, const Task& task, TaskState ended) {
+  auto it = job.earlier.find(index);
+  if (it == job.earlier.end()) {
+    if (job.earlier.size() >= kEarlierTasksPerJobMax) return;
+    it = job.earlier.emplace(index, std::vector<EarlierAttempt>{}).first;
+  }
+  std::vector<EarlierAttempt>& list = it->second;
+  if (list.size() >= kEarlierPerTaskMax) list.erase(list.begin());
+  list.push_back({task.attempts, ended, task.signal, task.exit_code, task.node});
 }
 
 std::expected<std::vector<TaskRef>, SchedError> Cluster::cancel(JobId id, uint64_t now_ms) {
@@ -681,6 +693,27 @@ std::expected<void, SchedError> Cluster::restore_job(Job job, bool cancelling) {
     }
     ++job.state_counts[static_cast<size_t>(t.state)];
     if (is_fresh(t) && job.next_fresh == job.tasks.size()) job.next_fresh = i;
+  }
+  if (job.earlier.size() > kEarlierTasksPerJobMax) return std::unexpected(SchedError::kBadImage);
+  for (const auto& [index, list] : job.earlier) {
+    if (index >= job.tasks.size() || list.empty() || list.size() > kEarlierPerTaskMax) {
+      return std::unexpected(SchedError::kBadImage);
+    }
+    // A task queued again has its last attempt among the earlier ones, and so may one
+    // cancelled (it may have been cancelled while queued again); any other, not.
+    const Task& t = job.tasks[index];
+    const bool may_hold_last = t.state == TaskState::kQueued || t.state == TaskState::kCancelled;
+    const int last = may_hold_last ? int{t.attempts} : int{t.attempts} - 1;
+    uint8_t previous = 0;
+    for (const EarlierAttempt& a : list) {
+      // Attempts in order, each ended, on a known node.
+      if (a.attempt <= previous || int{a.attempt} > last ||
+          !is_final(a.state) || a.state == TaskState::kSucceeded ||
+          a.state == TaskState::kCancelled || a.node >= nodes_.size()) {
+        return std::unexpected(SchedError::kBadImage);
+      }
+      previous = a.attempt;
+    }
   }
   job.requeued_head = 0;
   uint32_t queued_again = 0;

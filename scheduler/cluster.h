@@ -140,6 +140,20 @@ struct Task {
 };
 static_assert(sizeof(Task) == 12);
 
+// An attempt that ended without ending its task (lost, or failed and retried), for
+// `ps JOB`: each task's attempts and the node of each. A task's last attempt is the Task
+// itself. Bounded: the latest kEarlierPerTaskMax of a task, for at most
+// kEarlierTasksPerJobMax tasks of a job (later ones keep only their last attempt).
+struct EarlierAttempt {
+  uint8_t attempt = 0;  // 1 for the first
+  TaskState state = TaskState::kLost;
+  int8_t signal = 0;
+  int32_t exit_code = 0;
+  NodeId node = 0;
+};
+inline constexpr uint32_t kEarlierPerTaskMax = 16;
+inline constexpr uint32_t kEarlierTasksPerJobMax = 65'536;
+
 struct Job {
   JobId id = 0;
   JobSpec spec;
@@ -151,6 +165,8 @@ struct Job {
   uint32_t next_fresh = 0;                               // tasks [next_fresh, count) never started
   std::vector<uint32_t> requeued;  // indexes waiting for another attempt, FIFO
   size_t requeued_head = 0;
+  // By task index, oldest first: only tasks that needed more than one attempt have one.
+  std::map<uint32_t, std::vector<EarlierAttempt>> earlier;
 };
 
 struct Node {
@@ -247,6 +263,8 @@ class Cluster {
   void set_task_state(Job& job, uint32_t index, TaskState to);
   void take_from_queue(Job& job, uint32_t index, bool was_fresh);
   bool should_requeue(const Job& job, const Task& task, TaskState outcome) const;
+  // Keeps the attempt `task` just ended (and that is being requeued) in job.earlier.
+  static void remember_attempt(Job& job, uint32_t index, const Task& task, TaskState ended);
   void cancel_queued(Job& job);
   void sync_runnable(const Job& job);
   bool settle(Job& job, uint64_t now_ms);

@@ -446,6 +446,45 @@ TEST_F(ClusterTest, RequeueFreeLossesUseNeitherTheLostBudgetNorRetries) {
   EXPECT_EQ(lc.job(2)->tasks[0].lost_free, 0u);
 }
 
+TEST_F(ClusterTest, EarlierAttemptsKeepTheirNodeAndOutcomeBounded) {
+  Cluster lc(Limits{.lost_requeues_max = kLostRequeuesMaxLimit});
+  ASSERT_TRUE(lc.add_node(node_spec("a", 1000, kGiB)));
+  ASSERT_TRUE(lc.add_node(node_spec("b", 1000, kGiB)));
+  JobSpec s = job_spec(2);
+  s.retries = 3;
+  ASSERT_TRUE(lc.submit(1, s, 0));
+  auto p = place(lc);
+  ASSERT_EQ(p.size(), 2u);
+  const TaskRef t0 = p[0].task;
+  const NodeId first_node = p[0].node;
+  ASSERT_TRUE(lc.finish(t0, {.state = TaskState::kFailed, .exit_code = 3}, 1));
+  ASSERT_TRUE(lc.finish(p[1].task, outcome(TaskState::kSucceeded), 1));
+  // Only the retried task has earlier attempts; its last one is the task itself.
+  ASSERT_EQ(lc.job(1)->earlier.size(), 1u);
+  const auto& list = lc.job(1)->earlier.at(t0.index);
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0].attempt, 1u);
+  EXPECT_EQ(list[0].state, TaskState::kFailed);
+  EXPECT_EQ(list[0].exit_code, 3);
+  EXPECT_EQ(list[0].node, first_node);
+  auto again = place(lc);
+  ASSERT_EQ(again.size(), 1u);
+  ASSERT_TRUE(lc.finish(again[0].task, outcome(TaskState::kSucceeded), 2));
+  EXPECT_EQ(lc.job(1)->earlier.at(t0.index).size(), 1u);  // a final end is not "earlier"
+
+  // Past kEarlierPerTaskMax, the latest are kept.
+  ASSERT_TRUE(lc.submit(2, job_spec(1), 0));
+  for (uint32_t i = 0; i < kEarlierPerTaskMax + 4; ++i) {
+    auto q = place(lc);
+    ASSERT_EQ(q.size(), 1u);
+    ASSERT_TRUE(lc.finish(q[0].task, {.state = TaskState::kLost, .requeue_free = true}, 3));
+  }
+  const auto& many = lc.job(2)->earlier.at(0);
+  ASSERT_EQ(many.size(), kEarlierPerTaskMax);
+  EXPECT_EQ(many.front().attempt, 5u);
+  EXPECT_EQ(many.back().attempt, kEarlierPerTaskMax + 4);
+}
+
 TEST_F(ClusterTest, NodeLostEndsItsRunningTasksAsLost) {
   NodeId a = add("a", 2000);
   NodeId b = add("b", 1000);
@@ -736,6 +775,13 @@ std::string dump(const Cluster& c) {
     for (const Task& t : j.tasks) {
       out << " " << int(t.state) << "/" << int(t.attempts) << "/" << int(t.lost) << "+"
           << int(t.lost_free) << "/" << t.exit_code << "/" << int(t.signal) << "/" << t.node;
+    }
+    for (const auto& [index, list] : j.earlier) {
+      out << " earlier " << index << ":";
+      for (const EarlierAttempt& a : list) {
+        out << " " << int(a.attempt) << "/" << int(a.state) << "/" << a.exit_code << "/"
+            << int(a.signal) << "@" << a.node;
+      }
     }
     out << "\n";
   }
@@ -1155,6 +1201,7 @@ Cluster restored_copy(const Cluster& c, Limits limits) {
     image.submitted_ms = j.submitted_ms;
     image.finished_ms = j.finished_ms;
     image.tasks = j.tasks;
+    image.earlier = j.earlier;
     image.requeued.assign(j.requeued.begin() + std::ptrdiff_t(j.requeued_head), j.requeued.end());
     auto ok = out.restore_job(std::move(image), c.cancelling(id));
     EXPECT_TRUE(ok) << "job " << id << ": " << sched_error_name(ok.error());
@@ -1210,6 +1257,20 @@ TEST_F(ClusterTest, RestoreRejectsImagesWeCouldNotHaveMade) {
   bad = image;
   bad.tasks[0].lost = 1;  // more lost attempts than the one attempt
   bad.tasks[0].lost_free = 1;
+  EXPECT_EQ(fresh.restore_job(bad, false).error(), SchedError::kBadImage);
+  bad = image;
+  bad.earlier[0] = {{.attempt = 1, .state = TaskState::kLost}};  // not before the last attempt
+  EXPECT_EQ(fresh.restore_job(bad, false).error(), SchedError::kBadImage);
+  bad = image;
+  bad.earlier[5] = {{.attempt = 1, .state = TaskState::kLost}};  // no task 5
+  EXPECT_EQ(fresh.restore_job(bad, false).error(), SchedError::kBadImage);
+  bad = image;
+  bad.tasks[0].attempts = 3;
+  bad.earlier[0] = {{.attempt = 2, .state = TaskState::kLost}, {.attempt = 1, .state = TaskState::kLost}};
+  EXPECT_EQ(fresh.restore_job(bad, false).error(), SchedError::kBadImage);  // out of order
+  bad.earlier[0] = {{.attempt = 1, .state = TaskState::kSucceeded}};  // a success ends a task
+  EXPECT_EQ(fresh.restore_job(bad, false).error(), SchedError::kBadImage);
+  bad.earlier[0] = {{.attempt = 1, .state = TaskState::kLost, .node = 9}};  // no node 9
   EXPECT_EQ(fresh.restore_job(bad, false).error(), SchedError::kBadImage);
   image.requeued.clear();
   ASSERT_TRUE(fresh.restore_job(image, false));

@@ -19,15 +19,19 @@ namespace {
 struct TaskView {
   std::string state, node;
   int attempts = 0;
+  std::vector<std::pair<std::string, std::string>> earlier;  // {state, node}, oldest first
 };
 std::map<int, TaskView> tasks_of(Pool* t, int job) {
   std::map<int, TaskView> out;
   Json j = json_of(t->cli({"ps", std::to_string(job), "--json"}));
   if (!j.contains("tasks")) return out;
   for (const auto& task : j["tasks"]) {
-    out[task["index"].get<int>()] = {task["state"].get<std::string>(),
-                                     task.value("node", std::string()),
-                                     task["attempts"].get<int>()};
+    TaskView& v = out[task["index"].get<int>()];
+    v = {task["state"].get<std::string>(), task.value("node", std::string()),
+         task["attempts"].get<int>(), {}};
+    if (task.contains("earlier")) {
+      for (const auto& a : task["earlier"]) v.earlier.emplace_back(a["state"], a["node"]);
+    }
   }
   return out;
 }
@@ -73,6 +77,9 @@ TEST_F(Pool, ThreeAgentsShareAnArrayAndTheSurvivorsFinishAKilledOnesTasks) {
     if (t.attempts > 1) {
       ++moved;
       EXPECT_NE(t.node, "a2") << "task " << i << " ran again on the dead agent";
+      // ps shows each attempt and its node: the first was lost with a2.
+      ASSERT_EQ(t.earlier.size(), static_cast<size_t>(t.attempts - 1)) << i;
+      EXPECT_EQ(t.earlier[0], (std::pair<std::string, std::string>{"lost", "a2"})) << i;
     }
   }
   EXPECT_GT(moved, 0) << "a2 had running tasks when it died";

@@ -58,6 +58,16 @@ void put_task(const State& state, const sched::Job& job, uint32_t index, pb::Tas
   ti->set_attempts(t.attempts);
   if (t.attempts == 0) return;
   if (const sched::Node* node = state.cluster().node(t.node)) ti->set_node(node->spec.name);
+  auto it = job.earlier.find(index);
+  if (it == job.earlier.end()) return;
+  for (const sched::EarlierAttempt& a : it->second) {
+    pb::AttemptInfo* ai = ti->add_earlier();
+    ai->set_attempt(a.attempt);
+    ai->set_state(to_pb(a.state));
+    ai->set_exit_code(a.exit_code);
+    ai->set_signal(a.signal);
+    if (const sched::Node* node = state.cluster().node(a.node)) ai->set_node(node->spec.name);
+  }
 }
 
 uint32_t page_max(uint32_t asked, uint32_t bound) {

@@ -38,6 +38,30 @@ sched::Task decode_task(const char* p) {
   return t;
 }
 
+// The 16-byte earlier-attempt image of proto/cardnode.proto's TaskSlice.
+constexpr size_t kEarlierImageBytes = 16;
+
+void encode_earlier(uint32_t index, const sched::EarlierAttempt& a, char* p) {
+  put_u32le(p, index);
+  p[4] = static_cast<char>(a.attempt);
+  p[5] = static_cast<char>(a.state);
+  p[6] = static_cast<char>(a.signal);
+  p[7] = 0;
+  put_u32le(p + 8, static_cast<uint32_t>(a.exit_code));
+  put_u32le(p + 12, a.node);
+}
+
+sched::EarlierAttempt decode_earlier(const char* p, uint32_t* index) {
+  *index = get_u32le(p);
+  sched::EarlierAttempt a;
+  a.attempt = static_cast<uint8_t>(p[4]);
+  a.state = static_cast<sched::TaskState>(static_cast<uint8_t>(p[5]));
+  a.signal = static_cast<int8_t>(p[6]);
+  a.exit_code = static_cast<int32_t>(get_u32le(p + 8));
+  a.node = get_u32le(p + 12);
+  return a;
+}
+
 Status corrupt(const std::string& what) {
   return fail(Errc::kCorruption, "snapshot: " + what);
 }
@@ -142,6 +166,13 @@ void SnapshotBuilder::write_slice(const sched::Job& job, Progress& p, uint32_t s
   bytes->resize(static_cast<size_t>(n) * kTaskImageBytes);
   for (uint32_t i = 0; i < n; ++i)
     encode_task(job.tasks[at + i], bytes->data() + i * kTaskImageBytes);
+  std::string* earlier = out->mutable_earlier();
+  for (auto it = job.earlier.lower_bound(at); it != job.earlier.end() && it->first < at + n; ++it) {
+    for (const sched::EarlierAttempt& a : it->second) {
+      earlier->resize(earlier->size() + kEarlierImageBytes);
+      encode_earlier(it->first, a, earlier->data() + earlier->size() - kEarlierImageBytes);
+    }
+  }
   put(chunk);
   p.slices[slice] = true;
   --p.slices_left;
@@ -300,6 +331,21 @@ Status SnapshotLoader::feed_tasks(const pb::TaskSlice& slice) {
   p.covered.emplace(static_cast<uint32_t>(first), static_cast<uint32_t>(first + n));
   for (uint64_t i = 0; i < n; ++i) {
     p.job.tasks[first + i] = decode_task(bytes.data() + i * kTaskImageBytes);
+  }
+  // Earlier attempts of this slice's tasks; Cluster::restore_job checks what they say.
+  const std::string& earlier = slice.earlier();
+  if (earlier.size() % kEarlierImageBytes != 0 ||
+      earlier.size() / kEarlierImageBytes > n * sched::kEarlierPerTaskMax) {
+    return corrupt("earlier attempts of job " + std::to_string(slice.job_id()) + " are malformed");
+  }
+  for (size_t at = 0; at < earlier.size(); at += kEarlierImageBytes) {
+    uint32_t index = 0;
+    sched::EarlierAttempt a = decode_earlier(earlier.data() + at, &index);
+    if (index < first || index >= first + n) {
+      return corrupt("an earlier attempt of job " + std::to_string(slice.job_id()) +
+                     " outside its slice");
+    }
+    p.job.earlier[index].push_back(a);
   }
   p.tasks_received += n;
   if (p.tasks_received < p.job.tasks.size()) return {};

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # idle_rss.sh [CARDNODE_BIN]
 #
-# Idle memory of a warmed-up cardnode server, and (if Slurm is installed) of slurmctld and
-# slurmd on the same machine in the same run: VmRSS and RssAnon from /proc/PID/status after
-# one tiny job and ~3 s of idleness. Installs nothing. Everything it starts (cardnode server,
+# Idle memory of a warmed-up cardnode pool — a server (--no-exec) and one agent, the pair
+# slurmctld and slurmd are — and (if Slurm is installed) of slurmctld and slurmd on the
+# same machine in the same run: VmRSS and RssAnon from /proc/PID/status after one tiny
+# job and ~3 s of idleness. Installs nothing. Everything it starts (cardnode server,
 # slurmctld, slurmd, and munged if it was not already running) is stopped on exit.
 #
 # This file is also the helper library of peer_slurm.sh, which sources it (the functions
@@ -106,7 +107,29 @@ cardnode_start() {
   [[ -s "$CN_DIR/addr" ]] || { cat "$CN_DIR.out" >&2; die "cardnode server did not write $CN_DIR/addr within 10 s"; }
 }
 
+# agent_start: `cardnode agent` joined to the pool of cardnode_start, its own data dir.
+PB_AGENT_PID=""
+agent_start() {
+  local dir=$PB_TMP/agent-$RANDOM i
+  mkdir -p "$dir"
+  cp "$CN_DIR/token" "$dir/token"
+  "$CN_BIN" agent --data-dir "$dir" --join "$(cat "$CN_DIR/addr")" --name bench-agent \
+    >"$dir.out" 2>&1 &
+  PB_AGENT_PID=$!
+  for ((i = 0; i < 200; i++)); do
+    cn nodes 2>/dev/null | grep -q "^bench-agent .*ready" && return 0
+    kill -0 "$PB_AGENT_PID" 2>/dev/null || { cat "$dir.out" >&2; die "cardnode agent exited during startup"; }
+    sleep 0.05
+  done
+  cat "$dir.out" >&2
+  die "cardnode agent did not join within 10 s"
+}
+
 cardnode_stop() {
+  if [[ -n "$PB_AGENT_PID" ]]; then
+    stop_pid "$PB_AGENT_PID" "cardnode agent"
+    PB_AGENT_PID=""
+  fi
   if [[ -n "$PB_CN_PID" ]]; then
     stop_pid "$PB_CN_PID" "cardnode server"
     PB_CN_PID=""
@@ -255,8 +278,10 @@ main() {
   CN_BIN=$(resolve_bin "${1:-}")
   pb_init
 
-  # shellcheck disable=SC2119  # no server arguments here
-  cardnode_start
+  # A pool of two processes, as on two boards: the server coordinates only, the agent
+  # runs the warm-up job (and keeps heartbeating while idle).
+  cardnode_start --no-exec
+  agent_start
   cn run --wait -- true >/dev/null 2>&1 || die "cardnode warm-up job failed"
 
   local slurm=0
@@ -270,15 +295,18 @@ main() {
 
   sleep 3
 
-  local cn_rss cn_anon
+  local cn_rss cn_anon ag_rss ag_anon
   cn_rss=$(rss_kb "$PB_CN_PID" VmRSS)
   cn_anon=$(rss_kb "$PB_CN_PID" RssAnon)
+  ag_rss=$(rss_kb "$PB_AGENT_PID" VmRSS)
+  ag_anon=$(rss_kb "$PB_AGENT_PID" RssAnon)
   echo "idle RSS after one tiny job + 3 s idle (kB, /proc/PID/status), same run"
   echo "cardnode: $CN_BIN"
   if [[ $slurm == 1 ]]; then echo "slurm: $(slurmctld -V)  (recipe config, $SLURM_DIR)"; fi
   echo
   rss_row process VmRSS RssAnon
   rss_row "cardnode server" "$cn_rss" "$cn_anon"
+  rss_row "cardnode agent" "$ag_rss" "$ag_anon"
   if [[ $slurm == 1 ]]; then
     local c_rss c_anon d_rss d_anon
     c_rss=$(rss_kb "$PB_CTLD_PID" VmRSS); c_anon=$(rss_kb "$PB_CTLD_PID" RssAnon)

@@ -1,6 +1,5 @@
 #include "cli/commands.h"
 
-#include <google/protobuf/util/json_util.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +11,7 @@
 #include <sstream>
 #include <thread>
 
+#include "cli/job_json.h"
 #include "cli/json_out.h"
 #include "net/client.h"
 #include "net/handshake.h"
@@ -309,12 +309,9 @@ int cmd_submit(const ClientConfig& cfg, const std::string& file, bool wait) {
   std::stringstream text;
   text << in.rdbuf();
   if (text.str().size() > (1u << 20)) return error_line(file + " is larger than 1 MiB", kExitUsage);
-  pb::JobSpec spec;
-  google::protobuf::util::JsonParseOptions opts;
-  opts.ignore_unknown_fields = false;
-  auto st = google::protobuf::util::JsonStringToMessage(text.str(), &spec, opts);
-  if (!st.ok())
-    return error_line(file + ": not a JobSpec: " + std::string(st.message()), kExitUsage);
+  auto parsed = job_spec_from_json(text.str());
+  if (!parsed) return error_line(file + ": not a JobSpec: " + parsed.error().message, kExitUsage);
+  pb::JobSpec spec = std::move(*parsed);
   if (spec.cwd().empty()) {
     char cwd[4096];
     if (::getcwd(cwd, sizeof(cwd)) != nullptr) spec.set_cwd(cwd);

@@ -1,3 +1,4 @@
+#include "cli/job_json.h"
 #include "cli/parse.h"
 
 #include <gtest/gtest.h>
@@ -124,6 +125,62 @@ TEST(Json, StateNamesMatchTheBrief) {
   EXPECT_STREQ(task_state_text(pb::TASK_TIMED_OUT), "timed_out");
   EXPECT_STREQ(task_state_text(pb::TASK_OOM_KILLED), "oom_killed");
   EXPECT_STREQ(job_state_text(pb::JOB_CANCELLED), "cancelled");
+}
+
+}  // namespace
+}  // namespace cardnode::cli
+
+namespace cardnode::cli {
+namespace {
+
+TEST(JobJson, ReadsEveryFieldInBothSpellings) {
+  auto spec = job_spec_from_json(R"({
+    "name": "render", "command": ["sh", "-c", "echo hi"], "count": 3, "cpuMillis": 500,
+    "mem_bytes": "268435456", "retries": 2, "timeoutMs": 90000, "priority": 0,
+    "constraints": {"arch": "aarch64"}, "after": 7, "env": {"K": "V"}, "cwd": "/tmp"})");
+  ASSERT_TRUE(spec) << spec.error().message;
+  EXPECT_EQ(spec->name(), "render");
+  ASSERT_EQ(spec->command_size(), 3);
+  EXPECT_EQ(spec->command(2), "echo hi");
+  EXPECT_EQ(spec->count(), 3u);
+  EXPECT_EQ(spec->cpu_millis(), 500u);
+  EXPECT_EQ(spec->mem_bytes(), 268435456u);
+  EXPECT_EQ(spec->retries(), 2u);
+  EXPECT_EQ(spec->timeout_ms(), 90000u);
+  EXPECT_TRUE(spec->has_priority());  // 0 given is not "unset"
+  EXPECT_EQ(spec->priority(), 0u);
+  EXPECT_EQ(spec->constraints().at("arch"), "aarch64");
+  EXPECT_EQ(spec->after(), 7u);
+  EXPECT_EQ(spec->env().at("K"), "V");
+  EXPECT_EQ(spec->cwd(), "/tmp");
+  auto minimal = job_spec_from_json(R"({"command": ["true"], "priority": null})");
+  ASSERT_TRUE(minimal);
+  EXPECT_FALSE(minimal->has_priority());
+  EXPECT_EQ(minimal->count(), 0u);
+}
+
+TEST(JobJson, RefusesWhatIsNotAJobSpecWithTheFieldNamed) {
+  const std::pair<const char*, const char*> cases[] = {
+      {"", "not valid JSON"},
+      {"[1]", "not a JSON object"},
+      {R"({"command": ["true"], "cpus": 2})", "\"cpus\""},
+      {R"({"count": -1})", "\"count\": must not be negative"},
+      {R"({"count": 1.5})", "\"count\""},
+      {R"({"count": 4294967296})", "\"count\": is above"},
+      {R"({"count": "7x"})", "\"count\": is not a whole number"},
+      {R"({"command": "true"})", "\"command\": must be an array"},
+      {R"({"command": ["true", 1]})", "\"command\""},
+      {R"({"env": {"K": 1}})", "\"env.K\""},
+      {R"({"name": 5})", "\"name\": must be a string"},
+      {R"({"cpu_millis": 1, "cpuMillis": 2})", "given twice"},
+      {R"({"memBytes": "18446744073709551616"})", "\"memBytes\""},
+  };
+  for (const auto& [text, want] : cases) {
+    auto spec = job_spec_from_json(text);
+    ASSERT_FALSE(spec) << text;
+    EXPECT_NE(spec.error().message.find(want), std::string::npos)
+        << text << " -> " << spec.error().message;
+  }
 }
 
 }  // namespace

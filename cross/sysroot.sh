@@ -34,6 +34,7 @@ suite=bookworm
 # Every library the tree links, plus the C/C++ runtime to link against.
 packages=libc6-dev,libstdc++-12-dev,libuv1-dev,liburing-dev,libprotobuf-dev,prometheus-cpp-dev
 packages+=,libgtest-dev,libgmock-dev,libbenchmark-dev,libssl-dev,zlib1g-dev,libcli11-dev
+packages+=,nlohmann-json3-dev
 stamp_text="suite=$suite arch=$deb_arch packages=$packages"
 stamp_name=.cardnode-sysroot
 

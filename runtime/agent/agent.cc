@@ -285,6 +285,9 @@ void Agent::Impl::on_welcome(const pb::AgentWelcome& w) {
 
 void Agent::Impl::send_poll() {
   if (poll_in_flight || session == 0 || stopping) return;
+  // Backpressure that bounds the journal: with as many ends waiting for an acknowledgement
+  // as the tasks this board runs at once, it asks for no work until acks come back.
+  if (outbox.size() >= options.tasks_max) return;
   pb::Request req;
   req.mutable_agent_poll()->set_session(session);
   poll_in_flight = true;
@@ -409,6 +412,7 @@ void Agent::Impl::send_report() {
       outbox.erase(key_of(a));
       (void)journal->forget(a);
     }
+    send_poll();  // if the outbox was full, work may come again
     if (!outbox.empty()) {
       uv_timer_start(&report_timer, [](uv_timer_t* h) { static_cast<Impl*>(h->data)->send_report(); },
                      r->report_ack().acked_size() > 0 ? 0 : kReportRetryMs, 0);

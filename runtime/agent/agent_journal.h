@@ -9,8 +9,9 @@
 //
 // Backed by a LocalStore (storage/local_store.h) in DATA_DIR/journal: a WAL plus a snapshot
 // of the live entries whenever the WAL outgrows the last snapshot, so the journal stays as
-// small as what runs and what waits for an acknowledgement (bounded by the executor's task
-// limit: no new task starts without the server).
+// small as what runs and what waits for an acknowledgement: at most twice the board's task
+// limit (the executor runs at most tasks_max; the agent asks for no work while tasks_max
+// ends wait for an acknowledgement, runtime/agent/agent.cc send_poll).
 //
 // Threading: loop thread only. `engine` must outlive the journal.
 #pragma once

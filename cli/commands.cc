@@ -137,7 +137,7 @@ std::string human_bytes(uint64_t b) {
   return buf;
 }
 
-// Every job, page by page: the server bounds each reply (runtime/listing.h).
+// Every job, page by page: the server bounds each reply (runtime/coordinator/listing.h).
 Result<pb::JobList> fetch_jobs(net::Client& c) {
   pb::JobList all;
   uint64_t after = 0;

@@ -2,7 +2,7 @@
 // tasks for it; every other subcommand is a short-lived client of the server, except `fsck`,
 // which reads a data dir (docs/CLI.md).
 // "__task-exec" is the internal entry the executor spawns for each task
-// (runtime/executor.h).
+// (runtime/exec/executor.h).
 //
 // Each subcommand is one add_*() below: it declares its options and returns what runs it.
 #include <signal.h>

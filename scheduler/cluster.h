@@ -10,7 +10,7 @@
 // apply a record first and log it only if it applied (the WAL then never holds a record
 // that replay would reject). Before a mutator changes a job it tells the JobObserver which
 // tasks may change, so a snapshot in progress can write their old image first
-// (runtime/snapshot_codec.h), and the state can count what moved.
+// (runtime/coordinator/snapshot_codec.h), and the state can count what moved.
 //
 // Threading: none inside; the server uses it from its loop thread only.
 // Bounds: Limits below; a bound that is hit is an error value, not a crash.

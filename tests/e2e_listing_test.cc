@@ -8,7 +8,7 @@
 namespace cardnode::e2e {
 namespace {
 
-constexpr size_t kListedCommandBytesMax = 512;  // runtime/listing.h
+constexpr size_t kListedCommandBytesMax = 512;  // runtime/coordinator/listing.h
 constexpr size_t kListedArgsMax = 16;
 
 size_t command_bytes(const Json& job) {

@@ -257,6 +257,49 @@ TEST_F(Pool, ANodeNeverGetsMoreTasksThanItSaidItCanRun) {
   for (const auto& [i, t] : tasks_of(this, 1)) EXPECT_EQ(t.attempts, 1) << i;
 }
 
+// Guarantee 5 across the pool: heartbeats (5 a second here) and held polls write nothing,
+// on the server or on the agents, once the work is done and settled.
+TEST_F(Pool, AnIdlePoolWritesNothingWhileAgentsHeartbeat) {
+  ASSERT_NO_FATAL_FAILURE(start_pool_server());
+  ASSERT_NO_FATAL_FAILURE(start_agent("a1"));
+  ASSERT_NO_FATAL_FAILURE(start_agent("a2"));
+  ASSERT_TRUE(eventually([&] { return ready_nodes() == 2; })) << logs();
+  ASSERT_EQ(cli({"run", "--wait", "--count", "20", "--cpu", "0.1", "--", "true"}).code, 0);
+  // Settled: the agents' acknowledged ends are forgotten in their journals, and the
+  // server's counter stands still across more than a tick.
+  double written = -1;
+  ASSERT_TRUE(eventually(
+      [&] {
+        double now =
+            metric(http_get(metrics_addr_, "/metrics"), "cardnode_storage_bytes_written_total");
+        bool same = now == written && now > 0;
+        written = now;
+        if (!same) std::this_thread::sleep_for(1500ms);
+        return same;
+      },
+      60s));
+  std::this_thread::sleep_for(1500ms);  // the agents' journals settle as well (1 s turns)
+  const uint64_t server_io = proc_write_bytes(server_);
+  const uint64_t a1_io = proc_write_bytes(agents_["a1"]);
+  const uint64_t a2_io = proc_write_bytes(agents_["a2"]);
+  const std::string a1_journal = agent_dir("a1") + "/journal";
+  auto journal_bytes = [&](const std::string& dir) {
+    uint64_t n = 0;
+    for (const auto& e : fs::recursive_directory_iterator(dir)) {
+      if (e.is_regular_file()) n += e.file_size();
+    }
+    return n;
+  };
+  const uint64_t journal_before = journal_bytes(a1_journal);
+  std::this_thread::sleep_for(3s);  // 15 heartbeats per agent
+  EXPECT_EQ(metric(http_get(metrics_addr_, "/metrics"), "cardnode_storage_bytes_written_total"),
+            written);
+  EXPECT_EQ(proc_write_bytes(server_), server_io);
+  EXPECT_EQ(proc_write_bytes(agents_["a1"]), a1_io);
+  EXPECT_EQ(proc_write_bytes(agents_["a2"]), a2_io);
+  EXPECT_EQ(journal_bytes(a1_journal), journal_before);
+}
+
 // The server's own board: more tiny tasks than its executor runs at once. The scheduler
 // knows the executor's limit, so none is refused at spawn (exit 127) and burns a retry.
 TEST_F(Pool, MoreTinyTasksThanTheLocalExecutorTakesAllSucceed) {

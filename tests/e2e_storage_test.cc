@@ -261,16 +261,6 @@ TEST_F(Cluster, AFullDiskRefusesRequestsAndRecovers) {
   EXPECT_EQ(job_ids(json_of(cli({"ps", "--json"}))), acked);
 }
 
-uint64_t proc_write_bytes(pid_t pid) {
-  std::istringstream in(slurp("/proc/" + std::to_string(pid) + "/io"));
-  std::string key;
-  uint64_t value = 0;
-  while (in >> key >> value) {
-    if (key == "write_bytes:") return value;
-  }
-  return UINT64_MAX;
-}
-
 // Guarantee 5 with a large state: once settled, the server writes nothing at all —
 // neither through its own I/O (the metric) nor to the block layer (/proc/PID/io).
 TEST_F(Cluster, AnIdleServerWithALargeStateWritesNothing) {

@@ -200,6 +200,17 @@ inline int count_with_marker(const std::string& marker) {
   return n;
 }
 
+// Bytes the process caused to be written to the block layer (/proc/PID/io).
+inline uint64_t proc_write_bytes(pid_t pid) {
+  std::istringstream in(slurp("/proc/" + std::to_string(pid) + "/io"));
+  std::string key;
+  uint64_t value = 0;
+  while (in >> key >> value) {
+    if (key == "write_bytes:") return value;
+  }
+  return UINT64_MAX;
+}
+
 class Cluster : public ::testing::Test {
  public:
   void SetUp() override {

@@ -80,6 +80,7 @@ struct Server::Impl {
   uv_signal_t sigint{}, sigterm{}, sighup{};
   uv_idle_t turn_idle{};
   uv_timer_t tick_timer{};
+  uv_timer_t hub_timer{};  // failure detection, log fetch timeouts
   uv_timer_t shutdown_timer{};
   bool handles_started = false;
   bool turn_pending = false;
@@ -281,11 +282,18 @@ void Server::Impl::start_loop_handles() {
       &tick_timer,
       [](uv_timer_t* h) {
         auto* self = static_cast<Impl*>(h->data);
-        self->hub->tick();
         self->take_turn();
         self->refresh_metrics();
       },
       kTickMs, kTickMs);
+  // Failure detection looks at heartbeat ages every tenth of the grace (50 ms to 1 s): a
+  // silent node is declared down within 10% of --grace, not up to a whole tick late.
+  const uint64_t detect_ms = std::clamp<uint64_t>(options.grace_ms / 10, 50, kTickMs);
+  uv_timer_init(&loop, &hub_timer);
+  hub_timer.data = this;
+  uv_timer_start(
+      &hub_timer, [](uv_timer_t* h) { static_cast<Impl*>(h->data)->hub->tick(); }, detect_ms,
+      detect_ms);
   uv_timer_init(&loop, &shutdown_timer);
   shutdown_timer.data = this;
 }
@@ -405,6 +413,7 @@ void Server::Impl::close_handles() {
        {reinterpret_cast<uv_handle_t*>(&io_poll), reinterpret_cast<uv_handle_t*>(&sigint),
         reinterpret_cast<uv_handle_t*>(&sigterm), reinterpret_cast<uv_handle_t*>(&sighup),
         reinterpret_cast<uv_handle_t*>(&turn_idle), reinterpret_cast<uv_handle_t*>(&tick_timer),
+        reinterpret_cast<uv_handle_t*>(&hub_timer),
         reinterpret_cast<uv_handle_t*>(&shutdown_timer)}) {
     if (!uv_is_closing(h)) uv_close(h, nullptr);
   }

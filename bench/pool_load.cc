@@ -33,8 +33,7 @@
 //   pool_load [--agents N] [--heartbeat-seconds S] [--tasks M] [--arrays A]
 //             [--cardnode PATH] [--keep-tmp] [--agents-per-connection K] ...
 #include <fcntl.h>
-#include <google/protobuf/struct.pb.h>
-#include <google/protobuf/util/json_util.h>
+#include <nlohmann/json.hpp>
 #include <poll.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -868,21 +867,12 @@ void print_result(const Figures& f, const Counters& c, bool complete) {
 
 // ---------------------------------------------------------------------- JSON checks
 
-using JsonObject = google::protobuf::Struct;
-using JsonValue = google::protobuf::Value;
+using Json = nlohmann::json;
 
-Result<JsonObject> parse_json(const std::string& text) {
-  JsonObject s;
-  auto st = google::protobuf::util::JsonStringToMessage(text, &s);
-  if (!st.ok()) return fail(Errc::kCorruption, "cannot parse JSON: " + st.ToString());
-  return s;
-}
-
-// A field of an object, or a null value when it is missing.
-const JsonValue& field_of(const JsonObject& o, const std::string& name) {
-  static const JsonValue kMissing;
-  auto it = o.fields().find(name);
-  return it == o.fields().end() ? kMissing : it->second;
+Result<Json> parse_json(const std::string& text) {
+  Json doc = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (doc.is_discarded() || !doc.is_object()) return fail(Errc::kCorruption, "cannot parse JSON");
+  return doc;
 }
 
 // `cardnode nodes --json`: how many nodes are ready.
@@ -894,8 +884,8 @@ Result<uint32_t> nodes_ready(const std::string& bin, const std::string& data_dir
   auto doc = parse_json(*out);
   if (!doc) return std::unexpected(doc.error());
   uint32_t ready = 0;
-  for (const JsonValue& n : field_of(*doc, "nodes").list_value().values()) {
-    if (field_of(n.struct_value(), "state").string_value() == "ready") ++ready;
+  for (const Json& n : doc->value("nodes", Json::array())) {
+    if (n.value("state", "") == "ready") ++ready;
   }
   return ready;
 }
@@ -913,16 +903,14 @@ Result<uint64_t> ps_succeeded(const std::string& bin, const std::string& data_di
   uint64_t succeeded = 0;
   size_t seen = 0;
   std::string wrong;
-  for (const JsonValue& j : field_of(*doc, "jobs").list_value().values()) {
-    const JsonObject& job = j.struct_value();
-    const auto id = static_cast<uint64_t>(field_of(job, "id").number_value());
+  for (const Json& job : doc->value("jobs", Json::array())) {
+    const auto id = job.value("id", uint64_t{0});
     auto track = jobs.find(id);
     if (track == jobs.end()) continue;
     ++seen;
-    const auto ok = static_cast<uint64_t>(
-        field_of(field_of(job, "states").struct_value(), "succeeded").number_value());
+    const auto ok = job.value("states", Json::object()).value("succeeded", uint64_t{0});
     succeeded += ok;
-    const std::string& state = field_of(job, "state").string_value();
+    const std::string state = job.value("state", "");
     if (state != "succeeded" || ok != track->second.count) {
       wrong += " job " + std::to_string(id) + " is " + state + " with " + std::to_string(ok) +
                " of " + std::to_string(track->second.count) + " tasks succeeded;";

@@ -10,7 +10,10 @@
 namespace cardnode::net {
 namespace {
 
-constexpr int kListenBacklog = 128;
+// A pool's agents all reconnect at once after a server restart: with a short backlog the
+// kernel drops their SYNs (a 1 s retransmit) or completes them by SYN cookie and then
+// drops them at accept (a silent 5 s connect timeout). The kernel caps it at somaxconn.
+constexpr int kListenBacklog = 4096;
 constexpr unsigned int kKeepaliveDelaySeconds = 60;
 // One read buffer per server, shared by all connections: a read callback copies what
 // it needs into the connection's FrameDecoder before the next read can happen.

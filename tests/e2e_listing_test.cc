@@ -71,7 +71,8 @@ TEST_F(Cluster, HugeCommandLinesNeverBreakListingsAcrossRestarts) {
   expect_listing_of_huge_commands(this, kJobs, kArgBytes, kArgs);
   // They ran, with their whole command lines.
   auto all_succeeded = [&] {
-    for (const auto& j : json_of(cli({"ps", "--json"}))["jobs"]) {
+    const Json doc = json_of(cli({"ps", "--json"}));  // outlives the loop over its jobs
+    for (const auto& j : doc["jobs"]) {
       if (j["state"] != "succeeded") return false;
     }
     return true;

@@ -118,16 +118,16 @@ class Pool : public Cluster {
   }
 
   int ready_nodes() {
-    Json j = json_of(cli({"nodes", "--json"}));
+    const Json j = try_json(cli({"nodes", "--json"}));
     int n = 0;
-    if (!j.contains("nodes")) return 0;
+    if (j.is_discarded() || !j.contains("nodes")) return 0;
     for (const auto& node : j["nodes"]) n += node["state"] == "ready";
     return n;
   }
 
   std::string node_state(const std::string& name) {
-    Json j = json_of(cli({"nodes", "--json"}));
-    if (!j.contains("nodes")) return "";
+    const Json j = try_json(cli({"nodes", "--json"}));
+    if (j.is_discarded() || !j.contains("nodes")) return "";
     for (const auto& node : j["nodes"]) {
       if (node["name"] == name) return node["state"].get<std::string>();
     }

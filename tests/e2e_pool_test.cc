@@ -23,8 +23,8 @@ struct TaskView {
 };
 std::map<int, TaskView> tasks_of(Pool* t, int job) {
   std::map<int, TaskView> out;
-  Json j = json_of(t->cli({"ps", std::to_string(job), "--json"}));
-  if (!j.contains("tasks")) return out;
+  const Json j = try_json(t->cli({"ps", std::to_string(job), "--json"}));
+  if (j.is_discarded() || !j.contains("tasks")) return out;
   for (const auto& task : j["tasks"]) {
     TaskView& v = out[task["index"].get<int>()];
     v = {task["state"].get<std::string>(), task.value("node", std::string()),

@@ -116,6 +116,13 @@ inline Output cardnode_bounded(const std::vector<std::string>& args, const std::
   return r;
 }
 
+// For polling: the document, or a discarded value when the command failed (a server busy
+// spawning a thousand tasks may miss one client's timeout); the next poll tries again.
+inline Json try_json(const Output& o) {
+  if (o.code != 0) return Json(Json::value_t::discarded);
+  return Json::parse(o.out, nullptr, /*allow_exceptions=*/false);
+}
+
 // The one JSON document `ps --json` / `nodes --json` print; a parse failure fails the test.
 inline Json json_of(const Output& o) {
   Json j = Json::parse(o.out, nullptr, /*allow_exceptions=*/false);

@@ -15,6 +15,7 @@
 #include "net/rpc_client.h"
 #include "runtime/agent/agent_journal.h"
 #include "runtime/data_dir.h"
+#include "runtime/fd_limit.h"
 #include "runtime/exec/executor.h"
 #include "runtime/exec/isolation.h"
 #include "runtime/log.h"
@@ -130,6 +131,7 @@ struct Agent::Impl {
 // ---------------------------------------------------------------------------- start-up
 
 Status Agent::Impl::open() {
+  raise_open_files_limit();  // each running task holds pipes and cgroup files
   auto d = DataDir::open(options.data_dir, options.log_dir, /*make_token=*/false);
   if (!d) return std::unexpected(d.error());
   dir.emplace(std::move(*d));

@@ -5,6 +5,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <optional>
@@ -15,6 +16,7 @@
 #include "runtime/coordinator/api.h"
 #include "runtime/coordinator/coordinator.h"
 #include "runtime/data_dir.h"
+#include "runtime/fd_limit.h"
 #include "runtime/exec/executor.h"
 #include "runtime/exec/isolation.h"
 #include "runtime/coordinator/local_runner.h"
@@ -36,6 +38,8 @@ constexpr uint64_t kShutdownGraceMs = 10'000;  // > kKillGraceMs: tasks get thei
 constexpr uint64_t kTickMs = 1000;             // metrics, retries, age-based retention
 constexpr uint32_t kLeftoverScanMax = 65536;   // pids killed by the environment scan at start
 constexpr uint32_t kLogFilesRemovedPerTurn = 256;
+// Agents (at most sched::Limits::nodes_max, 1,024) and clients, when the fd limit allows.
+constexpr uint64_t kConnectionsMax = 4096;
 constexpr uint32_t kLogDirEntriesMax = 1'000'000;  // job dirs listed at start
 
 uint64_t wall_ms() {
@@ -220,6 +224,16 @@ Status register_local_node(Server::Impl& s) {
 Status Server::Impl::start_listeners() {
   net::RpcServerOptions ro;
   ro.listen = options.listen;
+  // Every agent holds a connection, and clients come and go: room for a full pool of
+  // boards (sched::Limits::nodes_max) and as many clients again, within the fd limit.
+  const uint64_t fds = raise_open_files_limit();
+  ro.max_connections = static_cast<uint32_t>(std::clamp<uint64_t>(fds > 256 ? fds - 256 : 64, 64,
+                                                                  kConnectionsMax));
+  if (ro.max_connections < kConnectionsMax) {
+    log(Level::kWarn, "server",
+        "open-files limit " + std::to_string(fds) + ": at most " +
+            std::to_string(ro.max_connections) + " connections (agents and clients)");
+  }
   api = std::make_unique<ClientApi>(
       *coordinator, *logs, *hub, local_node,
       [this](const sched::Node& n, pb::NodeInfo* info) { describe(n, info); });

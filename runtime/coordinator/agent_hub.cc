@@ -35,8 +35,20 @@ uint64_t random_session_id() {
   return id;
 }
 
+constexpr uint64_t kFieldOverheadBytes = 6;  // a repeated field's tag and length, at most
+
 pb::Response stale_session() {
   return error_response({Errc::kUnavailable, "stale agent session; say hello again", 0});
+}
+
+// How an attempt stopped before its start went out ends: as the agent would report the kill.
+TaskExit killed_exit(KillReason r) {
+  switch (r) {
+    case KillReason::kCancelled: return TaskExit{pb::TASK_CANCELLED, 0, 0};
+    case KillReason::kTimedOut: return TaskExit{pb::TASK_TIMED_OUT, 0, 0};
+    case KillReason::kShutdown: return TaskExit{pb::TASK_LOST, 0, 0, true};
+  }
+  return TaskExit{pb::TASK_CANCELLED, 0, 0};
 }
 
 pb::StopReason stop_reason(KillReason r) {
@@ -100,6 +112,17 @@ void AgentHub::RemoteRunner::kill(uint64_t job_id, uint32_t index, KillReason re
   // The attempt the state runs there: the agent stops exactly that one.
   for (const auto& [task, attempt] : hub_.c_.attempts_on(session_.node)) {
     if (task != t) continue;
+    // Its start has not gone out yet: it never will, and the attempt ends here. (A stop
+    // would go out ahead of it — stops lead every answer — and find nothing to stop.)
+    auto* starts = session_.work.mutable_start();
+    for (int i = 0; i < starts->size(); ++i) {
+      const pb::TaskAttempt& queued = starts->Get(i).task();
+      if (ref_of(queued) != t || queued.attempt() != attempt) continue;
+      session_.work_bytes -= std::min<uint64_t>(session_.work_bytes, starts->Get(i).ByteSizeLong());
+      starts->DeleteSubrange(i, 1);
+      (void)hub_.c_.report_end(t, attempt, session_.node, killed_exit(reason));
+      return;
+    }
     pb::TaskStop* s = session_.work.add_stop();
     *s->mutable_task() = attempt_of(t, attempt);
     s->set_reason(stop_reason(reason));
@@ -125,8 +148,11 @@ void AgentHub::flush(Session& s) {
   uint64_t bytes = 0;
   auto take = [&](auto* from, auto* to) {
     int n = 0;
-    while (n < from->size() && (bytes < options_.work_bytes_max || (n == 0 && bytes == 0))) {
-      bytes += from->Get(n).ByteSizeLong();
+    while (n < from->size()) {
+      // With its field's tag and length. One item over the budget goes alone.
+      const uint64_t size = from->Get(n).ByteSizeLong() + kFieldOverheadBytes;
+      if (bytes > 0 && bytes + size > options_.work_bytes_max) break;
+      bytes += size;
       *to->Add() = std::move(*from->Mutable(n));
       ++n;
     }
@@ -175,13 +201,23 @@ void AgentHub::on_hello(const pb::AgentHello& m, net::Responder r) {
   }
   // A new session replaces any old one of this node (its connection is gone or going).
   auto& slot = sessions_[*node];
+  // Starts and log reads the old session never sent go out on the new one (an unsent start
+  // is not lost: the agent cannot list it). Its stops are told again at attach_runner.
+  pb::AgentWork unsent;
   if (slot) {
     c_.detach_runner(*node);  // the old runner goes with its session
     session_ids_.erase(slot->id);
     if (slot->poll) slot->poll->reply(stale_session());
+    for (pb::TaskStart& st : *slot->work.mutable_start()) {
+      if (c_.runs(ref_of(st.task()), st.task().attempt(), *node))
+        *unsent.add_start() = std::move(st);
+    }
+    unsent.mutable_logs()->Swap(slot->work.mutable_logs());
   }
   slot = std::make_unique<Session>();
   Session& s = *slot;
+  s.work = std::move(unsent);
+  s.work_bytes = s.work.ByteSizeLong();
   s.id = random_session_id();
   s.node = *node;
   s.identity = m.identity();
@@ -203,6 +239,8 @@ void AgentHub::on_hello(const pb::AgentHello& m, net::Responder r) {
   }
   // What it still runs: kept when still its own, stopped there otherwise.
   std::set<std::pair<sched::TaskRef, uint32_t>> listed;
+  for (const pb::TaskStart& st : s.work.start())
+    listed.insert({ref_of(st.task()), st.task().attempt()});
   for (const pb::TaskAttempt& a : m.running()) {
     listed.insert({ref_of(a), a.attempt()});
     if (!c_.runs(ref_of(a), a.attempt(), s.node)) {

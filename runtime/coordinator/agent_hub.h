@@ -13,7 +13,8 @@
 //   end lost and are requeued. Heartbeats are never written anywhere (guarantee 5).
 // - Reconciliation: an agent that (re)connects says what it still runs and what ended;
 //   attempts that are still its own are kept, others are stopped there without a report,
-//   and attempts it no longer knows end lost.
+//   and attempts it no longer knows end lost (but starts the old session never sent, which
+//   go out on the new one).
 // - After a server start, nodes with tasks the log says run get grace_ms to come back
 //   before those tasks end lost: a server restart does not start anything twice.
 //

@@ -208,6 +208,17 @@ Result<sched::NodeId> Coordinator::register_node(const std::string& identity,
 void Coordinator::attach_runner(sched::NodeId id, TaskRunner* runner) {
   runners_[id] = runner;
   (void)state_.cluster().set_node_state(id, sched::NodeState::kReady);
+  // A runner that (re)attaches may have missed stops — decided while the node had no runner,
+  // or sent on a connection that broke — and is told again: past a drain's deadline at the
+  // next turn, a cancel's once everything applied is durable (a kill is a side effect).
+  for (const auto& [t, attempt] : attempts_on(id)) drain_stopped_.erase({t, attempt});
+  (void)when_durable([this, id, runner] {
+    auto it = runners_.find(id);
+    if (it == runners_.end() || it->second != runner) return;  // replaced: the new one is told
+    for (const auto& [t, attempt] : attempts_on(id)) {
+      if (state_.cluster().cancelling(t.job)) runner->kill(t.job, t.index, KillReason::kCancelled);
+    }
+  });
   hooks_.request_turn();
 }
 
@@ -400,9 +411,8 @@ Coordinator::EndReport Coordinator::report_end(sched::TaskRef t, uint32_t attemp
     ++stats_.stale_reports;
     return EndReport::kStale;
   }
-  const uint64_t deferred_before = deferred_.size();
   task_ended(t, attempt, node, exit);
-  return deferred_.size() > deferred_before ? EndReport::kDeferred : EndReport::kLogged;
+  return end_waits(t, attempt) ? EndReport::kDeferred : EndReport::kLogged;
 }
 
 void Coordinator::drain(const std::string& node_name, bool undrain, uint64_t deadline_ms,
@@ -451,6 +461,9 @@ void Coordinator::task_ended(sched::TaskRef t, uint32_t attempt, sched::NodeId n
   (void)node;
   // Ends are logged in the order they happened; once one waits, the rest queue behind it.
   if (deferred_.empty() && record_outcome(o)) return;
+  // That attempt's end waits already (its agent sent it again, or it was lost meanwhile):
+  // the first one stands, and the queue stays bounded by the running attempts.
+  if (end_waits(t, attempt)) return;
   deferred_.push_back(o);
   ++stats_.outcomes_deferred;
 }
@@ -474,7 +487,9 @@ bool Coordinator::record_outcome(const Outcome& o) {
   f->set_signal(o.exit.signal);
   f->set_finished_ms(hooks_.now_ms());
   f->set_requeue_free(o.exit.requeue_free && o.exit.state == pb::TASK_LOST);
-  if (!sched::is_final(from_pb(o.exit.state))) {  // a runner's bug, not the task's
+  // A runner's bug, not the task's; or a state this server does not know (a newer agent),
+  // which the record would not apply with: it would wait forever, and every end behind it.
+  if (!pb::TaskState_IsValid(o.exit.state) || !sched::is_final(from_pb(o.exit.state))) {
     warn("task " + std::to_string(o.task.job) + "." + std::to_string(o.task.index) +
          " ended in a state that is not an end; taken as lost");
     Outcome lost = o;
@@ -489,6 +504,11 @@ bool Coordinator::record_outcome(const Outcome& o) {
   ++stats_.tasks_ended[static_cast<size_t>(o.exit.state)];
   hooks_.request_turn();  // its capacity is free
   return true;
+}
+
+bool Coordinator::end_waits(sched::TaskRef t, uint32_t attempt) const {
+  return std::ranges::any_of(deferred_,
+                             [&](const Outcome& o) { return o.task == t && o.attempt == attempt; });
 }
 
 void Coordinator::retry_outcomes() {

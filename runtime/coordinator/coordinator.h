@@ -92,7 +92,9 @@ class Coordinator {
   // or labels changed (a rename keeps the node and its history). Refused like a request.
   [[nodiscard]] Result<sched::NodeId> register_node(const std::string& identity,
                                                     const sched::NodeSpec& spec);
-  // The node runs tasks through `runner` from now on: it is ready.
+  // The node runs tasks through `runner` from now on: it is ready. The runner is told again
+  // what it must stop (it may have missed it): tasks of cancelled jobs once what is applied
+  // is durable, tasks past their drain's deadline at the next turn.
   void attach_runner(sched::NodeId id, TaskRunner* runner);
   // The node's runner is gone: the node is down and no task goes there.
   void detach_runner(sched::NodeId id);
@@ -172,6 +174,7 @@ class Coordinator {
   TaskLaunch make_launch(sched::TaskRef t, uint32_t attempt, sched::NodeId node) const;
   void task_ended(sched::TaskRef t, uint32_t attempt, sched::NodeId node, TaskExit exit);
   bool record_outcome(const Outcome& o);
+  bool end_waits(sched::TaskRef t, uint32_t attempt) const;  // in deferred_
   void retry_outcomes();
   void stop_drained_tasks();
 

@@ -27,6 +27,7 @@
 #include <set>
 
 #include "runtime/coordinator/snapshot_codec.h"
+#include "runtime/coordinator/test_harness.h"
 #include "runtime/coordinator/test_records.h"
 #include "storage/crash_plan.h"
 #include "storage/faulty_engine.h"
@@ -39,6 +40,7 @@ namespace {
 
 using storage::Backend;
 using storage::testing::TempDir;
+using testing::FakeRunner;
 
 uint64_t seed_base() {
   const char* s = std::getenv("CARDNODE_TEST_SEED");  // NOLINT(concurrency-mt-unsafe)
@@ -46,34 +48,6 @@ uint64_t seed_base() {
   std::printf("seed %llu (CARDNODE_TEST_SEED to repeat)\n", static_cast<unsigned long long>(seed));
   return seed;
 }
-
-// Runs tasks in name only: the test ends them when it likes.
-class FakeRunner final : public TaskRunner {
- public:
-  Status start(const TaskLaunch& l, ExitCallback on_exit) override {
-    if (refuse_starts) return fail(Errc::kResourceExhausted, "refused by the test");
-    EXPECT_FALSE(running.contains({l.job_id, l.index})) << "started twice";
-    running[{l.job_id, l.index}] = std::move(on_exit);
-    ++starts;
-    return {};
-  }
-  void kill(uint64_t job, uint32_t index, KillReason) override { kills.insert({job, index}); }
-
-  // Ends one running task (the one the test picks) with `exit`.
-  bool end(std::pair<uint64_t, uint32_t> key, TaskExit exit) {
-    auto it = running.find(key);
-    if (it == running.end()) return false;
-    auto cb = std::move(it->second);
-    running.erase(it);
-    cb(exit);
-    return true;
-  }
-
-  std::map<std::pair<uint64_t, uint32_t>, ExitCallback> running;
-  std::set<std::pair<uint64_t, uint32_t>> kills;
-  uint64_t starts = 0;
-  bool refuse_starts = false;
-};
 
 // A DurableStore that passes everything through and keeps a copy of every record appended,
 // by sequence number: the log the WAL took, for replaying into a fresh State.

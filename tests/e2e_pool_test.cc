@@ -316,6 +316,26 @@ TEST_F(Pool, MoreTinyTasksThanTheLocalExecutorTakesAllSucceed) {
   for (const auto& [i, t] : tasks_of(this, 1)) EXPECT_EQ(t.attempts, 1) << i;
 }
 
+// A cloned SD card: a second board with the first one's DATA_DIR/node_id. It is refused
+// (and says why) while the first is alive, instead of the two displacing each other.
+TEST_F(Pool, ASecondBoardWithACopiedIdentityIsRefusedAndTheFirstKeepsWorking) {
+  ASSERT_NO_FATAL_FAILURE(start_pool_server());
+  ASSERT_NO_FATAL_FAILURE(start_agent("first"));
+  ASSERT_TRUE(eventually([&] { return ready_nodes() == 1; })) << logs();
+  fs::create_directories(agent_dir("clone"));
+  fs::copy_file(agent_dir("first") + "/node_id", agent_dir("clone") + "/node_id");
+  ASSERT_NO_FATAL_FAILURE(start_agent("clone"));
+  ASSERT_TRUE(eventually([&] { return slurp(agent_log("clone")).find("node_id") != std::string::npos; },
+                         20s))
+      << logs();
+  const double records = metric(http_get(metrics_addr_, "/metrics"), "cardnode_wal_records_total");
+  std::this_thread::sleep_for(1s);  // five heartbeats: the clone keeps trying, slower each time
+  EXPECT_EQ(metric(http_get(metrics_addr_, "/metrics"), "cardnode_wal_records_total"), records);
+  EXPECT_EQ(node_state("first"), "ready");
+  EXPECT_EQ(node_state("clone"), "");
+  ASSERT_EQ(cli({"run", "--wait", "--", "true"}).code, 0);
+}
+
 TEST_F(Pool, AnAgentWithTheWrongTokenIsRefusedAndChangesNothing) {
   ASSERT_NO_FATAL_FAILURE(start_pool_server());
   fs::create_directories(agent_dir("bad"));

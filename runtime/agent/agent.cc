@@ -2,6 +2,7 @@
 
 #include <limits.h>
 #include <signal.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
@@ -34,6 +35,8 @@ constexpr uint32_t kReportBatchMax = 512;       // ends per AgentReport
 constexpr uint32_t kHeldLogReadsMax = 1024;
 constexpr uint32_t kLeftoverScanMax = 65536;
 constexpr uint64_t kRpcTimeoutMs = 30'000;
+constexpr uint64_t kHelloRetryFirstMs = 500;   // a refused hello is tried again, slower each
+constexpr uint64_t kHelloRetryMaxMs = 10'000;  //   time (a second board with our identity)
 
 std::string pool_tag_for(const std::string& data_dir) {
   char real[PATH_MAX];
@@ -51,6 +54,16 @@ KillReason kill_reason(pb::StopReason r) {
     case pb::STOP_TIMED_OUT: return KillReason::kTimedOut;
     default: return KillReason::kShutdown;
   }
+}
+
+// How an attempt stopped before its process started ends: as the executor reports a kill.
+TaskExit unspawned_exit(KillReason r) {
+  switch (r) {
+    case KillReason::kCancelled: return TaskExit{pb::TASK_CANCELLED, 0, 0};
+    case KillReason::kTimedOut: return TaskExit{pb::TASK_TIMED_OUT, 0, 0};
+    case KillReason::kShutdown: return TaskExit{pb::TASK_LOST, 0, 0, true};
+  }
+  return TaskExit{pb::TASK_CANCELLED, 0, 0};
 }
 
 pb::TaskOutcome outcome_of(const pb::TaskAttempt& a, const TaskExit& e) {
@@ -86,8 +99,16 @@ struct Agent::Impl {
   uint64_t heartbeat_ms = 0;
   Errc last_down = Errc::kOk;  // the last connection failure's kind, to log changes only
 
-  // Attempts running here (by job and index: one attempt of a task at a time).
+  // Attempts running here (by job and index: one attempt of a task at a time), from the
+  // moment their start arrives: a start is journaled before it spawns, and a hello in that
+  // window must still list it (else the server reruns it elsewhere while it starts here).
   std::map<std::pair<uint64_t, uint32_t>, pb::TaskAttempt> running;
+  // Starts not spawned yet: journaling (nothing to signal), or waiting for an older attempt
+  // of the same task that is still being killed here. A stop for one ends it unspawned.
+  std::set<AttemptKey> journaling;  // started, the record not durable yet: not spawned
+  std::map<AttemptKey, KillReason> stopped_before_spawn;
+  std::map<std::pair<uint64_t, uint32_t>, pb::TaskStart> held;  // behind an older attempt
+  uint64_t incarnation = 0;  // this process's: tells a reconnect from a second board
   std::set<AttemptKey> silent;  // stopped as not ours: their end is not reported
   std::map<AttemptKey, pb::TaskOutcome> outbox;  // ends journaled, not acknowledged
 
@@ -99,7 +120,9 @@ struct Agent::Impl {
 
   uv_poll_t io_poll{};
   uv_signal_t sigint{}, sigterm{}, sighup{};
-  uv_timer_t heartbeat_timer{}, report_timer{}, log_timer{}, journal_timer{}, shutdown_timer{};
+  uv_timer_t heartbeat_timer{}, report_timer{}, log_timer{}, journal_timer{}, shutdown_timer{},
+      hello_timer{};
+  uint64_t hello_retry_ms = 0;  // after a refused hello: grows to kHelloRetryMaxMs
   bool stopping = false;
   uint64_t stop_started_ms = 0;
   int exit_code = 0;
@@ -116,6 +139,9 @@ struct Agent::Impl {
   void send_poll();
   void on_work(const pb::AgentWork& work);
   void start_task(const pb::TaskStart& s);
+  void spawn(const pb::TaskStart& s);
+  void start_held(std::pair<uint64_t, uint32_t> task);
+  void retry_hello_later(const std::string& why);
   void task_exited(const pb::TaskAttempt& a, TaskExit e);
   void send_report();
   void send_heartbeat();
@@ -132,6 +158,11 @@ struct Agent::Impl {
 
 Status Agent::Impl::open() {
   raise_open_files_limit();  // each running task holds pipes and cgroup files
+  while (incarnation == 0) {
+    if (::getrandom(&incarnation, sizeof incarnation, 0) != static_cast<ssize_t>(sizeof incarnation)) {
+      return fail_errno(errno, "getrandom");
+    }
+  }
   auto d = DataDir::open(options.data_dir, options.log_dir, /*make_token=*/false);
   if (!d) return std::unexpected(d.error());
   dir.emplace(std::move(*d));
@@ -249,20 +280,32 @@ void Agent::Impl::send_hello() {
   pb::Request req;
   pb::AgentHello* h = req.mutable_agent_hello();
   h->set_identity(dir->node_identity());
+  h->set_incarnation(incarnation);
   *h->mutable_facts() = node_facts();
   for (const auto& [task, a] : running) *h->add_running() = a;
+  for (const auto& [task, st] : held) *h->add_running() = st.task();
   for (const auto& [k, o] : outbox) *h->add_ended() = o;
   hello_in_flight = true;
   auto st = client->call(std::move(req), [this](Result<pb::Response> r) {
     hello_in_flight = false;
     if (!r) return;  // the session ended; on_up says hello again
     if (r->error() != pb::OK || !r->has_welcome()) {
-      log(Level::kWarn, "agent", "the server refused us: " + r->error_message());
-      return;  // retried at the next connection (backoff)
+      // The connection is fine (so on_up will not come again): try again on a timer.
+      retry_hello_later(r->error_message());
+      return;
     }
+    hello_retry_ms = 0;
     on_welcome(r->welcome());
   }, kRpcTimeoutMs);
   if (!st) hello_in_flight = false;
+}
+
+void Agent::Impl::retry_hello_later(const std::string& why) {
+  const bool first = hello_retry_ms == 0;
+  hello_retry_ms = first ? kHelloRetryFirstMs : std::min(hello_retry_ms * 2, kHelloRetryMaxMs);
+  if (first) log(Level::kWarn, "agent", "the server refused us: " + why + "; retrying");
+  uv_timer_start(&hello_timer, [](uv_timer_t* h) { static_cast<Impl*>(h->data)->send_hello(); },
+                 hello_retry_ms, 0);
 }
 
 void Agent::Impl::on_welcome(const pb::AgentWelcome& w) {
@@ -274,7 +317,14 @@ void Agent::Impl::on_welcome(const pb::AgentWelcome& w) {
   }
   // Running here but the server gave the task to someone else meanwhile: kill, no report.
   for (const pb::TaskAttempt& a : w.stop()) {
+    auto h = held.find({a.job_id(), a.index()});
+    if (h != held.end() && h->second.task().attempt() == a.attempt()) {
+      held.erase(h);  // never started: nothing to kill
+      (void)journal->forget(a);
+      continue;
+    }
     silent.insert(key_of(a));
+    if (journaling.contains(key_of(a))) continue;  // dropped once journaled, never spawned
     executor->kill(a.job_id(), a.index(), KillReason::kShutdown);
   }
   log(Level::kInfo, "agent", "joined as node " + std::to_string(w.node_id()) + " (" +
@@ -325,50 +375,70 @@ void Agent::Impl::send_heartbeat() {
 
 void Agent::Impl::on_work(const pb::AgentWork& work) {
   for (const pb::TaskStop& s : work.stop()) {
-    auto it = running.find({s.task().job_id(), s.task().index()});
+    const auto task = std::make_pair(s.task().job_id(), s.task().index());
+    const KillReason reason = kill_reason(s.reason());
+    auto h = held.find(task);
+    if (h != held.end() && h->second.task().attempt() == s.task().attempt()) {
+      // Never started (it waited for an older attempt): it ends here, unspawned.
+      const pb::TaskAttempt a = h->second.task();
+      held.erase(h);
+      task_exited(a, unspawned_exit(reason));
+      continue;
+    }
+    auto it = running.find(task);
     if (it == running.end() || it->second.attempt() != s.task().attempt()) continue;
-    executor->kill(s.task().job_id(), s.task().index(), kill_reason(s.reason()));
+    if (journaling.contains(key_of(s.task()))) {
+      stopped_before_spawn.emplace(key_of(s.task()), reason);  // ends once journaled
+      continue;
+    }
+    executor->kill(s.task().job_id(), s.task().index(), reason);
   }
   for (const pb::TaskStart& s : work.start()) start_task(s);
   for (const pb::LogFetch& f : work.logs()) serve_log(f, true);
 }
 
 // Journaled first: a crash after the spawn leaves the attempt in the journal, to be killed
-// and reported at the next start.
+// and reported at the next start. The attempt counts as running here from now on (a hello
+// lists it), and a stop that comes before the journal record is durable ends it unspawned.
 void Agent::Impl::start_task(const pb::TaskStart& s) {
   const pb::TaskAttempt& a = s.task();
-  if (journal->knows(a) || running.contains({a.job_id(), a.index()})) return;  // sent twice
+  const auto task = std::make_pair(a.job_id(), a.index());
+  if (journal->knows(a)) return;  // sent twice (a re-sent answer, a hello's re-queue)
+  if (auto h = held.find(task); h != held.end()) {
+    if (h->second.task().attempt() == a.attempt()) return;
+  }
+  if (auto it = running.find(task); it != running.end()) {
+    if (it->second.attempt() == a.attempt()) return;
+    // An older attempt of the task is still being killed here (it was stale, or stopped):
+    // this one waits for its exit, so the task never runs twice at once on this board.
+    held[task] = s;
+    return;
+  }
+  running[task] = a;
+  journaling.insert(key_of(a));
   auto st = journal->started(a, [this, s] {
-    TaskLaunch l;
-    l.job_id = s.task().job_id();
-    l.index = s.task().index();
-    l.count = s.count();
-    l.attempt = s.task().attempt();
-    l.argv.assign(s.command().begin(), s.command().end());
-    for (const auto& [k, v] : s.env()) l.env.emplace_back(k, v);
-    std::sort(l.env.begin(), l.env.end());
-    struct stat st {};
-    l.cwd = !s.cwd().empty() && ::stat(s.cwd().c_str(), &st) == 0 && S_ISDIR(st.st_mode)
-                ? s.cwd()
-                : dir->work_dir();
-    l.limits.cpu_millis = s.cpu_millis();
-    l.limits.mem_bytes = s.mem_bytes();
-    l.timeout_ms = s.timeout_ms();
-    l.node_name = s.node_name();
-    const pb::TaskAttempt attempt = s.task();
-    running[{attempt.job_id(), attempt.index()}] = attempt;
-    auto pid = executor->start(l, [this, attempt](TaskExit e) { task_exited(attempt, e); });
-    if (pid) return;
-    storage::LogKey key{l.job_id, l.index, storage::Stream::kStderr};
-    if (logs->open(key)) {
-      logs->append(key, "cardnode: cannot start task: " + pid.error().describe() + "\n");
-      logs->close(key, [](Status) {});
+    const pb::TaskAttempt& attempt = s.task();
+    journaling.erase(key_of(attempt));
+    if (silent.erase(key_of(attempt)) > 0) {  // the server said it is no longer ours
+      stopped_before_spawn.erase(key_of(attempt));
+      running.erase({attempt.job_id(), attempt.index()});
+      (void)journal->forget(attempt);
+      start_held({attempt.job_id(), attempt.index()});
+      return;
     }
-    task_exited(attempt, TaskExit{pb::TASK_FAILED, 127, 0});
+    if (auto stop = stopped_before_spawn.find(key_of(attempt)); stop != stopped_before_spawn.end()) {
+      const KillReason reason = stop->second;
+      stopped_before_spawn.erase(stop);
+      task_exited(attempt, unspawned_exit(reason));
+      return;
+    }
+    spawn(s);
   });
   if (!st) {
     // The journal refused (its disk is full): the task cannot start here. Said as a failure
     // to start, which the server's rules retry.
+    running.erase(task);
+    journaling.erase(key_of(a));
     log(Level::kWarn, "agent", "cannot journal a task start: " + st.error().describe());
     pb::TaskOutcome o = outcome_of(a, TaskExit{pb::TASK_FAILED, 127, 0});
     outbox[key_of(a)] = o;
@@ -376,21 +446,62 @@ void Agent::Impl::start_task(const pb::TaskStart& s) {
   }
 }
 
+void Agent::Impl::spawn(const pb::TaskStart& s) {
+  TaskLaunch l;
+  l.job_id = s.task().job_id();
+  l.index = s.task().index();
+  l.count = s.count();
+  l.attempt = s.task().attempt();
+  l.argv.assign(s.command().begin(), s.command().end());
+  for (const auto& [k, v] : s.env()) l.env.emplace_back(k, v);
+  std::sort(l.env.begin(), l.env.end());
+  struct stat st {};
+  l.cwd = !s.cwd().empty() && ::stat(s.cwd().c_str(), &st) == 0 && S_ISDIR(st.st_mode)
+              ? s.cwd()
+              : dir->work_dir();
+  l.limits.cpu_millis = s.cpu_millis();
+  l.limits.mem_bytes = s.mem_bytes();
+  l.timeout_ms = s.timeout_ms();
+  l.node_name = s.node_name();
+  const pb::TaskAttempt attempt = s.task();
+  auto pid = executor->start(l, [this, attempt](TaskExit e) { task_exited(attempt, e); });
+  if (pid) return;
+  storage::LogKey key{l.job_id, l.index, storage::Stream::kStderr};
+  if (logs->open(key)) {
+    logs->append(key, "cardnode: cannot start task: " + pid.error().describe() + "\n");
+    logs->close(key, [](Status) {});
+  }
+  task_exited(attempt, TaskExit{pb::TASK_FAILED, 127, 0});
+}
+
+// A start that waited for an older attempt of its task goes now.
+void Agent::Impl::start_held(std::pair<uint64_t, uint32_t> task) {
+  auto h = held.find(task);
+  if (h == held.end()) return;
+  const pb::TaskStart next = std::move(h->second);
+  held.erase(h);
+  start_task(next);
+}
+
 void Agent::Impl::task_exited(const pb::TaskAttempt& a, TaskExit e) {
-  running.erase({a.job_id(), a.index()});
+  const auto task = std::make_pair(a.job_id(), a.index());
+  if (auto it = running.find(task); it != running.end() && it->second.attempt() == a.attempt()) {
+    running.erase(it);
+  }
   if (silent.erase(key_of(a)) > 0) {
     (void)journal->forget(a);
-    return;
+  } else {
+    pb::TaskOutcome o = outcome_of(a, e);
+    auto st = journal->ended(o, [this, o] {
+      outbox[key_of(o.task())] = o;
+      send_report();
+    });
+    if (!st) {  // kept in memory: reported all the same, just not across an agent restart
+      outbox[key_of(a)] = o;
+      send_report();
+    }
   }
-  pb::TaskOutcome o = outcome_of(a, e);
-  auto st = journal->ended(o, [this, o] {
-    outbox[key_of(o.task())] = o;
-    send_report();
-  });
-  if (!st) {  // kept in memory: reported all the same, just not across an agent restart
-    outbox[key_of(a)] = o;
-    send_report();
-  }
+  if (!running.contains(task)) start_held(task);
 }
 
 void Agent::Impl::send_report() {
@@ -491,7 +602,8 @@ void Agent::Impl::start_handles() {
     log(Level::kInfo, "agent", "SIGHUP: reconnecting");
     self->client->reconnect_now();
   }, SIGHUP);
-  for (uv_timer_t* t : {&heartbeat_timer, &report_timer, &log_timer, &journal_timer, &shutdown_timer}) {
+  for (uv_timer_t* t :
+       {&heartbeat_timer, &report_timer, &log_timer, &journal_timer, &shutdown_timer, &hello_timer}) {
     uv_timer_init(&loop, t);
     t->data = this;
   }
@@ -533,6 +645,7 @@ void Agent::Impl::close_handles() {
         reinterpret_cast<uv_handle_t*>(&sigterm), reinterpret_cast<uv_handle_t*>(&sighup),
         reinterpret_cast<uv_handle_t*>(&heartbeat_timer), reinterpret_cast<uv_handle_t*>(&report_timer),
         reinterpret_cast<uv_handle_t*>(&log_timer), reinterpret_cast<uv_handle_t*>(&journal_timer),
+        reinterpret_cast<uv_handle_t*>(&hello_timer),
         reinterpret_cast<uv_handle_t*>(&shutdown_timer)}) {
     if (!uv_is_closing(h)) uv_close(h, nullptr);
   }

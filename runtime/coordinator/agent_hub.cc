@@ -83,9 +83,14 @@ struct AgentHub::Session {
   pb::NodeFacts facts;
   uint64_t last_seen_ms = 0;
   bool alive = true;  // false once declared down (a new hello makes a new session)
+  uint64_t incarnation = 0;  // the agent process's (AgentHello.incarnation)
   std::optional<net::Responder> poll;
   pb::AgentWork work;  // queued for the next poll answer
   uint64_t work_bytes = 0;
+  // Starts of the last answer, until the next poll shows the agent got it (it polls again
+  // only after handling an answer). An answer on a connection that broke is lost with it;
+  // a new session sends these again rather than end them lost.
+  std::vector<pb::TaskStart> unconfirmed;
   std::unique_ptr<RemoteRunner> runner;
 };
 
@@ -161,6 +166,7 @@ void AgentHub::flush(Session& s) {
   take(s.work.mutable_stop(), out->mutable_stop());  // stops first: they free capacity
   take(s.work.mutable_start(), out->mutable_start());
   take(s.work.mutable_logs(), out->mutable_logs());
+  s.unconfirmed.assign(out->start().begin(), out->start().end());
   s.work_bytes = s.work_bytes > bytes ? s.work_bytes - bytes : 0;
   net::Responder r = *s.poll;
   s.poll.reset();
@@ -194,16 +200,37 @@ void AgentHub::on_hello(const pb::AgentHello& m, net::Responder r) {
   if (m.identity().empty() || m.facts().name().empty()) {
     return r.reply(error_response({Errc::kInvalidArgument, "hello without identity or name", 0}));
   }
-  auto node = c_.register_node(m.identity(), spec_from(m.facts()));
-  if (!node) return r.reply(error_response(node.error()));
-  if (!sessions_.contains(*node) && sessions_.size() >= options_.sessions_max) {
+  // Refused before anything is written: a refused agent leaves no node record behind.
+  const auto known = c_.state().node_by_identity(m.identity());
+  const auto existing = known ? sessions_.find(*known) : sessions_.end();
+  if (existing == sessions_.end() && sessions_.size() >= options_.sessions_max) {
     return r.reply(error_response({Errc::kResourceExhausted, "too many agents", 0}));
   }
+  // Another agent process with this identity and a live session: two boards share a data
+  // dir (a cloned SD card). Taking the session over would make them displace each other
+  // for ever; the newcomer is refused until the live one falls silent. (The same process
+  // reconnecting, or a restart of it after the old one went quiet, is let in.)
+  if (existing != sessions_.end()) {
+    const Session& old = *existing->second;
+    const bool live = old.alive && now_ms_() - old.last_seen_ms < 2 * options_.heartbeat_ms;
+    if (live && (m.incarnation() == 0 || old.incarnation != m.incarnation())) {
+      return r.reply(error_response(
+          {Errc::kBusy,
+           "node identity " + m.identity() + " is in use by a running agent (" +
+               old.facts.name() + "): each board needs its own DATA_DIR/node_id",
+           0}));
+    }
+  }
+  auto node = c_.register_node(m.identity(), spec_from(m.facts()));
+  if (!node) return r.reply(error_response(node.error()));
   // A new session replaces any old one of this node (its connection is gone or going).
   auto& slot = sessions_[*node];
   // Starts and log reads the old session never sent go out on the new one (an unsent start
-  // is not lost: the agent cannot list it). Its stops are told again at attach_runner.
+  // is not lost: the agent cannot list it), and so do the starts of its last answer if the
+  // agent never confirmed it (below: only those it does not list). Its stops are told again
+  // at attach_runner.
   pb::AgentWork unsent;
+  std::vector<pb::TaskStart> unconfirmed;
   if (slot) {
     c_.detach_runner(*node);  // the old runner goes with its session
     session_ids_.erase(slot->id);
@@ -213,6 +240,7 @@ void AgentHub::on_hello(const pb::AgentHello& m, net::Responder r) {
         *unsent.add_start() = std::move(st);
     }
     unsent.mutable_logs()->Swap(slot->work.mutable_logs());
+    unconfirmed = std::move(slot->unconfirmed);
   }
   slot = std::make_unique<Session>();
   Session& s = *slot;
@@ -221,6 +249,7 @@ void AgentHub::on_hello(const pb::AgentHello& m, net::Responder r) {
   s.id = random_session_id();
   s.node = *node;
   s.identity = m.identity();
+  s.incarnation = m.incarnation();
   s.facts = m.facts();
   s.last_seen_ms = now_ms_();
   s.runner = std::make_unique<RemoteRunner>(*this, s);
@@ -239,8 +268,6 @@ void AgentHub::on_hello(const pb::AgentHello& m, net::Responder r) {
   }
   // What it still runs: kept when still its own, stopped there otherwise.
   std::set<std::pair<sched::TaskRef, uint32_t>> listed;
-  for (const pb::TaskStart& st : s.work.start())
-    listed.insert({ref_of(st.task()), st.task().attempt()});
   for (const pb::TaskAttempt& a : m.running()) {
     listed.insert({ref_of(a), a.attempt()});
     if (!c_.runs(ref_of(a), a.attempt(), s.node)) {
@@ -248,16 +275,32 @@ void AgentHub::on_hello(const pb::AgentHello& m, net::Responder r) {
       ++stats_.stale_stopped;
     }
   }
+  // Starts of an answer it may never have had, that it does not list and that are still
+  // its: sent again (an agent ignores a start it knows).
+  for (pb::TaskStart& st : unconfirmed) {
+    const auto key = std::make_pair(ref_of(st.task()), st.task().attempt());
+    if (listed.contains(key) || !c_.runs(key.first, key.second, s.node)) continue;
+    s.work_bytes += st.ByteSizeLong();
+    *s.work.add_start() = std::move(st);
+  }
+  for (const pb::TaskStart& st : s.work.start())
+    listed.insert({ref_of(st.task()), st.task().attempt()});
   // What the state runs there that the agent no longer knows: gone.
   for (const auto& [t, attempt] : c_.attempts_on(s.node)) {
     if (!listed.contains({t, attempt})) {
       (void)c_.report_end(t, attempt, s.node, TaskExit{pb::TASK_LOST, 0, 0});
     }
   }
-  c_.attach_runner(s.node, s.runner.get());
-  if (!c_.when_durable([r, resp = std::move(resp)]() mutable { r.reply(std::move(resp)); })) {
-    r.reply(error_response({Errc::kBusy, "server busy", 0}));
+  auto welcome = [r, resp = std::move(resp)]() mutable { r.reply(std::move(resp)); };
+  if (!c_.when_durable(std::move(welcome))) {
+    // Refused for now: no session, no runner (nothing is placed on a node that cannot be
+    // told); the agent says hello again shortly. What was applied above stands.
+    const sched::NodeId n = s.node;
+    session_ids_.erase(s.id);
+    sessions_.erase(n);
+    return r.reply(error_response({Errc::kBusy, "server busy", 0}));
   }
+  c_.attach_runner(s.node, s.runner.get());
 }
 
 // ------------------------------------------------------------------ heartbeat, poll
@@ -281,6 +324,7 @@ void AgentHub::on_heartbeat(const pb::AgentHeartbeat& m, net::Responder r) {
 void AgentHub::on_poll(const pb::AgentPoll& m, net::Responder r) {
   Session* s = session_for(m.session());
   if (s == nullptr) return r.reply(stale_session());
+  s->unconfirmed.clear();  // the last answer arrived: the agent polls only after handling it
   if (s->poll) s->poll->reply(pb::Response{});  // an older poll of this session: answered empty
   s->poll = std::move(r);
   flush(*s);

@@ -108,7 +108,7 @@ class FakeAgent {
  public:
   FakeAgent(AgentHubTest& t, std::string name, uint32_t tasks_max = 0, uint32_t cpu_millis = 8000,
             std::map<std::string, std::string> labels = {})
-      : t_(t), identity_("id-" + name) {
+      : t_(t), identity_("id-" + name), incarnation_(next_incarnation()) {
     facts_.set_name(name);
     facts_.set_arch("aarch64");
     facts_.set_cpu_millis(cpu_millis);
@@ -134,6 +134,15 @@ class FakeAgent {
   // and leaves one poll outstanding. Each answer is also kept in `answers`, in order.
   pb::AgentWork work();
 
+  // Another board with this one's data dir (a cloned SD card): same identity, another process.
+  void clone_identity_of(const FakeAgent& other) { identity_ = other.identity_; }
+  // The agent process restarted: same identity, a new incarnation.
+  void restart_process() { incarnation_ = next_incarnation(); }
+  static uint64_t next_incarnation() {
+    static uint64_t n = 0;
+    return ++n;
+  }
+
   uint64_t session() const { return session_; }
   void set_session(uint64_t s) { session_ = s; }
   sched::NodeId node() const { return node_; }
@@ -145,6 +154,7 @@ class FakeAgent {
  private:
   AgentHubTest& t_;
   std::string identity_;
+  uint64_t incarnation_ = 0;
   pb::NodeFacts facts_;
   uint64_t session_ = 0;
   sched::NodeId node_ = 0;
@@ -238,6 +248,7 @@ Reply FakeAgent::hello(const std::vector<pb::TaskAttempt>& running,
                        const std::vector<pb::TaskOutcome>& ended) {
   pb::AgentHello h;
   h.set_identity(identity_);
+  h.set_incarnation(incarnation_);
   *h.mutable_facts() = facts_;
   for (const auto& a : running) *h.add_running() = a;
   for (const auto& o : ended) *h.add_ended() = o;
@@ -1116,6 +1127,91 @@ TEST_F(AgentHubTest, AnEndTheStoreRefusesIsNotAcknowledgedAndWaitsOnce) {
   settle();
   EXPECT_EQ(acked(r.get()), (std::vector<Attempt>{{job, 0, 1}}));
   EXPECT_EQ(records(), before + 1);
+}
+
+// Two boards with one data dir (a cloned SD card) must not displace each other for ever:
+// while the first one's session is alive the second is refused, and nothing is written.
+TEST_F(AgentHubTest, ASecondBoardWithTheSameIdentityIsRefusedWhileTheFirstIsAlive) {
+  open();
+  FakeAgent a(*this, "pi-a");
+  a.join();
+  FakeAgent b(*this, "pi-b");
+  b.clone_identity_of(a);
+  const uint64_t before = records();
+  for (int i = 0; i < 5; ++i) {
+    Reply r = b.hello();
+    settle();
+    ASSERT_TRUE(r.answered());
+    EXPECT_NE(r.get().error(), pb::OK);
+    EXPECT_NE(r.get().error_message().find("node_id"), std::string::npos) << r.get().error_message();
+    advance(hub_options_.heartbeat_ms / 2);
+    ASSERT_TRUE(a.heartbeat().ok());  // the first board is untouched
+  }
+  EXPECT_EQ(records(), before);  // no rename record per attempt
+  EXPECT_EQ(node_state("pi-a"), "ready");
+  EXPECT_EQ(node_state("pi-b"), "(absent)");
+
+  // The first one falls silent: the second may take the identity over.
+  advance(2 * hub_options_.heartbeat_ms);
+  b.join();
+  EXPECT_FALSE(a.heartbeat().ok());
+  EXPECT_EQ(node_state("pi-b"), "ready");
+}
+
+// The same agent process reconnecting is not a second board, however soon it comes back;
+// a restarted process is let in once the old one's heartbeats have stopped.
+TEST_F(AgentHubTest, AReconnectOrARestartOfTheSameBoardIsLetIn) {
+  open();
+  FakeAgent a(*this, "pi-a");
+  const auto first = a.join();
+  const auto again = a.join();  // a new connection, the same process: at once
+  EXPECT_NE(again.session(), first.session());
+  a.restart_process();
+  Reply early = a.hello();
+  settle();
+  EXPECT_NE(early.get().error(), pb::OK);  // the old process's session still looks alive
+  advance(2 * hub_options_.heartbeat_ms);
+  a.join();
+  EXPECT_EQ(node_state("pi-a"), "ready");
+}
+
+TEST_F(AgentHubTest, AHelloRefusedForTooManyAgentsLeavesNoNodeBehind) {
+  hub_options_.sessions_max = 1;
+  open();
+  FakeAgent a(*this, "pi-a");
+  a.join();
+  FakeAgent b(*this, "pi-b");
+  const uint64_t before = records();
+  Reply r = b.hello();
+  settle();
+  ASSERT_TRUE(r.answered());
+  EXPECT_EQ(r.get().error(), pb::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(records(), before);
+  EXPECT_EQ(node_state("pi-b"), "(absent)");
+}
+
+// An answer sent on a connection that broke is lost with it; the agent cannot list a start
+// it never got. Its starts go out again on the next session instead of ending lost.
+TEST_F(AgentHubTest, AStartInAnAnswerTheAgentNeverGotIsSentAgainNotLost) {
+  open();
+  FakeAgent a(*this, "pi-a");
+  a.join();
+  Reply& held = a.poll();
+  const sched::JobId job = submit(spec(1));
+  settle();
+  ASSERT_TRUE(held.answered());
+  ASSERT_EQ(starts(held.get().work()), (std::vector<Attempt>{{job, 0, 1}}));
+  // The answer never arrived: the agent reconnects and lists nothing.
+  a.join();
+  EXPECT_EQ(task(job, 0).state, sched::TaskState::kRunning);
+  EXPECT_EQ(task(job, 0).attempts, 1u);
+  EXPECT_EQ(starts(a.work()), (std::vector<Attempt>{{job, 0, 1}}));
+
+  // Once an answer is confirmed (the agent polled again), a start it then does not list
+  // did end with it: lost, as before.
+  a.join();
+  EXPECT_EQ(task(job, 0).attempts, 2u);
+  EXPECT_EQ(task(job, 0).lost, 1u);
 }
 
 }  // namespace

@@ -271,7 +271,9 @@ slurm_stop() {
 
 # ---------------------------------------------------------------------------------------------
 
-rss_row() { printf '%-18s %12s %12s\n' "$@"; }
+rss_row() { printf '%-18s %12s %12s %12s\n' "$@"; }
+# pss_kb PID: proportional set size (shared pages divided among their users), kB.
+pss_kb() { awk '$1 == "Pss:" { print $2; found = 1 } END { if (!found) print "?" }' "/proc/$1/smaps_rollup"; }
 
 main() {
   [[ $# -le 1 ]] || die "usage: $0 [CARDNODE_BIN]"
@@ -295,25 +297,28 @@ main() {
 
   sleep 3
 
-  local cn_rss cn_anon ag_rss ag_anon
+  local cn_rss cn_anon cn_pss ag_rss ag_anon ag_pss
   cn_rss=$(rss_kb "$PB_CN_PID" VmRSS)
   cn_anon=$(rss_kb "$PB_CN_PID" RssAnon)
+  cn_pss=$(pss_kb "$PB_CN_PID")
   ag_rss=$(rss_kb "$PB_AGENT_PID" VmRSS)
   ag_anon=$(rss_kb "$PB_AGENT_PID" RssAnon)
-  echo "idle RSS after one tiny job + 3 s idle (kB, /proc/PID/status), same run"
+  ag_pss=$(pss_kb "$PB_AGENT_PID")
+  echo "idle memory after one tiny job + 3 s idle (kB; VmRSS, RssAnon from /proc/PID/status,"
+  echo "Pss from /proc/PID/smaps_rollup), same run"
   echo "cardnode: $CN_BIN"
   if [[ $slurm == 1 ]]; then echo "slurm: $(slurmctld -V)  (recipe config, $SLURM_DIR)"; fi
   echo
-  rss_row process VmRSS RssAnon
-  rss_row "cardnode server" "$cn_rss" "$cn_anon"
-  rss_row "cardnode agent" "$ag_rss" "$ag_anon"
+  rss_row process VmRSS RssAnon Pss
+  rss_row "cardnode server" "$cn_rss" "$cn_anon" "$cn_pss"
+  rss_row "cardnode agent" "$ag_rss" "$ag_anon" "$ag_pss"
   if [[ $slurm == 1 ]]; then
-    local c_rss c_anon d_rss d_anon
-    c_rss=$(rss_kb "$PB_CTLD_PID" VmRSS); c_anon=$(rss_kb "$PB_CTLD_PID" RssAnon)
-    d_rss=$(rss_kb "$PB_SLURMD_PID" VmRSS); d_anon=$(rss_kb "$PB_SLURMD_PID" RssAnon)
-    rss_row slurmctld "$c_rss" "$c_anon"
-    rss_row slurmd "$d_rss" "$d_anon"
-    rss_row "slurmctld+slurmd" $((c_rss + d_rss)) $((c_anon + d_anon))
+    local c_rss c_anon c_pss d_rss d_anon d_pss
+    c_rss=$(rss_kb "$PB_CTLD_PID" VmRSS); c_anon=$(rss_kb "$PB_CTLD_PID" RssAnon); c_pss=$(pss_kb "$PB_CTLD_PID")
+    d_rss=$(rss_kb "$PB_SLURMD_PID" VmRSS); d_anon=$(rss_kb "$PB_SLURMD_PID" RssAnon); d_pss=$(pss_kb "$PB_SLURMD_PID")
+    rss_row slurmctld "$c_rss" "$c_anon" "$c_pss"
+    rss_row slurmd "$d_rss" "$d_anon" "$d_pss"
+    rss_row "slurmctld+slurmd" $((c_rss + d_rss)) $((c_anon + d_anon)) $((c_pss + d_pss))
   fi
 }
 

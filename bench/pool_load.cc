@@ -33,7 +33,6 @@
 //   pool_load [--agents N] [--heartbeat-seconds S] [--tasks M] [--arrays A]
 //             [--cardnode PATH] [--keep-tmp] [--agents-per-connection K] ...
 #include <fcntl.h>
-#include <nlohmann/json.hpp>
 #include <poll.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -51,6 +50,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
 #include <string>

@@ -260,7 +260,8 @@ int cmd_server(runtime::ServerOptions options) {
 
 int cmd_agent(const ClientConfig& cfg, runtime::AgentOptions options) {
   options.data_dir = !cfg.data_dir.empty() ? cfg.data_dir : default_data_dir();
-  if (const char* v = env_or_null("CARDNODE_NO_CGROUPS")) options.disable_cgroups = std::string(v) == "1";
+  if (const char* v = env_or_null("CARDNODE_NO_CGROUPS"))
+    options.disable_cgroups = std::string(v) == "1";
   // The cluster token: --token-file, else CARDNODE_TOKEN, else DATA_DIR/token (copied there
   // from the server's data dir).
   if (!cfg.token_file.empty()) {
@@ -272,10 +273,11 @@ int cmd_agent(const ClientConfig& cfg, runtime::AgentOptions options) {
   } else {
     auto t = net::load_token(options.data_dir + "/token");
     if (!t) {
-      return error_line("no cluster token: pass --token-file F (the server's DATA_DIR/token), set "
-                        "CARDNODE_TOKEN, or copy it to " + options.data_dir + "/token (" +
-                            t.error().describe() + ")",
-                        kExitUsage);
+      return error_line(
+          "no cluster token: pass --token-file F (the server's DATA_DIR/token), set "
+          "CARDNODE_TOKEN, or copy it to " +
+              options.data_dir + "/token (" + t.error().describe() + ")",
+          kExitUsage);
     }
     options.token = *t;
   }
@@ -284,7 +286,8 @@ int cmd_agent(const ClientConfig& cfg, runtime::AgentOptions options) {
   return (*agent)->run();
 }
 
-int cmd_drain(const ClientConfig& cfg, const std::string& node, bool undrain, uint64_t deadline_ms) {
+int cmd_drain(const ClientConfig& cfg, const std::string& node, bool undrain,
+              uint64_t deadline_ms) {
   auto c = connect(cfg);
   if (!c) return report(c.error());
   pb::Request req;

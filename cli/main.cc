@@ -326,9 +326,9 @@ int main(int argc, char** argv) {
                  "Data directory (server), or where a client finds addr and token");
 
   const std::vector<Entry> entries = {
-      add_server(app, client), add_agent(app, client),  add_run(app, client),
-      add_submit(app, client), add_ps(app, client),     add_logs(app, client),
-      add_cancel(app, client), add_nodes(app, client),  add_drain(app, client),
+      add_server(app, client), add_agent(app, client), add_run(app, client),
+      add_submit(app, client), add_ps(app, client),    add_logs(app, client),
+      add_cancel(app, client), add_nodes(app, client), add_drain(app, client),
       add_fsck(app, client),
   };
   if (auto bad = unknown_subcommand(app, argc, argv)) {

@@ -1,9 +1,9 @@
-#include "cli/job_json.h"
 #include "cli/parse.h"
 
 #include <gtest/gtest.h>
 
 #include "cli/commands.h"
+#include "cli/job_json.h"
 #include "cli/json_out.h"
 
 namespace cardnode::cli {

@@ -640,7 +640,9 @@ TEST(ResponderTo, RepliesOnceToItsSinkAndAnswersADroppedRequest) {
   }
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[0].submitted().job_id(), 7u);
-  { Responder dropped = Responder::to([&](pb::Response&& resp) { got.push_back(std::move(resp)); }); }
+  {
+    Responder dropped = Responder::to([&](pb::Response&& resp) { got.push_back(std::move(resp)); });
+  }
   ASSERT_EQ(got.size(), 2u);
   EXPECT_EQ(got[1].error(), pb::INTERNAL);
 }

@@ -707,9 +707,9 @@ std::expected<void, SchedError> Cluster::restore_job(Job job, bool cancelling) {
     uint8_t previous = 0;
     for (const EarlierAttempt& a : list) {
       // Attempts in order, each ended, on a known node.
-      if (a.attempt <= previous || int{a.attempt} > last ||
-          !is_final(a.state) || a.state == TaskState::kSucceeded ||
-          a.state == TaskState::kCancelled || a.node >= nodes_.size()) {
+      if (a.attempt <= previous || int{a.attempt} > last || !is_final(a.state) ||
+          a.state == TaskState::kSucceeded || a.state == TaskState::kCancelled ||
+          a.node >= nodes_.size()) {
         return std::unexpected(SchedError::kBadImage);
       }
       previous = a.attempt;

@@ -1266,9 +1266,10 @@ TEST_F(ClusterTest, RestoreRejectsImagesWeCouldNotHaveMade) {
   EXPECT_EQ(fresh.restore_job(bad, false).error(), SchedError::kBadImage);
   bad = image;
   bad.tasks[0].attempts = 3;
-  bad.earlier[0] = {{.attempt = 2, .state = TaskState::kLost}, {.attempt = 1, .state = TaskState::kLost}};
+  bad.earlier[0] = {{.attempt = 2, .state = TaskState::kLost},
+                    {.attempt = 1, .state = TaskState::kLost}};
   EXPECT_EQ(fresh.restore_job(bad, false).error(), SchedError::kBadImage);  // out of order
-  bad.earlier[0] = {{.attempt = 1, .state = TaskState::kSucceeded}};  // a success ends a task
+  bad.earlier[0] = {{.attempt = 1, .state = TaskState::kSucceeded}};        // a success ends a task
   EXPECT_EQ(fresh.restore_job(bad, false).error(), SchedError::kBadImage);
   bad.earlier[0] = {{.attempt = 1, .state = TaskState::kLost, .node = 9}};  // no node 9
   EXPECT_EQ(fresh.restore_job(bad, false).error(), SchedError::kBadImage);

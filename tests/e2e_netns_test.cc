@@ -54,12 +54,14 @@ class Partition : public Pool {
 };
 
 TEST_F(Partition, ACutOffAgentsTasksMoveAndItsStaleCopiesDieWhenTheLinkReturns) {
-  ASSERT_NO_FATAL_FAILURE(start_pool_server({"--listen", host_ip_ + ":" + std::to_string(free_port())}));
+  ASSERT_NO_FATAL_FAILURE(
+      start_pool_server({"--listen", host_ip_ + ":" + std::to_string(free_port())}));
   ASSERT_NO_FATAL_FAILURE(start_agent_in_netns("island"));
   ASSERT_TRUE(eventually([&] { return ready_nodes() == 1; }, 20s)) << logs();
 
   const std::string marker = "partition-" + std::to_string(getpid());
-  Output r = cli({"run", "--count", "2", "--cpu", "0.5", "--", "sh", "-c", "sleep 600; : " + marker});
+  Output r =
+      cli({"run", "--count", "2", "--cpu", "0.5", "--", "sh", "-c", "sleep 600; : " + marker});
   ASSERT_EQ(r.code, 0) << r.err;
   ASSERT_TRUE(eventually([&] { return count_with_marker(marker) == 2; }, 30s)) << logs();
   ASSERT_NO_FATAL_FAILURE(start_agent("mainland"));
@@ -92,8 +94,8 @@ TEST_F(Partition, ACutOffAgentsTasksMoveAndItsStaleCopiesDieWhenTheLinkReturns) 
 }
 
 TEST_F(Partition, AShortCutWithinTheGraceChangesNothing) {
-  ASSERT_NO_FATAL_FAILURE(start_pool_server({"--listen", host_ip_ + ":" + std::to_string(free_port()),
-                                             "--grace", "10s"}));
+  ASSERT_NO_FATAL_FAILURE(start_pool_server(
+      {"--listen", host_ip_ + ":" + std::to_string(free_port()), "--grace", "10s"}));
   ASSERT_NO_FATAL_FAILURE(start_agent_in_netns("island"));
   ASSERT_TRUE(eventually([&] { return ready_nodes() == 1; }, 20s)) << logs();
   const std::string marker = "short-cut-" + std::to_string(getpid());
@@ -101,17 +103,22 @@ TEST_F(Partition, AShortCutWithinTheGraceChangesNothing) {
   ASSERT_TRUE(eventually([&] { return count_with_marker(marker) == 1; }, 30s)) << logs();
   ASSERT_NO_FATAL_FAILURE(cut(true));
   // Heartbeats stop; the server notices (the last one ages) but the node is not down yet.
-  ASSERT_TRUE(eventually([&] {
-    const Json n = try_json(cli({"nodes", "--json"}));
-    return !n.is_discarded() && !n["nodes"].empty() &&
-           n["nodes"][0].value("last_seen_ms_ago", 0) >= 1000;
-  }, 10s)) << cli({"nodes", "--json"}).out;
+  ASSERT_TRUE(eventually(
+      [&] {
+        const Json n = try_json(cli({"nodes", "--json"}));
+        return !n.is_discarded() && !n["nodes"].empty() &&
+               n["nodes"][0].value("last_seen_ms_ago", 0) >= 1000;
+      },
+      10s))
+      << cli({"nodes", "--json"}).out;
   ASSERT_NO_FATAL_FAILURE(cut(false));
-  ASSERT_TRUE(eventually([&] {
-    const Json n = try_json(cli({"nodes", "--json"}));
-    return !n.is_discarded() && !n["nodes"].empty() &&
-           n["nodes"][0].value("last_seen_ms_ago", 99999) < 1000;
-  }, 20s));
+  ASSERT_TRUE(eventually(
+      [&] {
+        const Json n = try_json(cli({"nodes", "--json"}));
+        return !n.is_discarded() && !n["nodes"].empty() &&
+               n["nodes"][0].value("last_seen_ms_ago", 99999) < 1000;
+      },
+      20s));
   EXPECT_EQ(node_state("island"), "ready");
   Json ps = json_of(cli({"ps", "1", "--json"}));
   EXPECT_EQ(ps["tasks"][0]["attempts"], 1);

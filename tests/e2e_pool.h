@@ -97,8 +97,8 @@ class Pool : public Cluster {
       dup2(fd, 1);
       // wrapper: a command the agent runs under ("ip netns exec NS").
       std::vector<std::string> args = wrapper;
-      args.insert(args.end(), {CARDNODE_BIN, "agent", "--data-dir", dir, "--join", join,
-                               "--name", name});
+      args.insert(args.end(),
+                  {CARDNODE_BIN, "agent", "--data-dir", dir, "--join", join, "--name", name});
       args.insert(args.end(), extra.begin(), extra.end());
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
@@ -137,7 +137,8 @@ class Pool : public Cluster {
   // Everything the pool's processes said: for a failing assertion's message.
   std::string logs() {
     std::string out = "--- server\n" + slurp(root_ + "/server.log");
-    for (const auto& [name, pid] : agents_) out += "--- agent " + name + "\n" + slurp(agent_log(name));
+    for (const auto& [name, pid] : agents_)
+      out += "--- agent " + name + "\n" + slurp(agent_log(name));
     return out;
   }
 

@@ -5,12 +5,12 @@
 //
 // Heartbeats are 200 ms and the grace 2 s here (both are server flags) so that a test that
 // waits for a node to be declared down waits seconds, not tens of them.
+#include "tests/e2e_pool.h"
+
 #include <gtest/gtest.h>
 
 #include <map>
 #include <set>
-
-#include "tests/e2e_pool.h"
 
 namespace cardnode::e2e {
 namespace {
@@ -27,8 +27,10 @@ std::map<int, TaskView> tasks_of(Pool* t, int job) {
   if (j.is_discarded() || !j.contains("tasks")) return out;
   for (const auto& task : j["tasks"]) {
     TaskView& v = out[task["index"].get<int>()];
-    v = {task["state"].get<std::string>(), task.value("node", std::string()),
-         task["attempts"].get<int>(), {}};
+    v = {task["state"].get<std::string>(),
+         task.value("node", std::string()),
+         task["attempts"].get<int>(),
+         {}};
     if (task.contains("earlier")) {
       for (const auto& a : task["earlier"]) v.earlier.emplace_back(a["state"], a["node"]);
     }
@@ -48,8 +50,8 @@ TEST_F(Pool, ThreeAgentsShareAnArrayAndTheSurvivorsFinishAKilledOnesTasks) {
   ASSERT_TRUE(eventually([&] { return ready_nodes() == 3; })) << logs();
 
   // 300 tasks, small enough that all three boards hold some at once.
-  Output r = cli({"run", "--count", "300", "--cpu", "0.1", "--mem", "16M", "--", "sh", "-c",
-                  "sleep 0.5"});
+  Output r =
+      cli({"run", "--count", "300", "--cpu", "0.1", "--mem", "16M", "--", "sh", "-c", "sleep 0.5"});
   ASSERT_EQ(r.code, 0) << r.err;
   // Every agent runs some, then a2 dies with tasks running.
   ASSERT_TRUE(eventually(
@@ -182,8 +184,8 @@ TEST_F(Pool, DrainWithADeadlineStopsAndRequeuesWhatStillRuns) {
   ASSERT_NO_FATAL_FAILURE(start_agent("a1"));
   ASSERT_TRUE(eventually([&] { return ready_nodes() == 1; })) << logs();
   const std::string marker = "drain-deadline-" + std::to_string(getpid());
-  Output r = cli({"run", "--count", "2", "--cpu", "0.5", "--", "sh", "-c",
-                  "sleep 300; : " + marker});
+  Output r =
+      cli({"run", "--count", "2", "--cpu", "0.5", "--", "sh", "-c", "sleep 300; : " + marker});
   ASSERT_EQ(r.code, 0) << r.err;
   ASSERT_TRUE(eventually([&] { return count_with_marker(marker) == 2; }, 30s));
 
@@ -215,9 +217,8 @@ TEST_F(Pool, LogsComeFromTheBoardThatRanTheTaskAndFollowPushesOutput) {
 
   // -f follows a running task to its end, seeing lines as they come.
   Gate gate(root_ + "/gate");
-  ASSERT_EQ(cli({"run", "--", "sh", "-c", "echo first; " + gate.wait_command() + "; echo last"})
-                .code,
-            0);
+  ASSERT_EQ(
+      cli({"run", "--", "sh", "-c", "echo first; " + gate.wait_command() + "; echo last"}).code, 0);
   ASSERT_TRUE(eventually([&] { return cli({"logs", "2"}).out == "first\n"; }, 20s));
   gate.open();
   Output f = cli({"logs", "-f", "2"});
@@ -238,8 +239,8 @@ TEST_F(Pool, ANodeNeverGetsMoreTasksThanItSaidItCanRun) {
   ASSERT_NO_FATAL_FAILURE(start_agent("small", {"--tasks-max", "3"}));
   ASSERT_TRUE(eventually([&] { return ready_nodes() == 1; })) << logs();
   // Tiny tasks: cores and memory would allow dozens at once; the agent's limit is 3.
-  Output r = cli({"run", "--count", "30", "--cpu", "0.01", "--mem", "4M", "--", "sh", "-c",
-                  "sleep 0.2"});
+  Output r =
+      cli({"run", "--count", "30", "--cpu", "0.01", "--mem", "4M", "--", "sh", "-c", "sleep 0.2"});
   ASSERT_EQ(r.code, 0) << r.err;
   int most = 0;
   ASSERT_TRUE(eventually(
@@ -325,8 +326,8 @@ TEST_F(Pool, ASecondBoardWithACopiedIdentityIsRefusedAndTheFirstKeepsWorking) {
   fs::create_directories(agent_dir("clone"));
   fs::copy_file(agent_dir("first") + "/node_id", agent_dir("clone") + "/node_id");
   ASSERT_NO_FATAL_FAILURE(start_agent("clone"));
-  ASSERT_TRUE(eventually([&] { return slurp(agent_log("clone")).find("node_id") != std::string::npos; },
-                         20s))
+  ASSERT_TRUE(eventually(
+      [&] { return slurp(agent_log("clone")).find("node_id") != std::string::npos; }, 20s))
       << logs();
   const double records = metric(http_get(metrics_addr_, "/metrics"), "cardnode_wal_records_total");
   std::this_thread::sleep_for(1s);  // five heartbeats: the clone keeps trying, slower each time
@@ -339,15 +340,16 @@ TEST_F(Pool, ASecondBoardWithACopiedIdentityIsRefusedAndTheFirstKeepsWorking) {
 TEST_F(Pool, AnAgentWithTheWrongTokenIsRefusedAndChangesNothing) {
   ASSERT_NO_FATAL_FAILURE(start_pool_server());
   fs::create_directories(agent_dir("bad"));
-  {
-    std::ofstream(agent_dir("bad") + "/token") << std::string(64, 'f') << "\n";
-  }
+  { std::ofstream(agent_dir("bad") + "/token") << std::string(64, 'f') << "\n"; }
   ::chmod((agent_dir("bad") + "/token").c_str(), 0600);
   ASSERT_NO_FATAL_FAILURE(start_agent("bad", {}, /*copy_token=*/false));
   // It keeps trying (backoff) but never joins.
-  ASSERT_TRUE(eventually([&] { return slurp(agent_log("bad")).find("token") != std::string::npos ||
-                                      slurp(agent_log("bad")).find("auth") != std::string::npos; },
-                         20s))
+  ASSERT_TRUE(eventually(
+      [&] {
+        return slurp(agent_log("bad")).find("token") != std::string::npos ||
+               slurp(agent_log("bad")).find("auth") != std::string::npos;
+      },
+      20s))
       << slurp(agent_log("bad"));
   Json nodes = json_of(cli({"nodes", "--json"}));
   EXPECT_TRUE(nodes["nodes"].empty()) << nodes.dump();

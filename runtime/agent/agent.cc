@@ -16,9 +16,9 @@
 #include "net/rpc_client.h"
 #include "runtime/agent/agent_journal.h"
 #include "runtime/data_dir.h"
-#include "runtime/fd_limit.h"
 #include "runtime/exec/executor.h"
 #include "runtime/exec/isolation.h"
+#include "runtime/fd_limit.h"
 #include "runtime/log.h"
 #include "runtime/node_facts.h"
 #include "storage/io_engine.h"
@@ -27,11 +27,11 @@
 namespace cardnode::runtime {
 namespace {
 
-constexpr uint64_t kKillGraceMs = 5'000;        // as the server's executor
-constexpr uint64_t kShutdownGraceMs = 10'000;   // > kKillGraceMs
-constexpr uint64_t kReportRetryMs = 1'000;      // an end the server refused: try again
-constexpr uint64_t kLogWaitTickMs = 100;        // held log reads look for new bytes this often
-constexpr uint32_t kReportBatchMax = 512;       // ends per AgentReport
+constexpr uint64_t kKillGraceMs = 5'000;       // as the server's executor
+constexpr uint64_t kShutdownGraceMs = 10'000;  // > kKillGraceMs
+constexpr uint64_t kReportRetryMs = 1'000;     // an end the server refused: try again
+constexpr uint64_t kLogWaitTickMs = 100;       // held log reads look for new bytes this often
+constexpr uint32_t kReportBatchMax = 512;      // ends per AgentReport
 constexpr uint32_t kHeldLogReadsMax = 1024;
 constexpr uint32_t kLeftoverScanMax = 65536;
 constexpr uint64_t kRpcTimeoutMs = 30'000;
@@ -108,7 +108,7 @@ struct Agent::Impl {
   std::set<AttemptKey> journaling;  // started, the record not durable yet: not spawned
   std::map<AttemptKey, KillReason> stopped_before_spawn;
   std::map<std::pair<uint64_t, uint32_t>, pb::TaskStart> held;  // behind an older attempt
-  uint64_t incarnation = 0;  // this process's: tells a reconnect from a second board
+  uint64_t incarnation = 0;     // this process's: tells a reconnect from a second board
   std::set<AttemptKey> silent;  // stopped as not ours: their end is not reported
   std::map<AttemptKey, pb::TaskOutcome> outbox;  // ends journaled, not acknowledged
 
@@ -159,7 +159,8 @@ struct Agent::Impl {
 Status Agent::Impl::open() {
   raise_open_files_limit();  // each running task holds pipes and cgroup files
   while (incarnation == 0) {
-    if (::getrandom(&incarnation, sizeof incarnation, 0) != static_cast<ssize_t>(sizeof incarnation)) {
+    if (::getrandom(&incarnation, sizeof incarnation, 0) !=
+        static_cast<ssize_t>(sizeof incarnation)) {
       return fail_errno(errno, "getrandom");
     }
   }
@@ -170,7 +171,8 @@ Status Agent::Impl::open() {
   auto eng = storage::IoEngine::create(storage::IoOptions{}, &why);
   if (!eng) return std::unexpected(eng.error());
   engine = std::move(*eng);
-  logs = std::make_unique<storage::LogStore>(*engine, storage::LogStoreOptions{.dir = dir->log_dir()});
+  logs =
+      std::make_unique<storage::LogStore>(*engine, storage::LogStoreOptions{.dir = dir->log_dir()});
   auto j = AgentJournal::open(*engine, dir->path() + "/journal");
   if (!j) return std::unexpected(j.error());
   journal = std::move(*j);
@@ -219,8 +221,8 @@ Status Agent::Impl::open() {
 // (its cgroups, else the task tag): reported lost. Ends not yet acknowledged go out again.
 void Agent::Impl::recover_journal() {
   uint32_t killed = isolation.destroy_all_groups();
-  for (int32_t pid : pids_with_env(task_key_prefix(pool_tag_for(options.data_dir)), true,
-                                   kLeftoverScanMax)) {
+  for (int32_t pid :
+       pids_with_env(task_key_prefix(pool_tag_for(options.data_dir)), true, kLeftoverScanMax)) {
     ::kill(pid, SIGKILL);
     ++killed;
   }
@@ -286,17 +288,20 @@ void Agent::Impl::send_hello() {
   for (const auto& [task, st] : held) *h->add_running() = st.task();
   for (const auto& [k, o] : outbox) *h->add_ended() = o;
   hello_in_flight = true;
-  auto st = client->call(std::move(req), [this](Result<pb::Response> r) {
-    hello_in_flight = false;
-    if (!r) return;  // the session ended; on_up says hello again
-    if (r->error() != pb::OK || !r->has_welcome()) {
-      // The connection is fine (so on_up will not come again): try again on a timer.
-      retry_hello_later(r->error_message());
-      return;
-    }
-    hello_retry_ms = 0;
-    on_welcome(r->welcome());
-  }, kRpcTimeoutMs);
+  auto st = client->call(
+      std::move(req),
+      [this](Result<pb::Response> r) {
+        hello_in_flight = false;
+        if (!r) return;  // the session ended; on_up says hello again
+        if (r->error() != pb::OK || !r->has_welcome()) {
+          // The connection is fine (so on_up will not come again): try again on a timer.
+          retry_hello_later(r->error_message());
+          return;
+        }
+        hello_retry_ms = 0;
+        on_welcome(r->welcome());
+      },
+      kRpcTimeoutMs);
   if (!st) hello_in_flight = false;
 }
 
@@ -304,8 +309,9 @@ void Agent::Impl::retry_hello_later(const std::string& why) {
   const bool first = hello_retry_ms == 0;
   hello_retry_ms = first ? kHelloRetryFirstMs : std::min(hello_retry_ms * 2, kHelloRetryMaxMs);
   if (first) log(Level::kWarn, "agent", "the server refused us: " + why + "; retrying");
-  uv_timer_start(&hello_timer, [](uv_timer_t* h) { static_cast<Impl*>(h->data)->send_hello(); },
-                 hello_retry_ms, 0);
+  uv_timer_start(
+      &hello_timer, [](uv_timer_t* h) { static_cast<Impl*>(h->data)->send_hello(); },
+      hello_retry_ms, 0);
 }
 
 void Agent::Impl::on_welcome(const pb::AgentWelcome& w) {
@@ -327,10 +333,12 @@ void Agent::Impl::on_welcome(const pb::AgentWelcome& w) {
     if (journaling.contains(key_of(a))) continue;  // dropped once journaled, never spawned
     executor->kill(a.job_id(), a.index(), KillReason::kShutdown);
   }
-  log(Level::kInfo, "agent", "joined as node " + std::to_string(w.node_id()) + " (" +
-                                 std::to_string(w.stop_size()) + " stale tasks stopped)");
-  uv_timer_start(&heartbeat_timer, [](uv_timer_t* h) { static_cast<Impl*>(h->data)->send_heartbeat(); },
-                 heartbeat_ms, heartbeat_ms);
+  log(Level::kInfo, "agent",
+      "joined as node " + std::to_string(w.node_id()) + " (" + std::to_string(w.stop_size()) +
+          " stale tasks stopped)");
+  uv_timer_start(
+      &heartbeat_timer, [](uv_timer_t* h) { static_cast<Impl*>(h->data)->send_heartbeat(); },
+      heartbeat_ms, heartbeat_ms);
   send_poll();
   send_report();
 }
@@ -363,12 +371,15 @@ void Agent::Impl::send_heartbeat() {
   pb::Request req;
   req.mutable_agent_heartbeat()->set_session(session);
   *req.mutable_agent_heartbeat()->mutable_facts() = node_facts();
-  (void)client->call(std::move(req), [this](Result<pb::Response> r) {
-    if (r && r->error() != pb::OK && session != 0) {  // stale: the server declared us down
-      reset_session();
-      send_hello();
-    }
-  }, kRpcTimeoutMs);
+  (void)client->call(
+      std::move(req),
+      [this](Result<pb::Response> r) {
+        if (r && r->error() != pb::OK && session != 0) {  // stale: the server declared us down
+          reset_session();
+          send_hello();
+        }
+      },
+      kRpcTimeoutMs);
 }
 
 // ---------------------------------------------------------------------------- work
@@ -426,7 +437,8 @@ void Agent::Impl::start_task(const pb::TaskStart& s) {
       start_held({attempt.job_id(), attempt.index()});
       return;
     }
-    if (auto stop = stopped_before_spawn.find(key_of(attempt)); stop != stopped_before_spawn.end()) {
+    if (auto stop = stopped_before_spawn.find(key_of(attempt));
+        stop != stopped_before_spawn.end()) {
       const KillReason reason = stop->second;
       stopped_before_spawn.erase(stop);
       task_exited(attempt, unspawned_exit(reason));
@@ -514,23 +526,28 @@ void Agent::Impl::send_report() {
     *rep->add_outcomes() = o;
   }
   report_in_flight = true;
-  auto st = client->call(std::move(req), [this](Result<pb::Response> r) {
-    report_in_flight = false;
-    if (!r || r->error() != pb::OK) {
-      uv_timer_start(&report_timer, [](uv_timer_t* h) { static_cast<Impl*>(h->data)->send_report(); },
-                     kReportRetryMs, 0);
-      return;
-    }
-    for (const pb::TaskAttempt& a : r->report_ack().acked()) {
-      outbox.erase(key_of(a));
-      (void)journal->forget(a);
-    }
-    send_poll();  // if the outbox was full, work may come again
-    if (!outbox.empty()) {
-      uv_timer_start(&report_timer, [](uv_timer_t* h) { static_cast<Impl*>(h->data)->send_report(); },
-                     r->report_ack().acked_size() > 0 ? 0 : kReportRetryMs, 0);
-    }
-  }, kRpcTimeoutMs);
+  auto st = client->call(
+      std::move(req),
+      [this](Result<pb::Response> r) {
+        report_in_flight = false;
+        if (!r || r->error() != pb::OK) {
+          uv_timer_start(
+              &report_timer, [](uv_timer_t* h) { static_cast<Impl*>(h->data)->send_report(); },
+              kReportRetryMs, 0);
+          return;
+        }
+        for (const pb::TaskAttempt& a : r->report_ack().acked()) {
+          outbox.erase(key_of(a));
+          (void)journal->forget(a);
+        }
+        send_poll();  // if the outbox was full, work may come again
+        if (!outbox.empty()) {
+          uv_timer_start(
+              &report_timer, [](uv_timer_t* h) { static_cast<Impl*>(h->data)->send_report(); },
+              r->report_ack().acked_size() > 0 ? 0 : kReportRetryMs, 0);
+        }
+      },
+      kRpcTimeoutMs);
   if (!st) report_in_flight = false;
 }
 
@@ -539,8 +556,9 @@ void Agent::Impl::send_report() {
 // A read with wait_ms and nothing to read yet, for a task still running here, is held and
 // looked at again until bytes come or its time is up: the server pushes them on at once.
 void Agent::Impl::serve_log(const pb::LogFetch& f, bool may_hold) {
-  storage::LogKey key{f.job_id(), f.index(),
-                      f.stream() == pb::STDERR ? storage::Stream::kStderr : storage::Stream::kStdout};
+  storage::LogKey key{
+      f.job_id(), f.index(),
+      f.stream() == pb::STDERR ? storage::Stream::kStderr : storage::Stream::kStdout};
   logs->read(key, f.offset(), f.max_bytes(), [this, f, may_hold](Result<std::string> data) {
     if (!data && data.error().code != Errc::kNotFound) {
       pb::Request req;
@@ -592,25 +610,32 @@ void Agent::Impl::start_handles() {
     uv_signal_init(&loop, sig);
     sig->data = this;
   }
-  uv_signal_start(&sigint, [](uv_signal_t* h, int) { static_cast<Impl*>(h->data)->begin_stop("SIGINT"); },
-                  SIGINT);
-  uv_signal_start(&sigterm, [](uv_signal_t* h, int) { static_cast<Impl*>(h->data)->begin_stop("SIGTERM"); },
-                  SIGTERM);
+  uv_signal_start(
+      &sigint, [](uv_signal_t* h, int) { static_cast<Impl*>(h->data)->begin_stop("SIGINT"); },
+      SIGINT);
+  uv_signal_start(
+      &sigterm, [](uv_signal_t* h, int) { static_cast<Impl*>(h->data)->begin_stop("SIGTERM"); },
+      SIGTERM);
   // SIGHUP (a closed terminal, a reload): try the server now rather than die.
-  uv_signal_start(&sighup, [](uv_signal_t* h, int) {
-    auto* self = static_cast<Impl*>(h->data);
-    log(Level::kInfo, "agent", "SIGHUP: reconnecting");
-    self->client->reconnect_now();
-  }, SIGHUP);
-  for (uv_timer_t* t :
-       {&heartbeat_timer, &report_timer, &log_timer, &journal_timer, &shutdown_timer, &hello_timer}) {
+  uv_signal_start(
+      &sighup,
+      [](uv_signal_t* h, int) {
+        auto* self = static_cast<Impl*>(h->data);
+        log(Level::kInfo, "agent", "SIGHUP: reconnecting");
+        self->client->reconnect_now();
+      },
+      SIGHUP);
+  for (uv_timer_t* t : {&heartbeat_timer, &report_timer, &log_timer, &journal_timer,
+                        &shutdown_timer, &hello_timer}) {
     uv_timer_init(&loop, t);
     t->data = this;
   }
-  uv_timer_start(&log_timer, [](uv_timer_t* h) { static_cast<Impl*>(h->data)->check_held_reads(); },
-                 kLogWaitTickMs, kLogWaitTickMs);
-  uv_timer_start(&journal_timer, [](uv_timer_t* h) { static_cast<Impl*>(h->data)->journal->turn(); },
-                 1000, 1000);
+  uv_timer_start(
+      &log_timer, [](uv_timer_t* h) { static_cast<Impl*>(h->data)->check_held_reads(); },
+      kLogWaitTickMs, kLogWaitTickMs);
+  uv_timer_start(
+      &journal_timer, [](uv_timer_t* h) { static_cast<Impl*>(h->data)->journal->turn(); }, 1000,
+      1000);
   if (auto st = client->start(); !st) {
     log(Level::kError, "agent", "cannot join " + options.join + ": " + st.error().describe());
     exit_code = 2;
@@ -624,7 +649,8 @@ void Agent::Impl::begin_stop(const char* why) {
   stop_started_ms = uv_now(&loop);
   log(Level::kInfo, "agent", std::string("stopping (") + why + ")");
   executor->kill_all();  // ends lost, journaled, reported if the server can hear it now
-  uv_timer_start(&shutdown_timer, [](uv_timer_t* h) { static_cast<Impl*>(h->data)->shutdown_tick(); }, 0, 20);
+  uv_timer_start(
+      &shutdown_timer, [](uv_timer_t* h) { static_cast<Impl*>(h->data)->shutdown_tick(); }, 0, 20);
 }
 
 void Agent::Impl::shutdown_tick() {
@@ -643,8 +669,9 @@ void Agent::Impl::close_handles() {
   for (uv_handle_t* h :
        {reinterpret_cast<uv_handle_t*>(&io_poll), reinterpret_cast<uv_handle_t*>(&sigint),
         reinterpret_cast<uv_handle_t*>(&sigterm), reinterpret_cast<uv_handle_t*>(&sighup),
-        reinterpret_cast<uv_handle_t*>(&heartbeat_timer), reinterpret_cast<uv_handle_t*>(&report_timer),
-        reinterpret_cast<uv_handle_t*>(&log_timer), reinterpret_cast<uv_handle_t*>(&journal_timer),
+        reinterpret_cast<uv_handle_t*>(&heartbeat_timer),
+        reinterpret_cast<uv_handle_t*>(&report_timer), reinterpret_cast<uv_handle_t*>(&log_timer),
+        reinterpret_cast<uv_handle_t*>(&journal_timer),
         reinterpret_cast<uv_handle_t*>(&hello_timer),
         reinterpret_cast<uv_handle_t*>(&shutdown_timer)}) {
     if (!uv_is_closing(h)) uv_close(h, nullptr);

@@ -26,16 +26,16 @@
 namespace cardnode::runtime {
 
 struct AgentOptions {
-  std::string join;        // HOST:PORT of the server
-  std::string token;       // the cluster token (the CLI reads --token-file etc.)
-  std::string data_dir;    // node_id, journal/, logs/, work/
-  std::string log_dir;     // empty: DATA_DIR/logs
-  std::string node_name;   // empty: the hostname
+  std::string join;       // HOST:PORT of the server
+  std::string token;      // the cluster token (the CLI reads --token-file etc.)
+  std::string data_dir;   // node_id, journal/, logs/, work/
+  std::string log_dir;    // empty: DATA_DIR/logs
+  std::string node_name;  // empty: the hostname
   std::map<std::string, std::string> labels;
   std::string task_exec_program;  // empty: this binary
   bool disable_cgroups = false;
-  uint32_t tasks_max = 1024;       // tasks at once: told to the server, which never sends more
-  uint64_t heartbeat_ms = 1000;    // until the server says otherwise
+  uint32_t tasks_max = 1024;     // tasks at once: told to the server, which never sends more
+  uint64_t heartbeat_ms = 1000;  // until the server says otherwise
 };
 
 class Agent {

@@ -17,9 +17,10 @@ AgentJournal::~AgentJournal() {
 }
 
 Result<std::unique_ptr<AgentJournal>> AgentJournal::open(storage::IoEngine& engine,
-                                                        const std::string& dir) {
+                                                         const std::string& dir) {
   if (auto st = storage::make_dirs(dir, 0700); !st) return std::unexpected(st.error());
-  auto store = std::make_unique<storage::LocalStore>(engine, storage::LocalStoreOptions{.dir = dir});
+  auto store =
+      std::make_unique<storage::LocalStore>(engine, storage::LocalStoreOptions{.dir = dir});
   std::unique_ptr<AgentJournal> j(new AgentJournal(std::move(store)));
   auto report = j->store_->recover(
       [&](std::string_view chunk) -> Status {

@@ -82,7 +82,7 @@ struct AgentHub::Session {
   std::string identity;
   pb::NodeFacts facts;
   uint64_t last_seen_ms = 0;
-  bool alive = true;  // false once declared down (a new hello makes a new session)
+  bool alive = true;         // false once declared down (a new hello makes a new session)
   uint64_t incarnation = 0;  // the agent process's (AgentHello.incarnation)
   std::optional<net::Responder> poll;
   pb::AgentWork work;  // queued for the next poll answer
@@ -214,11 +214,11 @@ void AgentHub::on_hello(const pb::AgentHello& m, net::Responder r) {
     const Session& old = *existing->second;
     const bool live = old.alive && now_ms_() - old.last_seen_ms < 2 * options_.heartbeat_ms;
     if (live && (m.incarnation() == 0 || old.incarnation != m.incarnation())) {
-      return r.reply(error_response(
-          {Errc::kBusy,
-           "node identity " + m.identity() + " is in use by a running agent (" +
-               old.facts.name() + "): each board needs its own DATA_DIR/node_id",
-           0}));
+      return r.reply(
+          error_response({Errc::kBusy,
+                          "node identity " + m.identity() + " is in use by a running agent (" +
+                              old.facts.name() + "): each board needs its own DATA_DIR/node_id",
+                          0}));
     }
   }
   auto node = c_.register_node(m.identity(), spec_from(m.facts()));
@@ -313,7 +313,8 @@ void AgentHub::on_heartbeat(const pb::AgentHeartbeat& m, net::Responder r) {
   // Name, capacity or labels changed: a durable update (rare); the rest is only shown.
   sched::NodeSpec spec = spec_from(m.facts());
   const sched::Node* node = c_.state().cluster().node(s->node);
-  bool changed = node->spec.name != spec.name || node->spec.capacity.cpu_millis != spec.capacity.cpu_millis ||
+  bool changed = node->spec.name != spec.name ||
+                 node->spec.capacity.cpu_millis != spec.capacity.cpu_millis ||
                  node->spec.capacity.mem_bytes != spec.capacity.mem_bytes ||
                  node->spec.tasks_max != spec.tasks_max || node->spec.labels != spec.labels;
   s->facts = m.facts();
@@ -454,7 +455,8 @@ void AgentHub::stop() {
       s->poll.reset();
     }
   }
-  for (auto& [id, f] : fetches_) f.reply(error_response({Errc::kUnavailable, "server is stopping", 0}));
+  for (auto& [id, f] : fetches_)
+    f.reply(error_response({Errc::kUnavailable, "server is stopping", 0}));
   fetches_.clear();
 }
 
@@ -467,7 +469,8 @@ void AgentHub::describe(const sched::Node& node, pb::NodeInfo* info) const {
   for (const auto& e : f.enforced()) info->add_enforced(e);
   info->set_io_backend(f.io_backend());
   info->set_board_model(f.board_model());
-  if (f.has_temperature_millicelsius()) info->set_temperature_millicelsius(f.temperature_millicelsius());
+  if (f.has_temperature_millicelsius())
+    info->set_temperature_millicelsius(f.temperature_millicelsius());
   info->set_last_seen_ms_ago(now_ms_() - it->second->last_seen_ms);
 }
 

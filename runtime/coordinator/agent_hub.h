@@ -38,7 +38,7 @@ struct AgentHubOptions {
   uint64_t heartbeat_ms = 1000;  // what agents are told to use
   uint64_t grace_ms = 10'000;    // silence after which a node is down
   uint32_t sessions_max = 10'000;
-  uint32_t log_fetches_max = 4096;  // log reads waiting on agents, all together
+  uint32_t log_fetches_max = 4096;       // log reads waiting on agents, all together
   uint64_t work_bytes_max = 1ull << 20;  // per AgentWork reply (well under a frame)
   uint64_t log_fetch_timeout_ms = 30'000;
 };
@@ -47,9 +47,9 @@ struct AgentHubStats {
   uint64_t hellos = 0;
   uint64_t heartbeats = 0;
   uint64_t nodes_declared_down = 0;
-  uint64_t stale_stopped = 0;     // attempts an agent ran that were no longer its own
+  uint64_t stale_stopped = 0;  // attempts an agent ran that were no longer its own
   uint64_t reports = 0;
-  uint64_t stale_sessions = 0;    // requests from a session that was replaced
+  uint64_t stale_sessions = 0;  // requests from a session that was replaced
 };
 
 class AgentHub {

@@ -1143,7 +1143,8 @@ TEST_F(AgentHubTest, ASecondBoardWithTheSameIdentityIsRefusedWhileTheFirstIsAliv
     settle();
     ASSERT_TRUE(r.answered());
     EXPECT_NE(r.get().error(), pb::OK);
-    EXPECT_NE(r.get().error_message().find("node_id"), std::string::npos) << r.get().error_message();
+    EXPECT_NE(r.get().error_message().find("node_id"), std::string::npos)
+        << r.get().error_message();
     advance(hub_options_.heartbeat_ms / 2);
     ASSERT_TRUE(a.heartbeat().ok());  // the first board is untouched
   }

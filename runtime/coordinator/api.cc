@@ -105,9 +105,9 @@ void ClientApi::on_list_nodes(net::Responder r) {
       pb::NodeInfo* ni = list->add_nodes();
       ni->set_name(n.spec.name);
       const char* state = n.state == sched::NodeState::kDown ? "down"
-                          : !n.draining                       ? "ready"
-                          : n.running > 0                     ? "draining"
-                                                              : "drained";
+                          : !n.draining                      ? "ready"
+                          : n.running > 0                    ? "draining"
+                                                             : "drained";
       ni->set_state(state);
       ni->set_tasks_max(n.spec.tasks_max);
       ni->set_cpu_millis(n.spec.capacity.cpu_millis);
@@ -126,10 +126,9 @@ void ClientApi::on_read_log(const pb::ReadLog& m, net::Responder r) {
   const sched::Job* job = c_.state().cluster().job(m.job_id());
   if (job == nullptr) return r.reply(error_response(c_.missing_job(m.job_id())));
   if (m.index() >= job->tasks.size()) {
-    return r.reply(error_response({Errc::kNotFound,
-                                   "no task " + std::to_string(m.job_id()) + "." +
-                                       std::to_string(m.index()),
-                                   0}));
+    return r.reply(error_response(
+        {Errc::kNotFound, "no task " + std::to_string(m.job_id()) + "." + std::to_string(m.index()),
+         0}));
   }
   const sched::Task& task = job->tasks[m.index()];
   // "final" is state: it is said only once the record that made the task final is durable
@@ -153,9 +152,11 @@ void ClientApi::on_read_log(const pb::ReadLog& m, net::Responder r) {
       r.reply(std::move(resp));
     });
   }
-  storage::LogKey key{m.job_id(), m.index(),
-                      m.stream() == pb::STDERR ? storage::Stream::kStderr : storage::Stream::kStdout};
-  uint32_t max = m.max_bytes() == 0 ? kLogChunkBytesMax : std::min(m.max_bytes(), kLogChunkBytesMax);
+  storage::LogKey key{
+      m.job_id(), m.index(),
+      m.stream() == pb::STDERR ? storage::Stream::kStderr : storage::Stream::kStdout};
+  uint32_t max =
+      m.max_bytes() == 0 ? kLogChunkBytesMax : std::min(m.max_bytes(), kLogChunkBytesMax);
   logs_.read(key, offset, max, [r, final, offset](Result<std::string> data) {
     if (!data && data.error().code != Errc::kNotFound) return r.reply(error_response(data.error()));
     std::string bytes = data ? std::move(*data) : std::string();

@@ -15,13 +15,13 @@
 #include "runtime/coordinator/agent_hub.h"
 #include "runtime/coordinator/api.h"
 #include "runtime/coordinator/coordinator.h"
+#include "runtime/coordinator/local_runner.h"
+#include "runtime/coordinator/metrics.h"
 #include "runtime/data_dir.h"
-#include "runtime/fd_limit.h"
 #include "runtime/exec/executor.h"
 #include "runtime/exec/isolation.h"
-#include "runtime/coordinator/local_runner.h"
+#include "runtime/fd_limit.h"
 #include "runtime/log.h"
-#include "runtime/coordinator/metrics.h"
 #include "runtime/node_facts.h"
 #include "storage/io_engine.h"
 #include "storage/local_store.h"
@@ -227,8 +227,8 @@ Status Server::Impl::start_listeners() {
   // Every agent holds a connection, and clients come and go: room for a full pool of
   // boards (sched::Limits::nodes_max) and as many clients again, within the fd limit.
   const uint64_t fds = raise_open_files_limit();
-  ro.max_connections = static_cast<uint32_t>(std::clamp<uint64_t>(fds > 256 ? fds - 256 : 64, 64,
-                                                                  kConnectionsMax));
+  ro.max_connections =
+      static_cast<uint32_t>(std::clamp<uint64_t>(fds > 256 ? fds - 256 : 64, 64, kConnectionsMax));
   if (ro.max_connections < kConnectionsMax) {
     log(Level::kWarn, "server",
         "open-files limit " + std::to_string(fds) + ": at most " +

@@ -31,6 +31,7 @@ constexpr size_t kControlFileBytesMax = 1 << 20;  // cgroup.procs of a 4096-pid 
 constexpr uint32_t kGroupsMax = 65536;            // destroy_all_groups scans at most this many
 constexpr uint64_t kCpuPeriodUs = 100000;
 constexpr uint64_t kCpuQuotaMinUs = 1000;  // the kernel rejects smaller quotas
+constexpr int kEintrRetriesMax = 1000;  // a signal storm still ends in an error
 
 bool exists(const std::string& path) {
   return ::access(path.c_str(), F_OK) == 0;
@@ -39,8 +40,16 @@ bool exists(const std::string& path) {
 Status write_file(const std::string& path, std::string_view value) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return fail_errno(errno, "open " + path);
-  ssize_t n = ::write(fd, value.data(), value.size());
-  int err = errno;
+  // cgroup v1's memory.limit_in_bytes answers EINTR whenever a signal is pending
+  // (mem_cgroup_resize_max checks before it reclaims anything), and the server has
+  // SIGCHLD arriving all the time; the write had no effect, so it is retried.
+  ssize_t n = -1;
+  int err = 0;
+  for (int attempt = 0; attempt < kEintrRetriesMax; ++attempt) {
+    n = ::write(fd, value.data(), value.size());
+    err = errno;
+    if (n >= 0 || err != EINTR) break;
+  }
   ::close(fd);
   if (n < 0) return fail_errno(err, "write " + path);
   if (static_cast<size_t>(n) != value.size()) return fail(Errc::kIo, "short write " + path);

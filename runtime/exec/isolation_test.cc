@@ -4,11 +4,14 @@
 #include "runtime/exec/isolation.h"
 
 #include <gtest/gtest.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <thread>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -307,6 +310,39 @@ TEST_F(RealCgroups, KernelAcceptsTheLimits) {
   iso_.destroy_group("7.0");
   for (const std::string& p : *procs) EXPECT_FALSE(fs::exists(fs::path(p).parent_path())) << p;
   iso_.destroy_group("7.0");  // again: a group that does not exist is fine
+}
+
+// The server's loop gets SIGCHLD all the time, and cgroup v1 answers a limit write
+// with EINTR whenever a signal is pending: a group must still be made, every time.
+// (Seen in CI: "write .../memory.limit_in_bytes: Interrupted system call" failed a task.)
+TEST_F(RealCgroups, LimitsAreWrittenWhileSignalsKeepArriving) {
+  struct sigaction sa {};
+  sa.sa_handler = [](int) {};
+  sa.sa_flags = 0;  // no SA_RESTART: the write sees EINTR, as libuv's handlers allow
+  struct sigaction old {};
+  ASSERT_EQ(::sigaction(SIGUSR2, &sa, &old), 0);
+  std::atomic<bool> stop{false};
+  pthread_t target = ::pthread_self();
+  std::thread storm([&] {
+    while (!stop.load()) {
+      ::pthread_kill(target, SIGUSR2);
+      std::this_thread::yield();
+    }
+  });
+  int failures = 0;
+  std::string first_error;
+  for (int i = 0; i < 300; ++i) {
+    std::string name = "21." + std::to_string(i);
+    auto procs = iso_.create_group(name, {.cpu_millis = 250, .mem_bytes = 64 << 20, .pids_max = 32});
+    if (!procs) {
+      if (failures++ == 0) first_error = procs.error().describe();
+    }
+    iso_.destroy_group(name);
+  }
+  stop = true;
+  storm.join();
+  ::sigaction(SIGUSR2, &old, nullptr);
+  EXPECT_EQ(failures, 0) << first_error;
 }
 
 pid_t spawn_sleep_into(const std::vector<std::string>& procs) {

@@ -38,8 +38,12 @@ bool join_cgroup(const char* procs_path, int* err) {
     return false;
   }
   std::string pid = std::to_string(::getpid());
-  ssize_t n = ::write(fd, pid.data(), pid.size());
-  *err = errno;
+  ssize_t n = -1;
+  for (int attempt = 0; attempt < 1000; ++attempt) {  // EINTR: see isolation.cc write_file
+    n = ::write(fd, pid.data(), pid.size());
+    *err = errno;
+    if (n >= 0 || *err != EINTR) break;
+  }
   ::close(fd);
   return n == static_cast<ssize_t>(pid.size());
 }

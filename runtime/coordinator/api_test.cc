@@ -372,9 +372,11 @@ TEST_F(ClientApiTest, BadSubmitsAreRefusedAtOnceWithAReasonAndChangeNothing) {
     cases.push_back({"a million retries", s, pb::INVALID_ARGUMENT, "retries must be 0-100"});
   }
   {
-    // Over sched::Limits::tasks_per_job_max. The message is the scheduler's generic one.
+    // Over sched::Limits::tasks_per_job_max: the message names the count and the limit.
     pb::JobSpec s = spec(options_.limits.tasks_per_job_max + 1);
-    cases.push_back({"an array over the task bound", s, pb::INVALID_ARGUMENT, "invalid job spec"});
+    cases.push_back({"an array over the task bound", s, pb::INVALID_ARGUMENT,
+                     "is over the limit of " +
+                         std::to_string(options_.limits.tasks_per_job_max) + " tasks per job"});
   }
   {
     pb::JobSpec s = spec(1);

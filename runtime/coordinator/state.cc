@@ -85,6 +85,11 @@ Status State::normalize(pb::JobSpec* spec) const {
                                      " was pruned; its outcome is no longer known");
   if (spec->after() != 0 && cluster_.job(spec->after()) == nullptr)
     return fail(Errc::kNotFound, "--after: no job " + std::to_string(spec->after()));
+  if (spec->count() > cluster_.limits().tasks_per_job_max) {
+    return fail(Errc::kInvalidArgument,
+                "--count " + std::to_string(spec->count()) + " is over the limit of " +
+                    std::to_string(cluster_.limits().tasks_per_job_max) + " tasks per job");
+  }
   auto ok = cluster_.validate(to_sched_spec(*spec));
   if (!ok) return fail(Errc::kInvalidArgument, sched_error_text(ok.error()));
   return {};

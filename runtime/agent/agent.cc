@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <deque>
+#include <mutex>
 #include <optional>
 #include <set>
 
@@ -106,6 +107,8 @@ struct Agent::Impl {
   // Starts not spawned yet: journaling (nothing to signal), or waiting for an older attempt
   // of the same task that is still being killed here. A stop for one ends it unspawned.
   std::set<AttemptKey> journaling;  // started, the record not durable yet: not spawned
+  uint32_t ends_journaling = 0;     // ends whose record is not durable yet: not in the outbox
+  bool journal_failed = false;      // its records in flight never become durable
   std::map<AttemptKey, KillReason> stopped_before_spawn;
   std::map<std::pair<uint64_t, uint32_t>, pb::TaskStart> held;  // behind an older attempt
   uint64_t incarnation = 0;     // this process's: tells a reconnect from a second board
@@ -120,6 +123,11 @@ struct Agent::Impl {
 
   uv_poll_t io_poll{};
   uv_signal_t sigint{}, sigterm{}, sighup{};
+  // request_stop() from another thread: uv_async_send is the one libuv call that may come
+  // from there. The mutex keeps it off the handle once close_handles() closed it.
+  uv_async_t stop_async{};
+  std::mutex stop_async_mu;
+  bool stop_async_open = false;
   uv_timer_t heartbeat_timer{}, report_timer{}, log_timer{}, journal_timer{}, shutdown_timer{},
       hello_timer{};
   uint64_t hello_retry_ms = 0;  // after a refused hello: grows to kHelloRetryMaxMs
@@ -178,6 +186,7 @@ Status Agent::Impl::open() {
   journal = std::move(*j);
   journal->on_failure([this](const Error& e) {
     log(Level::kError, "agent", "cannot write the journal, stopping: " + e.describe());
+    journal_failed = true;
     exit_code = 1;
     begin_stop("journal failure");
   });
@@ -444,6 +453,12 @@ void Agent::Impl::start_task(const pb::TaskStart& s) {
       task_exited(attempt, unspawned_exit(reason));
       return;
     }
+    // Stopping: kill_all() is done, so a start that came since (a poll answered meanwhile, a
+    // start held behind a killed attempt) ends as the shutdown ended the rest.
+    if (stopping) {
+      task_exited(attempt, unspawned_exit(KillReason::kShutdown));
+      return;
+    }
     spawn(s);
   });
   if (!st) {
@@ -505,10 +520,13 @@ void Agent::Impl::task_exited(const pb::TaskAttempt& a, TaskExit e) {
   } else {
     pb::TaskOutcome o = outcome_of(a, e);
     auto st = journal->ended(o, [this, o] {
+      --ends_journaling;
       outbox[key_of(o.task())] = o;
       send_report();
     });
-    if (!st) {  // kept in memory: reported all the same, just not across an agent restart
+    if (st) {
+      ++ends_journaling;
+    } else {  // kept in memory: reported all the same, just not across an agent restart
       outbox[key_of(a)] = o;
       send_report();
     }
@@ -625,6 +643,13 @@ void Agent::Impl::start_handles() {
         self->client->reconnect_now();
       },
       SIGHUP);
+  uv_async_init(&loop, &stop_async,
+                [](uv_async_t* h) { static_cast<Impl*>(h->data)->begin_stop("stop requested"); });
+  stop_async.data = this;
+  {
+    std::lock_guard lock(stop_async_mu);
+    stop_async_open = true;
+  }
   for (uv_timer_t* t : {&heartbeat_timer, &report_timer, &log_timer, &journal_timer,
                         &shutdown_timer, &hello_timer}) {
     uv_timer_init(&loop, t);
@@ -654,7 +679,10 @@ void Agent::Impl::begin_stop(const char* why) {
 }
 
 void Agent::Impl::shutdown_tick() {
-  const bool tasks_done = executor->running() == 0;
+  // Done once nothing runs and no start or end waits for its journal record: a start would
+  // end unspawned and an end go to the outbox, both to be reported.
+  const bool tasks_done =
+      executor->running() == 0 && (journal_failed || (journaling.empty() && ends_journaling == 0));
   const bool reported = outbox.empty() || session == 0;
   const bool overdue = uv_now(&loop) - stop_started_ms > kShutdownGraceMs;
   // A short wait for the report of the ends: kept in the journal otherwise.
@@ -666,6 +694,11 @@ void Agent::Impl::shutdown_tick() {
 void Agent::Impl::close_handles() {
   uv_timer_stop(&shutdown_timer);
   client->stop();
+  {
+    std::lock_guard lock(stop_async_mu);
+    if (stop_async_open) uv_close(reinterpret_cast<uv_handle_t*>(&stop_async), nullptr);
+    stop_async_open = false;
+  }
   for (uv_handle_t* h :
        {reinterpret_cast<uv_handle_t*>(&io_poll), reinterpret_cast<uv_handle_t*>(&sigint),
         reinterpret_cast<uv_handle_t*>(&sigterm), reinterpret_cast<uv_handle_t*>(&sighup),
@@ -685,13 +718,15 @@ Agent::Agent(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Agent::~Agent() {
   if (!impl_) return;
   Impl& a = *impl_;
+  // First: the callbacks of records still in flight (a stop that was overdue) use the client
+  // and the executor, which must still be there (stopped: they do nothing).
+  if (a.journal) a.journal->drain();
   a.client.reset();
   if (a.executor && a.executor->running() > 0) {
     (void)a.executor.release();  // exiting; processes were signalled
   } else {
     a.executor.reset();
   }
-  if (a.journal) a.journal->drain();
   a.journal.reset();
   a.logs.reset();
   uv_run(&a.loop, UV_RUN_NOWAIT);  // close callbacks of the client's handles
@@ -710,6 +745,11 @@ Result<std::unique_ptr<Agent>> Agent::open(AgentOptions options) {
   if (auto st = a.open(); !st) return std::unexpected(st.error());
   a.start_handles();
   return agent;
+}
+
+void Agent::request_stop() {
+  std::lock_guard lock(impl_->stop_async_mu);
+  if (impl_->stop_async_open) uv_async_send(&impl_->stop_async);
 }
 
 int Agent::run() {

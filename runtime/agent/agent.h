@@ -13,7 +13,7 @@
 // An agent restart kills what its previous run left (cgroups, the task tag) and reports
 // those attempts lost: nothing runs untracked.
 //
-// Threading: run() owns the calling thread.
+// Threading: run() owns the calling thread; request_stop() may be called from any thread.
 #pragma once
 
 #include <cstdint>
@@ -45,6 +45,9 @@ class Agent {
   // Runs until SIGINT/SIGTERM: tasks are killed (their ends reported lost if the server can
   // be told, else kept in the journal). Returns the exit code.
   int run();
+  // As SIGTERM, from any thread (a test, an embedding program): run() stops the same way.
+  // Before run() it takes effect once run() starts; after run() returned it does nothing.
+  void request_stop();
 
   struct Impl;
 

@@ -21,6 +21,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -192,8 +193,11 @@ inline bool process_with_marker_exists(const std::string& marker) {
   return false;
 }
 
+// Task instances whose command line holds `marker` as a whole word. Counted by process
+// group (each task is its own): a task's shell between fork and exec, or its __task-exec
+// trampoline, has the same command line for a moment and must not count twice.
 inline int count_with_marker(const std::string& marker) {
-  int n = 0;
+  std::set<long> groups;
   for (const auto& entry : fs::directory_iterator("/proc")) {
     std::string name = entry.path().filename();
     if (name.empty() || !isdigit(static_cast<unsigned char>(name[0]))) continue;
@@ -202,9 +206,17 @@ inline int count_with_marker(const std::string& marker) {
       if (c == '\0') c = ' ';
     // Whole words: "m" must not count "m-esc".
     cmd += ' ';
-    if (cmd.find(" " + marker + " ") != std::string::npos) ++n;
+    if (cmd.find(" " + marker + " ") == std::string::npos) continue;
+    // /proc/PID/stat: "pid (comm) state ppid pgrp ...", comm may hold spaces and ')'.
+    std::string stat = slurp(entry.path().string() + "/stat");
+    size_t close = stat.rfind(')');
+    if (close == std::string::npos) continue;  // exited meanwhile
+    std::istringstream fields(stat.substr(close + 1));
+    std::string state;
+    long ppid = 0, pgrp = 0;
+    if (fields >> state >> ppid >> pgrp) groups.insert(pgrp);
   }
-  return n;
+  return static_cast<int>(groups.size());
 }
 
 // Bytes the process caused to be written to the block layer (/proc/PID/io).

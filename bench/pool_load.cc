@@ -1018,6 +1018,12 @@ Status join_phase(const Options& o, Run& r, const net::RpcClientOptions& base, s
       link->agents.push_back(pool.agents.back().get());
     }
     co.jitter_seed = rng() | 1;
+    // Each board its own address, as on a real network (the server budgets handshakes per
+    // source address): 127.1.x.y, all on lo.
+    if (co.address.starts_with("127.")) {
+      const uint32_t n = i / o.per_connection;
+      co.source_address = "127.1." + std::to_string(n / 250) + "." + std::to_string(n % 250 + 1);
+    }
     Link* l = link.get();
     link->owner = std::make_unique<net::RpcClient>(
         &r.loop, co,

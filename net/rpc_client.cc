@@ -419,6 +419,17 @@ void on_connected(uv_connect_t* req, int status) {
 
 void connect_to(Conn* c, const sockaddr_storage& addr) {
   c->phase = Conn::Phase::kConnecting;
+  if (const std::string& from = c->core->options.source_address; !from.empty()) {
+    sockaddr_storage local{};
+    const bool v6 = addr.ss_family == AF_INET6;
+    const int prc = v6 ? uv_ip6_addr(from.c_str(), 0, reinterpret_cast<sockaddr_in6*>(&local))
+                       : uv_ip4_addr(from.c_str(), 0, reinterpret_cast<sockaddr_in*>(&local));
+    const int brc = prc == 0 ? uv_tcp_bind(&c->tcp, reinterpret_cast<const sockaddr*>(&local), 0)
+                             : prc;
+    if (brc != 0) {
+      return end_conn(c, Error{Errc::kInvalidArgument, "cannot connect from " + from, -brc});
+    }
+  }
   const int rc = uv_tcp_connect(&c->connect_req, &c->tcp, reinterpret_cast<const sockaddr*>(&addr),
                                 on_connected);
   if (rc != 0) {

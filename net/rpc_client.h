@@ -62,6 +62,9 @@ struct RpcClientOptions {
   // while idle (a long poll), TCP_USER_TIMEOUT while requests are unacknowledged.
   uint64_t dead_peer_ms = 30'000;
   uint64_t jitter_seed = 0;  // 0: seeded from std::random_device; tests pass a fixed one
+  // Local IP to connect from (empty: the kernel's choice). The pool simulator gives each
+  // simulated board its own loopback address, as real boards each have their own.
+  std::string source_address;
 };
 
 struct RpcClientStats {

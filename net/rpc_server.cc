@@ -1,7 +1,10 @@
 #include "net/rpc_server.h"
 
+#include <algorithm>
 #include <csignal>
 #include <cstring>
+#include <list>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "net/frame.h"
@@ -18,8 +21,19 @@ constexpr unsigned int kKeepaliveDelaySeconds = 60;
 // One read buffer per server, shared by all connections: a read callback copies what
 // it needs into the connection's FrameDecoder before the next read can happen.
 constexpr size_t kReadChunkBytes = 64u << 10;
+// Sources remembered for their failure buckets (and their unauthenticated connections):
+// beyond this, idle ones are forgotten first.
+constexpr size_t kSourcesMin = 4096;
 
 struct Connection;
+
+// One source address: its unauthenticated connections (oldest first) and its bucket of
+// wrong-token handshakes still allowed.
+struct Source {
+  std::list<Connection*> pending;
+  double tokens = 0;
+  uint64_t refilled_ms = 0;
+};
 
 // Everything the callbacks need. RpcServer::Impl is this plus nothing; it exists as a
 // separate type only because RpcServer::Impl is private to RpcServer.
@@ -35,7 +49,13 @@ struct ServerCore {
   // Heap-allocated and freed by its own close callback, so the server object may be
   // destroyed before the loop has run that callback.
   uv_tcp_t* listener = nullptr;
-  std::unordered_set<Connection*> connections;  // open ones; bounded by max_connections + 1
+  std::unordered_set<Connection*> connections;  // open ones; bounded by the two budgets + 1
+  std::list<Connection*> unauthenticated;        // oldest first; bounded by max_unauthenticated
+  uint32_t authenticated = 0;
+  std::unordered_map<std::string, Source> sources;  // bounded by sources_max()
+  size_t sources_max() const {
+    return std::max<size_t>(kSourcesMin, 2 * size_t{options.max_unauthenticated});
+  }
   std::unique_ptr<char[]> read_buffer = std::make_unique<char[]>(kReadChunkBytes);
   bool stopped = false;
 };
@@ -60,6 +80,10 @@ struct Connection {
   uint32_t inflight = 0;
   bool reading = false;
   bool pumping = false;
+  std::string source;  // the peer's address bytes (no port): the key of ServerCore::sources
+  bool pending = false;  // in the unauthenticated lists below
+  bool authenticated = false;
+  std::list<Connection*>::iterator pending_it, source_it;
   // Shared with every Responder of this connection; cleared when it closes.
   std::shared_ptr<Connection*> cell = std::make_shared<Connection*>(this);
 };
@@ -89,11 +113,53 @@ void on_handle_closed(uv_handle_t* handle) {
   if (--c->open_handles == 0) delete c;
 }
 
+// Tops up a source's bucket for the time since it was last looked at.
+void refill(const ServerCore& s, Source& src) {
+  const uint64_t now = uv_now(s.loop);
+  const double burst = s.options.auth_failures_burst;
+  src.tokens = std::min(burst, src.tokens + static_cast<double>(now - src.refilled_ms) *
+                                                s.options.auth_failures_per_minute / 60'000.0);
+  src.refilled_ms = now;
+}
+
+// The source's entry, made with a full bucket; idle ones are forgotten when the table is
+// full (a forgotten source starts over with a full bucket: bounded memory wins).
+Source& source_of(ServerCore& s, const std::string& key) {
+  auto it = s.sources.find(key);
+  if (it != s.sources.end()) return it->second;
+  if (s.sources.size() >= s.sources_max()) {
+    for (auto i = s.sources.begin(); i != s.sources.end();) {
+      refill(s, i->second);
+      const bool full = i->second.tokens >= s.options.auth_failures_burst;
+      i = i->second.pending.empty() && full ? s.sources.erase(i) : std::next(i);
+    }
+    for (auto i = s.sources.begin(); s.sources.size() >= s.sources_max() && i != s.sources.end();) {
+      i = i->second.pending.empty() ? s.sources.erase(i) : std::next(i);
+    }
+  }
+  Source& src = s.sources[key];
+  src.tokens = s.options.auth_failures_burst;
+  src.refilled_ms = uv_now(s.loop);
+  return src;
+}
+
+// Out of the unauthenticated budget (handshake over, or closing).
+void leave_pending(ServerCore* s, Connection* c) {
+  if (!c->pending) return;
+  c->pending = false;
+  s->unauthenticated.erase(c->pending_it);
+  auto it = s->sources.find(c->source);
+  if (it != s->sources.end()) it->second.pending.erase(c->source_it);
+  s->stats.unauthenticated = s->unauthenticated.size();
+}
+
 void close_connection(Connection* c) {
   ServerCore* s = c->server;
   if (s == nullptr) return;
   c->server = nullptr;
   *c->cell = nullptr;
+  leave_pending(s, c);
+  if (c->authenticated) s->authenticated--;
   s->connections.erase(c);
   s->stats.active = s->connections.size();
   // Pending writes complete with UV_ECANCELED before the close callbacks run.
@@ -192,13 +258,28 @@ void on_proof_complete(Connection* c) {
   std::string verdict =
       c->handshake.verdict(std::string_view(c->proof.data(), kProofBytes), &accepted);
   if (!accepted) {
-    RpcServerStats& stats = c->server->stats;
+    ServerCore* s = c->server;
+    RpcServerStats& stats = s->stats;
     (c->handshake.bad_protocol() ? stats.rejected_protocol : stats.rejected_auth)++;
+    if (!c->handshake.bad_protocol()) {
+      Source& src = source_of(*s, c->source);
+      refill(*s, src);
+      src.tokens = std::max(0.0, src.tokens - 1);
+    }
     c->phase = Connection::Phase::kRejecting;
     set_reading(c, false);
     if (c->server != nullptr) write_bytes(c, std::move(verdict), /*close_after=*/true);
     return;
   }
+  ServerCore* s = c->server;
+  leave_pending(s, c);
+  if (s->authenticated >= s->options.max_connections) {
+    s->stats.rejected_limit++;
+    close_connection(c);
+    return;
+  }
+  c->authenticated = true;
+  s->authenticated++;
   c->phase = Connection::Phase::kFrames;
   if (write_bytes(c, std::move(verdict), /*close_after=*/false)) pump(c);
 }
@@ -242,6 +323,24 @@ void on_handshake_timeout(uv_timer_t* timer) {
   close_connection(c);
 }
 
+// The peer's address without its port; IPv4-mapped IPv6 counts as the IPv4 address.
+std::string peer_key(const uv_tcp_t* tcp) {
+  sockaddr_storage peer{};
+  int len = sizeof peer;
+  if (uv_tcp_getpeername(tcp, reinterpret_cast<sockaddr*>(&peer), &len) != 0) return {};
+  if (peer.ss_family == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(&peer);
+    return std::string(reinterpret_cast<const char*>(&in->sin_addr), 4);
+  }
+  if (peer.ss_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&peer);
+    const auto* b = reinterpret_cast<const char*>(&in6->sin6_addr);
+    if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) return std::string(b + 12, 4);
+    return std::string(b, 16);
+  }
+  return {};
+}
+
 void on_connection(uv_stream_t* listener, int status) {
   auto* s = static_cast<ServerCore*>(listener->data);
   if (status < 0 || s->stopped) return;  // e.g. EMFILE: libuv already dropped the peer
@@ -257,11 +356,40 @@ void on_connection(uv_stream_t* listener, int status) {
     close_connection(c);
     return;
   }
-  if (s->connections.size() > s->options.max_connections) {
+  c->source = peer_key(&c->tcp);
+  if (s->authenticated >= s->options.max_connections) {  // no room even if it proves itself
     s->stats.rejected_limit++;
     close_connection(c);
     return;
   }
+  Source& src = source_of(*s, c->source);
+  refill(*s, src);
+  if (src.tokens < 1) {
+    s->stats.rejected_rate++;
+    close_connection(c);
+    return;
+  }
+  if (s->options.max_unauthenticated == 0 || s->options.max_unauthenticated_per_source == 0) {
+    s->stats.rejected_limit++;
+    close_connection(c);
+    return;
+  }
+  // Make room by pushing out the oldest handshake, of this source first: a flood only ever
+  // displaces itself, and the newest connection (a token holder's) is the last to go.
+  Connection* evict = nullptr;
+  if (src.pending.size() >= s->options.max_unauthenticated_per_source) {
+    evict = src.pending.front();
+  } else if (s->unauthenticated.size() >= s->options.max_unauthenticated) {
+    evict = s->unauthenticated.front();
+  }
+  if (evict != nullptr) {
+    s->stats.evicted++;
+    close_connection(evict);
+  }
+  c->pending = true;
+  c->pending_it = s->unauthenticated.insert(s->unauthenticated.end(), c);
+  c->source_it = src.pending.insert(src.pending.end(), c);
+  s->stats.unauthenticated = s->unauthenticated.size();
   s->stats.accepted++;
   uv_tcp_nodelay(&c->tcp, 1);
   // A client waiting on WaitJob is silent for long; keepalive finds one whose board
@@ -340,6 +468,7 @@ void RpcServer::Impl::stop() {
     listener = nullptr;
   }
   while (!connections.empty()) close_connection(*connections.begin());  // each erases itself
+  sources.clear();
 }
 
 RpcServer::RpcServer(uv_loop_t* loop, std::string token, RpcServerOptions options,

@@ -3,9 +3,20 @@
 // frames. Garbage, an oversize length, a wrong token or a slow reader closes that
 // connection only and bumps a counter; every other connection keeps being served.
 //
-// Bounds: max_connections (further accepts are closed at once), per connection at
-// most max_inflight requests awaiting a reply (beyond: the connection stops reading
-// until replies drain) and write_queue_bytes_max of unsent replies (beyond: closed).
+// Two budgets, so strangers cannot starve token holders (docs/GUARANTEES.md):
+// - Unauthenticated connections (accepted, handshake not done): at most
+//   max_unauthenticated in all and max_unauthenticated_per_source per source address.
+//   A new connection over either bound evicts the oldest unauthenticated one (of its
+//   source, else of all): a flood of half-open connections keeps pushing out its own
+//   old ones, and a token holder's handshake, the newest, completes within its round trip.
+// - Authenticated connections: at most max_connections; per connection at most
+//   max_inflight requests awaiting a reply (beyond: the connection stops reading until
+//   replies drain) and write_queue_bytes_max of unsent replies (beyond: closed).
+// Wrong-token handshakes are rate-limited per source (a token bucket: a burst of
+// auth_failures_burst, refilled at auth_failures_per_minute): a source out of tokens has
+// its connections closed at accept. Garbage is closed within 5 bytes and half-open
+// connections by the deadline and the eviction above, so neither is rate-limited: a token
+// holder behind the same address as a garbage sender is never refused for it.
 //
 // Threading: loop thread only. The handler runs on the loop thread and may reply later
 // (WaitJob) through the Responder; replying to a closed connection is a no-op.
@@ -32,18 +43,26 @@ namespace cardnode::net {
 
 struct RpcServerOptions {
   std::string listen = "0.0.0.0:7420";
-  uint32_t max_connections = 256;
+  uint32_t max_connections = 256;  // authenticated
+  uint32_t max_unauthenticated = 1024;
+  uint32_t max_unauthenticated_per_source = 16;
+  uint32_t auth_failures_burst = 32;  // wrong-token handshakes per source before refusals
+  uint32_t auth_failures_per_minute = 60;
   uint32_t max_inflight = 64;
   uint64_t write_queue_bytes_max = 16ull << 20;
-  uint64_t handshake_timeout_ms = 5000;
+  // One round trip and an HMAC: a board on a poor Wi-Fi link needs well under a second.
+  uint64_t handshake_timeout_ms = 3000;
 };
 
 struct RpcServerStats {
-  uint64_t accepted = 0;           // connections admitted under max_connections
+  uint64_t accepted = 0;           // connections taken into the handshake
   uint64_t active = 0;             // open connections, in handshake or serving
+  uint64_t unauthenticated = 0;    // open connections still in the handshake
   uint64_t rejected_auth = 0;      // wrong token
   uint64_t rejected_protocol = 0;  // bad handshake bytes, bad frame, unparsable message
   uint64_t rejected_limit = 0;     // over max_connections, slow reader, handshake timeout
+  uint64_t rejected_rate = 0;      // refused at accept: its source failed too many handshakes
+  uint64_t evicted = 0;            // unauthenticated, pushed out by a newer connection
   uint64_t requests = 0;
 };
 

@@ -14,6 +14,7 @@
 #include <mutex>
 #include <random>
 #include <thread>
+#include <vector>
 
 #include "net/client.h"
 #include "net/frame.h"
@@ -200,6 +201,32 @@ class RpcTest : public ::testing::Test {
     sa.sin_port = htons(port_);
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+    return fd;
+  }
+
+  // As raw_connect, from another loopback address (127.0.0.0/8 is all on lo): another
+  // source, as far as the server's per-source budgets can tell.
+  int raw_connect_from(const std::string& source_ip) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    EXPECT_GE(fd, 0);
+    timeval tv{10, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    sockaddr_in from{};
+    from.sin_family = AF_INET;
+    EXPECT_EQ(::inet_pton(AF_INET, source_ip.c_str(), &from.sin_addr), 1);
+    EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof from), 0) << source_ip;
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(port_);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+    return fd;
+  }
+
+  // A half-open stranger: connected, HELLO read, never answers.
+  int half_open_from(const std::string& source_ip) {
+    const int fd = raw_connect_from(source_ip);
+    EXPECT_EQ(read_exact(fd, kHelloBytes).size(), kHelloBytes) << source_ip;
     return fd;
   }
 
@@ -519,6 +546,120 @@ TEST_F(RpcTest, SlowReaderIsClosed) {
   ::close(fd);
   auto c = connect();
   expect_call_works(c.get());
+}
+
+// ---- strangers cannot starve token holders -------------------------------------------
+
+// Half-open connections live in their own budget: however many, they never take an
+// authenticated slot, and the newest connection (a token holder's) gets its handshake.
+TEST_F(RpcTest, HalfOpenStrangersNeverTakeATokenHoldersSlot) {
+  options_.max_connections = 2;
+  options_.max_unauthenticated = 8;
+  options_.max_unauthenticated_per_source = 4;
+  start_server();
+  std::vector<int> strangers;
+  for (int i = 0; i < 20; ++i) strangers.push_back(half_open_from("127.0.0.1"));
+  auto a = connect();
+  auto b = connect();
+  expect_call_works(a.get());
+  expect_call_works(b.get());
+  RpcServerStats st = stats();
+  EXPECT_LE(st.unauthenticated, 4u);
+  EXPECT_GE(st.evicted, 17u);  // 20 + 2 handshakes through a 4-slot source budget
+  EXPECT_EQ(st.rejected_limit, 0u);
+  EXPECT_TRUE(closed_by_server(strangers.front()));  // the oldest went first
+  for (int fd : strangers) ::close(fd);
+}
+
+// Many sources (127.0.0.2-41) holding half-open connections past the global budget, and a
+// garbage sender, while a token holder connects and calls again and again: every call works.
+TEST_F(RpcTest, AFloodFromManySourcesStillServesEveryTokenHoldersCall) {
+  options_.max_unauthenticated = 64;
+  options_.max_unauthenticated_per_source = 8;
+  start_server();
+  std::vector<int> strangers;
+  for (int src = 2; src <= 41; ++src) {
+    for (int i = 0; i < 8; ++i) strangers.push_back(half_open_from("127.0.0." + std::to_string(src)));
+  }
+  for (int round = 0; round < 10; ++round) {
+    for (int i = 0; i < 20; ++i) {
+      strangers.push_back(half_open_from("127.0.0." + std::to_string(2 + (round * 20 + i) % 40)));
+    }
+    const int garbage = raw_connect_from("127.0.0.1");
+    send_all(garbage, "GET / HTTP/1.0\r\n\r\n");
+    EXPECT_TRUE(closed_by_server(garbage));
+    ::close(garbage);
+    auto holder = connect();
+    expect_call_works(holder.get());
+  }
+  RpcServerStats st = stats();
+  EXPECT_LE(st.unauthenticated, 64u);
+  EXPECT_GE(st.evicted, 320u + 200u - 64u);
+  EXPECT_EQ(st.rejected_protocol, 10u);
+  EXPECT_EQ(st.rejected_rate, 0u);  // garbage and half-open are bounded, not rate-limited
+  for (int fd : strangers) ::close(fd);
+}
+
+// Wrong tokens are rate-limited per source: past the burst, that source is refused at
+// accept (no HELLO), counted; other sources, and garbage, are not affected.
+TEST_F(RpcTest, WrongTokensAreRateLimitedPerSource) {
+  options_.auth_failures_burst = 3;
+  options_.auth_failures_per_minute = 1;  // no refill within the test
+  start_server();
+  auto wrong_token_from = [&](const std::string& ip) {
+    const int fd = raw_connect_from(ip);
+    ClientHandshake hs("not-the-token-0123456789abcdef");
+    Result<std::string> proof = hs.proof(read_exact(fd, kHelloBytes));
+    if (!proof) {
+      ::close(fd);
+      return false;  // no HELLO: refused at accept
+    }
+    send_all(fd, *proof);
+    EXPECT_FALSE(hs.check_verdict(read_exact(fd, kVerdictBytes)).has_value());
+    EXPECT_TRUE(closed_by_server(fd));
+    ::close(fd);
+    return true;
+  };
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(wrong_token_from("127.0.0.3")) << i;
+  EXPECT_EQ(stats().rejected_auth, 3u);
+  EXPECT_FALSE(wrong_token_from("127.0.0.3"));
+  const int refused = raw_connect_from("127.0.0.3");
+  EXPECT_TRUE(closed_by_server(refused));
+  ::close(refused);
+  RpcServerStats st = stats();
+  EXPECT_EQ(st.rejected_rate, 2u);
+  EXPECT_EQ(st.rejected_auth, 3u);  // no handshake was even tried
+  // Another source still gets in, with or without the token.
+  EXPECT_TRUE(wrong_token_from("127.0.0.4"));
+  auto holder = connect();
+  expect_call_works(holder.get());
+}
+
+// A slowloris dribbling a valid handshake a byte at a time is cut at the deadline: the
+// deadline is for the whole handshake, not per byte.
+TEST_F(RpcTest, ASlowlorisIsCutAtTheHandshakeDeadline) {
+  options_.handshake_timeout_ms = 300;
+  start_server();
+  const int fd = raw_connect();
+  ClientHandshake hs(kToken);
+  Result<std::string> proof = hs.proof(read_exact(fd, kHelloBytes));
+  ASSERT_TRUE(proof.has_value());
+  size_t sent = 0;
+  bool closed = false;
+  while (sent < proof->size()) {
+    if (::send(fd, proof->data() + sent, 1, MSG_NOSIGNAL) != 1) {
+      closed = true;
+      break;
+    }
+    ++sent;
+    // 69 bytes at 100 ms take 6.9 s: far past the 300 ms deadline on any machine.
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_TRUE(closed || closed_by_server(fd));
+  EXPECT_LT(sent, proof->size());
+  ::close(fd);
+  EXPECT_TRUE(wait_until([&] { return stats().rejected_limit == 1; }));
+  EXPECT_EQ(stats().requests, 0u);
 }
 
 TEST_F(RpcTest, ClientTimesOutWhenServerNeverSpeaks) {

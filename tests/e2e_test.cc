@@ -1,5 +1,10 @@
 // End-to-end: the real `cardnode` binary as a user runs it (tests/e2e_util.h).
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+
+#include <atomic>
+#include <deque>
+#include <thread>
 
 #include "tests/e2e_util.h"
 
@@ -187,6 +192,87 @@ TEST_F(Cluster, GarbageOnThePortClosesOnlyThatConnection) {
                   "cardnode_net_connections_rejected_total{reason=\"protocol\"}") >= 2;
   }));
   close(idle);
+}
+
+// The lock-out measured on the foundation (~300 half-open sockets made 40 of 68 `ps` fail):
+// thousands of half-open connections from 40 source addresses (127.0.0.2-41) and a garbage
+// sender, all the while a token holder runs `ps` and `run --wait` again and again. Every
+// call of the token holder succeeds.
+TEST_F(Cluster, AFloodOfStrangersNeverLocksOutATokenHolder) {
+  start_server();
+  rlimit nofile{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &nofile), 0);
+  nofile.rlim_cur = std::min<rlim_t>(nofile.rlim_max, 16384);
+  setrlimit(RLIMIT_NOFILE, &nofile);
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &nofile), 0);
+  // Half-open sockets held at once: more than the server's whole connection limit (4,096
+  // authenticated + 1,024 in handshake), which is what locked clients out before.
+  const size_t held_max = std::min<size_t>(6000, nofile.rlim_cur - 256);
+
+  const auto colon = addr_.rfind(':');
+  sockaddr_in server{};
+  server.sin_family = AF_INET;
+  server.sin_port = htons(static_cast<uint16_t>(std::stoi(addr_.substr(colon + 1))));
+  ASSERT_EQ(inet_pton(AF_INET, addr_.substr(0, colon).c_str(), &server.sin_addr), 1);
+
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> opened{0}, garbage_sent{0};
+  std::thread half_open([&] {
+    std::deque<int> held;
+    for (uint32_t n = 0; !stop.load(); ++n) {
+      int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+      if (fd < 0) break;
+      sockaddr_in from{};
+      from.sin_family = AF_INET;
+      from.sin_addr.s_addr = htonl(0x7f000002u + n % 40);
+      if (bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof from) == 0) {
+        (void)connect(fd, reinterpret_cast<const sockaddr*>(&server), sizeof server);
+        opened++;
+      }
+      held.push_back(fd);
+      if (held.size() > held_max) {
+        close(held.front());
+        held.pop_front();
+      }
+      // Paced below what one server core accepts: past it, the kernel drops SYNs for every
+      // client alike (a SYN flood, for the kernel and a firewall, not the server, to absorb).
+      if (n % 20 == 19) std::this_thread::sleep_for(1ms);
+    }
+    for (int fd : held) close(fd);
+  });
+  std::thread garbage([&] {
+    while (!stop.load()) {
+      int g = dial(addr_);
+      if (g < 0) continue;
+      (void)!write(g, "GET / HTTP/1.0\r\n\r\n", 18);
+      (void)closed_by_peer(g);
+      close(g);
+      garbage_sent++;
+    }
+  });
+  ASSERT_TRUE(eventually([&] { return opened.load() >= 2 * held_max && garbage_sent > 10; }));
+
+  int ok = 0, calls = 0;
+  std::string failures;
+  for (int i = 0; i < 20; ++i) {
+    Output r = i % 4 == 3 ? cli({"run", "--wait", "--", "true"}) : cli({"ps"});
+    ++calls;
+    if (r.code == 0) {
+      ++ok;
+    } else {
+      failures += r.err;
+    }
+  }
+  stop = true;
+  half_open.join();
+  garbage.join();
+  EXPECT_EQ(ok, calls) << failures;
+  const std::string m = http_get(metrics_addr_, "/metrics");
+  EXPECT_GT(metric(m, "cardnode_net_connections_rejected_total{reason=\"evicted\"}"), 0) << m;
+  EXPECT_GT(metric(m, "cardnode_net_connections_rejected_total{reason=\"protocol\"}"), 10);
+  std::printf("flood: %llu half-open opened, %llu garbage connections, %d/%d calls served\n",
+              static_cast<unsigned long long>(opened.load()),
+              static_cast<unsigned long long>(garbage_sent.load()), ok, calls);
 }
 
 TEST_F(Cluster, MetricsAndNodesDescribeTheBoard) {

@@ -46,6 +46,10 @@ namespace cardnode::runtime {
     "Connections closed for bad input, by reason")                                               \
   X(net_rejected_limit, "cardnode_net_connections_rejected_total", "reason", "limit",            \
     "Connections closed for bad input, by reason")                                               \
+  X(net_rejected_rate, "cardnode_net_connections_rejected_total", "reason", "rate",              \
+    "Connections closed for bad input, by reason")                                               \
+  X(net_evicted, "cardnode_net_connections_rejected_total", "reason", "evicted",                 \
+    "Connections closed for bad input, by reason")                                               \
   X(net_requests, "cardnode_net_requests_total", "", "", "Client requests served")
 
 // Monotonic totals kept by other modules; refresh() adds the growth since last time.

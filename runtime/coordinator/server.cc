@@ -226,9 +226,14 @@ Status Server::Impl::start_listeners() {
   ro.listen = options.listen;
   // Every agent holds a connection, and clients come and go: room for a full pool of
   // boards (sched::Limits::nodes_max) and as many clients again, within the fd limit.
+  // Handshakes in progress have their own budget (a quarter of what is left, at most
+  // 1,024), so strangers holding sockets open never take a token holder's place.
   const uint64_t fds = raise_open_files_limit();
-  ro.max_connections =
-      static_cast<uint32_t>(std::clamp<uint64_t>(fds > 256 ? fds - 256 : 64, 64, kConnectionsMax));
+  const uint64_t usable = fds > 256 ? fds - 256 : 128;
+  ro.max_unauthenticated = static_cast<uint32_t>(std::clamp<uint64_t>(usable / 4, 32, 1024));
+  ro.max_connections = static_cast<uint32_t>(
+      std::clamp<uint64_t>(usable - std::min(usable, uint64_t{ro.max_unauthenticated}), 64,
+                           kConnectionsMax));
   if (ro.max_connections < kConnectionsMax) {
     log(Level::kWarn, "server",
         "open-files limit " + std::to_string(fds) + ": at most " +
@@ -381,6 +386,8 @@ void Server::Impl::refresh_metrics() {
   s.net_rejected_auth = ns.rejected_auth;
   s.net_rejected_protocol = ns.rejected_protocol;
   s.net_rejected_limit = ns.rejected_limit;
+  s.net_rejected_rate = ns.rejected_rate;
+  s.net_evicted = ns.evicted;
   s.net_requests = ns.requests;
   s.tasks_ended = cs.tasks_ended;
   metrics->refresh(s);

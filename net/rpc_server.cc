@@ -69,7 +69,7 @@ struct Connection {
   explicit Connection(ServerCore* s) : server(s), handshake(s->token) {}
 
   uv_tcp_t tcp{};
-  uv_timer_t timer{};  // handshake deadline
+  uv_timer_t timer{};  // the handshake deadline, then the idle timeout
   int open_handles = 0;
   ServerCore* server;
   Phase phase = Phase::kHandshake;
@@ -252,6 +252,24 @@ void pump(Connection* c) {
   if (c->server != nullptr) set_reading(c, c->inflight < c->server->options.max_inflight);
 }
 
+void on_idle_timeout(uv_timer_t* timer) {
+  auto* c = static_cast<Connection*>(timer->data);
+  if (c->server == nullptr) return;
+  if (c->inflight > 0) {  // a held request (WaitJob, a poll): not idle, look again later
+    uv_timer_again(timer);
+    return;
+  }
+  c->server->stats.closed_idle++;
+  close_connection(c);
+}
+
+// (Re)starts the idle clock: at the handshake's end and whenever the peer sends bytes.
+void arm_idle_timer(Connection* c) {
+  const uint64_t ms = c->server->options.idle_timeout_ms;
+  if (ms == 0) return;
+  uv_timer_start(&c->timer, on_idle_timeout, ms, ms);
+}
+
 void on_proof_complete(Connection* c) {
   uv_timer_stop(&c->timer);
   bool accepted = false;
@@ -281,6 +299,7 @@ void on_proof_complete(Connection* c) {
   c->authenticated = true;
   s->authenticated++;
   c->phase = Connection::Phase::kFrames;
+  arm_idle_timer(c);
   if (write_bytes(c, std::move(verdict), /*close_after=*/false)) pump(c);
 }
 
@@ -308,6 +327,7 @@ void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
     return;
   }
   if (c->phase != Connection::Phase::kFrames) return;
+  arm_idle_timer(c);
   if (!c->decoder.feed(std::string_view(buf->base, n))) {
     c->server->stats.rejected_protocol++;
     close_connection(c);

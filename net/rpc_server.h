@@ -11,7 +11,8 @@
 //   old ones, and a token holder's handshake, the newest, completes within its round trip.
 // - Authenticated connections: at most max_connections; per connection at most
 //   max_inflight requests awaiting a reply (beyond: the connection stops reading until
-//   replies drain) and write_queue_bytes_max of unsent replies (beyond: closed).
+//   replies drain), write_queue_bytes_max of unsent replies (beyond: closed), and an idle
+//   timeout while nothing is in flight.
 // Wrong-token handshakes are rate-limited per source (a token bucket: a burst of
 // auth_failures_burst, refilled at auth_failures_per_minute): a source out of tokens has
 // its connections closed at accept. Garbage is closed within 5 bytes and half-open
@@ -52,6 +53,9 @@ struct RpcServerOptions {
   uint64_t write_queue_bytes_max = 16ull << 20;
   // One round trip and an HMAC: a board on a poor Wi-Fi link needs well under a second.
   uint64_t handshake_timeout_ms = 3000;
+  // An authenticated connection with no request in flight and no bytes from the peer for
+  // this long is closed (0: never). A held request (WaitJob, an agent's poll) is not idle.
+  uint64_t idle_timeout_ms = 300'000;
 };
 
 struct RpcServerStats {
@@ -63,6 +67,7 @@ struct RpcServerStats {
   uint64_t rejected_limit = 0;     // over max_connections, slow reader, handshake timeout
   uint64_t rejected_rate = 0;      // refused at accept: its source failed too many handshakes
   uint64_t evicted = 0;            // unauthenticated, pushed out by a newer connection
+  uint64_t closed_idle = 0;        // authenticated, nothing in flight for idle_timeout_ms
   uint64_t requests = 0;
 };
 

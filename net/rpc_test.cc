@@ -662,6 +662,41 @@ TEST_F(RpcTest, ASlowlorisIsCutAtTheHandshakeDeadline) {
   EXPECT_EQ(stats().requests, 0u);
 }
 
+// An authenticated connection that sends nothing and waits for nothing is closed after the
+// idle timeout; one holding a request (a `wait`, an agent's poll) is not idle.
+TEST_F(RpcTest, IdleAuthenticatedConnectionsCloseButHeldRequestsDoNot) {
+  options_.idle_timeout_ms = 500;  // far above a slow (qemu) client's gap between handshake and frame
+  auto_release_ = false;
+  start_server();
+  const int holder = raw_connect();
+  raw_handshake(holder, kToken);
+  send_all(holder, frame_of(1, /*wait=*/true));
+  ASSERT_TRUE(wait_until([&] { return held() == 1; }));
+  const int idle = raw_connect();
+  raw_handshake(idle, kToken);
+  EXPECT_TRUE(closed_by_server(idle));
+  ::close(idle);
+  // Several idle periods later (the idle one is gone), the held request's connection is
+  // still there, and its reply still arrives.
+  ASSERT_TRUE(wait_until([&] { return stats().closed_idle == 1; }));
+  const int idle2 = raw_connect();
+  raw_handshake(idle2, kToken);
+  EXPECT_TRUE(closed_by_server(idle2));
+  ::close(idle2);
+  EXPECT_EQ(stats().closed_idle, 2u);
+  EXPECT_EQ(stats().active, 1u);
+  loop_.run([this] {
+    release_front();
+    return 0;
+  });
+  char header[4];
+  EXPECT_EQ(::recv(holder, header, sizeof header, MSG_WAITALL), 4);
+  // Once answered, the holder is idle too.
+  EXPECT_TRUE(closed_by_server(holder));
+  ::close(holder);
+  EXPECT_TRUE(wait_until([&] { return stats().closed_idle == 3; }));
+}
+
 TEST_F(RpcTest, ClientTimesOutWhenServerNeverSpeaks) {
   // A listening socket nobody accepts from: connect succeeds, HELLO never comes.
   const int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);

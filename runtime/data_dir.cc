@@ -4,6 +4,7 @@
 #include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstdio>
 
@@ -73,14 +74,19 @@ Result<std::string> load_or_create_identity(const std::string& path) {
 }
 
 Result<DataDir> DataDir::open(const std::string& path, const std::string& log_dir,
-                              bool make_token) {
+                              bool make_token, uint32_t lock_wait_ms) {
   DataDir d;
   d.path_ = path;
   if (auto st = make_dir(path, 0700); !st) return std::unexpected(st.error());
   auto lock = storage::open_fd(path + "/lock", O_RDWR | O_CREAT, 0600);
   if (!lock) return std::unexpected(lock.error());
-  if (::flock(lock->get(), LOCK_EX | LOCK_NB) != 0) {
-    return fail(Errc::kUnavailable, "another cardnode server is using data dir " + path);
+  constexpr uint32_t kLockPollMs = 20;
+  for (uint32_t waited = 0; ::flock(lock->get(), LOCK_EX | LOCK_NB) != 0; waited += kLockPollMs) {
+    if (errno != EWOULDBLOCK && errno != EINTR) return fail_errno(errno, "lock " + path + "/lock");
+    if (waited >= lock_wait_ms) {
+      return fail(Errc::kUnavailable, "another cardnode process is using data dir " + path);
+    }
+    ::usleep(kLockPollMs * 1000);
   }
   d.lock_ = std::move(*lock);
   if (make_token) {

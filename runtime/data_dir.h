@@ -12,6 +12,7 @@
 // Threading: plain blocking calls, at start-up only.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "proto/error.h"
@@ -21,10 +22,17 @@ namespace cardnode::runtime {
 
 class DataDir {
  public:
-  // Creates what is missing and takes the lock (kUnavailable if another process holds it).
-  // A server makes the cluster token on first start; an agent is given it (make_token false).
+  // Creates what is missing and takes the lock (kUnavailable if another process still holds
+  // it after lock_wait_ms). A server makes the cluster token on first start; an agent is
+  // given it (make_token false).
+  //
+  // Why wait at all: after a kill -9, a child forked by the dead process that has not yet
+  // reached its exec still holds the lock's file (O_CLOEXEC closes it only at exec), so a
+  // restart right away (systemd, a test) can find it held for a moment.
   [[nodiscard]] static Result<DataDir> open(const std::string& path, const std::string& log_dir,
-                                            bool make_token = true);
+                                            bool make_token = true,
+                                            uint32_t lock_wait_ms = kLockWaitMsDefault);
+  static constexpr uint32_t kLockWaitMsDefault = 5000;
 
   const std::string& path() const { return path_; }
   const std::string& token() const { return token_; }

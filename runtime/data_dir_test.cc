@@ -4,7 +4,11 @@
 #include "runtime/data_dir.h"
 
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -95,14 +99,46 @@ TEST(DataDir, OneProcessAtATime) {
     first.emplace(std::move(*d));
   }
   // flock belongs to the open file: a second open in this same process conflicts just
-  // as a second server would.
-  auto second = DataDir::open(dir, "");
+  // as a second server would (after the wait a restart is given; none here).
+  auto second = DataDir::open(dir, "", true, /*lock_wait_ms=*/0);
   ASSERT_FALSE(second);
   EXPECT_EQ(second.error().code, Errc::kUnavailable);
   EXPECT_NE(second.error().message.find(dir), std::string::npos);
   first.reset();
   auto third = DataDir::open(dir, "");
   EXPECT_TRUE(third) << third.error().describe();
+}
+
+// A lock held a moment longer (a dead server's child between fork and exec) is waited for.
+TEST(DataDir, ALockReleasedWithinTheWaitIsTaken) {
+  TempDir tmp;
+  const std::string dir = tmp.path() + "/data";
+  auto first = DataDir::open(dir, "");
+  ASSERT_TRUE(first);
+  const std::string lock = dir + "/lock";
+  // A child holds its own open of the lock file, then lets go once the parent is waiting.
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  std::optional<DataDir> held(std::move(*first));
+  held.reset();
+  pid_t child = ::fork();
+  if (child == 0) {
+    int fd = ::open(lock.c_str(), O_RDWR);
+    if (fd < 0 || ::flock(fd, LOCK_EX) != 0) ::_exit(1);
+    char c = 1;
+    (void)!::write(ready[1], &c, 1);
+    ::usleep(300 * 1000);  // the parent's open is waiting on the lock meanwhile
+    ::_exit(0);            // exit releases the lock
+  }
+  ::close(ready[1]);
+  char c = 0;
+  ASSERT_EQ(::read(ready[0], &c, 1), 1);  // the child holds it now
+  ::close(ready[0]);
+  auto second = DataDir::open(dir, "", true, /*lock_wait_ms=*/60'000);
+  EXPECT_TRUE(second) << second.error().describe();
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
 TEST(DataDir, AnAgentIsGivenItsTokenAndMakesNone) {

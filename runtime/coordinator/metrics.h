@@ -50,6 +50,8 @@ namespace cardnode::runtime {
     "Connections closed for bad input, by reason")                                               \
   X(net_evicted, "cardnode_net_connections_rejected_total", "reason", "evicted",                 \
     "Connections closed for bad input, by reason")                                               \
+  X(net_closed_idle, "cardnode_net_connections_idle_closed_total", "", "",                       \
+    "Authenticated connections closed after the idle timeout")                                   \
   X(net_requests, "cardnode_net_requests_total", "", "", "Client requests served")
 
 // Monotonic totals kept by other modules; refresh() adds the growth since last time.

@@ -388,6 +388,7 @@ void Server::Impl::refresh_metrics() {
   s.net_rejected_limit = ns.rejected_limit;
   s.net_rejected_rate = ns.rejected_rate;
   s.net_evicted = ns.evicted;
+  s.net_closed_idle = ns.closed_idle;
   s.net_requests = ns.requests;
   s.tasks_ended = cs.tasks_ended;
   metrics->refresh(s);

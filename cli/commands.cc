@@ -15,6 +15,7 @@
 #include "cli/json_out.h"
 #include "net/client.h"
 #include "net/handshake.h"
+#include "proto/text.h"
 #include "runtime/coordinator/fsck.h"
 #include "scheduler/cluster.h"
 
@@ -184,25 +185,31 @@ Result<pb::JobDetail> fetch_job(net::Client& c, uint64_t id) {
   return detail;
 }
 
-// A command for the table: arguments joined by spaces, cut to `width` bytes (on a UTF-8
-// boundary) with "..." where it was cut, here or by the server.
+// At most `width` bytes of shown (escaped) text, "..." where it was cut.
+std::string fit(const std::string& text, size_t width) {
+  if (text.size() <= width) return text;
+  return text.substr(0, shown_prefix_bytes(text, width - 3)) + "...";
+}
+
+// A command for the table: arguments shown escaped (proto/text.h: one line, \xHH for
+// bytes that are not printable UTF-8) and joined by spaces, cut to `width` bytes with
+// "..." where it was cut, here or by the server.
 std::string command_text(const pb::JobSummary& j, size_t width) {
   std::string text;
   for (const std::string& arg : j.command()) {
     if (!text.empty()) text.push_back(' ');
-    text.append(arg, 0, width + 1);  // enough to tell that it is too long
+    // Enough to tell that it is too long: escaping only lengthens.
+    text += shown(std::string_view(arg).substr(0, width + 1));
     if (text.size() > width) break;
   }
-  for (char& ch : text) {
-    if (static_cast<unsigned char>(ch) < 0x20) ch = ' ';  // one line per row
-  }
   if (text.size() <= width && !j.command_shortened()) return text;
-  size_t n = std::min(text.size(), width - 3);
-  while (n > 0 && n < text.size() && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) --n;
-  return text.substr(0, n) + "...";
+  return text.substr(0, shown_prefix_bytes(text, width - 3)) + "...";
 }
 
 int submit_and_maybe_wait(const ClientConfig& cfg, pb::JobSpec spec, bool wait) {
+  // Before connecting: a spec the server would refuse (or that protobuf would not send,
+  // a map key that is not UTF-8) is a usage error, and nothing is sent.
+  if (auto bad = job_spec_bytes_error(spec)) return error_line(*bad, kExitUsage);
   auto c = connect(cfg);
   if (!c) return report(c.error());
   pb::Request req;
@@ -288,6 +295,7 @@ int cmd_agent(const ClientConfig& cfg, runtime::AgentOptions options) {
 
 int cmd_drain(const ClientConfig& cfg, const std::string& node, bool undrain,
               uint64_t deadline_ms) {
+  if (!is_utf8(node)) return error_line("node name '" + shown(node) + "' is not UTF-8", kExitUsage);
   auto c = connect(cfg);
   if (!c) return report(c.error());
   pb::Request req;
@@ -345,10 +353,10 @@ int cmd_ps(const ClientConfig& cfg, std::optional<uint64_t> job, bool json) {
   std::printf("%-6s %-20s %-10s %4s %6s  %-*s  %s\n", "ID", "NAME", "STATE", "PRI", "TASKS",
               kCommandWidth, "COMMAND", "STATES");
   auto row = [](const pb::JobSummary& j) {
-    std::printf("%-6llu %-20.20s %-10s %4u %6u  %-*s  %s\n",
-                static_cast<unsigned long long>(j.id()), j.name().c_str(),
-                job_state_text(j.state()), j.priority(), j.count(), kCommandWidth,
-                command_text(j, kCommandWidth).c_str(), states_text(j).c_str());
+    std::printf("%-6llu %-20s %-10s %4u %6u  %-*s  %s\n", static_cast<unsigned long long>(j.id()),
+                fit(shown(j.name()), 20).c_str(), job_state_text(j.state()), j.priority(),
+                j.count(), kCommandWidth, command_text(j, kCommandWidth).c_str(),
+                states_text(j).c_str());
   };
   if (!job) {
     for (const auto& j : list.jobs()) row(j);
@@ -361,11 +369,11 @@ int cmd_ps(const ClientConfig& cfg, std::optional<uint64_t> job, bool json) {
     std::printf("%-12s %-11s %5d %6d %8u  %s\n",
                 (std::to_string(*job) + "." + std::to_string(t.index())).c_str(),
                 task_state_text(t.state()), t.exit_code(), t.signal(), t.attempts(),
-                t.node().c_str());
+                shown(t.node()).c_str());
     // Earlier attempts under their task, indented: "  #1 lost on board-2".
     for (const auto& a : t.earlier()) {
       std::printf("  #%-9u %-11s %5d %6d %8s  %s\n", a.attempt(), task_state_text(a.state()),
-                  a.exit_code(), a.signal(), "", a.node().c_str());
+                  a.exit_code(), a.signal(), "", shown(a.node()).c_str());
     }
   }
   return 0;
@@ -431,9 +439,9 @@ int cmd_nodes(const ClientConfig& cfg, bool json) {
                   n.cpu_millis() / 1000.0);
     std::snprintf(mem, sizeof(mem), "%s/%s", human_bytes(n.mem_bytes_used()).c_str(),
                   human_bytes(n.mem_bytes()).c_str());
-    std::printf("%-16s %-8s %-8s %11s %13s %7u  %-10s %s\n", n.name().c_str(), n.state().c_str(),
-                n.arch().c_str(), cpu, mem, n.running_tasks(), n.isolation().c_str(),
-                enforced.empty() ? "none" : enforced.c_str());
+    std::printf("%-16s %-8s %-8s %11s %13s %7u  %-10s %s\n", shown(n.name()).c_str(),
+                n.state().c_str(), n.arch().c_str(), cpu, mem, n.running_tasks(),
+                n.isolation().c_str(), enforced.empty() ? "none" : enforced.c_str());
   }
   return 0;
 }

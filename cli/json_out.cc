@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <map>
 
+#include "proto/text.h"
 #include "scheduler/cluster.h"
 
 namespace cardnode::cli {
@@ -51,26 +52,7 @@ std::string summary_fields(const pb::JobSummary& j) {
 }  // namespace
 
 std::string json_escape(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-          out += buf;
-        } else {
-          out.push_back(static_cast<char>(c));
-        }
-    }
-  }
-  out.push_back('"');
-  return out;
+  return json_quoted(s);
 }
 
 // pb::TaskState / pb::JobState values equal the scheduler's (proto/cardnode.proto); a

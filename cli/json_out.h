@@ -2,6 +2,7 @@
 // numbers as numbers, states as the names the brief fixes. Fields may be added, never
 // renamed. Hand-written rather than protobuf's JSON mapping, which would print
 // camelCase names, 64-bit numbers as strings and enum names like TASK_QUEUED.
+// Commands and names are bytes: valid UTF-8 as it is, other bytes as U+FFFD.
 #pragma once
 
 #include <string>
@@ -10,8 +11,9 @@
 
 namespace cardnode::cli {
 
-std::string json_escape(const std::string& s);  // with the surrounding quotes
-const char* task_state_text(pb::TaskState s);   // "queued", "timed_out", ...
+// With the surrounding quotes; bytes that are not UTF-8 become U+FFFD (proto/text.h).
+std::string json_escape(const std::string& s);
+const char* task_state_text(pb::TaskState s);  // "queued", "timed_out", ...
 const char* job_state_text(pb::JobState s);
 
 std::string jobs_json(const pb::JobList& list);     // {"jobs":[...]}

@@ -18,6 +18,7 @@
 
 #include "cli/commands.h"
 #include "cli/parse.h"
+#include "proto/text.h"
 #include "runtime/exec/executor.h"
 
 namespace {
@@ -159,7 +160,7 @@ Entry add_run(CLI::App& app, const ClientConfig& client) {
     std::string cpu, mem, timeout, name;
     uint32_t count = 1, retries = 0, priority = 50;
     uint64_t after = 0;
-    std::vector<std::string> constraints, command;
+    std::vector<std::string> constraints, env, command;
     bool wait = false;
   };
   auto a = std::make_shared<Args>();
@@ -173,6 +174,11 @@ Entry add_run(CLI::App& app, const ClientConfig& client) {
   sub->add_option("--timeout", a->timeout, "Time limit per attempt, e.g. 90s, 5m");
   sub->add_option("--constraint", a->constraints, "Node label K=V the task needs (repeatable)")
       ->expected(1)
+      ->allow_extra_args(false)  // else `-- sh -c X` after it fails on "-c" (CLI11 2.1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  sub->add_option("--env", a->env, "Environment variable NAME=VALUE for the tasks (repeatable)")
+      ->expected(1)
+      ->allow_extra_args(false)  // else `-- sh -c X` after it fails on "-c" (CLI11 2.1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   sub->add_option("--priority", a->priority, "0-100, higher first (default 50)")
       ->check(CLI::Range(0u, 100u));
@@ -201,6 +207,16 @@ Entry add_run(CLI::App& app, const ClientConfig& client) {
             for (const auto& c : a->constraints) {
               if (auto kv = check(parse_label(c), &err)) {
                 (*spec.mutable_constraints())[kv->first] = kv->second;
+              }
+            }
+            for (const auto& e : a->env) {
+              // The value is bytes, taken as it is; the name is checked before sending.
+              const size_t eq = e.find('=');
+              if (eq == std::string::npos) {
+                if (err.empty())
+                  err = "bad --env '" + cardnode::shown(e) + "': expected NAME=VALUE";
+              } else {
+                (*spec.mutable_env())[e.substr(0, eq)] = e.substr(eq + 1);
               }
             }
             if (!err.empty()) return usage_error(err);

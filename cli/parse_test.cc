@@ -121,6 +121,20 @@ TEST(Json, EscapesControlBytesAndLabelKeys) {
   EXPECT_NE(nodes_json(list).find("\"we\\\"ird\":\"v\""), std::string::npos);
 }
 
+// Commands and names are bytes: what is not UTF-8 becomes U+FFFD, so the output parses.
+TEST(Json, BytesThatAreNotUtf8BecomeReplacementCharacters) {
+  pb::JobList list;
+  auto* j = list.add_jobs();
+  j->set_id(1);
+  j->set_name("caf\xe9");
+  j->add_command("printf");
+  j->add_command("caf\xe9 caf\xc3\xa9");
+  const std::string out = jobs_json(list);
+  EXPECT_NE(out.find("\"name\":\"caf\xef\xbf\xbd\""), std::string::npos) << out;
+  EXPECT_NE(out.find("\"command\":[\"printf\",\"caf\xef\xbf\xbd caf\xc3\xa9\"]"), std::string::npos)
+      << out;
+}
+
 TEST(Json, StateNamesMatchTheBrief) {
   EXPECT_STREQ(task_state_text(pb::TASK_TIMED_OUT), "timed_out");
   EXPECT_STREQ(task_state_text(pb::TASK_OOM_KILLED), "oom_killed");

@@ -4,6 +4,8 @@
 #include <cerrno>
 #include <utility>
 
+#include "proto/text.h"
+
 namespace cardnode::runtime {
 namespace {
 
@@ -180,7 +182,7 @@ Result<sched::NodeId> Coordinator::register_node(const std::string& identity,
     removal.mutable_node_removed()->set_node_id(old);
     removal.mutable_node_removed()->set_removed_ms(hooks_.now_ms());
     if (auto seq = commit(removal, nullptr); !seq) return std::unexpected(seq.error());
-    info("node " + std::to_string(old) + " (" + spec.name +
+    info("node " + std::to_string(old) + " (" + shown(spec.name) +
          ") retired: another board took its name");
   }
   const auto id = known ? *known : static_cast<sched::NodeId>(state_.cluster().nodes().size());
@@ -198,9 +200,9 @@ Result<sched::NodeId> Coordinator::register_node(const std::string& identity,
   if (!seq) return std::unexpected(seq.error());
   if (!known) {
     (void)state_.cluster().set_node_state(id, sched::NodeState::kDown);
-    info("node " + spec.name + " joined as node " + std::to_string(id));
+    info("node " + shown(spec.name) + " joined as node " + std::to_string(id));
   } else {
-    info("node " + std::to_string(id) + " updated (now " + spec.name + ")");
+    info("node " + std::to_string(id) + " updated (now " + shown(spec.name) + ")");
   }
   return id;
 }

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "net/frame.h"
+#include "proto/text.h"
 #include "storage/wal_format.h"
 
 namespace cardnode::runtime {
@@ -21,14 +22,6 @@ uint64_t entry_bytes(size_t message_bytes) {
   return 1 + google::protobuf::io::CodedOutputStream::VarintSize64(message_bytes) + message_bytes;
 }
 
-// At most max_bytes of s, cut on a character boundary: protobuf strings are UTF-8, and a
-// cut character would make the reply unparseable.
-std::string utf8_prefix(const std::string& s, size_t max_bytes) {
-  size_t n = std::min(s.size(), max_bytes);
-  while (n > 0 && n < s.size() && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
-  return s.substr(0, n);
-}
-
 void put_shortened(const google::protobuf::RepeatedPtrField<std::string>& command,
                    pb::JobSummary* out) {
   size_t bytes = 0;
@@ -38,7 +31,8 @@ void put_shortened(const google::protobuf::RepeatedPtrField<std::string>& comman
       out->set_command_shortened(true);
       return;
     }
-    std::string piece = arg.size() <= room ? arg : utf8_prefix(arg, room);
+    // Not splitting a UTF-8 character, for display; other bytes are cut at the budget.
+    std::string piece = arg.substr(0, prefix_bytes(arg, room));
     const bool cut = piece.size() < arg.size();
     bytes += piece.size();
     if (!piece.empty() || !cut) out->add_command(std::move(piece));

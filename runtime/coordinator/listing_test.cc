@@ -156,7 +156,7 @@ TEST(Listing, ListsShortenCommandsAndAJobsPageHasItWhole) {
   EXPECT_EQ(std::vector<std::string>(list.jobs(4).command().begin(), list.jobs(4).command().end()),
             exact);
 
-  // The reply parses (its strings are UTF-8), as the client reads it.
+  // The reply parses, as the client reads it.
   pb::JobList parsed;
   ASSERT_TRUE(parsed.ParseFromString(list.SerializeAsString()));
   EXPECT_EQ(parsed.jobs(2).command(1), j3.command(1));
@@ -167,6 +167,31 @@ TEST(Listing, ListsShortenCommandsAndAJobsPageHasItWhole) {
     EXPECT_EQ(d.job().command().size(), f.s.spec(id)->command().size());
   }
   EXPECT_EQ(job_page(f.s, *f.s.cluster().job(3), 0, 0).job().command(1), accents);
+}
+
+// Commands are bytes: an argument that is not UTF-8 is cut at the budget (never backed
+// over, never past it), and the list still parses.
+TEST(Listing, CommandsThatAreNotUtf8AreCutWithinTheBudget) {
+  Fixture f;
+  f.submit(1, 1, {"echo", std::string(600, '\x80')});  // continuation bytes, no lead
+  std::string latin1;
+  for (int i = 0; i < 300; ++i) latin1 += "caf\xe9";
+  f.submit(2, 1, {"echo", latin1});
+  f.submit(3, 1, {"printf", "caf\xe9"});
+  pb::JobList list = list_jobs(f.s, pb::ListJobs());
+  ASSERT_EQ(list.jobs_size(), 3);
+  for (int j = 0; j < 2; ++j) {
+    ASSERT_EQ(list.jobs(j).command_size(), 2);
+    EXPECT_EQ(list.jobs(j).command(1).size(), kListedCommandBytesMax - 4);
+    EXPECT_TRUE(list.jobs(j).command_shortened());
+  }
+  EXPECT_EQ(list.jobs(1).command(1), latin1.substr(0, kListedCommandBytesMax - 4));
+  EXPECT_EQ(list.jobs(2).command(1), "caf\xe9");
+  EXPECT_FALSE(list.jobs(2).command_shortened());
+  pb::JobList parsed;
+  ASSERT_TRUE(parsed.ParseFromString(list.SerializeAsString()));
+  EXPECT_EQ(parsed.jobs(2).command(1), "caf\xe9");
+  EXPECT_EQ(parsed.jobs(2).name(), "job-3");
 }
 
 // The tasks of one job through every page, as a client reads them.

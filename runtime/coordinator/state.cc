@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <utility>
 
+#include "proto/text.h"
+
 namespace cardnode::runtime {
 namespace {
 
@@ -71,6 +73,8 @@ Status State::normalize(pb::JobSpec* spec) const {
     return fail(Errc::kInvalidArgument, "job has no command");
   if (spec->command_size() > static_cast<int>(kCommandArgsMax))
     return fail(Errc::kInvalidArgument, "command has more than 4096 arguments");
+  // The client checks too; a spec from another client must not reach an execve or a log.
+  if (auto bad = job_spec_bytes_error(*spec)) return fail(Errc::kInvalidArgument, *bad);
   if (spec->count() == 0) spec->set_count(1);
   if (spec->cpu_millis() == 0) spec->set_cpu_millis(kDefaultCpuMillis);
   if (spec->mem_bytes() == 0) spec->set_mem_bytes(kDefaultMemBytes);

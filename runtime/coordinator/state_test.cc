@@ -50,6 +50,85 @@ TEST(State, NormalizeFillsDefaultsAndRejectsBadSpecs) {
   EXPECT_FALSE(f.s.normalize(&huge).has_value());
 }
 
+// Linux argv, env values and paths are bytes: a Latin-1 name must survive the wire (a
+// protobuf `string` would refuse to parse it), normalize and the WAL record as it is.
+TEST(State, NonUtf8CommandEnvAndCwdRoundTrip) {
+  Fixture f;
+  const std::string latin1 = "caf\xe9";
+  const std::string stray = "\x80\xff\xc3(";
+  pb::JobSpec spec;
+  spec.add_command("printf");
+  spec.add_command(latin1);
+  spec.add_command(stray);
+  (*spec.mutable_env())["NAME"] = latin1;
+  spec.set_cwd("/tmp/" + latin1);
+
+  pb::Request req;
+  *req.mutable_submit()->mutable_spec() = spec;
+  std::string wire;
+  ASSERT_TRUE(req.SerializeToString(&wire));
+  pb::Request parsed;
+  ASSERT_TRUE(parsed.ParseFromString(wire));
+  pb::JobSpec got = parsed.submit().spec();
+  ASSERT_TRUE(f.s.normalize(&got).has_value());
+  EXPECT_EQ(got.command(1), latin1);
+  EXPECT_EQ(got.command(2), stray);
+  EXPECT_EQ(got.env().at("NAME"), latin1);
+  EXPECT_EQ(got.cwd(), "/tmp/" + latin1);
+
+  // Into the WAL and the state, and read back from the record's bytes.
+  pb::WalRecord rec;
+  rec.mutable_job_submitted()->set_job_id(1);
+  *rec.mutable_job_submitted()->mutable_spec() = got;
+  std::string bytes;
+  ASSERT_TRUE(rec.SerializeToString(&bytes));
+  pb::WalRecord replayed;
+  ASSERT_TRUE(replayed.ParseFromString(bytes));
+  ASSERT_TRUE(f.apply(replayed).has_value());
+  ASSERT_NE(f.s.spec(1), nullptr);
+  EXPECT_EQ(f.s.spec(1)->command(1), latin1);
+  EXPECT_EQ(f.s.spec(1)->env().at("NAME"), latin1);
+  EXPECT_EQ(f.s.spec(1)->cwd(), "/tmp/" + latin1);
+  EXPECT_EQ(f.s.spec(1)->name(), "printf");
+}
+
+// What a task could not be given as it is is refused with a message, the spec unchanged
+// in the state (normalize only reads it).
+TEST(State, NormalizeRefusesBadEnvNamesAndNulBytes) {
+  Fixture f;
+  pb::JobSpec base;
+  base.add_command("true");
+  auto refused = [&](pb::JobSpec spec, const std::string& words) {
+    auto st = f.s.normalize(&spec);
+    ASSERT_FALSE(st.has_value()) << words;
+    EXPECT_EQ(st.error().code, Errc::kInvalidArgument);
+    EXPECT_NE(st.error().message.find(words), std::string::npos) << st.error().message;
+  };
+  pb::JobSpec eq = base;
+  (*eq.mutable_env())["A=B"] = "v";
+  refused(eq, "holds '='");
+  pb::JobSpec empty = base;
+  (*empty.mutable_env())[""] = "v";
+  refused(empty, "name is empty");
+  pb::JobSpec latin1_name = base;  // only a client that skips the wire gets here
+  (*latin1_name.mutable_env())["caf\xe9"] = "v";
+  refused(latin1_name, "'caf\\xe9' is not UTF-8");
+  pb::JobSpec nul_arg = base;
+  nul_arg.add_command(std::string("a\0b", 3));
+  refused(nul_arg, "command argument 1 holds a NUL byte");
+  pb::JobSpec nul_value = base;
+  (*nul_value.mutable_env())["K"] = std::string("a\0b", 3);
+  refused(nul_value, "environment variable K holds a NUL byte");
+  pb::JobSpec nul_cwd = base;
+  nul_cwd.set_cwd(std::string("/tmp\0/x", 7));
+  refused(nul_cwd, "cwd holds a NUL byte");
+  pb::JobSpec constraint = base;
+  (*constraint.mutable_constraints())["arch"] = "\xff";
+  refused(constraint, "not UTF-8");
+  EXPECT_EQ(f.s.jobs_submitted(), 0u);
+  EXPECT_EQ(f.s.cluster().jobs().size(), 0u);
+}
+
 TEST(State, TotalsFollowEveryRecord) {
   Fixture f;
   ASSERT_TRUE(f.apply(submitted(1, 3)).has_value());

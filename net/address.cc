@@ -85,4 +85,18 @@ std::string format_sockaddr(const sockaddr* sa) {
   return "(address family " + std::to_string(sa->sa_family) + ")";
 }
 
+std::string source_key(const sockaddr_storage& peer) {
+  if (peer.ss_family == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(&peer);
+    return std::string(reinterpret_cast<const char*>(&in->sin_addr), 4);
+  }
+  if (peer.ss_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&peer);
+    const auto* b = reinterpret_cast<const char*>(&in6->sin6_addr);
+    if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) return std::string(b + 12, 4);
+    return std::string(b, 16);
+  }
+  return {};
+}
+
 }  // namespace cardnode::net

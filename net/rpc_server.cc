@@ -343,22 +343,11 @@ void on_handshake_timeout(uv_timer_t* timer) {
   close_connection(c);
 }
 
-// The peer's address without its port; IPv4-mapped IPv6 counts as the IPv4 address.
 std::string peer_key(const uv_tcp_t* tcp) {
   sockaddr_storage peer{};
   int len = sizeof peer;
   if (uv_tcp_getpeername(tcp, reinterpret_cast<sockaddr*>(&peer), &len) != 0) return {};
-  if (peer.ss_family == AF_INET) {
-    const auto* in = reinterpret_cast<const sockaddr_in*>(&peer);
-    return std::string(reinterpret_cast<const char*>(&in->sin_addr), 4);
-  }
-  if (peer.ss_family == AF_INET6) {
-    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&peer);
-    const auto* b = reinterpret_cast<const char*>(&in6->sin6_addr);
-    if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) return std::string(b + 12, 4);
-    return std::string(b, 16);
-  }
-  return {};
+  return source_key(peer);
 }
 
 void on_connection(uv_stream_t* listener, int status) {

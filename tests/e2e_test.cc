@@ -275,6 +275,37 @@ TEST_F(Cluster, AFloodOfStrangersNeverLocksOutATokenHolder) {
               static_cast<unsigned long long>(garbage_sent.load()), ok, calls);
 }
 
+// /metrics is for anyone who can reach it (docs/GUARANTEES.md), so it carries no secret; and
+// strangers' idle sockets on it (one of them blocked every scrape of the old civetweb
+// exposer for good) never keep Prometheus from its scrape.
+TEST_F(Cluster, MetricsShowNoSecretAndIdleSocketsNeverBlindAScrape) {
+  start_server();
+  const std::string secret_cmd = "metrics-cmd-" + std::to_string(getpid());
+  const std::string secret_env = "metrics-env-" + std::to_string(getpid());
+  Output r = cli({"run", "--wait", "--env", "SECRET_VALUE=" + secret_env, "--", "sh", "-c",
+                  "true " + secret_cmd});
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::vector<int> idle;
+  for (int i = 0; i < 200; ++i) {
+    int fd = dial(metrics_addr_);
+    if (fd >= 0) idle.push_back(fd);
+  }
+  ASSERT_EQ(idle.size(), 200u);
+  for (int round = 0; round < 3; ++round) {
+    const std::string m = http_get(metrics_addr_, "/metrics");
+    ASSERT_EQ(m.rfind("HTTP/1.1 200 OK", 0), 0u) << "round " << round << ": " << m;
+    EXPECT_GE(metric(m, "cardnode_jobs_submitted_total"), 1);
+    EXPECT_GT(metric(m, "cardnode_process_resident_memory_bytes"), 0);
+    const std::string token = slurp(data_ + "/token");
+    ASSERT_GE(token.size(), 32u);
+    EXPECT_EQ(m.find(token.substr(0, 32)), std::string::npos);
+    EXPECT_EQ(m.find(secret_cmd), std::string::npos);
+    EXPECT_EQ(m.find(secret_env), std::string::npos);
+    EXPECT_EQ(m.find("SECRET_VALUE"), std::string::npos);
+  }
+  for (int fd : idle) close(fd);
+}
+
 TEST_F(Cluster, MetricsAndNodesDescribeTheBoard) {
   start_server();
   ASSERT_EQ(cli({"run", "--wait", "--", "true"}).code, 0);

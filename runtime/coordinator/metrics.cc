@@ -1,7 +1,6 @@
 #include "runtime/coordinator/metrics.h"
 
-#include <prometheus/collectable.h>
-#include <prometheus/metric_family.h>
+#include <prometheus/text_serializer.h>
 
 #include <string>
 #include <string_view>
@@ -12,21 +11,6 @@
 
 namespace cardnode::runtime {
 namespace {
-
-// Reads /proc/self/status at scrape time, on the exposer's thread: no shared state.
-class ProcessCollector : public prometheus::Collectable {
- public:
-  std::vector<prometheus::MetricFamily> Collect() const override {
-    prometheus::MetricFamily rss;
-    rss.name = "cardnode_process_resident_memory_bytes";
-    rss.help = "Resident set size of this cardnode process (VmRSS)";
-    rss.type = prometheus::MetricType::Gauge;
-    prometheus::ClientMetric m;
-    m.gauge.value = static_cast<double>(resident_bytes());
-    rss.metric.push_back(m);
-    return {rss};
-  }
-};
 
 prometheus::Counter* counter(prometheus::Registry& r, const std::string& name,
                              const std::string& help, const prometheus::Labels& labels = {}) {
@@ -39,7 +23,7 @@ void add_delta(prometheus::Counter* c, uint64_t now, uint64_t before) {
 
 }  // namespace
 
-Result<std::unique_ptr<Metrics>> Metrics::start(const std::string& listen) {
+Result<std::unique_ptr<Metrics>> Metrics::start(uv_loop_t* loop, const std::string& listen) {
   auto hp = net::parse_host_port(listen);
   if (!hp) return std::unexpected(hp.error());
   std::unique_ptr<Metrics> m(new Metrics());
@@ -72,20 +56,34 @@ Result<std::unique_ptr<Metrics>> Metrics::start(const std::string& listen) {
       gauge("cardnode_node_cpu_millis_used", "CPU reserved by running tasks (1000 = one core)");
   m->mem_used_ = gauge("cardnode_node_memory_bytes_used", "Memory reserved by running tasks");
   m->running_ = gauge("cardnode_node_running_tasks", "Tasks running on this board");
-  m->process_collector_ = std::make_shared<ProcessCollector>();
+  m->resident_ = gauge("cardnode_process_resident_memory_bytes",
+                       "Resident set size of this cardnode process (VmRSS)");
 
-  try {  // prometheus-cpp reports a failed bind by throwing; nothing escapes this module.
-    const std::string host = hp->host.empty() ? "0.0.0.0" : hp->host;
-    m->exposer_ = std::make_unique<prometheus::Exposer>(
-        host + ":" + std::to_string(hp->port), 1);  // one civetweb worker: scrapes are rare
-  } catch (const std::exception& e) {
-    return fail(Errc::kUnavailable, "cannot listen for metrics on " + listen + ": " + e.what());
-  }
-  m->exposer_->RegisterCollectable(m->registry_);
-  m->exposer_->RegisterCollectable(m->process_collector_);
-  auto ports = m->exposer_->GetListeningPorts();
-  m->bound_ = hp->host + ":" + std::to_string(ports.empty() ? hp->port : ports.front());
+  net::HttpServerOptions ho;
+  ho.listen = listen;
+  Metrics* self = m.get();
+  m->http_ = std::make_unique<net::HttpServer>(loop, ho, [self](const std::string& path) {
+    if (path == "/metrics") {
+      return net::HttpReply{200, "text/plain; version=0.0.4; charset=utf-8", self->render()};
+    }
+    if (path == "/") return net::HttpReply{200, "text/plain; charset=utf-8", "see /metrics\n"};
+    return net::HttpReply{404, "text/plain; charset=utf-8", "not found\n"};
+  });
+  auto bound = m->http_->start();
+  if (!bound) return std::unexpected(bound.error());
+  auto bound_hp = net::parse_host_port(*bound);
+  // As asked for ("0.0.0.0:9420" stays 0.0.0.0), with the port really bound.
+  m->bound_ = hp->host + ":" + std::to_string(bound_hp ? bound_hp->port : hp->port);
   return m;
+}
+
+void Metrics::stop() {
+  if (http_) http_->stop();
+}
+
+std::string Metrics::render() const {
+  resident_->Set(static_cast<double>(resident_bytes()));
+  return prometheus::TextSerializer().Serialize(registry_->Collect());
 }
 
 std::string Metrics::bound_address() const {

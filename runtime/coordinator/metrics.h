@@ -1,20 +1,28 @@
-// Metrics: the prometheus-cpp registry and exposer (its civetweb threads are the only
-// threads besides the loop; they read prometheus-cpp's atomics, never our state).
-// Every value is pushed from the loop thread — set on each state change, or copied
-// from module stats by refresh() — except the process memory, which a collector reads
-// from /proc at scrape time. All names start with cardnode_.
+// Metrics: the prometheus-cpp registry, served at /metrics by net::HttpServer on the
+// server's own loop (no threads; strangers' idle sockets cannot blind a scrape). Every
+// value is pushed from the loop thread — set on each state change, or copied from module
+// stats by refresh() — except the process memory, read from /proc at scrape time. All
+// names start with cardnode_.
+//
+// Who may read it: anyone who can reach --metrics-listen, as Prometheus expects of an
+// exporter (bind it to a management address, or 127.0.0.1 and scrape through a proxy).
+// So nothing here may carry a secret: no token, no command line, no environment, no
+// job or node name — only counts, the board's arch and the isolation/io modes.
+//
+// Threading: loop thread only.
 #pragma once
 
 #include <prometheus/counter.h>
-#include <prometheus/exposer.h>
 #include <prometheus/gauge.h>
 #include <prometheus/registry.h>
+#include <uv.h>
 
 #include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
 
+#include "net/http_server.h"
 #include "proto/error.h"
 #include "scheduler/cluster.h"
 
@@ -65,8 +73,13 @@ struct MetricSources {
 
 class Metrics {
  public:
-  // Starts the exposer on `listen` ("HOST:PORT"; port 0 picks one).
-  [[nodiscard]] static Result<std::unique_ptr<Metrics>> start(const std::string& listen);
+  // Serves /metrics on `listen` ("HOST:PORT"; port 0 picks one) from `loop`.
+  [[nodiscard]] static Result<std::unique_ptr<Metrics>> start(uv_loop_t* loop,
+                                                              const std::string& listen);
+  // Closes the listener and open scrapes (handles finish closing on the loop).
+  void stop();
+  // The text exposition format, as a scrape gets it.
+  std::string render() const;
 
   std::string bound_address() const;  // "127.0.0.1:41234"
   void set_info(const std::string& arch, const std::string& io_backend,
@@ -79,7 +92,7 @@ class Metrics {
   Metrics() = default;
   std::string bound_;
   std::shared_ptr<prometheus::Registry> registry_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<net::HttpServer> http_;
   std::array<prometheus::Gauge*, sched::kTaskStateCount> tasks_{};
   std::array<prometheus::Counter*, sched::kTaskStateCount> tasks_ended_{};
 #define CARDNODE_COUNTER_MEMBER(field, name, label, value, help) \
@@ -90,7 +103,7 @@ class Metrics {
   prometheus::Gauge* mem_used_ = nullptr;
   prometheus::Gauge* running_ = nullptr;
   MetricSources last_;
-  std::shared_ptr<prometheus::Collectable> process_collector_;
+  prometheus::Gauge* resident_ = nullptr;
 };
 
 }  // namespace cardnode::runtime

@@ -249,7 +249,7 @@ Status Server::Impl::start_listeners() {
                                          });
   auto bound = rpc->start();
   if (!bound) return std::unexpected(bound.error());
-  auto m = Metrics::start(options.metrics_listen);
+  auto m = Metrics::start(&loop, options.metrics_listen);
   if (!m) return std::unexpected(m.error());
   metrics = std::move(*m);
   metrics->set_info(facts.arch, storage::backend_name(engine->backend()),
@@ -409,6 +409,7 @@ void Server::Impl::begin_stop(const char* why) {
   coordinator->stop();
   hub->stop();
   rpc->stop();
+  if (metrics) metrics->stop();
   // Killed tasks end lost (logged) and run again after the next start.
   if (executor) executor->kill_all();
   uv_timer_start(
@@ -474,6 +475,8 @@ Server::~Server() {
   s.store.reset();        // drains the WAL
   s.logs.reset();
   s.engine.reset();
+  if (s.metrics) s.metrics->stop();
+  uv_run(&s.loop, UV_RUN_NOWAIT);  // close callbacks of what an early failure left open
   uv_loop_close(&s.loop);
 }
 

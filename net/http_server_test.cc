@@ -1,0 +1,162 @@
+// HttpServer on a real loop and real sockets: it answers GET and HEAD, refuses what is not
+// a request, bounds the request's size and time, and — the point of it — strangers' idle
+// sockets never keep a scrape from being answered.
+#include "net/http_server.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "net/address.h"
+
+namespace cardnode::net {
+namespace {
+
+using namespace std::chrono_literals;
+
+class HttpServerTest : public ::testing::Test {
+ protected:
+  void start() {
+    ASSERT_EQ(uv_loop_init(&loop_), 0);
+    ASSERT_EQ(uv_async_init(&loop_, &wake_, [](uv_async_t* a) {
+                auto* self = static_cast<HttpServerTest*>(a->data);
+                if (self->stop_.load()) {
+                  self->server_->stop();
+                  uv_close(reinterpret_cast<uv_handle_t*>(a), nullptr);
+                }
+              }),
+              0);
+    wake_.data = this;
+    options_.listen = "127.0.0.1:0";
+    server_ = std::make_unique<HttpServer>(&loop_, options_, [this](const std::string& path) {
+      ++calls_;
+      if (path == "/metrics") return HttpReply{200, "text/plain", "cardnode_up 1\n"};
+      return HttpReply{404, "text/plain", "no\n"};
+    });
+    auto bound = server_->start();
+    ASSERT_TRUE(bound) << bound.error().describe();
+    port_ = parse_host_port(*bound)->port;
+    thread_ = std::thread([this] { uv_run(&loop_, UV_RUN_DEFAULT); });
+  }
+  void TearDown() override {
+    if (!thread_.joinable()) return;
+    stop_ = true;
+    uv_async_send(&wake_);
+    thread_.join();
+    server_.reset();
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    EXPECT_EQ(uv_loop_close(&loop_), 0);
+  }
+
+  int dial(const char* from = nullptr) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    timeval tv{10, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (from != nullptr) {
+      sockaddr_in src{};
+      src.sin_family = AF_INET;
+      ::inet_pton(AF_INET, from, &src.sin_addr);
+      EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&src), sizeof src), 0);
+    }
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(port_);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+    return fd;
+  }
+  // Sends `request`, reads until the server closes; "<no close within 10 s>" if it did not.
+  static std::string exchange(int fd, const std::string& request) {
+    (void)!::send(fd, request.data(), request.size(), MSG_NOSIGNAL);
+    std::string out;
+    char buf[4096];
+    for (;;) {
+      ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n == 0) break;
+      if (n < 0) {
+        const bool reset = errno == ECONNRESET;
+        ::close(fd);
+        return reset ? out : "<no close within 10 s>";
+      }
+      out.append(buf, static_cast<size_t>(n));
+    }
+    ::close(fd);
+    return out;
+  }
+  std::string get(const std::string& path, const char* from = nullptr) {
+    return exchange(dial(from), "GET " + path + " HTTP/1.1\r\nHost: x\r\n\r\n");
+  }
+
+  uv_loop_t loop_{};
+  uv_async_t wake_{};
+  std::atomic<bool> stop_{false};
+  HttpServerOptions options_;
+  std::unique_ptr<HttpServer> server_;
+  std::thread thread_;
+  uint16_t port_ = 0;
+  std::atomic<int> calls_{0};
+};
+
+TEST_F(HttpServerTest, ServesGetAndHeadAndSaysWhatItDoesNot) {
+  start();
+  std::string r = get("/metrics?x=1");
+  EXPECT_EQ(r.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << r;
+  EXPECT_NE(r.find("Content-Length: 14\r\n"), std::string::npos) << r;
+  EXPECT_NE(r.find("Connection: close\r\n"), std::string::npos);
+  EXPECT_TRUE(r.ends_with("\r\n\r\ncardnode_up 1\n")) << r;
+  std::string head = exchange(dial(), "HEAD /metrics HTTP/1.0\r\n\r\n");
+  EXPECT_EQ(head.rfind("HTTP/1.1 200 OK", 0), 0u);
+  EXPECT_TRUE(head.ends_with("\r\n\r\n")) << head;  // no body
+  EXPECT_EQ(get("/secret").rfind("HTTP/1.1 404", 0), 0u);
+  EXPECT_EQ(exchange(dial(), "POST /metrics HTTP/1.1\r\n\r\n").rfind("HTTP/1.1 405", 0), 0u);
+  EXPECT_EQ(exchange(dial(), "hello there\r\n\r\n").rfind("HTTP/1.1 400", 0), 0u);
+}
+
+TEST_F(HttpServerTest, AnOversizeRequestIsRefusedAndALateOneClosed) {
+  options_.request_bytes_max = 1024;
+  options_.request_timeout_ms = 300;
+  start();
+  // Exactly the bound and no end in sight: all of it is read (so the close is a FIN, not a
+  // reset that could overtake the reply), then refused.
+  std::string big = "GET /metrics HTTP/1.1\r\nX: ";
+  big += std::string(1024 - big.size(), 'a');
+  EXPECT_EQ(exchange(dial(), big).rfind("HTTP/1.1 431", 0), 0u);
+  // Never finished: closed at the deadline, with no reply.
+  const int slow = dial();
+  (void)!::send(slow, "GET /metr", 9, MSG_NOSIGNAL);
+  EXPECT_EQ(exchange(slow, ""), "");  // closed, nothing sent back
+  EXPECT_EQ(calls_.load(), 0);
+}
+
+// The failure this server exists to prevent: one idle TCP connection blocked every scrape of
+// the civetweb exposer. Here strangers hold many idle sockets, from one source and from many,
+// and every scrape is still answered, each well before any request deadline could free a slot.
+TEST_F(HttpServerTest, IdleSocketsOfStrangersNeverBlindAScrape) {
+  options_.connections_max = 16;
+  options_.connections_per_source_max = 4;
+  options_.request_timeout_ms = 600'000;  // so only eviction can make room
+  start();
+  std::vector<int> idle;
+  for (int i = 0; i < 40; ++i) idle.push_back(dial());  // one source
+  for (int s = 2; s < 22; ++s) {
+    for (int i = 0; i < 4; ++i) idle.push_back(dial(("127.0.0." + std::to_string(s)).c_str()));
+  }
+  for (int round = 0; round < 5; ++round) {
+    std::string r = get("/metrics");
+    EXPECT_EQ(r.rfind("HTTP/1.1 200 OK", 0), 0u) << "round " << round << ": " << r;
+    idle.push_back(dial());  // and more keep coming
+  }
+  EXPECT_EQ(calls_.load(), 5);
+  for (int fd : idle) ::close(fd);
+}
+
+}  // namespace
+}  // namespace cardnode::net

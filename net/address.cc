@@ -94,7 +94,8 @@ std::string source_key(const sockaddr_storage& peer) {
     const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&peer);
     const auto* b = reinterpret_cast<const char*>(&in6->sin6_addr);
     if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) return std::string(b + 12, 4);
-    return std::string(b, 16);
+    // One host gets a whole /64 (SLAAC, privacy addresses): that is the source.
+    return std::string(b, 8);
   }
   return {};
 }

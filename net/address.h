@@ -20,8 +20,9 @@ struct HostPort {
 [[nodiscard]] Result<HostPort> parse_host_port(std::string_view text);
 [[nodiscard]] Result<sockaddr_storage> resolve(const HostPort& hp);
 std::string format_sockaddr(const sockaddr* sa);  // "127.0.0.1:41234", "[::1]:7420"
-// A peer's address without its port, as raw bytes (4 or 16): the key per-source budgets
-// count by. An IPv4-mapped IPv6 address is the IPv4 address. Empty for other families.
+// A peer's address without its port, as raw bytes: the key per-source budgets count by.
+// IPv4: the address (4 bytes; IPv4-mapped IPv6 too). IPv6: its /64 prefix (8 bytes), since
+// one host can use a whole /64. Empty for other families.
 std::string source_key(const sockaddr_storage& peer);
 
 }  // namespace cardnode::net

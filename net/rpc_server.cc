@@ -255,8 +255,10 @@ void pump(Connection* c) {
 void on_idle_timeout(uv_timer_t* timer) {
   auto* c = static_cast<Connection*>(timer->data);
   if (c->server == nullptr) return;
-  if (c->inflight > 0) {  // a held request (WaitJob, a poll): not idle, look again later
-    uv_timer_again(timer);
+  // A held request (WaitJob, a poll) or a reply still going out: not idle. The repeating
+  // timer looks again; send_reply restarts it when the last request is answered.
+  if (c->inflight > 0 ||
+      uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(&c->tcp)) > 0) {
     return;
   }
   c->server->stats.closed_idle++;
@@ -428,6 +430,7 @@ void send_reply(Responder::State* state, pb::Response&& response) {
   Connection* c = *state->conn;
   if (c == nullptr || c->server == nullptr) return;
   c->inflight--;
+  if (c->inflight == 0) arm_idle_timer(c);  // idle counts from the last answer, not before
   response.set_id(state->request_id);
   std::string frame;
   if (Status st = encode_frame(response, &frame); !st) {

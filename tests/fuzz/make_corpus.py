@@ -111,6 +111,8 @@ JSON = {
     "unknown_field": '{"command":["true"],"cpus":2}',
     "bad_number": '{"command":["true"],"count":-1,"memBytes":1.5}',
     "not_object": '["true"]',
+    # Was undefined behaviour (a double of 2^64 converted to uint64): cli/parse_test.cc.
+    "regress_mem_bytes_2pow64": '{"command":["true"],"memBytes":18446744073709551616}',
     "escapes": '{"command":["printf","caf\\u00e9\\n\\"q\\""],"name":"\\ud83d\\ude00"}',
 }
 for k, v in JSON.items():

@@ -7,20 +7,24 @@
 #   make bench                build and run the scheduler benchmarks
 #   make asan                 the native suite under AddressSanitizer + UBSan
 #   make lint                 clang-tidy-16 (.clang-tidy) over the production sources
+#   make fuzz                 build the libFuzzer targets with clang 16 and run each for
+#                             FUZZ_SECONDS on a copy of its seed corpus (tests/fuzz/)
 
 BUILD      ?= build
 JOBS       ?= $(shell nproc)
 ARCH       ?= aarch64
 CMAKE_GEN  := -G Ninja
+FUZZ_SECONDS ?= 15
+FUZZ_TARGETS := fuzz_frame fuzz_handshake fuzz_request fuzz_wal_record fuzz_job_json
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 DEPS := build-essential cmake ninja-build pkg-config \
         libuv1-dev liburing-dev libprotobuf-dev protobuf-compiler prometheus-cpp-dev \
         libssl-dev zlib1g-dev libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev \
-        nlohmann-json3-dev iproute2 util-linux
+        nlohmann-json3-dev iproute2 util-linux clang-16 libclang-rt-16-dev
 CROSS_DEPS := crossbuild-essential-arm64 crossbuild-essential-armhf qemu-user qemu-user-binfmt mmdebstrap
 
-.PHONY: all deps cross-deps build demo test test-native cross-build cross-test bench asan lint clean
+.PHONY: all deps cross-deps build demo test test-native cross-build cross-test bench asan lint fuzz clean
 
 all: build
 
@@ -51,9 +55,10 @@ demo: build
 test-native: build
 	cd $(BUILD)/release && ctest -j $(JOBS) --output-on-failure --timeout 300
 
-# make test = the native suite, the aarch64 unit tests under qemu-aarch64, and the
-# armhf build with its unit tests under qemu-arm.
+# make test = the native suite, the fuzz targets for FUZZ_SECONDS each, the aarch64 unit
+# tests under qemu-aarch64, and the armhf build with its unit tests under qemu-arm.
 test: test-native cross-deps
+	$(MAKE) fuzz
 	cross/cross.sh aarch64 test
 	cross/cross.sh armhf test
 
@@ -84,6 +89,25 @@ lint: deps
 	cmake --build $(BUILD)/release -j $(JOBS) --target cardnode_proto  # the generated headers
 	run-clang-tidy-16 -p $(BUILD)/release -j $(JOBS) -quiet $(TIDY_FLAGS) \
 	  '^$(CURDIR)/(proto|storage|net|scheduler|runtime|cli)/(?!.*_test\.cc).*\.cc$$'
+
+# libFuzzer targets (tests/fuzz/README.md): a clang-16 build of just the code they feed,
+# each run on a temporary copy of its seed corpus, so the repo is not changed. A crash
+# fails the target; its input is kept in $(BUILD)/fuzz/artifacts/.
+fuzz: deps
+	CC=clang-16 CXX=clang++-16 cmake -S . -B $(BUILD)/fuzz $(CMAKE_GEN) \
+	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCARDNODE_FUZZ=ON
+	cmake --build $(BUILD)/fuzz -j $(JOBS) --target $(FUZZ_TARGETS)
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; fail=0; \
+	mkdir -p $(BUILD)/fuzz/artifacts; \
+	for t in $(FUZZ_TARGETS); do \
+	  cp -r tests/fuzz/corpus/$$t $$tmp/$$t; \
+	  if $(BUILD)/fuzz/tests/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) \
+	       -artifact_prefix=$(BUILD)/fuzz/artifacts/$$t- $$tmp/$$t > $$tmp/$$t.log 2>&1; then \
+	    echo "fuzz: $$t ok: $$(grep -E '^#[0-9]+' $$tmp/$$t.log | tail -n 1)"; \
+	  else \
+	    tail -n 40 $$tmp/$$t.log; echo "fuzz: $$t FAILED (input in $(BUILD)/fuzz/artifacts/)"; fail=1; \
+	  fi; \
+	done; exit $$fail
 
 clean:
 	rm -rf $(BUILD)

@@ -27,7 +27,8 @@ Result<uint64_t> unsigned_value(const std::string& field, const Json& v, uint64_
     return std::unexpected(bad(field, "must not be negative"));
   } else if (v.is_number_float()) {
     const double d = v.get<double>();
-    if (d < 0 || d != std::floor(d) || d > static_cast<double>(max)) {
+    // double(UINT64_MAX) rounds up to 2^64, which does not convert: refuse it explicitly.
+    if (d < 0 || d != std::floor(d) || d > static_cast<double>(max) || d >= 0x1p64) {
       return std::unexpected(bad(field, "must be a whole number from 0 to " + std::to_string(max)));
     }
     out = static_cast<uint64_t>(d);

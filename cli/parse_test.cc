@@ -188,6 +188,10 @@ TEST(JobJson, RefusesWhatIsNotAJobSpecWithTheFieldNamed) {
       {R"({"name": 5})", "\"name\": must be a string"},
       {R"({"cpu_millis": 1, "cpuMillis": 2})", "given twice"},
       {R"({"memBytes": "18446744073709551616"})", "\"memBytes\""},
+      // 2^64 as a JSON number is a double equal to double(UINT64_MAX): it must be refused,
+      // not converted (undefined behaviour, caught by UBSan in tests/fuzz/fuzz_job_json).
+      {R"({"memBytes": 18446744073709551616})", "\"memBytes\": must be a whole number"},
+      {R"({"timeout_ms": 1.8446744073709552e19})", "\"timeout_ms\": must be a whole number"},
   };
   for (const auto& [text, want] : cases) {
     auto spec = job_spec_from_json(text);

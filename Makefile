@@ -78,7 +78,7 @@ asan: deps
 	cd $(BUILD)/asan && ctest -j $(JOBS) --output-on-failure --timeout 300
 
 # clang 16 needs two flags for libstdc++ 12's <expected> (../shared/notes/clang.md) and the
-# C++23 spelling it knows. Reports findings; not yet part of `make test` (docs/PERFORMANCE.md).
+# C++23 spelling it knows. Reports findings; not part of `make test` until they are fixed.
 TIDY_FLAGS := -extra-arg=-std=c++2b -extra-arg=-U__cpp_concepts \
               -extra-arg=-D__cpp_concepts=202002L -extra-arg=-Wno-unknown-warning-option
 lint: deps

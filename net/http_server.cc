@@ -11,6 +11,7 @@ namespace cardnode::net {
 namespace {
 
 constexpr int kListenBacklog = 128;
+constexpr uint32_t kEvictScanMax = 64;  // oldest connections looked at per eviction
 
 struct Conn;
 
@@ -188,7 +189,18 @@ void on_connection(uv_stream_t* listener, int status) {
   if (mine.size() >= core->options.connections_per_source_max && !mine.empty()) {
     evict = mine.front();
   } else if (core->open.size() > core->options.connections_max) {
+    // The oldest connection of a source holding several (a scraper holds one), as the RPC
+    // port does (net/rpc_server.cc); the oldest of all only if every source holds one.
     evict = core->open.front();
+    uint32_t looked = 0;  // bounded, as on the RPC port
+    for (Conn* p : core->open) {
+      if (p == c || ++looked > kEvictScanMax) break;
+      auto it = core->by_source.find(p->source);
+      if (it != core->by_source.end() && it->second.size() > 1) {
+        evict = p;
+        break;
+      }
+    }
   }
   c->source_it = mine.insert(mine.end(), c);
   if (evict != nullptr && evict != c) {

@@ -158,5 +158,23 @@ TEST_F(HttpServerTest, IdleSocketsOfStrangersNeverBlindAScrape) {
   for (int fd : idle) ::close(fd);
 }
 
+// A scraper holds one connection; strangers holding several from other addresses are
+// pushed out first, even when the scraper's connection is the oldest of all.
+TEST_F(HttpServerTest, AScrapersOneConnectionOutlivesStrangersHoldingSeveral) {
+  options_.connections_max = 16;
+  options_.connections_per_source_max = 100;
+  options_.request_timeout_ms = 600'000;
+  start();
+  const int scraper = dial("127.0.0.9");
+  std::vector<int> idle;
+  for (int i = 0; i < 100; ++i) idle.push_back(dial(("127.0.0." + std::to_string(20 + i % 5)).c_str()));
+  // The 100 connects completed in the kernel; the server has taken them once it answers
+  // this probe from yet another address (one connection: never the one pushed out).
+  EXPECT_EQ(get("/metrics", "127.0.0.10").rfind("HTTP/1.1 200 OK", 0), 0u);
+  const std::string r = exchange(scraper, "GET /metrics HTTP/1.1\r\n\r\n");
+  EXPECT_EQ(r.rfind("HTTP/1.1 200 OK", 0), 0u) << r;
+  for (int fd : idle) ::close(fd);
+}
+
 }  // namespace
 }  // namespace cardnode::net

@@ -24,6 +24,8 @@ constexpr size_t kReadChunkBytes = 64u << 10;
 // Sources remembered for their failure buckets (and their unauthenticated connections):
 // beyond this, idle ones are forgotten first.
 constexpr size_t kSourcesMin = 4096;
+// Oldest handshakes looked at for one of a source holding several, per eviction.
+constexpr uint32_t kEvictScanMax = 64;
 
 struct Connection;
 
@@ -391,7 +393,19 @@ void on_connection(uv_stream_t* listener, int status) {
   if (src.pending.size() >= s->options.max_unauthenticated_per_source) {
     evict = src.pending.front();
   } else if (s->unauthenticated.size() >= s->options.max_unauthenticated) {
+    // The oldest handshake of a source that has several: a client has one handshake at a
+    // time, a flood many, so a client survives a flood from any number of addresses that
+    // each hold two or more. Only when every source holds one does the oldest of all go.
     evict = s->unauthenticated.front();
+    uint32_t looked = 0;  // bounded: a flood of one-connection sources must not cost O(n)
+    for (Connection* p : s->unauthenticated) {
+      if (++looked > kEvictScanMax) break;
+      auto it = s->sources.find(p->source);
+      if (it != s->sources.end() && it->second.pending.size() > 1) {
+        evict = p;
+        break;
+      }
+    }
   }
   if (evict != nullptr) {
     s->stats.evicted++;

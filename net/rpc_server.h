@@ -6,9 +6,11 @@
 // Two budgets, so strangers cannot starve token holders (docs/GUARANTEES.md):
 // - Unauthenticated connections (accepted, handshake not done): at most
 //   max_unauthenticated in all and max_unauthenticated_per_source per source address.
-//   A new connection over either bound evicts the oldest unauthenticated one (of its
-//   source, else of all): a flood of half-open connections keeps pushing out its own
-//   old ones, and a token holder's handshake, the newest, completes within its round trip.
+//   A new connection over either bound evicts the oldest unauthenticated one: of its own
+//   source if that is over its bound, else the oldest of any source that holds several
+//   (a client holds one handshake at a time), else the oldest of all. A flood keeps
+//   pushing out its own connections; a token holder's handshake is not touched unless
+//   every source holds just one.
 // - Authenticated connections: at most max_connections; per connection at most
 //   max_inflight requests awaiting a reply (beyond: the connection stops reading until
 //   replies drain), write_queue_bytes_max of unsent replies (beyond: closed), and an idle

@@ -602,6 +602,30 @@ TEST_F(RpcTest, AFloodFromManySourcesStillServesEveryTokenHoldersCall) {
   for (int fd : strangers) ::close(fd);
 }
 
+// A client has one handshake at a time; a flood has many. When the whole budget is full,
+// what goes is the oldest handshake of a source holding several — even one far newer than
+// the client's — so a client that connected before a flood from other addresses still
+// finishes its handshake.
+TEST_F(RpcTest, AClientsOneHandshakeOutlivesAFloodFromOtherAddresses) {
+  options_.handshake_timeout_ms = 60'000;
+  options_.max_unauthenticated = 8;
+  options_.max_unauthenticated_per_source = 100;
+  start_server();
+  const int client = raw_connect_from("127.0.0.9");  // the oldest handshake of all
+  ClientHandshake hs(kToken);
+  Result<std::string> proof = hs.proof(read_exact(client, kHelloBytes));
+  ASSERT_TRUE(proof.has_value());
+  std::vector<int> flood;
+  for (int i = 0; i < 50; ++i) {
+    flood.push_back(half_open_from("127.0.0." + std::to_string(20 + i % 5)));
+  }
+  EXPECT_GE(stats().evicted, 43u);  // 51 handshakes through 8 slots
+  send_all(client, *proof);         // long after 43 evictions, it is still there
+  EXPECT_TRUE(hs.check_verdict(read_exact(client, kVerdictBytes)).has_value());
+  ::close(client);
+  for (int fd : flood) ::close(fd);
+}
+
 // Wrong tokens are rate-limited per source: past the burst, that source is refused at
 // accept (no HELLO), counted; other sources, and garbage, are not affected.
 TEST_F(RpcTest, WrongTokensAreRateLimitedPerSource) {

@@ -94,11 +94,11 @@ void reply(Conn* c, HttpReply r, bool head) {
   if (!head) w->bytes += r.body;
   w->req.data = w.get();
   const uv_buf_t buf = uv_buf_init(w->bytes.data(), static_cast<unsigned int>(w->bytes.size()));
-  const int rc = uv_write(&w->req, reinterpret_cast<uv_stream_t*>(&c->tcp), &buf, 1,
-                          [](uv_write_t* req, int) {
-                            std::unique_ptr<Write> done(static_cast<Write*>(req->data));
-                            close_conn(static_cast<Conn*>(req->handle->data));
-                          });
+  const int rc =
+      uv_write(&w->req, reinterpret_cast<uv_stream_t*>(&c->tcp), &buf, 1, [](uv_write_t* req, int) {
+        std::unique_ptr<Write> done(static_cast<Write*>(req->data));
+        close_conn(static_cast<Conn*>(req->handle->data));
+      });
   if (rc != 0) {
     close_conn(c);
     return;
@@ -142,8 +142,8 @@ void on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
 void on_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
   auto* c = static_cast<Conn*>(s->data);
   if (c->core == nullptr) return;
-  const size_t before = buf->base == nullptr ? c->request.size()
-                                             : static_cast<size_t>(buf->base - c->request.data());
+  const size_t before =
+      buf->base == nullptr ? c->request.size() : static_cast<size_t>(buf->base - c->request.data());
   c->request.resize(before + (n > 0 ? static_cast<size_t>(n) : 0));
   if (n < 0) return close_conn(c);  // EOF before a whole request, or an error
   if (c->replied) return;

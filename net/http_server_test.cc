@@ -26,13 +26,14 @@ class HttpServerTest : public ::testing::Test {
  protected:
   void start() {
     ASSERT_EQ(uv_loop_init(&loop_), 0);
-    ASSERT_EQ(uv_async_init(&loop_, &wake_, [](uv_async_t* a) {
-                auto* self = static_cast<HttpServerTest*>(a->data);
-                if (self->stop_.load()) {
-                  self->server_->stop();
-                  uv_close(reinterpret_cast<uv_handle_t*>(a), nullptr);
-                }
-              }),
+    ASSERT_EQ(uv_async_init(&loop_, &wake_,
+                            [](uv_async_t* a) {
+                              auto* self = static_cast<HttpServerTest*>(a->data);
+                              if (self->stop_.load()) {
+                                self->server_->stop();
+                                uv_close(reinterpret_cast<uv_handle_t*>(a), nullptr);
+                              }
+                            }),
               0);
     wake_.data = this;
     options_.listen = "127.0.0.1:0";
@@ -167,7 +168,8 @@ TEST_F(HttpServerTest, AScrapersOneConnectionOutlivesStrangersHoldingSeveral) {
   start();
   const int scraper = dial("127.0.0.9");
   std::vector<int> idle;
-  for (int i = 0; i < 100; ++i) idle.push_back(dial(("127.0.0." + std::to_string(20 + i % 5)).c_str()));
+  for (int i = 0; i < 100; ++i)
+    idle.push_back(dial(("127.0.0." + std::to_string(20 + i % 5)).c_str()));
   // The 100 connects completed in the kernel; the server has taken them once it answers
   // this probe from yet another address (one connection: never the one pushed out).
   EXPECT_EQ(get("/metrics", "127.0.0.10").rfind("HTTP/1.1 200 OK", 0), 0u);

@@ -424,8 +424,8 @@ void connect_to(Conn* c, const sockaddr_storage& addr) {
     const bool v6 = addr.ss_family == AF_INET6;
     const int prc = v6 ? uv_ip6_addr(from.c_str(), 0, reinterpret_cast<sockaddr_in6*>(&local))
                        : uv_ip4_addr(from.c_str(), 0, reinterpret_cast<sockaddr_in*>(&local));
-    const int brc = prc == 0 ? uv_tcp_bind(&c->tcp, reinterpret_cast<const sockaddr*>(&local), 0)
-                             : prc;
+    const int brc =
+        prc == 0 ? uv_tcp_bind(&c->tcp, reinterpret_cast<const sockaddr*>(&local), 0) : prc;
     if (brc != 0) {
       return end_conn(c, Error{Errc::kInvalidArgument, "cannot connect from " + from, -brc});
     }

@@ -52,7 +52,7 @@ struct ServerCore {
   // destroyed before the loop has run that callback.
   uv_tcp_t* listener = nullptr;
   std::unordered_set<Connection*> connections;  // open ones; bounded by the two budgets + 1
-  std::list<Connection*> unauthenticated;        // oldest first; bounded by max_unauthenticated
+  std::list<Connection*> unauthenticated;       // oldest first; bounded by max_unauthenticated
   uint32_t authenticated = 0;
   std::unordered_map<std::string, Source> sources;  // bounded by sources_max()
   size_t sources_max() const {
@@ -82,7 +82,7 @@ struct Connection {
   uint32_t inflight = 0;
   bool reading = false;
   bool pumping = false;
-  std::string source;  // the peer's address bytes (no port): the key of ServerCore::sources
+  std::string source;    // the peer's address bytes (no port): the key of ServerCore::sources
   bool pending = false;  // in the unauthenticated lists below
   bool authenticated = false;
   std::list<Connection*>::iterator pending_it, source_it;

@@ -581,7 +581,8 @@ TEST_F(RpcTest, AFloodFromManySourcesStillServesEveryTokenHoldersCall) {
   start_server();
   std::vector<int> strangers;
   for (int src = 2; src <= 41; ++src) {
-    for (int i = 0; i < 8; ++i) strangers.push_back(half_open_from("127.0.0." + std::to_string(src)));
+    for (int i = 0; i < 8; ++i)
+      strangers.push_back(half_open_from("127.0.0." + std::to_string(src)));
   }
   for (int round = 0; round < 10; ++round) {
     for (int i = 0; i < 20; ++i) {
@@ -691,7 +692,8 @@ TEST_F(RpcTest, ASlowlorisIsCutAtTheHandshakeDeadline) {
 // An authenticated connection that sends nothing and waits for nothing is closed after the
 // idle timeout; one holding a request (a `wait`, an agent's poll) is not idle.
 TEST_F(RpcTest, IdleAuthenticatedConnectionsCloseButHeldRequestsDoNot) {
-  options_.idle_timeout_ms = 500;  // far above a slow (qemu) client's gap between handshake and frame
+  options_.idle_timeout_ms =
+      500;  // far above a slow (qemu) client's gap between handshake and frame
   auto_release_ = false;
   start_server();
   const int holder = raw_connect();
@@ -718,7 +720,8 @@ TEST_F(RpcTest, IdleAuthenticatedConnectionsCloseButHeldRequestsDoNot) {
   auto read_reply = [&](int fd) {  // one whole frame: 4-byte big-endian length, payload
     const std::string header = read_exact(fd, 4);
     if (header.size() != 4) return false;
-    const uint32_t len = (uint32_t{uint8_t(header[0])} << 24) | (uint32_t{uint8_t(header[1])} << 16) |
+    const uint32_t len = (uint32_t{uint8_t(header[0])} << 24) |
+                         (uint32_t{uint8_t(header[1])} << 16) |
                          (uint32_t{uint8_t(header[2])} << 8) | uint32_t{uint8_t(header[3])};
     return read_exact(fd, len).size() == len;
   };

@@ -73,8 +73,8 @@ Result<std::string> load_or_create_identity(const std::string& path) {
   return id;
 }
 
-Result<DataDir> DataDir::open(const std::string& path, const std::string& log_dir,
-                              bool make_token, uint32_t lock_wait_ms) {
+Result<DataDir> DataDir::open(const std::string& path, const std::string& log_dir, bool make_token,
+                              uint32_t lock_wait_ms) {
   DataDir d;
   d.path_ = path;
   if (auto st = make_dir(path, 0700); !st) return std::unexpected(st.error());

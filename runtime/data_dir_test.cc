@@ -3,8 +3,8 @@
 // and publish(). Everything a server or agent relies on before its loop starts.
 #include "runtime/data_dir.h"
 
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -156,7 +156,7 @@ TEST(DataDir, ADamagedIdentityIsRefusedAndLeftForTheOperator) {
   const std::string dir = tmp.path() + "/data";
   fs::create_directories(dir);
   const std::vector<std::string> damaged = {"Not An Id!\n", "", std::string(200, 'a') + "\n",
-                                           "ab/../cd\n"};
+                                            "ab/../cd\n"};
   for (const std::string& bad : damaged) {
     std::ofstream(dir + "/node_id", std::ios::trunc) << bad;
     auto d = DataDir::open(dir, "");

@@ -375,8 +375,8 @@ TEST_F(ClientApiTest, BadSubmitsAreRefusedAtOnceWithAReasonAndChangeNothing) {
     // Over sched::Limits::tasks_per_job_max: the message names the count and the limit.
     pb::JobSpec s = spec(options_.limits.tasks_per_job_max + 1);
     cases.push_back({"an array over the task bound", s, pb::INVALID_ARGUMENT,
-                     "is over the limit of " +
-                         std::to_string(options_.limits.tasks_per_job_max) + " tasks per job"});
+                     "is over the limit of " + std::to_string(options_.limits.tasks_per_job_max) +
+                         " tasks per job"});
   }
   {
     pb::JobSpec s = spec(1);

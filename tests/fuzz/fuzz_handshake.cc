@@ -71,9 +71,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   const std::string_view in(reinterpret_cast<const char*>(data) + 1, size - 1);
   switch (data[0] % 5) {
-    case 0:
-      server_check(in);
-      break;
+    case 0: server_check(in); break;
     case 1: {
       ServerHandshake server(kToken);
       ClientHandshake client(kToken);
@@ -111,8 +109,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       require(proof->size() == kProofBytes && proof_is_genuine(hello, *proof));
       const bool genuine =
           verdict.size() == kVerdictBytes && verdict.substr(0, 2) == "OK" &&
-          verdict.substr(2) ==
-              mac_of("cardnode-server", proof->substr(5, kNonceBytes), hello.substr(5, kNonceBytes));
+          verdict.substr(2) == mac_of("cardnode-server", proof->substr(5, kNonceBytes),
+                                      hello.substr(5, kNonceBytes));
       require(static_cast<bool>(client.check_verdict(verdict)) == genuine);
       break;
     }

@@ -7,10 +7,11 @@
 // accepts has a command, count >= 1, priority <= 100, a name, fits kSpecBytesMax, passes
 // the byte check and applies to the State; shown() is one line of UTF-8; json_quoted()
 // parses with nlohmann::json and gives back valid UTF-8 input unchanged.
+#include <google/protobuf/stubs/logging.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
-#include <google/protobuf/stubs/logging.h>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>

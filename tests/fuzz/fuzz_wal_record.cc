@@ -7,12 +7,13 @@
 // Must hold: apply() applies or refuses, never crashes or hits UB; a refused record
 // changes nothing (all or nothing: applied_seq and the task totals stay); after every
 // record the task totals equal the sum of the jobs' per-state counts.
+#include <google/protobuf/stubs/logging.h>
+
 #include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
-#include <google/protobuf/stubs/logging.h>
 #include <string_view>
 
 #include "cardnode.pb.h"

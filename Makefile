@@ -15,7 +15,7 @@ JOBS       ?= $(shell nproc)
 ARCH       ?= aarch64
 CMAKE_GEN  := -G Ninja
 FUZZ_SECONDS ?= 15
-FUZZ_TARGETS := fuzz_frame fuzz_handshake fuzz_request fuzz_wal_record fuzz_job_json
+FUZZ_TARGETS := fuzz_frame fuzz_handshake fuzz_channel fuzz_request fuzz_wal_record fuzz_job_json
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 DEPS := build-essential cmake ninja-build pkg-config \

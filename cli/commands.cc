@@ -56,6 +56,19 @@ std::string connectable(std::string addr) {
   return addr;
 }
 
+}  // namespace
+
+net::SecurityOptions security_options(const ClientConfig& cfg) {
+  net::SecurityOptions so;
+  so.insecure = cfg.insecure;
+  so.cert_file = cfg.tls_cert;
+  so.key_file = cfg.tls_key;
+  so.ca_file = cfg.tls_ca;
+  return so;
+}
+
+namespace {
+
 Result<std::unique_ptr<net::Client>> connect(const ClientConfig& cfg) {
   std::string dir = !cfg.data_dir.empty() ? cfg.data_dir : default_data_dir();
   std::string addr = cfg.server;
@@ -69,23 +82,27 @@ Result<std::unique_ptr<net::Client>> connect(const ClientConfig& cfg) {
                       line.error().message + ")");
     addr = *line;
   }
-  std::string token;
-  if (!cfg.token_file.empty()) {
-    auto t = net::load_token(cfg.token_file);
-    if (!t) return std::unexpected(t.error());
-    token = *t;
-  } else if (env_or_null("CARDNODE_TOKEN")) {
-    token = env_or_null("CARDNODE_TOKEN");
-  } else {
-    auto t = net::load_token(dir + "/token");
-    if (!t)
-      return fail(Errc::kUnauthenticated,
-                  "no cluster token: pass --token-file F, set "
-                  "CARDNODE_TOKEN, or --data-dir (" +
-                      t.error().describe() + ")");
-    token = *t;
+  net::SecurityOptions so = security_options(cfg);
+  if (so.cert_file.empty()) {  // certificate mode needs no token
+    if (!cfg.token_file.empty()) {
+      auto t = net::load_token(cfg.token_file);
+      if (!t) return std::unexpected(t.error());
+      so.token = *t;
+    } else if (env_or_null("CARDNODE_TOKEN")) {
+      so.token = env_or_null("CARDNODE_TOKEN");
+    } else {
+      auto t = net::load_token(dir + "/token");
+      if (!t)
+        return fail(Errc::kUnauthenticated,
+                    "no cluster token: pass --token-file F, set "
+                    "CARDNODE_TOKEN, or --data-dir (" +
+                        t.error().describe() + ")");
+      so.token = *t;
+    }
   }
-  return net::Client::connect(connectable(addr), token, kConnectTimeoutMs);
+  auto security = net::SecurityContext::create(so, net::SecurityContext::Role::kClient);
+  if (!security) return std::unexpected(security.error());
+  return net::Client::connect(connectable(addr), *security, kConnectTimeoutMs);
 }
 
 // One request, one response; a transport or server error becomes a message. A busy
@@ -258,6 +275,13 @@ int wait_exit_code(const pb::JobDetail& d) {
 
 int cmd_server(runtime::ServerOptions options) {
   if (options.data_dir.empty()) options.data_dir = default_data_dir();
+  // Bad --tls-* flags or files are a usage error, found before the data dir is made or
+  // locked. The token lives in the data dir: a stand-in lets the flags be checked alone.
+  net::SecurityOptions flags = options.security;
+  flags.token = "stand-in";
+  if (auto st = net::SecurityContext::create(flags, net::SecurityContext::Role::kServer); !st) {
+    return error_line(st.error().describe(), kExitUsage);
+  }
   if (const char* v = env_or_null("CARDNODE_NO_CGROUPS"))
     options.disable_cgroups = std::string(v) == "1";
   auto server = runtime::Server::open(std::move(options));
@@ -269,14 +293,17 @@ int cmd_agent(const ClientConfig& cfg, runtime::AgentOptions options) {
   options.data_dir = !cfg.data_dir.empty() ? cfg.data_dir : default_data_dir();
   if (const char* v = env_or_null("CARDNODE_NO_CGROUPS"))
     options.disable_cgroups = std::string(v) == "1";
+  options.security = security_options(cfg);
   // The cluster token: --token-file, else CARDNODE_TOKEN, else DATA_DIR/token (copied there
-  // from the server's data dir).
-  if (!cfg.token_file.empty()) {
+  // from the server's data dir). Certificate mode needs none.
+  if (!options.security.cert_file.empty()) {
+    // nothing to read
+  } else if (!cfg.token_file.empty()) {
     auto t = net::load_token(cfg.token_file);
     if (!t) return error_line(t.error().describe(), kExitUsage);
-    options.token = *t;
+    options.security.token = *t;
   } else if (const char* env = env_or_null("CARDNODE_TOKEN")) {
-    options.token = env;
+    options.security.token = env;
   } else {
     auto t = net::load_token(options.data_dir + "/token");
     if (!t) {
@@ -286,7 +313,11 @@ int cmd_agent(const ClientConfig& cfg, runtime::AgentOptions options) {
               options.data_dir + "/token (" + t.error().describe() + ")",
           kExitUsage);
     }
-    options.token = *t;
+    options.security.token = *t;
+  }
+  if (auto st = net::SecurityContext::create(options.security, net::SecurityContext::Role::kClient);
+      !st) {
+    return error_line(st.error().describe(), kExitUsage);
   }
   auto agent = runtime::Agent::open(std::move(options));
   if (!agent) return error_line(agent.error().describe(), 1);
@@ -429,8 +460,9 @@ int cmd_nodes(const ClientConfig& cfg, bool json) {
     std::printf("%s\n", nodes_json(resp->nodes()).c_str());
     return 0;
   }
-  std::printf("%-16s %-8s %-8s %11s %13s %7s  %-10s %s\n", "NAME", "STATE", "ARCH", "CPU", "MEMORY",
-              "TASKS", "ISOLATION", "ENFORCED");
+  std::printf("%-16s %-8s %-8s %11s %13s %7s  %-10s %-18s %s\n", "NAME", "STATE", "ARCH", "CPU",
+              "MEMORY", "TASKS", "ISOLATION", "ENFORCED", "TRANSPORT");
+  bool plaintext = false;
   for (const auto& n : resp->nodes().nodes()) {
     std::string enforced;
     for (const auto& e : n.enforced()) enforced += (enforced.empty() ? "" : ",") + e;
@@ -439,9 +471,16 @@ int cmd_nodes(const ClientConfig& cfg, bool json) {
                   n.cpu_millis() / 1000.0);
     std::snprintf(mem, sizeof(mem), "%s/%s", human_bytes(n.mem_bytes_used()).c_str(),
                   human_bytes(n.mem_bytes()).c_str());
-    std::printf("%-16s %-8s %-8s %11s %13s %7u  %-10s %s\n", shown(n.name()).c_str(),
+    std::printf("%-16s %-8s %-8s %11s %13s %7u  %-10s %-18s %s\n", shown(n.name()).c_str(),
                 n.state().c_str(), n.arch().c_str(), cpu, mem, n.running_tasks(),
-                n.isolation().c_str(), enforced.empty() ? "none" : enforced.c_str());
+                n.isolation().c_str(), enforced.empty() ? "none" : enforced.c_str(),
+                n.transport().empty() ? "-" : n.transport().c_str());
+    plaintext = plaintext || n.transport() == "plaintext";
+  }
+  if (plaintext) {
+    std::printf(
+        "warning: the pool runs --insecure: its connections are not encrypted, and anyone on "
+        "the path can read and rewrite them\n");
   }
   return 0;
 }

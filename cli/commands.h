@@ -19,13 +19,20 @@ inline constexpr int kExitUsage = 2;
 
 // Where a client finds the server: --server / CARDNODE_ADDR, --token-file /
 // CARDNODE_TOKEN, else DIR/addr and DIR/token of --data-dir / CARDNODE_DATA_DIR / default.
+// --insecure and --tls-cert/--tls-key/--tls-ca (net/channel.h) are the same for clients,
+// agents and the server: both ends of a connection must agree.
 struct ClientConfig {
   std::string server;
   std::string token_file;
   std::string data_dir;
+  bool insecure = false;
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_ca;
 };
 
 std::string default_data_dir();
+net::SecurityOptions security_options(const ClientConfig& cfg);
 
 int cmd_server(runtime::ServerOptions options);
 int cmd_agent(const ClientConfig& cfg, runtime::AgentOptions options);

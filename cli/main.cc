@@ -79,6 +79,7 @@ Entry add_server(CLI::App& app, const ClientConfig& client) {
   return {sub, [a, &client] {
             std::string err;
             a->options.data_dir = client.data_dir;
+            a->options.security = cardnode::cli::security_options(client);
             a->options.exec = !a->no_exec;
             for (const auto& l : a->labels) {
               if (auto kv = check(parse_label(l), &err)) a->options.labels[kv->first] = kv->second;
@@ -310,7 +311,8 @@ Entry add_fsck(CLI::App& app, const ClientConfig&) {
 std::optional<std::string> unknown_subcommand(const CLI::App& app, int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a == "--server" || a == "--token-file" || a == "--data-dir") {
+    if (a == "--server" || a == "--token-file" || a == "--data-dir" || a == "--tls-cert" ||
+        a == "--tls-key" || a == "--tls-ca") {
       ++i;
       continue;
     }
@@ -340,6 +342,14 @@ int main(int argc, char** argv) {
   app.add_option("--token-file", client.token_file, "Cluster token file (or CARDNODE_TOKEN)");
   app.add_option("--data-dir", client.data_dir,
                  "Data directory (server), or where a client finds addr and token");
+  app.add_flag("--insecure", client.insecure,
+               "Plaintext connections after the token handshake (server, agents and clients "
+               "alike); anyone on the path can read and rewrite them");
+  app.add_option("--tls-cert", client.tls_cert,
+                 "Certificate mode: this process's certificate (PEM), with --tls-key and --tls-ca");
+  app.add_option("--tls-key", client.tls_key, "Certificate mode: its private key (PEM)");
+  app.add_option("--tls-ca", client.tls_ca,
+                 "Certificate mode: the CA whose certificates are the cluster's members");
 
   const std::vector<Entry> entries = {
       add_server(app, client), add_agent(app, client), add_run(app, client),

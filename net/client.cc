@@ -12,7 +12,7 @@
 #include <optional>
 
 #include "net/address.h"
-#include "net/handshake.h"
+#include "net/channel.h"
 
 namespace cardnode::net {
 namespace {
@@ -64,22 +64,6 @@ Result<size_t> read_some(int fd, char* buf, size_t len, const Deadline& deadline
   }
 }
 
-Result<std::string> read_exact(int fd, size_t len, const Deadline& deadline,
-                               const std::string& peer) {
-  std::string out(len, '\0');
-  size_t got = 0;
-  while (got < len) {
-    Result<size_t> n = read_some(fd, out.data() + got, len - got, deadline, peer);
-    if (!n) return std::unexpected(n.error());
-    if (*n == 0) {
-      return fail(Errc::kUnavailable,
-                  "server at " + peer + " closed the connection during the handshake");
-    }
-    got += *n;
-  }
-  return out;
-}
-
 Status write_all(int fd, std::string_view data, const Deadline& deadline, const std::string& peer) {
   while (!data.empty()) {
     const ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
@@ -127,6 +111,15 @@ Result<int> connect_socket(const sockaddr_storage& addr, const Deadline& deadlin
 
 Result<std::unique_ptr<Client>> Client::connect(const std::string& host_port,
                                                 const std::string& token, uint32_t timeout_ms) {
+  if (token.empty()) return fail(Errc::kUnauthenticated, "no cluster token");
+  return connect(host_port, SecurityContext::psk(token, SecurityContext::Role::kClient),
+                 timeout_ms);
+}
+
+Result<std::unique_ptr<Client>> Client::connect(const std::string& host_port,
+                                                std::shared_ptr<const SecurityContext> security,
+                                                uint32_t timeout_ms) {
+  CARDNODE_CHECK(security != nullptr && security->role() == SecurityContext::Role::kClient);
   Result<HostPort> hp = parse_host_port(host_port);
   if (!hp) return std::unexpected(hp.error());
   Result<sockaddr_storage> addr = resolve(*hp);
@@ -138,25 +131,46 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& host_port,
   const Deadline deadline = deadline_after(timeout_ms);
   Result<int> fd = connect_socket(*addr, deadline, host_port);
   if (!fd) return std::unexpected(fd.error());
-  std::unique_ptr<Client> client(new Client(*fd, host_port));
-
-  Result<std::string> hello = read_exact(*fd, kHelloBytes, deadline, host_port);
-  if (!hello) return std::unexpected(hello.error());
-  ClientHandshake handshake(token);
-  Result<std::string> proof = handshake.proof(*hello);
-  if (!proof) {
-    return fail(proof.error().code, host_port + ": " + proof.error().message);
-  }
-  if (Status st = write_all(*fd, *proof, deadline, host_port); !st) {
-    return std::unexpected(st.error());
-  }
-  Result<std::string> verdict = read_exact(*fd, kVerdictBytes, deadline, host_port);
-  if (!verdict) return std::unexpected(verdict.error());
-  if (Status st = handshake.check_verdict(*verdict); !st) return std::unexpected(st.error());
+  std::unique_ptr<Client> client(new Client(*fd, host_port, security->channel()));
+  if (Status st = client->handshake(deadline); !st) return std::unexpected(st.error());
   return client;
 }
 
-Client::Client(int fd, std::string peer) : fd_(fd), peer_(std::move(peer)) {}
+// Until the channel is open: each pass reads at least one byte, and the channel bounds
+// the handshake's bytes, so this ends by the deadline or the bound.
+Status Client::handshake(const std::optional<std::chrono::steady_clock::time_point>& deadline) {
+  std::string out;
+  if (Status st = channel_->start(&out); !st) return st;
+  std::string chunk(kReadChunkBytes, '\0');
+  std::string app;
+  for (;;) {
+    if (!out.empty()) {
+      if (Status st = write_all(fd_, out, deadline, peer_); !st) return st;
+      out.clear();
+    }
+    if (channel_->open()) break;
+    Result<size_t> n = read_some(fd_, chunk.data(), chunk.size(), deadline, peer_);
+    if (!n) return std::unexpected(n.error());
+    if (*n == 0) {
+      return fail(Errc::kUnavailable,
+                  "server at " + peer_ + " closed the connection during the handshake");
+    }
+    if (Status st = channel_->feed(std::string_view(chunk.data(), *n), &app, &out); !st) {
+      if (!out.empty()) (void)write_all(fd_, out, deadline, peer_);  // the alert, best effort
+      return fail(st.error().code, peer_ + ": " + st.error().message);
+    }
+  }
+  // Bytes that came with the server's last flight belong to the frame stream.
+  if (!app.empty()) {
+    if (Status st = decoder_.feed(app); !st) {
+      return fail(Errc::kUnavailable, "protocol error from " + peer_ + ": " + st.error().message);
+    }
+  }
+  return {};
+}
+
+Client::Client(int fd, std::string peer, std::unique_ptr<Channel> channel)
+    : fd_(fd), peer_(std::move(peer)), channel_(std::move(channel)) {}
 
 Client::~Client() {
   if (fd_ >= 0) ::close(fd_);
@@ -168,7 +182,9 @@ Result<pb::Response> Client::call(pb::Request request, uint32_t timeout_ms) {
   std::string frame;
   if (Status st = encode_frame(request, &frame); !st) return std::unexpected(st.error());
   const Deadline deadline = deadline_after(timeout_ms);
-  if (Status st = write_all(fd_, frame, deadline, peer_); !st) return std::unexpected(st.error());
+  std::string sealed;
+  if (Status st = channel_->seal(frame, &sealed); !st) return std::unexpected(st.error());
+  if (Status st = write_all(fd_, sealed, deadline, peer_); !st) return std::unexpected(st.error());
 
   std::string chunk(kReadChunkBytes, '\0');
   uint32_t skipped = 0;
@@ -186,7 +202,15 @@ Result<pb::Response> Client::call(pb::Request request, uint32_t timeout_ms) {
     Result<size_t> n = read_some(fd_, chunk.data(), chunk.size(), deadline, peer_);
     if (!n) return std::unexpected(n.error());
     if (*n == 0) return fail(Errc::kUnavailable, "server at " + peer_ + " closed the connection");
-    if (Status st = decoder_.feed(std::string_view(chunk.data(), *n)); !st) {
+    std::string app;
+    std::string out;
+    if (Status st = channel_->feed(std::string_view(chunk.data(), *n), &app, &out); !st) {
+      return fail(st.error().code, "connection to " + peer_ + " failed: " + st.error().message);
+    }
+    if (!out.empty()) {
+      if (Status st = write_all(fd_, out, deadline, peer_); !st) return std::unexpected(st.error());
+    }
+    if (Status st = decoder_.feed(app); !st) {
       return fail(Errc::kUnavailable, "protocol error from " + peer_ + ": " + st.error().message);
     }
   }

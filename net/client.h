@@ -1,14 +1,17 @@
-// Blocking client for the CLI: connect, handshake, then one request/response at a
-// time. Plain POSIX sockets with poll() timeouts — the CLI is a short-lived process
-// with nothing else to do while it waits, so an event loop would add nothing.
-// Not thread-safe; one object per connection.
+// Blocking client for the CLI: connect, the channel's handshake (net/channel.h: TLS 1.3
+// with the token as PSK by default), then one sealed request/response at a time. Plain POSIX
+// sockets with poll() timeouts — the CLI is a short-lived process with nothing else to do while it
+// waits, so an event loop would add nothing. Not thread-safe; one object per connection.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "cardnode.pb.h"
+#include "net/channel.h"
 #include "net/frame.h"
 #include "proto/error.h"
 
@@ -21,15 +24,21 @@ class Client {
   [[nodiscard]] static Result<std::unique_ptr<Client>> connect(const std::string& host_port,
                                                                const std::string& token,
                                                                uint32_t timeout_ms);
+  // The same with a client-role SecurityContext (certificate mode, --insecure).
+  [[nodiscard]] static Result<std::unique_ptr<Client>> connect(
+      const std::string& host_port, std::shared_ptr<const SecurityContext> security,
+      uint32_t timeout_ms);
   ~Client();
   // Sends one request (its id is set here) and waits for the matching response.
   // timeout_ms 0 waits forever (WaitJob).
   [[nodiscard]] Result<pb::Response> call(pb::Request request, uint32_t timeout_ms);
 
  private:
-  Client(int fd, std::string peer);
+  Client(int fd, std::string peer, std::unique_ptr<Channel> channel);
+  Status handshake(const std::optional<std::chrono::steady_clock::time_point>& deadline);
   int fd_ = -1;
   std::string peer_;
+  std::unique_ptr<Channel> channel_;
   uint64_t next_id_ = 1;
   FrameDecoder decoder_;
 };

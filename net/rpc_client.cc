@@ -16,8 +16,8 @@
 #include <vector>
 
 #include "net/address.h"
+#include "net/channel.h"
 #include "net/frame.h"
-#include "net/handshake.h"
 
 namespace cardnode::net {
 namespace {
@@ -40,11 +40,11 @@ struct Resolve {
 // One attempt, and the session it becomes. Owned by its TCP handle: deleted in the close
 // callback, which libuv runs after the connect and write callbacks (UV_ECANCELED).
 struct Conn {
-  // kResolving and kConnecting end as a connect failure, kHello and kVerdict as a
-  // handshake failure, kUp as a disconnect.
-  enum class Phase { kResolving, kConnecting, kHello, kVerdict, kUp };
+  // kResolving and kConnecting end as a connect failure, kHandshake as a handshake
+  // failure, kUp as a disconnect.
+  enum class Phase { kResolving, kConnecting, kHandshake, kUp };
 
-  Conn(Core* c, const std::string& token) : core(c), notify(c), handshake(token) {}
+  Conn(Core* c, std::unique_ptr<Channel> ch) : core(c), notify(c), channel(std::move(ch)) {}
 
   uv_tcp_t tcp{};
   uv_connect_t connect_req{};
@@ -56,9 +56,7 @@ struct Conn {
   Core* notify;
   Resolve* resolve = nullptr;
   Phase phase = Phase::kResolving;
-  ClientHandshake handshake;
-  std::array<char, std::max(kHelloBytes, kVerdictBytes)> hs_buf{};
-  uint32_t hs_bytes = 0;
+  std::unique_ptr<Channel> channel;  // the handshake, then sealing and opening records
   FrameDecoder decoder;
   uint64_t up_since_ms = 0;
   Error error;  // why it closed
@@ -107,6 +105,8 @@ struct Core {
   std::set<std::pair<uint64_t, uint64_t>> deadlines;  // (deadline_ms, id), same bound
   std::mt19937_64 rng;
   std::unique_ptr<char[]> read_buffer = std::make_unique<char[]>(kReadChunkBytes);
+  std::string app_bytes;  // what one read opened up; reused (reads do not nest)
+  std::shared_ptr<const SecurityContext> security;  // from options: made in start()
   int callback_depth = 0;  // > 0 while a user callback runs; the destructor checks it
 };
 
@@ -149,8 +149,7 @@ void end_conn(Conn* c, Error error) {
   switch (c->phase) {
     case Conn::Phase::kResolving:
     case Conn::Phase::kConnecting: core->stats.connect_failures++; break;
-    case Conn::Phase::kHello:
-    case Conn::Phase::kVerdict: core->stats.handshake_failures++; break;
+    case Conn::Phase::kHandshake: core->stats.handshake_failures++; break;
     case Conn::Phase::kUp: core->stats.disconnects++; break;
   }
   c->error = std::move(error);
@@ -306,11 +305,6 @@ void on_alloc(uv_handle_t* handle, size_t /*suggested*/, uv_buf_t* buf) {
   auto* c = static_cast<Conn*>(handle->data);
   if (c->core == nullptr) {
     *buf = uv_buf_init(nullptr, 0);  // read_cb gets UV_ENOBUFS
-  } else if (c->phase == Conn::Phase::kHello || c->phase == Conn::Phase::kVerdict) {
-    // Never past the handshake message: nothing the server sends early is read before
-    // the session is up.
-    const uint32_t want = c->phase == Conn::Phase::kHello ? kHelloBytes : kVerdictBytes;
-    *buf = uv_buf_init(c->hs_buf.data() + c->hs_bytes, want - c->hs_bytes);
   } else {
     *buf = uv_buf_init(c->core->read_buffer.get(), kReadChunkBytes);
   }
@@ -330,30 +324,31 @@ Error with_address(Core* core, const Error& e) {
   return Error{e.code, core->options.address + ": " + e.message, e.sys_errno};
 }
 
-void read_handshake(Conn* c, size_t n) {
+// Bytes from the server: through the channel (the handshake, then opening records),
+// then frames. Nothing is decoded before the server proved the token.
+void read_bytes(Conn* c, size_t n) {
   Core* core = c->core;
-  c->hs_bytes += static_cast<uint32_t>(n);
-  const std::string_view got(c->hs_buf.data(), c->hs_bytes);
-  if (c->phase == Conn::Phase::kHello) {
-    if (c->hs_bytes < kHelloBytes) return;
-    Result<std::string> proof = c->handshake.proof(got);
-    if (!proof) return end_conn(c, with_address(core, proof.error()));
-    c->phase = Conn::Phase::kVerdict;
-    c->hs_bytes = 0;
-    (void)write_bytes(c, std::move(*proof));  // a failure has ended the connection
-    return;
+  std::string& app = core->app_bytes;
+  app.clear();
+  std::string out;
+  const bool was_open = c->channel->open();
+  Status st = c->channel->feed(std::string_view(core->read_buffer.get(), n), &app, &out);
+  if (!out.empty()) {
+    // The handshake's next flight, or an alert; a write failure has ended the connection.
+    if (!write_bytes(c, std::move(out))) return;
   }
-  if (c->hs_bytes < kVerdictBytes) return;
-  if (Status st = c->handshake.check_verdict(got); !st) {
+  if (!st) {
+    if (was_open) return end_conn(c, protocol_error(core, st.error().message));
     return end_conn(c, with_address(core, st.error()));
   }
-  session_up(c);
-}
-
-void read_frames(Conn* c, size_t n) {
-  Core* core = c->core;
-  if (Status st = c->decoder.feed(std::string_view(core->read_buffer.get(), n)); !st) {
-    return end_conn(c, protocol_error(core, st.error().message));
+  if (!was_open) {
+    if (!c->channel->open()) return;
+    session_up(c);  // may end the session (stop())
+    if (c->core == nullptr) return;
+  }
+  if (app.empty()) return;
+  if (Status fst = c->decoder.feed(app); !fst) {
+    return end_conn(c, protocol_error(core, fst.error().message));
   }
   // A callback may end the session (stop()): c->core tells.
   while (c->core != nullptr) {
@@ -378,8 +373,7 @@ void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* /*buf*/) {
     return end_conn(c, Error{Errc::kUnavailable, std::move(what),
                              nread == UV_EOF ? 0 : static_cast<int>(-nread)});
   }
-  if (c->phase == Conn::Phase::kUp) return read_frames(c, static_cast<size_t>(nread));
-  read_handshake(c, static_cast<size_t>(nread));
+  read_bytes(c, static_cast<size_t>(nread));
 }
 
 // Best effort: a socket that keeps the defaults still works, it only notices a dead
@@ -409,7 +403,11 @@ void on_connected(uv_connect_t* req, int status) {
         c, Error{Errc::kUnavailable, "cannot reach server at " + core->options.address, -status});
   }
   tune_socket(c, core->options.dead_peer_ms);
-  c->phase = Conn::Phase::kHello;
+  c->phase = Conn::Phase::kHandshake;
+  std::string hello;
+  if (Status st = c->channel->start(&hello); !st)
+    return end_conn(c, with_address(core, st.error()));
+  if (!hello.empty() && !write_bytes(c, std::move(hello))) return;
   if (const int rc = uv_read_start(reinterpret_cast<uv_stream_t*>(&c->tcp), on_alloc, on_read);
       rc != 0) {
     end_conn(c,
@@ -509,7 +507,7 @@ void begin_attempt(Core* core) {
   CARDNODE_CHECK(core->state == Core::State::kIdle || core->state == Core::State::kBackoff);
   core->state = Core::State::kConnecting;
   core->stats.attempts++;
-  auto* c = new Conn(core, core->options.token);
+  auto* c = new Conn(core, core->security->channel());
   CARDNODE_CHECK(uv_tcp_init(core->loop, &c->tcp) == 0);
   c->tcp.data = c;
   core->conn = c;
@@ -586,6 +584,12 @@ Status RpcClient::start() {
   sockaddr_storage literal{};
   s.literal = parse_literal(s.target, &literal);
   if (s.literal) s.addresses = {literal};
+  s.security = s.options.security;
+  if (!s.security) {
+    if (s.options.token.empty()) return fail(Errc::kInvalidArgument, "no cluster token");
+    s.security = SecurityContext::psk(s.options.token, SecurityContext::Role::kClient);
+  }
+  CARDNODE_CHECK(s.security->role() == SecurityContext::Role::kClient);
   // libuv writes with write(2): a server resetting mid-request must not kill the process.
   std::signal(SIGPIPE, SIG_IGN);
   begin_attempt(&s);
@@ -614,7 +618,9 @@ Status RpcClient::call(pb::Request request, OnResponse cb, uint64_t timeout_ms) 
   request.set_id(id);
   std::string frame;
   if (Status st = encode_frame(request, &frame); !st) return st;
-  if (Status st = write_bytes(s.conn, std::move(frame)); !st) return st;
+  std::string sealed;
+  if (Status st = s.conn->channel->seal(frame, &sealed); !st) return st;
+  if (Status st = write_bytes(s.conn, std::move(sealed)); !st) return st;
   Pending& p = s.pending[id];
   p.cb = std::move(cb);
   if (timeout_ms != 0) {

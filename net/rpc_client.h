@@ -1,6 +1,6 @@
 // RpcClient: one long-lived client session to an RpcServer on a libuv loop — the agent's
-// line to the server. It connects, proves the token (net/handshake.h), then sends
-// pb::Request frames and matches pb::Response frames back by id, with many calls
+// line to the server. It connects, proves the token in a TLS 1.3 handshake (net/channel.h),
+// then sends sealed pb::Request frames and matches pb::Response frames back by id, with many calls
 // outstanding at once (a long poll for work next to heartbeats and reports). When a
 // session ends or an attempt fails — server restart, network cut, protocol error, wrong
 // token — it tries again after a backoff, by itself, until stop().
@@ -43,13 +43,15 @@
 #include <string>
 
 #include "cardnode.pb.h"
+#include "net/channel.h"
 #include "proto/error.h"
 
 namespace cardnode::net {
 
 struct RpcClientOptions {
-  std::string address;                 // "HOST:PORT", "[::1]:7420", "board-1.lan:7420"
-  std::string token;                   // the cluster token
+  std::string address;  // "HOST:PORT", "[::1]:7420", "board-1.lan:7420"
+  std::string token;    // the cluster token: TLS-PSK, unless `security` is set
+  std::shared_ptr<const SecurityContext> security;  // a client-role context (net/channel.h)
   uint64_t connect_timeout_ms = 5000;  // resolve + TCP connect + handshake, per attempt
   uint64_t backoff_first_ms = 200;     // reconnect delays: see "Backoff" above
   uint64_t backoff_max_ms = 10'000;

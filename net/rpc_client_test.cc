@@ -20,8 +20,8 @@
 #include <vector>
 
 #include "net/address.h"
+#include "net/channel.h"
 #include "net/frame.h"
-#include "net/handshake.h"
 #include "net/rpc_server.h"
 
 namespace cardnode::net {
@@ -57,8 +57,9 @@ uint16_t free_port() {
   return ntohs(sa.sin_port);
 }
 
-// Speaks the server side of the handshake, then answers every request frame with the
-// bytes reply() returns — whatever they are. Handles free themselves, like RpcServer.
+// Speaks the server side of the handshake (a real server channel), then answers every
+// request frame with the bytes reply() returns, sealed — whatever they are. Handles free
+// themselves, like RpcServer.
 class FakeServer {
  public:
   using Reply = std::function<std::string(const pb::Request&)>;
@@ -95,9 +96,8 @@ class FakeServer {
   struct Peer {
     uv_tcp_t tcp{};
     FakeServer* server = nullptr;  // nullptr once closing
-    ServerHandshake handshake{kToken};
-    std::string proof;
-    bool up = false;
+    std::unique_ptr<Channel> channel =
+        SecurityContext::psk(kToken, SecurityContext::Role::kServer)->channel();
     FrameDecoder decoder;
   };
   struct Write {
@@ -111,6 +111,12 @@ class FakeServer {
     p->server = nullptr;
     uv_close(reinterpret_cast<uv_handle_t*>(&p->tcp),
              [](uv_handle_t* h) { delete static_cast<Peer*>(h->data); });
+  }
+
+  static void write_sealed(Peer* p, const std::string& plain) {
+    std::string sealed;
+    ASSERT_TRUE(p->channel->seal(plain, &sealed).has_value());
+    write(p, std::move(sealed));
   }
 
   static void write(Peer* p, std::string bytes) {
@@ -134,7 +140,6 @@ class FakeServer {
     s->peers_.insert(p);
     if (uv_accept(listener, reinterpret_cast<uv_stream_t*>(&p->tcp)) != 0) return close_peer(p);
     s->accepted++;
-    write(p, p->handshake.hello());
     uv_read_start(
         reinterpret_cast<uv_stream_t*>(&p->tcp),
         [](uv_handle_t* h, size_t, uv_buf_t* buf) {
@@ -150,22 +155,17 @@ class FakeServer {
     auto* p = static_cast<Peer*>(stream->data);
     if (p->server == nullptr || n == 0) return;
     if (n < 0) return close_peer(p);
-    std::string_view bytes(buf->base, static_cast<size_t>(n));
-    if (!p->up) {
-      const size_t take = std::min<size_t>(kProofBytes - p->proof.size(), bytes.size());
-      p->proof.append(bytes.substr(0, take));
-      bytes.remove_prefix(take);
-      if (p->proof.size() < kProofBytes) return;
-      bool accepted = false;
-      write(p, p->handshake.verdict(p->proof, &accepted));
-      EXPECT_TRUE(accepted);
-      p->up = true;
-    }
-    ASSERT_TRUE(p->decoder.feed(bytes).has_value());
+    std::string app, out;
+    const Status st =
+        p->channel->feed(std::string_view(buf->base, static_cast<size_t>(n)), &app, &out);
+    write(p, std::move(out));
+    ASSERT_TRUE(st.has_value()) << st.error().describe();
+    ASSERT_TRUE(p->decoder.feed(app).has_value());
     while (std::optional<std::string_view> payload = p->decoder.next()) {
       pb::Request req;
       ASSERT_TRUE(req.ParseFromArray(payload->data(), static_cast<int>(payload->size())));
-      write(p, p->server->reply_(req));
+      const std::string reply = p->server->reply_(req);
+      if (!reply.empty()) write_sealed(p, reply);
     }
   }
 

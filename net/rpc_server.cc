@@ -7,8 +7,8 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "net/channel.h"
 #include "net/frame.h"
-#include "net/handshake.h"
 
 namespace cardnode::net {
 namespace {
@@ -40,11 +40,12 @@ struct Source {
 // Everything the callbacks need. RpcServer::Impl is this plus nothing; it exists as a
 // separate type only because RpcServer::Impl is private to RpcServer.
 struct ServerCore {
-  ServerCore(uv_loop_t* l, std::string t, RpcServerOptions o, RequestHandler h)
-      : loop(l), token(std::move(t)), options(std::move(o)), handler(std::move(h)) {}
+  ServerCore(uv_loop_t* l, std::shared_ptr<const SecurityContext> sec, RpcServerOptions o,
+             RequestHandler h)
+      : loop(l), security(std::move(sec)), options(std::move(o)), handler(std::move(h)) {}
 
   uv_loop_t* loop;
-  std::string token;
+  std::shared_ptr<const SecurityContext> security;
   RpcServerOptions options;
   RequestHandler handler;
   RpcServerStats stats;
@@ -59,6 +60,8 @@ struct ServerCore {
     return std::max<size_t>(kSourcesMin, 2 * size_t{options.max_unauthenticated});
   }
   std::unique_ptr<char[]> read_buffer = std::make_unique<char[]>(kReadChunkBytes);
+  // What one read opened up: reused by every read callback (none runs inside another).
+  std::string app_bytes, reply_bytes;
   bool stopped = false;
 };
 
@@ -68,16 +71,14 @@ struct ServerCore {
 struct Connection {
   enum class Phase { kHandshake, kRejecting, kFrames };
 
-  explicit Connection(ServerCore* s) : server(s), handshake(s->token) {}
+  explicit Connection(ServerCore* s) : server(s), channel(s->security->channel()) {}
 
   uv_tcp_t tcp{};
   uv_timer_t timer{};  // the handshake deadline, then the idle timeout
   int open_handles = 0;
   ServerCore* server;
   Phase phase = Phase::kHandshake;
-  ServerHandshake handshake;
-  std::array<char, kProofBytes> proof{};
-  uint32_t proof_bytes = 0;
+  std::unique_ptr<Channel> channel;  // the handshake, then sealing and opening records
   FrameDecoder decoder;
   uint32_t inflight = 0;
   bool reading = false;
@@ -201,10 +202,6 @@ void on_alloc(uv_handle_t* handle, size_t /*suggested*/, uv_buf_t* buf) {
   auto* c = static_cast<Connection*>(handle->data);
   if (c->server == nullptr) {
     *buf = uv_buf_init(nullptr, 0);  // read_cb gets UV_ENOBUFS
-  } else if (c->phase == Connection::Phase::kHandshake) {
-    // Never more than the rest of the PROOF: no byte past it is read before the
-    // verdict, so nothing unauthenticated ever reaches the frame decoder.
-    *buf = uv_buf_init(c->proof.data() + c->proof_bytes, kProofBytes - c->proof_bytes);
   } else {
     *buf = uv_buf_init(c->server->read_buffer.get(), kReadChunkBytes);
   }
@@ -274,37 +271,44 @@ void arm_idle_timer(Connection* c) {
   uv_timer_start(&c->timer, on_idle_timeout, ms, ms);
 }
 
-void on_proof_complete(Connection* c) {
+// The channel refused the peer: count it, charge a wrong token to its source's bucket,
+// send the alert (if any) so the peer learns why, and close.
+void reject(Connection* c, const Error& e, std::string alert) {
+  ServerCore* s = c->server;
   uv_timer_stop(&c->timer);
-  bool accepted = false;
-  std::string verdict =
-      c->handshake.verdict(std::string_view(c->proof.data(), kProofBytes), &accepted);
-  if (!accepted) {
-    ServerCore* s = c->server;
-    RpcServerStats& stats = s->stats;
-    (c->handshake.bad_protocol() ? stats.rejected_protocol : stats.rejected_auth)++;
-    if (!c->handshake.bad_protocol()) {
-      Source& src = source_of(*s, c->source);
-      refill(*s, src);
-      src.tokens = std::max(0.0, src.tokens - 1);
-    }
-    c->phase = Connection::Phase::kRejecting;
-    set_reading(c, false);
-    if (c->server != nullptr) write_bytes(c, std::move(verdict), /*close_after=*/true);
-    return;
+  if (e.code == Errc::kUnauthenticated) {
+    s->stats.rejected_auth++;
+    Source& src = source_of(*s, c->source);
+    refill(*s, src);
+    src.tokens = std::max(0.0, src.tokens - 1);
+  } else {
+    s->stats.rejected_protocol++;
   }
+  c->phase = Connection::Phase::kRejecting;
+  set_reading(c, false);
+  if (c->server == nullptr) return;
+  if (alert.empty()) {
+    close_connection(c);
+  } else {
+    write_bytes(c, std::move(alert), /*close_after=*/true);
+  }
+}
+
+// The peer proved itself: from the unauthenticated budget to the authenticated one.
+bool on_authenticated(Connection* c) {
+  uv_timer_stop(&c->timer);
   ServerCore* s = c->server;
   leave_pending(s, c);
   if (s->authenticated >= s->options.max_connections) {
     s->stats.rejected_limit++;
     close_connection(c);
-    return;
+    return false;
   }
   c->authenticated = true;
   s->authenticated++;
   c->phase = Connection::Phase::kFrames;
   arm_idle_timer(c);
-  if (write_bytes(c, std::move(verdict), /*close_after=*/false)) pump(c);
+  return true;
 }
 
 void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
@@ -314,26 +318,28 @@ void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
     close_connection(c);
     return;
   }
-  const auto n = static_cast<size_t>(nread);
-  if (c->phase == Connection::Phase::kHandshake) {
-    const uint32_t before = c->proof_bytes;
-    c->proof_bytes += static_cast<uint32_t>(n);
-    // A peer that is not a cardnode client (an HTTP probe, a port scan) shows it in the
-    // first 5 bytes: close it now instead of holding it until the handshake timeout.
-    if (before < 5 && c->proof_bytes >= 5 &&
-        (std::memcmp(c->proof.data(), "CNOD", 4) != 0 ||
-         static_cast<uint8_t>(c->proof[4]) != kProtocolVersion)) {
-      c->server->stats.rejected_protocol++;
-      close_connection(c);
-      return;
-    }
-    if (c->proof_bytes == kProofBytes) on_proof_complete(c);
+  if (c->phase == Connection::Phase::kRejecting) return;
+  ServerCore* s = c->server;
+  std::string& app = s->app_bytes;
+  std::string& out = s->reply_bytes;
+  app.clear();
+  out.clear();
+  // Nothing reaches the frame decoder before the channel is open: the peer has proved
+  // the token (or its certificate), and every byte since has passed its record's check.
+  const bool was_open = c->channel->open();
+  Status st = c->channel->feed(std::string_view(buf->base, static_cast<size_t>(nread)), &app, &out);
+  if (!st) {
+    reject(c, st.error(), std::move(out));
     return;
   }
-  if (c->phase != Connection::Phase::kFrames) return;
+  if (!out.empty() && !write_bytes(c, std::string(out), /*close_after=*/false)) return;
+  if (!was_open) {
+    if (!c->channel->open()) return;
+    if (!on_authenticated(c)) return;
+  }
   arm_idle_timer(c);
-  if (!c->decoder.feed(std::string_view(buf->base, n))) {
-    c->server->stats.rejected_protocol++;
+  if (!app.empty() && !c->decoder.feed(app)) {
+    s->stats.rejected_protocol++;
     close_connection(c);
     return;
   }
@@ -420,7 +426,12 @@ void on_connection(uv_stream_t* listener, int status) {
   // A client waiting on WaitJob is silent for long; keepalive finds one whose board
   // vanished, so it does not hold a max_connections slot forever.
   uv_tcp_keepalive(&c->tcp, 1, kKeepaliveDelaySeconds);
-  if (!write_bytes(c, c->handshake.hello(), /*close_after=*/false)) return;
+  std::string hello;
+  if (Status st = c->channel->start(&hello); !st) {
+    close_connection(c);
+    return;
+  }
+  if (!hello.empty() && !write_bytes(c, std::move(hello), /*close_after=*/false)) return;
   uv_timer_start(&c->timer, on_handshake_timeout, s->options.handshake_timeout_ms, 0);
   set_reading(c, true);
 }
@@ -456,7 +467,12 @@ void send_reply(Responder::State* state, pb::Response&& response) {
     frame.clear();
     CARDNODE_CHECK(encode_frame(error, &frame).has_value());
   }
-  if (write_bytes(c, std::move(frame), /*close_after=*/false)) pump(c);
+  std::string sealed;
+  if (Status st = c->channel->seal(frame, &sealed); !st) {
+    close_connection(c);
+    return;
+  }
+  if (write_bytes(c, std::move(sealed), /*close_after=*/false)) pump(c);
 }
 
 }  // namespace
@@ -497,12 +513,19 @@ void RpcServer::Impl::stop() {
   sources.clear();
 }
 
-RpcServer::RpcServer(uv_loop_t* loop, std::string token, RpcServerOptions options,
-                     RequestHandler handler)
-    : impl_(
-          std::make_unique<Impl>(loop, std::move(token), std::move(options), std::move(handler))) {
+RpcServer::RpcServer(uv_loop_t* loop, std::shared_ptr<const SecurityContext> security,
+                     RpcServerOptions options, RequestHandler handler)
+    : impl_(std::make_unique<Impl>(loop, std::move(security), std::move(options),
+                                   std::move(handler))) {
+  CARDNODE_CHECK(impl_->security != nullptr &&
+                 impl_->security->role() == SecurityContext::Role::kServer);
   CARDNODE_CHECK(impl_->options.max_inflight >= 1);
 }
+
+RpcServer::RpcServer(uv_loop_t* loop, const std::string& token, RpcServerOptions options,
+                     RequestHandler handler)
+    : RpcServer(loop, SecurityContext::psk(token, SecurityContext::Role::kServer),
+                std::move(options), std::move(handler)) {}
 
 RpcServer::~RpcServer() {
   impl_->stop();

@@ -1,7 +1,9 @@
-// RpcServer: the libuv TCP listener that serves pb::Request frames after the token
-// handshake. For every connection: HELLO, PROOF within handshake_timeout_ms, then
-// frames. Garbage, an oversize length, a wrong token or a slow reader closes that
-// connection only and bumps a counter; every other connection keeps being served.
+// RpcServer: the libuv TCP listener that serves pb::Request frames over sealed channels
+// (net/channel.h: TLS 1.3 with the cluster token as PSK by default). For every
+// connection: the handshake within handshake_timeout_ms, then frames, each in its own
+// sealed record. Garbage, an oversize length, a wrong token, a tampered record or a slow
+// reader closes that connection only and bumps a counter; every other connection keeps
+// being served.
 //
 // Two budgets, so strangers cannot starve token holders (docs/GUARANTEES.md):
 // - Unauthenticated connections (accepted, handshake not done): at most
@@ -17,7 +19,7 @@
 //   timeout while nothing is in flight.
 // Wrong-token handshakes are rate-limited per source (a token bucket: a burst of
 // auth_failures_burst, refilled at auth_failures_per_minute): a source out of tokens has
-// its connections closed at accept. Garbage is closed within 5 bytes and half-open
+// its connections closed at accept. Garbage is closed at its first byte and half-open
 // connections by the deadline and the eviction above, so neither is rate-limited: a token
 // holder behind the same address as a garbage sender is never refused for it.
 //
@@ -40,6 +42,7 @@
 
 #include "cardnode.pb.h"
 #include "net/address.h"
+#include "net/channel.h"
 #include "proto/error.h"
 
 namespace cardnode::net {
@@ -94,7 +97,12 @@ using RequestHandler = std::function<void(pb::Request&& request, Responder respo
 
 class RpcServer {
  public:
-  RpcServer(uv_loop_t* loop, std::string token, RpcServerOptions options, RequestHandler handler);
+  // security: a server-role context (net/channel.h); every connection gets its channel.
+  RpcServer(uv_loop_t* loop, std::shared_ptr<const SecurityContext> security,
+            RpcServerOptions options, RequestHandler handler);
+  // TLS with the token as PSK, the default transport.
+  RpcServer(uv_loop_t* loop, const std::string& token, RpcServerOptions options,
+            RequestHandler handler);
   ~RpcServer();
 
   // Binds and listens; returns the bound address (port 0 becomes the real port).

@@ -16,9 +16,9 @@
 #include <thread>
 #include <vector>
 
+#include "net/channel.h"
 #include "net/client.h"
 #include "net/frame.h"
-#include "net/handshake.h"
 #include "net/rpc_server.h"
 
 namespace cardnode::net {
@@ -223,11 +223,24 @@ class RpcTest : public ::testing::Test {
     return fd;
   }
 
-  // A half-open stranger: connected, HELLO read, never answers.
+  // A half-open stranger: its ClientHello sent and the server's answer read (so the server
+  // holds it in the handshake), never finishing.
   int half_open_from(const std::string& source_ip) {
     const int fd = raw_connect_from(source_ip);
-    EXPECT_EQ(read_exact(fd, kHelloBytes).size(), kHelloBytes) << source_ip;
+    send_all(fd, client_hello(kToken));
+    char b = 0;
+    EXPECT_EQ(::recv(fd, &b, 1, 0), 1) << source_ip;
     return fd;
+  }
+
+  // The first flight of a TLS client holding `token`.
+  static std::string client_hello(const std::string& token) {
+    std::string out;
+    EXPECT_TRUE(SecurityContext::psk(token, SecurityContext::Role::kClient)
+                    ->channel()
+                    ->start(&out)
+                    .has_value());
+    return out;
   }
 
   static std::string read_exact(int fd, size_t n) {
@@ -262,12 +275,54 @@ class RpcTest : public ::testing::Test {
     return false;
   }
 
-  static void raw_handshake(int fd, const std::string& token) {
-    ClientHandshake hs(token);
-    Result<std::string> proof = hs.proof(read_exact(fd, kHelloBytes));
-    ASSERT_TRUE(proof.has_value());
-    send_all(fd, *proof);
-    ASSERT_TRUE(hs.check_verdict(read_exact(fd, kVerdictBytes)).has_value());
+  // A TLS client driven by hand over a blocking socket, so a test decides every byte
+  // that goes out (sealed or not) and when.
+  struct Raw {
+    int fd = -1;
+    std::unique_ptr<Channel> ch;
+    std::string app;  // opened bytes from the server not yet taken
+    FrameDecoder decoder;
+    Status error;  // the channel's error, if it failed
+    // Reads once and feeds the channel; false on EOF, a timeout or a channel error.
+    bool read_some() {
+      char buf[16384];
+      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n <= 0) return false;
+      std::string out;
+      error = ch->feed(std::string_view(buf, static_cast<size_t>(n)), &app, &out);
+      if (!out.empty()) send_all(fd, out);
+      return error.has_value();
+    }
+    void send_sealed(std::string_view plain) {
+      std::string sealed;
+      ASSERT_TRUE(ch->seal(plain, &sealed).has_value());
+      send_all(fd, sealed);
+    }
+    // One whole response frame's payload; nullopt if the connection ended first.
+    std::optional<std::string> read_frame() {
+      for (;;) {  // bounded by SO_RCVTIMEO per read
+        if (!app.empty()) {
+          if (!decoder.feed(app)) return std::nullopt;
+          app.clear();
+        }
+        if (auto p = decoder.next()) return std::string(*p);
+        if (!read_some()) return std::nullopt;
+      }
+    }
+  };
+
+  // Runs the TLS handshake on fd with `token`; the returned Raw is open if it worked.
+  static Raw raw_handshake(int fd, const std::string& token) {
+    Raw r;
+    r.fd = fd;
+    r.ch = SecurityContext::psk(token, SecurityContext::Role::kClient)->channel();
+    std::string out;
+    EXPECT_TRUE(r.ch->start(&out).has_value());
+    send_all(fd, out);
+    while (!r.ch->open() && r.read_some()) {
+    }
+    EXPECT_TRUE(r.ch->open()) << (r.error ? "no answer" : r.error.error().describe());
+    return r;
   }
 
   static std::string frame_of(uint64_t id, bool wait) {
@@ -333,7 +388,7 @@ TEST_F(RpcTest, WrongTokenIsUnauthenticated) {
   Result<std::unique_ptr<Client>> c = Client::connect(addr_, kToken + "-wrong", kCallTimeoutMs);
   ASSERT_FALSE(c.has_value());
   EXPECT_EQ(c.error().code, Errc::kUnauthenticated);
-  EXPECT_EQ(c.error().message, "authentication failed: wrong cluster token");
+  EXPECT_EQ(c.error().message, addr_ + ": wrong cluster token (the server refused it)");
   const RpcServerStats s = stats();
   EXPECT_EQ(s.rejected_auth, 1u);
   EXPECT_EQ(s.rejected_protocol, 0u);
@@ -364,8 +419,8 @@ TEST_F(RpcTest, GarbageBeforeHandshakeClosesOnlyThatConnection) {
 TEST_F(RpcTest, OversizeLengthAfterHandshakeClosesConnection) {
   start_server();
   const int fd = raw_connect();
-  raw_handshake(fd, kToken);
-  send_all(fd, std::string(4, '\xff'));
+  Raw r = raw_handshake(fd, kToken);
+  r.send_sealed(std::string(4, '\xff'));
   EXPECT_TRUE(closed_by_server(fd));
   ::close(fd);
   EXPECT_EQ(stats().rejected_protocol, 1u);
@@ -377,8 +432,8 @@ TEST_F(RpcTest, OversizeLengthAfterHandshakeClosesConnection) {
 TEST_F(RpcTest, UnparsableFrameClosesConnection) {
   start_server();
   const int fd = raw_connect();
-  raw_handshake(fd, kToken);
-  send_all(fd, std::string("\x00\x00\x00\x03\xff\xff\xff", 7));
+  Raw r = raw_handshake(fd, kToken);
+  r.send_sealed(std::string("\x00\x00\x00\x03\xff\xff\xff", 7));
   EXPECT_TRUE(closed_by_server(fd));
   ::close(fd);
   EXPECT_EQ(stats().rejected_protocol, 1u);
@@ -387,14 +442,11 @@ TEST_F(RpcTest, UnparsableFrameClosesConnection) {
   expect_call_works(c.get());
 }
 
-TEST_F(RpcTest, FramesSentWithTheProofAreNotParsedBeforeTheVerdict) {
+TEST_F(RpcTest, FramesPipelinedBehindAWrongTokenAreNeverParsed) {
   start_server();
   const int fd = raw_connect();
-  ClientHandshake hs(kToken + "-wrong");
-  Result<std::string> proof = hs.proof(read_exact(fd, kHelloBytes));
-  ASSERT_TRUE(proof.has_value());
-  send_all(fd, *proof + frame_of(1, false));  // pipelined behind a wrong proof
-  EXPECT_FALSE(hs.check_verdict(read_exact(fd, kVerdictBytes)).has_value());
+  // A whole request frame right behind a ClientHello with the wrong token.
+  send_all(fd, client_hello(kToken + "-wrong") + frame_of(1, false));
   EXPECT_TRUE(closed_by_server(fd));
   ::close(fd);
   EXPECT_EQ(stats().rejected_auth, 1u);
@@ -419,8 +471,8 @@ TEST_F(RpcTest, ReplyAfterTheClientLeftIsANoop) {
   auto_release_ = false;
   start_server();
   const int fd = raw_connect();
-  raw_handshake(fd, kToken);
-  send_all(fd, frame_of(1, true));
+  Raw r = raw_handshake(fd, kToken);
+  r.send_sealed(frame_of(1, true));
   ASSERT_TRUE(wait_until([&] { return held() == 1; }));
   ::close(fd);
   ASSERT_TRUE(wait_until([&] { return stats().active == 0; }));
@@ -434,22 +486,13 @@ TEST_F(RpcTest, MaxInflightStopsReadingUntilRepliesDrain) {
   auto_release_ = false;
   start_server();
   const int fd = raw_connect();
-  raw_handshake(fd, kToken);
-  send_all(fd, frame_of(1, true) + frame_of(2, true) + frame_of(3, true));  // one write
-  FrameDecoder decoder;
+  Raw r = raw_handshake(fd, kToken);
+  r.send_sealed(frame_of(1, true) + frame_of(2, true) + frame_of(3, true));  // one record
   for (uint64_t id = 1; id <= 3; ++id) {
     ASSERT_TRUE(wait_until([&] { return held() > 0; }));
     loop_.run([this] { release_front(); });
-    std::optional<std::string> payload;
-    while (!payload) {  // bounded by SO_RCVTIMEO: read_exact returns short on timeout
-      if (auto p = decoder.next()) {
-        payload = std::string(*p);
-        break;
-      }
-      const std::string chunk = read_exact(fd, 1);
-      ASSERT_EQ(chunk.size(), 1u);
-      ASSERT_TRUE(decoder.feed(chunk).has_value());
-    }
+    const std::optional<std::string> payload = r.read_frame();
+    ASSERT_TRUE(payload.has_value());
     pb::Response resp;
     ASSERT_TRUE(resp.ParseFromString(*payload));
     EXPECT_EQ(resp.id(), id);
@@ -495,10 +538,9 @@ TEST_F(RpcTest, MaxConnectionsBound) {
 TEST_F(RpcTest, HandshakeTimeoutClosesIdleConnection) {
   options_.handshake_timeout_ms = 200;
   start_server();
-  const int idle = raw_connect();
-  EXPECT_EQ(read_exact(idle, kHelloBytes).size(), kHelloBytes);
+  const int idle = raw_connect();  // says nothing
   const int partial = raw_connect();
-  send_all(partial, std::string("CNOD\x01") + std::string(5, 'C'));  // a valid, short start
+  send_all(partial, client_hello(kToken).substr(0, 10));  // a valid, short start
   EXPECT_TRUE(closed_by_server(idle));
   EXPECT_TRUE(closed_by_server(partial));
   ::close(idle);
@@ -537,10 +579,10 @@ TEST_F(RpcTest, SlowReaderIsClosed) {
   ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
   timeval tv{10, 0};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  raw_handshake(fd, kToken);
+  Raw r = raw_handshake(fd, kToken);
   std::string flood;  // 200 requests for 100 MiB of replies, never read
   for (uint64_t id = 1; id <= 200; ++id) flood += frame_of(id, false);
-  send_all(fd, flood);
+  r.send_sealed(flood);
   EXPECT_TRUE(wait_until([&] { return stats().rejected_limit == 1; }));
   EXPECT_TRUE(wait_until([&] { return stats().active == 0; }));
   ::close(fd);
@@ -613,16 +655,27 @@ TEST_F(RpcTest, AClientsOneHandshakeOutlivesAFloodFromOtherAddresses) {
   options_.max_unauthenticated_per_source = 100;
   start_server();
   const int client = raw_connect_from("127.0.0.9");  // the oldest handshake of all
-  ClientHandshake hs(kToken);
-  Result<std::string> proof = hs.proof(read_exact(client, kHelloBytes));
-  ASSERT_TRUE(proof.has_value());
+  Raw r;
+  r.fd = client;
+  r.ch = SecurityContext::psk(kToken, SecurityContext::Role::kClient)->channel();
+  std::string hello;
+  ASSERT_TRUE(r.ch->start(&hello).has_value());
+  send_all(client, hello);
+  // The server's flight, taken in without answering: the client's Finished waits.
+  char buf[16384];
+  const ssize_t n = ::recv(client, buf, sizeof buf, 0);
+  ASSERT_GT(n, 0);
+  std::string finished;
+  ASSERT_TRUE(r.ch->feed(std::string_view(buf, static_cast<size_t>(n)), &r.app, &finished));
+  ASSERT_TRUE(r.ch->open());
   std::vector<int> flood;
   for (int i = 0; i < 50; ++i) {
     flood.push_back(half_open_from("127.0.0." + std::to_string(20 + i % 5)));
   }
   EXPECT_GE(stats().evicted, 43u);  // 51 handshakes through 8 slots
-  send_all(client, *proof);         // long after 43 evictions, it is still there
-  EXPECT_TRUE(hs.check_verdict(read_exact(client, kVerdictBytes)).has_value());
+  send_all(client, finished);       // long after 43 evictions, it is still there
+  r.send_sealed(frame_of(1, false));
+  EXPECT_TRUE(r.read_frame().has_value());
   ::close(client);
   for (int fd : flood) ::close(fd);
 }
@@ -633,24 +686,32 @@ TEST_F(RpcTest, WrongTokensAreRateLimitedPerSource) {
   options_.auth_failures_burst = 3;
   options_.auth_failures_per_minute = 1;  // no refill within the test
   start_server();
+  // True when the server tried the handshake and refused the token (with an alert);
+  // false when it closed without a word: refused at accept.
   auto wrong_token_from = [&](const std::string& ip) {
     const int fd = raw_connect_from(ip);
-    ClientHandshake hs("not-the-token-0123456789abcdef");
-    Result<std::string> proof = hs.proof(read_exact(fd, kHelloBytes));
-    if (!proof) {
-      ::close(fd);
-      return false;  // no HELLO: refused at accept
+    Raw r;
+    r.fd = fd;
+    r.ch = SecurityContext::psk("not-the-token-0123456789abcdef", SecurityContext::Role::kClient)
+               ->channel();
+    std::string hello;
+    EXPECT_TRUE(r.ch->start(&hello).has_value());
+    send_all(fd, hello);
+    const bool answered = r.read_some() || !r.error.has_value();
+    if (answered) {
+      EXPECT_FALSE(r.error.has_value());
+      if (!r.error) {
+        EXPECT_EQ(r.error.error().code, Errc::kUnauthenticated);
+      }
+      EXPECT_TRUE(closed_by_server(fd));
     }
-    send_all(fd, *proof);
-    EXPECT_FALSE(hs.check_verdict(read_exact(fd, kVerdictBytes)).has_value());
-    EXPECT_TRUE(closed_by_server(fd));
     ::close(fd);
-    return true;
+    return answered;
   };
   for (int i = 0; i < 3; ++i) EXPECT_TRUE(wrong_token_from("127.0.0.3")) << i;
   EXPECT_EQ(stats().rejected_auth, 3u);
   EXPECT_FALSE(wrong_token_from("127.0.0.3"));
-  const int refused = raw_connect_from("127.0.0.3");
+  const int refused = raw_connect_from("127.0.0.3");  // says nothing, closed at accept
   EXPECT_TRUE(closed_by_server(refused));
   ::close(refused);
   RpcServerStats st = stats();
@@ -668,22 +729,20 @@ TEST_F(RpcTest, ASlowlorisIsCutAtTheHandshakeDeadline) {
   options_.handshake_timeout_ms = 300;
   start_server();
   const int fd = raw_connect();
-  ClientHandshake hs(kToken);
-  Result<std::string> proof = hs.proof(read_exact(fd, kHelloBytes));
-  ASSERT_TRUE(proof.has_value());
+  const std::string hello = client_hello(kToken);
   size_t sent = 0;
   bool closed = false;
-  while (sent < proof->size()) {
-    if (::send(fd, proof->data() + sent, 1, MSG_NOSIGNAL) != 1) {
+  while (sent < hello.size()) {
+    if (::send(fd, hello.data() + sent, 1, MSG_NOSIGNAL) != 1) {
       closed = true;
       break;
     }
     ++sent;
-    // 69 bytes at 100 ms take 6.9 s: far past the 300 ms deadline on any machine.
+    // ~250 bytes at 100 ms take 25 s: far past the 300 ms deadline on any machine.
     std::this_thread::sleep_for(100ms);
   }
   EXPECT_TRUE(closed || closed_by_server(fd));
-  EXPECT_LT(sent, proof->size());
+  EXPECT_LT(sent, hello.size());
   ::close(fd);
   EXPECT_TRUE(wait_until([&] { return stats().rejected_limit == 1; }));
   EXPECT_EQ(stats().requests, 0u);
@@ -697,18 +756,18 @@ TEST_F(RpcTest, IdleAuthenticatedConnectionsCloseButHeldRequestsDoNot) {
   auto_release_ = false;
   start_server();
   const int holder = raw_connect();
-  raw_handshake(holder, kToken);
-  send_all(holder, frame_of(1, /*wait=*/true));
+  Raw h = raw_handshake(holder, kToken);
+  h.send_sealed(frame_of(1, /*wait=*/true));
   ASSERT_TRUE(wait_until([&] { return held() == 1; }));
   const int idle = raw_connect();
-  raw_handshake(idle, kToken);
+  Raw i1 = raw_handshake(idle, kToken);
   EXPECT_TRUE(closed_by_server(idle));
   ::close(idle);
   // Several idle periods later (the idle one is gone), the held request's connection is
   // still there, and its reply still arrives.
   ASSERT_TRUE(wait_until([&] { return stats().closed_idle == 1; }));
   const int idle2 = raw_connect();
-  raw_handshake(idle2, kToken);
+  Raw i2 = raw_handshake(idle2, kToken);
   EXPECT_TRUE(closed_by_server(idle2));
   ::close(idle2);
   EXPECT_EQ(stats().closed_idle, 2u);
@@ -717,19 +776,11 @@ TEST_F(RpcTest, IdleAuthenticatedConnectionsCloseButHeldRequestsDoNot) {
     release_front();
     return 0;
   });
-  auto read_reply = [&](int fd) {  // one whole frame: 4-byte big-endian length, payload
-    const std::string header = read_exact(fd, 4);
-    if (header.size() != 4) return false;
-    const uint32_t len = (uint32_t{uint8_t(header[0])} << 24) |
-                         (uint32_t{uint8_t(header[1])} << 16) |
-                         (uint32_t{uint8_t(header[2])} << 8) | uint32_t{uint8_t(header[3])};
-    return read_exact(fd, len).size() == len;
-  };
-  EXPECT_TRUE(read_reply(holder));
+  EXPECT_TRUE(h.read_frame().has_value());
   // Held for several idle periods, answered: the idle clock starts again from the answer,
   // so a request sent right away is served, not cut off by a tick that was due.
-  send_all(holder, frame_of(2, /*wait=*/false));
-  EXPECT_TRUE(read_reply(holder));
+  h.send_sealed(frame_of(2, /*wait=*/false));
+  EXPECT_TRUE(h.read_frame().has_value());
   // Once answered, the holder is idle too.
   EXPECT_TRUE(closed_by_server(holder));
   ::close(holder);

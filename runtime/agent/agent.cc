@@ -209,7 +209,10 @@ Status Agent::Impl::open() {
   recover_journal();
   net::RpcClientOptions co;
   co.address = options.join;
-  co.token = options.token;
+  auto security =
+      net::SecurityContext::create(options.security, net::SecurityContext::Role::kClient);
+  if (!security) return std::unexpected(security.error());
+  co.security = *security;
   // Reconnect well within the server's grace (10 s by default): after a server restart the
   // agent must be back before its tasks would be declared lost. Cheap at pool sizes of
   // boards: 1,000 agents at one attempt per 2 s is 500 connects/s at most.

@@ -21,13 +21,15 @@
 #include <memory>
 #include <string>
 
+#include "net/channel.h"
 #include "proto/error.h"
 
 namespace cardnode::runtime {
 
 struct AgentOptions {
-  std::string join;       // HOST:PORT of the server
-  std::string token;      // the cluster token (the CLI reads --token-file etc.)
+  std::string join;  // HOST:PORT of the server
+  // The cluster token (the CLI reads --token-file etc.) and --insecure / --tls-*.
+  net::SecurityOptions security;
   std::string data_dir;   // node_id, journal/, logs/, work/
   std::string log_dir;    // empty: DATA_DIR/logs
   std::string node_name;  // empty: the hostname

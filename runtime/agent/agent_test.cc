@@ -305,7 +305,7 @@ class AgentTest : public ::testing::Test {
   AgentOptions options() const {
     AgentOptions o;
     o.join = server_->address();
-    o.token = kToken;
+    o.security.token = kToken;
     o.data_dir = data_dir_;
     o.node_name = "board-7";
     o.labels = {{"rack", "a"}, {"role", "test"}};

@@ -64,6 +64,7 @@ Result<std::unique_ptr<Metrics>> Metrics::start(uv_loop_t* loop, const std::stri
   Metrics* self = m.get();
   m->http_ = std::make_unique<net::HttpServer>(loop, ho, [self](const std::string& path) {
     if (path == "/metrics") {
+      if (self->on_scrape_) self->on_scrape_();
       return net::HttpReply{200, "text/plain; version=0.0.4; charset=utf-8", self->render()};
     }
     if (path == "/") return net::HttpReply{200, "text/plain; charset=utf-8", "see /metrics\n"};

@@ -19,6 +19,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -87,8 +88,12 @@ class Metrics {
   void set_tasks(const std::array<uint64_t, sched::kTaskStateCount>& totals);
   void set_node(uint32_t cpu_millis_used, uint64_t mem_bytes_used, uint32_t running);
   void refresh(const MetricSources& now);
+  // Runs at each scrape before render(), so counters that change without a request (a
+  // refused connection, an eviction) are current when read.
+  void on_scrape(std::function<void()> fn) { on_scrape_ = std::move(fn); }
 
  private:
+  std::function<void()> on_scrape_;
   Metrics() = default;
   std::string bound_;
   std::shared_ptr<prometheus::Registry> registry_;

@@ -103,6 +103,7 @@ struct Server::Impl {
   void request_turn();
   void take_turn();
   void describe(const sched::Node& n, pb::NodeInfo* info) const;
+  net::Transport transport = net::Transport::kTlsPsk;  // of every connection
   void refresh_metrics();
   void begin_stop(const char* why);
   void shutdown_tick();
@@ -231,9 +232,8 @@ Status Server::Impl::start_listeners() {
   const uint64_t fds = raise_open_files_limit();
   const uint64_t usable = fds > 256 ? fds - 256 : 128;
   ro.max_unauthenticated = static_cast<uint32_t>(std::clamp<uint64_t>(usable / 4, 32, 1024));
-  ro.max_connections = static_cast<uint32_t>(
-      std::clamp<uint64_t>(usable - std::min(usable, uint64_t{ro.max_unauthenticated}), 64,
-                           kConnectionsMax));
+  ro.max_connections = static_cast<uint32_t>(std::clamp<uint64_t>(
+      usable - std::min(usable, uint64_t{ro.max_unauthenticated}), 64, kConnectionsMax));
   if (ro.max_connections < kConnectionsMax) {
     log(Level::kWarn, "server",
         "open-files limit " + std::to_string(fds) + ": at most " +
@@ -242,7 +242,17 @@ Status Server::Impl::start_listeners() {
   api = std::make_unique<ClientApi>(
       *coordinator, *logs, *hub, local_node,
       [this](const sched::Node& n, pb::NodeInfo* info) { describe(n, info); });
-  rpc = std::make_unique<net::RpcServer>(&loop, dir->token(), ro,
+  net::SecurityOptions so = options.security;
+  so.token = dir->token();
+  auto security = net::SecurityContext::create(so, net::SecurityContext::Role::kServer);
+  if (!security) return std::unexpected(security.error());
+  transport = (*security)->transport();
+  if (transport == net::Transport::kPlaintext) {
+    log(Level::kWarn, "server",
+        "--insecure: connections are authenticated by the token but not encrypted; anyone "
+        "on the path can read and rewrite them");
+  }
+  rpc = std::make_unique<net::RpcServer>(&loop, *security, ro,
                                          [this](pb::Request&& req, net::Responder r) {
                                            api->handle(std::move(req), std::move(r));
                                            refresh_metrics();
@@ -252,6 +262,7 @@ Status Server::Impl::start_listeners() {
   auto m = Metrics::start(&loop, options.metrics_listen);
   if (!m) return std::unexpected(m.error());
   metrics = std::move(*m);
+  metrics->on_scrape([this] { refresh_metrics(); });
   metrics->set_info(facts.arch, storage::backend_name(engine->backend()),
                     options.exec ? isolation_name(isolation.info().mode) : "none");
   refresh_metrics();
@@ -359,6 +370,7 @@ void Server::Impl::take_turn() {
 }
 
 void Server::Impl::describe(const sched::Node& n, pb::NodeInfo* info) const {
+  info->set_transport(net::transport_name(transport));
   if (!local_node || n.id != *local_node) return hub->describe(n, info);
   info->set_arch(facts.arch);
   info->set_isolation(isolation_name(isolation.info().mode));

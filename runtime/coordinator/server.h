@@ -21,6 +21,7 @@
 #include <memory>
 #include <string>
 
+#include "net/channel.h"
 #include "proto/error.h"
 
 namespace cardnode::runtime {
@@ -40,6 +41,8 @@ struct ServerOptions {
   uint64_t snapshot_wal_bytes = 8ull << 20;                 // --snapshot-wal-bytes
   uint64_t heartbeat_ms = 1000;                             // --heartbeat: agents' interval
   uint64_t grace_ms = 10'000;                               // --grace: silence before down
+  // --insecure, --tls-cert/--tls-key/--tls-ca; the token is DATA_DIR/token (set by open()).
+  net::SecurityOptions security;
 };
 
 class Server {

@@ -117,3 +117,20 @@ JSON = {
 }
 for k, v in JSON.items():
     write("fuzz_job_json", k, v.encode())
+
+# fuzz_channel: mode byte, chunk byte, then material (see fuzz_channel.cc). The genuine
+# handshakes are made inside the target; these seeds reach each mode and both outcomes.
+CHANNEL = {
+    "server_record_header": bytes([0, 255]) + b"\x16\x03\x01\x00\x30" + bytes(48),
+    "server_http_probe": bytes([0, 7]) + b"GET /metrics HTTP/1.1\r\n\r\n",
+    "hello_unchanged_byte_by_byte": bytes([1, 0]) + bytes(320),
+    "hello_flipped": bytes([1, 63]) + bytes(40) + b"\x01" + bytes(100),
+    "record_unchanged": bytes([2, 255]) + bytes(40),
+    "record_tag_flipped": bytes([2, 4]) + bytes(30) + b"\x80",
+    "record_length_flipped": bytes([2, 255]) + b"\x00\x00\x00\x01",
+    "client_alert": bytes([3, 255]) + b"\x15\x03\x03\x00\x02\x02\x33",
+    "client_server_hello_start": bytes([3, 2]) + b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76\x03\x03" + bytes(32),
+    "plain_proof_bad_mac": bytes([4, 255]) + b"CNOD\x01" + bytes(64),
+}
+for k, v in CHANNEL.items():
+    write("fuzz_channel", k, v)

@@ -33,7 +33,7 @@ constexpr uint32_t kBusyBackoffFirstMs = 20;
 constexpr uint32_t kBusyBackoffMaxMs = 1000;
 
 int error_line(const std::string& message, int code) {
-  std::fprintf(stderr, "cardnode: %s\n", message.c_str());
+  (void)std::fprintf(stderr, "cardnode: %s\n", message.c_str());  // nowhere else to report to
   return code;
 }
 
@@ -75,11 +75,12 @@ Result<std::unique_ptr<net::Client>> connect(const ClientConfig& cfg) {
   if (addr.empty() && env_or_null("CARDNODE_ADDR")) addr = env_or_null("CARDNODE_ADDR");
   if (addr.empty()) {
     auto line = read_first_line(dir + "/addr");
-    if (!line)
+    if (!line) {
       return fail(Errc::kUnavailable,
                   "no server address: pass --server HOST:PORT, set "
                   "CARDNODE_ADDR, or --data-dir of a running server (" +
                       line.error().message + ")");
+    }
     addr = *line;
   }
   net::SecurityOptions so = security_options(cfg);
@@ -92,11 +93,12 @@ Result<std::unique_ptr<net::Client>> connect(const ClientConfig& cfg) {
       so.token = env_or_null("CARDNODE_TOKEN");
     } else {
       auto t = net::load_token(dir + "/token");
-      if (!t)
+      if (!t) {
         return fail(Errc::kUnauthenticated,
                     "no cluster token: pass --token-file F, set "
                     "CARDNODE_TOKEN, or --data-dir (" +
                         t.error().describe() + ")");
+      }
       so.token = *t;
     }
   }
@@ -147,11 +149,12 @@ std::string states_text(const pb::JobSummary& j) {
 }
 
 std::string human_bytes(uint64_t b) {
-  char buf[32];
-  if (b >= (1ull << 30))
-    std::snprintf(buf, sizeof(buf), "%.1fG", static_cast<double>(b) / (1ull << 30));
-  else
-    std::snprintf(buf, sizeof(buf), "%.0fM", static_cast<double>(b) / (1ull << 20));
+  char buf[32];  // at most "17179869184.0G": snprintf cannot fail or cut here
+  if (b >= (1ull << 30)) {
+    (void)std::snprintf(buf, sizeof(buf), "%.1fG", static_cast<double>(b) / (1ull << 30));
+  } else {
+    (void)std::snprintf(buf, sizeof(buf), "%.0fM", static_cast<double>(b) / (1ull << 20));
+  }
   return buf;
 }
 
@@ -182,9 +185,10 @@ Status fetch_remaining_tasks(net::Client& c, pb::JobDetail* detail) {
     auto resp = call(c, req);
     if (!resp) return std::unexpected(resp.error());
     pb::JobDetail* page = resp->mutable_job();
-    if (page->tasks_size() == 0 || (page->next_task() != 0 && page->next_task() <= next))
+    if (page->tasks_size() == 0 || (page->next_task() != 0 && page->next_task() <= next)) {
       return fail(Errc::kInternal, "the task list of job " + std::to_string(detail->job().id()) +
                                        " does not advance");
+    }
     for (pb::TaskInfo& t : *page->mutable_tasks()) *detail->add_tasks() = std::move(t);
     next = page->next_task();
   }
@@ -231,24 +235,25 @@ int submit_and_maybe_wait(const ClientConfig& cfg, pb::JobSpec spec, bool wait) 
   if (!c) return report(c.error());
   pb::Request req;
   *req.mutable_submit()->mutable_spec() = std::move(spec);
-  auto resp = call(**c, std::move(req));
+  auto resp = call(**c, req);
   if (!resp) return report(resp.error());
   const uint64_t id = resp->submitted().job_id();
   if (!wait) {
     std::printf("%llu\n", static_cast<unsigned long long>(id));
     return 0;
   }
-  std::fprintf(stderr, "cardnode: job %llu submitted, waiting\n",
-               static_cast<unsigned long long>(id));
+  // Progress and outcome go to stderr, best effort: the exit code carries the result.
+  (void)std::fprintf(stderr, "cardnode: job %llu submitted, waiting\n",
+                     static_cast<unsigned long long>(id));
   pb::Request w;
   w.mutable_wait_job()->set_job_id(id);
-  auto done = call(**c, std::move(w), /*timeout_ms=*/0);
+  auto done = call(**c, w, /*timeout_ms=*/0);
   if (!done) return report(done.error());
   // The first page of tasks is enough: a one-task job's task is on it, and an array's exit
   // code is its job's state.
   const pb::JobSummary& j = done->job().job();
-  std::fprintf(stderr, "cardnode: job %llu %s (%s)\n", static_cast<unsigned long long>(id),
-               job_state_text(j.state()), states_text(j).c_str());
+  (void)std::fprintf(stderr, "cardnode: job %llu %s (%s)\n", static_cast<unsigned long long>(id),
+                     job_state_text(j.state()), states_text(j).c_str());
   return wait_exit_code(done->job());
 }
 
@@ -423,12 +428,16 @@ int cmd_logs(const ClientConfig& cfg, TaskId task, bool follow, bool stderr_stre
     r->set_stream(stderr_stream ? pb::STDERR : pb::STDOUT);
     r->set_offset(offset);
     r->set_max_bytes(kLogChunkBytes);
-    auto resp = call(**c, std::move(req));
+    auto resp = call(**c, req);
     if (!resp) return report(resp.error());
     const pb::LogChunk& chunk = resp->log();
     if (!chunk.data().empty()) {
-      std::fwrite(chunk.data().data(), 1, chunk.data().size(), stdout);
-      std::fflush(stdout);
+      // A reader that went away (SIGPIPE is ignored) or a full disk: stop, rather than
+      // follow on writing nowhere.
+      if (std::fwrite(chunk.data().data(), 1, chunk.data().size(), stdout) != chunk.data().size() ||
+          std::fflush(stdout) != 0) {
+        return error_line("cannot write the log to stdout", 1);
+      }
       offset = chunk.next_offset();
       continue;
     }
@@ -442,7 +451,7 @@ int cmd_cancel(const ClientConfig& cfg, uint64_t job) {
   if (!c) return report(c.error());
   pb::Request req;
   req.mutable_cancel()->set_job_id(job);
-  auto resp = call(**c, std::move(req));
+  auto resp = call(**c, req);
   if (!resp) return report(resp.error());
   std::printf("cancelled job %llu (%u running tasks killed)\n",
               static_cast<unsigned long long>(job), resp->cancelled().tasks_cancelled());
@@ -454,7 +463,7 @@ int cmd_nodes(const ClientConfig& cfg, bool json) {
   if (!c) return report(c.error());
   pb::Request req;
   req.mutable_list_nodes();
-  auto resp = call(**c, std::move(req));
+  auto resp = call(**c, req);
   if (!resp) return report(resp.error());
   if (json) {
     std::printf("%s\n", nodes_json(resp->nodes()).c_str());
@@ -466,11 +475,12 @@ int cmd_nodes(const ClientConfig& cfg, bool json) {
   for (const auto& n : resp->nodes().nodes()) {
     std::string enforced;
     for (const auto& e : n.enforced()) enforced += (enforced.empty() ? "" : ",") + e;
+    // Both fit: two uint32 millis as cores, two human_bytes() of at most 14 characters.
     char cpu[32], mem[48];
-    std::snprintf(cpu, sizeof(cpu), "%.1f/%.1f", n.cpu_millis_used() / 1000.0,
-                  n.cpu_millis() / 1000.0);
-    std::snprintf(mem, sizeof(mem), "%s/%s", human_bytes(n.mem_bytes_used()).c_str(),
-                  human_bytes(n.mem_bytes()).c_str());
+    (void)std::snprintf(cpu, sizeof(cpu), "%.1f/%.1f", n.cpu_millis_used() / 1000.0,
+                        n.cpu_millis() / 1000.0);
+    (void)std::snprintf(mem, sizeof(mem), "%s/%s", human_bytes(n.mem_bytes_used()).c_str(),
+                        human_bytes(n.mem_bytes()).c_str());
     std::printf("%-16s %-8s %-8s %11s %13s %7u  %-10s %-18s %s\n", shown(n.name()).c_str(),
                 n.state().c_str(), n.arch().c_str(), cpu, mem, n.running_tasks(),
                 n.isolation().c_str(), enforced.empty() ? "none" : enforced.c_str(),

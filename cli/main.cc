@@ -27,7 +27,8 @@ using namespace cardnode::cli;
 using cardnode::Result;
 
 int usage_error(const std::string& message) {
-  std::fprintf(stderr, "cardnode: %s\nRun 'cardnode --help' for usage.\n", message.c_str());
+  // Best effort: the exit code says it too.
+  (void)std::fprintf(stderr, "cardnode: %s\nRun 'cardnode --help' for usage.\n", message.c_str());
   return kExitUsage;
 }
 
@@ -327,11 +328,12 @@ std::optional<std::string> unknown_subcommand(const CLI::App& app, int argc, cha
 
 }  // namespace
 
-int main(int argc, char** argv) {
+// What escapes (std::bad_alloc, a bug) ends the process through std::terminate, on purpose.
+int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape)
   if (argc >= 2 && std::strcmp(argv[1], "__task-exec") == 0) {
     return cardnode::runtime::task_exec_main(argc, argv);
   }
-  ::signal(SIGPIPE, SIG_IGN);
+  (void)::signal(SIGPIPE, SIG_IGN);  // fails only for an invalid signal number
 
   CLI::App app{"cardnode: pool ARM boards into one compute cluster", "cardnode"};
   app.set_version_flag("--version", "cardnode " CARDNODE_VERSION);

@@ -41,18 +41,19 @@ Result<uint64_t> parse_size(std::string_view text) {
   if (u.size() >= 2 && u.back() == 'B') u.pop_back();  // "MB", "MiB" -> "M", "Mi"
   if (u.size() == 2 && u[1] == 'I') u.pop_back();
   double mult = 0;
-  if (u.empty() || u == "B")
+  if (u.empty() || u == "B") {
     mult = 1;
-  else if (u == "K")
+  } else if (u == "K") {
     mult = 1024.0;
-  else if (u == "M")
+  } else if (u == "M") {
     mult = 1024.0 * 1024;
-  else if (u == "G")
+  } else if (u == "G") {
     mult = 1024.0 * 1024 * 1024;
-  else if (u == "T")
+  } else if (u == "T") {
     mult = 1024.0 * 1024 * 1024 * 1024;
-  else
+  } else {
     return fail(Errc::kInvalidArgument, "bad size " + quoted(text) + ": unit must be K, M, G or T");
+  }
   double bytes = v * mult;
   if (bytes < 1 || bytes > 1e18)
     return fail(Errc::kInvalidArgument, "bad size " + quoted(text) + ": out of range");
@@ -62,9 +63,10 @@ Result<uint64_t> parse_size(std::string_view text) {
 Result<uint32_t> parse_cpu(std::string_view text) {
   double v = 0;
   std::string_view unit;
-  if (!split_number(text, &v, &unit) || (unit != "" && unit != "m"))
+  if (!split_number(text, &v, &unit) || (unit != "" && unit != "m")) {
     return fail(Errc::kInvalidArgument,
                 "bad cpu " + quoted(text) + ": expected cores, e.g. 0.5 or 2");
+  }
   double millis = unit == "m" ? v : v * 1000.0;
   if (millis < 1 || millis > 1e6)
     return fail(Errc::kInvalidArgument, "bad cpu " + quoted(text) + ": out of range");
@@ -78,26 +80,28 @@ Result<uint64_t> parse_duration_ms(std::string_view text) {
   for (int parts = 0; !rest.empty(); ++parts) {
     double v = 0;
     std::string_view unit;
-    if (parts > 8 || !split_number(rest, &v, &unit))
+    if (parts > 8 || !split_number(rest, &v, &unit)) {
       return fail(Errc::kInvalidArgument,
                   "bad duration " + quoted(text) + ": expected e.g. 90s, 5m, 1h30m");
+    }
     size_t ulen = 0;
     while (ulen < unit.size() && !(unit[ulen] >= '0' && unit[ulen] <= '9')) ++ulen;
     std::string_view u = unit.substr(0, ulen);
     double mult = 0;
-    if (u == "ms")
+    if (u == "ms") {
       mult = 1;
-    else if (u == "s" || (u.empty() && parts == 0 && ulen == unit.size()))
+    } else if (u == "s" || (u.empty() && parts == 0 && ulen == unit.size())) {
       mult = 1000;
-    else if (u == "m")
+    } else if (u == "m") {
       mult = 60'000;
-    else if (u == "h")
+    } else if (u == "h") {
       mult = 3'600'000;
-    else if (u == "d")
+    } else if (u == "d") {
       mult = 86'400'000;
-    else
+    } else {
       return fail(Errc::kInvalidArgument,
                   "bad duration " + quoted(text) + ": unit must be ms, s, m, h or d");
+    }
     total += v * mult;
     rest = unit.substr(ulen);
   }
@@ -109,9 +113,10 @@ Result<uint64_t> parse_duration_ms(std::string_view text) {
 Result<uint64_t> parse_job_id(std::string_view text) {
   uint64_t id = 0;
   auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), id);
-  if (ec != std::errc() || p != text.data() + text.size() || id == 0)
+  if (ec != std::errc() || p != text.data() + text.size() || id == 0) {
     return fail(Errc::kInvalidArgument,
                 "bad job id " + quoted(text) + ": expected a number from 1");
+  }
   return id;
 }
 
@@ -124,9 +129,10 @@ Result<TaskId> parse_task_id(std::string_view text) {
   if (dot != std::string_view::npos) {
     std::string_view idx = text.substr(dot + 1);
     auto [p, ec] = std::from_chars(idx.data(), idx.data() + idx.size(), t.index);
-    if (idx.empty() || ec != std::errc() || p != idx.data() + idx.size())
+    if (idx.empty() || ec != std::errc() || p != idx.data() + idx.size()) {
       return fail(Errc::kInvalidArgument,
                   "bad task " + quoted(text) + ": expected JOB or JOB.INDEX");
+    }
   }
   return t;
 }

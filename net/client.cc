@@ -116,9 +116,9 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& host_port,
                  timeout_ms);
 }
 
-Result<std::unique_ptr<Client>> Client::connect(const std::string& host_port,
-                                                std::shared_ptr<const SecurityContext> security,
-                                                uint32_t timeout_ms) {
+Result<std::unique_ptr<Client>> Client::connect(
+    const std::string& host_port, const std::shared_ptr<const SecurityContext>& security,
+    uint32_t timeout_ms) {
   CARDNODE_CHECK(security != nullptr && security->role() == SecurityContext::Role::kClient);
   Result<HostPort> hp = parse_host_port(host_port);
   if (!hp) return std::unexpected(hp.error());

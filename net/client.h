@@ -26,7 +26,7 @@ class Client {
                                                                uint32_t timeout_ms);
   // The same with a client-role SecurityContext (certificate mode, --insecure).
   [[nodiscard]] static Result<std::unique_ptr<Client>> connect(
-      const std::string& host_port, std::shared_ptr<const SecurityContext> security,
+      const std::string& host_port, const std::shared_ptr<const SecurityContext>& security,
       uint32_t timeout_ms);
   ~Client();
   // Sends one request (its id is set here) and waits for the matching response.

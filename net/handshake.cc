@@ -37,10 +37,11 @@ void random_fill(uint8_t* out, size_t n) {
   size_t done = 0;
   for (int tries = 0; done < n && tries < 16; ++tries) {
     ssize_t got = ::getrandom(out + done, n - done, 0);
-    if (got > 0)
+    if (got > 0) {
       done += static_cast<size_t>(got);
-    else
+    } else {
       CARDNODE_CHECK(errno == EINTR);
+    }
   }
   CARDNODE_CHECK(done == n);
 }
@@ -77,7 +78,7 @@ Mac hmac_sha256_impl(std::string_view key, std::string_view message) {
 
 Mac hmac(const std::string& key, std::string_view label, const Nonce& a, const Nonce& b) {
   std::string data;
-  data.reserve(label.size() + 2 * kNonceBytes);
+  data.reserve(label.size() + size_t{2} * kNonceBytes);
   data.append(label);
   data.append(reinterpret_cast<const char*>(a.data()), a.size());
   data.append(reinterpret_cast<const char*>(b.data()), b.size());
@@ -112,7 +113,7 @@ std::string preamble() {
 
 std::string mode_octal(mode_t mode) {
   char buf[8];
-  std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(mode & 07777));
+  (void)std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(mode & 07777));  // fits
   return buf;
 }
 

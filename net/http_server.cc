@@ -103,7 +103,7 @@ void reply(Conn* c, HttpReply r, bool head) {
     close_conn(c);
     return;
   }
-  w.release();  // the write callback owns it
+  (void)w.release();  // the write callback owns it
 }
 
 // The request line of a complete request: "GET /metrics?x HTTP/1.1".
@@ -238,7 +238,7 @@ Result<std::string> HttpServer::start() {
   if (!hp) return std::unexpected(hp.error());
   Result<sockaddr_storage> addr = resolve(*hp);
   if (!addr) return std::unexpected(addr.error());
-  std::signal(SIGPIPE, SIG_IGN);  // a scraper that resets mid-reply must not kill us
+  (void)std::signal(SIGPIPE, SIG_IGN);  // a scraper that resets mid-reply must not kill us
   auto* listener = new uv_tcp_t{};
   CARDNODE_CHECK(uv_tcp_init(s.loop, listener) == 0);
   listener->data = static_cast<Core*>(&s);

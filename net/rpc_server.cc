@@ -194,7 +194,7 @@ bool write_bytes(Connection* c, std::string bytes, bool close_after) {
     close_connection(c);
     return false;
   }
-  w.release();  // on_write_done owns it now
+  (void)w.release();  // on_write_done owns it now
   return true;
 }
 
@@ -539,7 +539,7 @@ Result<std::string> RpcServer::start() {
   Result<sockaddr_storage> addr = resolve(*hp);
   if (!addr) return std::unexpected(addr.error());
   // libuv writes with write(2): a peer resetting mid-reply must not kill the process.
-  std::signal(SIGPIPE, SIG_IGN);
+  (void)std::signal(SIGPIPE, SIG_IGN);  // cannot fail for SIGPIPE
   auto* listener = new uv_tcp_t{};
   CARDNODE_CHECK(uv_tcp_init(s.loop, listener) == 0);
   listener->data = static_cast<ServerCore*>(&s);

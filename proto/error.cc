@@ -28,6 +28,7 @@ std::string Error::describe() const {
   std::string out = message;
   if (sys_errno != 0) {
     out += ": ";
+    // NOLINTNEXTLINE(concurrency-mt-unsafe): glibc >= 2.32 keeps strerror's text per thread
     out += std::strerror(sys_errno);
   }
   return out;
@@ -43,7 +44,7 @@ std::unexpected<Error> fail_errno(int sys_errno, std::string what) {
 }
 
 void check_failed(const char* expr, const char* file, int line) {
-  std::fprintf(stderr, "cardnode: invariant broken: %s at %s:%d\n", expr, file, line);
+  (void)std::fprintf(stderr, "cardnode: invariant broken: %s at %s:%d\n", expr, file, line);
   std::abort();
 }
 

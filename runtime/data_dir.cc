@@ -56,8 +56,8 @@ Result<std::string> load_or_create_identity(const std::string& path) {
   }
   std::string id;
   for (unsigned char b : raw) {
-    char hex[3];
-    std::snprintf(hex, sizeof hex, "%02x", b);
+    char hex[3];  // two hex digits of a byte: cannot fail or be cut
+    (void)std::snprintf(hex, sizeof hex, "%02x", b);
     id += hex;
   }
   // Made once and relied on for the life of the board: durable before it is used.

@@ -37,9 +37,9 @@ void log(Level level, std::string_view module, std::string_view message) {
   std::tm tm{};
   gmtime_r(&secs, &tm);
   char stamp[96];  // ample for any int the compiler imagines in tm fields
-  std::snprintf(stamp, sizeof(stamp), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                static_cast<int>(ms % 1000));
+  (void)std::snprintf(stamp, sizeof(stamp), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
+                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                      tm.tm_sec, static_cast<int>(ms % 1000));
   std::string line;
   line.reserve(64 + message.size());
   line.append(stamp).append(" ").append(level_name(level)).append(" ");

@@ -120,7 +120,7 @@ Status UringEngine::submit(OpKind kind, int fd, void* buf, uint32_t len, uint64_
   op->offset = offset;
   op->cb = std::move(cb);
   if (!prep(op.get())) return fail(Errc::kResourceExhausted, "io_uring submission queue full");
-  op.release();  // owned by the ring until its CQE is reaped
+  (void)op.release();  // owned by the ring (prep() put it in the SQE) until its CQE is reaped
   ++in_flight_;
   flush_submissions();
   return {};

@@ -123,7 +123,7 @@ struct Wal::Impl {
   void on_batch_synced(Result<uint32_t> r);
   void on_sealed(Result<uint32_t> r);
   void on_seal_synced(uint64_t seq, Result<uint32_t> r);
-  void fail_wal(Error error);
+  void fail_wal(const Error& error);
   bool busy() const;
   void wait_idle();
 
@@ -505,7 +505,7 @@ void Wal::Impl::on_seal_synced(uint64_t seq, Result<uint32_t> r) {
   start_next();
 }
 
-void Wal::Impl::fail_wal(Error error) {
+void Wal::Impl::fail_wal(const Error& error) {
   failure = error;
   stage = Stage::kFailed;
   stalled = false;

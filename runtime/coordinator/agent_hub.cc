@@ -195,7 +195,7 @@ sched::NodeSpec AgentHub::spec_from(const pb::NodeFacts& f) const {
 
 // ---------------------------------------------------------------------------- hello
 
-void AgentHub::on_hello(const pb::AgentHello& m, net::Responder r) {
+void AgentHub::on_hello(const pb::AgentHello& m, const net::Responder& r) {
   ++stats_.hellos;
   if (m.identity().empty() || m.facts().name().empty()) {
     return r.reply(error_response({Errc::kInvalidArgument, "hello without identity or name", 0}));
@@ -305,7 +305,7 @@ void AgentHub::on_hello(const pb::AgentHello& m, net::Responder r) {
 
 // ------------------------------------------------------------------ heartbeat, poll
 
-void AgentHub::on_heartbeat(const pb::AgentHeartbeat& m, net::Responder r) {
+void AgentHub::on_heartbeat(const pb::AgentHeartbeat& m, const net::Responder& r) {
   ++stats_.heartbeats;
   Session* s = session_for(m.session());
   if (s == nullptr) return r.reply(stale_session());
@@ -333,7 +333,7 @@ void AgentHub::on_poll(const pb::AgentPoll& m, net::Responder r) {
 
 // ------------------------------------------------------------------------- reports
 
-void AgentHub::on_report(const pb::AgentReport& m, net::Responder r) {
+void AgentHub::on_report(const pb::AgentReport& m, const net::Responder& r) {
   ++stats_.reports;
   Session* s = session_for(m.session());
   if (s == nullptr) return r.reply(stale_session());
@@ -384,7 +384,7 @@ void AgentHub::fetch_log(sched::NodeId node, const pb::ReadLog& m, uint32_t wait
   flush(*it->second);
 }
 
-void AgentHub::on_log(const pb::AgentLog& m, net::Responder r) {
+void AgentHub::on_log(const pb::AgentLog& m, const net::Responder& r) {
   if (session_for(m.session()) == nullptr) return r.reply(stale_session());
   r.reply(pb::Response{});
   auto it = fetches_.find(m.fetch_id());

@@ -61,11 +61,11 @@ class AgentHub {
   AgentHub& operator=(const AgentHub&) = delete;
 
   // Agent requests (the client API routes them here).
-  void on_hello(const pb::AgentHello& m, net::Responder r);
-  void on_heartbeat(const pb::AgentHeartbeat& m, net::Responder r);
+  void on_hello(const pb::AgentHello& m, const net::Responder& r);
+  void on_heartbeat(const pb::AgentHeartbeat& m, const net::Responder& r);
   void on_poll(const pb::AgentPoll& m, net::Responder r);
-  void on_report(const pb::AgentReport& m, net::Responder r);
-  void on_log(const pb::AgentLog& m, net::Responder r);
+  void on_report(const pb::AgentReport& m, const net::Responder& r);
+  void on_log(const pb::AgentLog& m, const net::Responder& r);
 
   // Task logs stay on the board that ran the task: a read of one is fetched from its agent.
   // reply runs once: with the chunk, or an error saying why (the board is down...).

@@ -22,7 +22,7 @@ pb::Response error_response(const Error& e) {
   return r;
 }
 
-void ClientApi::handle(pb::Request&& req, net::Responder r) {
+void ClientApi::handle(pb::Request&& req, const net::Responder& r) {
   if (c_.stopping()) return r.reply(error_response({Errc::kUnavailable, "server is stopping", 0}));
   switch (req.body_case()) {
     case pb::Request::kSubmit: return on_submit(req.submit(), r);
@@ -43,12 +43,12 @@ void ClientApi::handle(pb::Request&& req, net::Responder r) {
   r.reply(error_response({Errc::kInvalidArgument, "request has no body", 0}));
 }
 
-void ClientApi::after_durable(net::Responder r, std::function<pb::Response()> make) {
+void ClientApi::after_durable(const net::Responder& r, std::function<pb::Response()> make) {
   bool queued = c_.when_durable([r, make = std::move(make)] { r.reply(make()); });
   if (!queued) r.reply(error_response({Errc::kBusy, "server busy; try again", 0}));
 }
 
-void ClientApi::on_submit(const pb::SubmitJob& m, net::Responder r) {
+void ClientApi::on_submit(const pb::SubmitJob& m, const net::Responder& r) {
   c_.submit(m.spec(), [r](Result<sched::JobId> id) {
     if (!id) return r.reply(error_response(id.error()));
     pb::Response resp;
@@ -57,7 +57,7 @@ void ClientApi::on_submit(const pb::SubmitJob& m, net::Responder r) {
   });
 }
 
-void ClientApi::on_cancel(const pb::CancelJob& m, net::Responder r) {
+void ClientApi::on_cancel(const pb::CancelJob& m, const net::Responder& r) {
   c_.cancel(m.job_id(), [r](Result<uint32_t> n) {
     if (!n) return r.reply(error_response(n.error()));
     pb::Response resp;
@@ -66,7 +66,7 @@ void ClientApi::on_cancel(const pb::CancelJob& m, net::Responder r) {
   });
 }
 
-void ClientApi::on_wait(const pb::WaitJob& m, net::Responder r) {
+void ClientApi::on_wait(const pb::WaitJob& m, const net::Responder& r) {
   const sched::JobId id = m.job_id();
   c_.wait_job(id, [this, r, id](Status st) {
     if (!st) return r.reply(error_response(st.error()));
@@ -78,7 +78,7 @@ void ClientApi::on_wait(const pb::WaitJob& m, net::Responder r) {
   });
 }
 
-void ClientApi::on_get_job(const pb::GetJob& m, net::Responder r) {
+void ClientApi::on_get_job(const pb::GetJob& m, const net::Responder& r) {
   after_durable(r, [this, m] {
     const sched::Job* job = c_.state().cluster().job(m.job_id());
     if (job == nullptr) return error_response(c_.missing_job(m.job_id()));
@@ -88,7 +88,7 @@ void ClientApi::on_get_job(const pb::GetJob& m, net::Responder r) {
   });
 }
 
-void ClientApi::on_list_jobs(const pb::ListJobs& m, net::Responder r) {
+void ClientApi::on_list_jobs(const pb::ListJobs& m, const net::Responder& r) {
   after_durable(r, [this, m] {
     pb::Response resp;
     *resp.mutable_jobs() = list_jobs(c_.state(), m);
@@ -96,7 +96,7 @@ void ClientApi::on_list_jobs(const pb::ListJobs& m, net::Responder r) {
   });
 }
 
-void ClientApi::on_list_nodes(net::Responder r) {
+void ClientApi::on_list_nodes(const net::Responder& r) {
   after_durable(r, [this] {
     pb::Response resp;
     pb::NodeList* list = resp.mutable_nodes();
@@ -122,7 +122,7 @@ void ClientApi::on_list_nodes(net::Responder r) {
   });
 }
 
-void ClientApi::on_read_log(const pb::ReadLog& m, net::Responder r) {
+void ClientApi::on_read_log(const pb::ReadLog& m, const net::Responder& r) {
   const sched::Job* job = c_.state().cluster().job(m.job_id());
   if (job == nullptr) return r.reply(error_response(c_.missing_job(m.job_id())));
   if (m.index() >= job->tasks.size()) {
@@ -169,7 +169,7 @@ void ClientApi::on_read_log(const pb::ReadLog& m, net::Responder r) {
   });
 }
 
-void ClientApi::on_drain(const pb::DrainNode& m, net::Responder r) {
+void ClientApi::on_drain(const pb::DrainNode& m, const net::Responder& r) {
   c_.drain(m.node(), m.undrain(), m.deadline_ms(), [r](Status st) {
     if (!st) return r.reply(error_response(st.error()));
     r.reply(pb::Response{});

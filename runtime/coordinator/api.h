@@ -36,19 +36,19 @@ class ClientApi {
         local_node_(local_node),
         describe_(std::move(describe)) {}
 
-  void handle(pb::Request&& request, net::Responder responder);
+  void handle(pb::Request&& request, const net::Responder& responder);
 
  private:
-  void on_submit(const pb::SubmitJob& m, net::Responder r);
-  void on_cancel(const pb::CancelJob& m, net::Responder r);
-  void on_wait(const pb::WaitJob& m, net::Responder r);
-  void on_get_job(const pb::GetJob& m, net::Responder r);
-  void on_list_jobs(const pb::ListJobs& m, net::Responder r);
-  void on_list_nodes(net::Responder r);
-  void on_read_log(const pb::ReadLog& m, net::Responder r);
-  void on_drain(const pb::DrainNode& m, net::Responder r);
+  void on_submit(const pb::SubmitJob& m, const net::Responder& r);
+  void on_cancel(const pb::CancelJob& m, const net::Responder& r);
+  void on_wait(const pb::WaitJob& m, const net::Responder& r);
+  void on_get_job(const pb::GetJob& m, const net::Responder& r);
+  void on_list_jobs(const pb::ListJobs& m, const net::Responder& r);
+  void on_list_nodes(const net::Responder& r);
+  void on_read_log(const pb::ReadLog& m, const net::Responder& r);
+  void on_drain(const pb::DrainNode& m, const net::Responder& r);
   // Answers with make() once everything applied so far is durable.
-  void after_durable(net::Responder r, std::function<pb::Response()> make);
+  void after_durable(const net::Responder& r, std::function<pb::Response()> make);
 
   Coordinator& c_;
   storage::LogStore& logs_;

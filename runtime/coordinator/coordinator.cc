@@ -16,8 +16,10 @@ bool same_node(const sched::NodeSpec& a, const sched::NodeSpec& b) {
 }
 
 std::string duration_text(uint64_t ms) {
-  if (ms % (24 * 3600 * 1000) == 0) return std::to_string(ms / (24 * 3600 * 1000)) + "d";
-  if (ms % (3600 * 1000) == 0) return std::to_string(ms / (3600 * 1000)) + "h";
+  if (ms % (uint64_t{24} * 3600 * 1000) == 0) {
+    return std::to_string(ms / (uint64_t{24} * 3600 * 1000)) + "d";
+  }
+  if (ms % (uint64_t{3600} * 1000) == 0) return std::to_string(ms / (uint64_t{3600} * 1000)) + "h";
   if (ms % 1000 == 0) return std::to_string(ms / 1000) + "s";
   return std::to_string(ms) + "ms";
 }
@@ -238,7 +240,7 @@ void Coordinator::end_running_tasks(sched::NodeId id, bool requeue_free) {
 
 // ---------------------------------------------------------------------- requests
 
-void Coordinator::submit(pb::JobSpec spec, SubmitDone done) {
+void Coordinator::submit(pb::JobSpec spec, const SubmitDone& done) {
   if (stopping_) return done(fail(Errc::kUnavailable, "server is stopping"));
   if (auto st = state_.normalize(&spec); !st) return done(std::unexpected(st.error()));
   const sched::JobId id = state_.cluster().last_job_id() + 1;
@@ -254,7 +256,7 @@ void Coordinator::submit(pb::JobSpec spec, SubmitDone done) {
   if (!seq) done(std::unexpected(seq.error()));
 }
 
-void Coordinator::cancel(sched::JobId id, CancelDone done) {
+void Coordinator::cancel(sched::JobId id, const CancelDone& done) {
   if (stopping_) return done(fail(Errc::kUnavailable, "server is stopping"));
   const sched::Job* job = state_.cluster().job(id);
   if (job == nullptr) return done(std::unexpected(missing_job(id)));
@@ -418,7 +420,7 @@ Coordinator::EndReport Coordinator::report_end(sched::TaskRef t, uint32_t attemp
 }
 
 void Coordinator::drain(const std::string& node_name, bool undrain, uint64_t deadline_ms,
-                        std::function<void(Status)> done) {
+                        const std::function<void(Status)>& done) {
   if (stopping_) return done(fail(Errc::kUnavailable, "server is stopping"));
   const sched::Node* node = state_.cluster().node_by_name(node_name);
   if (node == nullptr) return done(fail(Errc::kNotFound, "no node " + node_name));

@@ -120,15 +120,15 @@ class Coordinator {
 
   // `cardnode drain NODE [--deadline DUR]` / `--undrain`. done once durable (or refused).
   void drain(const std::string& node_name, bool undrain, uint64_t deadline_ms,
-             std::function<void(Status)> done);
+             const std::function<void(Status)>& done);
 
   // ---- requests: done runs once — at once with a refusal, else once durable. If the
   // store fails for good first, it never runs: the server is stopping and its client
   // connections close. -----------------------------------------------------------------
   using SubmitDone = std::function<void(Result<sched::JobId>)>;
-  void submit(pb::JobSpec spec, SubmitDone done);
+  void submit(pb::JobSpec spec, const SubmitDone& done);
   using CancelDone = std::function<void(Result<uint32_t>)>;  // tasks cancelled
-  void cancel(sched::JobId id, CancelDone done);
+  void cancel(sched::JobId id, const CancelDone& done);
   // Once the job is final and that is durable; an unknown or pruned job fails at once.
   void wait_job(sched::JobId id, std::function<void(Status)> done);
   // Runs f once every record applied so far is durable; false (f not kept) when too many

@@ -55,8 +55,8 @@ std::string pool_tag_for(const std::string& data_dir) {
   std::string path = ::realpath(data_dir.c_str(), real) ? real : data_dir;
   uint32_t h = 2166136261u;
   for (unsigned char c : path) h = (h ^ c) * 16777619u;
-  char name[32];
-  std::snprintf(name, sizeof(name), "cardnode-%08x", h);
+  char name[32];  // "cardnode-" and 8 hex digits: cannot fail or be cut
+  (void)std::snprintf(name, sizeof(name), "cardnode-%08x", h);
   return name;
 }
 
@@ -215,9 +215,10 @@ Status register_local_node(Server::Impl& s) {
   spec.labels["arch"] = s.facts.arch;
   spec.tasks_max = ExecutorOptions{}.running_max;  // what the executor below will take
   auto id = s.coordinator->register_node(s.dir->node_identity(), spec);
-  if (!id)
+  if (!id) {
     return fail(id.error().code,
                 "cannot register this board as node " + spec.name + ": " + id.error().describe());
+  }
   s.local_node = *id;
   return {};
 }
@@ -253,8 +254,8 @@ Status Server::Impl::start_listeners() {
         "on the path can read and rewrite them");
   }
   rpc = std::make_unique<net::RpcServer>(&loop, *security, ro,
-                                         [this](pb::Request&& req, net::Responder r) {
-                                           api->handle(std::move(req), std::move(r));
+                                         [this](pb::Request&& req, const net::Responder& r) {
+                                           api->handle(std::move(req), r);
                                            refresh_metrics();
                                          });
   auto bound = rpc->start();
@@ -495,7 +496,7 @@ Server::~Server() {
 Result<std::unique_ptr<Server>> Server::open(ServerOptions options) {
   // Until the loop's handler is in place (start_loop_handles), a hangup during recovery
   // is ignored too; spawned tasks get the default action back (libuv resets it).
-  ::signal(SIGHUP, SIG_IGN);
+  (void)::signal(SIGHUP, SIG_IGN);  // fails only for an invalid signal number
   auto impl = std::make_unique<Impl>();
   Impl& s = *impl;
   s.options = std::move(options);

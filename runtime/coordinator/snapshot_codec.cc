@@ -164,8 +164,9 @@ void SnapshotBuilder::write_slice(const sched::Job& job, Progress& p, uint32_t s
   out->set_first_index(at);
   std::string* bytes = out->mutable_tasks();
   bytes->resize(static_cast<size_t>(n) * kTaskImageBytes);
-  for (uint32_t i = 0; i < n; ++i)
-    encode_task(job.tasks[at + i], bytes->data() + i * kTaskImageBytes);
+  for (uint32_t i = 0; i < n; ++i) {
+    encode_task(job.tasks[at + i], bytes->data() + static_cast<size_t>(i) * kTaskImageBytes);
+  }
   std::string* earlier = out->mutable_earlier();
   for (auto it = job.earlier.lower_bound(at); it != job.earlier.end() && it->first < at + n; ++it) {
     for (const sched::EarlierAttempt& a : it->second) {

@@ -84,9 +84,10 @@ Status State::normalize(pb::JobSpec* spec) const {
   if (spec->name().empty()) spec->set_name(spec->command(0));
   if (spec->ByteSizeLong() > kSpecBytesMax)
     return fail(Errc::kInvalidArgument, "job spec larger than 256 KiB");
-  if (spec->after() != 0 && pruned(spec->after()))
+  if (spec->after() != 0 && pruned(spec->after())) {
     return fail(Errc::kNotFound, "--after: job " + std::to_string(spec->after()) +
                                      " was pruned; its outcome is no longer known");
+  }
   if (spec->after() != 0 && cluster_.job(spec->after()) == nullptr)
     return fail(Errc::kNotFound, "--after: no job " + std::to_string(spec->after()));
   if (spec->count() > cluster_.limits().tasks_per_job_max) {

@@ -20,7 +20,7 @@ namespace {
 
 constexpr const char* kBasePath =
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-constexpr size_t kReadBufferBytes = 64 * 1024;
+constexpr size_t kReadBufferBytes = size_t{64} * 1024;
 
 enum class TimerPhase : uint8_t { kTimeout, kGrace, kDrain };
 

@@ -26,7 +26,7 @@ namespace cardnode::runtime {
 namespace {
 
 constexpr uint32_t kKillRounds = 50;  // destroy_group: at most 50 x 10 ms
-constexpr long kKillPauseNs = 10 * 1000 * 1000;
+constexpr long kKillPauseNs = 10L * 1000 * 1000;
 constexpr size_t kControlFileBytesMax = 1 << 20;  // cgroup.procs of a 4096-pid group is ~32 KiB
 constexpr uint32_t kGroupsMax = 65536;            // destroy_all_groups scans at most this many
 constexpr uint64_t kCpuPeriodUs = 100000;

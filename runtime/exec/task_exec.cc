@@ -26,8 +26,10 @@ constexpr int kExitCannotRun = 127;      // like a shell: command not found / no
 constexpr int kExitNotExecutable = 126;  // like a shell: found but permission denied
 constexpr int kCgroupsMax = 8;
 
+// The task's stderr is where the reason goes; if that fails too, the exit code remains.
 int cannot(const std::string& what, int err) {
-  std::fprintf(stderr, "cardnode: %s: %s\n", what.c_str(), std::strerror(err));
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): glibc >= 2.32 keeps strerror's text per thread
+  (void)std::fprintf(stderr, "cardnode: %s: %s\n", what.c_str(), std::strerror(err));
   return kExitCannotRun;
 }
 
@@ -90,7 +92,8 @@ int task_exec_main(int argc, char** argv) {
 
   ::execvp(argv[i], argv + i);
   int err = errno;
-  std::fprintf(stderr, "cardnode: cannot run %s: %s\n", argv[i], std::strerror(err));
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): glibc >= 2.32 keeps strerror's text per thread
+  (void)std::fprintf(stderr, "cardnode: cannot run %s: %s\n", argv[i], std::strerror(err));
   return err == EACCES ? kExitNotExecutable : kExitCannotRun;
 }
 

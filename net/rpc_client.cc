@@ -338,7 +338,11 @@ void read_bytes(Conn* c, size_t n) {
     if (!write_bytes(c, std::move(out))) return;
   }
   if (!st) {
-    if (was_open) return end_conn(c, protocol_error(core, st.error().message));
+    // A tampered or cut record is a protocol error; a refusal (TLS 1.3: a server's verdict
+    // on our certificate comes after we are open) stays what it is.
+    if (was_open && st.error().code != Errc::kUnauthenticated) {
+      return end_conn(c, protocol_error(core, st.error().message));
+    }
     return end_conn(c, with_address(core, st.error()));
   }
   if (!was_open) {

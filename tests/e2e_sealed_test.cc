@@ -8,7 +8,7 @@
 #include <mutex>
 
 #include "net/test_certs.h"
-#include "tests/e2e_util.h"
+#include "tests/e2e_pool.h"
 
 namespace cardnode::e2e {
 namespace {
@@ -248,6 +248,66 @@ TEST_F(Cluster, InsecureNeedsBothSidesAndSaysSoInNodes) {
       cardnode({"--server", addr_, "--token-file", bad_token, "--insecure", "ps"}, root_);
   EXPECT_EQ(refused.code, 2);
   EXPECT_NE(refused.err.find("wrong cluster token"), std::string::npos) << refused.err;
+}
+
+// Agents seal their line to the server too: in certificate mode a board with a certificate
+// from the cluster's CA joins and runs tasks, one from another CA never joins; with
+// --insecure on both sides a board joins and `nodes` says its line is plaintext.
+TEST_F(Pool, AgentsJoinOnlyWithTheClustersCertificateOrMatchingInsecure) {
+  const std::string pki_dir = root_ + "/pki";
+  fs::create_directories(pki_dir + "/other");
+  const net::testing::Pki pki = net::testing::make_pki(pki_dir, {"server", "a1", "laptop"});
+  const net::testing::Pki other =
+      net::testing::make_pki(pki_dir + "/other", {"intruder"}, "someone else's CA");
+  auto certs = [](const net::testing::Pki& p, const std::string& who, const std::string& ca) {
+    return std::vector<std::string>{"--tls-cert", p.cert(who), "--tls-key",
+                                    p.key(who),   "--tls-ca",  ca};
+  };
+  ASSERT_NO_FATAL_FAILURE(start_pool_server(certs(pki, "server", pki.ca)));
+  ASSERT_NO_FATAL_FAILURE(start_agent("a1", certs(pki, "a1", pki.ca), /*copy_token=*/false));
+  ASSERT_NO_FATAL_FAILURE(
+      start_agent("intruder", certs(other, "intruder", pki.ca), /*copy_token=*/false));
+  auto laptop = [&](std::vector<std::string> args) {
+    std::vector<std::string> all = certs(pki, "laptop", pki.ca);
+    all.insert(all.begin(), {"--server", addr_});
+    all.insert(all.end(), args.begin(), args.end());
+    return cardnode(all, root_);
+  };
+  auto ready = [&] {
+    const Json j = try_json(laptop({"nodes", "--json"}));
+    std::set<std::string> names;
+    if (j.is_discarded() || !j.contains("nodes")) return names;
+    for (const auto& n : j["nodes"]) {
+      if (n["state"] == "ready") names.insert(n["name"].get<std::string>());
+    }
+    return names;
+  };
+  ASSERT_TRUE(eventually([&] { return ready().count("a1") == 1; })) << logs();
+  Output r = laptop({"run", "--wait", "--", "true"});
+  EXPECT_EQ(r.code, 0) << r.err << logs();
+  ASSERT_TRUE(eventually([&] {
+    return slurp(agent_log("intruder")).find("certificate") != std::string::npos;
+  })) << logs();
+  EXPECT_EQ(ready(), std::set<std::string>{"a1"});
+  kill_agent("a1", SIGTERM);
+  kill_agent("intruder", SIGTERM);
+  stop_server(SIGTERM);
+
+  // --insecure on both sides: the board joins; nodes says plaintext.
+  ASSERT_NO_FATAL_FAILURE(start_pool_server({"--insecure"}));
+  ASSERT_NO_FATAL_FAILURE(start_agent("plain", {"--insecure"}));
+  ASSERT_NO_FATAL_FAILURE(start_agent("sealed"));  // without --insecure: never joins
+  ASSERT_TRUE(eventually([&] {
+    const Json j = try_json(cli({"--insecure", "nodes", "--json"}));
+    if (j.is_discarded() || !j.contains("nodes")) return false;
+    for (const auto& n : j["nodes"]) {  // a1, from the first half, is there too (down)
+      if (n["name"] == "plain") return n["state"] == "ready" && n["transport"] == "plaintext";
+    }
+    return false;
+  })) << logs();
+  ASSERT_TRUE(eventually([&] {
+    return slurp(agent_log("sealed")).find("--insecure") != std::string::npos;
+  })) << logs();
 }
 
 }  // namespace

@@ -84,6 +84,7 @@ Result<std::unique_ptr<net::Client>> connect(const ClientConfig& cfg) {
     addr = *line;
   }
   net::SecurityOptions so = security_options(cfg);
+  if (Status st = net::SecurityContext::check_flags(so); !st) return std::unexpected(st.error());
   if (so.cert_file.empty()) {  // certificate mode needs no token
     if (!cfg.token_file.empty()) {
       auto t = net::load_token(cfg.token_file);
@@ -299,6 +300,9 @@ int cmd_agent(const ClientConfig& cfg, runtime::AgentOptions options) {
   if (const char* v = env_or_null("CARDNODE_NO_CGROUPS"))
     options.disable_cgroups = std::string(v) == "1";
   options.security = security_options(cfg);
+  if (Status st = net::SecurityContext::check_flags(options.security); !st) {
+    return error_line(st.error().describe(), kExitUsage);
+  }
   // The cluster token: --token-file, else CARDNODE_TOKEN, else DATA_DIR/token (copied there
   // from the server's data dir). Certificate mode needs none.
   if (!options.security.cert_file.empty()) {

@@ -48,17 +48,49 @@ constexpr std::string_view kPskLabel = "cardnode tls13 external psk v1";
 constexpr std::array<unsigned char, 2> kPskSuite = {0x13, 0x01};
 constexpr size_t kSealChunkBytes = 16u << 10;  // one TLS record's plaintext at most
 
-// The first error on OpenSSL's queue as text; the queue is cleared.
-std::string openssl_error() {
-  const unsigned long e = ERR_peek_error();
-  std::string text = "unknown TLS error";
-  if (e != 0) {
-    const char* reason = ERR_reason_error_string(e);
-    text = reason != nullptr ? reason : "TLS error " + std::to_string(ERR_GET_REASON(e));
+struct SslError {
+  int reason = 0;  // an SSL_R_* value when the error came from libssl, else 0
+  std::string text;
+};
+
+// What went wrong, from OpenSSL's error queue, which this empties: the first libssl error
+// if there is one (a libcrypto error queued before it must not hide it), else the first.
+SslError take_ssl_error() {
+  SslError out;
+  unsigned long first = 0, first_ssl = 0;
+  for (int i = 0; i < 32; ++i) {  // bounded: the queue holds at most 16
+    const unsigned long e = ERR_get_error();
+    if (e == 0) break;
+    if (first == 0) first = e;
+    if (first_ssl == 0 && ERR_GET_LIB(e) == ERR_LIB_SSL) first_ssl = e;
   }
   ERR_clear_error();
-  return text;
+  const unsigned long e = first_ssl != 0 ? first_ssl : first;
+  if (e == 0) {
+    out.text = "unknown TLS error";
+    return out;
+  }
+  if (first_ssl != 0) out.reason = ERR_GET_REASON(e);
+  const char* reason = ERR_reason_error_string(e);
+  out.text = reason != nullptr ? reason : "TLS error " + std::to_string(ERR_GET_REASON(e));
+  return out;
 }
+
+std::string openssl_error() {
+  return take_ssl_error().text;
+}
+
+// Alerts with which a TLS 1.3 server refuses a client's certificate.
+bool certificate_refused(int reason) {
+  return reason == SSL_R_TLSV1_ALERT_UNKNOWN_CA || reason == SSL_R_SSLV3_ALERT_BAD_CERTIFICATE ||
+         reason == SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED ||
+         reason == SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN;
+}
+
+// The largest ClientHello a server takes: ours is ~250 bytes (one PSK identity, one key
+// share). Checked from the record's handshake header, before OpenSSL sizes a buffer by
+// the length a stranger claims (up to 128 KiB).
+constexpr uint32_t kClientHelloBytesMax = 4096;
 
 struct CtxDeleter {
   void operator()(SSL_CTX* c) const { SSL_CTX_free(c); }
@@ -170,6 +202,9 @@ Result<std::unique_ptr<SSL_CTX, CtxDeleter>> make_ctx(const SecurityOptions& o, 
     return fail(Errc::kInvalidArgument,
                 "--tls-key " + o.key_file + " does not match --tls-cert " + o.cert_file);
   }
+  // A peer's certificate chain, bounded below OpenSSL's 100 KiB default: a stranger's
+  // claimed length must not size a big buffer.
+  SSL_CTX_set_max_cert_list(c, 32u << 10);
   if (SSL_CTX_load_verify_locations(c, o.ca_file.c_str(), nullptr) != 1) {
     return fail(Errc::kInvalidArgument, "--tls-ca " + o.ca_file + ": " + openssl_error());
   }
@@ -215,6 +250,7 @@ class TlsChannel final : public Channel {
       handshake_bytes_ += in.size();
       if (Status st = check_first_bytes(in); !st) return failed(st);
     }
+    const uint32_t bound = server_ ? kHandshakeBytesMaxServer : kHandshakeBytesMax;
     if (!in.empty() &&
         BIO_write(in_, in.data(), static_cast<int>(in.size())) != static_cast<int>(in.size())) {
       return failed(fail(Errc::kInternal, "TLS: out of memory"));
@@ -223,14 +259,17 @@ class TlsChannel final : public Channel {
     // Counted after the bytes were taken: the read that brings the client's Finished may
     // bring its first requests too, which are no part of the handshake. A handshake still
     // unfinished past the bound holds at most the bound plus one read.
-    if (st && !open_ && handshake_bytes_ > kHandshakeBytesMax) {
-      return failed(fail(Errc::kUnavailable, "TLS handshake larger than 64 KiB"));
+    if (st && !open_ && handshake_bytes_ > bound) {
+      return failed(fail(Errc::kUnavailable,
+                         "TLS handshake larger than " + std::to_string(bound >> 10) + " KiB"));
     }
     return st;
   }
 
   Status seal(std::string_view app, std::string* out) override {
-    CARDNODE_CHECK(open_ && !failed_);
+    // A reply may still be on its way when the connection failed: refuse, never abort.
+    if (failed_) return fail(Errc::kUnavailable, "connection already failed");
+    CARDNODE_CHECK(open_);
     while (!app.empty()) {  // bounded: each pass takes up to one record's worth
       const size_t n = std::min(app.size(), kSealChunkBytes);
       size_t written = 0;
@@ -272,6 +311,7 @@ class TlsChannel final : public Channel {
       first_bytes_[first_bytes_seen_++] = ch;
     }
     const size_t n = first_bytes_seen_;
+    const auto byte = [this](size_t i) { return static_cast<uint8_t>(first_bytes_[i]); };
     if (n >= 4 && std::memcmp(first_bytes_.data(), "CNOD", 4) == 0) {
       return fail(Errc::kUnavailable,
                   server_ ? "plaintext (--insecure) client, but this server seals its connections"
@@ -283,6 +323,13 @@ class TlsChannel final : public Channel {
     const bool type_ok = type == 22 || (!server_ && type == 21);
     if ((n >= 1 && !type_ok) || (n >= 2 && first_bytes_[1] != 3)) {
       return fail(Errc::kUnavailable, "not a TLS peer");
+    }
+    // A server's first record must start a ClientHello (handshake type 1) of a sane size.
+    if (server_ && n >= 9) {
+      const uint32_t hello = (uint32_t{byte(6)} << 16) | (uint32_t{byte(7)} << 8) | byte(8);
+      if (byte(5) != 1 || hello > kClientHelloBytesMax) {
+        return fail(Errc::kUnavailable, "not a cardnode ClientHello");
+      }
     }
     return {};
   }
@@ -312,40 +359,41 @@ class TlsChannel final : public Channel {
     }
     drain(out);
     if (app == nullptr) return {};
+    std::array<char, kSealChunkBytes> buf;  // one record's plaintext at most
     for (;;) {  // bounded: each pass consumes at least one record of what was fed
-      const size_t at = app->size();
-      app->resize(at + kSealChunkBytes);
       size_t got = 0;
-      const int rc = SSL_read_ex(ssl_, app->data() + at, kSealChunkBytes, &got);
-      app->resize(at + (rc == 1 ? got : 0));
-      if (rc == 1) continue;
+      const int rc = SSL_read_ex(ssl_, buf.data(), buf.size(), &got);
+      if (rc == 1) {
+        app->append(buf.data(), got);
+        continue;
+      }
       const int err = SSL_get_error(ssl_, 0);
       if (err == SSL_ERROR_WANT_READ) break;
       drain(out);
       if (err == SSL_ERROR_ZERO_RETURN) {
         return failed(fail(Errc::kUnavailable, "the peer closed the connection"));
       }
+      const SslError e = take_ssl_error();
       // TLS 1.3: a client is open before the server has checked its certificate, so the
       // server's refusal arrives here, as an alert.
-      const int reason = ERR_GET_REASON(ERR_peek_error());
-      if (reason == SSL_R_TLSV1_ALERT_UNKNOWN_CA || reason == SSL_R_SSLV3_ALERT_BAD_CERTIFICATE ||
-          reason == SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED ||
-          reason == SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN) {
+      if (!server_ && certificate_refused(e.reason)) {
         return failed(
-            fail(Errc::kUnauthenticated, "the server refused our certificate: " + openssl_error()));
+            fail(Errc::kUnauthenticated, "the server refused our certificate: " + e.text));
       }
       // A flipped, cut, replayed or reordered record fails its AEAD tag or sequence.
-      return failed(fail(Errc::kUnavailable, "sealed record rejected: " + openssl_error()));
+      return failed(fail(Errc::kUnavailable, "sealed record rejected: " + e.text));
     }
     drain(out);
     return {};
   }
 
   Status handshake_error() {
-    const unsigned long e = ERR_peek_error();
-    const int reason = ERR_GET_REASON(e);
-    std::string what = openssl_error();
-    switch (reason) {
+    const SslError e = take_ssl_error();
+    const std::string& what = e.text;
+    if (server_ && certificate_refused(e.reason)) {  // the client's alert, not our verdict
+      return fail(Errc::kUnavailable, "TLS handshake failed: the client sent " + what);
+    }
+    switch (e.reason) {
       case SSL_R_BINDER_DOES_NOT_VERIFY:  // server: the client's PSK is not ours
         return fail(Errc::kUnauthenticated, "wrong cluster token");
       case SSL_R_TLSV1_ALERT_DECRYPT_ERROR:
@@ -398,7 +446,7 @@ class TlsChannel final : public Channel {
   bool open_ = false;
   bool failed_ = false;
   uint64_t handshake_bytes_ = 0;
-  std::array<char, 4> first_bytes_{};
+  std::array<char, 9> first_bytes_{};  // record header (5) + handshake header (4)
   size_t first_bytes_seen_ = 0;
 };
 
@@ -490,17 +538,22 @@ SecurityContext::SecurityContext(Transport t, Role r, std::unique_ptr<Impl> impl
 
 SecurityContext::~SecurityContext() = default;
 
-Result<std::shared_ptr<const SecurityContext>> SecurityContext::create(const SecurityOptions& o,
-                                                                       Role role) {
+Status SecurityContext::check_flags(const SecurityOptions& o) {
   const int given = int{!o.cert_file.empty()} + int{!o.key_file.empty()} + int{!o.ca_file.empty()};
   if (given != 0 && given != 3) {
     return fail(Errc::kInvalidArgument,
                 "certificate mode needs all of --tls-cert, --tls-key and --tls-ca");
   }
-  const bool certificates = given == 3;
-  if (certificates && o.insecure) {
+  if (given == 3 && o.insecure) {
     return fail(Errc::kInvalidArgument, "--insecure and --tls-cert exclude each other");
   }
+  return {};
+}
+
+Result<std::shared_ptr<const SecurityContext>> SecurityContext::create(const SecurityOptions& o,
+                                                                       Role role) {
+  if (Status st = check_flags(o); !st) return std::unexpected(st.error());
+  const bool certificates = !o.cert_file.empty();
   if (!certificates && o.token.empty()) {
     return fail(Errc::kInvalidArgument, "no cluster token");
   }

@@ -21,9 +21,12 @@
 // ChaCha20 first, and the server honours a client's ChaCha20 preference
 // (SSL_OP_PRIORITIZE_CHACHA), so whichever side lacks AES gets ChaCha20.
 //
-// Bounds: the handshake may take at most kHandshakeBytesMax from the peer (a PSK
-// ClientHello is ~300 bytes); application bytes are decrypted as they come, so a feed()
-// yields at most what it was given plus one partial record (16 KiB) left in OpenSSL.
+// Bounds: a handshake may take at most kHandshakeBytesMaxServer (server) or
+// kHandshakeBytesMax (client) from the peer, and a server takes a ClientHello of at most
+// 4 KiB (ours is ~250 bytes), checked from its header before OpenSSL allocates for it;
+// certificate chains are capped at 32 KiB. Application bytes are decrypted as they come,
+// so a feed() yields at most what it was given plus one partial record (16 KiB) left in
+// OpenSSL. An unauthenticated connection holds about 40 KiB at most.
 //
 // Threading: a SecurityContext is immutable once made and may be shared by every
 // connection and thread; a Channel belongs to one connection on one thread.
@@ -43,7 +46,14 @@ enum class Transport : uint8_t { kTlsPsk, kTlsCertificate, kPlaintext };
 // "tls-psk", "tls-cert", "plaintext": as `nodes` and the metrics show it.
 const char* transport_name(Transport t);
 
+// Bytes a handshake may take from the peer before it is done. A server's side is small (a
+// ClientHello, a Finished, in certificate mode a client's certificate chain); a client's
+// must hold a server's certificate chain.
 inline constexpr uint32_t kHandshakeBytesMax = 64u << 10;
+inline constexpr uint32_t kHandshakeBytesMaxServer = 16u << 10;
+// What sealing adds to a frame at most, for bounds that must hold one whole frame: 22 bytes
+// (header and AEAD tag) per record of up to 16 KiB of a 4 MiB frame, rounded up.
+inline constexpr uint32_t kSealSlackBytes = 8u << 10;
 
 struct SecurityOptions {
   std::string token;  // the cluster token: the TLS PSK (and the HMAC key when insecure)
@@ -86,6 +96,9 @@ class SecurityContext : public std::enable_shared_from_this<SecurityContext> {
   // certificate, a cert/key/ca given without the others, an empty token.
   [[nodiscard]] static Result<std::shared_ptr<const SecurityContext>> create(
       const SecurityOptions& options, Role role);
+  // The flags alone, before a token is looked for: a cert/key/ca given without the
+  // others, or with --insecure (kInvalidArgument).
+  [[nodiscard]] static Status check_flags(const SecurityOptions& options);
   // The default transport for a token: TLS-PSK. Never fails for a non-empty token.
   static std::shared_ptr<const SecurityContext> psk(const std::string& token, Role role);
   ~SecurityContext();

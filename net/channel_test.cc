@@ -234,14 +234,49 @@ TEST(Channel, StrangersAreNamedFromTheirFirstBytes) {
 }
 
 TEST(Channel, AHandshakeIsBoundedInBytes) {
-  auto ch = SecurityContext::psk(kToken, Role::kServer)->channel();
+  {
+    // A record header that claims a huge record, then filler.
+    auto ch = SecurityContext::psk(kToken, Role::kServer)->channel();
+    std::string app, out;
+    std::string junk = "\x16\x03\x01\x7f\xff";
+    junk += std::string(kHandshakeBytesMax, 'A');
+    EXPECT_FALSE(ch->feed(junk, &app, &out).has_value());
+    EXPECT_FALSE(ch->open());
+  }
+  {
+    // A ClientHello header claiming 100 KiB: refused from its 9 header bytes, before
+    // OpenSSL would size a buffer for it.
+    auto ch = SecurityContext::psk(kToken, Role::kServer)->channel();
+    std::string app, out;
+    Status st = ch->feed(std::string("\x16\x03\x01\x40\x00\x01\x01\x90\x00", 9), &app, &out);
+    ASSERT_FALSE(st.has_value());
+    EXPECT_EQ(st.error().message, "not a cardnode ClientHello");
+  }
+  {
+    // Well-formed ClientHello records that never end the handshake: cut at the bound.
+    auto ch = SecurityContext::psk(kToken, Role::kServer)->channel();
+    std::string app, out;
+    std::string start = "\x16\x03\x01\x40\x00\x01\x00\x0f\x00";  // hello of 3,840 bytes
+    Status st = ch->feed(start, &app, &out);
+    ASSERT_TRUE(st.has_value());
+    for (int i = 0; i < 64 && st; ++i) st = ch->feed(std::string(1024, '\0'), &app, &out);
+    EXPECT_FALSE(st.has_value());
+    EXPECT_FALSE(ch->open());
+  }
+}
+
+// A reply that comes after the channel failed (a held request answered late) is refused,
+// never a crash.
+TEST(Channel, SealAfterAFailureIsRefused) {
+  Pair p(SecurityContext::psk(kToken, Role::kServer), SecurityContext::psk(kToken, Role::kClient));
+  p.run();
+  ASSERT_TRUE(p.server->open());
   std::string app, out;
-  // A record header that claims a huge record, then filler.
-  std::string junk = "\x16\x03\x01\x7f\xff";
-  junk += std::string(kHandshakeBytesMax, 'A');
-  Status st = ch->feed(junk, &app, &out);
+  EXPECT_FALSE(p.server->feed(std::string(64, '\x17'), &app, &out).has_value());
+  std::string sealed;
+  Status st = p.server->seal("late reply", &sealed);
   EXPECT_FALSE(st.has_value());
-  EXPECT_FALSE(ch->open());
+  EXPECT_TRUE(sealed.empty());
 }
 
 TEST(Channel, ASlowlorisHandshakeByteByByteStillWorksWhenItIsReal) {

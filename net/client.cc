@@ -143,6 +143,7 @@ Status Client::handshake(const std::optional<std::chrono::steady_clock::time_poi
   if (Status st = channel_->start(&out); !st) return st;
   std::string chunk(kReadChunkBytes, '\0');
   std::string app;
+  size_t received = 0;
   for (;;) {
     if (!out.empty()) {
       if (Status st = write_all(fd_, out, deadline, peer_); !st) return st;
@@ -152,9 +153,15 @@ Status Client::handshake(const std::optional<std::chrono::steady_clock::time_poi
     Result<size_t> n = read_some(fd_, chunk.data(), chunk.size(), deadline, peer_);
     if (!n) return std::unexpected(n.error());
     if (*n == 0) {
+      // Closed without a word: a plaintext (--insecure) client meets a TLS server that way
+      // (each waits for the other to speak first); the reverse is named by the channel.
       return fail(Errc::kUnavailable,
-                  "server at " + peer_ + " closed the connection during the handshake");
+                  "server at " + peer_ + " closed the connection during the handshake" +
+                      (received == 0 ? " (do both sides use the same --tls-* / --insecure "
+                                       "settings?)"
+                                     : ""));
     }
+    received += *n;
     if (Status st = channel_->feed(std::string_view(chunk.data(), *n), &app, &out); !st) {
       if (!out.empty()) (void)write_all(fd_, out, deadline, peer_);  // the alert, best effort
       return fail(st.error().code, peer_ + ": " + st.error().message);

@@ -560,7 +560,8 @@ RpcClient::RpcClient(uv_loop_t* loop, RpcClientOptions options, OnUp on_up, OnDo
   CARDNODE_CHECK(o.inflight_max >= 1);
   CARDNODE_CHECK(o.connect_timeout_ms >= 1);
   CARDNODE_CHECK(o.backoff_first_ms >= 1 && o.backoff_max_ms >= o.backoff_first_ms);
-  CARDNODE_CHECK(o.write_queue_bytes_max >= kFrameHeaderBytes + kFrameBytesMax);
+  // One whole frame, sealed: 22 bytes of TLS per 16 KiB record on top.
+  CARDNODE_CHECK(o.write_queue_bytes_max >= kFrameHeaderBytes + kFrameBytesMax + kSealSlackBytes);
   for (uv_timer_t** t : {&impl_->attempt_timer, &impl_->deadline_timer}) {
     *t = new uv_timer_t{};
     CARDNODE_CHECK(uv_timer_init(loop, *t) == 0);
@@ -623,7 +624,10 @@ Status RpcClient::call(pb::Request request, OnResponse cb, uint64_t timeout_ms) 
   std::string frame;
   if (Status st = encode_frame(request, &frame); !st) return st;
   std::string sealed;
-  if (Status st = s.conn->channel->seal(frame, &sealed); !st) return st;
+  if (Status st = s.conn->channel->seal(frame, &sealed); !st) {
+    end_conn(s.conn, with_address(&s, st.error()));  // a failed channel: the session is over
+    return st;
+  }
   if (Status st = write_bytes(s.conn, std::move(sealed)); !st) return st;
   Pending& p = s.pending[id];
   p.cb = std::move(cb);

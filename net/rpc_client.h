@@ -57,7 +57,8 @@ struct RpcClientOptions {
   uint64_t backoff_max_ms = 10'000;
   uint64_t stable_session_ms = 10'000;  // a session up this long resets the backoff
   uint32_t inflight_max = 64;           // calls awaiting a response
-  // Unsent request bytes. At least one frame (kFrameHeaderBytes + kFrameBytesMax): checked.
+  // Unsent request bytes. At least one sealed frame (kFrameHeaderBytes + kFrameBytesMax +
+  // kSealSlackBytes): checked.
   uint64_t write_queue_bytes_max = 16ull << 20;
   // With the network path gone silently (a cut cable, a board that lost power), the
   // session ends after about this long and the client reconnects: TCP keepalive probes

@@ -655,7 +655,7 @@ TEST_F(RpcClientTest, WriteQueueOverBoundFailsTheCallAndClosesTheSession) {
   start_server();
   hold_ = true;
   RpcClientOptions o = client_options();
-  o.write_queue_bytes_max = kFrameHeaderBytes + kFrameBytesMax;  // the least allowed
+  o.write_queue_bytes_max = kFrameHeaderBytes + kFrameBytesMax + kSealSlackBytes;  // the least
   connect_client(o);
   pb::Request big;
   big.mutable_submit()->mutable_spec()->set_name(std::string(3u << 20, 'x'));

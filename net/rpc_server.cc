@@ -26,6 +26,8 @@ constexpr size_t kReadChunkBytes = 64u << 10;
 constexpr size_t kSourcesMin = 4096;
 // Oldest handshakes looked at for one of a source holding several, per eviction.
 constexpr uint32_t kEvictScanMax = 64;
+// How long a refused connection may take to receive its alert before it is closed.
+constexpr uint64_t kRejectLingerMs = 1000;
 
 struct Connection;
 
@@ -273,9 +275,18 @@ void arm_idle_timer(Connection* c) {
 
 // The channel refused the peer: count it, charge a wrong token to its source's bucket,
 // send the alert (if any) so the peer learns why, and close.
+void on_linger_timeout(uv_timer_t* timer) {
+  auto* c = static_cast<Connection*>(timer->data);
+  if (c->server != nullptr) close_connection(c);
+}
+
 void reject(Connection* c, const Error& e, std::string alert) {
   ServerCore* s = c->server;
-  uv_timer_stop(&c->timer);
+  // No reply may go out on a failed channel (a held request answered later is dropped),
+  // and the alert gets a short while to leave: a peer that never reads it does not keep
+  // the connection.
+  *c->cell = nullptr;
+  uv_timer_start(&c->timer, on_linger_timeout, kRejectLingerMs, 0);
   if (e.code == Errc::kUnauthenticated) {
     s->stats.rejected_auth++;
     Source& src = source_of(*s, c->source);
@@ -453,7 +464,7 @@ void send_reply(Responder::State* state, pb::Response&& response) {
     return;
   }
   Connection* c = *state->conn;
-  if (c == nullptr || c->server == nullptr) return;
+  if (c == nullptr || c->server == nullptr || c->phase != Connection::Phase::kFrames) return;
   c->inflight--;
   if (c->inflight == 0) arm_idle_timer(c);  // idle counts from the last answer, not before
   response.set_id(state->request_id);

@@ -453,6 +453,29 @@ TEST_F(RpcTest, FramesPipelinedBehindAWrongTokenAreNeverParsed) {
   EXPECT_EQ(stats().requests, 0u);
 }
 
+// A tampered record on a connection with a request held (an agent's poll, a `wait`): the
+// connection drops, and the late answer to the held request goes nowhere — it must not
+// be sealed on the failed channel.
+TEST_F(RpcTest, ATamperedRecordWithARequestHeldDropsTheConnectionAndTheLateReply) {
+  auto_release_ = false;
+  start_server();
+  const int fd = raw_connect();
+  Raw r = raw_handshake(fd, kToken);
+  r.send_sealed(frame_of(1, /*wait=*/true));
+  ASSERT_TRUE(wait_until([&] { return held() == 1; }));
+  std::string record;
+  ASSERT_TRUE(r.ch->seal(frame_of(2, false), &record).has_value());
+  record[record.size() - 1] = static_cast<char>(record.back() ^ 0x01);  // the AEAD tag
+  send_all(fd, record);
+  ASSERT_TRUE(wait_until([&] { return stats().rejected_protocol == 1; }));
+  loop_.run([this] { release_front(); });  // the late reply
+  EXPECT_TRUE(closed_by_server(fd));
+  ::close(fd);
+  EXPECT_EQ(stats().requests, 1u);
+  auto c = connect();
+  expect_call_works(c.get());
+}
+
 TEST_F(RpcTest, DeferredReply) {
   start_server();
   auto c = connect();

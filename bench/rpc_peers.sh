@@ -180,6 +180,10 @@ report() {
         if (a !~ /^[0-9.e+]+$/ || b !~ /^[0-9.e+]+$/ || b + 0 == 0) print "not measured"
         else print (a / b >= 2 ? "met" : "missed") }') |"
   done
+  if [[ -n "${LINE[cardnode:floor:1]:-}" ]]; then
+    echo
+    echo "floor, same placement (two threads, 64 bytes each way over blocking TCP on loopback, no protocol): $(field "${LINE[cardnode:floor:1]}" rate_per_s)/s, p50 $(field "${LINE[cardnode:floor:1]}" p50_us) µs"
+  fi
   echo
   echo "every run:"
   echo
@@ -248,6 +252,8 @@ rp_main() {
     run_one grpc tls "$r" "$g_bin"
     run_one grpc plain "$r" "$g_bin"
   done
+  # The floor of any two-thread ping-pong on this machine and placement: no protocol at all.
+  [[ -n "$CN_MISSING" ]] || run_one cardnode floor 1 "$cn_bin"
   report
 }
 

@@ -7,6 +7,8 @@
 // carries --payload bytes and each reply carries them back. The first 0.5 s are warm-up.
 //   --mode sealed   TLS 1.3 with the token as PSK (the default transport)
 //   --mode plain    --insecure on both sides: the token handshake, then plaintext
+//   --mode floor    no cardnode at all: two threads echo the payload over blocking TCP on
+//                   loopback, the least any two-thread ping-pong costs on this machine
 // Prints one line:
 //   cardnode mode=sealed|plain rate_per_s=N p50_us=X p99_us=Y calls=K
 //
@@ -17,6 +19,10 @@
 // opened by a server channel, 16 KiB records, in MiB/s of one core (run under
 // qemu-aarch64 with OPENSSL_armcap=0 to see a board without AES instructions):
 //   cardnode suite=S seal_open_mib_per_s=X
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include <CLI/CLI.hpp>
@@ -120,6 +126,68 @@ int roundtrips(bool plain, uint32_t payload, double seconds) {
   return 0;
 }
 
+bool io_all(int fd, char* buf, size_t n, bool write_it) {
+  for (size_t done = 0; done < n;) {  // bounded by n
+    const ssize_t r = write_it ? ::send(fd, buf + done, n - done, MSG_NOSIGNAL)
+                               : ::recv(fd, buf + done, n - done, 0);
+    if (r <= 0) return false;
+    done += static_cast<size_t>(r);
+  }
+  return true;
+}
+
+int floor(uint32_t payload, double seconds) {
+  const int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof sa;
+  if (::bind(lfd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || ::listen(lfd, 1) != 0 ||
+      ::getsockname(lfd, reinterpret_cast<sockaddr*>(&sa), &len) != 0) {
+    die("floor: cannot listen");
+  }
+  std::thread echo([&] {
+    const int fd = ::accept(lfd, nullptr, nullptr);
+    const int one = 1;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    std::vector<char> buf(payload);
+    while (io_all(fd, buf.data(), payload, false) && io_all(fd, buf.data(), payload, true)) {
+    }
+    ::close(fd);
+  });
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) die("floor: connect");
+  const int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  std::vector<char> buf(payload, 'p');
+  std::vector<double> lat_us;
+  const auto start = Clock::now();
+  const auto warm_end = start + std::chrono::milliseconds(500);
+  const auto end = start + std::chrono::duration<double>(seconds);
+  Clock::time_point first{}, last{};
+  for (;;) {  // bounded by the run's end
+    const auto t0 = Clock::now();
+    if (t0 >= end) break;
+    if (!io_all(fd, buf.data(), payload, true) || !io_all(fd, buf.data(), payload, false)) {
+      die("floor: echo failed");
+    }
+    const auto t1 = Clock::now();
+    if (t0 < warm_end) continue;
+    if (lat_us.empty()) first = t0;
+    last = t1;
+    lat_us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+  }
+  ::close(fd);
+  echo.join();
+  ::close(lfd);
+  std::sort(lat_us.begin(), lat_us.end());
+  const double span_s = std::chrono::duration<double>(last - first).count();
+  std::printf("cardnode mode=floor rate_per_s=%.0f p50_us=%.1f p99_us=%.1f calls=%zu\n",
+              static_cast<double>(lat_us.size()) / span_s, lat_us[lat_us.size() / 2],
+              lat_us[lat_us.size() * 99 / 100], lat_us.size());
+  return 0;
+}
+
 // Moves bytes between two channels until both are quiet; adds each side's CPU time.
 void exchange(net::Channel& server, net::Channel& client, std::string to_server, double* server_us,
               double* client_us) {
@@ -199,7 +267,8 @@ int main(int argc, char** argv) {
   uint32_t n_handshakes = 0;
   uint32_t seal_mib = 0;
   std::string suite;
-  app.add_option("--mode", mode, "sealed | plain")->check(CLI::IsMember({"sealed", "plain"}));
+  app.add_option("--mode", mode, "sealed | plain | floor")
+      ->check(CLI::IsMember({"sealed", "plain", "floor"}));
   app.add_option("--payload", payload, "Bytes each way per call")->check(CLI::Range(1u, 1u << 20));
   app.add_option("--seconds", seconds, "Length of the run, 0.5 s warm-up included")
       ->check(CLI::Range(1.0, 3600.0));
@@ -209,5 +278,6 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   if (n_handshakes > 0) return handshakes(n_handshakes);
   if (seal_mib > 0) return seal_open(seal_mib, suite);
+  if (mode == "floor") return floor(payload, seconds);
   return roundtrips(mode == "plain", payload, seconds);
 }

@@ -47,6 +47,7 @@ constexpr std::string_view kPskLabel = "cardnode tls13 external psk v1";
 // connection may still negotiate ChaCha20-Poly1305, which has the same hash.
 constexpr std::array<unsigned char, 2> kPskSuite = {0x13, 0x01};
 constexpr size_t kSealChunkBytes = 16u << 10;  // one TLS record's plaintext at most
+constexpr uint64_t kBioKeepBytes = 4u << 10;   // a memory BIO is renewed past this
 
 struct SslError {
   int reason = 0;  // an SSL_R_* value when the error came from libssl, else 0
@@ -222,11 +223,9 @@ class TlsChannel final : public Channel {
              Transport transport)
       : owner_(std::move(owner)), ssl_(SSL_new(ctx)), server_(server), transport_(transport) {
     CARDNODE_CHECK(ssl_ != nullptr);
-    BIO* in = BIO_new(BIO_s_mem());
-    BIO* out = BIO_new(BIO_s_mem());
-    CARDNODE_CHECK(in != nullptr && out != nullptr);
-    BIO_set_mem_eof_return(in, -1);  // empty means "wait for more", not end of stream
-    SSL_set_bio(ssl_, in, out);      // ssl_ owns both now
+    BIO* in = fresh_bio();
+    BIO* out = fresh_bio();
+    SSL_set_bio(ssl_, in, out);  // ssl_ owns both now
     in_ = in;
     out_ = out;
     if (server_) {
@@ -255,7 +254,13 @@ class TlsChannel final : public Channel {
         BIO_write(in_, in.data(), static_cast<int>(in.size())) != static_cast<int>(in.size())) {
       return failed(fail(Errc::kInternal, "TLS: out of memory"));
     }
+    in_bytes_ += in.size();
     Status st = drive(app, out);
+    if (in_bytes_ > kBioKeepBytes && BIO_ctrl_pending(in_) == 0) {
+      in_ = fresh_bio();
+      SSL_set0_rbio(ssl_, in_);  // frees the old one and the capacity it grew to
+      in_bytes_ = 0;
+    }
     // Counted after the bytes were taken: the read that brings the client's Finished may
     // bring its first requests too, which are no part of the handshake. A handshake still
     // unfinished past the bound holds at most the bound plus one read.
@@ -434,13 +439,31 @@ class TlsChannel final : public Channel {
     out->resize(at + pending);
     const int n = BIO_read(out_, out->data() + at, static_cast<int>(pending));
     out->resize(at + static_cast<size_t>(std::max(n, 0)));
+    out_bytes_ += pending;
+    if (out_bytes_ > kBioKeepBytes && BIO_ctrl_pending(out_) == 0) {
+      out_ = fresh_bio();
+      SSL_set0_wbio(ssl_, out_);
+      out_bytes_ = 0;
+    }
+  }
+
+  // A memory BIO keeps the capacity its biggest message grew it to: an idle connection
+  // (an agent's held poll) would hold a 4 MiB reply's worth. Once one has carried more
+  // than kBioKeepBytes and is empty, it is replaced by a new one.
+  static BIO* fresh_bio() {
+    BIO* b = BIO_new(BIO_s_mem());
+    CARDNODE_CHECK(b != nullptr);
+    BIO_set_mem_eof_return(b, -1);  // empty means "wait for more", not end of stream
+    return b;
   }
 
   // The PSK callbacks read the context's key through the SSL_CTX's app data.
   std::shared_ptr<const SecurityContext> owner_;
   SSL* ssl_;
-  BIO* in_ = nullptr;   // owned by ssl_
-  BIO* out_ = nullptr;  // owned by ssl_
+  BIO* in_ = nullptr;       // owned by ssl_
+  uint64_t in_bytes_ = 0;   // written into in_ since it was made
+  uint64_t out_bytes_ = 0;  // read out of out_ since it was made
+  BIO* out_ = nullptr;      // owned by ssl_
   bool server_;
   Transport transport_;
   bool open_ = false;

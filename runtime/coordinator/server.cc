@@ -1,6 +1,7 @@
 #include "runtime/coordinator/server.h"
 
 #include <limits.h>
+#include <malloc.h>
 #include <signal.h>
 #include <unistd.h>
 #include <uv.h>
@@ -36,6 +37,7 @@ namespace {
 constexpr uint64_t kKillGraceMs = 5'000;
 constexpr uint64_t kShutdownGraceMs = 10'000;  // > kKillGraceMs: tasks get their grace
 constexpr uint64_t kTickMs = 1000;             // metrics, retries, age-based retention
+constexpr uint64_t kTrimAfterAccepts = 64;     // handshakes in a burst before the heap is trimmed
 constexpr uint32_t kLeftoverScanMax = 65536;   // pids killed by the environment scan at start
 constexpr uint32_t kLogFilesRemovedPerTurn = 256;
 // Agents (at most sched::Limits::nodes_max, 1,024) and clients, when the fd limit allows.
@@ -103,6 +105,8 @@ struct Server::Impl {
   void request_turn();
   void take_turn();
   void describe(const sched::Node& n, pb::NodeInfo* info) const;
+  void trim_heap();
+  uint64_t trimmed_at_accepted = 0;
   net::Transport transport = net::Transport::kTlsPsk;  // of every connection
   void refresh_metrics();
   void begin_stop(const char* why);
@@ -315,6 +319,7 @@ void Server::Impl::start_loop_handles() {
         auto* self = static_cast<Impl*>(h->data);
         self->take_turn();
         self->refresh_metrics();
+        self->trim_heap();
       },
       kTickMs, kTickMs);
   // Failure detection looks at heartbeat ages every tenth of the grace (50 ms to 1 s): a
@@ -368,6 +373,18 @@ void Server::Impl::request_turn() {
 void Server::Impl::take_turn() {
   coordinator->turn();
   if (logs->remove_some(kLogFilesRemovedPerTurn)) request_turn();
+}
+
+// A burst of handshakes (a pool's agents all reconnecting after a restart) holds ~40 KiB
+// each while in flight; freed in between live connections, glibc keeps those pages. Once
+// the burst is over, they go back to the system: malloc_trim releases whole free pages
+// anywhere in the heap. Only after a burst, so an idle server does no work here.
+void Server::Impl::trim_heap() {
+  if (!rpc) return;
+  const net::RpcServerStats& st = rpc->stats();
+  if (st.unauthenticated != 0 || st.accepted < trimmed_at_accepted + kTrimAfterAccepts) return;
+  trimmed_at_accepted = st.accepted;
+  malloc_trim(0);
 }
 
 void Server::Impl::describe(const sched::Node& n, pb::NodeInfo* info) const {

@@ -131,6 +131,8 @@ std::string nodes_json(const pb::NodeList& list) {
     field(&obj, "enforced", enforced + "]", &first);
     field(&obj, "io_backend", json_escape(n.io_backend()), &first);
     field(&obj, "transport", json_escape(n.transport()), &first);
+    // Said plainly too, for scripts that only ask "is this pool sealed?"
+    field(&obj, "insecure", n.transport() == "plaintext" ? "true" : "false", &first);
     field(&obj, "tasks_max", num(uint64_t{n.tasks_max()}), &first);
     field(&obj, "board_model", json_escape(n.board_model()), &first);
     if (n.has_temperature_millicelsius()) {

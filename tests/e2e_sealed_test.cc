@@ -228,12 +228,16 @@ TEST_F(Cluster, InsecureNeedsBothSidesAndSaysSoInNodes) {
   Output sealed = cli({"nodes", "--json"});
   ASSERT_EQ(sealed.code, 0) << sealed.err;
   EXPECT_EQ(json_of(sealed)["nodes"][0]["transport"], "tls-psk");
+  EXPECT_EQ(json_of(sealed)["nodes"][0]["insecure"], false);
   stop_server(SIGTERM);
 
   start_server({"--insecure"});
   Output mismatch = cli({"ps"});
   EXPECT_EQ(mismatch.code, 2);
   EXPECT_NE(mismatch.err.find("--insecure"), std::string::npos) << mismatch.err;
+  Output plain_json = cli({"--insecure", "nodes", "--json"});
+  ASSERT_EQ(plain_json.code, 0) << plain_json.err;
+  EXPECT_EQ(json_of(plain_json)["nodes"][0]["insecure"], true);
   Output plain = cli({"--insecure", "nodes"});
   ASSERT_EQ(plain.code, 0) << plain.err;
   EXPECT_NE(plain.out.find("plaintext"), std::string::npos) << plain.out;

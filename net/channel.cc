@@ -288,6 +288,12 @@ class TlsChannel final : public Channel {
   }
 
   bool open() const override { return open_; }
+  // OpenSSL marks a server's session reused exactly when it accepted the client's PSK,
+  // which it does only after the binder (an HMAC of the ClientHello under the PSK) verified.
+  bool peer_proved() const override {
+    return open_ || (server_ && !failed_ && transport_ == Transport::kTlsPsk &&
+                     SSL_session_reused(ssl_) != 0);
+  }
 
   std::string describe() const override {
     std::string d = SSL_get_version(ssl_);

@@ -84,6 +84,11 @@ class Channel {
   [[nodiscard]] virtual Status seal(std::string_view app, std::string* out) = 0;
   // The handshake is over and the peer proved itself: application bytes may flow.
   virtual bool open() const = 0;
+  // The peer has proved it holds the token, perhaps before the handshake is over: a TLS
+  // server once the client's PSK binder checked out (the client's Finished is still to
+  // come). A server takes such a connection out of the strangers' budget at once. Else
+  // the same as open().
+  virtual bool peer_proved() const { return open(); }
   // After open(): e.g. "TLSv1.3 TLS_CHACHA20_POLY1305_SHA256 X25519 psk".
   virtual std::string describe() const = 0;
 };

@@ -103,6 +103,7 @@ TEST(Channel, WrongTokenIsRefusedOnBothSidesAndNamed) {
   EXPECT_FALSE(p.client->open());
   EXPECT_EQ(p.server_code, Errc::kUnauthenticated) << p.server_error;
   EXPECT_EQ(p.server_error, "wrong cluster token");
+  EXPECT_FALSE(p.server->peer_proved());
   // The server's alert tells the client why.
   EXPECT_EQ(p.client_code, Errc::kUnauthenticated) << p.client_error;
   EXPECT_NE(p.client_error.find("wrong cluster token"), std::string::npos) << p.client_error;
@@ -113,8 +114,10 @@ TEST(Channel, NoApplicationByteBeforeTheClientFinished) {
   // ClientHello to the server, ServerHello..Finished back to the client.
   std::string hello;
   hello.swap(p.to_server);
+  EXPECT_FALSE(p.server->peer_proved());
   ASSERT_TRUE(p.server->feed(hello, &p.server_app, &p.to_client).has_value());
   EXPECT_FALSE(p.server->open());
+  EXPECT_TRUE(p.server->peer_proved());  // the binder checked out; the Finished is to come
   std::string flight;
   flight.swap(p.to_client);
   ASSERT_TRUE(p.client->feed(flight, &p.client_app, &p.to_server).has_value());

@@ -306,8 +306,10 @@ void reject(Connection* c, const Error& e, std::string alert) {
 }
 
 // The peer proved itself: from the unauthenticated budget to the authenticated one.
-bool on_authenticated(Connection* c) {
-  uv_timer_stop(&c->timer);
+// The peer proved the token (TLS-PSK: its binder checked out, before the handshake is
+// over): from the unauthenticated budget, where a flood could push it out, to the
+// authenticated one. The handshake deadline still runs until the channel is open.
+bool admit(Connection* c) {
   ServerCore* s = c->server;
   leave_pending(s, c);
   if (s->authenticated >= s->options.max_connections) {
@@ -317,9 +319,14 @@ bool on_authenticated(Connection* c) {
   }
   c->authenticated = true;
   s->authenticated++;
+  return true;
+}
+
+// The handshake is over: frames may flow.
+void on_open(Connection* c) {
+  uv_timer_stop(&c->timer);
   c->phase = Connection::Phase::kFrames;
   arm_idle_timer(c);
-  return true;
 }
 
 void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
@@ -344,9 +351,10 @@ void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
     return;
   }
   if (!out.empty() && !write_bytes(c, std::string(out), /*close_after=*/false)) return;
+  if (!c->authenticated && c->channel->peer_proved() && !admit(c)) return;
   if (!was_open) {
     if (!c->channel->open()) return;
-    if (!on_authenticated(c)) return;
+    on_open(c);
   }
   arm_idle_timer(c);
   if (!app.empty() && !c->decoder.feed(app)) {

@@ -223,13 +223,17 @@ class RpcTest : public ::testing::Test {
     return fd;
   }
 
-  // A half-open stranger: its ClientHello sent and the server's answer read (so the server
-  // holds it in the handshake), never finishing.
+  // A half-open stranger: the first half of a ClientHello (a stranger cannot make a whole
+  // one that proves the token), once the server has taken the connection in; never more.
   int half_open_from(const std::string& source_ip) {
+    const uint64_t before = stats().accepted + stats().evicted + stats().rejected_limit;
     const int fd = raw_connect_from(source_ip);
-    send_all(fd, client_hello(kToken));
-    char b = 0;
-    EXPECT_EQ(::recv(fd, &b, 1, 0), 1) << source_ip;
+    const std::string hello = client_hello(kToken);
+    send_all(fd, hello.substr(0, hello.size() / 2));
+    EXPECT_TRUE(wait_until([&] {
+      const RpcServerStats st = stats();
+      return st.accepted + st.evicted + st.rejected_limit > before;
+    })) << source_ip;
     return fd;
   }
 
@@ -677,26 +681,55 @@ TEST_F(RpcTest, AClientsOneHandshakeOutlivesAFloodFromOtherAddresses) {
   options_.max_unauthenticated = 8;
   options_.max_unauthenticated_per_source = 100;
   start_server();
-  const int client = raw_connect_from("127.0.0.9");  // the oldest handshake of all
+  // The oldest handshake of all, not yet proved: half its ClientHello is in.
+  const uint64_t before = stats().accepted;
+  const int client = raw_connect_from("127.0.0.9");
+  Raw r;
+  r.fd = client;
+  r.ch = SecurityContext::psk(kToken, SecurityContext::Role::kClient)->channel();
+  std::string hello;
+  ASSERT_TRUE(r.ch->start(&hello).has_value());
+  send_all(client, hello.substr(0, hello.size() / 2));
+  ASSERT_TRUE(wait_until([&] { return stats().accepted > before; }));
+  std::vector<int> flood;
+  for (int i = 0; i < 50; ++i) {
+    flood.push_back(half_open_from("127.0.0." + std::to_string(20 + i % 5)));
+  }
+  EXPECT_GE(stats().evicted, 43u);                   // 51 handshakes through 8 slots
+  send_all(client, hello.substr(hello.size() / 2));  // long after 43 evictions, still there
+  while (!r.ch->open() && r.read_some()) {
+  }
+  ASSERT_TRUE(r.ch->open());
+  r.send_sealed(frame_of(1, false));
+  EXPECT_TRUE(r.read_frame().has_value());
+  ::close(client);
+  for (int fd : flood) ::close(fd);
+}
+
+// A client whose ClientHello proved the token (its PSK binder checked out) leaves the
+// strangers' budget at once: a flood from its own address, which pushes out that source's
+// oldest handshakes, cannot push it out while its Finished is on the way.
+TEST_F(RpcTest, AProvedClientHelloIsNeverEvictedByAFloodFromItsOwnAddress) {
+  options_.handshake_timeout_ms = 60'000;
+  options_.max_unauthenticated_per_source = 4;
+  start_server();
+  const int client = raw_connect_from("127.0.0.7");
   Raw r;
   r.fd = client;
   r.ch = SecurityContext::psk(kToken, SecurityContext::Role::kClient)->channel();
   std::string hello;
   ASSERT_TRUE(r.ch->start(&hello).has_value());
   send_all(client, hello);
-  // The server's flight, taken in without answering: the client's Finished waits.
   char buf[16384];
-  const ssize_t n = ::recv(client, buf, sizeof buf, 0);
+  const ssize_t n = ::recv(client, buf, sizeof buf, 0);  // the server's flight: binder checked
   ASSERT_GT(n, 0);
   std::string finished;
   ASSERT_TRUE(r.ch->feed(std::string_view(buf, static_cast<size_t>(n)), &r.app, &finished));
-  ASSERT_TRUE(r.ch->open());
+  EXPECT_EQ(stats().unauthenticated, 0u);
   std::vector<int> flood;
-  for (int i = 0; i < 50; ++i) {
-    flood.push_back(half_open_from("127.0.0." + std::to_string(20 + i % 5)));
-  }
-  EXPECT_GE(stats().evicted, 43u);  // 51 handshakes through 8 slots
-  send_all(client, finished);       // long after 43 evictions, it is still there
+  for (int i = 0; i < 20; ++i) flood.push_back(half_open_from("127.0.0.7"));
+  EXPECT_GE(stats().evicted, 16u);  // 20 through the source's 4 slots
+  send_all(client, finished);
   r.send_sealed(frame_of(1, false));
   EXPECT_TRUE(r.read_frame().has_value());
   ::close(client);

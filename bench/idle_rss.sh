@@ -32,6 +32,23 @@ log() { printf '%s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
+# pb_install PKG...: apt-get install what is missing (as root or through sudo); an apt-get
+# update only when the first try fails. Bounded by timeouts.
+pb_install() {
+  local missing=() p sudo=""
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  ((${#missing[@]})) || return 0
+  if [[ $EUID -ne 0 ]]; then
+    command -v sudo >/dev/null || die "need root or sudo to install ${missing[*]}"
+    sudo=sudo
+  fi
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  timeout 600 $sudo apt-get install -y -qq "${missing[@]}" >&2 \
+    || { timeout 300 $sudo apt-get update -qq >&2 && timeout 600 $sudo apt-get install -y -qq "${missing[@]}" >&2; } \
+    || die "apt-get install ${missing[*]} failed"
+}
+
 # stop_pid PID NAME: SIGTERM, wait up to 10 s, then SIGKILL. Bounded.
 stop_pid() {
   local pid=$1 name=$2 i

@@ -50,20 +50,7 @@ usage() { sed -n '2,/^set -euo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; }
 # ---------------------------------------------------------------------------------------------
 # setup
 
-install_deps() {
-  local missing=() p sudo=""
-  for p in "${RP_DEPS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-  ((${#missing[@]})) || return 0
-  if [[ $EUID -ne 0 ]]; then
-    command -v sudo >/dev/null || die "need root or sudo to install ${missing[*]}"
-    sudo=sudo
-  fi
-  log "installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  timeout 600 $sudo apt-get install -y -qq "${missing[@]}" >&2 \
-    || { timeout 300 $sudo apt-get update -qq >&2 && timeout 600 $sudo apt-get install -y -qq "${missing[@]}" >&2; } \
-    || die "apt-get install ${missing[*]} failed"
-}
+install_deps() { pb_install "${RP_DEPS[@]}"; }
 
 # has_target NAME: the build tree knows a target NAME.
 has_target() { cmake --build "$BUILD_DIR" --target help 2>/dev/null | grep -q "^$1:"; }

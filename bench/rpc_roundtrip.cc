@@ -66,6 +66,34 @@ std::shared_ptr<const net::SecurityContext> context(bool plain, net::SecurityCon
   return *c;
 }
 
+// Calls `one_call` back to back for `seconds` (the first 0.5 s not counted) and prints the
+// result line for `mode`. one_call dies on a failure.
+template <class F>
+void measure(const char* mode, double seconds, F one_call) {
+  std::vector<double> lat_us;
+  lat_us.reserve(1 << 20);
+  const auto start = Clock::now();
+  const auto warm_end = start + std::chrono::milliseconds(500);
+  const auto end = start + std::chrono::duration<double>(seconds);
+  Clock::time_point first{}, last{};
+  for (;;) {  // bounded by the run's end
+    const auto t0 = Clock::now();
+    if (t0 >= end) break;
+    one_call();
+    const auto t1 = Clock::now();
+    if (t0 < warm_end) continue;
+    if (lat_us.empty()) first = t0;
+    last = t1;
+    lat_us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+  }
+  if (lat_us.empty()) die("no calls counted");
+  std::sort(lat_us.begin(), lat_us.end());
+  const double span_s = std::chrono::duration<double>(last - first).count();
+  std::printf("cardnode mode=%s rate_per_s=%.0f p50_us=%.1f p99_us=%.1f calls=%zu\n", mode,
+              static_cast<double>(lat_us.size()) / span_s, lat_us[lat_us.size() / 2],
+              lat_us[lat_us.size() * 99 / 100], lat_us.size());
+}
+
 int roundtrips(bool plain, uint32_t payload, double seconds) {
   uv_loop_t loop;
   uv_loop_init(&loop);
@@ -92,37 +120,18 @@ int roundtrips(bool plain, uint32_t payload, double seconds) {
   if (!client) die(client.error().describe());
   pb::Request req;
   req.mutable_submit()->mutable_spec()->set_name(std::string(payload, 'p'));
-  std::vector<double> lat_us;
-  lat_us.reserve(1 << 20);
-  const auto start = Clock::now();
-  const auto warm_end = start + std::chrono::milliseconds(500);
-  const auto end = start + std::chrono::duration<double>(seconds);
-  Clock::time_point first{}, last{};
-  for (;;) {  // bounded by the run's end
-    const auto t0 = Clock::now();
-    if (t0 >= end) break;
+  measure(plain ? "plain" : "sealed", seconds, [&] {
     auto resp = (*client)->call(req, 10'000);
-    const auto t1 = Clock::now();
     if (!resp) die(resp.error().describe());
     if (resp->jobs().jobs_size() != 1 || resp->jobs().jobs(0).name().size() != payload) {
       die("wrong reply");
     }
-    if (t0 < warm_end) continue;
-    if (lat_us.empty()) first = t0;
-    last = t1;
-    lat_us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
-  }
+  });
   client->reset();
   uv_async_send(&stop_async);
   loop_thread.join();
   uv_run(&loop, UV_RUN_DEFAULT);  // the server's handles finish closing
   uv_loop_close(&loop);
-  if (lat_us.empty()) die("no calls counted");
-  std::sort(lat_us.begin(), lat_us.end());
-  const double span_s = std::chrono::duration<double>(last - first).count();
-  std::printf("cardnode mode=%s rate_per_s=%.0f p50_us=%.1f p99_us=%.1f calls=%zu\n",
-              plain ? "plain" : "sealed", static_cast<double>(lat_us.size()) / span_s,
-              lat_us[lat_us.size() / 2], lat_us[lat_us.size() * 99 / 100], lat_us.size());
   return 0;
 }
 
@@ -160,31 +169,14 @@ int floor(uint32_t payload, double seconds) {
   const int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   std::vector<char> buf(payload, 'p');
-  std::vector<double> lat_us;
-  const auto start = Clock::now();
-  const auto warm_end = start + std::chrono::milliseconds(500);
-  const auto end = start + std::chrono::duration<double>(seconds);
-  Clock::time_point first{}, last{};
-  for (;;) {  // bounded by the run's end
-    const auto t0 = Clock::now();
-    if (t0 >= end) break;
+  measure("floor", seconds, [&] {
     if (!io_all(fd, buf.data(), payload, true) || !io_all(fd, buf.data(), payload, false)) {
       die("floor: echo failed");
     }
-    const auto t1 = Clock::now();
-    if (t0 < warm_end) continue;
-    if (lat_us.empty()) first = t0;
-    last = t1;
-    lat_us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
-  }
+  });
   ::close(fd);
   echo.join();
   ::close(lfd);
-  std::sort(lat_us.begin(), lat_us.end());
-  const double span_s = std::chrono::duration<double>(last - first).count();
-  std::printf("cardnode mode=floor rate_per_s=%.0f p50_us=%.1f p99_us=%.1f calls=%zu\n",
-              static_cast<double>(lat_us.size()) / span_s, lat_us[lat_us.size() / 2],
-              lat_us[lat_us.size() * 99 / 100], lat_us.size());
   return 0;
 }
 

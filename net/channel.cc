@@ -5,6 +5,7 @@
 #include <openssl/sha.h>
 #include <openssl/ssl.h>
 #include <sys/auxv.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstring>
@@ -192,6 +193,14 @@ Result<std::unique_ptr<SSL_CTX, CtxDeleter>> make_ctx(const SecurityOptions& o, 
     // a certificate has nothing to fall back to: no PSK, no handshake.)
     if (!server) SSL_CTX_set_verify(c, SSL_VERIFY_PEER, nullptr);
     return ctx;
+  }
+  // OpenSSL says only "system lib" for a file it cannot open: name the reason first.
+  for (const auto& [flag, path] :
+       {std::pair{"--tls-cert", &o.cert_file}, std::pair{"--tls-key", &o.key_file},
+        std::pair{"--tls-ca", &o.ca_file}}) {
+    if (::access(path->c_str(), R_OK) != 0) {
+      return fail(Errc::kInvalidArgument, std::string(flag) + " " + *path, errno);
+    }
   }
   if (SSL_CTX_use_certificate_chain_file(c, o.cert_file.c_str()) != 1) {
     return fail(Errc::kInvalidArgument, "--tls-cert " + o.cert_file + ": " + openssl_error());

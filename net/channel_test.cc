@@ -404,6 +404,9 @@ TEST_F(CertChannel, ConfigurationErrorsAreOneLine) {
   r = SecurityContext::create(o, Role::kServer);
   ASSERT_FALSE(r.has_value());
   EXPECT_EQ(r.error().code, Errc::kInvalidArgument);
+  EXPECT_NE(r.error().describe().find("--tls-ca " + dir_ + "/missing.pem: No such file"),
+            std::string::npos)
+      << r.error().describe();
   EXPECT_FALSE(SecurityContext::create(SecurityOptions{}, Role::kClient).has_value());
 }
 

@@ -315,13 +315,19 @@ class RpcTest : public ::testing::Test {
     }
   };
 
-  // Runs the TLS handshake on fd with `token`; the returned Raw is open if it worked.
-  static Raw raw_handshake(int fd, const std::string& token) {
+  // A TLS client on fd holding `token`; its ClientHello in *hello, not yet sent.
+  static Raw raw_client(int fd, const std::string& token, std::string* hello) {
     Raw r;
     r.fd = fd;
     r.ch = SecurityContext::psk(token, SecurityContext::Role::kClient)->channel();
+    EXPECT_TRUE(r.ch->start(hello).has_value());
+    return r;
+  }
+
+  // Runs the TLS handshake on fd with `token`; the returned Raw is open if it worked.
+  static Raw raw_handshake(int fd, const std::string& token) {
     std::string out;
-    EXPECT_TRUE(r.ch->start(&out).has_value());
+    Raw r = raw_client(fd, token, &out);
     send_all(fd, out);
     while (!r.ch->open() && r.read_some()) {
     }
@@ -684,11 +690,8 @@ TEST_F(RpcTest, AClientsOneHandshakeOutlivesAFloodFromOtherAddresses) {
   // The oldest handshake of all, not yet proved: half its ClientHello is in.
   const uint64_t before = stats().accepted;
   const int client = raw_connect_from("127.0.0.9");
-  Raw r;
-  r.fd = client;
-  r.ch = SecurityContext::psk(kToken, SecurityContext::Role::kClient)->channel();
   std::string hello;
-  ASSERT_TRUE(r.ch->start(&hello).has_value());
+  Raw r = raw_client(client, kToken, &hello);
   send_all(client, hello.substr(0, hello.size() / 2));
   ASSERT_TRUE(wait_until([&] { return stats().accepted > before; }));
   std::vector<int> flood;
@@ -714,11 +717,8 @@ TEST_F(RpcTest, AProvedClientHelloIsNeverEvictedByAFloodFromItsOwnAddress) {
   options_.max_unauthenticated_per_source = 4;
   start_server();
   const int client = raw_connect_from("127.0.0.7");
-  Raw r;
-  r.fd = client;
-  r.ch = SecurityContext::psk(kToken, SecurityContext::Role::kClient)->channel();
   std::string hello;
-  ASSERT_TRUE(r.ch->start(&hello).has_value());
+  Raw r = raw_client(client, kToken, &hello);
   send_all(client, hello);
   char buf[16384];
   const ssize_t n = ::recv(client, buf, sizeof buf, 0);  // the server's flight: binder checked
@@ -746,12 +746,8 @@ TEST_F(RpcTest, WrongTokensAreRateLimitedPerSource) {
   // false when it closed without a word: refused at accept.
   auto wrong_token_from = [&](const std::string& ip) {
     const int fd = raw_connect_from(ip);
-    Raw r;
-    r.fd = fd;
-    r.ch = SecurityContext::psk("not-the-token-0123456789abcdef", SecurityContext::Role::kClient)
-               ->channel();
     std::string hello;
-    EXPECT_TRUE(r.ch->start(&hello).has_value());
+    Raw r = raw_client(fd, "not-the-token-0123456789abcdef", &hello);
     send_all(fd, hello);
     const bool answered = r.read_some() || !r.error.has_value();
     if (answered) {

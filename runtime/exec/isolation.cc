@@ -31,7 +31,7 @@ constexpr size_t kControlFileBytesMax = 1 << 20;  // cgroup.procs of a 4096-pid 
 constexpr uint32_t kGroupsMax = 65536;            // destroy_all_groups scans at most this many
 constexpr uint64_t kCpuPeriodUs = 100000;
 constexpr uint64_t kCpuQuotaMinUs = 1000;  // the kernel rejects smaller quotas
-constexpr int kEintrRetriesMax = 1000;  // a signal storm still ends in an error
+constexpr int kEintrRetriesMax = 1000;     // a signal storm still ends in an error
 
 bool exists(const std::string& path) {
   return ::access(path.c_str(), F_OK) == 0;

@@ -15,10 +15,13 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <charconv>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <fstream>
+#include <map>
+#include <optional>
 #include <set>
 #include <string_view>
 
@@ -32,6 +35,8 @@ constexpr uint32_t kGroupsMax = 65536;            // destroy_all_groups scans at
 constexpr uint64_t kCpuPeriodUs = 100000;
 constexpr uint64_t kCpuQuotaMinUs = 1000;  // the kernel rejects smaller quotas
 constexpr int kEintrRetriesMax = 1000;     // a signal storm still ends in an error
+// The leaf a delegated v2 service moves itself into, beside its parent group.
+constexpr const char* kSupervisorLeaf = "supervisor";
 
 bool exists(const std::string& path) {
   return ::access(path.c_str(), F_OK) == 0;
@@ -100,19 +105,66 @@ std::vector<pid_t> parse_pids(std::string_view text) {
   return out;
 }
 
-// "key N" lines (memory.oom_control, memory.events): the value of `key`, 0 if absent.
-uint64_t keyed_value(std::string_view text, std::string_view key) {
+// A decimal number at the start of `text` (trailing newline allowed); nullopt otherwise.
+std::optional<uint64_t> parse_u64(std::string_view text) {
+  uint64_t v = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec != std::errc() || end == text.data()) return std::nullopt;
+  return v;
+}
+
+// "key N" lines (memory.oom_control, memory.events, cpu.stat, cpuacct.stat): the value of
+// `key`; nullopt if absent or not a number.
+std::optional<uint64_t> keyed(std::string_view text, std::string_view key) {
   size_t i = 0;
   while (i < text.size()) {
     size_t eol = text.find('\n', i);
     if (eol == std::string_view::npos) eol = text.size();
     std::string_view line = text.substr(i, eol - i);
     if (line.size() > key.size() && line.substr(0, key.size()) == key && line[key.size()] == ' ') {
-      return std::strtoull(std::string(line.substr(key.size() + 1)).c_str(), nullptr, 10);
+      return parse_u64(line.substr(key.size() + 1));
     }
     i = eol + 1;
   }
-  return 0;
+  return std::nullopt;
+}
+
+bool valid_group_name(const std::string& n) {
+  return !n.empty() && n.find('/') == std::string::npos && n[0] != '.';
+}
+
+bool is_dir(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// Same directory reached by two names (Debian: cpu and cpuacct are symlinks to
+// "cpu,cpuacct"), so a group is not made twice in one hierarchy.
+bool same_dir(const std::string& a, const std::string& b) {
+  struct stat sa {};
+  struct stat sb {};
+  return ::stat(a.c_str(), &sa) == 0 && ::stat(b.c_str(), &sb) == 0 && sa.st_dev == sb.st_dev &&
+         sa.st_ino == sb.st_ino;
+}
+
+// The part of a cgroup path that is a systemd service's own cgroup, or "" when it is not
+// under a service (see isolation.h for why the path alone decides).
+std::string service_path(std::string_view path) {
+  constexpr std::string_view kService = ".service";
+  constexpr std::string_view kLeaf = "/supervisor";
+  if (path.empty() || path.front() != '/') return "";
+  // A previous probe in this process moved it into the leaf: its service is the parent.
+  if (path.ends_with(kLeaf)) path.remove_suffix(kLeaf.size());
+  if (!path.ends_with(kService) || path.ends_with("/" + std::string(kService))) return "";
+  // "/../.." is a cgroup outside our cgroup namespace: not one we can reach from here.
+  for (size_t i = 0; i < path.size();) {
+    size_t j = path.find('/', i + 1);
+    if (j == std::string_view::npos) j = path.size();
+    std::string_view seg = path.substr(i + 1, j - i - 1);
+    if (seg == ".." || seg == ".") return "";
+    i = j;
+  }
+  return std::string(path);
 }
 
 bool is_cgroup2(const std::string& root) {
@@ -123,6 +175,14 @@ bool is_cgroup2(const std::string& root) {
 
 bool make_dir(const std::string& path) {
   return ::mkdir(path.c_str(), 0755) == 0 || errno == EEXIST;
+}
+
+// USER_HZ ticks (v1 cpuacct.stat) to microseconds, without overflow for any tick count
+// a machine can reach.
+uint64_t ticks_to_us(uint64_t ticks) {
+  long hz = ::sysconf(_SC_CLK_TCK);
+  uint64_t h = hz > 0 ? static_cast<uint64_t>(hz) : 100;
+  return ticks / h * 1000000 + ticks % h * 1000000 / h;
 }
 
 void pause_briefly() {
@@ -151,6 +211,50 @@ void enable_controllers(const std::string& subtree_control, const std::set<std::
 
 }  // namespace
 
+// This process's cgroup paths, from /proc/self/cgroup: "0::/path" (v2) and
+// "N:controller[,controller]:/path" (v1, one line per hierarchy).
+struct Isolation::SelfCgroup {
+  std::string unified;                               // the "0::" path; "" if none
+  std::map<std::string, std::string> by_controller;  // v1: "memory" -> "/system.slice/x.service"
+
+  static SelfCgroup read(const std::string& file) {
+    SelfCgroup self;
+    if (file.empty()) return self;
+    auto text = read_file(file);
+    if (!text) return self;
+    std::string_view t = *text;
+    size_t i = 0;
+    while (i < t.size()) {
+      size_t eol = t.find('\n', i);
+      if (eol == std::string_view::npos) eol = t.size();
+      std::string_view line = t.substr(i, eol - i);
+      i = eol + 1;
+      size_t c1 = line.find(':');
+      size_t c2 = c1 == std::string_view::npos ? c1 : line.find(':', c1 + 1);
+      if (c2 == std::string_view::npos) continue;
+      std::string_view id = line.substr(0, c1);
+      std::string_view controllers = line.substr(c1 + 1, c2 - c1 - 1);
+      std::string path(line.substr(c2 + 1));  // a path may itself hold ':'
+      if (id == "0" && controllers.empty()) {
+        self.unified = path;
+        continue;
+      }
+      size_t k = 0;
+      while (k <= controllers.size()) {
+        size_t comma = controllers.find(',', k);
+        if (comma == std::string_view::npos) comma = controllers.size();
+        if (comma > k) self.by_controller[std::string(controllers.substr(k, comma - k))] = path;
+        k = comma + 1;
+      }
+    }
+    return self;
+  }
+  std::string v1_service(const std::string& controller) const {
+    auto it = by_controller.find(controller);
+    return it == by_controller.end() ? std::string() : service_path(it->second);
+  }
+};
+
 const char* isolation_name(IsolationMode m) {
   switch (m) {
     case IsolationMode::kCgroupV2: return "cgroup-v2";
@@ -161,15 +265,21 @@ const char* isolation_name(IsolationMode m) {
 }
 
 Isolation Isolation::probe(const std::string& cgroup_root, const std::string& name,
-                           bool disable_cgroups) {
+                           bool disable_cgroups, const std::string& self_cgroup) {
   Isolation iso;
   iso.root_ = cgroup_root;
   iso.name_ = name;
   bool cgroups = !disable_cgroups && ::geteuid() == 0;
+  SelfCgroup self = cgroups ? SelfCgroup::read(self_cgroup) : SelfCgroup{};
   if (cgroups && is_cgroup2(cgroup_root)) {
-    cgroups = iso.try_v2();
+    std::string svc = service_path(self.unified);
+    // Under a service that cannot be set up (not delegated, not a directory here), the
+    // root as before: limits enforced, only systemd does not see the tasks.
+    bool in_service = !svc.empty() && name != kSupervisorLeaf && is_dir(cgroup_root + svc) &&
+                      iso.try_v2(cgroup_root + svc, true);
+    cgroups = in_service || iso.try_v2(cgroup_root, false);
   } else if (cgroups) {
-    cgroups = iso.try_v1();
+    cgroups = iso.try_v1(self);
   }
   if (!cgroups) {
     // RLIMIT_AS caps virtual address space, not resident memory: it over-counts (mapped
@@ -181,7 +291,9 @@ Isolation Isolation::probe(const std::string& cgroup_root, const std::string& na
     iso.memory_dir_.clear();
     iso.cpu_dir_.clear();
     iso.pids_dir_.clear();
+    iso.cpuacct_dir_.clear();
     iso.controller_dirs_.clear();
+    iso.under_service_ = false;
     return iso;
   }
   // Without a memory controller (Raspberry Pi OS kernels ship with it off unless
@@ -190,7 +302,8 @@ Isolation Isolation::probe(const std::string& cgroup_root, const std::string& na
   iso.info_.enforced.push_back("memory");
   if (!iso.cpu_dir_.empty()) iso.info_.enforced.push_back("cpu");
   if (!iso.pids_dir_.empty()) iso.info_.enforced.push_back("pids");
-  for (const std::string* d : {&iso.memory_dir_, &iso.cpu_dir_, &iso.pids_dir_}) {
+  for (const std::string* d :
+       {&iso.memory_dir_, &iso.cpu_dir_, &iso.pids_dir_, &iso.cpuacct_dir_}) {
     if (d->empty()) continue;
     bool seen = false;
     for (const std::string& c : iso.controller_dirs_) seen = seen || c == *d;
@@ -199,16 +312,24 @@ Isolation Isolation::probe(const std::string& cgroup_root, const std::string& na
   return iso;
 }
 
-bool Isolation::try_v2() {
-  auto avail = read_file(root_ + "/cgroup.controllers");
+// `base` is the cgroup the parent group goes in: the root, or a service's own cgroup.
+bool Isolation::try_v2(const std::string& base, bool service) {
+  auto avail = read_file(base + "/cgroup.controllers");
   if (!avail) return false;
   std::set<std::string> want;
   for (const std::string& c : tokens(*avail)) {
     if (c == "memory" || c == "cpu" || c == "pids") want.insert(c);
   }
   if (want.empty()) return false;
-  enable_controllers(root_ + "/cgroup.subtree_control", want);
-  std::string parent = root_ + "/" + name_;
+  if (service) {
+    // No internal processes: the service cgroup can hand out controllers only once it
+    // holds no process, so this process (all its threads: "0" is the writer's thread
+    // group) moves into a leaf of its own first.
+    std::string leaf = base + "/" + kSupervisorLeaf;
+    if (!make_dir(leaf) || !write_file(leaf + "/cgroup.procs", "0")) return false;
+  }
+  enable_controllers(base + "/cgroup.subtree_control", want);
+  std::string parent = base + "/" + name_;
   if (!make_dir(parent)) return false;
   enable_controllers(parent + "/cgroup.subtree_control", want);
   auto enabled = read_file(parent + "/cgroup.subtree_control");
@@ -221,37 +342,55 @@ bool Isolation::try_v2() {
     ::rmdir(parent.c_str());
     return false;
   }
+  under_service_ = service;
   return true;
 }
 
-bool Isolation::try_v1() {
-  // Returns root/HIERARCHY/name if the hierarchy is mounted, the parent group can be
-  // made and it has `probe_file` (the limit file proves the controller is there).
-  auto parent_for = [&](std::initializer_list<const char*> hierarchies, const char* probe_file) {
+bool Isolation::try_v1(const SelfCgroup& self) {
+  // Returns HIERARCHY/name if the hierarchy is mounted, the parent group can be made and
+  // it has `probe_file` (the file proves the controller is there). HIERARCHY is
+  // root/h/<own path> under a service whose cgroup exists there, else root/h.
+  auto parent_for = [&](const std::string& controller,
+                        std::initializer_list<const char*> hierarchies, const char* probe_file) {
     for (const char* h : hierarchies) {
       std::string hier = root_ + "/" + h;
       if (!exists(hier + "/cgroup.procs")) continue;
-      std::string parent = hier + "/" + name_;
-      if (!make_dir(parent)) return std::string();
-      if (exists(parent + "/" + probe_file)) return parent;
-      ::rmdir(parent.c_str());
+      std::string svc = self.v1_service(controller);
+      bool in_service = !svc.empty() && is_dir(hier + svc);
+      std::string parent = (in_service ? hier + svc : hier) + "/" + name_;
+      bool made = ::mkdir(parent.c_str(), 0755) == 0;
+      if (!made && errno != EEXIST) return std::string();
+      if (exists(parent + "/" + probe_file)) {
+        under_service_ = under_service_ || in_service;
+        return parent;
+      }
+      // Only what this probe made: the cpuacct probe may look into the cpu hierarchy's
+      // parent, which is in use.
+      if (made) ::rmdir(parent.c_str());
       return std::string();
     }
     return std::string();
   };
-  memory_dir_ = parent_for({"memory"}, "memory.limit_in_bytes");
-  cpu_dir_ = parent_for({"cpu", "cpu,cpuacct", "cpuacct,cpu"}, "cpu.cfs_quota_us");
-  pids_dir_ = parent_for({"pids"}, "pids.max");
+  memory_dir_ = parent_for("memory", {"memory"}, "memory.limit_in_bytes");
+  cpu_dir_ = parent_for("cpu", {"cpu", "cpu,cpuacct", "cpuacct,cpu"}, "cpu.cfs_quota_us");
+  pids_dir_ = parent_for("pids", {"pids"}, "pids.max");
+  cpuacct_dir_ = parent_for("cpuacct", {"cpuacct", "cpu,cpuacct", "cpuacct,cpu"}, "cpuacct.stat");
+  if (!cpuacct_dir_.empty() && !cpu_dir_.empty() && same_dir(cpuacct_dir_, cpu_dir_)) {
+    cpuacct_dir_ = cpu_dir_;
+  }
   memsw_ = !memory_dir_.empty() && exists(memory_dir_ + "/memory.memsw.limit_in_bytes");
   info_.mode = IsolationMode::kCgroupV1;
-  return !memory_dir_.empty() || !cpu_dir_.empty() || !pids_dir_.empty();
+  // Accounting alone is no reason for cgroups: without a limit, rlimit mode as before.
+  bool limits = !memory_dir_.empty() || !cpu_dir_.empty() || !pids_dir_.empty();
+  if (!limits && !cpuacct_dir_.empty()) ::rmdir(cpuacct_dir_.c_str());
+  return limits;
 }
 
 Result<std::vector<std::string>> Isolation::create_group(const std::string& task_name,
                                                          const TaskLimits& limits) {
   std::vector<std::string> procs;
   if (info_.mode == IsolationMode::kRlimit) return procs;
-  if (task_name.empty() || task_name.find('/') != std::string::npos || task_name[0] == '.') {
+  if (!valid_group_name(task_name)) {
     return fail(Errc::kInvalidArgument, "bad task group name '" + task_name + "'");
   }
   for (const std::string& parent : controller_dirs_) {
@@ -311,27 +450,97 @@ void Isolation::signal_group(const std::string& task_name, int sig) {
   }
 }
 
-void Isolation::kill_and_remove(const std::string& dir) {
-  std::string procs = dir + "/cgroup.procs";
+// One round for one hierarchy's group directory; see reap_group.
+bool Isolation::reap_dir(const std::string& dir) {
   // cgroup.kill (v2, Linux 5.14+) kills the whole group atomically, forks included.
   if (info_.mode == IsolationMode::kCgroupV2 && exists(dir + "/cgroup.kill")) {
     (void)write_file(dir + "/cgroup.kill", "1");
   }
+  auto text = read_file(dir + "/cgroup.procs");
+  if (!text) {
+    if (text.error().sys_errno != ENOENT) return false;  // cannot tell who is left
+    if (!exists(dir)) return true;
+    // A directory without cgroup.procs is no cgroup (a fake tree): nobody to kill.
+  }
+  std::vector<pid_t> pids = text ? parse_pids(*text) : std::vector<pid_t>{};
+  // SIGKILL is delivered asynchronously: the exits land before a later round. (A pid
+  // that exited and was reused between the read and the kill is v1's race; cgroup.kill
+  // closes it on v2.)
+  for (pid_t pid : pids) ::kill(pid, SIGKILL);
+  if (!pids.empty()) return false;
+  if (::rmdir(dir.c_str()) == 0 || errno == ENOENT) return true;
+  // EBUSY: exits still being accounted, or a child group. Anything else (ENOTEMPTY on a
+  // plain directory, EPERM) does not change with time.
+  return errno != EBUSY;
+}
+
+bool Isolation::reap_group(const std::string& task_name) {
+  if (!valid_group_name(task_name)) return true;  // never one of ours
+  bool gone = true;
+  // Every hierarchy each round, so each gets its SIGKILLs now, not after the others.
+  for (const std::string& parent : controller_dirs_) {
+    gone = reap_dir(parent + "/" + task_name) && gone;
+  }
+  return gone;
+}
+
+void Isolation::kill_and_remove(const std::string& dir) {
   for (uint32_t round = 0; round < kKillRounds; ++round) {
-    auto text = read_file(procs);
-    std::vector<pid_t> pids = text ? parse_pids(*text) : std::vector<pid_t>{};
-    for (pid_t pid : pids) ::kill(pid, SIGKILL);
-    if (pids.empty()) {
-      if (::rmdir(dir.c_str()) == 0 || errno == ENOENT) return;
-      if (errno != EBUSY) return;  // not a cgroup (fake tree) or not ours: give up
-    }
-    pause_briefly();  // SIGKILL is delivered asynchronously; let the exits land
+    if (reap_dir(dir)) return;
+    pause_briefly();
   }
 }
 
 void Isolation::destroy_group(const std::string& task_name) {
-  if (task_name.empty() || task_name.find('/') != std::string::npos || task_name[0] == '.') return;
-  for (const std::string& parent : controller_dirs_) kill_and_remove(parent + "/" + task_name);
+  for (uint32_t round = 0; round < kKillRounds; ++round) {
+    if (reap_group(task_name)) return;
+    pause_briefly();
+  }
+}
+
+GroupUsage Isolation::usage(const std::string& task_name) const {
+  GroupUsage u;
+  if (!valid_group_name(task_name) || controller_dirs_.empty()) return u;
+  if (info_.mode == IsolationMode::kCgroupV2) {
+    // One directory per group on v2; cpu.stat is there with or without the cpu controller.
+    std::string dir = controller_dirs_.front() + "/" + task_name;
+    if (auto text = read_file(dir + "/cpu.stat")) {
+      auto user = keyed(*text, "user_usec");
+      auto system = keyed(*text, "system_usec");
+      if (user && system) {
+        u.cpu_user_us = *user;
+        u.cpu_system_us = *system;
+        u.has_cpu = true;
+      }
+    }
+    if (auto text = read_file(dir + "/memory.peak")) {
+      if (auto peak = parse_u64(*text)) {
+        u.mem_peak_bytes = *peak;
+        u.has_mem = true;
+      }
+    }
+    return u;
+  }
+  if (!cpuacct_dir_.empty()) {
+    if (auto text = read_file(cpuacct_dir_ + "/" + task_name + "/cpuacct.stat")) {
+      auto user = keyed(*text, "user");
+      auto system = keyed(*text, "system");
+      if (user && system) {
+        u.cpu_user_us = ticks_to_us(*user);
+        u.cpu_system_us = ticks_to_us(*system);
+        u.has_cpu = true;
+      }
+    }
+  }
+  if (!memory_dir_.empty()) {
+    if (auto text = read_file(memory_dir_ + "/" + task_name + "/memory.max_usage_in_bytes")) {
+      if (auto peak = parse_u64(*text)) {
+        u.mem_peak_bytes = *peak;
+        u.has_mem = true;
+      }
+    }
+  }
+  return u;
 }
 
 bool Isolation::oom_killed(const std::string& task_name) const {
@@ -339,10 +548,10 @@ bool Isolation::oom_killed(const std::string& task_name) const {
   std::string dir = memory_dir_ + "/" + task_name;
   if (info_.mode == IsolationMode::kCgroupV2) {
     auto text = read_file(dir + "/memory.events");
-    return text && keyed_value(*text, "oom_kill") > 0;
+    return text && keyed(*text, "oom_kill").value_or(0) > 0;
   }
   auto text = read_file(dir + "/memory.oom_control");
-  return text && keyed_value(*text, "oom_kill") > 0;
+  return text && keyed(*text, "oom_kill").value_or(0) > 0;
 }
 
 uint32_t Isolation::destroy_all_groups() {

@@ -3,9 +3,39 @@
 // else rlimits (RLIMIT_AS for memory; nothing for cpu). `nodes` shows which limits are
 // really enforced on each board.
 //
-// Each task attempt gets its own group, named "cardnode/JOB.INDEX" under every
-// controller in use. The group is created before the process starts and the process
-// joins it before exec (runtime/task_exec.cc), so nothing it forks escapes.
+// Each task attempt gets its own group, named "JOB.INDEX" below a parent group `name`
+// under every controller in use. The group is created before the process starts and the
+// process joins it before exec (runtime/task_exec.cc), so nothing it forks escapes. On v1
+// a separate cpuacct hierarchy is joined too, for usage() (accounting, not a limit).
+//
+// Where the parent group lives. Under systemd with Delegate=yes (deploy/*.service) the
+// parent goes inside the unit's own cgroup, so KillMode=mixed and `systemctl stop` reach
+// every task; anywhere else (a terminal, a test, a container) it goes at the root of each
+// hierarchy, as before. The decision reads this process's own cgroup (/proc/self/cgroup):
+//   - "Under a service" means: the path ends in ".service" (or ".service/supervisor",
+//     where a previous probe in this process put itself). The path alone decides, not
+//     INVOCATION_ID: that variable is inherited by whatever a service spawns and says
+//     nothing about the cgroup this process is in now; the path is the kernel's answer
+//     (and a file tests can fake). A ".scope" (login session, `systemd-run --scope`), a
+//     ".slice" or "/" is not a service. A path with ".." (a cgroup outside our cgroup
+//     namespace) is not trusted.
+//   - v2: the parent is ROOT/<own path>/<name>. cgroup v2 puts processes only in leaves
+//     ("no internal processes"), so this process first moves itself (its whole thread
+//     group: "0" into cgroup.procs) into the leaf ROOT/<own path>/supervisor, then enables
+//     +memory +cpu +pids in <own path>/cgroup.subtree_control and <name>/'s. If that
+//     fails (another process left in the unit's cgroup, controllers not delegated) the
+//     parent goes at the root instead.
+//   - v1: per hierarchy, the parent is ROOT/<hier>/<own path in that hierarchy>/<name>
+//     when that path is a service's and exists; else ROOT/<hier>/<name>.
+//   - An empty `self_cgroup` skips the check (root placement, nothing moved): tests on
+//     the real cgroupfs use it so the test process is never moved.
+// destroy_all_groups and destroy_parent work on the parent group wherever it is; groups
+// a previous version left at the root are not found from under a service.
+//
+// Teardown: reap_group is one non-blocking round for the loop thread (a timer calls it
+// again until it says the group is gone); destroy_group loops over it with short pauses,
+// bounded (startup cleanup, shutdown, tests). create_group still waits the same way for a
+// leftover group of the same name (rare: a retried attempt whose teardown never ended).
 //
 // Threading: plain blocking file writes to cgroupfs (no disk I/O): loop thread only.
 #pragma once
@@ -29,22 +59,55 @@ struct IsolationInfo {
   std::vector<std::string> enforced;  // subset of {"memory", "cpu", "pids"}
 };
 
+// A group's cumulative usage, read from its accounting files (see Isolation::usage).
+struct GroupUsage {
+  uint64_t cpu_user_us = 0;
+  uint64_t cpu_system_us = 0;
+  uint64_t mem_peak_bytes = 0;
+  bool has_cpu = false;  // read from the group's cpu accounting
+  bool has_mem = false;  // read from the group's memory peak
+};
+
 class Isolation {
  public:
   // Probes what this machine offers. `cgroup_root` is normally /sys/fs/cgroup; tests
   // pass a fake tree to inject faults. `name` is the parent group ("cardnode").
+  // `self_cgroup` is this process's cgroup file ("" = not under systemd: see the top).
+  // Under a delegated v2 service this moves the calling process (see the top).
   static Isolation probe(const std::string& cgroup_root = "/sys/fs/cgroup",
-                         const std::string& name = "cardnode", bool disable_cgroups = false);
+                         const std::string& name = "cardnode", bool disable_cgroups = false,
+                         const std::string& self_cgroup = "/proc/self/cgroup");
 
   const IsolationInfo& info() const { return info_; }
+  // The parent group's directory in every hierarchy in use (one on v2; empty in rlimit
+  // mode), for logs: where the task groups live.
+  const std::vector<std::string>& parent_dirs() const { return controller_dirs_; }
+  // True when the parent group is inside this process's systemd service cgroup (in at
+  // least one hierarchy on v1).
+  bool under_service() const { return under_service_; }
 
   // Creates the group(s) for one task and writes its limits. Returns the cgroup.procs
   // paths the task must join (empty in rlimit mode).
   [[nodiscard]] Result<std::vector<std::string>> create_group(const std::string& task_name,
                                                               const TaskLimits& limits);
-  // Kills every process still in the group (SIGKILL, repeated until empty, bounded) and
-  // removes the group. Safe to call for a group that does not exist.
+  // One round of teardown, never sleeps (loop thread): SIGKILLs every process still in the
+  // group (cgroup.kill on v2 when present) and tries to remove it in every hierarchy.
+  // True once the group is gone everywhere (or never existed); false while processes
+  // remain or rmdir says EBUSY — the caller tries again later (a timer). Never true while
+  // a hierarchy's cgroup.procs lists a process or cannot be read. A directory that rmdir
+  // refuses for another reason (not a cgroup: a fake tree; EPERM) counts as gone: no
+  // retry would change it.
+  [[nodiscard]] bool reap_group(const std::string& task_name);
+  // reap_group until it is gone, pausing 10 ms between rounds, at most 50 rounds
+  // (blocks up to ~0.5 s: startup cleanup and shutdown only). Safe to call for a group
+  // that does not exist.
   void destroy_group(const std::string& task_name);
+  // Reads the group's cumulative usage; call after the task exited, before reap_group
+  // removes it. v2: cpu.stat user_usec/system_usec (present in every v2 group) and
+  // memory.peak (Linux 5.19+, memory controller). v1: cpuacct.stat user/system (USER_HZ
+  // ticks, so 10 ms steps at 100 Hz) and memory.max_usage_in_bytes. What cannot be read
+  // leaves has_cpu / has_mem false.
+  GroupUsage usage(const std::string& task_name) const;
   // True if the kernel's OOM killer acted in this group (v1 memory.oom_control
   // oom_kill, v2 memory.events oom_kill).
   bool oom_killed(const std::string& task_name) const;
@@ -56,15 +119,17 @@ class Isolation {
   // goes away, tests). The Isolation is in rlimit mode afterwards.
   void destroy_parent();
   // Sends `sig` once to every process in the group (no waiting, no removal): the first
-  // step of a kill, before destroy_group makes sure.
+  // step of a kill, before reap_group / destroy_group make sure.
   void signal_group(const std::string& task_name, int sig);
   // True when the memory limit is RLIMIT_AS set by the task-exec trampoline (rlimit mode,
   // or cgroups without a memory controller) rather than a cgroup.
   bool memory_by_rlimit() const { return memory_by_rlimit_; }
 
  private:
-  bool try_v2();
-  bool try_v1();
+  struct SelfCgroup;
+  bool try_v2(const std::string& base, bool service);
+  bool try_v1(const SelfCgroup& self);
+  bool reap_dir(const std::string& dir);
   void kill_and_remove(const std::string& dir);
 
   IsolationInfo info_;
@@ -74,6 +139,8 @@ class Isolation {
   std::string memory_dir_;                    // parent dir per controller; empty: not used
   std::string cpu_dir_;
   std::string pids_dir_;
+  std::string cpuacct_dir_;  // v1 accounting; == cpu_dir_ when they share a hierarchy
+  bool under_service_ = false;
   bool memsw_ = false;  // v1 memory.memsw.limit_in_bytes exists (swap accounting on)
   bool memory_by_rlimit_ = true;
 };

@@ -1,21 +1,30 @@
 // Isolation against fake cgroup trees (plain files under a temp dir: parsing, the files
-// written, OOM detection) and against the real /sys/fs/cgroup of this machine (skipped
-// when not root or when the machine offers no cgroups).
+// written, OOM detection, usage, placement under a service from a fake
+// /proc/self/cgroup) and against the real /sys/fs/cgroup of this machine (skipped when
+// not root or when the machine offers no cgroups). The real-cgroupfs tests never move
+// the test process: they probe with an empty or fake self-cgroup file.
 #include "runtime/exec/isolation.h"
 
 #include <gtest/gtest.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
-#include <thread>
+#include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
+#include <set>
 #include <sstream>
+#include <thread>
 
 namespace cardnode::runtime {
 namespace {
@@ -249,6 +258,320 @@ TEST(IsolationFakeV1, RejectsGroupNamesThatEscapeTheParent) {
   EXPECT_FALSE(fs::exists(tmp.path() / "memory/x"));
 }
 
+// ---- teardown without blocking -------------------------------------------------------
+
+// A forked child that only waits for signals; the test kills it at the end whatever
+// happened. Fake trees list its pid, because reap_group really sends SIGKILL.
+class PausedChild {
+ public:
+  PausedChild() {
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      for (;;) ::pause();
+    }
+  }
+  ~PausedChild() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);  // a zombie by now, unless the test failed
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+  pid_t pid() const { return pid_; }
+  // The signal that ended the child, polling up to `deadline`; nullopt if still alive.
+  // The child is left a zombie (WNOWAIT) so its pid cannot be reused while a fake
+  // cgroup.procs still lists it.
+  std::optional<int> wait_for_death(std::chrono::milliseconds deadline) {
+    auto until = std::chrono::steady_clock::now() + deadline;
+    while (std::chrono::steady_clock::now() < until) {
+      siginfo_t info{};
+      if (::waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+          info.si_pid == pid_) {
+        return info.si_code == CLD_KILLED || info.si_code == CLD_DUMPED ? info.si_status : 0;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return std::nullopt;
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+TEST(IsolationFakeV1, ReapGroupIsFalseWhileAListedProcessLives) {
+  TempDir tmp;
+  make_fake_v1(tmp.path(), true, false, false, true);
+  Isolation iso = Isolation::probe(tmp.path(), "cn", false, "");
+  if (::geteuid() != 0) GTEST_SKIP() << "cgroups need root";
+  ASSERT_TRUE(iso.create_group("5.1", {}));
+  PausedChild child;
+  ASSERT_GT(child.pid(), 0);
+  // Only the memory hierarchy lists the child: one busy hierarchy keeps the group.
+  put(tmp.path() / "memory/cn/5.1/cgroup.procs", std::to_string(child.pid()) + "\n");
+  put(tmp.path() / "pids/cn/5.1/cgroup.procs", "");
+  // A plain file stays as written: the group never empties, so it is never gone.
+  for (int i = 0; i < 3; ++i) EXPECT_FALSE(iso.reap_group("5.1")) << i;
+  EXPECT_TRUE(fs::exists(tmp.path() / "memory/cn/5.1"));
+  // It did try: the listed process got SIGKILL.
+  std::optional<int> sig = child.wait_for_death(std::chrono::seconds(10));
+  ASSERT_TRUE(sig.has_value()) << "reap_group did not signal the listed process";
+  EXPECT_EQ(*sig, SIGKILL);
+  EXPECT_FALSE(iso.reap_group("5.1"));  // a zombie, still listed: still not gone
+}
+
+TEST(IsolationFakeV1, ReapGroupIsTrueWhenNothingIsLeft) {
+  TempDir tmp;
+  make_fake_v1(tmp.path(), true, false, false, true);
+  Isolation iso = Isolation::probe(tmp.path(), "cn", false, "");
+  if (::geteuid() != 0) GTEST_SKIP() << "cgroups need root";
+  EXPECT_TRUE(iso.reap_group("6.0"));   // never existed
+  EXPECT_TRUE(iso.reap_group("../x"));  // never one of ours
+  // Empty group directories (what rmdir of a cgroup sees) are removed.
+  ASSERT_TRUE(fs::create_directory(tmp.path() / "memory/cn/6.1"));
+  ASSERT_TRUE(fs::create_directory(tmp.path() / "pids/cn/6.1"));
+  EXPECT_TRUE(iso.reap_group("6.1"));
+  EXPECT_FALSE(fs::exists(tmp.path() / "memory/cn/6.1"));
+  EXPECT_FALSE(fs::exists(tmp.path() / "pids/cn/6.1"));
+  // A fake group with files and an empty cgroup.procs: rmdir says ENOTEMPTY, which no
+  // retry changes, and nobody is left: gone as far as teardown goes.
+  ASSERT_TRUE(iso.create_group("6.2", {.cpu_millis = 0, .mem_bytes = 1 << 20, .pids_max = 0}));
+  EXPECT_TRUE(iso.reap_group("6.2"));
+}
+
+TEST(IsolationFakeV2, ReapGroupWritesCgroupKill) {
+  TempDir tmp;
+  make_fake_v2(tmp.path(), "memory pids");
+  Isolation iso = Isolation::probe(tmp.path(), "cn", false, "");
+  if (::geteuid() != 0) GTEST_SKIP() << "cgroups need root";
+  ASSERT_TRUE(iso.create_group("8.0", {}));
+  PausedChild child;
+  ASSERT_GT(child.pid(), 0);
+  put(tmp.path() / "cn/8.0/cgroup.kill", "");
+  put(tmp.path() / "cn/8.0/cgroup.procs", std::to_string(child.pid()) + "\n");
+  EXPECT_FALSE(iso.reap_group("8.0"));
+  EXPECT_EQ(slurp(tmp.path() / "cn/8.0/cgroup.kill"), "1");
+  std::optional<int> sig = child.wait_for_death(std::chrono::seconds(10));
+  ASSERT_TRUE(sig.has_value());
+  EXPECT_EQ(*sig, SIGKILL);
+}
+
+// ---- usage ---------------------------------------------------------------------------
+
+uint64_t ticks_us(uint64_t ticks) {
+  return ticks * 1000000 / static_cast<uint64_t>(::sysconf(_SC_CLK_TCK));
+}
+
+TEST(IsolationFakeV1, UsageFromCpuacctStatAndMaxUsage) {
+  TempDir tmp;
+  make_fake_v1(tmp.path(), true, false, true, true);
+  // Debian mounts "cpu,cpuacct"; put cpuacct in the same hierarchy's parent.
+  put(tmp.path() / "cpu,cpuacct/cn/cpuacct.stat", "user 0\nsystem 0\n");
+  Isolation iso = Isolation::probe(tmp.path(), "cn", false, "");
+  if (::geteuid() != 0) GTEST_SKIP() << "cgroups need root";
+  auto procs = iso.create_group("2.0", {});
+  ASSERT_TRUE(procs);
+  EXPECT_EQ(procs->size(), 3u);  // one hierarchy for cpu and cpuacct: joined once
+  put(tmp.path() / "cpu,cpuacct/cn/2.0/cpuacct.stat", "user 250\nsystem 31\n");
+  put(tmp.path() / "memory/cn/2.0/memory.max_usage_in_bytes", "20971520\n");
+  GroupUsage u = iso.usage("2.0");
+  EXPECT_TRUE(u.has_cpu);
+  EXPECT_TRUE(u.has_mem);
+  EXPECT_EQ(u.cpu_user_us, ticks_us(250));
+  EXPECT_EQ(u.cpu_system_us, ticks_us(31));
+  EXPECT_EQ(u.mem_peak_bytes, 20971520u);
+  // Missing or garbled files: nothing claimed.
+  put(tmp.path() / "cpu,cpuacct/cn/2.0/cpuacct.stat", "user x\nsystem 1\n");
+  fs::remove(tmp.path() / "memory/cn/2.0/memory.max_usage_in_bytes");
+  u = iso.usage("2.0");
+  EXPECT_FALSE(u.has_cpu);
+  EXPECT_FALSE(u.has_mem);
+  EXPECT_EQ(u.cpu_user_us, 0u);
+  EXPECT_FALSE(iso.usage("2.9").has_cpu);
+}
+
+TEST(IsolationFakeV1, SeparateCpuacctHierarchyIsJoinedAndRead) {
+  TempDir tmp;
+  make_fake_v1(tmp.path(), false, false, false, true);
+  put(tmp.path() / "cpu/cgroup.procs", "");  // cpu and cpuacct mounted apart
+  put(tmp.path() / "cpu/cn/cpu.cfs_quota_us", "-1\n");
+  put(tmp.path() / "cpuacct/cgroup.procs", "");
+  put(tmp.path() / "cpuacct/cn/cpuacct.stat", "user 0\nsystem 0\n");
+  Isolation iso = Isolation::probe(tmp.path(), "cn", false, "");
+  if (::geteuid() != 0) GTEST_SKIP() << "cgroups need root";
+  EXPECT_EQ(iso.info().enforced, (std::vector<std::string>{"memory", "cpu", "pids"}));
+  auto procs = iso.create_group("2.1", {.cpu_millis = 500, .mem_bytes = 0, .pids_max = 0});
+  ASSERT_TRUE(procs);
+  EXPECT_EQ(*procs, (std::vector<std::string>{tmp.path() / "cpu/cn/2.1/cgroup.procs",
+                                              tmp.path() / "pids/cn/2.1/cgroup.procs",
+                                              tmp.path() / "cpuacct/cn/2.1/cgroup.procs"}));
+  put(tmp.path() / "cpuacct/cn/2.1/cpuacct.stat", "user 7\nsystem 3\n");
+  GroupUsage u = iso.usage("2.1");
+  EXPECT_TRUE(u.has_cpu);
+  EXPECT_FALSE(u.has_mem);  // no memory hierarchy
+  EXPECT_EQ(u.cpu_user_us, ticks_us(7));
+  EXPECT_EQ(u.cpu_system_us, ticks_us(3));
+}
+
+TEST(IsolationFakeV2, UsageFromCpuStatAndMemoryPeak) {
+  TempDir tmp;
+  make_fake_v2(tmp.path(), "cpu memory pids");
+  Isolation iso = Isolation::probe(tmp.path(), "cn", false, "");
+  if (::geteuid() != 0) GTEST_SKIP() << "cgroups need root";
+  ASSERT_TRUE(iso.create_group("3.1", {}));
+  put(tmp.path() / "cn/3.1/cpu.stat",
+      "usage_usec 1500\nuser_usec 1200\nsystem_usec 300\nnr_periods 0\n");
+  put(tmp.path() / "cn/3.1/memory.peak", "4096000\n");
+  GroupUsage u = iso.usage("3.1");
+  EXPECT_TRUE(u.has_cpu);
+  EXPECT_TRUE(u.has_mem);
+  EXPECT_EQ(u.cpu_user_us, 1200u);
+  EXPECT_EQ(u.cpu_system_us, 300u);
+  EXPECT_EQ(u.mem_peak_bytes, 4096000u);
+  fs::remove(tmp.path() / "cn/3.1/memory.peak");  // before Linux 5.19
+  u = iso.usage("3.1");
+  EXPECT_TRUE(u.has_cpu);
+  EXPECT_FALSE(u.has_mem);
+}
+
+TEST(IsolationRlimit, UsageHasNothing) {
+  Isolation iso = Isolation::probe("/nonexistent", "cn", true, "");
+  GroupUsage u = iso.usage("1.0");
+  EXPECT_FALSE(u.has_cpu || u.has_mem);
+  EXPECT_TRUE(iso.reap_group("1.0"));
+}
+
+// ---- where the parent group lives ----------------------------------------------------
+
+constexpr const char* kService = "/system.slice/cardnode.service";
+constexpr const char* kScope = "/user.slice/user-0.slice/session-3.scope";
+
+// /proc/self/cgroup of a process on a v1 hybrid (Debian 12 legacy/hybrid layout).
+void put_self_v1(const fs::path& file, const std::string& path) {
+  put(file, "12:pids:" + path + "\n5:memory:" + path + "\n3:cpu,cpuacct:" + path +
+                "\n2:devices:" + path + "\n1:name=systemd:" + path + "\n0::" + path + "\n");
+}
+
+TEST(IsolationFakeV1, ServiceCgroupHoldsTheGroups) {
+  TempDir tmp;
+  fs::path root = tmp.path() / "fs";
+  fs::path svc_mem = root / "memory" / (kService + 1);
+  fs::path svc_cpu = root / "cpu,cpuacct" / (kService + 1);
+  fs::path svc_pids = root / "pids" / (kService + 1);
+  put(root / "memory/cgroup.procs", "");
+  put(root / "cpu,cpuacct/cgroup.procs", "");
+  put(root / "pids/cgroup.procs", "");
+  put(svc_mem / "cn/memory.limit_in_bytes", "9223372036854771712\n");
+  put(svc_cpu / "cn/cpu.cfs_quota_us", "-1\n");
+  put(svc_cpu / "cn/cpuacct.stat", "user 0\nsystem 0\n");
+  put(svc_pids / "cn/pids.max", "max\n");
+  put_self_v1(tmp.path() / "self", kService);
+  Isolation iso = Isolation::probe(root, "cn", false, tmp.path() / "self");
+  if (::geteuid() != 0) GTEST_SKIP() << "cgroups need root";
+  ASSERT_EQ(iso.info().mode, IsolationMode::kCgroupV1);
+  EXPECT_TRUE(iso.under_service());
+  EXPECT_EQ(iso.parent_dirs(),
+            (std::vector<std::string>{svc_mem / "cn", svc_cpu / "cn", svc_pids / "cn"}));
+  auto procs = iso.create_group("7.0", {.cpu_millis = 0, .mem_bytes = 1 << 20, .pids_max = 9});
+  ASSERT_TRUE(procs) << procs.error().describe();
+  EXPECT_EQ(*procs, (std::vector<std::string>{svc_mem / "cn/7.0/cgroup.procs",
+                                              svc_cpu / "cn/7.0/cgroup.procs",
+                                              svc_pids / "cn/7.0/cgroup.procs"}));
+  EXPECT_EQ(slurp(svc_mem / "cn/7.0/memory.limit_in_bytes"), "1048576");
+  EXPECT_FALSE(fs::exists(root / "memory/cn"));
+  // A restart finds the groups there.
+  Isolation fresh = Isolation::probe(root, "cn", false, tmp.path() / "self");
+  EXPECT_EQ(fresh.destroy_all_groups(), 1u);
+}
+
+TEST(IsolationFakeV1, ScopeOrForeignPathKeepsGroupsAtTheRoot) {
+  // A login session, the root, a ".service" that is no directory here, and one outside
+  // our cgroup namespace (whose "../.." does lead to a directory in this fake tree): all
+  // at the root as before.
+  for (std::string own : {std::string(kScope), std::string("/"), std::string(kService),
+                          "/../.." + std::string(kService)}) {
+    TempDir tmp;
+    fs::path root = tmp.path() / "a/fs";
+    make_fake_v1(root, true, false, true, true);
+    fs::create_directories(root / "memory" / (kScope + 1));
+    fs::create_directories(tmp.path() / "a" / (kService + 1));  // root/memory/../..
+    put_self_v1(tmp.path() / "self", own);
+    Isolation iso = Isolation::probe(root, "cn", false, tmp.path() / "self");
+    if (::geteuid() != 0) GTEST_SKIP() << "cgroups need root";
+    EXPECT_FALSE(iso.under_service()) << own;
+    EXPECT_EQ(
+        iso.parent_dirs(),
+        (std::vector<std::string>{root / "memory/cn", root / "cpu,cpuacct/cn", root / "pids/cn"}))
+        << own;
+  }
+}
+
+// A v2 service cgroup as systemd hands it out with Delegate=yes.
+fs::path make_fake_v2_service(const fs::path& root) {
+  make_fake_v2(root, "cpuset cpu io memory pids\n");
+  fs::path svc = root / (kService + 1);
+  put(svc / "cgroup.controllers", "cpu memory pids\n");
+  put(svc / "cgroup.subtree_control", "");
+  put(svc / "cgroup.procs", "");
+  return svc;
+}
+
+TEST(IsolationFakeV2, ServiceMovesItselfToALeafAndDelegates) {
+  TempDir tmp;
+  fs::path root = tmp.path() / "fs";
+  fs::path svc = make_fake_v2_service(root);
+  put(tmp.path() / "self", std::string("0::") + kService + "\n");
+  Isolation iso = Isolation::probe(root, "cn", false, tmp.path() / "self");
+  if (::geteuid() != 0) GTEST_SKIP() << "cgroups need root";
+  ASSERT_EQ(iso.info().mode, IsolationMode::kCgroupV2);
+  EXPECT_TRUE(iso.under_service());
+  EXPECT_EQ(slurp(svc / "supervisor/cgroup.procs"), "0");
+  std::set<std::string> want = {"+cpu", "+memory", "+pids"};
+  EXPECT_EQ(words(slurp(svc / "cgroup.subtree_control")), want);
+  EXPECT_EQ(words(slurp(svc / "cn/cgroup.subtree_control")), want);
+  EXPECT_EQ(slurp(root / "cgroup.subtree_control"), "");  // systemd's, not touched
+  EXPECT_EQ(iso.parent_dirs(), (std::vector<std::string>{svc / "cn"}));
+  auto procs = iso.create_group("9.3", {.cpu_millis = 0, .mem_bytes = 1 << 20, .pids_max = 0});
+  ASSERT_TRUE(procs);
+  EXPECT_EQ(*procs, (std::vector<std::string>{svc / "cn/9.3/cgroup.procs"}));
+  EXPECT_EQ(slurp(svc / "cn/9.3/memory.max"), "1048576");
+
+  // Probing again from the leaf (a restart inside the same process) keeps the place.
+  put(tmp.path() / "self", std::string("0::") + kService + "/supervisor\n");
+  Isolation again = Isolation::probe(root, "cn", false, tmp.path() / "self");
+  EXPECT_EQ(again.parent_dirs(), (std::vector<std::string>{svc / "cn"}));
+  EXPECT_EQ(again.destroy_all_groups(), 1u);
+}
+
+TEST(IsolationFakeV2, ScopeKeepsGroupsAtTheRootAndMovesNothing) {
+  TempDir tmp;
+  fs::path root = tmp.path() / "fs";
+  make_fake_v2_service(root);
+  fs::path scope = root / (kScope + 1);
+  put(scope / "cgroup.controllers", "cpu memory pids\n");
+  put(tmp.path() / "self", std::string("0::") + kScope + "\n");
+  Isolation iso = Isolation::probe(root, "cn", false, tmp.path() / "self");
+  if (::geteuid() != 0) GTEST_SKIP() << "cgroups need root";
+  EXPECT_FALSE(iso.under_service());
+  EXPECT_EQ(iso.parent_dirs(), (std::vector<std::string>{root / "cn"}));
+  EXPECT_FALSE(fs::exists(scope / "supervisor"));
+  EXPECT_FALSE(fs::exists(scope / "cn"));
+  EXPECT_EQ(words(slurp(root / "cgroup.subtree_control")),
+            (std::set<std::string>{"+cpu", "+memory", "+pids"}));
+}
+
+TEST(IsolationFakeV2, ServiceWithoutDelegationFallsBackToTheRoot) {
+  TempDir tmp;
+  fs::path root = tmp.path() / "fs";
+  fs::path svc = make_fake_v2_service(root);
+  put(svc / "cgroup.controllers", "");  // Delegate= not set: no controller to hand out
+  put(tmp.path() / "self", std::string("0::") + kService + "\n");
+  Isolation iso = Isolation::probe(root, "cn", false, tmp.path() / "self");
+  if (::geteuid() != 0) GTEST_SKIP() << "cgroups need root";
+  ASSERT_EQ(iso.info().mode, IsolationMode::kCgroupV2);
+  EXPECT_FALSE(iso.under_service());
+  EXPECT_EQ(iso.parent_dirs(), (std::vector<std::string>{root / "cn"}));
+  EXPECT_FALSE(fs::exists(svc / "supervisor"));  // nothing moved for nothing
+}
+
 // ---- the real cgroupfs of this machine ---------------------------------------------
 
 class RealCgroups : public ::testing::Test {
@@ -258,12 +581,14 @@ class RealCgroups : public ::testing::Test {
     // Our own parent group: a cardnode server on this machine (or another test) keeps
     // its groups under "cardnode", which destroy_all_groups must not touch.
     name_ = "cardnode-isolation-test-" + std::to_string(::getpid());
-    iso_ = Isolation::probe("/sys/fs/cgroup", name_);
+    // No self-cgroup file: root placement, so the test process is never moved (a CI
+    // runner is often a systemd service itself).
+    iso_ = Isolation::probe("/sys/fs/cgroup", name_, false, "");
     if (iso_.info().mode == IsolationMode::kRlimit) GTEST_SKIP() << "no usable cgroups here";
   }
   void TearDown() override {
     iso_.destroy_all_groups();
-    for (const char* h : {"", "memory", "cpu", "cpu,cpuacct", "cpuacct,cpu", "pids"}) {
+    for (const char* h : {"", "memory", "cpu", "cpuacct", "cpu,cpuacct", "cpuacct,cpu", "pids"}) {
       fs::path p = fs::path("/sys/fs/cgroup") / h / name_;
       ::rmdir(p.c_str());
     }
@@ -333,7 +658,8 @@ TEST_F(RealCgroups, LimitsAreWrittenWhileSignalsKeepArriving) {
   std::string first_error;
   for (int i = 0; i < 300; ++i) {
     std::string name = "21." + std::to_string(i);
-    auto procs = iso_.create_group(name, {.cpu_millis = 250, .mem_bytes = 64 << 20, .pids_max = 32});
+    auto procs =
+        iso_.create_group(name, {.cpu_millis = 250, .mem_bytes = 64 << 20, .pids_max = 32});
     if (!procs) {
       if (failures++ == 0) first_error = procs.error().describe();
     }
@@ -343,6 +669,30 @@ TEST_F(RealCgroups, LimitsAreWrittenWhileSignalsKeepArriving) {
   storm.join();
   ::sigaction(SIGUSR2, &old, nullptr);
   EXPECT_EQ(failures, 0) << first_error;
+}
+
+// waitpid, polling up to `deadline`: the status, or nullopt if `pid` is still alive (a
+// failing test must not hang).
+std::optional<int> wait_status(pid_t pid, std::chrono::milliseconds deadline) {
+  auto until = std::chrono::steady_clock::now() + deadline;
+  while (std::chrono::steady_clock::now() < until) {
+    int status = 0;
+    if (::waitpid(pid, &status, WNOHANG) == pid) return status;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return std::nullopt;
+}
+
+// The signal that ended child `pid`, waiting up to 10 s; 0 if it exited or is still alive
+// (then it is killed, so a failing test neither hangs nor leaks it).
+int death_signal(pid_t pid) {
+  std::optional<int> status = wait_status(pid, std::chrono::seconds(10));
+  if (!status) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    return 0;
+  }
+  return WIFSIGNALED(*status) ? WTERMSIG(*status) : 0;
 }
 
 pid_t spawn_sleep_into(const std::vector<std::string>& procs) {
@@ -366,13 +716,9 @@ TEST_F(RealCgroups, DestroyAllGroupsKillsLeftovers) {
   EXPECT_NE(slurp((*a)[0]).find(std::to_string(pa)), std::string::npos);
 
   // A restarted server has a fresh Isolation: it finds the groups on disk.
-  Isolation fresh = Isolation::probe("/sys/fs/cgroup", name_);
+  Isolation fresh = Isolation::probe("/sys/fs/cgroup", name_, false, "");
   EXPECT_EQ(fresh.destroy_all_groups(), 2u);
-  for (pid_t p : {pa, pb}) {
-    int status = 0;
-    ASSERT_EQ(::waitpid(p, &status, 0), p);
-    EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
-  }
+  for (pid_t p : {pa, pb}) EXPECT_EQ(death_signal(p), SIGKILL) << p;
   for (const std::string& p : *a) EXPECT_FALSE(fs::exists(fs::path(p).parent_path())) << p;
   EXPECT_EQ(fresh.destroy_all_groups(), 0u);
 }
@@ -382,9 +728,7 @@ TEST_F(RealCgroups, DestroyParentRemovesEverything) {
   ASSERT_TRUE(g);
   pid_t p = spawn_sleep_into(*g);
   iso_.destroy_parent();
-  int status = 0;
-  ASSERT_EQ(::waitpid(p, &status, 0), p);
-  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+  EXPECT_EQ(death_signal(p), SIGKILL);
   for (const std::string& procs : *g) {
     EXPECT_FALSE(fs::exists(fs::path(procs).parent_path().parent_path())) << procs;
   }
@@ -396,10 +740,234 @@ TEST_F(RealCgroups, SignalGroupReachesEveryMember) {
   ASSERT_TRUE(g);
   pid_t p = spawn_sleep_into(*g);
   iso_.signal_group("12.0", SIGTERM);
-  int status = 0;
-  ASSERT_EQ(::waitpid(p, &status, 0), p);
-  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM);
+  EXPECT_EQ(death_signal(p), SIGTERM);
   iso_.destroy_group("12.0");
+}
+
+// A parent and `n` grandchildren, all in the group: the parent joins before it forks.
+struct Tree {
+  pid_t child = -1;
+  std::vector<pid_t> grandchildren;
+};
+
+// SIGKILLs what is left of `pids` at the end of a test, so a failing one leaks nothing.
+struct KillAtExit {
+  std::vector<pid_t> pids;
+  ~KillAtExit() {
+    for (pid_t p : pids) {
+      if (p > 0) ::kill(p, SIGKILL);
+    }
+  }
+};
+
+Tree spawn_tree_into(const std::vector<std::string>& procs, int n) {
+  int go[2], report[2];
+  CARDNODE_CHECK(::pipe(go) == 0 && ::pipe(report) == 0);
+  Tree t;
+  t.child = ::fork();
+  if (t.child == 0) {
+    char c = 0;
+    if (::read(go[0], &c, 1) != 1) ::_exit(1);
+    for (int i = 0; i < n; ++i) {
+      pid_t g = ::fork();
+      if (g == 0) {
+        for (;;) ::pause();
+      }
+      (void)!::write(report[1], &g, sizeof g);
+    }
+    for (;;) ::pause();
+  }
+  ::close(go[0]);
+  ::close(report[1]);
+  for (const std::string& p : procs) std::ofstream(p) << t.child;
+  (void)!::write(go[1], "x", 1);
+  for (int i = 0; i < n; ++i) {
+    pid_t g = -1;
+    if (::read(report[0], &g, sizeof g) != sizeof g) break;
+    t.grandchildren.push_back(g);
+  }
+  ::close(go[1]);
+  ::close(report[0]);
+  return t;
+}
+
+// Grandchildren are reparented to us when their parent dies, so we can see how they died.
+class Subreaper {
+ public:
+  Subreaper() {
+    ::prctl(PR_GET_CHILD_SUBREAPER, &was_);
+    ok_ = ::prctl(PR_SET_CHILD_SUBREAPER, 1) == 0;
+  }
+  ~Subreaper() { ::prctl(PR_SET_CHILD_SUBREAPER, was_); }
+  bool ok() const { return ok_; }
+
+ private:
+  int was_ = 0;
+  bool ok_ = false;
+};
+
+TEST_F(RealCgroups, ReapGroupKillsATreeAndRemovesTheGroup) {
+  Subreaper subreaper;
+  ASSERT_TRUE(subreaper.ok());
+  auto procs = iso_.create_group("15.0", {.cpu_millis = 0, .mem_bytes = 0, .pids_max = 32});
+  ASSERT_TRUE(procs) << procs.error().describe();
+  Tree tree = spawn_tree_into(*procs, 3);
+  KillAtExit leftovers{tree.grandchildren};
+  leftovers.pids.push_back(tree.child);
+  ASSERT_GT(tree.child, 0);
+  ASSERT_EQ(tree.grandchildren.size(), 3u);
+  for (const std::string& p : *procs) {
+    std::set<std::string> listed = words(slurp(p));
+    EXPECT_TRUE(listed.contains(std::to_string(tree.child))) << p;
+    for (pid_t g : tree.grandchildren) EXPECT_TRUE(listed.contains(std::to_string(g))) << p;
+  }
+
+  // One round: the processes were alive when it looked, so the group is not gone yet.
+  EXPECT_FALSE(iso_.reap_group("15.0"));
+
+  bool gone = false;
+  int rounds = 1;
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!gone && std::chrono::steady_clock::now() < until) {
+    gone = iso_.reap_group("15.0");
+    ++rounds;
+    if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_TRUE(gone) << "after " << rounds << " rounds";
+  for (const std::string& p : *procs) EXPECT_FALSE(fs::exists(fs::path(p).parent_path())) << p;
+  std::vector<pid_t> all = tree.grandchildren;
+  all.push_back(tree.child);
+  for (pid_t p : all) {
+    EXPECT_EQ(death_signal(p), SIGKILL) << "pid " << p;
+  }
+  EXPECT_TRUE(iso_.reap_group("15.0"));  // gone stays gone
+}
+
+// rmdir answers EBUSY for a group with a child group (a task that made its own) even
+// with no process left: not gone, the caller tries again.
+TEST_F(RealCgroups, ReapGroupIsFalseWhileRmdirSaysBusy) {
+  auto procs = iso_.create_group("18.0", {});
+  ASSERT_TRUE(procs) << procs.error().describe();
+  fs::path group = fs::path(procs->front()).parent_path();
+  ASSERT_TRUE(fs::create_directory(group / "sub"));
+  EXPECT_FALSE(iso_.reap_group("18.0"));
+  EXPECT_FALSE(iso_.reap_group("18.0"));
+  EXPECT_TRUE(fs::exists(group));
+  ASSERT_EQ(::rmdir((group / "sub").c_str()), 0);
+  EXPECT_TRUE(iso_.reap_group("18.0"));
+  for (const std::string& p : *procs) EXPECT_FALSE(fs::exists(fs::path(p).parent_path())) << p;
+}
+
+TEST_F(RealCgroups, UsageCountsCpuAndPeakMemory) {
+  constexpr size_t kTouchBytes = 20u << 20;
+  auto procs = iso_.create_group("16.0", {});
+  ASSERT_TRUE(procs) << procs.error().describe();
+  int go[2];
+  ASSERT_EQ(::pipe(go), 0);
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    char c = 0;
+    if (::read(go[0], &c, 1) != 1) ::_exit(1);
+    // Only async-signal-safe calls after fork: mmap, not malloc.
+    void* mem =
+        ::mmap(nullptr, kTouchBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) ::_exit(2);
+    std::memset(mem, 1, kTouchBytes);
+    // ~0.2 s of CPU in user space, bounded by 30 s of wall time on a starved machine.
+    struct timespec start {
+    }, now{}, cpu{};
+    ::clock_gettime(CLOCK_MONOTONIC, &start);
+    volatile uint64_t x = 0;
+    for (;;) {
+      for (int i = 0; i < 100000; ++i) x = x + i;
+      ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &cpu);
+      ::clock_gettime(CLOCK_MONOTONIC, &now);
+      if (cpu.tv_sec * 1000 + cpu.tv_nsec / 1000000 >= 200) break;
+      if (now.tv_sec - start.tv_sec > 30) ::_exit(3);
+    }
+    ::_exit(0);
+  }
+  ASSERT_GT(pid, 0);
+  ::close(go[0]);
+  for (const std::string& p : *procs) std::ofstream(p) << pid;
+  for (const std::string& p : *procs) {
+    EXPECT_TRUE(words(slurp(p)).contains(std::to_string(pid))) << p;
+  }
+  ASSERT_EQ(::write(go[1], "x", 1), 1);
+  ::close(go[1]);
+  std::optional<int> status = wait_status(pid, std::chrono::seconds(60));
+  if (!status) ::kill(pid, SIGKILL);
+  ASSERT_TRUE(status.has_value()) << "the burner did not finish";
+  ASSERT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << *status;
+
+  GroupUsage u = iso_.usage("16.0");
+  bool v2 = iso_.info().mode == IsolationMode::kCgroupV2;
+  bool cpuacct = v2 || fs::exists("/sys/fs/cgroup/cpuacct/cpuacct.stat");
+  if (cpuacct) {
+    EXPECT_TRUE(u.has_cpu);
+    EXPECT_GT(u.cpu_user_us, 0u);
+    EXPECT_GE(u.cpu_user_us + u.cpu_system_us, 100000u);  // 0.2 s burnt; ticks are coarse
+  }
+  bool peak = !v2 || fs::exists(fs::path(iso_.parent_dirs()[0]) / "memory.peak");  // 5.19+
+  if (!iso_.memory_by_rlimit() && peak) {
+    EXPECT_TRUE(u.has_mem);
+    EXPECT_GE(u.mem_peak_bytes, kTouchBytes);
+  }
+  std::printf("usage: user %llu us, system %llu us, peak %llu bytes\n",
+              static_cast<unsigned long long>(u.cpu_user_us),
+              static_cast<unsigned long long>(u.cpu_system_us),
+              static_cast<unsigned long long>(u.mem_peak_bytes));
+  iso_.destroy_group("16.0");
+}
+
+// The delegated placement on the real v1 cgroupfs, with a fake self-cgroup file naming
+// a ".service" cgroup this test makes in every hierarchy (nothing is moved: on v1 the
+// parent just goes below it). On v2 the probe would move this process: skipped.
+TEST_F(RealCgroups, ServiceCgroupOnV1HoldsTheGroups) {
+  if (iso_.info().mode != IsolationMode::kCgroupV1) GTEST_SKIP() << "v1 only";
+  std::string unit = "/" + name_ + ".service";
+  TempDir tmp;
+  // Undoes what the test made even when an assertion ends it early.
+  struct Cleanup {
+    fs::path self;
+    std::vector<fs::path> made;
+    ~Cleanup() {
+      Isolation::probe("/sys/fs/cgroup", "cn", false, self).destroy_parent();
+      for (const fs::path& d : made) ::rmdir(d.c_str());
+    }
+  } cleanup{tmp.path() / "self", {}};
+  std::vector<fs::path>& made = cleanup.made;
+  std::string self;
+  int id = 1;
+  for (const char* h : {"memory", "cpu", "cpuacct", "cpu,cpuacct", "pids"}) {
+    fs::path hier = fs::path("/sys/fs/cgroup") / h;
+    if (fs::is_symlink(hier) || !fs::exists(hier / "cgroup.procs")) continue;
+    fs::path dir = hier / unit.substr(1);
+    ASSERT_TRUE(fs::create_directory(dir)) << dir;
+    made.push_back(dir);
+    self += std::to_string(id++) + ":" + h + ":" + unit + "\n";
+  }
+  put(tmp.path() / "self", self + "0::/\n");
+  {
+    Isolation iso = Isolation::probe("/sys/fs/cgroup", "cn", false, tmp.path() / "self");
+    EXPECT_TRUE(iso.under_service());
+    for (const std::string& d : iso.parent_dirs()) {
+      EXPECT_NE(d.find(unit + "/cn"), std::string::npos) << d;
+    }
+    auto procs =
+        iso.create_group("17.0", {.cpu_millis = 250, .mem_bytes = 64 << 20, .pids_max = 8});
+    ASSERT_TRUE(procs) << procs.error().describe();
+    pid_t p = spawn_sleep_into(*procs);
+    ASSERT_GT(p, 0);
+    Isolation fresh = Isolation::probe("/sys/fs/cgroup", "cn", false, tmp.path() / "self");
+    EXPECT_EQ(fresh.destroy_all_groups(), 1u);
+    EXPECT_EQ(death_signal(p), SIGKILL);
+    fresh.destroy_parent();
+  }
+  for (const fs::path& d : made) {
+    EXPECT_EQ(::rmdir(d.c_str()), 0) << d << ": " << std::strerror(errno);
+  }
+  made.clear();
 }
 
 }  // namespace

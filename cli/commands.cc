@@ -290,6 +290,11 @@ int cmd_server(runtime::ServerOptions options) {
   }
   if (const char* v = env_or_null("CARDNODE_NO_CGROUPS"))
     options.disable_cgroups = std::string(v) == "1";
+  if (options.exec) {
+    if (auto users = runtime::resolve_task_users(options.task_users); !users) {
+      return error_line(users.error().describe(), kExitUsage);
+    }
+  }
   auto server = runtime::Server::open(std::move(options));
   if (!server) return error_line(server.error().describe(), 1);
   return (*server)->run();
@@ -302,6 +307,9 @@ int cmd_agent(const ClientConfig& cfg, runtime::AgentOptions options) {
   options.security = security_options(cfg);
   if (Status st = net::SecurityContext::check_flags(options.security); !st) {
     return error_line(st.error().describe(), kExitUsage);
+  }
+  if (auto users = runtime::resolve_task_users(options.task_users); !users) {
+    return error_line(users.error().describe(), kExitUsage);
   }
   // The cluster token: --token-file, else CARDNODE_TOKEN, else DATA_DIR/token (copied there
   // from the server's data dir). Certificate mode needs none.
@@ -403,17 +411,26 @@ int cmd_ps(const ClientConfig& cfg, std::optional<uint64_t> job, bool json) {
     return 0;
   }
   row(detail.job());
-  std::printf("\n%-12s %-11s %5s %6s %8s  %s\n", "TASK", "STATE", "EXIT", "SIGNAL", "ATTEMPTS",
-              "NODE");
+  std::printf("\n%-12s %-11s %5s %6s %8s %9s %9s  %s\n", "TASK", "STATE", "EXIT", "SIGNAL",
+              "ATTEMPTS", "CPU", "PEAK-MEM", "NODE");
   for (const auto& t : detail.tasks()) {
-    std::printf("%-12s %-11s %5d %6d %8u  %s\n",
+    // CPU seconds (user + system) and peak memory of the latest finished attempt.
+    char cpu[32] = "-";
+    std::string peak = "-";
+    if (t.has_usage()) {
+      (void)std::snprintf(cpu, sizeof cpu, "%.2fs",
+                          (t.usage().cpu_user_ms() + uint64_t{t.usage().cpu_system_ms()}) / 1e3);
+      peak = human_bytes(uint64_t{t.usage().mem_peak_kib()} * 1024);
+    }
+    std::printf("%-12s %-11s %5d %6d %8u %9s %9s  %s\n",
                 (std::to_string(*job) + "." + std::to_string(t.index())).c_str(),
-                task_state_text(t.state()), t.exit_code(), t.signal(), t.attempts(),
-                shown(t.node()).c_str());
+                task_state_text(t.state()), t.exit_code(), t.signal(), t.attempts(), cpu,
+                peak.c_str(), shown(t.node()).c_str());
     // Earlier attempts under their task, indented: "  #1 lost on board-2".
     for (const auto& a : t.earlier()) {
-      std::printf("  #%-9u %-11s %5d %6d %8s  %s\n", a.attempt(), task_state_text(a.state()),
-                  a.exit_code(), a.signal(), "", shown(a.node()).c_str());
+      std::printf("  #%-9u %-11s %5d %6d %8s %9s %9s  %s\n", a.attempt(),
+                  task_state_text(a.state()), a.exit_code(), a.signal(), "", "", "",
+                  shown(a.node()).c_str());
     }
   }
   return 0;
@@ -473,9 +490,10 @@ int cmd_nodes(const ClientConfig& cfg, bool json) {
     std::printf("%s\n", nodes_json(resp->nodes()).c_str());
     return 0;
   }
-  std::printf("%-16s %-8s %-8s %11s %13s %7s  %-10s %-18s %s\n", "NAME", "STATE", "ARCH", "CPU",
-              "MEMORY", "TASKS", "ISOLATION", "ENFORCED", "TRANSPORT");
+  std::printf("%-16s %-8s %-8s %11s %13s %7s  %-10s %-18s %-10s %s\n", "NAME", "STATE", "ARCH",
+              "CPU", "MEMORY", "TASKS", "ISOLATION", "ENFORCED", "TRANSPORT", "TASK-USER");
   bool plaintext = false;
+  std::string root_nodes;
   for (const auto& n : resp->nodes().nodes()) {
     std::string enforced;
     for (const auto& e : n.enforced()) enforced += (enforced.empty() ? "" : ",") + e;
@@ -485,11 +503,17 @@ int cmd_nodes(const ClientConfig& cfg, bool json) {
                         n.cpu_millis() / 1000.0);
     (void)std::snprintf(mem, sizeof(mem), "%s/%s", human_bytes(n.mem_bytes_used()).c_str(),
                         human_bytes(n.mem_bytes()).c_str());
-    std::printf("%-16s %-8s %-8s %11s %13s %7u  %-10s %-18s %s\n", shown(n.name()).c_str(),
+    std::string user = n.task_user().empty() ? "-" : shown(n.task_user());
+    if (n.root_tasks()) user += " (root allowed)";
+    std::printf("%-16s %-8s %-8s %11s %13s %7u  %-10s %-18s %-10s %s\n", shown(n.name()).c_str(),
                 n.state().c_str(), n.arch().c_str(), cpu, mem, n.running_tasks(),
                 n.isolation().c_str(), enforced.empty() ? "none" : enforced.c_str(),
-                n.transport().empty() ? "-" : n.transport().c_str());
+                n.transport().empty() ? "-" : n.transport().c_str(), user.c_str());
     plaintext = plaintext || n.transport() == "plaintext";
+    if (n.root_tasks()) root_nodes += (root_nodes.empty() ? "" : ", ") + shown(n.name());
+  }
+  if (!root_nodes.empty()) {
+    std::printf("warning: tasks may run as root on %s (--allow-root-tasks)\n", root_nodes.c_str());
   }
   if (plaintext) {
     std::printf(

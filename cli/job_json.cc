@@ -107,6 +107,10 @@ Status set_field(pb::JobSpec* spec, const std::string& field, const std::string&
     return string_map(field, v, spec->mutable_constraints());
   } else if (name == "env") {
     return string_map(field, v, spec->mutable_env());
+  } else if (name == "user") {
+    auto s = string_value(field, v);
+    if (!s) return std::unexpected(s.error());
+    spec->set_user(*s);
   } else if (name == "cwd") {
     auto s = string_value(field, v);
     if (!s) return std::unexpected(s.error());

@@ -89,6 +89,14 @@ std::string job_json(const pb::JobDetail& d) {
     field(&obj, "signal", num(int64_t{t.signal()}), &first);
     field(&obj, "attempts", num(uint64_t{t.attempts()}), &first);
     field(&obj, "node", json_escape(t.node()), &first);
+    if (t.has_usage()) {  // of the latest finished attempt
+      char secs[32];
+      (void)std::snprintf(secs, sizeof secs, "%.3f", t.usage().cpu_user_ms() / 1e3);
+      field(&obj, "cpu_user_seconds", secs, &first);
+      (void)std::snprintf(secs, sizeof secs, "%.3f", t.usage().cpu_system_ms() / 1e3);
+      field(&obj, "cpu_system_seconds", secs, &first);
+      field(&obj, "mem_peak_bytes", num(uint64_t{t.usage().mem_peak_kib()} * 1024), &first);
+    }
     if (t.earlier_size() > 0) {
       std::string earlier = "[";
       for (int e = 0; e < t.earlier_size(); ++e) {
@@ -133,6 +141,8 @@ std::string nodes_json(const pb::NodeList& list) {
     field(&obj, "transport", json_escape(n.transport()), &first);
     // Said plainly too, for scripts that only ask "is this pool sealed?"
     field(&obj, "insecure", n.transport() == "plaintext" ? "true" : "false", &first);
+    field(&obj, "task_user", json_escape(n.task_user()), &first);
+    field(&obj, "root_tasks", n.root_tasks() ? "true" : "false", &first);
     field(&obj, "tasks_max", num(uint64_t{n.tasks_max()}), &first);
     field(&obj, "board_model", json_escape(n.board_model()), &first);
     if (n.has_temperature_millicelsius()) {

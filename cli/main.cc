@@ -1,8 +1,6 @@
 // cardnode: one binary for every role. `server` runs the pool and `agent` runs a board's
 // tasks for it; every other subcommand is a short-lived client of the server, except `fsck`,
 // which reads a data dir (docs/CLI.md).
-// "__task-exec" is the internal entry the executor spawns for each task
-// (runtime/exec/executor.h).
 //
 // Each subcommand is one add_*() below: it declares its options and returns what runs it.
 #include <signal.h>
@@ -22,6 +20,17 @@
 #include "runtime/exec/executor.h"
 
 namespace {
+
+// --task-user, --allow-root-tasks, --allow-task-user: the server's board and an agent's.
+void add_task_user_flags(CLI::App* sub, cardnode::runtime::TaskUserOptions* o) {
+  sub->add_option("--task-user", o->user,
+                  "Run tasks as USER when run as root (default cardnode-task, else nobody)");
+  sub->add_flag("--allow-root-tasks", o->allow_root, "Let tasks run as root (shown in `nodes`)");
+  sub->add_option("--allow-task-user", o->allowed,
+                  "A user a job may ask for with `run --user` (repeatable)")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+}
 
 using namespace cardnode::cli;
 using cardnode::Result;
@@ -77,6 +86,7 @@ Entry add_server(CLI::App& app, const ClientConfig& client) {
   sub->add_option("--heartbeat", a->heartbeat, "Agents' heartbeat interval (default 1s)");
   sub->add_option("--grace", a->grace,
                   "Silence after which an agent's node is down and its tasks lost (default 10s)");
+  add_task_user_flags(sub, &a->options.task_users);
   return {sub, [a, &client] {
             std::string err;
             a->options.data_dir = client.data_dir;
@@ -121,6 +131,7 @@ Entry add_agent(CLI::App& app, const ClientConfig& client) {
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   sub->add_option("--tasks-max", a->tasks_max, "Tasks this board runs at once (default 1024)")
       ->check(CLI::Range(1u, 1024u));
+  add_task_user_flags(sub, &a->options.task_users);
   return {sub, [a, &client] {
             std::string err;
             a->options.tasks_max = a->tasks_max;
@@ -159,7 +170,7 @@ Entry add_drain(CLI::App& app, const ClientConfig& client) {
 
 Entry add_run(CLI::App& app, const ClientConfig& client) {
   struct Args {
-    std::string cpu, mem, timeout, name;
+    std::string cpu, mem, timeout, name, user;
     uint32_t count = 1, retries = 0, priority = 50;
     uint64_t after = 0;
     std::vector<std::string> constraints, env, command;
@@ -186,6 +197,8 @@ Entry add_run(CLI::App& app, const ClientConfig& client) {
       ->check(CLI::Range(0u, 100u));
   sub->add_option("--after", a->after, "Start once job AFTER succeeded");
   sub->add_option("--name", a->name, "Job name (default: the command)");
+  sub->add_option("--user", a->user,
+                  "Run the tasks as USER (boards must allow it: --allow-task-user)");
   sub->add_flag("--wait", a->wait, "Wait for the job and exit with its result");
   sub->add_option("command", a->command, "-- CMD [ARG...]")->required();
   return {sub, [a, &client] {
@@ -193,6 +206,7 @@ Entry add_run(CLI::App& app, const ClientConfig& client) {
             cardnode::pb::JobSpec spec;
             for (const auto& arg : a->command) spec.add_command(arg);
             spec.set_name(a->name);
+            spec.set_user(a->user);
             spec.set_count(a->count);
             spec.set_retries(a->retries);
             spec.set_priority(a->priority);
@@ -329,10 +343,7 @@ std::optional<std::string> unknown_subcommand(const CLI::App& app, int argc, cha
 }  // namespace
 
 // What escapes (std::bad_alloc, a bug) ends the process through std::terminate, on purpose.
-int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape)
-  if (argc >= 2 && std::strcmp(argv[1], "__task-exec") == 0) {
-    return cardnode::runtime::task_exec_main(argc, argv);
-  }
+int main(int argc, char** argv) {    // NOLINT(bugprone-exception-escape)
   (void)::signal(SIGPIPE, SIG_IGN);  // fails only for an invalid signal number
 
   CLI::App app{"cardnode: pool ARM boards into one compute cluster", "cardnode"};

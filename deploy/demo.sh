@@ -6,6 +6,9 @@ set -euo pipefail
 bin=${1:-build/release/cli/cardnode}
 [ -x "$bin" ] || { echo "demo: $bin not built (run make build)" >&2; exit 2; }
 bin=$(realpath "$bin")
+# Tasks start in the submitter's directory; as root they run as an unprivileged user
+# (nobody, or cardnode-task), who may not enter this one: submit from a shared place.
+cd /tmp
 data=$(mktemp -d /tmp/cardnode-demo.XXXXXX)
 server_pid=
 cleanup() {
@@ -44,6 +47,9 @@ echo "exit code: $?"
 set -e
 say "cardnode logs 2 --stderr"
 cn logs 2 --stderr
+say "cardnode run --wait -- id   # as root, tasks run as an unprivileged user"
+cn run --wait -- id
+cn logs 3
 say "cardnode ps --json"
 cn ps --json
 

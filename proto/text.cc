@@ -161,6 +161,14 @@ std::optional<std::string> job_spec_bytes_error(const pb::JobSpec& spec) {
       return "the value of environment variable " + shown(k) + " holds a NUL byte";
   }
   if (spec.cwd().find('\0') != std::string::npos) return "cwd holds a NUL byte";
+  // A POSIX user name: what getpwnam can be asked, nothing a path or a shell could misread.
+  constexpr size_t kUserNameBytesMax = 32;
+  const std::string& user = spec.user();
+  if (user.size() > kUserNameBytesMax || user.starts_with('-') ||
+      user.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") !=
+          std::string::npos) {
+    return "user '" + shown(user) + "' is not a user name";
+  }
   for (const auto& [k, v] : spec.constraints()) {
     if (!is_utf8(k) || !is_utf8(v))
       return "constraint '" + shown(k) + "=" + shown(v) + "' is not UTF-8";

@@ -416,6 +416,10 @@ std::expected<TaskState, SchedError> Cluster::finish(TaskRef t, Outcome o, uint6
 
   task.exit_code = o.exit_code;
   task.signal = static_cast<int8_t>(std::clamp<int32_t>(o.signal, INT8_MIN, INT8_MAX));
+  if (o.usage != TaskUsage{} || !job->usage.empty()) {
+    if (job->usage.empty()) job->usage.resize(job->tasks.size());
+    job->usage[t.index] = o.usage;
+  }
   if (o.state == TaskState::kLost && o.requeue_free) {
     task.lost_free = saturating_inc4(task.lost_free);
   } else if (o.state == TaskState::kLost) {
@@ -671,6 +675,9 @@ std::expected<void, SchedError> Cluster::restore_node(NodeSpec spec, bool remove
 std::expected<void, SchedError> Cluster::restore_job(Job job, bool cancelling) {
   if (job.id == 0 || jobs_.contains(job.id)) return std::unexpected(SchedError::kBadImage);
   if (!validate(job.spec) || job.tasks.size() != job.spec.count) {
+    return std::unexpected(SchedError::kBadImage);
+  }
+  if (!job.usage.empty() && job.usage.size() != job.tasks.size()) {
     return std::unexpected(SchedError::kBadImage);
   }
   job.state_counts = {};

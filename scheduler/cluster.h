@@ -115,6 +115,15 @@ struct Placement {
   uint32_t attempt = 0;  // 1 for the first attempt
 };
 
+// What an attempt used (the executor reads its cgroup, else wait4's rusage), for `ps JOB`.
+// 12 bytes; saturates at ~49 days of CPU and 4 TiB.
+struct TaskUsage {
+  uint32_t cpu_user_ms = 0;
+  uint32_t cpu_system_ms = 0;
+  uint32_t mem_peak_kib = 0;
+  bool operator==(const TaskUsage&) const = default;
+};
+
 struct Outcome {
   TaskState state = TaskState::kSucceeded;  // a final state or kLost
   int32_t exit_code = 0;
@@ -122,6 +131,7 @@ struct Outcome {
   // kLost only: lost to a clean stop (of the server or the board), not to the task or a
   // failure. Requeued without using the lost budget (nor --retries, as every lost attempt).
   bool requeue_free = false;
+  TaskUsage usage;
 };
 
 // 12 bytes per task, queued or not.
@@ -167,6 +177,9 @@ struct Job {
   size_t requeued_head = 0;
   // By task index, oldest first: only tasks that needed more than one attempt have one.
   std::map<uint32_t, std::vector<EarlierAttempt>> earlier;
+  // By task index, what its latest finished attempt used. Empty until an attempt reports
+  // any usage, so a queued array costs nothing here; then one TaskUsage per task.
+  std::vector<TaskUsage> usage;
 };
 
 struct Node {

@@ -776,6 +776,11 @@ std::string dump(const Cluster& c) {
       out << " " << int(t.state) << "/" << int(t.attempts) << "/" << int(t.lost) << "+"
           << int(t.lost_free) << "/" << t.exit_code << "/" << int(t.signal) << "/" << t.node;
     }
+    for (size_t i = 0; i < j.usage.size(); ++i) {
+      const TaskUsage& u = j.usage[i];
+      out << " usage " << i << ":" << u.cpu_user_ms << "/" << u.cpu_system_ms << "/"
+          << u.mem_peak_kib;
+    }
     for (const auto& [index, list] : j.earlier) {
       out << " earlier " << index << ":";
       for (const EarlierAttempt& a : list) {

@@ -96,7 +96,7 @@ TEST_F(Pool, ServerKill9RestartsOnTheSameAddressAndNothingRunsTwice) {
   ASSERT_TRUE(eventually([&] { return ready_nodes() == 2; })) << logs();
 
   // Each task appends its index to a file once it has slept: the side effect counts runs.
-  const std::string side = root_ + "/side";
+  const std::string side = shared_ + "/side";
   Output r = cli({"run", "--count", "12", "--cpu", "0.1", "--mem", "16M", "--", "sh", "-c",
                   "sleep 2; echo $CARDNODE_TASK_INDEX >> " + side});
   ASSERT_EQ(r.code, 0) << r.err;

@@ -107,7 +107,7 @@ TEST_F(Cluster, DamageInTheMiddleOfTheLogRefusesToStartAndCanBeSalvaged) {
 // Renaming a Pi (or --name) between two runs must not re-run finished tasks: a node is
 // its identity (DATA_DIR/node_id), not its name.
 TEST_F(Cluster, ARestartUnderAnotherNameRunsNothingTwice) {
-  const std::string side = root_ + "/side-effects";
+  const std::string side = shared_ + "/side-effects";
   start_server({"--name", "pi-old"});
   Output r = cli({"run", "--wait", "--count", "3", "--cpu", "0.1", "--", "sh", "-c",
                   "echo $CARDNODE_TASK_INDEX >> " + side});

@@ -194,8 +194,8 @@ inline bool process_with_marker_exists(const std::string& marker) {
 }
 
 // Task instances whose command line holds `marker` as a whole word. Counted by process
-// group (each task is its own): a task's shell between fork and exec, or its __task-exec
-// trampoline, has the same command line for a moment and must not count twice.
+// group (each task is its own): a task's shell between fork and exec has the same command
+// line for a moment and must not count twice.
 inline int count_with_marker(const std::string& marker) {
   std::set<long> groups;
   for (const auto& entry : fs::directory_iterator("/proc")) {
@@ -236,7 +236,14 @@ class Cluster : public ::testing::Test {
     char tmpl[] = "/tmp/cardnode-e2e-XXXXXX";
     ASSERT_NE(mkdtemp(tmpl), nullptr);
     root_ = tmpl;
+    // The CLI runs here, so tasks start here: the task user (not root) must get in.
+    fs::permissions(root_, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                               fs::perms::others_read | fs::perms::others_exec);
     data_ = root_ + "/data";
+    // Where tasks may write (as root, the server runs them as an unprivileged user).
+    shared_ = root_ + "/shared";
+    fs::create_directory(shared_);
+    fs::permissions(shared_, fs::perms::all | fs::perms::sticky_bit);
   }
   void TearDown() override {
     // A clean stop also removes the server's cgroups; SIGKILL only if it hangs.
@@ -304,7 +311,7 @@ class Cluster : public ::testing::Test {
     return cardnode(args, root_, env);
   }
 
-  std::string root_, data_, addr_, metrics_addr_;
+  std::string root_, data_, shared_, addr_, metrics_addr_;
   pid_t server_ = -1;
 };
 

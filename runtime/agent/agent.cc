@@ -74,6 +74,7 @@ pb::TaskOutcome outcome_of(const pb::TaskAttempt& a, const TaskExit& e) {
   o.set_exit_code(e.exit_code);
   o.set_signal(e.signal);
   o.set_requeue_free(e.requeue_free);
+  *o.mutable_usage() = usage_to_pb(e.usage);
   return o;
 }
 
@@ -88,6 +89,7 @@ struct Agent::Impl {  // NOLINT(clang-analyzer-optin.performance.Padding)
   std::unique_ptr<storage::LogStore> logs;
   std::unique_ptr<AgentJournal> journal;
   Isolation isolation;
+  TaskUsers task_users;
   std::unique_ptr<Executor> executor;
   std::unique_ptr<net::RpcClient> client;
   NodeFacts facts;
@@ -167,6 +169,10 @@ struct Agent::Impl {  // NOLINT(clang-analyzer-optin.performance.Padding)
 
 Status Agent::Impl::open() {
   raise_open_files_limit();  // each running task holds pipes and cgroup files
+  // Before the data dir exists: a wrong user is the operator's typo.
+  auto users = resolve_task_users(options.task_users);
+  if (!users) return std::unexpected(users.error());
+  task_users = std::move(*users);
   while (incarnation == 0) {
     if (::getrandom(&incarnation, sizeof incarnation, 0) !=
         static_cast<ssize_t>(sizeof incarnation)) {
@@ -199,13 +205,9 @@ Status Agent::Impl::open() {
   eo.pool_tag = pool_tag;
   eo.kill_grace_ms = kKillGraceMs;
   eo.running_max = options.tasks_max;
-  eo.task_exec_program = options.task_exec_program;
-  if (eo.task_exec_program.empty()) {
-    char self[PATH_MAX] = {};
-    ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-    if (n <= 0) return fail_errno(errno, "readlink /proc/self/exe");
-    eo.task_exec_program.assign(self, static_cast<size_t>(n));
-  }
+  eo.users = task_users;
+  eo.fallback_cwd = dir->work_dir();
+  log(Level::kInfo, "agent", "tasks run as " + describe_task_user(task_users));
   executor = std::make_unique<Executor>(&loop, *logs, isolation, eo);
   recover_journal();
   net::RpcClientOptions co;
@@ -261,6 +263,8 @@ pb::NodeFacts Agent::Impl::node_facts() const {
   NodeFacts now = read_node_facts();  // temperature moves; the rest does not
   if (now.temperature_millicelsius) f.set_temperature_millicelsius(*now.temperature_millicelsius);
   for (const auto& [k, v] : options.labels) (*f.mutable_labels())[k] = v;
+  f.set_task_user(task_users.standard.name);
+  f.set_root_tasks(task_users.root_tasks);
   return f;
 }
 
@@ -486,10 +490,8 @@ void Agent::Impl::spawn(const pb::TaskStart& s) {
   l.argv.assign(s.command().begin(), s.command().end());
   for (const auto& [k, v] : s.env()) l.env.emplace_back(k, v);
   std::sort(l.env.begin(), l.env.end());
-  struct stat st {};
-  l.cwd = !s.cwd().empty() && ::stat(s.cwd().c_str(), &st) == 0 && S_ISDIR(st.st_mode)
-              ? s.cwd()
-              : dir->work_dir();
+  l.cwd = s.cwd();  // the executor falls back to work/, /tmp, / when it cannot enter it
+  l.user = s.user();
   l.limits.cpu_millis = s.cpu_millis();
   l.limits.mem_bytes = s.mem_bytes();
   l.timeout_ms = s.timeout_ms();

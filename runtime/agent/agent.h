@@ -23,6 +23,7 @@
 
 #include "net/channel.h"
 #include "proto/error.h"
+#include "runtime/exec/task_user.h"
 
 namespace cardnode::runtime {
 
@@ -34,7 +35,7 @@ struct AgentOptions {
   std::string log_dir;    // empty: DATA_DIR/logs
   std::string node_name;  // empty: the hostname
   std::map<std::string, std::string> labels;
-  std::string task_exec_program;  // empty: this binary
+  TaskUserOptions task_users;  // --task-user, --allow-root-tasks, --allow-task-user
   bool disable_cgroups = false;
   uint32_t tasks_max = 1024;     // tasks at once: told to the server, which never sends more
   uint64_t heartbeat_ms = 1000;  // until the server says otherwise

@@ -24,7 +24,7 @@ pb::TaskAttempt attempt_of(sched::TaskRef t, uint32_t attempt) {
 }
 
 TaskExit exit_of(const pb::TaskOutcome& o) {
-  return TaskExit{o.state(), o.exit_code(), o.signal(), o.requeue_free()};
+  return TaskExit{o.state(), o.exit_code(), o.signal(), o.requeue_free(), usage_from_pb(o.usage())};
 }
 
 uint64_t random_session_id() {
@@ -106,6 +106,7 @@ Status AgentHub::RemoteRunner::start(const TaskLaunch& l, ExitCallback) {
   s->set_mem_bytes(l.limits.mem_bytes);
   s->set_timeout_ms(l.timeout_ms);
   s->set_node_name(l.node_name);
+  s->set_user(l.user);
   session_.work_bytes += s->ByteSizeLong();
   hub_.flush(session_);
   return {};
@@ -469,6 +470,8 @@ void AgentHub::describe(const sched::Node& node, pb::NodeInfo* info) const {
   for (const auto& e : f.enforced()) info->add_enforced(e);
   info->set_io_backend(f.io_backend());
   info->set_board_model(f.board_model());
+  info->set_task_user(f.task_user());
+  info->set_root_tasks(f.root_tasks());
   if (f.has_temperature_millicelsius())
     info->set_temperature_millicelsius(f.temperature_millicelsius());
   info->set_last_seen_ms_ago(now_ms_() - it->second->last_seen_ms);

@@ -356,6 +356,7 @@ TaskLaunch Coordinator::make_launch(sched::TaskRef t, uint32_t attempt, sched::N
   for (const auto& [k, v] : spec.env()) l.env.emplace_back(k, v);
   std::sort(l.env.begin(), l.env.end());  // protobuf map order is unspecified
   l.cwd = spec.cwd();
+  l.user = spec.user();
   l.limits.cpu_millis = spec.cpu_millis();
   l.limits.mem_bytes = spec.mem_bytes();
   l.timeout_ms = spec.timeout_ms();
@@ -491,6 +492,7 @@ bool Coordinator::record_outcome(const Outcome& o) {
   f->set_signal(o.exit.signal);
   f->set_finished_ms(hooks_.now_ms());
   f->set_requeue_free(o.exit.requeue_free && o.exit.state == pb::TASK_LOST);
+  if (pb::TaskUsage u = usage_to_pb(o.exit.usage); u.ByteSizeLong() > 0) *f->mutable_usage() = u;
   // A runner's bug, not the task's; or a state this server does not know (a newer agent),
   // which the record would not apply with: it would wait forever, and every end behind it.
   if (!pb::TaskState_IsValid(o.exit.state) || !sched::is_final(from_pb(o.exit.state))) {
@@ -506,6 +508,16 @@ bool Coordinator::record_outcome(const Outcome& o) {
   auto seq = commit(rec, nullptr);
   if (!seq) return failed_;
   ++stats_.tasks_ended[static_cast<size_t>(o.exit.state)];
+  stats_.task_cpu_user_ms += o.exit.usage.cpu_user_us / 1000;
+  stats_.task_cpu_system_ms += o.exit.usage.cpu_system_us / 1000;
+  if (o.exit.usage.mem_peak_bytes > 0) {
+    size_t b = 0;
+    while (b < kTaskMemoryBucketsBytes.size() &&
+           o.exit.usage.mem_peak_bytes > kTaskMemoryBucketsBytes[b])
+      ++b;
+    ++stats_.task_mem_peak_buckets[b];
+    stats_.task_mem_peak_sum_bytes += o.exit.usage.mem_peak_bytes;
+  }
   hooks_.request_turn();  // its capacity is free
   return true;
 }

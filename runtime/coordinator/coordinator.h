@@ -74,6 +74,12 @@ struct CoordinatorStats {
   uint64_t snapshot_failures = 0;
   uint64_t snapshot_slices_copied_early = 0;                   // copy-before-write
   std::array<uint64_t, sched::kTaskStateCount> tasks_ended{};  // logged ends, by state
+  // What the logged ends used (runtime/exec: the cgroup, else rusage).
+  uint64_t task_cpu_user_ms = 0;
+  uint64_t task_cpu_system_ms = 0;
+  // Peak memory per attempt: counts by upper bound kTaskMemoryBucketsBytes (the last: +Inf).
+  std::array<uint64_t, 9> task_mem_peak_buckets{};
+  uint64_t task_mem_peak_sum_bytes = 0;
 };
 
 class Coordinator {

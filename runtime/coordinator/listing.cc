@@ -52,6 +52,13 @@ void put_task(const State& state, const sched::Job& job, uint32_t index, pb::Tas
   ti->set_attempts(t.attempts);
   if (t.attempts == 0) return;
   if (const sched::Node* node = state.cluster().node(t.node)) ti->set_node(node->spec.name);
+  if (index < job.usage.size() && job.usage[index] != sched::TaskUsage{}) {
+    const sched::TaskUsage& u = job.usage[index];
+    pb::TaskUsage* pu = ti->mutable_usage();
+    pu->set_cpu_user_ms(u.cpu_user_ms);
+    pu->set_cpu_system_ms(u.cpu_system_ms);
+    pu->set_mem_peak_kib(u.mem_peak_kib);
+  }
   auto it = job.earlier.find(index);
   if (it == job.earlier.end()) return;
   for (const sched::EarlierAttempt& a : it->second) {

@@ -1,14 +1,9 @@
 #include "runtime/coordinator/local_runner.h"
 
-#include <sys/stat.h>
-
 namespace cardnode::runtime {
 
 Status LocalRunner::start(const TaskLaunch& launch, ExitCallback on_exit) {
-  TaskLaunch l = launch;
-  struct stat st {};
-  bool have_cwd = !l.cwd.empty() && ::stat(l.cwd.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-  if (!have_cwd) l.cwd = work_dir_;
+  const TaskLaunch& l = launch;
   auto pid = executor_.start(l, std::move(on_exit));
   if (pid) return {};
   storage::LogKey key{l.job_id, l.index, storage::Stream::kStderr};

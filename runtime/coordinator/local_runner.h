@@ -1,7 +1,7 @@
 // LocalRunner: this board's Executor as a TaskRunner, with the decisions that belong to
-// the board that runs a task: the working directory (the submitter's when this board has
-// it, else DATA_DIR/work, as `sbatch` users expect) and, when no process could be started
-// at all, the reason written into the task's stderr log.
+// the board that runs a task: when no process could be started at all, the reason written
+// into the task's stderr log. (The working directory falls back in the executor: the
+// submitter's when the task user can enter it, else DATA_DIR/work, /tmp, /.)
 //
 // Threading: loop thread only. `executor` and `logs` must outlive the runner.
 #pragma once
@@ -16,8 +16,7 @@ namespace cardnode::runtime {
 
 class LocalRunner final : public TaskRunner {
  public:
-  LocalRunner(Executor& executor, storage::LogStore& logs, std::string work_dir)
-      : executor_(executor), logs_(logs), work_dir_(std::move(work_dir)) {}
+  LocalRunner(Executor& executor, storage::LogStore& logs) : executor_(executor), logs_(logs) {}
 
   Status start(const TaskLaunch& launch, ExitCallback on_exit) override;
   void kill(uint64_t job_id, uint32_t index, KillReason reason) override {
@@ -27,7 +26,6 @@ class LocalRunner final : public TaskRunner {
  private:
   Executor& executor_;
   storage::LogStore& logs_;
-  std::string work_dir_;
 };
 
 }  // namespace cardnode::runtime

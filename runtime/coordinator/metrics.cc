@@ -49,6 +49,19 @@ Result<std::unique_ptr<Metrics>> Metrics::start(uv_loop_t* loop, const std::stri
                                                 : counter(r, name, help, {{label, value}});
   CARDNODE_COUNTERS(CARDNODE_COUNTER_REGISTER)
 #undef CARDNODE_COUNTER_REGISTER
+  auto& cpu = prometheus::BuildCounter()
+                  .Name("cardnode_task_cpu_seconds_total")
+                  .Help("CPU time used by finished task attempts, by mode")
+                  .Register(r);
+  m->task_cpu_user_ = &cpu.Add({{"mode", "user"}});
+  m->task_cpu_system_ = &cpu.Add({{"mode", "system"}});
+  prometheus::Histogram::BucketBoundaries bounds;
+  for (uint64_t b : kTaskMemoryBucketsBytes) bounds.push_back(static_cast<double>(b));
+  m->task_mem_peak_ = &prometheus::BuildHistogram()
+                           .Name("cardnode_task_memory_peak_bytes")
+                           .Help("Peak memory of each finished task attempt")
+                           .Register(r)
+                           .Add({}, bounds);
   auto gauge = [&r](const std::string& name, const std::string& help) {
     return &prometheus::BuildGauge().Name(name).Help(help).Register(r).Add({});
   };
@@ -119,6 +132,23 @@ void Metrics::refresh(const MetricSources& now) {
   for (size_t s = 0; s < sched::kTaskStateCount; ++s) {
     if (tasks_ended_[s] != nullptr)
       add_delta(tasks_ended_[s], now.tasks_ended[s], last_.tasks_ended[s]);
+  }
+  if (now.task_cpu_user_ms > last_.task_cpu_user_ms)
+    task_cpu_user_->Increment(static_cast<double>(now.task_cpu_user_ms - last_.task_cpu_user_ms) /
+                              1e3);
+  if (now.task_cpu_system_ms > last_.task_cpu_system_ms)
+    task_cpu_system_->Increment(
+        static_cast<double>(now.task_cpu_system_ms - last_.task_cpu_system_ms) / 1e3);
+  std::vector<double> increments;
+  bool grew = false;
+  for (size_t b = 0; b < now.task_mem_peak_buckets.size(); ++b) {
+    uint64_t d = now.task_mem_peak_buckets[b] - last_.task_mem_peak_buckets[b];
+    grew = grew || d > 0;
+    increments.push_back(static_cast<double>(d));
+  }
+  if (grew) {
+    task_mem_peak_->ObserveMultiple(increments, static_cast<double>(now.task_mem_peak_sum_bytes -
+                                                                    last_.task_mem_peak_sum_bytes));
   }
   last_ = now;
 }

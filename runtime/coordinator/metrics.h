@@ -14,6 +14,7 @@
 
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 #include <uv.h>
 
@@ -25,6 +26,7 @@
 
 #include "net/http_server.h"
 #include "proto/error.h"
+#include "runtime/exec/task_runner.h"
 #include "scheduler/cluster.h"
 
 namespace cardnode::runtime {
@@ -70,6 +72,10 @@ struct MetricSources {
 #undef CARDNODE_COUNTER_FIELD
   // Attempts that ended, by the state they ended in.
   std::array<uint64_t, sched::kTaskStateCount> tasks_ended{};
+  uint64_t task_cpu_user_ms = 0;
+  uint64_t task_cpu_system_ms = 0;
+  std::array<uint64_t, 9> task_mem_peak_buckets{};  // CoordinatorStats' buckets
+  uint64_t task_mem_peak_sum_bytes = 0;
 };
 
 class Metrics {
@@ -104,6 +110,9 @@ class Metrics {
   prometheus::Counter* field##_ = nullptr;
   CARDNODE_COUNTERS(CARDNODE_COUNTER_MEMBER)
 #undef CARDNODE_COUNTER_MEMBER
+  prometheus::Counter* task_cpu_user_ = nullptr;
+  prometheus::Counter* task_cpu_system_ = nullptr;
+  prometheus::Histogram* task_mem_peak_ = nullptr;
   prometheus::Gauge* cpu_used_ = nullptr;
   prometheus::Gauge* mem_used_ = nullptr;
   prometheus::Gauge* running_ = nullptr;

@@ -75,6 +75,7 @@ struct Server::Impl {
   std::unique_ptr<AgentHub> hub;
   std::unique_ptr<ClientApi> api;
   Isolation isolation;
+  TaskUsers task_users;
   std::unique_ptr<Executor> executor;
   std::unique_ptr<LocalRunner> runner;
   std::unique_ptr<net::RpcServer> rpc;
@@ -197,15 +198,11 @@ Status Server::Impl::start_executor() {
   ExecutorOptions eo;
   eo.pool_tag = pool_tag;
   eo.kill_grace_ms = kKillGraceMs;
-  eo.task_exec_program = options.task_exec_program;
-  if (eo.task_exec_program.empty()) {
-    char self[PATH_MAX] = {};
-    ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-    if (n <= 0) return fail_errno(errno, "readlink /proc/self/exe");
-    eo.task_exec_program.assign(self, static_cast<size_t>(n));
-  }
+  eo.users = task_users;
+  eo.fallback_cwd = dir->work_dir();
+  log(Level::kInfo, "executor", "tasks run as " + describe_task_user(task_users));
   executor = std::make_unique<Executor>(&loop, *logs, isolation, eo);
-  runner = std::make_unique<LocalRunner>(*executor, *logs, dir->work_dir());
+  runner = std::make_unique<LocalRunner>(*executor, *logs);
   return {};
 }
 
@@ -394,6 +391,8 @@ void Server::Impl::describe(const sched::Node& n, pb::NodeInfo* info) const {
   info->set_isolation(isolation_name(isolation.info().mode));
   for (const auto& e : isolation.info().enforced) info->add_enforced(e);
   info->set_io_backend(storage::backend_name(engine->backend()));
+  info->set_task_user(task_users.standard.name);
+  info->set_root_tasks(task_users.root_tasks);
 }
 
 void Server::Impl::refresh_metrics() {
@@ -421,6 +420,10 @@ void Server::Impl::refresh_metrics() {
   s.net_closed_idle = ns.closed_idle;
   s.net_requests = ns.requests;
   s.tasks_ended = cs.tasks_ended;
+  s.task_cpu_user_ms = cs.task_cpu_user_ms;
+  s.task_cpu_system_ms = cs.task_cpu_system_ms;
+  s.task_mem_peak_buckets = cs.task_mem_peak_buckets;
+  s.task_mem_peak_sum_bytes = cs.task_mem_peak_sum_bytes;
   metrics->refresh(s);
   metrics->set_tasks(state.task_totals());
   if (local_node) {
@@ -517,6 +520,12 @@ Result<std::unique_ptr<Server>> Server::open(ServerOptions options) {
   auto impl = std::make_unique<Impl>();
   Impl& s = *impl;
   s.options = std::move(options);
+  // Before the data dir exists: a wrong user is the operator's typo, not a new pool.
+  if (s.options.exec) {
+    auto users = resolve_task_users(s.options.task_users);
+    if (!users) return std::unexpected(users.error());
+    s.task_users = std::move(*users);
+  }
   if (int rc = uv_loop_init(&s.loop); rc != 0) {
     return fail(Errc::kInternal, std::string("uv_loop_init: ") + uv_strerror(rc));
   }

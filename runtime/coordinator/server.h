@@ -23,6 +23,7 @@
 
 #include "net/channel.h"
 #include "proto/error.h"
+#include "runtime/exec/task_user.h"
 
 namespace cardnode::runtime {
 
@@ -34,9 +35,9 @@ struct ServerOptions {
   bool exec = true;       // false: --no-exec, coordinate only
   std::string node_name;  // empty: the hostname
   std::map<std::string, std::string> labels;
-  std::string task_exec_program;                            // empty: this binary (/proc/self/exe)
-  bool disable_cgroups = false;                             // rlimits only (CARDNODE_NO_CGROUPS=1)
-  uint32_t keep_finished = 10'000;                          // --keep-finished
+  TaskUserOptions task_users;       // --task-user, --allow-root-tasks, --allow-task-user
+  bool disable_cgroups = false;     // rlimits only (CARDNODE_NO_CGROUPS=1)
+  uint32_t keep_finished = 10'000;  // --keep-finished
   uint64_t keep_finished_for_ms = 7ull * 24 * 3600 * 1000;  // --keep-finished-for
   uint64_t snapshot_wal_bytes = 8ull << 20;                 // --snapshot-wal-bytes
   uint64_t heartbeat_ms = 1000;                             // --heartbeat: agents' interval

@@ -40,6 +40,7 @@ sched::Task decode_task(const char* p) {
 
 // The 16-byte earlier-attempt image of proto/cardnode.proto's TaskSlice.
 constexpr size_t kEarlierImageBytes = 16;
+constexpr size_t kUsageImageBytes = 12;  // TaskSlice.usage, per task
 
 void encode_earlier(uint32_t index, const sched::EarlierAttempt& a, char* p) {
   put_u32le(p, index);
@@ -166,6 +167,17 @@ void SnapshotBuilder::write_slice(const sched::Job& job, Progress& p, uint32_t s
   bytes->resize(static_cast<size_t>(n) * kTaskImageBytes);
   for (uint32_t i = 0; i < n; ++i) {
     encode_task(job.tasks[at + i], bytes->data() + static_cast<size_t>(i) * kTaskImageBytes);
+  }
+  if (!job.usage.empty()) {
+    std::string* usage = out->mutable_usage();
+    usage->resize(static_cast<size_t>(n) * kUsageImageBytes);
+    for (uint32_t i = 0; i < n; ++i) {
+      const sched::TaskUsage& u = job.usage[at + i];
+      char* q = usage->data() + static_cast<size_t>(i) * kUsageImageBytes;
+      put_u32le(q, u.cpu_user_ms);
+      put_u32le(q + 4, u.cpu_system_ms);
+      put_u32le(q + 8, u.mem_peak_kib);
+    }
   }
   std::string* earlier = out->mutable_earlier();
   for (auto it = job.earlier.lower_bound(at); it != job.earlier.end() && it->first < at + n; ++it) {
@@ -332,6 +344,17 @@ Status SnapshotLoader::feed_tasks(const pb::TaskSlice& slice) {
   p.covered.emplace(static_cast<uint32_t>(first), static_cast<uint32_t>(first + n));
   for (uint64_t i = 0; i < n; ++i) {
     p.job.tasks[first + i] = decode_task(bytes.data() + i * kTaskImageBytes);
+  }
+  const std::string& usage = slice.usage();
+  if (!usage.empty()) {
+    if (usage.size() != n * kUsageImageBytes) {
+      return corrupt("task usage of job " + std::to_string(slice.job_id()) + " is malformed");
+    }
+    if (p.job.usage.empty()) p.job.usage.resize(p.job.tasks.size());
+    for (uint64_t i = 0; i < n; ++i) {
+      const char* q = usage.data() + i * kUsageImageBytes;
+      p.job.usage[first + i] = {get_u32le(q), get_u32le(q + 4), get_u32le(q + 8)};
+    }
   }
   // Earlier attempts of this slice's tasks; Cluster::restore_job checks what they say.
   const std::string& earlier = slice.earlier();

@@ -197,8 +197,12 @@ Result<Applied> State::apply_event(const pb::WalRecord& record) {
       if (r.state() < 0 || r.state() >= pb::TaskState_ARRAYSIZE) {
         return fail(Errc::kInvalidArgument, "task finished in an unknown state");
       }
-      sched::Outcome o{from_pb(r.state()), r.exit_code(), r.signal(),
-                       r.requeue_free() && r.state() == pb::TASK_LOST};
+      sched::Outcome o{
+          from_pb(r.state()),
+          r.exit_code(),
+          r.signal(),
+          r.requeue_free() && r.state() == pb::TASK_LOST,
+          {r.usage().cpu_user_ms(), r.usage().cpu_system_ms(), r.usage().mem_peak_kib()}};
       auto ok = cluster_.finish({r.job_id(), r.index()}, o, r.finished_ms());
       if (!ok) {
         return sched_fail(ok.error(), "finish task " + std::to_string(r.job_id()) + "." +

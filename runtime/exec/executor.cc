@@ -1,16 +1,20 @@
-// Executor: one uv_process_t, two uv_pipe_t (stdout, stderr) and one uv_timer_t per
-// running task. A task's life:
-//   start: create group, open logs, spawn -> running (timer = timeout)
+// Executor: per running task two uv_pipe_t (stdout, stderr), one uv_poll_t on the
+// pidfd and one uv_timer_t. A task's life:
+//   start: create group, open logs, spawn (spawn.h) -> running (timer = timeout)
 //   kill:  SIGTERM or SIGKILL to the tree (timer = grace, then SIGKILL)
-//   exit:  kill the rest of the tree, destroy the group (timer = drain deadline)
-//   both pipes at EOF (or deadline): close both logs
-//   both logs closed, every handle closed: report on_exit, forget the task.
+//   exit:  pidfd readable -> wait4; kill the rest of the tree; read the group's usage;
+//          remove the group, retried by the timer until it is empty (never a sleep)
+//   both pipes at EOF (or the drain deadline): close both logs
+//   group gone, logs closed, every handle closed: report on_exit, forget the task.
 #include "runtime/exec/executor.h"
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <map>
@@ -21,8 +25,16 @@ namespace {
 constexpr const char* kBasePath =
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 constexpr size_t kReadBufferBytes = size_t{64} * 1024;
+// One read may pass the log queue's bound by its grant and no more (storage/log_store.h).
+static_assert(kReadBufferBytes <= storage::LogStore::kAppendGrantBytes);
+// After the exit, the group's removal is retried this often while processes remain
+// (SIGKILL is delivered asynchronously), and less often once that has taken a while
+// (a process in uninterruptible sleep: the task stays running until it is gone).
+constexpr uint64_t kReapRetryMs = 2;
+constexpr uint64_t kReapRetrySlowMs = 100;
+constexpr uint64_t kReapFastForMs = 1000;
 
-enum class TimerPhase : uint8_t { kTimeout, kGrace, kDrain };
+enum class TimerPhase : uint8_t { kTimeout, kGrace, kAfterExit };
 
 pb::TaskState state_for(KillReason r) {
   switch (r) {
@@ -34,13 +46,21 @@ pb::TaskState state_for(KillReason r) {
   return pb::TASK_CANCELLED;
 }
 
-// Direct-spawn mode only (no trampoline): joins the group after the fact.
-void join_cgroup(const std::string& procs_path, int32_t pid) {
-  int fd = ::open(procs_path.c_str(), O_WRONLY | O_CLOEXEC);
-  if (fd < 0) return;
-  std::string s = std::to_string(pid);
-  (void)!::write(fd, s.data(), s.size());
+uint64_t micros(const struct timeval& tv) {
+  return static_cast<uint64_t>(tv.tv_sec) * 1000000u + static_cast<uint64_t>(tv.tv_usec);
+}
+
+// Moves a descriptor above 0..2 (see spawn.h); -1 stays -1.
+int above_stdio(int fd) {
+  if (fd < 0 || fd > STDERR_FILENO) return fd;
+  int moved = ::fcntl(fd, F_DUPFD_CLOEXEC, STDERR_FILENO + 1);
   ::close(fd);
+  return moved;
+}
+
+void close_fd(int* fd) {
+  if (*fd >= 0) ::close(*fd);
+  *fd = -1;
 }
 
 }  // namespace
@@ -56,46 +76,62 @@ struct Executor::Impl {
     storage::LogKey err_key;
     Executor::ExitCallback on_exit;
 
-    uv_process_t process{};
     uv_pipe_t out{};
     uv_pipe_t err{};
+    uv_poll_t exit_poll{};  // on the pidfd; not initialised without one
     uv_timer_t timer{};
     int32_t pid = 0;
+    int pidfd = -1;
 
     uint32_t handles_open = 0;  // initialised handles whose close callback has not run
     uint32_t pipes_open = 0;    // pipes not yet at EOF
+    bool out_paused = false;    // not read until the log queue has room (backpressure)
+    bool err_paused = false;
     uint32_t log_closes_pending = 0;
     TimerPhase phase = TimerPhase::kTimeout;
-    bool spawn_failed = false;  // owns itself until its handles are closed, then deletes itself
     bool exited = false;
+    bool group_gone = false;
     bool logs_closing = false;
     bool killed = false;
     bool oom = false;
     KillReason reason = KillReason::kCancelled;
     int64_t exit_status = 0;
     int term_signal = 0;
+    uint64_t exited_at_ms = 0;
+    TaskUsage usage;
   };
 
   uv_loop_t* loop;
   storage::LogStore& logs;
   Isolation& isolation;
   ExecutorOptions options;
+  Spawner spawner;
   std::map<std::pair<uint64_t, uint32_t>, std::unique_ptr<Task>> tasks;
+  // Only when a spawn got no pidfd (Linux < 5.3). Heap-allocated: it may still be
+  // closing when the Executor is gone.
+  uv_signal_t* sigchld = nullptr;
   // libuv reads into this and read_cb consumes it before the next alloc: one suffices.
   char read_buf[kReadBufferBytes];
 
   Impl(uv_loop_t* l, storage::LogStore& lg, Isolation& iso, ExecutorOptions o)
-      : loop(l), logs(lg), isolation(iso), options(std::move(o)) {}
+      : loop(l), logs(lg), isolation(iso), options(std::move(o)), spawner(options.pidfd) {}
 
   Result<int32_t> start(const TaskLaunch& launch, ExitCallback on_exit);
-  Status spawn(Task& t, const TaskLaunch& launch, const std::vector<std::string>& procs);
+  Status spawn(Task& t, const TaskLaunch& launch, const TaskCredentials& creds,
+               const std::vector<std::string>& procs);
+  std::vector<std::string> environment(const Task& t, const TaskLaunch& launch,
+                                       const TaskCredentials& creds) const;
+  void watch_sigchld();
+  void try_reap(Task& t);
   void kill(Task& t, KillReason reason);
   void signal_tree(Task& t, int sig);
   // Without cgroups: signals the task's processes that left its process group, found by
   // their environment tag. Bounded by kTaggedScanMax; a no-op under cgroups, which hold
   // the whole tree already.
   void kill_tagged(Task& t, int sig);
-  void on_exited(Task& t);
+  void on_exited(Task& t, int status, const struct rusage& ru);
+  void after_exit_tick(Task& t);
+  void schedule_after_exit(Task& t);
   void step(Task* t);
   void finish(Task* t);
 
@@ -104,7 +140,9 @@ struct Executor::Impl {
   static void on_handle_closed(uv_handle_t* h);
   static void on_alloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
   static void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
-  static void on_exit_cb(uv_process_t* p, int64_t exit_status, int term_signal);
+  void pause(Task& t, bool is_out);
+  static bool all_open_pipes_paused(Task& t);
+  static void on_exit_poll(uv_poll_t* p, int status, int events);
   static void on_timer(uv_timer_t* timer);
 };
 
@@ -123,10 +161,6 @@ void Executor::Impl::end_pipe(Task& t, uv_pipe_t* p) {
 void Executor::Impl::on_handle_closed(uv_handle_t* h) {
   Task* t = static_cast<Task*>(h->data);
   --t->handles_open;
-  if (t->spawn_failed) {
-    if (t->handles_open == 0) delete t;
-    return;
-  }
   t->impl->step(t);
 }
 
@@ -142,6 +176,7 @@ void Executor::Impl::on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf)
   if (nread > 0) {
     t->impl->logs.append(is_out ? t->out_key : t->err_key,
                          std::string_view(buf->base, static_cast<size_t>(nread)));
+    if (!t->impl->logs.has_room()) t->impl->pause(*t, is_out);
     return;
   }
   if (nread == 0) return;                    // EAGAIN
@@ -149,13 +184,42 @@ void Executor::Impl::on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf)
   t->impl->step(t);
 }
 
-void Executor::Impl::on_exit_cb(uv_process_t* p, int64_t exit_status, int term_signal) {
+// Stops reading one pipe until the log queue drains: the task then blocks on a full pipe
+// instead of its output being dropped. The waiter is dropped with the log (a task closes
+// its logs before it is freed), so `t` is alive whenever it runs.
+void Executor::Impl::pause(Task& t, bool is_out) {
+  uv_pipe_t* p = is_out ? &t.out : &t.err;
+  bool& paused = is_out ? t.out_paused : t.err_paused;
+  if (paused) return;
+  paused = true;
+  uv_read_stop(reinterpret_cast<uv_stream_t*>(p));
+  Task* tp = &t;
+  Status waiting = logs.when_room(is_out ? t.out_key : t.err_key, [this, tp, p, is_out] {
+    (is_out ? tp->out_paused : tp->err_paused) = false;
+    if (uv_is_closing(reinterpret_cast<uv_handle_t*>(p))) return;
+    if (uv_read_start(reinterpret_cast<uv_stream_t*>(p), &Impl::on_alloc, &Impl::on_read) != 0) {
+      end_pipe(*tp, p);
+      step(tp);
+      return;
+    }
+    if (tp->exited) schedule_after_exit(*tp);
+  });
+  if (!waiting && paused) {
+    // Not waitable (the log is closing): read on; append() drops and marks what it must.
+    paused = false;
+    uv_read_start(reinterpret_cast<uv_stream_t*>(p), &Impl::on_alloc, &Impl::on_read);
+  }
+}
+
+bool Executor::Impl::all_open_pipes_paused(Task& t) {
+  bool out_open = !uv_is_closing(reinterpret_cast<uv_handle_t*>(&t.out));
+  bool err_open = !uv_is_closing(reinterpret_cast<uv_handle_t*>(&t.err));
+  return (!out_open || t.out_paused) && (!err_open || t.err_paused);
+}
+
+void Executor::Impl::on_exit_poll(uv_poll_t* p, int, int) {
   Task* t = static_cast<Task*>(p->data);
-  t->exited = true;
-  t->exit_status = exit_status;
-  t->term_signal = term_signal;
-  close_handle(reinterpret_cast<uv_handle_t*>(p));
-  t->impl->on_exited(*t);
+  t->impl->try_reap(*t);
 }
 
 void Executor::Impl::on_timer(uv_timer_t* timer) {
@@ -163,14 +227,106 @@ void Executor::Impl::on_timer(uv_timer_t* timer) {
   switch (t->phase) {
     case TimerPhase::kTimeout: t->impl->kill(*t, KillReason::kTimedOut); return;
     case TimerPhase::kGrace: t->impl->signal_tree(*t, SIGKILL); return;
-    case TimerPhase::kDrain:
-      // A writer escaped the kill (rlimit mode: it left the process group). Its output
-      // from here on is lost; the task's report must not wait for it.
-      end_pipe(*t, &t->out);
-      end_pipe(*t, &t->err);
-      t->impl->step(t);
-      return;
+    case TimerPhase::kAfterExit: t->impl->after_exit_tick(*t); return;
   }
+}
+
+// ---- exits -------------------------------------------------------------------------
+
+// One wait4 for one task: O(1) per exit with a pidfd.
+void Executor::Impl::try_reap(Task& t) {
+  if (t.exited) return;
+  int status = 0;
+  struct rusage ru {};
+  pid_t r = -1;
+  do {
+    r = ::wait4(t.pid, &status, WNOHANG, &ru);
+  } while (r < 0 && errno == EINTR);
+  if (r == 0) return;  // not yet (a spurious wake-up)
+  if (r < 0) {
+    // ECHILD: someone else reaped it (a SIG_IGN'd SIGCHLD in an embedding program). The
+    // status is lost; the task cannot be called a success.
+    status = 127 << 8;
+  }
+  if (t.pidfd >= 0) {
+    uv_poll_stop(&t.exit_poll);
+    close_fd(&t.pidfd);
+    close_handle(reinterpret_cast<uv_handle_t*>(&t.exit_poll));
+  }
+  on_exited(t, status, ru);
+}
+
+// The fallback for kernels without pidfds: every SIGCHLD tries each task without one.
+void Executor::Impl::watch_sigchld() {
+  if (sigchld != nullptr) return;
+  sigchld = new uv_signal_t;
+  uv_signal_init(loop, sigchld);
+  sigchld->data = this;
+  uv_signal_start(
+      sigchld,
+      [](uv_signal_t* h, int) {
+        Impl* impl = static_cast<Impl*>(h->data);
+        std::vector<std::pair<uint64_t, uint32_t>> waiting;
+        for (const auto& [key, t] : impl->tasks) {
+          if (t->pidfd < 0 && !t->exited) waiting.push_back(key);
+        }
+        for (const auto& key : waiting) {  // a report may start or end other tasks
+          auto it = impl->tasks.find(key);
+          if (it != impl->tasks.end()) impl->try_reap(*it->second);
+        }
+      },
+      SIGCHLD);
+}
+
+void Executor::Impl::on_exited(Task& t, int status, const struct rusage& ru) {
+  t.exited = true;
+  t.exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : 0;
+  t.term_signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+  t.exited_at_ms = uv_now(loop);
+  // The main process is gone; nothing else of the task may stay. The group must be
+  // read for OOM and usage before it is removed. An OOM kill counts only if the task did
+  // not succeed: a shell that survives its child's OOM and exits 0 has succeeded.
+  ::kill(-t.pid, SIGKILL);
+  kill_tagged(t, SIGKILL);
+  bool failed = t.term_signal != 0 || t.exit_status != 0;
+  t.oom = failed && isolation.oom_killed(t.group);
+  GroupUsage g = isolation.usage(t.group);
+  t.usage.cpu_user_us = g.has_cpu ? g.cpu_user_us : micros(ru.ru_utime);
+  t.usage.cpu_system_us = g.has_cpu ? g.cpu_system_us : micros(ru.ru_stime);
+  t.usage.mem_peak_bytes =
+      g.has_mem ? g.mem_peak_bytes : static_cast<uint64_t>(ru.ru_maxrss) * 1024u;
+  t.group_gone = isolation.reap_group(t.group);
+  t.phase = TimerPhase::kAfterExit;
+  schedule_after_exit(t);
+  step(&t);
+}
+
+void Executor::Impl::schedule_after_exit(Task& t) {
+  uint64_t now = uv_now(loop);
+  uint64_t since = now - t.exited_at_ms;
+  if (!t.group_gone) {
+    uv_timer_start(&t.timer, &Impl::on_timer,
+                   since < kReapFastForMs ? kReapRetryMs : kReapRetrySlowMs, 0);
+  } else if (t.pipes_open > 0 && !all_open_pipes_paused(t)) {
+    // A paused pipe holds our own backlog, not an escaped writer: its deadline waits.
+    uint64_t left = since < options.drain_ms ? options.drain_ms - since : 0;
+    uv_timer_start(&t.timer, &Impl::on_timer, left, 0);
+  } else {
+    uv_timer_stop(&t.timer);
+  }
+}
+
+void Executor::Impl::after_exit_tick(Task& t) {
+  if (!t.group_gone) t.group_gone = isolation.reap_group(t.group);
+  if (t.pipes_open > 0 && uv_now(loop) - t.exited_at_ms >= options.drain_ms) {
+    // A writer escaped the kill (rlimit mode: it left the process group). Its output
+    // from here on is lost; the task's report must not wait for it. A pipe paused for
+    // backpressure is read to its end first.
+    if (!t.out_paused) end_pipe(t, &t.out);
+    if (!t.err_paused) end_pipe(t, &t.err);
+  }
+  schedule_after_exit(t);
+  step(&t);
 }
 
 // ---- lifecycle ---------------------------------------------------------------------
@@ -182,6 +338,8 @@ Result<int32_t> Executor::Impl::start(const TaskLaunch& launch, ExitCallback on_
   if (tasks.size() >= options.running_max) {
     return fail(Errc::kResourceExhausted, "running_max tasks already running");
   }
+  auto creds = options.users.for_job(launch.user);
+  if (!creds) return std::unexpected(creds.error());
   auto t = std::make_unique<Task>();
   t->impl = this;
   t->job_id = launch.job_id;
@@ -203,12 +361,12 @@ Result<int32_t> Executor::Impl::start(const TaskLaunch& launch, ExitCallback on_
     isolation.destroy_group(t->group);
     return std::unexpected(opened.error());
   }
-  if (Status st = spawn(*t, launch, *procs); !st) {
+  if (Status st = spawn(*t, launch, *creds, *procs); !st) {
     logs.close(t->out_key, [](Status) {});
     logs.close(t->err_key, [](Status) {});
-    isolation.destroy_group(t->group);
-    t->spawn_failed = true;
-    (void)t.release();  // deletes itself once libuv has closed its handles
+    // Empty (nothing was spawned into it): one round removes it; the blocking form only
+    // if the kernel still says busy.
+    if (!isolation.reap_group(t->group)) isolation.destroy_group(t->group);
     return std::unexpected(st.error());
   }
   int32_t pid = t->pid;
@@ -216,29 +374,25 @@ Result<int32_t> Executor::Impl::start(const TaskLaunch& launch, ExitCallback on_
   return pid;
 }
 
-Status Executor::Impl::spawn(Task& t, const TaskLaunch& launch,
-                             const std::vector<std::string>& procs) {
-  bool trampoline = !options.task_exec_program.empty();
-  std::vector<std::string> args;
-  if (trampoline) {
-    args = {options.task_exec_program, "__task-exec"};
-    for (const std::string& p : procs) args.insert(args.end(), {"--cgroup-procs", p});
-    if (isolation.memory_by_rlimit() && launch.limits.mem_bytes > 0) {
-      args.insert(args.end(), {"--rlimit-as", std::to_string(launch.limits.mem_bytes)});
-    }
-    args.push_back("--");
+std::vector<std::string> Executor::Impl::environment(const Task& t, const TaskLaunch& launch,
+                                                     const TaskCredentials& creds) const {
+  std::string home = creds.home;
+  if (!creds.drop) {
+    const char* own = std::getenv("HOME");  // NOLINT(concurrency-mt-unsafe): loop thread
+    home = own != nullptr ? own : "/";
   }
-  args.insert(args.end(), launch.argv.begin(), launch.argv.end());
-
-  const char* home = std::getenv("HOME");
   std::vector<std::pair<std::string, std::string>> env_kv = {
-      {"HOME", home != nullptr ? home : "/"},
+      {"HOME", home},
       {"CARDNODE_JOB_ID", std::to_string(launch.job_id)},
       {"CARDNODE_TASK_INDEX", std::to_string(launch.index)},
       {"CARDNODE_TASK_COUNT", std::to_string(launch.count)},
       {"CARDNODE_NODE", launch.node_name},
       {"CARDNODE_ATTEMPT", std::to_string(launch.attempt)},
   };
+  if (!creds.name.empty()) {
+    env_kv.emplace_back("USER", creds.name);
+    env_kv.emplace_back("LOGNAME", creds.name);
+  }
   std::vector<std::string> env = {kBasePath};
   for (const auto& [k, v] : env_kv) env.push_back(k + "=" + v);
   for (const auto& [k, v] : launch.env) {
@@ -248,54 +402,83 @@ Status Executor::Impl::spawn(Task& t, const TaskLaunch& launch,
   }
   std::erase_if(env, [](const std::string& e) { return e.starts_with("CARDNODE_TASK_KEY="); });
   env.push_back(t.key_entry);
+  return env;
+}
 
-  std::vector<char*> argp, envp;
-  for (std::string& a : args) argp.push_back(a.data());
-  argp.push_back(nullptr);
-  for (std::string& e : env) envp.push_back(e.data());
-  envp.push_back(nullptr);
+Status Executor::Impl::spawn(Task& t, const TaskLaunch& launch, const TaskCredentials& creds,
+                             const std::vector<std::string>& procs) {
+  SpawnRequest req;
+  req.argv = launch.argv;
+  req.env = environment(t, launch, creds);
+  req.cwd = launch.cwd;
+  req.fallback_cwd = options.fallback_cwd;
+  req.creds = creds;
+  if (isolation.memory_by_rlimit()) req.rlimit_as_bytes = launch.limits.mem_bytes;
+
+  int out[2] = {-1, -1};
+  int err[2] = {-1, -1};
+  auto close_all = [&] {
+    for (int* fd : {&out[0], &out[1], &err[0], &err[1]}) close_fd(fd);
+    for (int& fd : req.cgroup_procs_fds) close_fd(&fd);
+  };
+  if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) {
+    int e = errno;
+    close_all();
+    return fail_errno(e, "pipe for task output");
+  }
+  for (int* fd : {&out[0], &out[1], &err[0], &err[1]}) *fd = above_stdio(*fd);
+  for (const std::string& p : procs) {
+    int fd = ::open(p.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) {
+      int e = errno;
+      close_all();
+      return fail_errno(e, "open " + p);
+    }
+    req.cgroup_procs_fds.push_back(fd);
+  }
+  req.stdout_fd = out[1];
+  req.stderr_fd = err[1];
+  if (out[1] < 0 || err[1] < 0) {
+    close_all();
+    return fail(Errc::kIo, "no descriptor for task output");
+  }
+  auto spawned = spawner.spawn(req);
+  close_fd(&out[1]);  // the task holds the write ends now: EOF comes when it is done
+  close_fd(&err[1]);
+  for (int& fd : req.cgroup_procs_fds) close_fd(&fd);
+  if (!spawned) {
+    close_all();
+    return std::unexpected(spawned.error());
+  }
+  t.pid = spawned->pid;
+  t.pidfd = spawned->pidfd;
 
   uv_pipe_init(loop, &t.out, 0);
   uv_pipe_init(loop, &t.err, 0);
   uv_timer_init(loop, &t.timer);
-  t.out.data = t.err.data = t.timer.data = &t;
-  uv_stdio_container_t stdio[3];
-  stdio[0].flags = UV_IGNORE;  // /dev/null
-  stdio[1].flags = static_cast<uv_stdio_flags>(UV_CREATE_PIPE | UV_WRITABLE_PIPE);
-  stdio[1].data.stream = reinterpret_cast<uv_stream_t*>(&t.out);
-  stdio[2].flags = static_cast<uv_stdio_flags>(UV_CREATE_PIPE | UV_WRITABLE_PIPE);
-  stdio[2].data.stream = reinterpret_cast<uv_stream_t*>(&t.err);
-  uv_process_options_t opts{};
-  opts.exit_cb = &Impl::on_exit_cb;
-  opts.file = argp[0];
-  opts.args = argp.data();
-  opts.env = envp.data();
-  opts.cwd = launch.cwd.empty() ? nullptr : launch.cwd.c_str();
-  // A new session: the task's process group is its pid, so kill(-pid) reaches the
-  // tree even without cgroups.
-  opts.flags = UV_PROCESS_DETACHED;
-  opts.stdio_count = 3;
-  opts.stdio = stdio;
-  int rc = uv_spawn(loop, &t.process, &opts);
-  t.handles_open = 4;  // uv_spawn initialises the process handle even when it fails
-  t.process.data = &t;
-  if (rc != 0) {
-    close_handle(reinterpret_cast<uv_handle_t*>(&t.process));
-    close_handle(reinterpret_cast<uv_handle_t*>(&t.out));
-    close_handle(reinterpret_cast<uv_handle_t*>(&t.err));
-    close_handle(reinterpret_cast<uv_handle_t*>(&t.timer));
-    return fail_errno(-rc, "spawn " + std::string(argp[0]));
-  }
-  t.pid = t.process.pid;
-  // Without the trampoline a fork before this line escapes the group (documented).
-  if (!trampoline) {
-    for (const std::string& p : procs) join_cgroup(p, t.pid);
-  }
+  t.out.data = t.err.data = t.timer.data = t.exit_poll.data = &t;
+  t.handles_open = 3;
   t.pipes_open = 2;
-  for (uv_pipe_t* p : {&t.out, &t.err}) {
-    if (uv_read_start(reinterpret_cast<uv_stream_t*>(p), &Impl::on_alloc, &Impl::on_read) != 0) {
-      end_pipe(t, p);
+  int* read_end[2] = {&out[0], &err[0]};
+  uv_pipe_t* pipes[2] = {&t.out, &t.err};
+  for (int i = 0; i < 2; ++i) {
+    uv_stream_t* s = reinterpret_cast<uv_stream_t*>(pipes[i]);
+    if (uv_pipe_open(pipes[i], *read_end[i]) == 0) {
+      *read_end[i] = -1;  // the handle owns it
+      if (uv_read_start(s, &Impl::on_alloc, &Impl::on_read) == 0) continue;
     }
+    close_fd(read_end[i]);
+    end_pipe(t, pipes[i]);
+  }
+  if (t.pidfd >= 0 && uv_poll_init(loop, &t.exit_poll, t.pidfd) == 0) {
+    ++t.handles_open;
+    uv_poll_start(&t.exit_poll, UV_READABLE, &Impl::on_exit_poll);
+  } else {
+    close_fd(&t.pidfd);
+    // Installed now, the handler may have missed this child's SIGCHLD: raise one.
+    bool fresh = sigchld == nullptr;
+    watch_sigchld();
+    if (fresh) ::kill(::getpid(), SIGCHLD);
   }
   if (launch.timeout_ms > 0) {
     t.phase = TimerPhase::kTimeout;
@@ -334,23 +517,9 @@ void Executor::Impl::kill(Task& t, KillReason reason) {
   uv_timer_start(&t.timer, &Impl::on_timer, options.kill_grace_ms, 0);
 }
 
-void Executor::Impl::on_exited(Task& t) {
-  // The main process is gone; nothing else of the task may stay. The group must be
-  // read for OOM before it is destroyed. An OOM kill counts only if the task did not
-  // succeed: a shell that survives its child's OOM and exits 0 has succeeded.
-  ::kill(-t.pid, SIGKILL);
-  kill_tagged(t, SIGKILL);
-  bool failed = t.term_signal != 0 || t.exit_status != 0;
-  t.oom = failed && isolation.oom_killed(t.group);
-  isolation.destroy_group(t.group);
-  t.phase = TimerPhase::kDrain;
-  uv_timer_start(&t.timer, &Impl::on_timer, options.drain_ms, 0);
-  step(&t);
-}
-
 // Advances a task that has exited towards its report. Safe to call at any time.
 void Executor::Impl::step(Task* t) {
-  if (!t->exited || t->pipes_open > 0) return;
+  if (!t->exited || t->pipes_open > 0 || !t->group_gone) return;
   if (!t->logs_closing) {
     t->logs_closing = true;
     // The timer's close callback runs on a later loop turn, so handles_open > 0 until
@@ -373,6 +542,7 @@ void Executor::Impl::finish(Task* t) {
   TaskExit e;
   e.signal = t->term_signal;
   e.exit_code = t->term_signal != 0 ? 0 : static_cast<int32_t>(t->exit_status);
+  e.usage = t->usage;
   if (t->killed) {
     e.state = state_for(t->reason);
     e.requeue_free = t->reason == KillReason::kShutdown;
@@ -396,6 +566,10 @@ Executor::Executor(uv_loop_t* loop, storage::LogStore& logs, Isolation& isolatio
 
 Executor::~Executor() {
   CARDNODE_CHECK(impl_->tasks.empty());
+  if (impl_->sigchld != nullptr) {
+    uv_close(reinterpret_cast<uv_handle_t*>(impl_->sigchld),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_signal_t*>(h); });
+  }
 }
 
 Result<int32_t> Executor::start(const TaskLaunch& launch, ExitCallback on_exit) {

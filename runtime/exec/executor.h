@@ -1,11 +1,18 @@
 // Executor: runs task attempts on this board as plain processes — no helper process
-// per task. The process is spawned through `cardnode __task-exec` (runtime/task_exec.cc),
-// which joins the task's cgroups, applies rlimits and then execs the command, so the
-// command's pid is the spawned pid. stdout and stderr go through pipes into the LogStore.
+// per task and no second exec. runtime/exec/spawn.h forks the command straight into its
+// cgroups, limits and credentials, so the command's pid is the task's pid. stdout and
+// stderr go through pipes into the LogStore; when the store's write queue is full the
+// task's pipes are not read until it drains (the task blocks on a full pipe), so output
+// is not dropped for speed.
+//
+// A process exit is seen through its pidfd (one poll handle per task, one wait4 per exit,
+// nothing per other running task); kernels without pidfds fall back to SIGCHLD with one
+// waitpid per running task. Nothing on this path sleeps: the rest of the tree is killed
+// and the group removed by a timer that retries every few ms until the group is empty.
 //
 // When the command's process exits, the rest of its tree (cgroup, else process group)
 // is killed, output is drained and written, and only then on_exit runs: a task
-// reported finished has left no process behind and has all its output in the log.
+// reported finished has left no process in its group and has all its output in the log.
 // (Without cgroups the tree is the process group: a process that starts its own session
 // escapes; its pipes are closed on it after drain_ms.) A failed task whose group saw an
 // OOM kill is reported TASK_OOM_KILLED.
@@ -25,7 +32,9 @@
 #include "cardnode.pb.h"
 #include "proto/error.h"
 #include "runtime/exec/isolation.h"
+#include "runtime/exec/spawn.h"
 #include "runtime/exec/task_runner.h"
+#include "runtime/exec/task_user.h"
 #include "storage/log_store.h"
 
 namespace cardnode::runtime {
@@ -35,13 +44,13 @@ struct ExecutorOptions {
   // the job's env so a job cannot override it. Without cgroups it is how the tree of a
   // task is found once processes left its process group; task_key_prefix() finds them all.
   std::string pool_tag = "cardnode";
-  // Program spawned for every task, with "__task-exec" as argv[1]. Normally the
-  // cardnode binary itself (/proc/self/exe). Empty: spawn the command directly and join
-  // the cgroup right after spawn (a short window in which a fork escapes; only for
-  // unit tests under qemu-user, where the ARM binary cannot exec itself).
-  std::string task_exec_program;
-  uint32_t running_max = 1024;  // tasks at once on this board
-  uint64_t kill_grace_ms = 0;   // SIGTERM first, then SIGKILL after this (0: SIGKILL at once)
+  // Who tasks run as (runtime/exec/task_user.h). Default: this process's own user.
+  TaskUsers users = task_users_self();
+  // Where a task starts when its job's directory cannot be entered (after that: /tmp, /).
+  std::string fallback_cwd;
+  PidfdSupport pidfd = PidfdSupport::kAuto;  // kNone: the SIGCHLD fallback (tests)
+  uint32_t running_max = 1024;               // tasks at once on this board
+  uint64_t kill_grace_ms = 0;  // SIGTERM first, then SIGKILL after this (0: SIGKILL at once)
   // After the process exits, how long its pipes may stay open (held by a process that
   // escaped the kill, possible only in rlimit mode) before we close them ourselves.
   uint64_t drain_ms = 2000;
@@ -56,8 +65,10 @@ class Executor {
   ~Executor();
 
   // Starts one attempt. On success returns the pid; on_exit runs exactly once later.
-  // Fails (on_exit never runs) if the task is already running here, the command cannot
-  // be spawned (ENOENT...), or running_max is reached.
+  // Fails (on_exit never runs) if the task is already running here, running_max is
+  // reached, the job names a user this board was not given, or no process could be
+  // made (clone, pipes, cgroup). A command that cannot be run (ENOENT, EACCES) is a
+  // started task that ends 127/126 with the reason in its stderr log.
   using ExitCallback = TaskRunner::ExitCallback;
   [[nodiscard]] Result<int32_t> start(const TaskLaunch& launch, ExitCallback on_exit);
   // Kills the whole tree of a running task; its on_exit reports the reason
@@ -76,11 +87,5 @@ class Executor {
 
 // "CARDNODE_TASK_KEY=<pool_tag>:": the environment prefix every task of a pool carries.
 std::string task_key_prefix(const std::string& pool_tag);
-
-// The "__task-exec" entry point: argv after "__task-exec" is
-//   [--cgroup-procs PATH]... [--rlimit-as BYTES] -- CMD [ARG...]
-// Joins each cgroup, sets limits, execs CMD. Returns only on failure (exit code 127
-// with a one-line reason on stderr, which lands in the task's stderr log).
-int task_exec_main(int argc, char** argv);
 
 }  // namespace cardnode::runtime

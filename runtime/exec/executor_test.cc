@@ -1,7 +1,7 @@
 // Executor with real processes, real pipes, the real LogStore on a real IoEngine and —
 // where this machine allows it (root) — the real cgroups. Every test runs in three
-// modes: through the __task-exec trampoline with cgroups, through it with rlimits only,
-// and spawning the command directly (cgroups joined after spawn).
+// modes: cgroups with exits seen through pidfds, rlimits only, and cgroups with exits seen
+// through SIGCHLD (the fallback for kernels without pidfds).
 #include "runtime/exec/executor.h"
 
 #include <dirent.h>
@@ -32,7 +32,7 @@ constexpr auto kWaitMax = std::chrono::seconds(15);  // a hang fails, it never p
 struct Mode {
   const char* name;
   bool cgroups;
-  bool trampoline;
+  PidfdSupport pidfd;
 };
 
 std::string slurp(const fs::path& p) {
@@ -80,23 +80,6 @@ int live_in_group(pid_t pgid) {
   return n;
 }
 
-// Under qemu-user without binfmt_misc the (ARM) helper cannot be exec'd from the (ARM)
-// test: the trampoline modes are then skipped and only direct spawn runs.
-bool helper_runs() {
-  static const bool runs = [] {
-    pid_t pid = ::fork();
-    if (pid == 0) {
-      ::execl(CARDNODE_TASK_EXEC_HELPER, CARDNODE_TASK_EXEC_HELPER, "__task-exec", "--", "true",
-              static_cast<char*>(nullptr));
-      ::_exit(126);
-    }
-    int status = 0;
-    return pid > 0 && ::waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
-           WEXITSTATUS(status) == 0;
-  }();
-  return runs;
-}
-
 std::vector<pid_t> pids_in(const std::string& text) {
   std::vector<pid_t> out;
   std::istringstream in(text);
@@ -134,10 +117,7 @@ class ExecutorTest : public ::testing::TestWithParam<Mode> {
     if (GetParam().cgroups && iso_.info().mode == IsolationMode::kRlimit) {
       GTEST_SKIP() << "no usable cgroups here (not root?)";
     }
-    if (GetParam().trampoline && !helper_runs()) {
-      GTEST_SKIP() << "cannot exec " << CARDNODE_TASK_EXEC_HELPER << " here (qemu-user?)";
-    }
-    options_.task_exec_program = GetParam().trampoline ? CARDNODE_TASK_EXEC_HELPER : "";
+    options_.pidfd = GetParam().pidfd;
     // Per process, like a server's per-data-dir tag: ctest runs test processes side by
     // side with the same job ids, and in rlimit mode tasks are found by this tag.
     options_.pool_tag = group_parent_;
@@ -160,7 +140,7 @@ class ExecutorTest : public ::testing::TestWithParam<Mode> {
       EXPECT_EQ(uv_loop_close(&loop_), 0) << "a libuv handle was leaked";
     }
     iso_.destroy_all_groups();
-    for (const char* h : {"", "memory", "cpu", "cpu,cpuacct", "cpuacct,cpu", "pids"}) {
+    for (const char* h : {"", "memory", "cpu", "cpuacct", "cpu,cpuacct", "cpuacct,cpu", "pids"}) {
       ::rmdir((fs::path("/sys/fs/cgroup") / h / group_parent_).c_str());
     }
     if (!tmp_.empty()) fs::remove_all(tmp_);
@@ -355,15 +335,6 @@ TEST_P(ExecutorTest, BackgroundChildIsKilledBeforeTheReport) {
 
 TEST_P(ExecutorTest, CommandNotFound) {
   TaskLaunch l = launch(10, {"/nonexistent/command", "arg"});
-  if (!GetParam().trampoline) {
-    // Direct spawn: libuv reports the failed exec; no task, nothing left behind.
-    auto r = exec_->start(l, [](TaskExit) { ADD_FAILURE() << "on_exit after a failed start"; });
-    ASSERT_FALSE(r);
-    EXPECT_EQ(r.error().code, Errc::kNotFound);
-    EXPECT_EQ(exec_->running(), 0u);
-    EXPECT_FALSE(group_exists(10, 0));
-    return;
-  }
   TaskExit e = run(l);
   EXPECT_EQ(e.state, pb::TASK_FAILED);
   EXPECT_EQ(e.exit_code, 127);
@@ -371,7 +342,6 @@ TEST_P(ExecutorTest, CommandNotFound) {
 }
 
 TEST_P(ExecutorTest, NotExecutableIs126) {
-  if (!GetParam().trampoline) GTEST_SKIP() << "direct spawn fails start() instead";
   fs::path script = tmp_ / "script.sh";
   std::ofstream(script) << "#!/bin/sh\necho hi\n";
   fs::permissions(script, fs::perms::owner_read);  // even root needs one x bit to exec
@@ -381,35 +351,158 @@ TEST_P(ExecutorTest, NotExecutableIs126) {
   EXPECT_NE(err(11).find("Permission denied"), std::string::npos) << err(11);
 }
 
-TEST_P(ExecutorTest, MissingTrampolineFailsStartAndCleansUp) {
-  options_.task_exec_program = (tmp_ / "no-such-cardnode").string();
+TEST_P(ExecutorTest, CommandNotOnThePathIs127AndSaysSo) {
+  TaskLaunch l = launch(12, {"no-such-command-anywhere"});
+  l.env = {{"PATH", "/nonexistent:/usr/bin"}};
+  TaskExit e = run(l);
+  EXPECT_EQ(e.state, pb::TASK_FAILED);
+  EXPECT_EQ(e.exit_code, 127);
+  EXPECT_EQ(err(12), "cardnode: cannot run no-such-command-anywhere: No such file or directory\n");
+}
+
+// execvp's rule: a file without #! found on the PATH runs under /bin/sh.
+TEST_P(ExecutorTest, AScriptWithoutShebangRunsUnderSh) {
+  fs::create_directories(tmp_ / "bin");
+  fs::path script = tmp_ / "bin" / "plain-script";
+  std::ofstream(script) << "echo from the script $1\n";
+  fs::permissions(script, fs::perms::owner_all | fs::perms::group_read | fs::perms::others_read);
+  TaskLaunch l = launch(20, {"plain-script", "arg1"});
+  l.env = {{"PATH", (tmp_ / "bin").string() + ":/usr/bin:/bin"}};
+  EXPECT_EQ(run(l).state, pb::TASK_SUCCEEDED) << err(20);
+  EXPECT_EQ(out(20), "from the script arg1\n");
+}
+
+// The spawned pid is the command's own (no helper in between), it leads its own process
+// group, and it is in its cgroup before its first instruction.
+TEST_P(ExecutorTest, ThePidIsTheCommandsAndItStartsInsideItsGroup) {
+  int32_t pid = 0;
+  TaskExit e = run(launch(21, {"sh", "-c", "echo $$; cat /proc/self/cgroup"}), &pid);
+  EXPECT_EQ(e.state, pb::TASK_SUCCEEDED);
+  std::string text = out(21);
+  EXPECT_EQ(text.substr(0, text.find('\n')), std::to_string(pid));
+  if (GetParam().cgroups) {
+    EXPECT_NE(text.find(group_parent_ + "/21.0"), std::string::npos) << text;
+  }
+}
+
+TEST_P(ExecutorTest, UsageIsReported) {
+  // Busy for a while in user space, and 40 MiB held by one process (GNU tail keeps a
+  // newline-free stream in memory).
+  TaskExit e = run(launch(22, {"sh", "-c",
+                               "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; "
+                               "head -c 40M /dev/zero | tail >/dev/null"}));
+  EXPECT_EQ(e.state, pb::TASK_SUCCEEDED) << err(22);
+  EXPECT_GT(e.usage.cpu_user_us + e.usage.cpu_system_us, 0u);
+  EXPECT_GE(e.usage.mem_peak_bytes, uint64_t{40} << 20);
+}
+
+// Least privilege (Guarantee 7): as root, a task runs as the task user, with no
+// supplementary groups, no_new_privs, and no way into a 0700 data dir.
+TEST_P(ExecutorTest, TasksRunAsTheTaskUserWithNothingElse) {
+  if (::geteuid() != 0) GTEST_SKIP() << "switching users needs root";
+  auto users = resolve_task_users({.user = "nobody"});
+  ASSERT_TRUE(users) << users.error().describe();
+  options_.users = *users;
   make_executor();
-  auto r = exec_->start(launch(12, {"true"}), [](TaskExit) { ADD_FAILURE() << "on_exit ran"; });
-  ASSERT_FALSE(r);
-  EXPECT_EQ(r.error().code, Errc::kNotFound);
-  EXPECT_EQ(exec_->running(), 0u);
-  EXPECT_FALSE(group_exists(12, 0));
-  // The same task starts once the program is there.
-  options_.task_exec_program = GetParam().trampoline ? CARDNODE_TASK_EXEC_HELPER : "";
+  // A data dir as the server makes it: 0700, the token 0600.
+  fs::path data = tmp_ / "data";
+  fs::create_directory(data);
+  fs::permissions(data, fs::perms::owner_all, fs::perm_options::replace);
+  std::ofstream(data / "token") << "secret\n";
+  fs::permissions(data / "token", fs::perms::owner_read | fs::perms::owner_write,
+                  fs::perm_options::replace);
+  TaskLaunch l = launch(23, {"sh", "-c",
+                             "id -u; id -g; grep -E '^(Groups|NoNewPrivs):' /proc/self/status; "
+                             "echo $HOME $USER; cat " +
+                                 (data / "token").string() + " || echo refused"});
+  l.cwd = "/";
+  TaskExit e = run(l);
+  EXPECT_EQ(e.state, pb::TASK_SUCCEEDED) << err(23);
+  // /proc/PID/status: "Groups:\t" then " GID" per supplementary group... here none.
+  EXPECT_EQ(out(23), std::to_string(users->standard.uid) + "\n" +
+                         std::to_string(users->standard.gid) + "\nGroups:\t \nNoNewPrivs:\t1\n" +
+                         users->standard.home + " nobody\nrefused\n");
+  EXPECT_NE(err(23).find("Permission denied"), std::string::npos) << err(23);
+}
+
+TEST_P(ExecutorTest, AJobMayNameOnlyAnAllowedUser) {
+  if (::geteuid() != 0) GTEST_SKIP() << "switching users needs root";
+  auto users = resolve_task_users({.user = "nobody", .allowed = {"daemon"}});
+  ASSERT_TRUE(users) << users.error().describe();
+  options_.users = *users;
   make_executor();
-  EXPECT_EQ(run(launch(12, {"true"})).state, pb::TASK_SUCCEEDED);
+  TaskLaunch l = launch(24, {"id", "-un"});
+  l.cwd = "/";
+  l.user = "daemon";
+  EXPECT_EQ(run(l).state, pb::TASK_SUCCEEDED) << err(24);
+  EXPECT_EQ(out(24), "daemon\n");
+  for (const char* user : {"root", "no-such-user"}) {
+    l.job_id = 25;
+    l.user = user;
+    auto r = exec_->start(l, [](TaskExit) { ADD_FAILURE() << "on_exit after a refused start"; });
+    ASSERT_FALSE(r) << user;
+    EXPECT_EQ(r.error().code, Errc::kInvalidArgument);
+    EXPECT_NE(r.error().message.find("--allow-task-user"), std::string::npos);
+    EXPECT_EQ(exec_->running(), 0u);
+    EXPECT_FALSE(group_exists(25, 0));
+  }
+}
+
+// The submitter's directory the task user may not enter: the task starts in the fallback
+// (here /tmp) and its log says why.
+TEST_P(ExecutorTest, ADirectoryTheTaskUserCannotEnterFallsBack) {
+  if (::geteuid() != 0) GTEST_SKIP() << "switching users needs root";
+  auto users = resolve_task_users({.user = "nobody"});
+  ASSERT_TRUE(users) << users.error().describe();
+  options_.users = *users;
+  make_executor();
+  fs::path closed = tmp_ / "closed";
+  fs::create_directory(closed);
+  fs::permissions(closed, fs::perms::owner_all, fs::perm_options::replace);
+  TaskLaunch l = launch(26, {"pwd"});
+  l.cwd = closed.string();
+  EXPECT_EQ(run(l).state, pb::TASK_SUCCEEDED) << err(26);
+  EXPECT_EQ(out(26), "/tmp\n");
+  EXPECT_EQ(err(26), "cardnode: cannot enter " + closed.string() + ": Permission denied\n");
+}
+
+// Three tasks writing 8 MiB each through a 256 KiB log queue: the executor stops reading
+// a pipe while the queue is full, the task blocks on it, and nothing is dropped.
+TEST_P(ExecutorTest, AFullLogQueuePushesBackInsteadOfDropping) {
+  exec_.reset();
+  logs_ = std::make_unique<storage::LogStore>(
+      *engine_, storage::LogStoreOptions{.dir = tmp_ / "logs", .pending_bytes_max = 256 << 10});
+  make_executor();
+  constexpr uint32_t kTasks = 3;
+  constexpr size_t kBytes = size_t{8} << 20;
+  uint32_t done = 0;
+  for (uint32_t i = 0; i < kTasks; ++i) {
+    TaskLaunch l = launch(27, {"sh", "-c", "yes line-$CARDNODE_TASK_INDEX | head -c 8388608"});
+    l.index = i;
+    ASSERT_TRUE(exec_->start(l, [&](TaskExit e) {
+      EXPECT_EQ(e.state, pb::TASK_SUCCEEDED);
+      ++done;
+    }));
+  }
+  run_until([&] { return done == kTasks; });
+  for (uint32_t i = 0; i < kTasks; ++i) {
+    std::string text = out(27, i);
+    ASSERT_EQ(text.size(), kBytes) << "task " << i;
+    std::string line = "line-" + std::to_string(i) + "\n";
+    for (size_t at = 0; at + line.size() <= text.size(); at += line.size()) {
+      ASSERT_EQ(text.compare(at, line.size(), line), 0) << "task " << i << " at " << at;
+    }
+  }
+  EXPECT_EQ(logs_->stats().bytes_dropped, 0u);
 }
 
 TEST_P(ExecutorTest, MemoryLimitIsEnforced) {
-  if (!GetParam().trampoline && iso_.memory_by_rlimit()) {
-    GTEST_SKIP() << "direct spawn cannot set RLIMIT_AS";
-  }
   // qemu-user accepts setrlimit(RLIMIT_AS) and ignores it (it would starve the emulator).
   if (iso_.memory_by_rlimit() && std::getenv("CARDNODE_TEST_EMULATOR") != nullptr) {
     GTEST_SKIP() << "RLIMIT_AS is not enforced under " << std::getenv("CARDNODE_TEST_EMULATOR");
   }
   // GNU tail keeps a newline-free stream in memory: 300 MiB against a 64 MiB limit.
   std::string cmd = "head -c 300M /dev/zero | tail >/dev/null";
-  if (!GetParam().trampoline) {
-    // Direct spawn joins the group after exec: what the shell forks before that escapes
-    // (the documented window). Wait until the shell is in, then fork.
-    cmd = "until grep -q " + group_parent_ + " /proc/$$/cgroup; do :; done; " + cmd;
-  }
   TaskLaunch l = launch(13, {"sh", "-c", cmd});
   l.limits.mem_bytes = 64 << 20;
   TaskExit e = run(l);
@@ -505,26 +598,10 @@ TEST_P(ExecutorTest, RetryFromOnExitReusesTheTaskSlot) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, ExecutorTest,
-                         ::testing::Values(Mode{"cgroup", true, true}, Mode{"rlimit", false, true},
-                                           Mode{"direct", true, false}),
+                         ::testing::Values(Mode{"cgroup", true, PidfdSupport::kAuto},
+                                           Mode{"rlimit", false, PidfdSupport::kAuto},
+                                           Mode{"sigchld", true, PidfdSupport::kNone}),
                          [](const auto& info) { return std::string(info.param.name); });
-
-// The trampoline on its own: argument errors end in 127 with a reason, never a crash.
-TEST(TaskExecMain, RejectsBadArguments) {
-  std::vector<std::vector<std::string>> bad = {
-      {"cardnode", "__task-exec"},
-      {"cardnode", "__task-exec", "--"},
-      {"cardnode", "__task-exec", "--bogus", "--", "true"},
-      {"cardnode", "__task-exec", "--rlimit-as", "12x", "--", "true"},
-      {"cardnode", "__task-exec", "--cgroup-procs", "/nonexistent/cgroup.procs", "--", "true"},
-  };
-  for (auto& args : bad) {
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    EXPECT_EQ(task_exec_main(static_cast<int>(args.size()), argv.data()), 127);
-  }
-}
 
 }  // namespace
 }  // namespace cardnode::runtime

@@ -5,6 +5,8 @@
 // Threading: loop thread only.
 #pragma once
 
+#include <algorithm>
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -33,7 +35,35 @@ struct TaskLaunch {
   TaskLimits limits;
   uint64_t timeout_ms = 0;  // 0: none
   std::string node_name;
+  std::string user;  // the job's JobSpec.user; empty: the board's task user
 };
+
+// What one attempt used, for `ps JOB` and metrics: from its cgroup (the whole tree), else
+// from wait4's rusage (the command and the children it waited for).
+struct TaskUsage {
+  uint64_t cpu_user_us = 0;
+  uint64_t cpu_system_us = 0;
+  uint64_t mem_peak_bytes = 0;
+};
+
+// Bounds for a histogram of attempts' peak memory (metrics): 16 MiB .. 4 GiB, then +Inf.
+inline constexpr std::array<uint64_t, 8> kTaskMemoryBucketsBytes = {
+    16ull << 20,  64ull << 20, 128ull << 20, 256ull << 20,
+    512ull << 20, 1ull << 30,  2ull << 30,   4ull << 30};
+
+// On the wire and in the WAL: milliseconds and KiB, 32 bits each (saturating).
+inline pb::TaskUsage usage_to_pb(const TaskUsage& u) {
+  auto u32 = [](uint64_t v) { return static_cast<uint32_t>(std::min<uint64_t>(v, UINT32_MAX)); };
+  pb::TaskUsage out;
+  out.set_cpu_user_ms(u32(u.cpu_user_us / 1000));
+  out.set_cpu_system_ms(u32(u.cpu_system_us / 1000));
+  out.set_mem_peak_kib(u32(u.mem_peak_bytes / 1024));
+  return out;
+}
+inline TaskUsage usage_from_pb(const pb::TaskUsage& u) {
+  return {uint64_t{u.cpu_user_ms()} * 1000, uint64_t{u.cpu_system_ms()} * 1000,
+          uint64_t{u.mem_peak_kib()} * 1024};
+}
 
 struct TaskExit {
   pb::TaskState state = pb::TASK_SUCCEEDED;  // succeeded, failed, cancelled, timed_out,
@@ -43,6 +73,7 @@ struct TaskExit {
   // lost only: stopped cleanly (KillReason::kShutdown), through no fault of the task or
   // the board, so the requeue does not use the task's lost budget (pb::TaskFinished).
   bool requeue_free = false;
+  TaskUsage usage;
 };
 
 // kShutdown: a clean stop of the server or the board; the task ends lost, requeue-free.

@@ -1,0 +1,339 @@
+// Spawner: clone(CLONE_VM | CLONE_VFORK) into a child that makes system calls only.
+//
+// Rules for everything reached from child_main(): no allocation, no locks, no stdio, no
+// C++ exceptions, no function that may touch glibc's per-thread state beyond errno. The
+// child shares the parent's memory until execve (CLONE_VM), so a malloc there could
+// corrupt the parent's heap; the parent is suspended meanwhile (CLONE_VFORK), which is
+// what makes reading its prepared arrays safe.
+//
+// Under qemu-user, CLONE_VFORK | CLONE_VM becomes a plain fork (qemu emulates vfork
+// that way) and CLONE_PIDFD may be refused: both are handled, the child code is the same.
+#include "runtime/exec/spawn.h"
+
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstring>
+
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
+#endif
+
+namespace cardnode::runtime {
+namespace {
+
+// glibc's clone() wants the child's stack; the child needs one PATH_MAX buffer, one
+// message buffer and a few frames.
+constexpr size_t kChildStackBytes = size_t{64} * 1024;
+constexpr size_t kArgsMax = 65536;  // argv + env entries; far above ARG_MAX's reach
+constexpr int kExitCannotRun = 127;
+constexpr int kExitNotExecutable = 126;
+constexpr const char* kDefaultPath = "/usr/local/bin:/usr/bin:/bin";
+
+// What the child reads: prepared by the parent, pointing into the request.
+struct ChildArgs {
+  const char* file = nullptr;
+  char* const* argv = nullptr;
+  char* const* envp = nullptr;
+  char** sh_argv = nullptr;  // {"/bin/sh", <slot for the found path>, argv[1..], nullptr}
+  const char* path_list = nullptr;
+  const char* cwd = nullptr;
+  const char* fallback_cwd = nullptr;
+  int devnull = -1;
+  int out = -1;
+  int err = -1;
+  const int* cgroup_fds = nullptr;
+  size_t cgroup_count = 0;
+  uint64_t rlimit_as_bytes = 0;
+  bool drop = false;
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+
+// ---- child side: system calls only -------------------------------------------------
+
+size_t append(char* buf, size_t at, size_t cap, const char* s) {
+  while (s != nullptr && *s != '\0' && at + 1 < cap) buf[at++] = *s++;
+  return at;
+}
+
+// "cardnode: <what> <subject>: <reason>\n" to fd 2 (the task's stderr log).
+void say(const char* what, const char* subject, int err) {
+  char buf[512];
+  size_t n = append(buf, 0, sizeof buf, "cardnode: ");
+  n = append(buf, n, sizeof buf, what);
+  if (subject != nullptr) {
+    n = append(buf, n, sizeof buf, " ");
+    n = append(buf, n, sizeof buf, subject);
+  }
+  if (err != 0) {
+    // strerrordesc_np reads a static table: no locale, no allocation (glibc >= 2.32).
+    const char* reason = ::strerrordesc_np(err);
+    n = append(buf, n, sizeof buf, ": ");
+    n = append(buf, n, sizeof buf, reason != nullptr ? reason : "unknown error");
+  }
+  if (n + 1 < sizeof buf) buf[n++] = '\n';
+  (void)!::write(STDERR_FILENO, buf, n);
+}
+
+[[noreturn]] void cannot(const char* what, const char* subject, int err) {
+  say(what, subject, err);
+  ::_exit(kExitCannotRun);
+}
+
+// Raw credential calls: glibc's setresuid & co. broadcast to every thread of the process
+// (POSIX per-process credentials), and in a CLONE_VM child "the process" is the
+// parent's. The 32-bit variants are the ones with full-width ids on 32-bit ARM.
+long sys_setgroups_none() {
+#ifdef SYS_setgroups32
+  return ::syscall(SYS_setgroups32, 0, nullptr);
+#else
+  return ::syscall(SYS_setgroups, 0, nullptr);
+#endif
+}
+long sys_setresgid(gid_t g) {
+#ifdef SYS_setresgid32
+  return ::syscall(SYS_setresgid32, g, g, g);
+#else
+  return ::syscall(SYS_setresgid, g, g, g);
+#endif
+}
+long sys_setresuid(uid_t u) {
+#ifdef SYS_setresuid32
+  return ::syscall(SYS_setresuid32, u, u, u);
+#else
+  return ::syscall(SYS_setresuid, u, u, u);
+#endif
+}
+
+void enter_dir(const ChildArgs& a) {
+  if (a.cwd != nullptr && a.cwd[0] != '\0') {
+    if (::chdir(a.cwd) == 0) return;
+    int err = errno;
+    // A board without the submitter's directory is normal in a pool; one it may not
+    // enter is worth a line (as slurmstepd writes "going to /tmp instead").
+    if (err != ENOENT && err != ENOTDIR) say("cannot enter", a.cwd, err);
+  }
+  if (a.fallback_cwd != nullptr && a.fallback_cwd[0] != '\0' && ::chdir(a.fallback_cwd) == 0) {
+    return;
+  }
+  if (::chdir("/tmp") == 0) return;
+  (void)::chdir("/");
+}
+
+// execvp along the task's PATH (not the server's: execvpe reads the caller's own).
+[[noreturn]] void exec_command(const ChildArgs& a) {
+  int err = ENOENT;
+  if (std::strchr(a.file, '/') != nullptr) {
+    ::execve(a.file, a.argv, a.envp);
+    err = errno;
+    if (err == ENOEXEC) {
+      a.sh_argv[1] = const_cast<char*>(a.file);
+      ::execve("/bin/sh", a.sh_argv, a.envp);
+    }
+  } else {
+    char path[PATH_MAX];
+    size_t file_len = std::strlen(a.file);
+    bool eacces = false;
+    const char* p = a.path_list;
+    for (bool more = true; more;) {
+      const char* end = std::strchr(p, ':');
+      if (end == nullptr) {
+        end = p + std::strlen(p);
+        more = false;
+      }
+      auto dir_len = static_cast<size_t>(end - p);
+      if (dir_len == 0) {
+        path[0] = '.';  // an empty PATH element is the current directory
+        dir_len = 1;
+      } else if (dir_len + file_len + 2 <= sizeof path) {
+        std::memcpy(path, p, dir_len);
+      } else {
+        p = end + 1;
+        continue;  // longer than PATH_MAX: cannot name a file
+      }
+      if (dir_len + file_len + 2 <= sizeof path) {
+        path[dir_len] = '/';
+        std::memcpy(path + dir_len + 1, a.file, file_len + 1);
+        ::execve(path, a.argv, a.envp);
+        int e = errno;
+        if (e == ENOEXEC) {
+          a.sh_argv[1] = path;
+          ::execve("/bin/sh", a.sh_argv, a.envp);
+          e = errno;
+        }
+        if (e == EACCES) {
+          eacces = true;
+        } else if (e != ENOENT && e != ENOTDIR && e != ESTALE && e != ENODEV && e != ETIMEDOUT) {
+          err = e;
+          break;  // a real error: say it rather than hunt further
+        }
+      }
+      p = end + 1;
+    }
+    if (err == ENOENT && eacces) err = EACCES;
+  }
+  say("cannot run", a.file, err);
+  ::_exit(err == EACCES ? kExitNotExecutable : kExitCannotRun);
+}
+
+int child_main(void* arg) {
+  const ChildArgs& a = *static_cast<const ChildArgs*>(arg);
+  // The parent blocked every signal before clone; its handlers must never run here.
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  for (int sig = 1; sig < NSIG; ++sig) {
+    if (sig != SIGKILL && sig != SIGSTOP) (void)::sigaction(sig, &dfl, nullptr);
+  }
+  sigset_t none;
+  sigemptyset(&none);
+  (void)::sigprocmask(SIG_SETMASK, &none, nullptr);
+
+  (void)::setsid();
+  if (::dup2(a.devnull, STDIN_FILENO) < 0 || ::dup2(a.out, STDOUT_FILENO) < 0 ||
+      ::dup2(a.err, STDERR_FILENO) < 0) {
+    ::_exit(kExitCannotRun);  // nowhere to say it
+  }
+  // Joining fails closed: a task must not run without the limits it was given.
+  for (size_t i = 0; i < a.cgroup_count; ++i) {
+    ssize_t n = -1;
+    for (int attempt = 0; attempt < 1000 && n < 0; ++attempt) {  // EINTR: isolation.cc
+      n = ::write(a.cgroup_fds[i], "0", 1);
+      if (n < 0 && errno != EINTR) break;
+    }
+    if (n != 1) cannot("cannot join", "its cgroup", errno);
+  }
+  if (a.rlimit_as_bytes > 0) {
+    struct rlimit rl {};
+    // rlim_t may be 32 bits: a limit it cannot hold means no limit there.
+    rl.rlim_cur = rl.rlim_max =
+        a.rlimit_as_bytes >= RLIM_INFINITY ? RLIM_INFINITY : static_cast<rlim_t>(a.rlimit_as_bytes);
+    if (::setrlimit(RLIMIT_AS, &rl) != 0) cannot("cannot set", "RLIMIT_AS", errno);
+  }
+  if (a.drop) {
+    if (sys_setgroups_none() != 0) cannot("cannot drop", "supplementary groups", errno);
+    if (sys_setresgid(a.gid) != 0) cannot("cannot set", "the task group", errno);
+    if (sys_setresuid(a.uid) != 0) cannot("cannot set", "the task user", errno);
+  }
+  if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) cannot("cannot set", "no_new_privs", errno);
+  enter_dir(a);
+  // Everything above 2 goes, whatever O_CLOEXEC discipline the rest of the binary keeps.
+  // ENOSYS (before Linux 5.9) leaves it to O_CLOEXEC.
+  (void)::syscall(SYS_close_range, 3U, ~0U, 0U);
+  exec_command(a);
+}
+
+// A descriptor the child dup2s onto 0..2 must not already be one of them (a daemon
+// started with a closed stdin gets fd 0 from its first open).
+int above_stdio(int fd) {
+  if (fd < 0 || fd > STDERR_FILENO) return fd;
+  int moved = ::fcntl(fd, F_DUPFD_CLOEXEC, STDERR_FILENO + 1);
+  ::close(fd);
+  return moved;
+}
+
+}  // namespace
+
+struct Spawner::Stack {
+  void* base = MAP_FAILED;
+  ~Stack() {
+    if (base != MAP_FAILED) ::munmap(base, kChildStackBytes);
+  }
+};
+
+Spawner::Spawner(PidfdSupport pidfd) : stack_(std::make_unique<Stack>()), pidfd_(pidfd) {
+  devnull_fd_ = above_stdio(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+}
+
+Spawner::~Spawner() {
+  if (devnull_fd_ >= 0) ::close(devnull_fd_);
+}
+
+Result<Spawned> Spawner::spawn(const SpawnRequest& r) {
+  if (r.argv.empty() || r.argv[0].empty()) return fail(Errc::kInvalidArgument, "no command");
+  if (r.argv.size() + r.env.size() > kArgsMax) {
+    return fail(Errc::kInvalidArgument, "too many arguments and environment entries");
+  }
+  if (r.stdout_fd <= STDERR_FILENO || r.stderr_fd <= STDERR_FILENO) {
+    return fail(Errc::kInvalidArgument, "task output descriptors must be above 2");
+  }
+  if (devnull_fd_ < 0) return fail(Errc::kIo, "cannot open /dev/null");
+  if (stack_->base == MAP_FAILED) {
+    stack_->base = ::mmap(nullptr, kChildStackBytes, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (stack_->base == MAP_FAILED) return fail_errno(errno, "mmap the spawn stack");
+  }
+
+  std::vector<char*> argv, envp, sh_argv;
+  argv.reserve(r.argv.size() + 1);
+  for (const std::string& s : r.argv) argv.push_back(const_cast<char*>(s.c_str()));
+  argv.push_back(nullptr);
+  sh_argv = {const_cast<char*>("/bin/sh"), nullptr};
+  sh_argv.insert(sh_argv.end(), argv.begin() + 1, argv.end());  // argv[1..] and the nullptr
+  envp.reserve(r.env.size() + 1);
+  const char* path_list = kDefaultPath;
+  bool path_seen = false;
+  for (const std::string& e : r.env) {
+    envp.push_back(const_cast<char*>(e.c_str()));
+    if (!path_seen && e.starts_with("PATH=")) {  // the first wins, as getenv finds it
+      path_list = e.c_str() + 5;
+      path_seen = true;
+    }
+  }
+  envp.push_back(nullptr);
+
+  ChildArgs a;
+  a.file = r.argv[0].c_str();
+  a.argv = argv.data();
+  a.envp = envp.data();
+  a.sh_argv = sh_argv.data();
+  a.path_list = path_list;
+  a.cwd = r.cwd.c_str();
+  a.fallback_cwd = r.fallback_cwd.c_str();
+  a.devnull = devnull_fd_;
+  a.out = r.stdout_fd;
+  a.err = r.stderr_fd;
+  a.cgroup_fds = r.cgroup_procs_fds.data();
+  a.cgroup_count = r.cgroup_procs_fds.size();
+  a.rlimit_as_bytes = r.rlimit_as_bytes;
+  a.drop = r.creds.drop;
+  a.uid = r.creds.uid;
+  a.gid = r.creds.gid;
+
+  void* stack_top = static_cast<char*>(stack_->base) + kChildStackBytes;
+  constexpr int kFlags = CLONE_VM | CLONE_VFORK | SIGCHLD;
+  sigset_t all, old;
+  sigfillset(&all);
+  ::pthread_sigmask(SIG_BLOCK, &all, &old);
+  int pidfd = -1;
+  pid_t pid = -1;
+  int err = 0;
+  if (pidfd_ == PidfdSupport::kAuto && !clone_pidfd_refused_) {
+    pid = ::clone(&child_main, stack_top, kFlags | CLONE_PIDFD, &a, &pidfd);
+    err = errno;
+    if (pid < 0 && err == EINVAL) clone_pidfd_refused_ = true;  // before Linux 5.2, qemu-user
+  }
+  if (pid < 0 && (pidfd_ == PidfdSupport::kNone || clone_pidfd_refused_)) {
+    pidfd = -1;
+    pid = ::clone(&child_main, stack_top, kFlags, &a);
+    err = errno;
+  }
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (pid < 0) return fail_errno(err, "clone a task process");
+  if (pidfd < 0 && pidfd_ == PidfdSupport::kAuto) {
+    // A child not yet waited for cannot be reaped by anyone else, so its pid is still
+    // this child's. ENOSYS (before Linux 5.3): -1, the caller uses SIGCHLD.
+    pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0U));
+  }
+  return Spawned{pid, pidfd < 0 ? -1 : pidfd};
+}
+
+}  // namespace cardnode::runtime

@@ -1,0 +1,96 @@
+// Spawning one task process, with no helper process and no second exec.
+//
+// The child is a clone(CLONE_VM | CLONE_VFORK) of this process running on its own small
+// stack, the way posix_spawn works inside glibc: no page tables are copied (the server's
+// size does not matter) and the parent waits only until the child's execve. Between
+// clone and execve the child makes plain system calls only, in this order:
+//   signal dispositions to default, signals unblocked  (the parent's handlers must never
+//                                                        run in the shared address space)
+//   setsid                        (the task's pid is its process group: kill(-pid))
+//   stdin /dev/null, stdout/stderr the pipes           (so every reason below is logged)
+//   write "0" to each cgroup.procs fd                  (before anything can fork: nothing
+//                                                        escapes the group; v1 and v2)
+//   setrlimit(RLIMIT_AS)          (rlimit mode only)
+//   setgroups(0), setresgid, setresuid                 (the task user, raw syscalls:
+//                                                        glibc's wrappers would signal the
+//                                                        parent's threads)
+//   prctl(PR_SET_NO_NEW_PRIVS)    (a setuid binary cannot give the privileges back)
+//   chdir: the job's dir, else `fallback_cwd`, else /tmp, else /  (as the task user)
+//   close_range(3, ~0)            (no socket, WAL or eventfd leaks into the task)
+//   execve along the task's own PATH, like execvp (a file without #! runs under /bin/sh)
+// A failure at any step writes "cardnode: <step>: <reason>" to the task's stderr and
+// exits 127 (126 for a command found but not executable), as a shell does. So the
+// command's pid is the pid returned here, and a task that ran at all has its reason in
+// its log.
+//
+// The parent gets a pidfd (CLONE_PIDFD, else pidfd_open) that becomes readable when the
+// process exits: one poll handle per task, one wait4 per exit. Kernels before 5.3 have
+// no pidfd: `pidfd` is -1 and the caller falls back to SIGCHLD.
+//
+// Threading: any thread, one spawn at a time per Spawner (it owns the child's stack).
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "proto/error.h"
+
+namespace cardnode::runtime {
+
+// Who a task runs as. drop == false: as this process's own user (an agent that is not
+// root, or root with --allow-root-tasks).
+struct TaskCredentials {
+  bool drop = false;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::string name;  // for USER / LOGNAME
+  std::string home;  // for HOME; "/" when the user has none
+};
+
+struct SpawnRequest {
+  std::vector<std::string> argv;  // argv[0] is looked up along PATH from `env`
+  std::vector<std::string> env;   // "K=V", the whole environment
+  std::string cwd;                // the job's directory; may be empty
+  std::string fallback_cwd;       // tried when `cwd` cannot be entered; may be empty
+  int stdout_fd = -1;             // write ends; borrowed
+  int stderr_fd = -1;
+  std::vector<int> cgroup_procs_fds;  // opened O_WRONLY; borrowed
+  uint64_t rlimit_as_bytes = 0;       // 0: none
+  TaskCredentials creds;
+};
+
+struct Spawned {
+  pid_t pid = 0;
+  int pidfd = -1;  // owned by the caller; -1: no pidfd on this kernel
+};
+
+enum class PidfdSupport : uint8_t {
+  kAuto,  // CLONE_PIDFD, else pidfd_open, else none
+  kNone,  // never (tests of the SIGCHLD fallback)
+};
+
+class Spawner {
+ public:
+  explicit Spawner(PidfdSupport pidfd = PidfdSupport::kAuto);
+  ~Spawner();
+  Spawner(const Spawner&) = delete;
+  Spawner& operator=(const Spawner&) = delete;
+
+  // Starts the process. An error means no process exists (clone failed, or a bound on
+  // the request was exceeded); every failure after clone is the child's exit status.
+  [[nodiscard]] Result<Spawned> spawn(const SpawnRequest& request);
+
+ private:
+  struct Stack;
+  std::unique_ptr<Stack> stack_;
+  PidfdSupport pidfd_;
+  bool clone_pidfd_refused_ = false;  // EINVAL once: pidfd_open from then on
+  int devnull_fd_ = -1;
+};
+
+}  // namespace cardnode::runtime

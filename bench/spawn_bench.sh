@@ -92,10 +92,12 @@ SB_STRACE_PID=""  # strace wrapping the breakdown's server
 skip() { [[ ",$SKIP," == *",$1,"* ]]; }
 
 sb_cleanup() {
-  local rc=$?
+  local rc=$? p
   set +e
   cardnode_stop
   if [[ -n "$SB_STRACE_PID" ]]; then
+    # the server under strace, if PB_CN_PID never got its pid
+    for p in $(pgrep -P "$SB_STRACE_PID"); do stop_pid "$p" "cardnode server"; done
     stop_pid "$SB_STRACE_PID" strace
     SB_STRACE_PID=""
   fi
@@ -121,7 +123,11 @@ sb_server_start() {
   [[ -s "$CN_DIR/addr" ]] || { cat "$CN_DIR.out" >&2; die "cardnode server did not write $CN_DIR/addr within 10 s"; }
   if [[ "${SB_WRAP[0]:-}" == strace ]]; then
     SB_STRACE_PID=$wrapper_pid
-    pid=$(pgrep -P "$wrapper_pid" -x cardnode | head -1) || true
+    for ((i = 0; i < 50; i++)); do  # strace's one child is the server
+      pid=$(pgrep -P "$wrapper_pid" | head -1) || true
+      [[ -n "$pid" ]] && break
+      sleep 0.1
+    done
     [[ -n "$pid" ]] || die "no cardnode server under strace (pid $wrapper_pid)"
     PB_CN_PID=$pid
   else

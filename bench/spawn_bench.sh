@@ -266,7 +266,12 @@ def one_breakdown(cev, sev):
     s_ack = [e for e in sock if e[1] < c4][-1][1]
     s_reply = [e for e in sock if e[1] <= c5][-1][1]
     s_clone = first(win, lambda e: e[1] >= s_ack and syscall_name(e[2]) in ("clone", "clone3", "fork", "vfork"))[1]
+    # Before: a `cardnode __task-exec` trampoline between the fork and the task's exec.
+    # Now: the clone child joins the cgroups, drops privileges and execs the task itself.
     ex1 = first(win, lambda e: e[2].startswith("execve(") and "__task-exec" in e[2])
+    if ex1 is None:
+        ex2 = first(win, lambda e: e[1] >= s_clone and e[2].startswith('execve("/bin/true"'))
+        ex1 = ex2
     child = ex1[0]
     ex2 = first(win, lambda e: e[0] == child and e[2].startswith('execve("/bin/true"'))
     ex_end = first(win, lambda e: e[0] == child and e[1] > ex2[1] and (e[2].startswith("exit_group(") or e[2].startswith("+++ exited")))
@@ -278,8 +283,8 @@ def one_breakdown(cev, sev):
         ("bd_connect_tls", "TCP connect + TLS handshake", ms(c2, c3)),
         ("bd_submit", "submit round trip (job durable)", ms(c3, s_ack)),
         ("bd_ack_to_fork", "ack -> fork (turn, TaskStarted durable, cgroups, logs)", ms(s_ack, s_clone)),
-        ("bd_fork_to_exec", "fork -> trampoline exec", ms(s_clone, ex1[1])),
-        ("bd_trampoline", "trampoline (exec+loading+cgroup join)", ms(ex1[1], ex2[1])),
+        ("bd_fork_to_exec", "fork -> trampoline exec (now: -> task exec, cgroups joined)", ms(s_clone, ex1[1])),
+        ("bd_trampoline", "trampoline (exec+loading+cgroup join; now 0)", ms(ex1[1], ex2[1])),
         ("bd_cgroup_join", "  of which writes to cgroup.procs", cg),
         ("bd_task", "task: /bin/true exec -> exit", ms(ex2[1], ex_end[1])),
         ("bd_exit_to_reply", "exit -> reply (reap, TaskFinished durable)", ms(ex_end[1], s_reply)),

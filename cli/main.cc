@@ -345,6 +345,7 @@ std::optional<std::string> unknown_subcommand(const CLI::App& app, int argc, cha
 // What escapes (std::bad_alloc, a bug) ends the process through std::terminate, on purpose.
 int main(int argc, char** argv) {    // NOLINT(bugprone-exception-escape)
   (void)::signal(SIGPIPE, SIG_IGN);  // fails only for an invalid signal number
+  cardnode::net::init_tls_library();
 
   CLI::App app{"cardnode: pool ARM boards into one compute cluster", "cardnode"};
   app.set_version_flag("--version", "cardnode " CARDNODE_VERSION);

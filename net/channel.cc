@@ -588,8 +588,13 @@ Status SecurityContext::check_flags(const SecurityOptions& o) {
   return {};
 }
 
+void init_tls_library() {
+  (void)OPENSSL_init_ssl(OPENSSL_INIT_NO_LOAD_CONFIG, nullptr);
+}
+
 Result<std::shared_ptr<const SecurityContext>> SecurityContext::create(const SecurityOptions& o,
                                                                        Role role) {
+  init_tls_library();
   if (Status st = check_flags(o); !st) return std::unexpected(st.error());
   const bool certificates = !o.cert_file.empty();
   if (!certificates && o.token.empty()) {

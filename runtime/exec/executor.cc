@@ -10,6 +10,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -18,6 +19,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <map>
+#include <set>
 
 namespace cardnode::runtime {
 namespace {
@@ -110,11 +112,19 @@ struct Executor::Impl {
   // Only when a spawn got no pidfd (Linux < 5.3). Heap-allocated: it may still be
   // closing when the Executor is gone.
   uv_signal_t* sigchld = nullptr;
+  // Rlimit mode: PR_SET_CHILD_SUBREAPER is set, so a task's orphans become our children
+  // (found cheaply; see kill_tagged). task_pids: the running tasks' own pids.
+  bool subreaper = false;
+  std::set<int32_t> task_pids;
   // libuv reads into this and read_cb consumes it before the next alloc: one suffices.
   char read_buf[kReadBufferBytes];
 
   Impl(uv_loop_t* l, storage::LogStore& lg, Isolation& iso, ExecutorOptions o)
-      : loop(l), logs(lg), isolation(iso), options(std::move(o)), spawner(options.pidfd) {}
+      : loop(l), logs(lg), isolation(iso), options(std::move(o)), spawner(options.pidfd) {
+    // Process-wide and never undone: the owner runs one Executor per process.
+    subreaper = isolation.info().mode == IsolationMode::kRlimit &&
+                ::prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0;
+  }
 
   Result<int32_t> start(const TaskLaunch& launch, ExitCallback on_exit);
   Status spawn(Task& t, const TaskLaunch& launch, const TaskCredentials& creds,
@@ -128,8 +138,16 @@ struct Executor::Impl {
   // Without cgroups: signals the task's processes that left its process group, found by
   // their environment tag. Bounded by kTaggedScanMax; a no-op under cgroups, which hold
   // the whole tree already.
-  void kill_tagged(Task& t, int sig);
+  // Returns how many it signalled.
+  uint32_t kill_tagged(Task& t, int sig);
   void on_exited(Task& t, int status, const struct rusage& ru);
+  // One round of ending what is left of an exited task: its group (cgroups), or its
+  // adopted orphans (rlimit mode as subreaper). True once nothing is left.
+  bool tree_gone(Task& t) {
+    bool gone = isolation.reap_group(t.group);
+    if (subreaper && kill_tagged(t, SIGKILL) > 0) gone = false;
+    return gone;
+  }
   void after_exit_tick(Task& t);
   void schedule_after_exit(Task& t);
   void step(Task* t);
@@ -248,6 +266,7 @@ void Executor::Impl::try_reap(Task& t) {
     // status is lost; the task cannot be called a success.
     status = 127 << 8;
   }
+  task_pids.erase(t.pid);
   if (t.pidfd >= 0) {
     uv_poll_stop(&t.exit_poll);
     close_fd(&t.pidfd);
@@ -287,7 +306,7 @@ void Executor::Impl::on_exited(Task& t, int status, const struct rusage& ru) {
   // read for OOM and usage before it is removed. An OOM kill counts only if the task did
   // not succeed: a shell that survives its child's OOM and exits 0 has succeeded.
   ::kill(-t.pid, SIGKILL);
-  kill_tagged(t, SIGKILL);
+  if (!subreaper) kill_tagged(t, SIGKILL);  // as subreaper: in tree_gone() below
   bool failed = t.term_signal != 0 || t.exit_status != 0;
   t.oom = failed && isolation.oom_killed(t.group);
   GroupUsage g = isolation.usage(t.group);
@@ -295,7 +314,7 @@ void Executor::Impl::on_exited(Task& t, int status, const struct rusage& ru) {
   t.usage.cpu_system_us = g.has_cpu ? g.cpu_system_us : micros(ru.ru_stime);
   t.usage.mem_peak_bytes =
       g.has_mem ? g.mem_peak_bytes : static_cast<uint64_t>(ru.ru_maxrss) * 1024u;
-  t.group_gone = isolation.reap_group(t.group);
+  t.group_gone = tree_gone(t);
   t.phase = TimerPhase::kAfterExit;
   schedule_after_exit(t);
   step(&t);
@@ -317,7 +336,7 @@ void Executor::Impl::schedule_after_exit(Task& t) {
 }
 
 void Executor::Impl::after_exit_tick(Task& t) {
-  if (!t.group_gone) t.group_gone = isolation.reap_group(t.group);
+  if (!t.group_gone) t.group_gone = tree_gone(t);
   if (t.pipes_open > 0 && uv_now(loop) - t.exited_at_ms >= options.drain_ms) {
     // A writer escaped the kill (rlimit mode: it left the process group). Its output
     // from here on is lost; the task's report must not wait for it. A pipe paused for
@@ -451,6 +470,7 @@ Status Executor::Impl::spawn(Task& t, const TaskLaunch& launch, const TaskCreden
     return std::unexpected(spawned.error());
   }
   t.pid = spawned->pid;
+  task_pids.insert(t.pid);
   t.pidfd = spawned->pidfd;
 
   uv_pipe_init(loop, &t.out, 0);
@@ -487,10 +507,26 @@ Status Executor::Impl::spawn(Task& t, const TaskLaunch& launch, const TaskCreden
   return {};
 }
 
-void Executor::Impl::kill_tagged(Task& t, int sig) {
-  if (isolation.info().mode != IsolationMode::kRlimit) return;
+uint32_t Executor::Impl::kill_tagged(Task& t, int sig) {
+  if (isolation.info().mode != IsolationMode::kRlimit) return 0;
   constexpr uint32_t kTaggedScanMax = 4096;
-  for (int32_t pid : pids_with_env(t.key_entry, /*prefix=*/false, kTaggedScanMax)) ::kill(pid, sig);
+  uint32_t signalled = 0;
+  if (!subreaper) {
+    for (int32_t pid : pids_with_env(t.key_entry, /*prefix=*/false, kTaggedScanMax)) {
+      signalled += ::kill(pid, sig) == 0 ? 1 : 0;
+    }
+    return signalled;
+  }
+  // As the subreaper, every process that left a task's group and lost its parent is our
+  // child: only those are read, not all of /proc. One that still has a parent in the task
+  // becomes ours when that parent is killed: the after-exit timer comes back for it.
+  for (int32_t pid : own_children(kTaggedScanMax)) {
+    if (task_pids.contains(pid)) continue;  // a task's own process: its pidfd reaps it
+    int status = 0;
+    if (::waitpid(pid, &status, WNOHANG) == pid) continue;  // an adopted orphan that ended
+    if (environ_has(pid, t.key_entry)) signalled += ::kill(pid, sig) == 0 ? 1 : 0;
+  }
+  return signalled;
 }
 
 void Executor::Impl::signal_tree(Task& t, int sig) {

@@ -13,7 +13,10 @@
 // When the command's process exits, the rest of its tree (cgroup, else process group)
 // is killed, output is drained and written, and only then on_exit runs: a task
 // reported finished has left no process in its group and has all its output in the log.
-// (Without cgroups the tree is the process group: a process that starts its own session
+// (Without cgroups the tree is the process group plus every process carrying the task's
+// environment tag: the Executor makes its process a child subreaper, so a process that
+// left the group becomes its child once its parent is gone, and is found among its own
+// children, not by reading all of /proc. Only a process that cleared its environment
 // escapes; its pipes are closed on it after drain_ms.) A failed task whose group saw an
 // OOM kill is reported TASK_OOM_KILLED.
 //

@@ -333,6 +333,19 @@ TEST_P(ExecutorTest, BackgroundChildIsKilledBeforeTheReport) {
   expect_dead(children[0]);
 }
 
+// A process that left the task's process group (setsid) still dies before the report:
+// through the cgroup, or without cgroups as an orphan adopted by the subreaper.
+TEST_P(ExecutorTest, AnEscapeeFromTheProcessGroupDiesBeforeTheReport) {
+  TaskExit e = run(launch(28, {"sh", "-c",
+                               "setsid sleep 100 & p=$!; "
+                               "until [ \"$(cut -d' ' -f6 /proc/$p/stat 2>/dev/null)\" = \"$p\" ]; "
+                               "do :; done; echo $p"}));
+  EXPECT_EQ(e.state, pb::TASK_SUCCEEDED) << err(28);
+  std::vector<pid_t> escaped = pids_in(out(28));
+  ASSERT_EQ(escaped.size(), 1u) << out(28);
+  EXPECT_FALSE(alive(escaped[0]));  // already at the report, not eventually
+}
+
 TEST_P(ExecutorTest, CommandNotFound) {
   TaskLaunch l = launch(10, {"/nonexistent/command", "arg"});
   TaskExit e = run(l);

@@ -579,32 +579,60 @@ void Isolation::destroy_parent() {
   info_.enforced = {"memory"};  // as probe() reports rlimit mode
 }
 
-std::vector<int32_t> pids_with_env(const std::string& entry, bool prefix, uint32_t max) {
+namespace {
+
+// True if /proc/PID/environ holds `entry` ("K=V"; with `prefix`, an entry starting so).
+bool environ_matches(int32_t pid, const std::string& entry, bool prefix) {
   constexpr size_t kEnvironBytesMax = 256u << 10;  // larger environments are not read
-  std::vector<int32_t> out;
-  DIR* proc = ::opendir("/proc");
-  if (proc == nullptr) return out;
-  const int32_t self = static_cast<int32_t>(::getpid());
   std::string needle;
   needle.push_back('\0');
   needle += entry;
   if (!prefix) needle.push_back('\0');
+  std::ifstream in("/proc/" + std::to_string(pid) + "/environ", std::ios::binary);
+  std::string env(1, '\0');  // so the first entry matches "\0K=V\0" too
+  char buf[4096];
+  while (in && env.size() < kEnvironBytesMax) {
+    in.read(buf, sizeof(buf));
+    env.append(buf, static_cast<size_t>(in.gcount()));
+  }
+  env.push_back('\0');
+  return env.find(needle) != std::string::npos;
+}
+
+}  // namespace
+
+bool environ_has(int32_t pid, const std::string& entry) {
+  return environ_matches(pid, entry, /*prefix=*/false);
+}
+
+std::vector<int32_t> pids_with_env(const std::string& entry, bool prefix, uint32_t max) {
+  std::vector<int32_t> out;
+  DIR* proc = ::opendir("/proc");
+  if (proc == nullptr) return out;
+  const int32_t self = static_cast<int32_t>(::getpid());
   while (struct dirent* e = ::readdir(proc)) {
     if (out.size() >= max) break;
     char* end = nullptr;
     long pid = std::strtol(e->d_name, &end, 10);
     if (pid <= 0 || *end != '\0' || pid == self) continue;
-    std::ifstream in(std::string("/proc/") + e->d_name + "/environ", std::ios::binary);
-    std::string env(1, '\0');  // so the first entry matches "\0K=V\0" too
-    char buf[4096];
-    while (in && env.size() < kEnvironBytesMax) {
-      in.read(buf, sizeof(buf));
-      env.append(buf, static_cast<size_t>(in.gcount()));
+    if (environ_matches(static_cast<int32_t>(pid), entry, prefix)) {
+      out.push_back(static_cast<int32_t>(pid));
     }
-    env.push_back('\0');
-    if (env.find(needle) != std::string::npos) out.push_back(static_cast<int32_t>(pid));
   }
   ::closedir(proc);
+  return out;
+}
+
+std::vector<int32_t> own_children(uint32_t max) {
+  std::vector<int32_t> out;
+  DIR* tasks = ::opendir("/proc/self/task");
+  if (tasks == nullptr) return out;
+  while (struct dirent* e = ::readdir(tasks)) {
+    if (e->d_name[0] == '.') continue;
+    std::ifstream in(std::string("/proc/self/task/") + e->d_name + "/children");
+    for (long pid = 0; out.size() < max && in >> pid;) out.push_back(static_cast<int32_t>(pid));
+  }
+  ::closedir(tasks);
   return out;
 }
 

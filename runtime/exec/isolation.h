@@ -151,5 +151,11 @@ class Isolation {
 // its process group (setsid), and how a restart finds tasks whose pid never reached the
 // WAL. A task that clears its own environment escapes it; cgroups have no such hole.
 std::vector<int32_t> pids_with_env(const std::string& entry, bool prefix, uint32_t max);
+// The same test for one process: its initial environment holds `entry` ("K=V").
+bool environ_has(int32_t pid, const std::string& entry);
+// This process's children (/proc/self/task/*/children), at most `max`. With
+// PR_SET_CHILD_SUBREAPER they include every orphan of a task: how the executor finds, in
+// rlimit mode, what escaped a task's process group without reading all of /proc.
+std::vector<int32_t> own_children(uint32_t max);
 
 }  // namespace cardnode::runtime

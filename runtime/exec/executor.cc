@@ -111,7 +111,14 @@ struct Executor::Impl {
   std::map<std::pair<uint64_t, uint32_t>, std::unique_ptr<Task>> tasks;
   // Only when a spawn got no pidfd (Linux < 5.3). Heap-allocated: it may still be
   // closing when the Executor is gone.
-  uv_signal_t* sigchld = nullptr;
+  // Heap-allocated: its handles may still be closing when the Executor is gone.
+  struct SigchldWatch {
+    uv_signal_t signal{};
+    uv_timer_t sweep{};  // a safety net: signals coalesce, and qemu-user has lost some
+    int closing = 0;
+  };
+  SigchldWatch* sigchld = nullptr;
+  void reap_without_pidfds();
   // Rlimit mode: PR_SET_CHILD_SUBREAPER is set, so a task's orphans become our children
   // (found cheaply; see kill_tagged). task_pids: the running tasks' own pids.
   bool subreaper = false;
@@ -275,26 +282,34 @@ void Executor::Impl::try_reap(Task& t) {
   on_exited(t, status, ru);
 }
 
-// The fallback for kernels without pidfds: every SIGCHLD tries each task without one.
+// The fallback for kernels without pidfds: every SIGCHLD (and, as a safety net, every
+// kSigchldSweepMs) tries each task without one: O(running tasks) per exit, as libuv does.
+void Executor::Impl::reap_without_pidfds() {
+  std::vector<std::pair<uint64_t, uint32_t>> waiting;
+  for (const auto& [key, t] : tasks) {
+    if (t->pidfd < 0 && !t->exited) waiting.push_back(key);
+  }
+  for (const auto& key : waiting) {  // a report may start or end other tasks
+    auto it = tasks.find(key);
+    if (it != tasks.end()) try_reap(*it->second);
+  }
+}
+
 void Executor::Impl::watch_sigchld() {
+  constexpr uint64_t kSigchldSweepMs = 100;
   if (sigchld != nullptr) return;
-  sigchld = new uv_signal_t;
-  uv_signal_init(loop, sigchld);
-  sigchld->data = this;
+  sigchld = new SigchldWatch;
+  uv_signal_init(loop, &sigchld->signal);
+  uv_timer_init(loop, &sigchld->sweep);
+  sigchld->signal.data = sigchld->sweep.data = this;
   uv_signal_start(
-      sigchld,
-      [](uv_signal_t* h, int) {
-        Impl* impl = static_cast<Impl*>(h->data);
-        std::vector<std::pair<uint64_t, uint32_t>> waiting;
-        for (const auto& [key, t] : impl->tasks) {
-          if (t->pidfd < 0 && !t->exited) waiting.push_back(key);
-        }
-        for (const auto& key : waiting) {  // a report may start or end other tasks
-          auto it = impl->tasks.find(key);
-          if (it != impl->tasks.end()) impl->try_reap(*it->second);
-        }
-      },
-      SIGCHLD);
+      &sigchld->signal,
+      [](uv_signal_t* h, int) { static_cast<Impl*>(h->data)->reap_without_pidfds(); }, SIGCHLD);
+  uv_timer_start(
+      &sigchld->sweep, [](uv_timer_t* h) { static_cast<Impl*>(h->data)->reap_without_pidfds(); },
+      kSigchldSweepMs, kSigchldSweepMs);
+  // Nothing to wait for when no task runs: the timer must not keep a loop alive.
+  uv_unref(reinterpret_cast<uv_handle_t*>(&sigchld->sweep));
 }
 
 void Executor::Impl::on_exited(Task& t, int status, const struct rusage& ru) {
@@ -602,9 +617,15 @@ Executor::Executor(uv_loop_t* loop, storage::LogStore& logs, Isolation& isolatio
 
 Executor::~Executor() {
   CARDNODE_CHECK(impl_->tasks.empty());
-  if (impl_->sigchld != nullptr) {
-    uv_close(reinterpret_cast<uv_handle_t*>(impl_->sigchld),
-             [](uv_handle_t* h) { delete reinterpret_cast<uv_signal_t*>(h); });
+  if (Impl::SigchldWatch* w = impl_->sigchld) {
+    auto closed = [](uv_handle_t* h) {
+      auto* watch = static_cast<Impl::SigchldWatch*>(h->data);
+      if (--watch->closing == 0) delete watch;
+    };
+    w->closing = 2;
+    w->signal.data = w->sweep.data = w;
+    uv_close(reinterpret_cast<uv_handle_t*>(&w->signal), closed);
+    uv_close(reinterpret_cast<uv_handle_t*>(&w->sweep), closed);
   }
 }
 

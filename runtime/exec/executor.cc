@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <deque>
 #include <map>
 #include <set>
 
@@ -35,6 +36,11 @@ static_assert(kReadBufferBytes <= storage::LogStore::kAppendGrantBytes);
 constexpr uint64_t kReapRetryMs = 2;
 constexpr uint64_t kReapRetrySlowMs = 100;
 constexpr uint64_t kReapFastForMs = 1000;
+
+// Spawning blocks the loop thread until the child's execve (CLONE_VFORK), cgroup attaches
+// included: at most this much of it per loop turn, so a burst of starts (a 1,000-task
+// array placed at once) is spread over turns and requests are answered between them.
+constexpr uint64_t kSpawnBudgetNs = 2'000'000;
 
 enum class TimerPhase : uint8_t { kTimeout, kGrace, kAfterExit };
 
@@ -101,7 +107,24 @@ struct Executor::Impl {
     int term_signal = 0;
     uint64_t exited_at_ms = 0;
     TaskUsage usage;
+    // Set while the spawn waits for its turn (spawn budget); its timer is initialised.
+    struct Pending {
+      TaskLaunch launch;
+      TaskCredentials creds;
+      std::vector<std::string> procs;
+    };
+    std::unique_ptr<Pending> pending;
   };
+
+  // Loop handles of the spawn pacing; heap-allocated as SigchldWatch below.
+  struct Pacer {
+    uv_idle_t idle{};        // active while spawns wait: drains them, a budget per turn
+    uv_prepare_t prepare{};  // each turn: a fresh budget for spawns made in callbacks
+    int closing = 0;
+  };
+  Pacer* pacer = nullptr;
+  uint64_t spawn_ns_this_turn = 0;
+  std::deque<std::pair<uint64_t, uint32_t>> spawn_queue;  // may hold killed tasks' keys
 
   uv_loop_t* loop;
   storage::LogStore& logs;
@@ -128,12 +151,25 @@ struct Executor::Impl {
 
   Impl(uv_loop_t* l, storage::LogStore& lg, Isolation& iso, ExecutorOptions o)
       : loop(l), logs(lg), isolation(iso), options(std::move(o)), spawner(options.pidfd) {
+    pacer = new Pacer;
+    uv_idle_init(loop, &pacer->idle);
+    uv_prepare_init(loop, &pacer->prepare);
+    pacer->idle.data = pacer->prepare.data = this;
+    uv_prepare_start(&pacer->prepare,
+                     [](uv_prepare_t* h) { static_cast<Impl*>(h->data)->spawn_ns_this_turn = 0; });
+    uv_unref(reinterpret_cast<uv_handle_t*>(&pacer->prepare));
     // Process-wide and never undone: the owner runs one Executor per process.
     subreaper = isolation.info().mode == IsolationMode::kRlimit &&
                 ::prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0;
   }
 
   Result<int32_t> start(const TaskLaunch& launch, ExitCallback on_exit);
+  // Spawns now, counting the time against this turn's budget.
+  Status timed_spawn(Task& t, const TaskLaunch& launch, const TaskCredentials& creds,
+                     const std::vector<std::string>& procs);
+  void drain_spawn_queue();
+  // A task that never got (or never will get) a process: ends like an exited one.
+  void end_without_process(Task& t, int status);
   Status spawn(Task& t, const TaskLaunch& launch, const TaskCredentials& creds,
                const std::vector<std::string>& procs);
   std::vector<std::string> environment(const Task& t, const TaskLaunch& launch,
@@ -260,7 +296,7 @@ void Executor::Impl::on_timer(uv_timer_t* timer) {
 
 // One wait4 for one task: O(1) per exit with a pidfd.
 void Executor::Impl::try_reap(Task& t) {
-  if (t.exited) return;
+  if (t.exited || t.pid <= 0) return;  // wait4(0) would reap any child of ours
   int status = 0;
   struct rusage ru {};
   pid_t r = -1;
@@ -287,7 +323,7 @@ void Executor::Impl::try_reap(Task& t) {
 void Executor::Impl::reap_without_pidfds() {
   std::vector<std::pair<uint64_t, uint32_t>> waiting;
   for (const auto& [key, t] : tasks) {
-    if (t->pidfd < 0 && !t->exited) waiting.push_back(key);
+    if (t->pidfd < 0 && !t->exited && t->pid > 0) waiting.push_back(key);
   }
   for (const auto& key : waiting) {  // a report may start or end other tasks
     auto it = tasks.find(key);
@@ -395,7 +431,20 @@ Result<int32_t> Executor::Impl::start(const TaskLaunch& launch, ExitCallback on_
     isolation.destroy_group(t->group);
     return std::unexpected(opened.error());
   }
-  if (Status st = spawn(*t, launch, *creds, *procs); !st) {
+  if (!spawn_queue.empty() || spawn_ns_this_turn >= kSpawnBudgetNs) {
+    // Its turn comes in a later loop turn (drain_spawn_queue); the timer keeps the task's
+    // end on the usual path (step, close callbacks) whatever happens before.
+    uv_timer_init(loop, &t->timer);
+    t->timer.data = t.get();
+    t->handles_open = 1;
+    t->pending = std::make_unique<Task::Pending>(Task::Pending{launch, *creds, *procs});
+    spawn_queue.push_back(key);
+    uv_idle_start(&pacer->idle,
+                  [](uv_idle_t* h) { static_cast<Impl*>(h->data)->drain_spawn_queue(); });
+    tasks.emplace(key, std::move(t));
+    return 0;
+  }
+  if (Status st = timed_spawn(*t, launch, *creds, *procs); !st) {
     logs.close(t->out_key, [](Status) {});
     logs.close(t->err_key, [](Status) {});
     // Empty (nothing was spawned into it): one round removes it; the blocking form only
@@ -406,6 +455,42 @@ Result<int32_t> Executor::Impl::start(const TaskLaunch& launch, ExitCallback on_
   int32_t pid = t->pid;
   tasks.emplace(key, std::move(t));
   return pid;
+}
+
+Status Executor::Impl::timed_spawn(Task& t, const TaskLaunch& launch, const TaskCredentials& creds,
+                                   const std::vector<std::string>& procs) {
+  uint64_t t0 = uv_hrtime();
+  Status st = spawn(t, launch, creds, procs);
+  spawn_ns_this_turn += uv_hrtime() - t0;
+  return st;
+}
+
+void Executor::Impl::drain_spawn_queue() {
+  spawn_ns_this_turn = 0;
+  while (!spawn_queue.empty() && spawn_ns_this_turn < kSpawnBudgetNs) {
+    auto key = spawn_queue.front();
+    spawn_queue.pop_front();
+    auto it = tasks.find(key);
+    if (it == tasks.end() || !it->second->pending) continue;  // killed while it waited
+    Task& t = *it->second;
+    std::unique_ptr<Task::Pending> p = std::move(t.pending);
+    if (Status st = timed_spawn(t, p->launch, p->creds, p->procs); !st) {
+      // Too late to refuse the start: the attempt fails, and its log says why.
+      logs.append(t.err_key, "cardnode: cannot start task: " + st.error().describe() + "\n");
+      end_without_process(t, 127 << 8);
+    }
+  }
+  if (spawn_queue.empty()) uv_idle_stop(&pacer->idle);
+}
+
+void Executor::Impl::end_without_process(Task& t, int status) {
+  t.exited = true;
+  t.exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : 0;
+  t.exited_at_ms = uv_now(loop);
+  t.group_gone = tree_gone(t);
+  t.phase = TimerPhase::kAfterExit;
+  schedule_after_exit(t);
+  step(&t);
 }
 
 std::vector<std::string> Executor::Impl::environment(const Task& t, const TaskLaunch& launch,
@@ -490,9 +575,12 @@ Status Executor::Impl::spawn(Task& t, const TaskLaunch& launch, const TaskCreden
 
   uv_pipe_init(loop, &t.out, 0);
   uv_pipe_init(loop, &t.err, 0);
-  uv_timer_init(loop, &t.timer);
+  if (t.handles_open == 0) {  // a queued spawn's timer is initialised already
+    uv_timer_init(loop, &t.timer);
+    ++t.handles_open;
+  }
   t.out.data = t.err.data = t.timer.data = t.exit_poll.data = &t;
-  t.handles_open = 3;
+  t.handles_open += 2;
   t.pipes_open = 2;
   int* read_end[2] = {&out[0], &err[0]};
   uv_pipe_t* pipes[2] = {&t.out, &t.err};
@@ -545,7 +633,9 @@ uint32_t Executor::Impl::kill_tagged(Task& t, int sig) {
 }
 
 void Executor::Impl::signal_tree(Task& t, int sig) {
-  if (t.pid > 0) ::kill(-t.pid, sig);
+  // No such group yet: the child has not reached its setsid. Not with CLONE_VFORK, which
+  // returns after the exec; but qemu-user turns that into a fork, and the parent races on.
+  if (t.pid > 0 && ::kill(-t.pid, sig) != 0 && errno == ESRCH) ::kill(t.pid, sig);
   // SIGTERM goes to the process group only, as a terminal sends it: through the cgroup
   // or the tag as well, every member of both would get it twice and run its trap twice.
   // Processes that left the group (setsid) get the SIGKILL at the end of the grace.
@@ -558,6 +648,11 @@ void Executor::Impl::kill(Task& t, KillReason reason) {
   if (t.exited || t.killed) return;  // the first reason is the one reported
   t.killed = true;
   t.reason = reason;
+  if (t.pending) {  // never started: nothing to signal
+    t.pending.reset();
+    end_without_process(t, 0);
+    return;
+  }
   if (options.kill_grace_ms == 0) {
     signal_tree(t, SIGKILL);
     uv_timer_stop(&t.timer);
@@ -617,6 +712,16 @@ Executor::Executor(uv_loop_t* loop, storage::LogStore& logs, Isolation& isolatio
 
 Executor::~Executor() {
   CARDNODE_CHECK(impl_->tasks.empty());
+  if (Impl::Pacer* p = impl_->pacer) {
+    auto closed = [](uv_handle_t* h) {
+      auto* pacer = static_cast<Impl::Pacer*>(h->data);
+      if (--pacer->closing == 0) delete pacer;
+    };
+    p->closing = 2;
+    p->idle.data = p->prepare.data = p;
+    uv_close(reinterpret_cast<uv_handle_t*>(&p->idle), closed);
+    uv_close(reinterpret_cast<uv_handle_t*>(&p->prepare), closed);
+  }
   if (Impl::SigchldWatch* w = impl_->sigchld) {
     auto closed = [](uv_handle_t* h) {
       auto* watch = static_cast<Impl::SigchldWatch*>(h->data);
@@ -640,6 +745,11 @@ void Executor::kill(uint64_t job_id, uint32_t index, KillReason reason) {
 
 void Executor::kill_all() {
   for (auto& [key, t] : impl_->tasks) impl_->kill(*t, KillReason::kShutdown);
+}
+
+int32_t Executor::pid_of(uint64_t job_id, uint32_t index) const {
+  auto it = impl_->tasks.find(std::make_pair(job_id, index));
+  return it == impl_->tasks.end() ? 0 : it->second->pid;
 }
 
 uint32_t Executor::running() const {

@@ -67,7 +67,10 @@ class Executor {
   Executor(uv_loop_t* loop, storage::LogStore& logs, Isolation& isolation, ExecutorOptions options);
   ~Executor();
 
-  // Starts one attempt. On success returns the pid; on_exit runs exactly once later.
+  // Starts one attempt. On success returns the pid, or 0 when the spawn waits for a later
+  // loop turn (at most ~2 ms of spawning per turn, so a burst never stalls the loop; a
+  // spawn that then fails ends the attempt 127 with the reason in its stderr log). Either
+  // way on_exit runs exactly once later.
   // Fails (on_exit never runs) if the task is already running here, running_max is
   // reached, the job names a user this board was not given, or no process could be
   // made (clone, pipes, cgroup). A command that cannot be run (ENOENT, EACCES) is a
@@ -82,6 +85,8 @@ class Executor {
   // a clean stop does not use up its lost budget).
   void kill_all();
   uint32_t running() const;
+  // The pid of a running task's command; 0 while its spawn waits, or for an unknown task.
+  int32_t pid_of(uint64_t job_id, uint32_t index) const;
 
  private:
   struct Impl;

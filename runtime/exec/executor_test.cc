@@ -172,7 +172,12 @@ class ExecutorTest : public ::testing::TestWithParam<Mode> {
     auto pid = exec_->start(l, [&](TaskExit e) { exit = e; });
     EXPECT_TRUE(pid) << pid.error().describe();
     if (!pid) return {pb::TASK_LOST, -1, -1};
-    if (pid_out) *pid_out = *pid;
+    int32_t spawned = *pid;  // 0: queued behind this turn's spawn budget
+    run_until([&] {
+      if (spawned == 0) spawned = exec_->pid_of(l.job_id, l.index);
+      return spawned != 0 || exit.has_value();
+    });
+    if (pid_out) *pid_out = spawned;
     run_until([&] { return exit.has_value(); });
     return exit.value_or(TaskExit{pb::TASK_LOST, -1, -1});
   }
@@ -549,6 +554,39 @@ TEST_P(ExecutorTest, RunningMaxAndDuplicatesAreRefused) {
   EXPECT_EQ(exec_->running(), 2u);
   exec_->kill_all();
   run_until([&] { return exits == 2; });
+  EXPECT_EQ(exec_->running(), 0u);
+}
+
+// 200 starts in one go: spawning stops once a turn's budget is used, the rest follow in
+// later turns (the loop serves other work in between), and a queued task killed before its
+// turn ends cancelled without ever having a process.
+TEST_P(ExecutorTest, ABurstOfStartsIsSpreadOverLoopTurns) {
+  constexpr uint32_t kTasks = 200;
+  std::vector<int32_t> pids;
+  std::vector<TaskExit> exits;
+  for (uint32_t i = 0; i < kTasks; ++i) {
+    TaskLaunch l = launch(29, {"sleep", "100"});
+    l.index = i;
+    auto pid = exec_->start(l, [&](TaskExit e) { exits.push_back(e); });
+    ASSERT_TRUE(pid) << pid.error().describe();
+    pids.push_back(*pid);
+  }
+  EXPECT_GT(pids.front(), 0);  // the first spawn of a turn always goes
+  ASSERT_EQ(pids.back(), 0) << "200 spawns fit in one turn's budget";
+  EXPECT_EQ(exec_->running(), kTasks);
+  exec_->kill(29, kTasks - 1, KillReason::kCancelled);  // still queued
+  run_until([&] { return !exits.empty(); });
+  EXPECT_EQ(exits[0].state, pb::TASK_CANCELLED);
+  EXPECT_EQ(exits[0].signal, 0);  // no process was ever signalled
+  run_until([&] {
+    for (uint32_t i = 0; i + 1 < kTasks; ++i) {
+      if (exec_->pid_of(29, i) == 0) return false;
+    }
+    return true;
+  });
+  for (uint32_t i = 0; i + 1 < kTasks; ++i) EXPECT_TRUE(alive(exec_->pid_of(29, i))) << i;
+  exec_->kill_all();
+  run_until([&] { return exits.size() == kTasks; });
   EXPECT_EQ(exec_->running(), 0u);
 }
 

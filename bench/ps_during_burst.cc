@@ -6,7 +6,10 @@
 // round trip is one sample. Output: p50 / p99 / max of both phases and the burst's tasks/s,
 // one `result` line each (machine-readable), then a sentence on stderr.
 //
-//   ps_during_burst --data-dir DIR [--count 2000] [--command /bin/true] [--idle-calls 200]
+//   ps_during_burst --data-dir DIR [--count 2000] [--command "/bin/true"] [--idle-calls 200]
+//
+// --command is split at spaces ("sleep 1": tasks that leave the CPUs to the server, so what
+// shows is the loop, not 2 cores shared with 1,000 starting processes).
 //
 // Every spawn, exit, cgroup write and log flush of the burst runs on the server's one loop
 // thread: a ListJobs that waits behind them shows here as a long round trip.
@@ -62,7 +65,8 @@ int main(int argc, char** argv) {
   uint32_t count = 2000, idle_calls = 200;
   app.add_option("--data-dir", data_dir, "A local server's data dir")->required();
   app.add_option("--count", count, "Tasks in the burst")->check(CLI::Range(1u, 1'000'000u));
-  app.add_option("--command", command, "Each task's one-word command")->capture_default_str();
+  app.add_option("--command", command, "Each task's command, split at spaces")
+      ->capture_default_str();
   app.add_option("--idle-calls", idle_calls, "Calls before the burst")
       ->check(CLI::Range(1u, 100'000u));
   CLI11_PARSE(app, argc, argv);
@@ -90,7 +94,12 @@ int main(int argc, char** argv) {
   cardnode::pb::Request submit;
   auto* spec = submit.mutable_submit()->mutable_spec();
   spec->set_name("ps-during-burst");
-  spec->add_command(command);
+  for (size_t at = 0; at < command.size();) {
+    size_t end = command.find(' ', at);
+    if (end == std::string::npos) end = command.size();
+    if (end > at) spec->add_command(command.substr(at, end - at));
+    at = end + 1;
+  }
   spec->set_count(count);
   spec->set_cpu_millis(1);  // as many at once as the board's task bound allows
   spec->set_mem_bytes(1 << 20);

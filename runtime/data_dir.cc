@@ -99,8 +99,11 @@ Result<DataDir> DataDir::open(const std::string& path, const std::string& log_di
   d.node_identity_ = std::move(*identity);
   d.log_dir_ = log_dir.empty() ? path + "/logs" : log_dir;
   d.work_dir_ = path + "/work";
+  // 0700: task logs are read through the server (`cardnode logs`), never by tasks, which
+  // run as another user and may belong to other people's jobs (--log-dir may be outside
+  // the data dir, e.g. on a tmpfs).
   for (const std::string& dir : {d.log_dir_, d.work_dir_}) {
-    if (auto st = make_dir(dir, 0755); !st) return std::unexpected(st.error());
+    if (auto st = make_dir(dir, 0700); !st) return std::unexpected(st.error());
   }
   return d;
 }

@@ -180,6 +180,8 @@ TEST(DataDir, LogDirCanLiveElsewhere) {
   EXPECT_EQ(d->log_dir(), logs);
   EXPECT_TRUE(fs::is_directory(logs));
   EXPECT_FALSE(fs::exists(tmp.path() + "/data/logs"));
+  // Tasks run as another user: they must not read other tasks' logs there.
+  EXPECT_EQ(fs::status(logs).permissions() & fs::perms::all, fs::perms::owner_all);
 }
 
 TEST(DataDir, AnOperatorsPermissionsOnAnExistingDirAreKept) {

@@ -114,6 +114,10 @@ struct LogStore::Impl {
   void start_write(LogFile& f);
   void on_written(LogFile& f, Result<uint32_t> r);
   void lose_queued(LogFile& f, const Error& error);
+  std::string file_path(const LogKey& key) const {
+    return options.dir + "/" + std::to_string(key.job_id) + "/" + std::to_string(key.index) +
+           (key.stream == Stream::kStdout ? ".out" : ".err");
+  }
   void discard_queued(LogFile& f);
   void drain_closing(LogFile& f);
   void pump();
@@ -232,6 +236,14 @@ void LogStore::Impl::start_write(LogFile& f) {
     f.waiting = true;
     waiting.push_back(&f);
     return;
+  }
+  if (f.fd < 0) {
+    const std::string file = file_path(f.key);
+    f.fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (f.fd < 0) {
+      lose_queued(f, Error{Errc::kIo, "open " + file, errno});
+      return;
+    }
   }
   size_t n = next_write_bytes(f);
   f.in_flight.assign(f.pending, 0, n);
@@ -466,13 +478,12 @@ Status LogStore::open(const LogKey& key) {
   if (LogFile* old = s.find(key)) s.retire(*old);
   std::string file = path(key);
   // A fresh inode per attempt: a write of the previous attempt still in flight lands
-  // in the unlinked file, not in the middle of the new one.
+  // in the unlinked file, not in the middle of the new one. The new file is made by the
+  // first write (start_write): a task that prints nothing costs no inode (two per task
+  // were most of a burst's loop time on ext4, and SD-card writes), and reads as empty.
   if (::unlink(file.c_str()) != 0 && errno != ENOENT) return fail_errno(errno, "unlink " + file);
-  int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return fail_errno(errno, "open " + file);
   auto f = std::make_unique<LogFile>();
   f->key = key;
-  f->fd = fd;
   f->grant_bytes = kAppendGrantBytes;  // its producer starts reading without asking
   s.files[key_id(key)] = std::move(f);
   s.settle();
@@ -617,8 +628,7 @@ const LogStats& LogStore::stats() const {
 }
 
 std::string LogStore::path(const LogKey& key) const {
-  return impl_->options.dir + "/" + std::to_string(key.job_id) + "/" + std::to_string(key.index) +
-         (key.stream == Stream::kStdout ? ".out" : ".err");
+  return impl_->file_path(key);
 }
 
 }  // namespace cardnode::storage

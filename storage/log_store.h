@@ -82,7 +82,9 @@ class LogStore {
   // Writes out what is queued and waits (engine.wait) for every operation in flight.
   ~LogStore();
 
-  // Creates (truncates) the file for a new attempt.
+  // Starts a new attempt's log: the previous attempt's file is removed at once, and the
+  // new file is created by the first write (a task that prints nothing leaves no file;
+  // read() of it is empty).
   [[nodiscard]] Status open(const LogKey& key);
   // Queues bytes for the end of the file. Never blocks and never calls back. Takes what
   // fits (see the bounds above); the rest is dropped, counted and marked.

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -135,6 +136,25 @@ TEST_P(LogStoreTest, NewAttemptStartsAfresh) {
   store.append(key, "2\n");
   ASSERT_TRUE(close_and_wait(store, key));
   EXPECT_EQ(read_and_wait(store, key, 0, 100).value_or("?"), "2\n");
+}
+
+// A task that prints nothing costs no file (no inode, no SD-card write); a silent retry
+// of a task that printed removes the old attempt's output at once.
+TEST_P(LogStoreTest, ASilentAttemptLeavesNoFile) {
+  LogStore store(*engine, options);
+  LogKey key{3, 4, Stream::kStdout};
+  ASSERT_TRUE(store.open(key));
+  ASSERT_TRUE(close_and_wait(store, key));
+  EXPECT_FALSE(std::filesystem::exists(store.path(key)));
+  EXPECT_FALSE(read_and_wait(store, key, 0, 100));  // kNotFound: the API shows it as empty
+  ASSERT_TRUE(store.open(key));
+  store.append(key, "printed\n");
+  ASSERT_TRUE(close_and_wait(store, key));
+  EXPECT_TRUE(std::filesystem::exists(store.path(key)));
+  ASSERT_TRUE(store.open(key));
+  EXPECT_FALSE(std::filesystem::exists(store.path(key)));
+  ASSERT_TRUE(close_and_wait(store, key));
+  EXPECT_FALSE(std::filesystem::exists(store.path(key)));
 }
 
 // The previous attempt's write still in flight must not land in the new file.

@@ -37,10 +37,12 @@ constexpr uint64_t kReapRetryMs = 2;
 constexpr uint64_t kReapRetrySlowMs = 100;
 constexpr uint64_t kReapFastForMs = 1000;
 
-// Spawning blocks the loop thread until the child's execve (CLONE_VFORK), cgroup attaches
-// included: at most this much of it per loop turn, so a burst of starts (a 1,000-task
-// array placed at once) is spread over turns and requests are answered between them.
-constexpr uint64_t kSpawnBudgetNs = 2'000'000;
+// Starting a task (cgroup mkdirs and writes, two log files created, the spawn, which holds
+// the loop thread until the child's execve, cgroup attaches included) and ending one
+// (reap, usage, cgroup removal): at most this much of that work per loop turn, so a burst
+// (a 1,000-task array placed at once, or ending at once) is spread over turns and requests
+// are answered between them.
+constexpr uint64_t kWorkBudgetNs = 2'000'000;
 
 enum class TimerPhase : uint8_t { kTimeout, kGrace, kAfterExit };
 
@@ -107,11 +109,10 @@ struct Executor::Impl {
     int term_signal = 0;
     uint64_t exited_at_ms = 0;
     TaskUsage usage;
-    // Set while the spawn waits for its turn (spawn budget); its timer is initialised.
+    // Set while the start waits for its turn (work budget); its timer is initialised.
     struct Pending {
       TaskLaunch launch;
       TaskCredentials creds;
-      std::vector<std::string> procs;
     };
     std::unique_ptr<Pending> pending;
   };
@@ -123,8 +124,9 @@ struct Executor::Impl {
     int closing = 0;
   };
   Pacer* pacer = nullptr;
-  uint64_t spawn_ns_this_turn = 0;
+  uint64_t work_ns_this_turn = 0;
   std::deque<std::pair<uint64_t, uint32_t>> spawn_queue;  // may hold killed tasks' keys
+  std::deque<std::pair<uint64_t, uint32_t>> exit_queue;   // exited, not yet reaped
 
   uv_loop_t* loop;
   storage::LogStore& logs;
@@ -156,7 +158,7 @@ struct Executor::Impl {
     uv_prepare_init(loop, &pacer->prepare);
     pacer->idle.data = pacer->prepare.data = this;
     uv_prepare_start(&pacer->prepare,
-                     [](uv_prepare_t* h) { static_cast<Impl*>(h->data)->spawn_ns_this_turn = 0; });
+                     [](uv_prepare_t* h) { static_cast<Impl*>(h->data)->work_ns_this_turn = 0; });
     uv_unref(reinterpret_cast<uv_handle_t*>(&pacer->prepare));
     // Process-wide and never undone: the owner runs one Executor per process.
     subreaper = isolation.info().mode == IsolationMode::kRlimit &&
@@ -164,10 +166,11 @@ struct Executor::Impl {
   }
 
   Result<int32_t> start(const TaskLaunch& launch, ExitCallback on_exit);
-  // Spawns now, counting the time against this turn's budget.
-  Status timed_spawn(Task& t, const TaskLaunch& launch, const TaskCredentials& creds,
-                     const std::vector<std::string>& procs);
-  void drain_spawn_queue();
+  // The task's group and logs, then its process. On failure nothing is left behind
+  // (no group, no open log, no handle).
+  Status launch_now(Task& t, const TaskLaunch& launch, const TaskCredentials& creds);
+  void drain_queues();
+  void start_pacer();
   // A task that never got (or never will get) a process: ends like an exited one.
   void end_without_process(Task& t, int status);
   Status spawn(Task& t, const TaskLaunch& launch, const TaskCredentials& creds,
@@ -280,7 +283,16 @@ bool Executor::Impl::all_open_pipes_paused(Task& t) {
 
 void Executor::Impl::on_exit_poll(uv_poll_t* p, int, int) {
   Task* t = static_cast<Task*>(p->data);
-  t->impl->try_reap(*t);
+  Impl* impl = t->impl;
+  if (impl->exit_queue.empty() && impl->work_ns_this_turn < kWorkBudgetNs) {
+    uint64_t t0 = uv_hrtime();
+    impl->try_reap(*t);
+    impl->work_ns_this_turn += uv_hrtime() - t0;
+    return;
+  }
+  uv_poll_stop(p);  // level-triggered: it would fire every turn until reaped
+  impl->exit_queue.emplace_back(t->job_id, t->index);
+  impl->start_pacer();
 }
 
 void Executor::Impl::on_timer(uv_timer_t* timer) {
@@ -303,7 +315,10 @@ void Executor::Impl::try_reap(Task& t) {
   do {
     r = ::wait4(t.pid, &status, WNOHANG, &ru);
   } while (r < 0 && errno == EINTR);
-  if (r == 0) return;  // not yet (a spurious wake-up)
+  if (r == 0) {  // not yet (a spurious wake-up, or a queued exit that was not one)
+    if (t.pidfd >= 0) uv_poll_start(&t.exit_poll, UV_READABLE, &Impl::on_exit_poll);
+    return;
+  }
   if (r < 0) {
     // ECHILD: someone else reaped it (a SIG_IGN'd SIGCHLD in an embedding program). The
     // status is lost; the task cannot be called a success.
@@ -420,67 +435,79 @@ Result<int32_t> Executor::Impl::start(const TaskLaunch& launch, ExitCallback on_
   t->err_key = {launch.job_id, launch.index, storage::Stream::kStderr};
   t->on_exit = std::move(on_exit);
 
-  auto procs = isolation.create_group(t->group, launch.limits);
-  if (!procs) return std::unexpected(procs.error());
-  Status opened = logs.open(t->out_key);
-  if (opened) {
-    opened = logs.open(t->err_key);
-    if (!opened) logs.close(t->out_key, [](Status) {});
-  }
-  if (!opened) {
-    isolation.destroy_group(t->group);
-    return std::unexpected(opened.error());
-  }
-  if (!spawn_queue.empty() || spawn_ns_this_turn >= kSpawnBudgetNs) {
-    // Its turn comes in a later loop turn (drain_spawn_queue); the timer keeps the task's
-    // end on the usual path (step, close callbacks) whatever happens before.
+  if (!spawn_queue.empty() || work_ns_this_turn >= kWorkBudgetNs) {
+    // Its turn comes in a later loop turn (drain_queues); the timer keeps the task's end on
+    // the usual path (step, close callbacks) whatever happens before.
     uv_timer_init(loop, &t->timer);
     t->timer.data = t.get();
     t->handles_open = 1;
-    t->pending = std::make_unique<Task::Pending>(Task::Pending{launch, *creds, *procs});
+    t->pending = std::make_unique<Task::Pending>(Task::Pending{launch, *creds});
     spawn_queue.push_back(key);
-    uv_idle_start(&pacer->idle,
-                  [](uv_idle_t* h) { static_cast<Impl*>(h->data)->drain_spawn_queue(); });
+    start_pacer();
     tasks.emplace(key, std::move(t));
     return 0;
   }
-  if (Status st = timed_spawn(*t, launch, *creds, *procs); !st) {
-    logs.close(t->out_key, [](Status) {});
-    logs.close(t->err_key, [](Status) {});
-    // Empty (nothing was spawned into it): one round removes it; the blocking form only
-    // if the kernel still says busy.
-    if (!isolation.reap_group(t->group)) isolation.destroy_group(t->group);
-    return std::unexpected(st.error());
-  }
+  uint64_t t0 = uv_hrtime();
+  Status st = launch_now(*t, launch, *creds);
+  work_ns_this_turn += uv_hrtime() - t0;
+  if (!st) return std::unexpected(st.error());
   int32_t pid = t->pid;
   tasks.emplace(key, std::move(t));
   return pid;
 }
 
-Status Executor::Impl::timed_spawn(Task& t, const TaskLaunch& launch, const TaskCredentials& creds,
-                                   const std::vector<std::string>& procs) {
-  uint64_t t0 = uv_hrtime();
-  Status st = spawn(t, launch, creds, procs);
-  spawn_ns_this_turn += uv_hrtime() - t0;
-  return st;
+Status Executor::Impl::launch_now(Task& t, const TaskLaunch& launch, const TaskCredentials& creds) {
+  auto procs = isolation.create_group(t.group, launch.limits);
+  if (!procs) return std::unexpected(procs.error());
+  Status opened = logs.open(t.out_key);
+  if (opened) {
+    opened = logs.open(t.err_key);
+    if (!opened) logs.close(t.out_key, [](Status) {});
+  }
+  if (!opened) {
+    isolation.destroy_group(t.group);
+    return std::unexpected(opened.error());
+  }
+  if (Status st = spawn(t, launch, creds, *procs); !st) {
+    logs.close(t.out_key, [](Status) {});
+    logs.close(t.err_key, [](Status) {});
+    // Empty (nothing was spawned into it): one round removes it; the blocking form only
+    // if the kernel still says busy.
+    if (!isolation.reap_group(t.group)) isolation.destroy_group(t.group);
+    return st;
+  }
+  return {};
 }
 
-void Executor::Impl::drain_spawn_queue() {
-  spawn_ns_this_turn = 0;
-  while (!spawn_queue.empty() && spawn_ns_this_turn < kSpawnBudgetNs) {
-    auto key = spawn_queue.front();
+void Executor::Impl::start_pacer() {
+  uv_idle_start(&pacer->idle, [](uv_idle_t* h) { static_cast<Impl*>(h->data)->drain_queues(); });
+}
+
+// Exits first (they free capacity and finish reports), then starts, each within the budget.
+void Executor::Impl::drain_queues() {
+  work_ns_this_turn = 0;
+  uint64_t t0 = uv_hrtime();
+  while (!exit_queue.empty() && uv_hrtime() - t0 < kWorkBudgetNs) {
+    auto it = tasks.find(exit_queue.front());
+    exit_queue.pop_front();
+    if (it != tasks.end()) try_reap(*it->second);
+  }
+  while (!spawn_queue.empty() && uv_hrtime() - t0 < kWorkBudgetNs) {
+    auto it = tasks.find(spawn_queue.front());
     spawn_queue.pop_front();
-    auto it = tasks.find(key);
     if (it == tasks.end() || !it->second->pending) continue;  // killed while it waited
     Task& t = *it->second;
     std::unique_ptr<Task::Pending> p = std::move(t.pending);
-    if (Status st = timed_spawn(t, p->launch, p->creds, p->procs); !st) {
+    if (Status st = launch_now(t, p->launch, p->creds); !st) {
       // Too late to refuse the start: the attempt fails, and its log says why.
-      logs.append(t.err_key, "cardnode: cannot start task: " + st.error().describe() + "\n");
+      if (logs.open(t.err_key)) {
+        logs.append(t.err_key, "cardnode: cannot start task: " + st.error().describe() + "\n");
+      }
       end_without_process(t, 127 << 8);
     }
   }
-  if (spawn_queue.empty()) uv_idle_stop(&pacer->idle);
+  work_ns_this_turn = uv_hrtime() - t0;
+  if (exit_queue.empty() && spawn_queue.empty()) uv_idle_stop(&pacer->idle);
 }
 
 void Executor::Impl::end_without_process(Task& t, int status) {

@@ -77,6 +77,9 @@ class DurableStore {
 
   // Blocks until every accepted record is durable or failed (shutdown, tests).
   virtual void drain() = 0;
+  // Starts writing what appends queued, where the store holds them for a per-turn flush
+  // (WalOptions::hold_appends). Default: nothing to do.
+  virtual void flush() {}
 };
 
 }  // namespace cardnode::storage

@@ -49,6 +49,7 @@ class LocalStore final : public DurableStore {
   uint64_t snapshot_bytes() const override { return snapshot_bytes_; }
   Result<std::unique_ptr<SnapshotSink>> begin_snapshot(uint64_t covers_seq) override;
   void drain() override;
+  void flush() override { wal_->flush(); }
 
   const Wal& wal() const { return *wal_; }
   const LocalStoreStats& stats() const { return stats_; }

@@ -575,8 +575,13 @@ Status Wal::append(std::string_view payload, DurableCallback on_durable) {
   }
   w.reserved_payload_bytes.reset();
   w.accept(payload, std::move(on_durable));
-  w.kick();
+  if (!w.options.hold_appends) w.kick();
   return {};
+}
+
+void Wal::flush() {
+  Impl& w = *impl_;
+  if (!w.failure) w.kick();
 }
 
 uint64_t Wal::next_sequence() const {

@@ -36,6 +36,11 @@ struct WalOptions {
   uint64_t prealloc_bytes = kPreallocBytesDefault;
   uint64_t pending_bytes_max = 16ull << 20;  // accepted, not yet durable
   Fs* fs = nullptr;                          // nullptr: Fs::real()
+  // false: an append starts a batch at once when none is in flight. true: appends wait for
+  // flush(), which the owner calls once per loop turn after everything that may append in
+  // it (the server: from a uv_prepare, after its scheduling turn), so a task's end and the
+  // start it frees room for share one write and one fdatasync.
+  bool hold_appends = false;
 };
 
 struct ReplayStats {
@@ -95,6 +100,8 @@ class Wal {
   // on_durable runs exactly once, later, from IoEngine::reap() or wait(); on a refusal it
   // never runs.
   [[nodiscard]] Status append(std::string_view payload, DurableCallback on_durable);
+  // Starts a batch of what is queued, if none is in flight (options.hold_appends).
+  void flush();
 
   uint64_t next_sequence() const;     // the sequence number the next append gets
   uint64_t durable_sequence() const;  // every record up to this one is durable and sealed

@@ -132,6 +132,26 @@ TEST_P(WalTest, GroupCommitCoversManyRecordsPerFsync) {
       static_cast<double>(ws.bytes_appended - 200 * 64) / 200);
 }
 
+// hold_appends: nothing goes to the engine until flush(); then what was appended meanwhile
+// goes out as one batch with one fdatasync.
+TEST_P(WalTest, HeldAppendsWaitForFlushAndShareABatch) {
+  options.hold_appends = true;
+  auto wal = open();
+  ASSERT_TRUE(wal) << wal.error().describe();
+  IoStats before = engine->stats();
+  int acked = 0;
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE((*wal)->append("held", [&](Status s) { acked += s.has_value() ? 1 : 0; }));
+  }
+  EXPECT_EQ(engine->stats().writes, before.writes);  // held: nothing submitted
+  EXPECT_EQ(engine->in_flight(), 0u);
+  (*wal)->flush();
+  while (acked < 3) engine->wait();
+  EXPECT_EQ((*wal)->stats().batches, 1u);
+  EXPECT_EQ(engine->stats().fsyncs - before.fsyncs, 1u);
+  (*wal)->drain();
+}
+
 TEST_P(WalTest, SegmentsRollAndReplayInOrder) {
   options.segment_bytes = 4096;
   options.prealloc_bytes = 1024;

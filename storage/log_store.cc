@@ -109,7 +109,7 @@ struct LogStore::Impl {
   void accept(LogFile& f, std::string_view bytes);
   bool owes_marks(const LogFile& f) const;
   void flush_marks(LogFile& f);
-  void queue_mark(LogFile& f, std::string text, uint64_t dropped_bytes, bool truncation);
+  void queue_mark(LogFile& f, const std::string& text, uint64_t dropped_bytes, bool truncation);
   size_t next_write_bytes(const LogFile& f) const;
   void start_write(LogFile& f);
   void on_written(LogFile& f, Result<uint32_t> r);
@@ -198,7 +198,7 @@ void LogStore::Impl::flush_marks(LogFile& f) {
     std::string text = drop_marker(f.run_dropped_bytes, f.run_causes, f.run_failure);
     if (!f.truncation_marked && f.kept_bytes + text.size() <= data_max()) {
       f.kept_bytes += text.size();
-      queue_mark(f, std::move(text), f.run_dropped_bytes, false);
+      queue_mark(f, text, f.run_dropped_bytes, false);
     } else {
       f.truncated = true;  // no room for the line: the log ends here, and says so
     }
@@ -212,7 +212,7 @@ void LogStore::Impl::flush_marks(LogFile& f) {
   }
 }
 
-void LogStore::Impl::queue_mark(LogFile& f, std::string text, uint64_t dropped_bytes,
+void LogStore::Impl::queue_mark(LogFile& f, const std::string& text, uint64_t dropped_bytes,
                                 bool truncation) {
   f.marks.push_back(Mark{f.in_flight.size() + f.pending.size(), static_cast<uint32_t>(text.size()),
                          dropped_bytes, truncation});
@@ -319,6 +319,7 @@ void LogStore::Impl::lose_queued(LogFile& f, const Error& error) {
   f.run_dropped_bytes += output_bytes;
   if (f.run_dropped_bytes > 0) {
     f.run_causes |= kLostWriteFailed;
+    // NOLINTNEXTLINE(concurrency-mt-unsafe): glibc >= 2.32 keeps strerror's text per thread
     f.run_failure = error.sys_errno != 0 ? std::strerror(error.sys_errno) : error.message;
   }
   stats.bytes_dropped += output_bytes;

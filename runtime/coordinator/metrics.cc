@@ -133,12 +133,11 @@ void Metrics::refresh(const MetricSources& now) {
     if (tasks_ended_[s] != nullptr)
       add_delta(tasks_ended_[s], now.tasks_ended[s], last_.tasks_ended[s]);
   }
-  if (now.task_cpu_user_ms > last_.task_cpu_user_ms)
-    task_cpu_user_->Increment(static_cast<double>(now.task_cpu_user_ms - last_.task_cpu_user_ms) /
-                              1e3);
-  if (now.task_cpu_system_ms > last_.task_cpu_system_ms)
-    task_cpu_system_->Increment(
-        static_cast<double>(now.task_cpu_system_ms - last_.task_cpu_system_ms) / 1e3);
+  auto add_ms = [](prometheus::Counter* c, uint64_t now_ms, uint64_t before_ms) {
+    if (now_ms > before_ms) c->Increment(static_cast<double>(now_ms - before_ms) / 1e3);
+  };
+  add_ms(task_cpu_user_, now.task_cpu_user_ms, last_.task_cpu_user_ms);
+  add_ms(task_cpu_system_, now.task_cpu_system_ms, last_.task_cpu_system_ms);
   std::vector<double> increments;
   bool grew = false;
   for (size_t b = 0; b < now.task_mem_peak_buckets.size(); ++b) {

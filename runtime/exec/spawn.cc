@@ -195,7 +195,7 @@ int child_main(void* arg) {
   }
   sigset_t none;
   sigemptyset(&none);
-  (void)::sigprocmask(SIG_SETMASK, &none, nullptr);
+  (void)::pthread_sigmask(SIG_SETMASK, &none, nullptr);
 
   (void)::setsid();
   if (::dup2(a.devnull, STDIN_FILENO) < 0 || ::dup2(a.out, STDOUT_FILENO) < 0 ||

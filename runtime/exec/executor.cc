@@ -108,6 +108,9 @@ struct Executor::Impl {
     int64_t exit_status = 0;
     int term_signal = 0;
     uint64_t exited_at_ms = 0;
+    // The drain deadline counts from the exit or from the last resume of a pipe paused for
+    // backpressure, whichever is later: what waits in a paused pipe is ours to read.
+    uint64_t drain_from_ms = 0;
     TaskUsage usage;
     // Set while the start waits for its turn (work budget); its timer is initialised.
     struct Pending {
@@ -161,7 +164,10 @@ struct Executor::Impl {
                      [](uv_prepare_t* h) { static_cast<Impl*>(h->data)->work_ns_this_turn = 0; });
     uv_unref(reinterpret_cast<uv_handle_t*>(&pacer->prepare));
     // Process-wide and never undone: the owner runs one Executor per process.
+    // /proc/PID/task/TID/children needs CONFIG_PROC_CHILDREN: without it, the /proc scan.
+    const std::string children = "/proc/self/task/" + std::to_string(::gettid()) + "/children";
     subreaper = isolation.info().mode == IsolationMode::kRlimit &&
+                ::access(children.c_str(), R_OK) == 0 &&
                 ::prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0;
   }
 
@@ -260,6 +266,7 @@ void Executor::Impl::pause(Task& t, bool is_out) {
   Task* tp = &t;
   Status waiting = logs.when_room(is_out ? t.out_key : t.err_key, [this, tp, p, is_out] {
     (is_out ? tp->out_paused : tp->err_paused) = false;
+    tp->drain_from_ms = uv_now(loop);
     if (uv_is_closing(reinterpret_cast<uv_handle_t*>(p))) return;
     if (uv_read_start(reinterpret_cast<uv_stream_t*>(p), &Impl::on_alloc, &Impl::on_read) != 0) {
       end_pipe(*tp, p);
@@ -389,12 +396,13 @@ void Executor::Impl::on_exited(Task& t, int status, const struct rusage& ru) {
 void Executor::Impl::schedule_after_exit(Task& t) {
   uint64_t now = uv_now(loop);
   uint64_t since = now - t.exited_at_ms;
+  uint64_t draining = now - std::max(t.exited_at_ms, t.drain_from_ms);
   if (!t.group_gone) {
     uv_timer_start(&t.timer, &Impl::on_timer,
                    since < kReapFastForMs ? kReapRetryMs : kReapRetrySlowMs, 0);
   } else if (t.pipes_open > 0 && !all_open_pipes_paused(t)) {
     // A paused pipe holds our own backlog, not an escaped writer: its deadline waits.
-    uint64_t left = since < options.drain_ms ? options.drain_ms - since : 0;
+    uint64_t left = draining < options.drain_ms ? options.drain_ms - draining : 0;
     uv_timer_start(&t.timer, &Impl::on_timer, left, 0);
   } else {
     uv_timer_stop(&t.timer);
@@ -403,7 +411,8 @@ void Executor::Impl::schedule_after_exit(Task& t) {
 
 void Executor::Impl::after_exit_tick(Task& t) {
   if (!t.group_gone) t.group_gone = tree_gone(t);
-  if (t.pipes_open > 0 && uv_now(loop) - t.exited_at_ms >= options.drain_ms) {
+  if (t.pipes_open > 0 &&
+      uv_now(loop) - std::max(t.exited_at_ms, t.drain_from_ms) >= options.drain_ms) {
     // A writer escaped the kill (rlimit mode: it left the process group). Its output
     // from here on is lost; the task's report must not wait for it. A pipe paused for
     // backpressure is read to its end first.
@@ -574,7 +583,8 @@ Status Executor::Impl::spawn(Task& t, const TaskLaunch& launch, const TaskCreden
   }
   for (int* fd : {&out[0], &out[1], &err[0], &err[1]}) *fd = above_stdio(*fd);
   for (const std::string& p : procs) {
-    int fd = ::open(p.c_str(), O_WRONLY | O_CLOEXEC);
+    // Above 0..2 like the pipes: the child's dup2 onto 0..2 must not replace it.
+    int fd = above_stdio(::open(p.c_str(), O_WRONLY | O_CLOEXEC));
     if (fd < 0) {
       int e = errno;
       close_all();
@@ -672,6 +682,8 @@ void Executor::Impl::signal_tree(Task& t, int sig) {
 }
 
 void Executor::Impl::kill(Task& t, KillReason reason) {
+  // An exit waiting in exit_queue (pacing) is an exit, not something to kill.
+  if (!t.pending && !t.exited) try_reap(t);
   if (t.exited || t.killed) return;  // the first reason is the one reported
   t.killed = true;
   t.reason = reason;

@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -441,6 +442,8 @@ TEST_P(ExecutorTest, TasksRunAsTheTaskUserWithNothingElse) {
                          std::to_string(users->standard.gid) + "\nGroups:\t \nNoNewPrivs:\t1\n" +
                          users->standard.home + " nobody\nrefused\n");
   EXPECT_NE(err(23).find("Permission denied"), std::string::npos) << err(23);
+  // The child's setresuid made the memory it shares with us non-dumpable; we are again.
+  EXPECT_EQ(::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), 1);
 }
 
 TEST_P(ExecutorTest, AJobMayNameOnlyAnAllowedUser) {

@@ -222,6 +222,9 @@ int child_main(void* arg) {
     if (sys_setgroups_none() != 0) cannot("cannot drop", "supplementary groups", errno);
     if (sys_setresgid(a.gid) != 0) cannot("cannot set", "the task group", errno);
     if (sys_setresuid(a.uid) != 0) cannot("cannot set", "the task user", errno);
+    // Until execve, no process of the task user may ptrace us (this memory is the
+    // parent's): not dumpable, whatever fs.suid_dumpable says. The parent restores itself.
+    (void)::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
   }
   if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) cannot("cannot set", "no_new_privs", errno);
   enter_dir(a);
@@ -250,6 +253,7 @@ struct Spawner::Stack {
 };
 
 Spawner::Spawner(PidfdSupport pidfd) : stack_(std::make_unique<Stack>()), pidfd_(pidfd) {
+  dumpable_ = ::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 1;
   devnull_fd_ = above_stdio(::open("/dev/null", O_RDONLY | O_CLOEXEC));
 }
 
@@ -327,6 +331,10 @@ Result<Spawned> Spawner::spawn(const SpawnRequest& r) {
     err = errno;
   }
   ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  // The child's setresuid made the shared mm non-dumpable (commit_creds, per
+  // fs.suid_dumpable): ours again, so this process keeps its core dumps and its
+  // /proc/self owned by its own user.
+  if (r.creds.drop && dumpable_) (void)::prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
   if (pid < 0) return fail_errno(err, "clone a task process");
   if (pidfd < 0 && pidfd_ == PidfdSupport::kAuto) {
     // A child not yet waited for cannot be reaped by anyone else, so its pid is still

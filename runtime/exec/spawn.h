@@ -90,6 +90,7 @@ class Spawner {
   std::unique_ptr<Stack> stack_;
   PidfdSupport pidfd_;
   bool clone_pidfd_refused_ = false;  // EINVAL once: pidfd_open from then on
+  bool dumpable_ = false;             // this process's PR_GET_DUMPABLE at construction
   int devnull_fd_ = -1;
 };
 

@@ -91,6 +91,11 @@ Result<TaskUsers> resolve_task_users(const TaskUserOptions& o) {
       return fail(Errc::kInvalidArgument,
                   "tasks would run as root ('" + name + "'): that needs --allow-root-tasks");
     }
+    if (c->gid == 0 && !o.allow_root) {  // group root reads what root's group may
+      return fail(Errc::kInvalidArgument, "user '" + name +
+                                              "' has group root (gid 0): tasks would run "
+                                              "with it; that needs --allow-root-tasks");
+    }
     c->drop = c->uid != 0;
     return c;
   };

@@ -480,8 +480,7 @@ void Server::Impl::close_handles() {
        {reinterpret_cast<uv_handle_t*>(&io_poll), reinterpret_cast<uv_handle_t*>(&sigint),
         reinterpret_cast<uv_handle_t*>(&sigterm), reinterpret_cast<uv_handle_t*>(&sighup),
         reinterpret_cast<uv_handle_t*>(&turn_idle), reinterpret_cast<uv_handle_t*>(&flush_prepare),
-        reinterpret_cast<uv_handle_t*>(&tick_timer),
-        reinterpret_cast<uv_handle_t*>(&hub_timer),
+        reinterpret_cast<uv_handle_t*>(&tick_timer), reinterpret_cast<uv_handle_t*>(&hub_timer),
         reinterpret_cast<uv_handle_t*>(&shutdown_timer)}) {
     if (!uv_is_closing(h)) uv_close(h, nullptr);
   }

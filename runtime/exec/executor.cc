@@ -60,14 +60,6 @@ uint64_t micros(const struct timeval& tv) {
   return static_cast<uint64_t>(tv.tv_sec) * 1000000u + static_cast<uint64_t>(tv.tv_usec);
 }
 
-// Moves a descriptor above 0..2 (see spawn.h); -1 stays -1.
-int above_stdio(int fd) {
-  if (fd < 0 || fd > STDERR_FILENO) return fd;
-  int moved = ::fcntl(fd, F_DUPFD_CLOEXEC, STDERR_FILENO + 1);
-  ::close(fd);
-  return moved;
-}
-
 void close_fd(int* fd) {
   if (*fd >= 0) ::close(*fd);
   *fd = -1;
@@ -745,32 +737,32 @@ void Executor::Impl::finish(Task* t) {
 
 // ---- Executor ----------------------------------------------------------------------
 
+namespace {
+
+// Closes the two handles of a heap-allocated holder (Pacer, SigchldWatch) and deletes it
+// once both close callbacks ran: the loop still touches a handle until its callback.
+template <class Holder, class A, class B>
+void close_and_delete(Holder* h, A* a, B* b) {
+  h->closing = 2;
+  a->data = b->data = h;
+  auto closed = [](uv_handle_t* handle) {
+    auto* holder = static_cast<Holder*>(handle->data);
+    if (--holder->closing == 0) delete holder;
+  };
+  uv_close(reinterpret_cast<uv_handle_t*>(a), closed);
+  uv_close(reinterpret_cast<uv_handle_t*>(b), closed);
+}
+
+}  // namespace
+
 Executor::Executor(uv_loop_t* loop, storage::LogStore& logs, Isolation& isolation,
                    ExecutorOptions options)
     : impl_(std::make_unique<Impl>(loop, logs, isolation, std::move(options))) {}
 
 Executor::~Executor() {
   CARDNODE_CHECK(impl_->tasks.empty());
-  if (Impl::Pacer* p = impl_->pacer) {
-    auto closed = [](uv_handle_t* h) {
-      auto* pacer = static_cast<Impl::Pacer*>(h->data);
-      if (--pacer->closing == 0) delete pacer;
-    };
-    p->closing = 2;
-    p->idle.data = p->prepare.data = p;
-    uv_close(reinterpret_cast<uv_handle_t*>(&p->idle), closed);
-    uv_close(reinterpret_cast<uv_handle_t*>(&p->prepare), closed);
-  }
-  if (Impl::SigchldWatch* w = impl_->sigchld) {
-    auto closed = [](uv_handle_t* h) {
-      auto* watch = static_cast<Impl::SigchldWatch*>(h->data);
-      if (--watch->closing == 0) delete watch;
-    };
-    w->closing = 2;
-    w->signal.data = w->sweep.data = w;
-    uv_close(reinterpret_cast<uv_handle_t*>(&w->signal), closed);
-    uv_close(reinterpret_cast<uv_handle_t*>(&w->sweep), closed);
-  }
+  if (Impl::Pacer* p = impl_->pacer) close_and_delete(p, &p->idle, &p->prepare);
+  if (Impl::SigchldWatch* w = impl_->sigchld) close_and_delete(w, &w->signal, &w->sweep);
 }
 
 Result<int32_t> Executor::start(const TaskLaunch& launch, ExitCallback on_exit) {

@@ -234,16 +234,14 @@ int child_main(void* arg) {
   exec_command(a);
 }
 
-// A descriptor the child dup2s onto 0..2 must not already be one of them (a daemon
-// started with a closed stdin gets fd 0 from its first open).
+}  // namespace
+
 int above_stdio(int fd) {
   if (fd < 0 || fd > STDERR_FILENO) return fd;
   int moved = ::fcntl(fd, F_DUPFD_CLOEXEC, STDERR_FILENO + 1);
   ::close(fd);
   return moved;
 }
-
-}  // namespace
 
 struct Spawner::Stack {
   void* base = MAP_FAILED;

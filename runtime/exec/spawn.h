@@ -69,6 +69,11 @@ struct Spawned {
   int pidfd = -1;  // owned by the caller; -1: no pidfd on this kernel
 };
 
+// Moves a descriptor above 0..2, closing the original (-1 stays -1; -1 if no room): one the
+// child dup2s onto 0..2, or one it must still write after that, must not be among them (a
+// daemon started with a closed stdin gets fd 0 from its first open).
+int above_stdio(int fd);
+
 enum class PidfdSupport : uint8_t {
   kAuto,  // CLONE_PIDFD, else pidfd_open, else none
   kNone,  // never (tests of the SIGCHLD fallback)

@@ -17,6 +17,7 @@
 #include "net/rpc_client.h"
 #include "runtime/agent/agent_journal.h"
 #include "runtime/data_dir.h"
+#include "runtime/exec/cgroup_mode.h"
 #include "runtime/exec/executor.h"
 #include "runtime/exec/isolation.h"
 #include "runtime/fd_limit.h"
@@ -201,6 +202,8 @@ Status Agent::Impl::open() {
   name = options.node_name.empty() ? facts.hostname : options.node_name;
   const std::string pool_tag = pool_tag_for(options.data_dir);
   isolation = Isolation::probe("/sys/fs/cgroup", pool_tag, options.disable_cgroups);
+  if (options.favor_dynmods && isolation.info().mode != IsolationMode::kRlimit)
+    log(Level::kInfo, "agent", describe(favor_dynamic_moves()));
   ExecutorOptions eo;
   eo.pool_tag = pool_tag;
   eo.kill_grace_ms = kKillGraceMs;

@@ -37,6 +37,7 @@ struct AgentOptions {
   std::map<std::string, std::string> labels;
   TaskUserOptions task_users;  // --task-user, --allow-root-tasks, --allow-task-user
   bool disable_cgroups = false;
+  bool favor_dynmods = true;     // false: --no-favordynmods (exec/cgroup_mode.h)
   uint32_t tasks_max = 1024;     // tasks at once: told to the server, which never sends more
   uint64_t heartbeat_ms = 1000;  // until the server says otherwise
 };

@@ -326,7 +326,7 @@ class AgentTest : public ::testing::Test {
     return rc;
   }
 
-  // A task that writes its pid (the task's own: the trampoline execs the command) to
+  // A task that writes its pid (the task's own: the spawn execs the command itself) to
   // NAME.pid, then runs until the test creates NAME.go.
   std::vector<std::string> waiting_task(const std::string& name) const {
     const std::string pid = "'" + files_ + "/" + name + ".pid'";

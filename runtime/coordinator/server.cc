@@ -19,6 +19,7 @@
 #include "runtime/coordinator/local_runner.h"
 #include "runtime/coordinator/metrics.h"
 #include "runtime/data_dir.h"
+#include "runtime/exec/cgroup_mode.h"
 #include "runtime/exec/executor.h"
 #include "runtime/exec/isolation.h"
 #include "runtime/fd_limit.h"
@@ -185,6 +186,8 @@ Status Server::Impl::recover() {
 Status Server::Impl::start_executor() {
   const std::string pool_tag = pool_tag_for(options.data_dir);
   isolation = Isolation::probe("/sys/fs/cgroup", pool_tag, options.disable_cgroups);
+  if (options.favor_dynmods && isolation.info().mode != IsolationMode::kRlimit)
+    log(Level::kInfo, "executor", runtime::describe(favor_dynamic_moves()));
   // Tasks of a previous run died with it, or are killed now: through their cgroups, and
   // without cgroups by the pool's tag in their environment.
   uint32_t stale = isolation.destroy_all_groups();

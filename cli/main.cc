@@ -184,7 +184,7 @@ Entry add_run(CLI::App& app, const ClientConfig& client) {
     uint32_t count = 1, retries = 0, priority = 50;
     uint64_t after = 0;
     std::vector<std::string> constraints, env, command;
-    bool wait = false;
+    bool wait = false, spread = false;
   };
   auto a = std::make_shared<Args>();
   auto* sub = app.add_subcommand("run", "Submit a job: run CMD as COUNT tasks");
@@ -209,6 +209,8 @@ Entry add_run(CLI::App& app, const ClientConfig& client) {
   sub->add_option("--name", a->name, "Job name (default: the command)");
   sub->add_option("--user", a->user,
                   "Run the tasks as USER (boards must allow it: --allow-task-user)");
+  sub->add_flag("--spread", a->spread,
+                "One task per board first (default: fill the fullest board that fits)");
   sub->add_flag("--wait", a->wait, "Wait for the job and exit with its result");
   sub->add_option("command", a->command, "-- CMD [ARG...]")->required();
   return {sub, [a, &client] {
@@ -221,6 +223,7 @@ Entry add_run(CLI::App& app, const ClientConfig& client) {
             spec.set_retries(a->retries);
             spec.set_priority(a->priority);
             spec.set_after(a->after);
+            spec.set_spread(a->spread);
             if (!a->cpu.empty()) {
               if (auto v = check(parse_cpu(a->cpu), &err)) spec.set_cpu_millis(*v);
             }

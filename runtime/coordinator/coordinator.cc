@@ -249,11 +249,13 @@ void Coordinator::submit(pb::JobSpec spec, const SubmitDone& done) {
   s->set_job_id(id);
   *s->mutable_spec() = std::move(spec);
   s->set_submitted_ms(hooks_.now_ms());
-  auto seq = commit(rec, [this, id, done](const Applied&) {
-    done(id);
-    hooks_.request_turn();
-  });
-  if (!seq) done(std::unexpected(seq.error()));
+  auto seq = commit(rec, [id, done](const Applied&) { done(id); });
+  if (!seq) return done(std::unexpected(seq.error()));
+  // The job is applied already: a turn in this loop iteration places its first tasks, and
+  // their TaskStarted records join the same fdatasync as JobSubmitted (the flush runs once
+  // per loop turn). The reply and the spawns then wait for one sync, not two; WAL order
+  // keeps a placement from ever being durable without its job.
+  hooks_.request_turn();
 }
 
 void Coordinator::cancel(sched::JobId id, const CancelDone& done) {

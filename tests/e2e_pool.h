@@ -64,14 +64,15 @@ class Pool : public Cluster {
   }
 
   // A coordinating server with fast failure detection (see the test file's header).
-  void start_pool_server(std::vector<std::string> extra = {}) {
+  void start_pool_server(std::vector<std::string> extra = {},
+                         const std::vector<std::string>& env = {}) {
     extra.push_back("--no-exec");
     for (auto [flag, value] : {std::pair{"--heartbeat", "200ms"}, std::pair{"--grace", "2s"}}) {
       if (std::find(extra.begin(), extra.end(), flag) == extra.end()) {
         extra.insert(extra.end(), {flag, value});
       }
     }
-    start_server(extra);
+    start_server(extra, env);
   }
 
   std::string agent_dir(const std::string& name) const { return root_ + "/agents/" + name; }

@@ -256,7 +256,9 @@ class Cluster : public ::testing::Test {
     fs::remove_all(root_);
   }
 
-  void start_server(const std::vector<std::string>& extra = {}) {
+  // env: "NAME=VALUE" entries added to the server's environment (CARDNODE_SYSFS_ROOT...).
+  void start_server(const std::vector<std::string>& extra = {},
+                    const std::vector<std::string>& env = {}) {
     fs::remove(data_ + "/addr");
     std::string log = root_ + "/server.log";
     server_ = fork();
@@ -265,6 +267,7 @@ class Cluster : public ::testing::Test {
       int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
       dup2(fd, 2);
       dup2(fd, 1);
+      for (const auto& kv : env) putenv(const_cast<char*>(kv.c_str()));
       std::vector<std::string> args{CARDNODE_BIN, "server", "--data-dir", data_};
       // Port 0 unless the test names an address (a restart on the same one).
       for (const char* opt : {"--listen", "--metrics-listen"}) {

@@ -11,10 +11,10 @@ NodeHold HeatGate::update(std::optional<int32_t> millicelsius, bool throttled, b
     hold_ = NodeHold::kUnderVoltage;
   } else if (throttled) {
     hold_ = NodeHold::kThrottled;
-  } else if (millicelsius && *millicelsius > bounds_.hot_millicelsius) {
+  } else if (millicelsius && (*millicelsius > bounds_.hot_millicelsius ||
+                              // held, flags clear, not cool enough yet
+                              (hold_ != NodeHold::kNone && *millicelsius > release_at))) {
     hold_ = NodeHold::kHot;
-  } else if (hold_ != NodeHold::kNone && millicelsius && *millicelsius > release_at) {
-    hold_ = NodeHold::kHot;  // held, flags clear, not cool enough yet
   } else {
     hold_ = NodeHold::kNone;
   }

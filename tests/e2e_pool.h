@@ -96,6 +96,9 @@ class Pool : public Cluster {
       int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
       dup2(fd, 2);
       dup2(fd, 1);
+      // Heat from an empty tree, as the server's (a wrapper "env CARDNODE_SYSFS_ROOT=..."
+      // gives the agent another).
+      setenv("CARDNODE_SYSFS_ROOT", no_sysfs().c_str(), 1);
       // wrapper: a command the agent runs under ("ip netns exec NS").
       std::vector<std::string> args = wrapper;
       args.insert(args.end(),

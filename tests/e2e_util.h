@@ -267,6 +267,9 @@ class Cluster : public ::testing::Test {
       int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
       dup2(fd, 2);
       dup2(fd, 1);
+      // The board's heat comes from an empty tree unless the test gives one: a hot CI
+      // machine must not hold the server's board (runtime/node_facts.h).
+      setenv("CARDNODE_SYSFS_ROOT", no_sysfs().c_str(), 1);
       for (const auto& kv : env) putenv(const_cast<char*>(kv.c_str()));
       std::vector<std::string> args{CARDNODE_BIN, "server", "--data-dir", data_};
       // Port 0 unless the test names an address (a restart on the same one).
@@ -308,6 +311,9 @@ class Cluster : public ::testing::Test {
     args.insert(args.end(), extra.begin(), extra.end());
     return cardnode_bounded(args, root_, 20s);
   }
+
+  // A sysfs root with nothing in it: no temperature, no throttle flags.
+  std::string no_sysfs() const { return root_ + "/no-sysfs"; }
 
   Output cli(std::vector<std::string> args, const std::vector<std::string>& env = {}) {
     args.insert(args.begin(), {"--data-dir", data_});

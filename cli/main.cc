@@ -6,6 +6,7 @@
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -71,6 +72,8 @@ Entry add_server(CLI::App& app, const ClientConfig& client) {
     std::string snapshot_bytes = "8M";
     std::string heartbeat = "1s";
     std::string grace = "10s";
+    double hot_celsius = 80;
+    double cool_margin = 5;
   };
   auto a = std::make_shared<Args>();
   auto* sub = app.add_subcommand("server", "Run the coordinator (and execute tasks here)");
@@ -94,6 +97,13 @@ Entry add_server(CLI::App& app, const ClientConfig& client) {
   sub->add_option("--heartbeat", a->heartbeat, "Agents' heartbeat interval (default 1s)");
   sub->add_option("--grace", a->grace,
                   "Silence after which an agent's node is down and its tasks lost (default 10s)");
+  sub->add_option("--hot-celsius", a->hot_celsius,
+                  "A board above this, or throttled or under-voltage, gets no new tasks "
+                  "(default 80)")
+      ->check(CLI::Range(0.0, 150.0));
+  sub->add_option("--cool-margin", a->cool_margin,
+                  "... until it has cooled this many degrees below --hot-celsius (default 5)")
+      ->check(CLI::Range(0.0, 50.0));
   add_task_user_flags(sub, &a->options.task_users);
   add_dynmods_flag(sub, &a->options.favor_dynmods);
   return {sub, [a, &client] {
@@ -118,6 +128,10 @@ Entry add_server(CLI::App& app, const ClientConfig& client) {
             if (err.empty() && a->options.grace_ms < 2 * a->options.heartbeat_ms) {
               err = "--grace must be at least two heartbeats";
             }
+            // Both in range (checked above): the millidegrees fit an int32.
+            a->options.hot_millicelsius = static_cast<int32_t>(std::lround(a->hot_celsius * 1000));
+            a->options.cool_margin_millicelsius =
+                static_cast<int32_t>(std::lround(a->cool_margin * 1000));
             if (!err.empty()) return usage_error(err);
             return cmd_server(std::move(a->options));
           }};

@@ -65,7 +65,7 @@ uint64_t free_mem(const Node& n, const Resources& used) {
 // Takes new tasks at all (capacity and the executor's own task limit are checked against
 // a plan's running view in PlanView).
 bool placeable(const Node& n) {
-  return n.state == NodeState::kReady && !n.removed && !n.draining;
+  return n.state == NodeState::kReady && !n.removed && !n.draining && n.hold == NodeHold::kNone;
 }
 
 bool labels_match(const Node& n, const JobSpec& spec) {
@@ -210,6 +210,16 @@ const char* node_state_name(NodeState s) {
   return "unknown";
 }
 
+const char* node_hold_name(NodeHold h) {
+  switch (h) {
+    case NodeHold::kNone: return "none";
+    case NodeHold::kHot: return "hot";
+    case NodeHold::kThrottled: return "throttled";
+    case NodeHold::kUnderVoltage: return "under-voltage";
+  }
+  return "unknown";
+}
+
 bool is_final(TaskState s) {
   return s != TaskState::kQueued && s != TaskState::kRunning;
 }
@@ -283,6 +293,12 @@ std::expected<void, SchedError> Cluster::set_draining(NodeId id, bool draining,
   if (id >= nodes_.size() || nodes_[id].removed) return std::unexpected(SchedError::kUnknownNode);
   nodes_[id].draining = draining;
   nodes_[id].drain_deadline_ms = draining ? deadline_ms : 0;
+  return {};
+}
+
+std::expected<void, SchedError> Cluster::set_node_hold(NodeId id, NodeHold hold) {
+  if (id >= nodes_.size() || nodes_[id].removed) return std::unexpected(SchedError::kUnknownNode);
+  nodes_[id].hold = hold;
   return {};
 }
 

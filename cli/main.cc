@@ -33,12 +33,14 @@ void add_task_user_flags(CLI::App* sub, cardnode::runtime::TaskUserOptions* o) {
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
 }
 
-// --no-favordynmods: the server's board and an agent's (runtime/exec/cgroup_mode.h).
+// --no-favordynmods: the server's board and an agent's (runtime/exec/cgroup_mode.h). On
+// unless given: the options' own default is off, for library users (tests).
 void add_dynmods_flag(CLI::App* sub, bool* favor) {
+  *favor = true;
   sub->add_flag_function(
       "--no-favordynmods", [favor](int64_t) { *favor = false; },
-      "Leave cgroup2's favordynmods mount option as it is (turning it on saves an idle "
-      "board ~5 ms per task start)");
+      "Leave cgroup2's favordynmods mount option as it is (by default it is turned on, "
+      "host-wide: an idle board's task start then skips a kernel RCU grace period)");
 }
 
 using namespace cardnode::cli;

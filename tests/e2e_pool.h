@@ -101,8 +101,8 @@ class Pool : public Cluster {
       setenv("CARDNODE_SYSFS_ROOT", no_sysfs().c_str(), 1);
       // wrapper: a command the agent runs under ("ip netns exec NS").
       std::vector<std::string> args = wrapper;
-      args.insert(args.end(),
-                  {CARDNODE_BIN, "agent", "--data-dir", dir, "--join", join, "--name", name});
+      args.insert(args.end(), {CARDNODE_BIN, "agent", "--data-dir", dir, "--join", join, "--name",
+                               name, "--no-favordynmods"});  // host-wide: see start_server
       args.insert(args.end(), extra.begin(), extra.end());
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());

@@ -90,8 +90,12 @@ void kill_nine_leaves_one_instance(Cluster* t, const std::string& marker) {
   EXPECT_EQ(t->cli({"cancel", "1"}).code, 0);
   EXPECT_TRUE(eventually(
       [&] { return count_with_marker(marker) == 0 && count_with_marker(marker + "-esc") == 0; }));
-  Output ps = t->cli({"ps", "1", "--json"});
-  EXPECT_NE(ps.out.find("\"state\":\"cancelled\""), std::string::npos) << ps.out;
+  // The processes go first; the task's end is recorded once its exit is reaped and durable.
+  Output ps;
+  EXPECT_TRUE(eventually([&] {
+    ps = t->cli({"ps", "1", "--json"});
+    return ps.out.find("\"state\":\"cancelled\"") != std::string::npos;
+  })) << ps.out;
 }
 
 TEST_F(Cluster, KillNineWhileRunningRequeuesAndLeavesNoProcess) {

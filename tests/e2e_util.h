@@ -272,6 +272,8 @@ class Cluster : public ::testing::Test {
       setenv("CARDNODE_SYSFS_ROOT", no_sysfs().c_str(), 1);
       for (const auto& kv : env) putenv(const_cast<char*>(kv.c_str()));
       std::vector<std::string> args{CARDNODE_BIN, "server", "--data-dir", data_};
+      // favordynmods is host-wide: only the test about it lets the server turn it on.
+      if (!favor_dynmods_) args.push_back("--no-favordynmods");
       // Port 0 unless the test names an address (a restart on the same one).
       for (const char* opt : {"--listen", "--metrics-listen"}) {
         if (std::find(extra.begin(), extra.end(), opt) == extra.end()) {
@@ -322,6 +324,7 @@ class Cluster : public ::testing::Test {
 
   std::string root_, data_, shared_, addr_, metrics_addr_;
   pid_t server_ = -1;
+  bool favor_dynmods_ = false;  // start_server passes --no-favordynmods unless set
 };
 
 }  // namespace cardnode::e2e

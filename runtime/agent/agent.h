@@ -39,7 +39,7 @@ struct AgentOptions {
   std::map<std::string, std::string> labels;
   TaskUserOptions task_users;  // --task-user, --allow-root-tasks, --allow-task-user
   bool disable_cgroups = false;
-  bool favor_dynmods = true;     // false: --no-favordynmods (exec/cgroup_mode.h)
+  bool favor_dynmods = false;    // as ServerOptions::favor_dynmods (the CLI sets it)
   uint32_t tasks_max = 1024;     // tasks at once: told to the server, which never sends more
   uint64_t heartbeat_ms = 1000;  // until the server says otherwise
   // Where the board's heat is read (runtime/node_facts.h), again with every heartbeat:

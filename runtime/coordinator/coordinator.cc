@@ -272,7 +272,10 @@ void Coordinator::submit(pb::JobSpec spec, const SubmitDone& done) {
   s->set_job_id(id);
   *s->mutable_spec() = std::move(spec);
   s->set_submitted_ms(hooks_.now_ms());
-  auto seq = commit(rec, [id, done](const Applied&) { done(id); });
+  auto seq = commit(rec, [this, id, done](const Applied&) {
+    done(id);
+    hooks_.request_turn();  // again: the turn below may have found the WAL queue full
+  });
   if (!seq) return done(std::unexpected(seq.error()));
   // The job is applied already: a turn in this loop iteration places its first tasks, and
   // their TaskStarted records join the same fdatasync as JobSubmitted (the flush runs once

@@ -294,9 +294,11 @@ TEST_P(CoordinatorTest, ATaskStartsOnlyOnceItsPlacementIsDurable) {
   EXPECT_EQ(h->runner(0).starts, 2u);
 }
 
-// A submitted job is placed in the same loop turn, before its record is durable, so its
-// first TaskStarted records share JobSubmitted's sync (the server flushes once per turn);
-// the reply and the spawns both wait for that one sync.
+// A submitted job is placed in the same loop turn, before its record is durable: its first
+// TaskStarted records are appended right behind JobSubmitted (in the server, whose WAL
+// holds appends until the turn ends, they share one batch and one fdatasync: see
+// WalTest.HeldAppendsWaitForFlushAndShareABatch). The reply and the spawns wait for the
+// records to be durable, and come together.
 TEST_P(CoordinatorTest, ASubmitIsPlacedInTheSameTurnAndStartsWithItsReply) {
   OPEN_OR_SKIP(h);
   h->join(0);

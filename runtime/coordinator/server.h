@@ -36,10 +36,12 @@ struct ServerOptions {
   bool exec = true;       // false: --no-exec, coordinate only
   std::string node_name;  // empty: the hostname
   std::map<std::string, std::string> labels;
-  TaskUserOptions task_users;       // --task-user, --allow-root-tasks, --allow-task-user
-  bool disable_cgroups = false;     // rlimits only (CARDNODE_NO_CGROUPS=1)
-  bool favor_dynmods = true;        // false: --no-favordynmods (exec/cgroup_mode.h)
-  uint32_t keep_finished = 10'000;  // --keep-finished
+  TaskUserOptions task_users;    // --task-user, --allow-root-tasks, --allow-task-user
+  bool disable_cgroups = false;  // rlimits only (CARDNODE_NO_CGROUPS=1)
+  // Turn on cgroup2 favordynmods (exec/cgroup_mode.h). The CLI sets it unless
+  // --no-favordynmods; off here so a library user (a test) never changes the host.
+  bool favor_dynmods = false;
+  uint32_t keep_finished = 10'000;                          // --keep-finished
   uint64_t keep_finished_for_ms = 7ull * 24 * 3600 * 1000;  // --keep-finished-for
   uint64_t snapshot_wal_bytes = 8ull << 20;                 // --snapshot-wal-bytes
   uint64_t heartbeat_ms = 1000;                             // --heartbeat: agents' interval

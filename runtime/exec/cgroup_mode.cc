@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <optional>
 
 namespace cardnode::runtime {
 namespace {
@@ -100,6 +101,9 @@ const char* dynmods_result_name(DynmodsResult r) {
   switch (r) {
     case DynmodsResult::kAlreadyOn: return "already on";
     case DynmodsResult::kTurnedOn: return "turned on";
+    case DynmodsResult::kAlreadyOff: return "already off";
+    case DynmodsResult::kTurnedOff: return "turned off";
+    case DynmodsResult::kIgnored: return "not taken by the kernel";
     case DynmodsResult::kNoCgroup2: return "no cgroup2 mount";
     case DynmodsResult::kUnsupported: return "not supported by this kernel";
     case DynmodsResult::kNotPermitted: return "not permitted";
@@ -113,44 +117,54 @@ std::string describe(const DynmodsOutcome& o) {
   if (!o.mount_point.empty()) s += " at " + o.mount_point;
   if (!o.detail.empty()) s += " (" + o.detail + ")";
   if (o.result != DynmodsResult::kAlreadyOn && o.result != DynmodsResult::kTurnedOn)
-    s += "; a task start may wait ~5 ms for the kernel (RCU) when the board was idle";
+    s += "; a task start may wait for a kernel RCU grace period (~6 ms here) when idle";
   return s;
 }
 
-DynmodsOutcome favor_dynamic_moves(const std::string& mountinfo) {
-  DynmodsOutcome out;
+namespace {
+
+// The first cgroup2 mount in `mountinfo` (any will do: the flag is the superblock's, and
+// there is one cgroup2 superblock). nullopt with `out` set when there is none or the file
+// cannot be read. Only whole lines count: a line cut by the size bound could lose options.
+std::optional<MountEntry> find_cgroup2(const std::string& mountinfo, DynmodsOutcome* out) {
   std::ifstream in(mountinfo);
-  if (!in) return failed(out, "read " + mountinfo, errno != 0 ? errno : ENOENT);
+  if (!in) {
+    *out = failed(*out, "read " + mountinfo, errno != 0 ? errno : ENOENT);
+    return std::nullopt;
+  }
   std::string text(kMountinfoMax, '\0');
   in.read(text.data(), static_cast<std::streamsize>(text.size()));
   text.resize(static_cast<size_t>(in.gcount()));
+  text.resize(text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1);
+  for (MountEntry& m : parse_mountinfo(text)) {
+    if (m.fs_type == "cgroup2") return std::move(m);
+  }
+  out->result = DynmodsResult::kNoCgroup2;
+  return std::nullopt;
+}
 
-  const MountEntry* cg2 = nullptr;
-  auto mounts = parse_mountinfo(text);
-  for (const MountEntry& m : mounts) {
-    if (m.fs_type == "cgroup2") {
-      cg2 = &m;
-      break;
-    }
+// The kernel lists the cgroup2 mount options it knows in /sys/kernel/cgroup/features
+// (Linux 5.x+); an older kernel has no file, and then fsconfig's EINVAL says it.
+bool kernel_lacks_favordynmods(const std::string& features) {
+  std::ifstream in(features);
+  if (!in) return false;
+  for (std::string line; std::getline(in, line);) {
+    if (line == "favordynmods") return false;
   }
-  if (cg2 == nullptr) {
-    out.result = DynmodsResult::kNoCgroup2;
-    return out;
-  }
-  out.mount_point = cg2->mount_point;
-  if (has_mount_option(cg2->super_options, "favordynmods")) {
-    out.result = DynmodsResult::kAlreadyOn;
-    return out;
-  }
+  return true;
+}
 
-  long fd = fspick_raw(cg2->mount_point.c_str());
-  if (fd < 0) return failed(out, "fspick " + cg2->mount_point, errno);
+// Reconfigures the cgroup2 superblock with `options` (its current ones, edited): a
+// cgroup2 reconfigure clears every flag it is not given. "rw"/"ro" are the superblock's
+// read-only state, which this leaves as it is. Per-mount flags (nosuid...) are untouched.
+DynmodsOutcome reconfigure(DynmodsOutcome out, const std::string& mount_point,
+                           const std::vector<std::string>& options) {
+  long fd = fspick_raw(mount_point.c_str());
+  if (fd < 0) return failed(out, "fspick " + mount_point, errno);
   int ifd = static_cast<int>(fd);
-  // Every option the superblock has now, then the new one. "rw"/"ro" are the
-  // superblock's read-only state, which a cgroup2 reconfigure leaves as it is.
-  for (std::string_view o : split(cg2->super_options, ',')) {
+  for (const std::string& o : options) {
     if (o == "rw" || o == "ro") continue;
-    std::string key(o);
+    std::string key = o;
     std::string value;
     if (size_t eq = key.find('='); eq != std::string::npos) {
       value = key.substr(eq + 1);
@@ -162,24 +176,64 @@ DynmodsOutcome favor_dynamic_moves(const std::string& mountinfo) {
       int err = errno;
       ::close(ifd);
       // An option we cannot hand back would be lost by the reconfigure: stop here.
-      DynmodsOutcome o2 = failed(out, "keep option " + key, err);
-      if (o2.result == DynmodsResult::kUnsupported) o2.result = DynmodsResult::kFailed;
+      DynmodsOutcome o2 = failed(out, "option " + key, err);
+      if (key != "favordynmods" && o2.result == DynmodsResult::kUnsupported)
+        o2.result = DynmodsResult::kFailed;
       return o2;
     }
-  }
-  if (fsconfig_raw(ifd, kFsconfigSetFlag, "favordynmods", nullptr) != 0) {
-    int err = errno;
-    ::close(ifd);
-    return failed(out, "favordynmods", err);
   }
   if (fsconfig_raw(ifd, kFsconfigCmdReconfigure, nullptr, nullptr) != 0) {
     int err = errno;
     ::close(ifd);
-    return failed(out, "reconfigure " + cg2->mount_point, err);
+    return failed(out, "reconfigure " + mount_point, err);
   }
   ::close(ifd);
-  out.result = DynmodsResult::kTurnedOn;
   return out;
+}
+
+}  // namespace
+
+DynmodsOutcome set_favor_dynamic_moves(bool on, const std::string& mountinfo,
+                                       const std::string& features) {
+  DynmodsOutcome out;
+  std::optional<MountEntry> cg2 = find_cgroup2(mountinfo, &out);
+  if (!cg2) return out;
+  out.mount_point = cg2->mount_point;
+  if (has_mount_option(cg2->super_options, "favordynmods") == on) {
+    out.result = on ? DynmodsResult::kAlreadyOn : DynmodsResult::kAlreadyOff;
+    return out;
+  }
+  if (on && kernel_lacks_favordynmods(features)) {
+    out.result = DynmodsResult::kUnsupported;
+    return out;
+  }
+  std::vector<std::string> options;
+  for (std::string_view o : split(cg2->super_options, ',')) {
+    if (o != "favordynmods") options.emplace_back(o);
+  }
+  if (on) options.emplace_back("favordynmods");
+  out = reconfigure(out, cg2->mount_point, options);
+  if (!out.detail.empty()) return out;
+  // The kernel accepts a reconfigure outside the initial cgroup namespace and ignores it
+  // (a container): only the options read back say what happened. Every option the mount
+  // had must still be there.
+  DynmodsOutcome again;
+  std::optional<MountEntry> now = find_cgroup2(mountinfo, &again);
+  bool all_there = now.has_value();
+  for (const std::string& o : options)
+    all_there = all_there && has_mount_option(now->super_options, o);
+  if (!all_there || has_mount_option(now->super_options, "favordynmods") != on) {
+    out.result = DynmodsResult::kIgnored;
+    out.detail = "the mount reads \"" + (now ? now->super_options : std::string("?")) +
+                 "\" after the change (not the initial cgroup namespace?)";
+    return out;
+  }
+  out.result = on ? DynmodsResult::kTurnedOn : DynmodsResult::kTurnedOff;
+  return out;
+}
+
+DynmodsOutcome favor_dynamic_moves(const std::string& mountinfo) {
+  return set_favor_dynamic_moves(true, mountinfo);
 }
 
 }  // namespace cardnode::runtime

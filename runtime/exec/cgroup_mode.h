@@ -9,17 +9,18 @@
 // stays entered for a while). So an idle board pays ~6 ms on every `run --wait`.
 //
 // cgroup2's `favordynmods` mount option (Linux 6.0+) keeps that reader side in slow mode:
-// the join costs a few µs, and forks and exits pay an atomic operation instead of a per-cpu
-// one (the kernel's documented trade-off; on a 4-core board it does not show). The rwsem
-// is global, so turning it on at the cgroup2 mount helps the v1 joins of a hybrid
-// system too.
+// the join costs a few µs, and every fork and exit on the host (any process, not only
+// cardnode's) pays an atomic operation and barrier instead of a per-cpu one: the
+// kernel's documented trade-off, not measured on a Pi here. The rwsem is global, so
+// turning it on at the cgroup2 mount helps the v1 joins of a hybrid system too.
 //
 // favor_dynamic_moves() turns it on when it is off: it reconfigures the cgroup2
 // superblock through fspick()/fsconfig() with every option it already has plus
 // favordynmods (a cgroup2 reconfigure clears the flags it is not given, e.g. systemd's
 // nsdelegate and memory_recursiveprot; the mount's own flags, nosuid etc., are not
 // touched by a superblock reconfigure). It needs root in the initial cgroup namespace; the
-// kernel ignores the flag elsewhere. It stays on after cardnode exits (a system setting;
+// kernel accepts and ignores the change elsewhere, so the options are read back before it
+// says "turned on". It stays on after cardnode exits (a host-wide setting;
 // `--no-favordynmods` leaves it alone). Docs: docs/ARCHITECTURE.md, "Isolation".
 //
 // Threading: start-up only, before the loop runs (blocking reads of /proc and a mount
@@ -49,9 +50,14 @@ bool has_mount_option(std::string_view options, std::string_view option);
 
 enum class DynmodsResult : uint8_t {
   kAlreadyOn,     // the cgroup2 mount has favordynmods
-  kTurnedOn,      // reconfigured now
+  kTurnedOn,      // reconfigured now, and the mount reads so
+  kAlreadyOff,    // set_favor_dynamic_moves(false): it was not on
+  kTurnedOff,     // set_favor_dynamic_moves(false): reconfigured now
+  kIgnored,       // the reconfigure succeeded but the mount does not read so: the kernel
+                  // ignores it outside the initial cgroup namespace (a container)
   kNoCgroup2,     // no cgroup2 mount (a v1-only system): nothing to switch
-  kUnsupported,   // the kernel does not know the option (before 6.0): EINVAL
+  kUnsupported,   // the kernel does not know the option (before 6.0): not in
+                  // /sys/kernel/cgroup/features, or EINVAL/ENOSYS (qemu-user)
   kNotPermitted,  // EPERM: not root, or not in the initial namespaces
   kFailed,        // another error
 };
@@ -65,6 +71,16 @@ struct DynmodsOutcome {
 
 // See the top. `mountinfo` is /proc/self/mountinfo, a file for tests.
 DynmodsOutcome favor_dynamic_moves(const std::string& mountinfo = "/proc/self/mountinfo");
+// favor_dynamic_moves() is set_favor_dynamic_moves(true); false turns the option off the
+// same way (tests put the host back as they found it). `features` lists the cgroup2
+// options the kernel knows.
+DynmodsOutcome set_favor_dynamic_moves(bool on,
+                                       const std::string& mountinfo = "/proc/self/mountinfo",
+                                       const std::string& features = "/sys/kernel/cgroup/features");
+// The lock file the tests that switch the host's flag hold (runtime/exec/cgroup_mode_test.cc,
+// tests/e2e_privilege_test.cc): ctest -j must not run them at once.
+inline constexpr const char* kCgroup2FlagLock = "/tmp/cardnode-test-cgroup2-flag.lock";
+
 // One line for the start-up log: "favordynmods: turned on at /sys/fs/cgroup/unified".
 std::string describe(const DynmodsOutcome& o);
 

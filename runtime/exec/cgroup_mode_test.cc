@@ -3,7 +3,9 @@
 // option it had kept. Skipped where the kernel or the namespace does not allow it.
 #include "runtime/exec/cgroup_mode.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -33,6 +35,23 @@ std::string temp_file(const std::string& text) {
   std::ofstream(tmpl) << text;
   return tmpl;
 }
+
+// The tests that switch the host's cgroup2 flag (this one and
+// tests/e2e_privilege_test.cc) hold this lock, so ctest -j never runs them at once.
+class HostFlagLock {
+ public:
+  HostFlagLock() : fd_(::open(kCgroup2FlagLock, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) {
+    if (fd_ >= 0) (void)::flock(fd_, LOCK_EX);
+  }
+  ~HostFlagLock() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  HostFlagLock(const HostFlagLock&) = delete;
+  HostFlagLock& operator=(const HostFlagLock&) = delete;
+
+ private:
+  int fd_;
+};
 
 std::string cgroup2_options() {
   std::ifstream in("/proc/self/mountinfo");
@@ -88,37 +107,74 @@ TEST(CgroupModeTest, AMountThatHasItIsLeftAlone) {
 TEST(CgroupModeTest, AFailureIsAValueThatNamesTheStep) {
   std::string f =
       temp_file("27 26 0:24 / /nonexistent/cgroup2 rw - cgroup2 cgroup2 rw,nsdelegate\n");
-  DynmodsOutcome o = favor_dynamic_moves(f);
+  std::string features = temp_file("nsdelegate\nfavordynmods\n");
+  DynmodsOutcome o = set_favor_dynamic_moves(true, f, features);
   EXPECT_NE(o.result, DynmodsResult::kTurnedOn);
   EXPECT_NE(o.result, DynmodsResult::kAlreadyOn);
   EXPECT_NE(o.detail.find("/nonexistent/cgroup2"), std::string::npos) << o.detail;
   EXPECT_NE(describe(o).find("may wait"), std::string::npos);
   fs::remove(f);
+  fs::remove(features);
 
   o = favor_dynamic_moves("/nonexistent/mountinfo");
   EXPECT_EQ(o.result, DynmodsResult::kFailed);
 }
 
-// The real mount: on, and no option it had before is lost (a cgroup2 reconfigure clears
-// the flags it is not given, e.g. systemd's nsdelegate).
+// The real mount: turned on (from off: a host where it was on is switched off first), no
+// option it had is lost, and the host is left as it was found (a cgroup2 reconfigure
+// clears the flags it is not given, e.g. systemd's nsdelegate).
 TEST(CgroupModeTest, TheRealMountGetsItAndKeepsItsOptions) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root";
-  std::string before = cgroup2_options();
+  HostFlagLock lock;
+  const std::string before = cgroup2_options();
   if (before.empty()) GTEST_SKIP() << "no cgroup2 mount here";
+  const bool was_on = has_mount_option(before, "favordynmods");
+  auto cannot = [](const DynmodsOutcome& o) {
+    return o.result == DynmodsResult::kUnsupported || o.result == DynmodsResult::kNotPermitted ||
+           o.result == DynmodsResult::kIgnored;
+  };
+  if (was_on) {
+    DynmodsOutcome off = set_favor_dynamic_moves(false);
+    if (cannot(off)) GTEST_SKIP() << describe(off);
+    ASSERT_EQ(off.result, DynmodsResult::kTurnedOff) << describe(off);
+    EXPECT_FALSE(has_mount_option(cgroup2_options(), "favordynmods"));
+  }
+  const std::string off_options = cgroup2_options();
   DynmodsOutcome o = favor_dynamic_moves();
-  if (o.result == DynmodsResult::kUnsupported || o.result == DynmodsResult::kNotPermitted)
-    GTEST_SKIP() << describe(o);
-  ASSERT_TRUE(o.result == DynmodsResult::kTurnedOn || o.result == DynmodsResult::kAlreadyOn)
-      << describe(o);
+  if (cannot(o)) GTEST_SKIP() << describe(o);
+  ASSERT_EQ(o.result, DynmodsResult::kTurnedOn) << describe(o);
   std::string after = cgroup2_options();
   EXPECT_TRUE(has_mount_option(after, "favordynmods")) << after;
-  std::stringstream opts(before);
+  std::stringstream opts(off_options);
   for (std::string opt; std::getline(opts, opt, ',');) {
-    EXPECT_TRUE(has_mount_option(after, opt)) << opt << " lost: " << before << " -> " << after;
+    EXPECT_TRUE(has_mount_option(after, opt)) << opt << " lost: " << off_options << " -> " << after;
   }
   // A second call finds it on and changes nothing.
   EXPECT_EQ(favor_dynamic_moves().result, DynmodsResult::kAlreadyOn);
   EXPECT_EQ(cgroup2_options(), after);
+  if (!was_on) {
+    EXPECT_EQ(set_favor_dynamic_moves(false).result, DynmodsResult::kTurnedOff);
+  }
+  EXPECT_EQ(cgroup2_options(), before) << "the host was not left as it was found";
+}
+
+// A kernel whose feature list lacks the option is not asked (before 6.0).
+TEST(CgroupModeTest, AKernelWithoutTheFeatureIsNotAsked) {
+  std::string info =
+      temp_file("27 26 0:24 / /nonexistent/cgroup2 rw - cgroup2 cgroup2 rw,nsdelegate\n");
+  std::string features = temp_file("nsdelegate\nmemory_localevents\n");
+  DynmodsOutcome o = set_favor_dynamic_moves(true, info, features);
+  EXPECT_EQ(o.result, DynmodsResult::kUnsupported);
+  EXPECT_TRUE(o.detail.empty()) << "it tried the mount: " << o.detail;
+  fs::remove(info);
+  fs::remove(features);
+}
+
+// A mountinfo cut by the size bound never yields a half line: its options could be short.
+TEST(CgroupModeTest, OnlyWholeLinesCount) {
+  std::string f = temp_file("27 26 0:24 / /nonexistent/cgroup2 rw - cgroup2 cgroup2 rw,nsdeleg");
+  EXPECT_EQ(favor_dynamic_moves(f).result, DynmodsResult::kNoCgroup2);
+  fs::remove(f);
 }
 
 }  // namespace

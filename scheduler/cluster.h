@@ -229,7 +229,8 @@ struct Node {
   uint32_t running = 0;
 };
 
-// Why a board takes no new task now (`cardnode nodes`), in the order checked.
+// Why a board takes no new task now (`cardnode nodes`). why_skipped() checks removed,
+// draining (a drained board that is also down says draining), down, hold, task limit, full.
 enum class NodeSkip : uint8_t {
   kNone = 0,  // takes work
   kRemoved,

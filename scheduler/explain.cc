@@ -123,8 +123,9 @@ std::string describe(const WaitReason& r) {
       return "job " + std::to_string(r.other_job) +
              " (same priority, fewer running tasks) goes first";
     case WaitCause::kStartsNext:
-      return r.ahead == 0 ? "starts with the next placement"
-                          : "starts soon: " + std::to_string(r.ahead) + " placements ahead of it";
+      if (r.ahead == 0) return "starts with the next placement";
+      return "starts soon: " + std::to_string(r.ahead) +
+             (r.ahead == 1 ? " placement ahead of it" : " placements ahead of it");
   }
   return "unknown";
 }

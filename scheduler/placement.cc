@@ -261,9 +261,12 @@ void Cluster::plan_into(PlanLimit limit, std::vector<Placement>* out, Trace* tra
     flush_pending();
     return most_free_cpu() != 0;
   };
+  // A traced plan (why_waiting) goes on when no board has room: reservations still count.
+  const bool exhaustive = trace != nullptr;
   auto next = runnable_.begin();
   bool done = false;
-  while (!done && next != runnable_.end() && out->size() < limit.max && any_room()) {
+  while (!done && next != runnable_.end() && out->size() < limit.max &&
+         (exhaustive || any_room())) {
     const uint32_t rank = next->rank;
     heap_.clear();
     while (!done && out->size() < limit.max) {
@@ -321,7 +324,7 @@ void Cluster::plan_into(PlanLimit limit, std::vector<Placement>* out, Trace* tra
         std::push_heap(heap_.begin(), heap_.end(), heap_less);
       } else {
         heap_.pop_back();
-        if (!any_room()) done = true;
+        if (!exhaustive && !any_room()) done = true;
       }
     }
   }

@@ -133,6 +133,7 @@ std::expected<NodeId, SchedError> Cluster::add_node(NodeSpec spec) {
   Node n;
   n.id = static_cast<NodeId>(nodes_.size());
   n.spec = std::move(spec);
+  by_name_.emplace(n.spec.name, n.id);
   nodes_.push_back(std::move(n));
   ++live_nodes_;
   add_slot();
@@ -154,6 +155,8 @@ std::expected<void, SchedError> Cluster::update_node(NodeId id, NodeSpec spec) {
   if (same_name != nullptr && same_name->id != id) {
     return std::unexpected(SchedError::kDuplicateId);
   }
+  by_name_.erase(nodes_[id].spec.name);
+  by_name_.emplace(spec.name, id);
   nodes_[id].spec = std::move(spec);
   mark_node(id, /*labels_changed=*/true);
   return {};
@@ -164,6 +167,7 @@ std::expected<void, SchedError> Cluster::remove_node(NodeId id) {
   if (nodes_[id].running > 0) return std::unexpected(SchedError::kBadTransition);
   nodes_[id].removed = true;
   nodes_[id].state = NodeState::kDown;
+  by_name_.erase(nodes_[id].spec.name);
   // As restore_node() rebuilds a removed node: no drain, no hold.
   nodes_[id].draining = false;
   nodes_[id].drain_deadline_ms = 0;
@@ -397,10 +401,8 @@ const Node* Cluster::node(NodeId id) const {
 }
 
 const Node* Cluster::node_by_name(const std::string& name) const {
-  for (const Node& n : nodes_) {
-    if (!n.removed && n.spec.name == name) return &n;
-  }
-  return nullptr;
+  auto it = by_name_.find(name);
+  return it == by_name_.end() ? nullptr : &nodes_[it->second];
 }
 
 // ---------------------------------------------------------------------- helpers
@@ -581,6 +583,7 @@ std::expected<void, SchedError> Cluster::restore_node(NodeSpec spec, bool remove
   n.draining = draining && !removed;
   n.drain_deadline_ms = n.draining ? drain_deadline_ms : 0;
   if (removed) n.state = NodeState::kDown;
+  if (!removed) by_name_.emplace(n.spec.name, n.id);
   nodes_.push_back(std::move(n));
   if (!removed) ++live_nodes_;
   add_slot();

@@ -476,6 +476,7 @@ class Cluster {
   bool reserved_for_other(NodeId id, JobId job) const;
   bool reserved_by_any(NodeId id) const;
   uint32_t most_free_cpu() const;
+  uint16_t class_slots() const;
   uint32_t spread_count(JobId job, NodeId node) const;
   void take(NodeId id, const Job& job) const;
   void flush_pending() const;
@@ -492,6 +493,7 @@ class Cluster {
   // Live jobs cancel() was called on: their running tasks end without a requeue.
   std::set<JobId> cancelling_;
   uint32_t live_nodes_ = 0;
+  std::map<std::string, NodeId, std::less<>> by_name_;  // live nodes
   JobObserver* observer_ = nullptr;
   // A spread job's running tasks per node, and how many nodes run how many of them
   // (derived; finish_restore() rebuilds it).

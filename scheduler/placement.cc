@@ -105,7 +105,7 @@ void Cluster::reindex(NodeId id) const {
     for (uint16_t c : s.classes) classes_[c].room.erase(s.key);
     s.classes.clear();
     const Node& n = nodes_[id];
-    for (uint16_t c = 1; c < classes_.size(); ++c) {
+    for (uint16_t c = 1; c < class_slots(); ++c) {
       if (!n.removed && classes_[c].live && matches(n, classes_[c].constraints)) {
         s.classes.push_back(c);
         classes_[c].room.insert(s.key);
@@ -178,7 +178,7 @@ int32_t Cluster::class_for(const Constraints& constraints, bool create) const {
 int32_t Cluster::add_class(const Constraints& constraints) const {
   uint16_t slot = 0;
   if (class_of_.size() < limits_.constraint_classes_max) {
-    for (uint16_t c = 1; c < classes_.size() && slot == 0; ++c) {
+    for (uint16_t c = 1; c < class_slots() && slot == 0; ++c) {
       if (!classes_[c].live) slot = c;
     }
     if (slot == 0) {
@@ -188,7 +188,7 @@ int32_t Cluster::add_class(const Constraints& constraints) const {
     }
   } else {
     // The least recently used class, if this plan has not used it (its index may be in use).
-    for (uint16_t c = 1; c < classes_.size(); ++c) {
+    for (uint16_t c = 1; c < class_slots(); ++c) {
       if (classes_[c].last_plan < plan_serial_ &&
           (slot == 0 || classes_[c].last_plan < classes_[slot].last_plan)) {
         slot = c;
@@ -443,6 +443,11 @@ bool Cluster::reserved_for_other(NodeId id, JobId job) const {
     if (r.node == id && r.job != job) return true;
   }
   return false;
+}
+
+// Fits in 16 bits: the constructor bounds constraint_classes_max below 65,535.
+uint16_t Cluster::class_slots() const {
+  return static_cast<uint16_t>(classes_.size());
 }
 
 bool Cluster::reserved_by_any(NodeId id) const {

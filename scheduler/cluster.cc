@@ -1,6 +1,7 @@
 // The cluster state machine (see cluster.h). Every mutation funnels task state changes
 // through set_task_state() and job state changes through settle(), so the counters
-// (state_counts, queued_tasks_, live_jobs_, runnable_) have one place each to go wrong.
+// (state_counts, queued_tasks_, live_jobs_, and the mark that moves the job in runnable_)
+// have one place each to go wrong.
 //
 // Queue representation: a job's queued tasks are the fresh ones (attempts == 0, all at
 // indexes >= next_fresh) plus the requeued ones (listed in requeued[requeued_head..], FIFO).

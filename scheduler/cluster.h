@@ -19,7 +19,8 @@
 // tasks may change, so a snapshot in progress can write their old image first
 // (runtime/coordinator/snapshot_codec.h), and the state can count what moved.
 //
-// Threading: none inside; the server uses it from its loop thread only.
+// Threading: none inside; the server uses it from its loop thread only. plan() and the
+// why_*() queries update the mutable indexes too: no concurrent calls, const ones included.
 // Bounds: Limits below; a bound that is hit is an error value, not a crash.
 #pragma once
 
@@ -321,7 +322,9 @@ class Cluster {
   //    least missing CPU, then memory, then task slots, then lowest id) is reserved for it,
   //    and jobs after it in this order start nothing there (backfill elsewhere).
   // Cost: one O(log nodes) index step per board left and per free-CPU level skipped, plus
-  // O(log jobs) per job met; a spread job O(boards it runs on); a reservation O(nodes).
+  // O(log jobs) per job met and one re-key per node or job changed since the last plan; a
+  // spread job walks boards from the most free down past those already running its tasks;
+  // a reservation scans the job's constraint class once.
   // No allocation once warm except `out` (the overload reuses the caller's vector).
   std::vector<Placement> plan(uint32_t max, uint64_t now_ms) const;
   void plan(uint32_t max, uint64_t now_ms, std::vector<Placement>* out) const;

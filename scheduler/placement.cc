@@ -58,9 +58,14 @@ void Cluster::mark_node(NodeId id, bool labels_changed) {
 }
 
 void Cluster::mark_job(const Job& job) {
-  if (!job.queue_dirty) {
-    job.queue_dirty = true;
-    dirty_jobs_.push_back(job.id);
+  if (job.queue_dirty) return;
+  job.queue_dirty = true;
+  dirty_jobs_.push_back(job.id);
+  // Live jobs are listed once each, but a job pruned before the next refresh() leaves its
+  // id behind: a replay of many submits and prunes with no plan() between would pile them
+  // up. Dropping them when they could outnumber the jobs keeps the list O(jobs), amortized.
+  if (dirty_jobs_.size() > 2 * jobs_.size() + 64) {
+    std::erase_if(dirty_jobs_, [this](JobId id) { return !jobs_.contains(id); });
   }
 }
 

@@ -74,7 +74,7 @@ const char* node_hold_name(NodeHold h) {
     case NodeHold::kNone: return "none";
     case NodeHold::kHot: return "hot";
     case NodeHold::kThrottled: return "throttled";
-    case NodeHold::kUnderVoltage: return "under_voltage";
+    case NodeHold::kUnderVoltage: return "under-voltage";
   }
   return "unknown";
 }

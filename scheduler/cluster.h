@@ -66,7 +66,7 @@ enum class NodeHold : uint8_t { kNone = 0, kHot = 1, kThrottled = 2, kUnderVolta
 const char* task_state_name(TaskState s);  // "queued", "timed_out", ...
 const char* job_state_name(JobState s);
 const char* node_state_name(NodeState s);
-const char* node_hold_name(NodeHold h);  // "none", "hot", "throttled", "under_voltage"
+const char* node_hold_name(NodeHold h);  // "none", "hot", "throttled", "under-voltage"
 bool is_final(TaskState s);
 bool is_final(JobState s);  // succeeded, failed or cancelled
 

@@ -71,7 +71,7 @@ const char* node_skip_name(NodeSkip s) {
     case NodeSkip::kDraining: return "draining";
     case NodeSkip::kHot: return "hot";
     case NodeSkip::kThrottled: return "throttled";
-    case NodeSkip::kUnderVoltage: return "under_voltage";
+    case NodeSkip::kUnderVoltage: return "under-voltage";
     case NodeSkip::kTaskLimit: return "task_limit";
     case NodeSkip::kFull: return "full";
   }

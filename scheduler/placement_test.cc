@@ -72,7 +72,7 @@ TEST(NodeHold, HeldBoardGetsNothingNewAndItsTasksRunOn) {
   EXPECT_EQ(plan[0].node, a);
   EXPECT_EQ(c.set_node_hold(7, NodeHold::kHot).error(), SchedError::kUnknownNode);
   EXPECT_EQ(c.set_node_hold(a, static_cast<NodeHold>(9)).error(), SchedError::kInvalidSpec);
-  EXPECT_STREQ(node_hold_name(NodeHold::kUnderVoltage), "under_voltage");
+  EXPECT_STREQ(node_hold_name(NodeHold::kUnderVoltage), "under-voltage");
 }
 
 TEST(NodeHold, WhySkippedNamesEveryReasonInOrder) {

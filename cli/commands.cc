@@ -18,6 +18,7 @@
 #include "proto/text.h"
 #include "runtime/coordinator/fsck.h"
 #include "scheduler/cluster.h"
+#include "scheduler/heat.h"
 
 namespace cardnode::cli {
 namespace {
@@ -490,8 +491,11 @@ int cmd_nodes(const ClientConfig& cfg, bool json) {
     std::printf("%s\n", nodes_json(resp->nodes()).c_str());
     return 0;
   }
-  std::printf("%-16s %-8s %-8s %11s %13s %7s  %-10s %-18s %-10s %s\n", "NAME", "STATE", "ARCH",
-              "CPU", "MEMORY", "TASKS", "ISOLATION", "ENFORCED", "TRANSPORT", "TASK-USER");
+  // SKIP-REASON last: why a board gets no new tasks (down, draining, hot 83.0C, throttled,
+  // under-voltage), "-" when it takes them.
+  std::printf("%-16s %-8s %-8s %11s %13s %7s %7s  %-10s %-18s %-10s %-22s %s\n", "NAME", "STATE",
+              "ARCH", "CPU", "MEMORY", "TASKS", "TEMP", "ISOLATION", "ENFORCED", "TRANSPORT",
+              "TASK-USER", "SKIP-REASON");
   bool plaintext = false;
   std::string root_nodes;
   for (const auto& n : resp->nodes().nodes()) {
@@ -505,10 +509,15 @@ int cmd_nodes(const ClientConfig& cfg, bool json) {
                         human_bytes(n.mem_bytes()).c_str());
     std::string user = n.task_user().empty() ? "-" : shown(n.task_user());
     if (n.root_tasks()) user += " (root allowed)";
-    std::printf("%-16s %-8s %-8s %11s %13s %7u  %-10s %-18s %-10s %s\n", shown(n.name()).c_str(),
-                n.state().c_str(), n.arch().c_str(), cpu, mem, n.running_tasks(),
-                n.isolation().c_str(), enforced.empty() ? "none" : enforced.c_str(),
-                n.transport().empty() ? "-" : n.transport().c_str(), user.c_str());
+    const std::string temp = n.has_temperature_millicelsius()
+                                 ? sched::celsius_text(n.temperature_millicelsius())
+                                 : std::string("-");
+    const std::string skip = n.skip_reason().empty() ? "-" : shown(n.skip_reason());
+    std::printf("%-16s %-8s %-8s %11s %13s %7u %7s  %-10s %-18s %-10s %-22s %s\n",
+                shown(n.name()).c_str(), n.state().c_str(), n.arch().c_str(), cpu, mem,
+                n.running_tasks(), temp.c_str(), n.isolation().c_str(),
+                enforced.empty() ? "none" : enforced.c_str(),
+                n.transport().empty() ? "-" : n.transport().c_str(), user.c_str(), skip.c_str());
     plaintext = plaintext || n.transport() == "plaintext";
     if (n.root_tasks()) root_nodes += (root_nodes.empty() ? "" : ", ") + shown(n.name());
   }

@@ -111,6 +111,10 @@ Status set_field(pb::JobSpec* spec, const std::string& field, const std::string&
     auto s = string_value(field, v);
     if (!s) return std::unexpected(s.error());
     spec->set_user(*s);
+  } else if (name == "spread") {
+    // The protobuf JSON mapping writes a bool as true/false.
+    if (!v.is_boolean()) return std::unexpected(bad(field, "must be true or false"));
+    spec->set_spread(v.get<bool>());
   } else if (name == "cwd") {
     auto s = string_value(field, v);
     if (!s) return std::unexpected(s.error());

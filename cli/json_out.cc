@@ -148,6 +148,10 @@ std::string nodes_json(const pb::NodeList& list) {
     if (n.has_temperature_millicelsius()) {
       field(&obj, "temperature_millicelsius", std::to_string(n.temperature_millicelsius()), &first);
     }
+    field(&obj, "throttled", n.throttled() ? "true" : "false", &first);
+    field(&obj, "under_voltage", n.under_voltage() ? "true" : "false", &first);
+    // Why it gets no new tasks ("hot 83.0C", "throttled", "draining", ...); "" when it does.
+    field(&obj, "skip_reason", json_escape(n.skip_reason()), &first);
     field(&obj, "last_seen_ms_ago", num(n.last_seen_ms_ago()), &first);
     std::map<std::string, std::string> labels(n.labels().begin(), n.labels().end());
     std::string lab = "{";

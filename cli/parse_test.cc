@@ -151,7 +151,7 @@ TEST(JobJson, ReadsEveryFieldInBothSpellings) {
   auto spec = job_spec_from_json(R"({
     "name": "render", "command": ["sh", "-c", "echo hi"], "count": 3, "cpuMillis": 500,
     "mem_bytes": "268435456", "retries": 2, "timeoutMs": 90000, "priority": 0,
-    "constraints": {"arch": "aarch64"}, "after": 7, "env": {"K": "V"}, "cwd": "/tmp"})");
+    "constraints": {"arch": "aarch64"}, "after": 7, "env": {"K": "V"}, "cwd": "/tmp", "spread": true})");
   ASSERT_TRUE(spec) << spec.error().message;
   EXPECT_EQ(spec->name(), "render");
   ASSERT_EQ(spec->command_size(), 3);
@@ -167,10 +167,12 @@ TEST(JobJson, ReadsEveryFieldInBothSpellings) {
   EXPECT_EQ(spec->after(), 7u);
   EXPECT_EQ(spec->env().at("K"), "V");
   EXPECT_EQ(spec->cwd(), "/tmp");
+  EXPECT_TRUE(spec->spread());
   auto minimal = job_spec_from_json(R"({"command": ["true"], "priority": null})");
   ASSERT_TRUE(minimal);
   EXPECT_FALSE(minimal->has_priority());
   EXPECT_EQ(minimal->count(), 0u);
+  EXPECT_FALSE(minimal->spread());
 }
 
 TEST(JobJson, RefusesWhatIsNotAJobSpecWithTheFieldNamed) {
@@ -186,6 +188,7 @@ TEST(JobJson, RefusesWhatIsNotAJobSpecWithTheFieldNamed) {
       {R"({"command": ["true", 1]})", "\"command\""},
       {R"({"env": {"K": 1}})", "\"env.K\""},
       {R"({"name": 5})", "\"name\": must be a string"},
+      {R"({"spread": 1})", "\"spread\": must be true or false"},
       {R"({"cpu_millis": 1, "cpuMillis": 2})", "given twice"},
       {R"({"memBytes": "18446744073709551616"})", "\"memBytes\""},
       // 2^64 as a JSON number is a double equal to double(UINT64_MAX): it must be refused,

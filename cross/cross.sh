@@ -105,7 +105,7 @@ as_root() {
   fi
 }
 
-# Unit tests exec target binaries of their own (the executor's task trampoline), and a
+# Unit tests may exec target binaries of their own, and a
 # process under qemu-user execs natively: the kernel runs an ARM program only through
 # binfmt_misc and qemu-user-binfmt's entry. That qemu gets no -L; it looks for the
 # target's loader and libraries in /etc/qemu-binfmt/<arch>, Debian's default
@@ -147,7 +147,7 @@ setup_exec_emulation() {
   fi
   if [ -n "$why" ]; then
     echo "cross.sh: WARNING: target programs exec'd by tests cannot run: $why;" \
-      "tests that start the task trampoline will fail" >&2
+      "tests that exec a target binary will fail" >&2
   fi
 }
 

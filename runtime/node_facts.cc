@@ -1,13 +1,18 @@
 #include "runtime/node_facts.h"
 
+#include <fcntl.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <charconv>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
+
+#include "storage/posix.h"
 
 namespace cardnode::runtime {
 namespace {
@@ -26,7 +31,80 @@ std::optional<uint64_t> read_kb_field(const char* path, const char* key) {
   return std::nullopt;
 }
 
+// A sysfs value file: one read of at most kSysfsValueBytesMax bytes (sysfs hands a small
+// attribute over whole in the first read; its st_size says 4096 whatever it holds).
+std::optional<std::string> read_value_file(const std::string& path) {
+  auto fd = storage::open_fd(path, O_RDONLY);
+  if (!fd) return std::nullopt;
+  char buf[kSysfsValueBytesMax];
+  const ssize_t n = storage::retry_eintr([&] { return ::read(fd->get(), buf, sizeof(buf)); });
+  if (n < 0) return std::nullopt;  // e.g. EIO/ENODATA from a sensor that is switched off
+  return std::string(buf, static_cast<size_t>(n));
+}
+
+std::string_view trimmed(std::string_view s) {
+  const size_t first = s.find_first_not_of(" \t\r\n");
+  if (first == std::string_view::npos) return {};
+  return s.substr(first, s.find_last_not_of(" \t\r\n") - first + 1);
+}
+
+std::optional<int32_t> hottest_zone(const std::string& root) {
+  auto names = storage::list_dir(root + kThermalDir, kThermalDirEntriesMax);
+  if (!names) return std::nullopt;
+  std::sort(names->begin(), names->end());  // the same zones each time, when over the bound
+  std::optional<int32_t> hottest;
+  uint32_t zones = 0;
+  for (const std::string& name : *names) {
+    if (!name.starts_with("thermal_zone")) continue;
+    if (++zones > kThermalZonesMax) break;
+    auto text = read_value_file(root + kThermalDir + "/" + name + "/temp");
+    if (!text) continue;
+    auto milli = parse_thermal_temp(*text);
+    if (milli && (!hottest || *milli > *hottest)) hottest = milli;
+  }
+  return hottest;
+}
+
 }  // namespace
+
+std::optional<int32_t> parse_thermal_temp(std::string_view text) {
+  const std::string_view t = trimmed(text);
+  int32_t v = 0;
+  auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
+  if (t.empty() || ec != std::errc() || end != t.data() + t.size()) return std::nullopt;
+  if (v < kTemperatureMinMillicelsius || v > kTemperatureMaxMillicelsius) return std::nullopt;
+  return v;
+}
+
+std::optional<uint32_t> parse_get_throttled(std::string_view text) {
+  std::string_view t = trimmed(text);
+  if (t.starts_with("throttled=")) t.remove_prefix(10);  // vcgencmd's form, if copied over
+  if (t.starts_with("0x") || t.starts_with("0X")) t.remove_prefix(2);
+  uint32_t v = 0;
+  auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), v, 16);
+  if (t.empty() || ec != std::errc() || end != t.data() + t.size()) return std::nullopt;
+  return v;
+}
+
+std::string sysfs_root() {
+  const char* env = std::getenv(kSysfsRootEnv);
+  return env != nullptr && env[0] != '\0' ? env : "/";
+}
+
+BoardHeat read_board_heat(const std::string& root) {
+  // "/" and "/tmp/x/" both work: the paths below start with '/'.
+  std::string base = root;
+  while (!base.empty() && base.back() == '/') base.pop_back();
+  BoardHeat h;
+  h.temperature_millicelsius = hottest_zone(base);
+  if (auto text = read_value_file(base + kGetThrottledPath)) {
+    if (auto bits = parse_get_throttled(*text)) {
+      h.under_voltage = (*bits & kUnderVoltageNowBit) != 0;
+      h.throttled = (*bits & kThrottledNowBits) != 0;
+    }
+  }
+  return h;
+}
 
 NodeFacts read_node_facts() {
   NodeFacts f;
@@ -37,9 +115,6 @@ NodeFacts read_node_facts() {
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
   f.cpu_millis = static_cast<uint32_t>(cpus > 0 ? cpus : 1) * 1000u;
   f.mem_bytes = read_kb_field("/proc/meminfo", "MemTotal").value_or(0);
-  std::ifstream t("/sys/class/thermal/thermal_zone0/temp");
-  long long milli = 0;
-  if (t >> milli) f.temperature_millicelsius = static_cast<int32_t>(milli);
   std::ifstream model("/proc/device-tree/model");
   if (std::getline(model, f.board_model, '\0') && f.board_model.size() > 128) {
     f.board_model.resize(128);

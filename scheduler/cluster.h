@@ -59,8 +59,8 @@ enum class JobState : uint8_t {
   kCancelled = 4
 };
 enum class NodeState : uint8_t { kReady = 0, kDraining = 1, kDown = 2 };
-// Why a reachable board takes no new tasks for now (it reports heat and the firmware's
-// throttle flags; the runtime decides, with hysteresis). Not durable, like NodeState.
+// Why a ready board takes no new tasks for now (its heat and power, scheduler/heat.h).
+// Not durable, like NodeState.
 enum class NodeHold : uint8_t { kNone = 0, kHot = 1, kThrottled = 2, kUnderVoltage = 3 };
 
 const char* task_state_name(TaskState s);  // "queued", "timed_out", ...
@@ -225,7 +225,7 @@ struct Node {
   bool removed = false;                 // its id stays taken; it gets no tasks and is not listed
   bool draining = false;                // durable: no new placements
   uint64_t drain_deadline_ms = 0;       // then running tasks are stopped and requeued; 0: none
-  NodeHold hold = NodeHold::kNone;      // not durable: no new placements while held
+  NodeHold hold = NodeHold::kNone;      // not durable: no new placements while not kNone
   Resources used;
   uint32_t running = 0;
 };
@@ -301,8 +301,8 @@ class Cluster {
   std::expected<void, SchedError> set_node_state(NodeId id, NodeState state);
   // `cardnode drain`: a draining node gets no new placements (durable, a record).
   std::expected<void, SchedError> set_draining(NodeId id, bool draining, uint64_t deadline_ms);
-  // Hot, throttled or under-voltage: no new placements, running tasks go on. Not durable
-  // (the board's reports decide it), so no observer call.
+  // Heat and power (scheduler/heat.h): a held node gets no new placements; its running
+  // tasks go on. Not durable (the next facts decide it again), so no observer call.
   std::expected<void, SchedError> set_node_hold(NodeId id, NodeHold hold);
 
   // Accepts a job under the id the server chose (ids increase). Validates the spec.

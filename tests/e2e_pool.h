@@ -64,14 +64,15 @@ class Pool : public Cluster {
   }
 
   // A coordinating server with fast failure detection (see the test file's header).
-  void start_pool_server(std::vector<std::string> extra = {}) {
+  void start_pool_server(std::vector<std::string> extra = {},
+                         const std::vector<std::string>& env = {}) {
     extra.push_back("--no-exec");
     for (auto [flag, value] : {std::pair{"--heartbeat", "200ms"}, std::pair{"--grace", "2s"}}) {
       if (std::find(extra.begin(), extra.end(), flag) == extra.end()) {
         extra.insert(extra.end(), {flag, value});
       }
     }
-    start_server(extra);
+    start_server(extra, env);
   }
 
   std::string agent_dir(const std::string& name) const { return root_ + "/agents/" + name; }
@@ -95,6 +96,9 @@ class Pool : public Cluster {
       int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
       dup2(fd, 2);
       dup2(fd, 1);
+      // Heat from an empty tree, as the server's (a wrapper "env CARDNODE_SYSFS_ROOT=..."
+      // gives the agent another).
+      setenv("CARDNODE_SYSFS_ROOT", no_sysfs().c_str(), 1);
       // wrapper: a command the agent runs under ("ip netns exec NS").
       std::vector<std::string> args = wrapper;
       args.insert(args.end(),

@@ -69,6 +69,38 @@ TEST_F(Privilege, RootTasksNeedAllowRootTasksAndShowInNodes) {
   EXPECT_NE(cli({"nodes"}).out.find("warning: tasks may run as root"), std::string::npos);
 }
 
+// As root with cgroups, the server turns on cgroup2's favordynmods (or finds it on) and
+// logs it; --no-favordynmods leaves the mount alone and logs nothing about it.
+TEST_F(Privilege, TheServerTurnsOnFavordynmodsUnlessToldNot) {
+  const std::string log = root_ + "/server.log";
+  start_server({"--no-favordynmods"});
+  ASSERT_TRUE(eventually([&] { return slurp(log).find("isolation: ") != std::string::npos; }));
+  if (slurp(log).find("isolation: rlimit") != std::string::npos)
+    GTEST_SKIP() << "no cgroups here: nothing to switch";
+  ASSERT_EQ(cli({"run", "--wait", "--", "true"}).code, 0);
+  EXPECT_EQ(slurp(log).find("favordynmods"), std::string::npos) << slurp(log);
+  ASSERT_EQ(stop_server(SIGTERM), 0);
+
+  start_server();
+  ASSERT_EQ(cli({"run", "--wait", "--", "true"}).code, 0);
+  std::string text = slurp(log);
+  size_t at = text.find("favordynmods: ");
+  ASSERT_NE(at, std::string::npos) << text;
+  std::string line = text.substr(at, text.find('\n', at) - at);
+  if (line.find("not supported") != std::string::npos ||
+      line.find("not permitted") != std::string::npos ||
+      line.find("no cgroup2") != std::string::npos)
+    GTEST_SKIP() << line;
+  EXPECT_TRUE(line.find("turned on") != std::string::npos ||
+              line.find("already on") != std::string::npos)
+      << line;
+  std::string mounts = slurp("/proc/self/mountinfo");
+  size_t cg2 = mounts.find(" - cgroup2 ");
+  ASSERT_NE(cg2, std::string::npos);
+  EXPECT_NE(mounts.substr(cg2, mounts.find('\n', cg2) - cg2).find("favordynmods"),
+            std::string::npos);
+}
+
 TEST_F(Privilege, AJobNamesAUserOnlyFromTheAllowList) {
   start_server({"--task-user", "nobody", "--allow-task-user", "daemon"});
   ASSERT_EQ(cli({"run", "--wait", "--user", "daemon", "--", "id", "-un"}).code, 0);

@@ -256,7 +256,9 @@ class Cluster : public ::testing::Test {
     fs::remove_all(root_);
   }
 
-  void start_server(const std::vector<std::string>& extra = {}) {
+  // env: "NAME=VALUE" entries added to the server's environment (CARDNODE_SYSFS_ROOT...).
+  void start_server(const std::vector<std::string>& extra = {},
+                    const std::vector<std::string>& env = {}) {
     fs::remove(data_ + "/addr");
     std::string log = root_ + "/server.log";
     server_ = fork();
@@ -265,6 +267,10 @@ class Cluster : public ::testing::Test {
       int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
       dup2(fd, 2);
       dup2(fd, 1);
+      // The board's heat comes from an empty tree unless the test gives one: a hot CI
+      // machine must not hold the server's board (runtime/node_facts.h).
+      setenv("CARDNODE_SYSFS_ROOT", no_sysfs().c_str(), 1);
+      for (const auto& kv : env) putenv(const_cast<char*>(kv.c_str()));
       std::vector<std::string> args{CARDNODE_BIN, "server", "--data-dir", data_};
       // Port 0 unless the test names an address (a restart on the same one).
       for (const char* opt : {"--listen", "--metrics-listen"}) {
@@ -305,6 +311,9 @@ class Cluster : public ::testing::Test {
     args.insert(args.end(), extra.begin(), extra.end());
     return cardnode_bounded(args, root_, 20s);
   }
+
+  // A sysfs root with nothing in it: no temperature, no throttle flags.
+  std::string no_sysfs() const { return root_ + "/no-sysfs"; }
 
   Output cli(std::vector<std::string> args, const std::vector<std::string>& env = {}) {
     args.insert(args.begin(), {"--data-dir", data_});

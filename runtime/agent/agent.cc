@@ -17,6 +17,7 @@
 #include "net/rpc_client.h"
 #include "runtime/agent/agent_journal.h"
 #include "runtime/data_dir.h"
+#include "runtime/exec/cgroup_mode.h"
 #include "runtime/exec/executor.h"
 #include "runtime/exec/isolation.h"
 #include "runtime/fd_limit.h"
@@ -93,6 +94,7 @@ struct Agent::Impl {  // NOLINT(clang-analyzer-optin.performance.Padding)
   std::unique_ptr<Executor> executor;
   std::unique_ptr<net::RpcClient> client;
   NodeFacts facts;
+  std::string heat_root;  // options.sysfs_root, else $CARDNODE_SYSFS_ROOT, else "/"
   std::string name;
 
   // Session
@@ -198,9 +200,12 @@ Status Agent::Impl::open() {
     begin_stop("journal failure");
   });
   facts = read_node_facts();
+  heat_root = options.sysfs_root.empty() ? sysfs_root() : options.sysfs_root;
   name = options.node_name.empty() ? facts.hostname : options.node_name;
   const std::string pool_tag = pool_tag_for(options.data_dir);
   isolation = Isolation::probe("/sys/fs/cgroup", pool_tag, options.disable_cgroups);
+  if (options.favor_dynmods && isolation.info().mode != IsolationMode::kRlimit)
+    log(Level::kInfo, "agent", describe(favor_dynamic_moves()));
   ExecutorOptions eo;
   eo.pool_tag = pool_tag;
   eo.kill_grace_ms = kKillGraceMs;
@@ -260,8 +265,11 @@ pb::NodeFacts Agent::Impl::node_facts() const {
   for (const auto& e : isolation.info().enforced) f.add_enforced(e);
   f.set_io_backend(storage::backend_name(engine->backend()));
   f.set_board_model(facts.board_model);
-  NodeFacts now = read_node_facts();  // temperature moves; the rest does not
-  if (now.temperature_millicelsius) f.set_temperature_millicelsius(*now.temperature_millicelsius);
+  // Heat moves (the rest does not): read afresh for every hello and heartbeat.
+  const BoardHeat heat = read_board_heat(heat_root);
+  if (heat.temperature_millicelsius) f.set_temperature_millicelsius(*heat.temperature_millicelsius);
+  f.set_throttled(heat.throttled);
+  f.set_under_voltage(heat.under_voltage);
   for (const auto& [k, v] : options.labels) (*f.mutable_labels())[k] = v;
   f.set_task_user(task_users.standard.name);
   f.set_root_tasks(task_users.root_tasks);

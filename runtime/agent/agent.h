@@ -6,7 +6,9 @@
 //
 // The session (runtime/agent_protocol.md): hello with identity, facts, what still runs and
 // the ends not yet acknowledged; then one AgentPoll always outstanding (answered with work),
-// heartbeats every heartbeat_ms, and reports of task ends until acknowledged.
+// heartbeats every heartbeat_ms, and reports of task ends until acknowledged. Each heartbeat
+// carries the board's heat read afresh (temperature, throttle flags): the server decides
+// from them whether the board takes new tasks.
 //
 // Edge autonomy: when the server is away (crash, restart, partition) nothing here stops —
 // tasks run on, their ends wait in the journal, and go out when the server is back.
@@ -37,8 +39,12 @@ struct AgentOptions {
   std::map<std::string, std::string> labels;
   TaskUserOptions task_users;  // --task-user, --allow-root-tasks, --allow-task-user
   bool disable_cgroups = false;
+  bool favor_dynmods = true;     // false: --no-favordynmods (exec/cgroup_mode.h)
   uint32_t tasks_max = 1024;     // tasks at once: told to the server, which never sends more
   uint64_t heartbeat_ms = 1000;  // until the server says otherwise
+  // Where the board's heat is read (runtime/node_facts.h), again with every heartbeat:
+  // empty means $CARDNODE_SYSFS_ROOT, else "/".
+  std::string sysfs_root;
 };
 
 class Agent {

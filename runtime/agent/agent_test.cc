@@ -326,7 +326,7 @@ class AgentTest : public ::testing::Test {
     return rc;
   }
 
-  // A task that writes its pid (the task's own: the trampoline execs the command) to
+  // A task that writes its pid (the task's own: the spawn execs the command itself) to
   // NAME.pid, then runs until the test creates NAME.go.
   std::vector<std::string> waiting_task(const std::string& name) const {
     const std::string pid = "'" + files_ + "/" + name + ".pid'";
@@ -390,6 +390,40 @@ TEST_F(AgentTest, HelloCarriesIdentityFactsAndTheSameNodeIdAfterARestart) {
   ASSERT_TRUE(eventually([&] { return server_->hellos.size() == 2; }));
   EXPECT_EQ(server_->hellos[1].identity(), node_id);
   EXPECT_NE(server_->hellos[1].incarnation(), first.incarnation());
+  EXPECT_EQ(stop_agent(), 0);
+}
+
+TEST_F(AgentTest, HelloAndEveryHeartbeatCarryTheBoardsHeatReadAfresh) {
+  // A fake sysfs tree: two zones (the hotter counts) and the Pi firmware's flags.
+  const std::string root = tmp_.path() + "/sysfs";
+  auto put = [&](const std::string& rel, const std::string& text) {
+    fs::create_directories(fs::path(root + rel).parent_path());
+    std::ofstream(root + rel) << text;
+  };
+  put("/sys/class/thermal/thermal_zone0/temp", "52000\n");
+  put("/sys/class/thermal/thermal_zone1/temp", "85000\n");
+  put("/sys/devices/platform/soc/soc:firmware/get_throttled", "0x50005\n");
+  server_->start();
+  AgentOptions o = options();
+  o.sysfs_root = root;
+  start_agent(o);
+  ASSERT_TRUE(eventually([&] { return !server_->heartbeats.empty(); }));
+  const pb::NodeFacts& hello = server_->hellos.at(0).facts();
+  EXPECT_EQ(hello.temperature_millicelsius(), 85'000);
+  EXPECT_TRUE(hello.throttled());
+  EXPECT_TRUE(hello.under_voltage());
+
+  // The board cools and the firmware clears its "now" bits ("has occurred" ones stay).
+  put("/sys/class/thermal/thermal_zone1/temp", "70000\n");
+  put("/sys/devices/platform/soc/soc:firmware/get_throttled", "0x50000\n");
+  ASSERT_TRUE(eventually([&] {
+    const pb::NodeFacts& f = server_->heartbeats.back().facts();
+    return f.temperature_millicelsius() == 70'000 && !f.throttled() && !f.under_voltage();
+  }));
+  // No zone left at all: the temperature is unknown, not 0.
+  fs::remove_all(root + "/sys/class/thermal");
+  ASSERT_TRUE(eventually(
+      [&] { return !server_->heartbeats.back().facts().has_temperature_millicelsius(); }));
   EXPECT_EQ(stop_agent(), 0);
 }
 

@@ -51,6 +51,13 @@ TaskExit killed_exit(KillReason r) {
   return TaskExit{pb::TASK_CANCELLED, 0, 0};
 }
 
+// The board's heat, as its facts say (hello and every heartbeat): held or released.
+void report_heat(Coordinator& c, sched::NodeId node, const pb::NodeFacts& f) {
+  std::optional<int32_t> milli;
+  if (f.has_temperature_millicelsius()) milli = f.temperature_millicelsius();
+  (void)c.report_heat(node, milli, f.throttled(), f.under_voltage());
+}
+
 pb::StopReason stop_reason(KillReason r) {
   switch (r) {
     case KillReason::kCancelled: return pb::STOP_CANCELLED;
@@ -256,6 +263,8 @@ void AgentHub::on_hello(const pb::AgentHello& m, const net::Responder& r) {
   s.runner = std::make_unique<RemoteRunner>(*this, s);
   session_ids_[s.id] = s.node;
   awaited_.erase(s.node);
+  // Before its runner attaches: a hot board that (re)joins gets nothing in between.
+  report_heat(c_, s.node, s.facts);
 
   pb::Response resp;
   pb::AgentWelcome* w = resp.mutable_welcome();
@@ -320,6 +329,7 @@ void AgentHub::on_heartbeat(const pb::AgentHeartbeat& m, const net::Responder& r
                  node->spec.tasks_max != spec.tasks_max || node->spec.labels != spec.labels;
   s->facts = m.facts();
   if (changed) (void)c_.register_node(s->identity, spec);
+  report_heat(c_, s->node, s->facts);
   r.reply(pb::Response{});
 }
 
@@ -474,6 +484,8 @@ void AgentHub::describe(const sched::Node& node, pb::NodeInfo* info) const {
   info->set_root_tasks(f.root_tasks());
   if (f.has_temperature_millicelsius())
     info->set_temperature_millicelsius(f.temperature_millicelsius());
+  info->set_throttled(f.throttled());
+  info->set_under_voltage(f.under_voltage());
   info->set_last_seen_ms_ago(now_ms_() - it->second->last_seen_ms);
 }
 

@@ -11,6 +11,9 @@
 //   once they are durable, and keeps them (and re-sends them) until then.
 // - Failure detection: a node whose heartbeats stop for grace_ms is down; its running tasks
 //   end lost and are requeued. Heartbeats are never written anywhere (guarantee 5).
+// - Heat and power: every hello and heartbeat carries the board's temperature and throttle
+//   flags; they go to Coordinator::report_heat, which holds a hot, throttled or
+//   under-voltage board (no new tasks) until it has cooled (scheduler/heat.h). Not durable.
 // - Reconciliation: an agent that (re)connects says what it still runs and what ended;
 //   attempts that are still its own are kept, others are stopped there without a report,
 //   and attempts it no longer knows end lost (but starts the old session never sent, which

@@ -229,6 +229,22 @@ class AgentHubTest : public ::testing::Test {
     }
     return "(absent)";
   }
+  // The whole entry, with what the hub knows of the board (facts), as the server fills it.
+  pb::NodeInfo node_info(const std::string& name) {
+    storage::LogStore logs(rig_->engine(), storage::LogStoreOptions{.dir = tmp_.path() + "/logs"});
+    ClientApi api(c(), logs, hub(), std::nullopt,
+                  [this](const sched::Node& n, pb::NodeInfo* i) { hub().describe(n, i); });
+    Reply r;
+    pb::Request req;
+    req.mutable_list_nodes();
+    api.handle(std::move(req), r.responder());
+    settle();
+    for (const pb::NodeInfo& n : r.get().nodes().nodes()) {
+      if (n.name() == name) return n;
+    }
+    ADD_FAILURE() << "no node " << name;
+    return {};
+  }
 
   TempDir tmp_;
   std::string dir_;
@@ -571,6 +587,138 @@ TEST_F(AgentHubTest, HeartbeatsKeepANodeUpAndWriteNothing) {
   settle();
   EXPECT_EQ(records(), records_before + 1);
   EXPECT_EQ(node(a.node()).spec.capacity.cpu_millis, 2000u);
+}
+
+// -------------------------------------------------------------------- heat and power
+
+TEST_F(AgentHubTest, AHotBoardGetsNoNewTasksUntilItHasCooledByTheMargin) {
+  open();  // default bounds: 80 C, released at 75 C
+  FakeAgent hot(*this, "pi-hot");
+  FakeAgent cool(*this, "pi-cool");
+  hot.facts().set_temperature_millicelsius(85'000);
+  cool.facts().set_temperature_millicelsius(50'000);
+  hot.join();
+  cool.join();
+  EXPECT_EQ(node(hot.node()).hold, sched::NodeHold::kHot);
+  const sched::JobId job = submit(spec(4));
+  EXPECT_TRUE(starts(hot.work()).empty());
+  EXPECT_EQ(starts(cool.work()).size(), 4u);
+  pb::NodeInfo info = node_info("pi-hot");
+  EXPECT_EQ(info.state(), "ready") << "a held board is up";
+  EXPECT_EQ(info.skip_reason(), "hot 85.0C");
+  EXPECT_EQ(info.temperature_millicelsius(), 85'000);
+  EXPECT_EQ(node_info("pi-cool").skip_reason(), "");
+
+  // Below the bound but not by the margin: still held, and the reason says so.
+  const uint64_t records_before = records();
+  hot.facts().set_temperature_millicelsius(76'000);
+  ASSERT_TRUE(hot.heartbeat().ok());
+  settle();
+  EXPECT_EQ(node_info("pi-hot").skip_reason(), "hot 76.0C, cooling to 75.0C");
+  const sched::JobId second = submit(spec(2));
+  EXPECT_TRUE(starts(hot.work()).empty());
+  EXPECT_EQ(starts(cool.work()).size(), 2u);
+
+  // Cooled by the margin: released, and the queue moves there at once.
+  const sched::JobId third = submit(spec(20));  // more than the cool board holds (8 cores)
+  (void)cool.work();
+  hot.facts().set_temperature_millicelsius(75'000);
+  ASSERT_TRUE(hot.heartbeat().ok());
+  settle();
+  EXPECT_EQ(node(hot.node()).hold, sched::NodeHold::kNone);
+  EXPECT_EQ(node_info("pi-hot").skip_reason(), "");
+  std::vector<Attempt> on_hot = starts(hot.work());
+  EXPECT_FALSE(on_hot.empty());
+  for (const Attempt& a : on_hot) EXPECT_EQ(std::get<0>(a), third);
+  (void)job, (void)second;
+  // Holding and releasing wrote nothing of their own: only the submits and placements.
+  EXPECT_EQ(records(), records_before + 1 + 2 + 1 + 2 + on_hot.size());
+}
+
+TEST_F(AgentHubTest, ThrottledAndUnderVoltageBoardsAreHeldFromTheirHello) {
+  open();
+  FakeAgent weak(*this, "pi-weak");
+  FakeAgent slow(*this, "pi-slow");
+  FakeAgent ok(*this, "pi-ok");
+  weak.facts().set_under_voltage(true);
+  weak.facts().set_throttled(true);
+  slow.facts().set_throttled(true);  // no temperature known: the flags alone hold it
+  weak.join();
+  slow.join();
+  ok.join();
+  submit(spec(3));
+  EXPECT_TRUE(starts(weak.work()).empty());
+  EXPECT_TRUE(starts(slow.work()).empty());
+  EXPECT_EQ(starts(ok.work()).size(), 3u);
+  const pb::NodeInfo w = node_info("pi-weak");
+  EXPECT_EQ(w.skip_reason(), "under-voltage");
+  EXPECT_TRUE(w.under_voltage());
+  EXPECT_TRUE(w.throttled());
+  const pb::NodeInfo s = node_info("pi-slow");
+  EXPECT_EQ(s.skip_reason(), "throttled");
+  EXPECT_TRUE(s.throttled());
+  EXPECT_FALSE(s.under_voltage());
+  EXPECT_FALSE(s.has_temperature_millicelsius());
+
+  // The flags clear on a cool board: released at once.
+  slow.facts().set_throttled(false);
+  ASSERT_TRUE(slow.heartbeat().ok());
+  submit(spec(1));
+  EXPECT_EQ(node(slow.node()).hold, sched::NodeHold::kNone);
+  EXPECT_EQ(starts(slow.work()).size() + starts(ok.work()).size(), 1u);
+}
+
+TEST_F(AgentHubTest, AHoldOutlivesAReconnectButNotAServerRestart) {
+  open();
+  FakeAgent a(*this, "pi-a");
+  a.facts().set_temperature_millicelsius(90'000);
+  a.join();
+  ASSERT_EQ(node(a.node()).hold, sched::NodeHold::kHot);
+  // The connection broke; it comes back a little cooler, inside the margin: still held.
+  a.facts().set_temperature_millicelsius(78'000);
+  a.join();
+  EXPECT_EQ(node(a.node()).hold, sched::NodeHold::kHot);
+  submit(spec(1));
+  EXPECT_TRUE(starts(a.work()).empty());
+  // A restart forgets holds (they are not durable); the hello decides afresh — at 78 C,
+  // below the bound, the board takes work.
+  restart();
+  EXPECT_EQ(node(a.node()).hold, sched::NodeHold::kNone);
+  a.join();
+  EXPECT_EQ(node(a.node()).hold, sched::NodeHold::kNone);
+  settle();
+  EXPECT_EQ(starts(a.work()).size(), 1u);
+}
+
+TEST_F(AgentHubTest, HeatBoundsComeFromTheOptions) {
+  options_.heat = {.hot_millicelsius = 60'000, .cool_margin_millicelsius = 10'000};
+  open();
+  FakeAgent a(*this, "pi-a");
+  a.facts().set_temperature_millicelsius(61'000);
+  a.join();
+  EXPECT_EQ(node(a.node()).hold, sched::NodeHold::kHot);
+  EXPECT_EQ(node_info("pi-a").skip_reason(), "hot 61.0C");
+  a.facts().set_temperature_millicelsius(51'000);
+  ASSERT_TRUE(a.heartbeat().ok());
+  EXPECT_EQ(node_info("pi-a").skip_reason(), "hot 51.0C, cooling to 50.0C");
+  a.facts().set_temperature_millicelsius(50'000);
+  ASSERT_TRUE(a.heartbeat().ok());
+  EXPECT_EQ(node(a.node()).hold, sched::NodeHold::kNone);
+}
+
+TEST_F(AgentHubTest, ADownOrDrainingBoardSaysThatFirst) {
+  open();
+  FakeAgent a(*this, "pi-a");
+  a.facts().set_temperature_millicelsius(90'000);
+  a.join();
+  std::optional<Status> drained;
+  c().drain("pi-a", false, 0, [&](Status st) { drained = st; });
+  settle();
+  ASSERT_TRUE(drained && *drained);
+  EXPECT_EQ(node_info("pi-a").skip_reason(), "drained");
+  advance(hub_options_.grace_ms + 1);
+  hub().tick();
+  EXPECT_EQ(node_info("pi-a").skip_reason(), "down");
 }
 
 // ------------------------------------------------------------------ reconciliation

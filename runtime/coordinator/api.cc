@@ -1,9 +1,11 @@
 #include "runtime/coordinator/api.h"
 
 #include <algorithm>
+#include <optional>
 
 #include "runtime/coordinator/agent_hub.h"
 #include "runtime/coordinator/listing.h"
+#include "scheduler/heat.h"
 
 namespace cardnode::runtime {
 namespace {
@@ -117,6 +119,15 @@ void ClientApi::on_list_nodes(const net::Responder& r) {
       ni->set_running_tasks(n.running);
       for (const auto& [k, v] : n.spec.labels) (*ni->mutable_labels())[k] = v;
       if (describe_) describe_(n, ni);
+      // One reason, the first that applies: reachable, then the operator's drain, then
+      // heat and power (a held board stays "ready": it is up, and runs what it has).
+      if (n.state == sched::NodeState::kDown || n.draining) {
+        ni->set_skip_reason(state);
+      } else if (n.hold != sched::NodeHold::kNone) {
+        std::optional<int32_t> milli;
+        if (ni->has_temperature_millicelsius()) milli = ni->temperature_millicelsius();
+        ni->set_skip_reason(sched::describe_hold(n.hold, milli, c_.heat_bounds()));
+      }
     }
     return resp;
   });

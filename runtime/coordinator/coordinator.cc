@@ -231,6 +231,29 @@ void Coordinator::detach_runner(sched::NodeId id) {
   (void)state_.cluster().set_node_state(id, sched::NodeState::kDown);
 }
 
+sched::NodeHold Coordinator::report_heat(sched::NodeId id, std::optional<int32_t> millicelsius,
+                                         bool throttled, bool under_voltage) {
+  const sched::Node* node = state_.cluster().node(id);
+  if (node == nullptr || node->removed) {
+    heat_.erase(id);
+    return sched::NodeHold::kNone;
+  }
+  sched::HeatGate& gate = heat_.try_emplace(id, options_.heat).first->second;
+  const sched::NodeHold before = node->hold;
+  const sched::NodeHold now = gate.update(millicelsius, throttled, under_voltage);
+  if (now == before) return now;
+  (void)state_.cluster().set_node_hold(id, now);  // the node exists: checked above
+  if (now == sched::NodeHold::kNone) {
+    info("node " + shown(node->spec.name) + " takes new tasks again" +
+         (millicelsius ? " (" + sched::celsius_text(*millicelsius) + ")" : ""));
+    hooks_.request_turn();  // queued tasks may go there now
+  } else {
+    info("node " + shown(node->spec.name) +
+         " gets no new tasks: " + sched::describe_hold(now, millicelsius, options_.heat));
+  }
+  return now;
+}
+
 void Coordinator::end_running_tasks(sched::NodeId id, bool requeue_free) {
   for (const sched::TaskRef& t : state_.cluster().running_on(id)) {
     const sched::Task& task = state_.cluster().job(t.job)->tasks[t.index];
@@ -249,11 +272,13 @@ void Coordinator::submit(pb::JobSpec spec, const SubmitDone& done) {
   s->set_job_id(id);
   *s->mutable_spec() = std::move(spec);
   s->set_submitted_ms(hooks_.now_ms());
-  auto seq = commit(rec, [this, id, done](const Applied&) {
-    done(id);
-    hooks_.request_turn();
-  });
-  if (!seq) done(std::unexpected(seq.error()));
+  auto seq = commit(rec, [id, done](const Applied&) { done(id); });
+  if (!seq) return done(std::unexpected(seq.error()));
+  // The job is applied already: a turn in this loop iteration places its first tasks, and
+  // their TaskStarted records join the same fdatasync as JobSubmitted (the flush runs once
+  // per loop turn). The reply and the spawns then wait for one sync, not two; WAL order
+  // keeps a placement from ever being durable without its job.
+  hooks_.request_turn();
 }
 
 void Coordinator::cancel(sched::JobId id, const CancelDone& done) {

@@ -25,6 +25,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <unordered_map>
@@ -35,6 +36,7 @@
 #include "runtime/coordinator/snapshot_codec.h"
 #include "runtime/coordinator/state.h"
 #include "runtime/exec/task_runner.h"
+#include "scheduler/heat.h"
 #include "storage/durable_store.h"
 
 namespace cardnode::runtime {
@@ -50,6 +52,7 @@ struct CoordinatorOptions {
   uint64_t snapshot_tasks_per_turn = 65'536;  // encoding budget per loop turn
   uint32_t waiters_max = 4096;                // clients blocked in WaitJob
   uint32_t barriers_max = 65'536;             // reads waiting for durability
+  sched::HeatBounds heat;                     // --hot-celsius, --cool-margin
 };
 
 struct CoordinatorHooks {
@@ -123,6 +126,15 @@ class Coordinator {
   bool runs(sched::TaskRef t, uint32_t attempt, sched::NodeId node) const;
   // The attempts the state runs on a node.
   std::vector<std::pair<sched::TaskRef, uint32_t>> attempts_on(sched::NodeId id) const;
+
+  // ---- heat and power (scheduler/heat.h) ----------------------------------------------
+  // A board's latest heat, as its facts arrive (an agent's hello and heartbeats, the
+  // server's own board on the same period): held with hysteresis (no new tasks; what runs
+  // goes on) or released. Not logged — a hold is not durable, like ready/down: after a
+  // restart the next facts decide again. Returns the node's hold now.
+  sched::NodeHold report_heat(sched::NodeId id, std::optional<int32_t> millicelsius, bool throttled,
+                              bool under_voltage);
+  const sched::HeatBounds& heat_bounds() const { return options_.heat; }
 
   // `cardnode drain NODE [--deadline DUR]` / `--undrain`. done once durable (or refused).
   void drain(const std::string& node_name, bool undrain, uint64_t deadline_ms,
@@ -209,6 +221,9 @@ class Coordinator {
   std::deque<Outcome> deferred_;  // task ends the store refused, oldest first
 
   uint64_t last_prune_check_ms_ = 0;
+  // One per node that reported heat (bounded by the nodes ever added; a removed node's goes
+  // at its next report).
+  std::unordered_map<sched::NodeId, sched::HeatGate> heat_;
   // Attempts stopped at a drain deadline: told once (bounded by the running tasks).
   std::set<std::pair<sched::TaskRef, uint32_t>> drain_stopped_;
 

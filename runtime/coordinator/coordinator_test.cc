@@ -185,6 +185,12 @@ class Harness {
   void complete() {
     for (int i = 0; i < 10'000 && engine_used_->in_flight() > 0; ++i) engine_used_->wait();
   }
+  bool turn_requested() const { return turn_requested_; }
+  // A turn now (what the server's idle handle does for a requested one).
+  void turn() {
+    turn_requested_ = false;
+    c_->turn();
+  }
   // One step of the loop: maybe a turn, maybe some completions.
   void poke(std::mt19937_64& rng) {
     if (turn_requested_ && rng() % 2 == 0) {
@@ -285,6 +291,26 @@ TEST_P(CoordinatorTest, ATaskStartsOnlyOnceItsPlacementIsDurable) {
   EXPECT_EQ(h->c().state().cluster().node(0)->running, 2u);
   EXPECT_EQ(h->runner(0).starts, 0u);  // ... but no process starts before they are durable
   h->complete();
+  EXPECT_EQ(h->runner(0).starts, 2u);
+}
+
+// A submitted job is placed in the same loop turn, before its record is durable, so its
+// first TaskStarted records share JobSubmitted's sync (the server flushes once per turn);
+// the reply and the spawns both wait for that one sync.
+TEST_P(CoordinatorTest, ASubmitIsPlacedInTheSameTurnAndStartsWithItsReply) {
+  OPEN_OR_SKIP(h);
+  h->join(0);
+  h->settle();
+  std::optional<Result<sched::JobId>> reply;
+  h->c().submit(spec_of(2), [&](Result<sched::JobId> r) { reply = r; });
+  ASSERT_TRUE(h->turn_requested()) << "no turn asked for before the submit is durable";
+  h->turn();
+  EXPECT_EQ(h->c().state().cluster().node(0)->running, 2u);
+  EXPECT_FALSE(reply.has_value());
+  EXPECT_EQ(h->runner(0).starts, 0u);
+  h->complete();
+  ASSERT_TRUE(reply.has_value());
+  EXPECT_TRUE(*reply);
   EXPECT_EQ(h->runner(0).starts, 2u);
 }
 

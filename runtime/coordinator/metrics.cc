@@ -69,6 +69,15 @@ Result<std::unique_ptr<Metrics>> Metrics::start(uv_loop_t* loop, const std::stri
       gauge("cardnode_node_cpu_millis_used", "CPU reserved by running tasks (1000 = one core)");
   m->mem_used_ = gauge("cardnode_node_memory_bytes_used", "Memory reserved by running tasks");
   m->running_ = gauge("cardnode_node_running_tasks", "Tasks running on this board");
+  m->temperature_family_ =
+      &prometheus::BuildGauge()
+           .Name("cardnode_node_temperature_celsius")
+           .Help("This board's hottest thermal zone (absent when none can be read)")
+           .Register(r);
+  m->throttled_ = gauge("cardnode_node_throttled",
+                        "1 while the firmware throttles this board (get_throttled bits 1-3)");
+  m->under_voltage_ = gauge("cardnode_node_under_voltage",
+                            "1 while the firmware reports under-voltage (get_throttled bit 0)");
   m->resident_ = gauge("cardnode_process_resident_memory_bytes",
                        "Resident set size of this cardnode process (VmRSS)");
 
@@ -122,6 +131,19 @@ void Metrics::set_node(uint32_t cpu_millis_used, uint64_t mem_bytes_used, uint32
   cpu_used_->Set(cpu_millis_used);
   mem_used_->Set(static_cast<double>(mem_bytes_used));
   running_->Set(running);
+}
+
+void Metrics::set_node_heat(std::optional<int32_t> millicelsius, bool throttled,
+                            bool under_voltage) {
+  if (millicelsius) {
+    if (temperature_ == nullptr) temperature_ = &temperature_family_->Add({});
+    temperature_->Set(*millicelsius / 1000.0);
+  } else if (temperature_ != nullptr) {
+    temperature_family_->Remove(temperature_);  // no reading: no sample, rather than a stale one
+    temperature_ = nullptr;
+  }
+  throttled_->Set(throttled ? 1 : 0);
+  under_voltage_->Set(under_voltage ? 1 : 0);
 }
 
 void Metrics::refresh(const MetricSources& now) {

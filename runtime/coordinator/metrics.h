@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "net/http_server.h"
@@ -93,6 +94,9 @@ class Metrics {
                 const std::string& isolation);
   void set_tasks(const std::array<uint64_t, sched::kTaskStateCount>& totals);
   void set_node(uint32_t cpu_millis_used, uint64_t mem_bytes_used, uint32_t running);
+  // This board's heat (runtime/node_facts.h BoardHeat), in base units: degrees Celsius
+  // (absent while no thermal zone can be read), and 0/1 for the firmware's flags.
+  void set_node_heat(std::optional<int32_t> millicelsius, bool throttled, bool under_voltage);
   void refresh(const MetricSources& now);
   // Runs at each scrape before render(), so counters that change without a request (a
   // refused connection, an eviction) are current when read.
@@ -116,6 +120,10 @@ class Metrics {
   prometheus::Gauge* cpu_used_ = nullptr;
   prometheus::Gauge* mem_used_ = nullptr;
   prometheus::Gauge* running_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* temperature_family_ = nullptr;
+  prometheus::Gauge* temperature_ = nullptr;  // in temperature_family_ while known
+  prometheus::Gauge* throttled_ = nullptr;
+  prometheus::Gauge* under_voltage_ = nullptr;
   MetricSources last_;
   prometheus::Gauge* resident_ = nullptr;
 };

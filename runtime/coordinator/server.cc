@@ -19,6 +19,7 @@
 #include "runtime/coordinator/local_runner.h"
 #include "runtime/coordinator/metrics.h"
 #include "runtime/data_dir.h"
+#include "runtime/exec/cgroup_mode.h"
 #include "runtime/exec/executor.h"
 #include "runtime/exec/isolation.h"
 #include "runtime/fd_limit.h"
@@ -82,6 +83,8 @@ struct Server::Impl {
   std::unique_ptr<net::RpcServer> rpc;
   std::unique_ptr<Metrics> metrics;
   NodeFacts facts;
+  std::string heat_root;  // options.sysfs_root, else $CARDNODE_SYSFS_ROOT, else "/"
+  BoardHeat heat;         // this board's, as last read
   std::optional<sched::NodeId> local_node;
 
   uv_poll_t io_poll{};
@@ -89,7 +92,8 @@ struct Server::Impl {
   uv_idle_t turn_idle{};
   uv_prepare_t flush_prepare{};
   uv_timer_t tick_timer{};
-  uv_timer_t hub_timer{};  // failure detection, log fetch timeouts
+  uv_timer_t hub_timer{};   // failure detection, log fetch timeouts
+  uv_timer_t heat_timer{};  // this board's heat, every heartbeat_ms
   uv_timer_t shutdown_timer{};
   bool handles_started = false;
   bool turn_pending = false;
@@ -112,6 +116,7 @@ struct Server::Impl {
   uint64_t trimmed_at_accepted = 0;
   net::Transport transport = net::Transport::kTlsPsk;  // of every connection
   void refresh_metrics();
+  void refresh_heat();
   void begin_stop(const char* why);
   void shutdown_tick();
   void close_handles();
@@ -157,6 +162,8 @@ Status Server::Impl::open_storage() {
   co.keep_finished = options.keep_finished;
   co.keep_finished_for_ms = options.keep_finished_for_ms;
   co.snapshot_wal_bytes_min = options.snapshot_wal_bytes;
+  co.heat = {.hot_millicelsius = options.hot_millicelsius,
+             .cool_margin_millicelsius = options.cool_margin_millicelsius};
   coordinator = std::make_unique<Coordinator>(*store, co, hooks());
   return {};
 }
@@ -186,6 +193,8 @@ Status Server::Impl::recover() {
 Status Server::Impl::start_executor() {
   const std::string pool_tag = pool_tag_for(options.data_dir);
   isolation = Isolation::probe("/sys/fs/cgroup", pool_tag, options.disable_cgroups);
+  if (options.favor_dynmods && isolation.info().mode != IsolationMode::kRlimit)
+    log(Level::kInfo, "executor", runtime::describe(favor_dynamic_moves()));
   // Tasks of a previous run died with it, or are killed now: through their cgroups, and
   // without cgroups by the pool's tag in their environment.
   uint32_t stale = isolation.destroy_all_groups();
@@ -339,8 +348,24 @@ void Server::Impl::start_loop_handles() {
   uv_timer_start(
       &hub_timer, [](uv_timer_t* h) { static_cast<Impl*>(h->data)->hub->tick(); }, detect_ms,
       detect_ms);
+  // This board's heat on the agents' heartbeat period: a hot server board is held (and
+  // released) as quickly as a hot agent. Reads a few sysfs files; writes nothing.
+  uv_timer_init(&loop, &heat_timer);
+  heat_timer.data = this;
+  if (local_node) {
+    uv_timer_start(
+        &heat_timer, [](uv_timer_t* h) { static_cast<Impl*>(h->data)->refresh_heat(); },
+        options.heartbeat_ms, options.heartbeat_ms);
+  }
   uv_timer_init(&loop, &shutdown_timer);
   shutdown_timer.data = this;
+}
+
+void Server::Impl::refresh_heat() {
+  if (!local_node) return;
+  heat = read_board_heat(heat_root);
+  (void)coordinator->report_heat(*local_node, heat.temperature_millicelsius, heat.throttled,
+                                 heat.under_voltage);
 }
 
 // Logs of jobs pruned before a stop that left no time to remove them: found by name, and
@@ -405,6 +430,11 @@ void Server::Impl::describe(const sched::Node& n, pb::NodeInfo* info) const {
   info->set_io_backend(storage::backend_name(engine->backend()));
   info->set_task_user(task_users.standard.name);
   info->set_root_tasks(task_users.root_tasks);
+  info->set_board_model(facts.board_model);
+  if (heat.temperature_millicelsius)
+    info->set_temperature_millicelsius(*heat.temperature_millicelsius);
+  info->set_throttled(heat.throttled);
+  info->set_under_voltage(heat.under_voltage);
 }
 
 void Server::Impl::refresh_metrics() {
@@ -441,6 +471,7 @@ void Server::Impl::refresh_metrics() {
   if (local_node) {
     const sched::Node* n = state.cluster().node(*local_node);
     metrics->set_node(n->used.cpu_millis, n->used.mem_bytes, n->running);
+    metrics->set_node_heat(heat.temperature_millicelsius, heat.throttled, heat.under_voltage);
   }
 }
 
@@ -482,6 +513,7 @@ void Server::Impl::close_handles() {
         reinterpret_cast<uv_handle_t*>(&sigterm), reinterpret_cast<uv_handle_t*>(&sighup),
         reinterpret_cast<uv_handle_t*>(&turn_idle), reinterpret_cast<uv_handle_t*>(&flush_prepare),
         reinterpret_cast<uv_handle_t*>(&tick_timer), reinterpret_cast<uv_handle_t*>(&hub_timer),
+        reinterpret_cast<uv_handle_t*>(&heat_timer),
         reinterpret_cast<uv_handle_t*>(&shutdown_timer)}) {
     if (!uv_is_closing(h)) uv_close(h, nullptr);
   }
@@ -548,9 +580,11 @@ Result<std::unique_ptr<Server>> Server::open(ServerOptions options) {
   if (auto st = s.open_storage(); !st) return std::unexpected(st.error());
   if (auto st = s.recover(); !st) return std::unexpected(st.error());
   s.facts = read_node_facts();
+  s.heat_root = s.options.sysfs_root.empty() ? sysfs_root() : s.options.sysfs_root;
   if (s.options.exec) {
     if (auto st = s.start_executor(); !st) return std::unexpected(st.error());
     if (auto st = register_local_node(s); !st) return std::unexpected(st.error());
+    s.refresh_heat();  // before the runner attaches: a hot board gets nothing meanwhile
     s.coordinator->attach_runner(*s.local_node, s.runner.get());
   }
   // This board's executor starts empty: what the log says ran here died with the last run.

@@ -9,7 +9,8 @@
 //   RpcServer (net/), Metrics             the two listeners
 //
 // The server decides only what needs the loop: when the coordinator takes a turn (a
-// uv_idle after any event, and a 1 s tick), how storage completions reach it (an eventfd
+// uv_idle after any event, and a 1 s tick), when its own board's heat is read (every
+// heartbeat period, as agents do), how storage completions reach it (an eventfd
 // watched with uv_poll), and how it stops (SIGINT/SIGTERM, or a storage failure; SIGHUP
 // is logged and ignored).
 //
@@ -37,11 +38,19 @@ struct ServerOptions {
   std::map<std::string, std::string> labels;
   TaskUserOptions task_users;       // --task-user, --allow-root-tasks, --allow-task-user
   bool disable_cgroups = false;     // rlimits only (CARDNODE_NO_CGROUPS=1)
+  bool favor_dynmods = true;        // false: --no-favordynmods (exec/cgroup_mode.h)
   uint32_t keep_finished = 10'000;  // --keep-finished
   uint64_t keep_finished_for_ms = 7ull * 24 * 3600 * 1000;  // --keep-finished-for
   uint64_t snapshot_wal_bytes = 8ull << 20;                 // --snapshot-wal-bytes
   uint64_t heartbeat_ms = 1000;                             // --heartbeat: agents' interval
   uint64_t grace_ms = 10'000;                               // --grace: silence before down
+  // Heat and power (scheduler/heat.h): a board above hot_millicelsius, or throttled or
+  // under-voltage now, gets no new tasks until it has cooled to hot - cool_margin.
+  int32_t hot_millicelsius = 80'000;         // --hot-celsius
+  int32_t cool_margin_millicelsius = 5'000;  // --cool-margin
+  // Where this board's heat is read, every heartbeat_ms (runtime/node_facts.h): empty means
+  // $CARDNODE_SYSFS_ROOT, else "/".
+  std::string sysfs_root;
   // --insecure, --tls-cert/--tls-key/--tls-ca; the token is DATA_DIR/token (set by open()).
   net::SecurityOptions security;
 };

@@ -5,7 +5,7 @@
 //
 // Each task attempt gets its own group, named "JOB.INDEX" below a parent group `name`
 // under every controller in use. The group is created before the process starts and the
-// process joins it before exec (runtime/task_exec.cc), so nothing it forks escapes. On v1
+// process joins it before exec (runtime/exec/spawn.h), so nothing it forks escapes. On v1
 // a separate cpuacct hierarchy is joined too, for usage() (accounting, not a limit).
 //
 // Where the parent group lives. Under systemd with Delegate=yes (deploy/*.service) the
@@ -121,7 +121,7 @@ class Isolation {
   // Sends `sig` once to every process in the group (no waiting, no removal): the first
   // step of a kill, before reap_group / destroy_group make sure.
   void signal_group(const std::string& task_name, int sig);
-  // True when the memory limit is RLIMIT_AS set by the task-exec trampoline (rlimit mode,
+  // True when the memory limit is RLIMIT_AS set by the spawned child (rlimit mode,
   // or cgroups without a memory controller) rather than a cgroup.
   bool memory_by_rlimit() const { return memory_by_rlimit_; }
 

@@ -1,27 +1,22 @@
 // The cluster state machine (see cluster.h). Every mutation funnels task state changes
 // through set_task_state() and job state changes through settle(), so the counters
-// (state_counts, queued_tasks_, live_jobs_, runnable_) have one place each to go wrong.
+// (state_counts, queued_tasks_, live_jobs_, and the mark that moves the job in runnable_)
+// have one place each to go wrong.
 //
 // Queue representation: a job's queued tasks are the fresh ones (attempts == 0, all at
 // indexes >= next_fresh) plus the requeued ones (listed in requeued[requeued_head..], FIFO).
 // A replayed start() may take any queued index, so next_fresh can have holes behind it
 // (tasks already started); they are skipped lazily, which costs O(1) amortized per task.
+//
+// Placement and its indexes are in placement.cc, the explanations in explain.cc. Each
+// mutator here marks the nodes and jobs whose room or queue position it changed
+// (mark_node, mark_job), and plan() re-indexes them.
 #include "scheduler/cluster.h"
 
 #include <algorithm>
-#include <cstdio>
-#include <cstdlib>
 #include <limits>
 
-// Crash on a broken invariant. Not proto/error.h's CARDNODE_CHECK: the scheduler links
-// nothing but the standard library.
-#define SCHED_CHECK(cond)                                                                  \
-  do {                                                                                     \
-    if (!(cond)) [[unlikely]] {                                                            \
-      (void)std::fputs("scheduler invariant failed: " #cond " at " __FILE__ "\n", stderr); \
-      std::abort();                                                                        \
-    }                                                                                      \
-  } while (0)
+#include "scheduler/check.h"
 
 namespace cardnode::sched {
 namespace {
@@ -46,133 +41,6 @@ constexpr uint8_t kLostCountMax = 15;  // Task::lost and Task::lost_free are 4 b
 uint8_t saturating_inc4(uint8_t v) {
   return v == kLostCountMax ? v : static_cast<uint8_t>(v + 1);
 }
-
-std::pair<uint32_t, JobId> runnable_key(const Job& job) {
-  return {kPriorityMax - job.spec.priority, job.id};
-}
-
-uint32_t free_cpu(const Node& n, const Resources& used) {
-  return used.cpu_millis >= n.spec.capacity.cpu_millis
-             ? 0
-             : n.spec.capacity.cpu_millis - used.cpu_millis;
-}
-
-uint64_t free_mem(const Node& n, const Resources& used) {
-  return used.mem_bytes >= n.spec.capacity.mem_bytes ? 0
-                                                     : n.spec.capacity.mem_bytes - used.mem_bytes;
-}
-
-// Takes new tasks at all (capacity and the executor's own task limit are checked against
-// a plan's running view in PlanView).
-bool placeable(const Node& n) {
-  return n.state == NodeState::kReady && !n.removed && !n.draining && n.hold == NodeHold::kNone;
-}
-
-bool labels_match(const Node& n, const JobSpec& spec) {
-  for (const auto& [key, value] : spec.constraints) {
-    auto it = n.spec.labels.find(key);
-    if (it == n.spec.labels.end() || it->second != value) return false;
-  }
-  return true;
-}
-
-// Walks one job's queued tasks in placement order (requeued FIFO, then fresh) without
-// changing the job, so plan() stays const.
-class QueueCursor {
- public:
-  explicit QueueCursor(const Job& job)
-      : job_(job), requeued_(job.requeued_head), fresh_(job.next_fresh) {}
-
-  bool next(uint32_t* index) {
-    while (requeued_ < job_.requeued.size()) {
-      uint32_t i = job_.requeued[requeued_++];
-      if (job_.tasks[i].state == TaskState::kQueued) return *index = i, true;
-    }
-    while (fresh_ < job_.tasks.size()) {
-      uint32_t i = fresh_++;
-      if (is_fresh(job_.tasks[i])) return *index = i, true;
-    }
-    return false;
-  }
-
- private:
-  const Job& job_;
-  size_t requeued_;
-  size_t fresh_;
-};
-
-// plan()'s scratch view of the nodes: their use including this plan's placements.
-class PlanView {
- public:
-  explicit PlanView(const std::vector<Node>& nodes) : nodes_(nodes) {
-    used_.reserve(nodes.size());
-    running_.reserve(nodes.size());
-    for (const Node& n : nodes) {
-      used_.push_back(n.used);
-      running_.push_back(n.running);
-    }
-    refresh_max_free();
-  }
-
-  // Cheap pre-check before looking at a job's constraints node by node.
-  bool may_fit(const Resources& need) const {
-    return need.cpu_millis <= max_free_cpu_ && need.mem_bytes <= max_free_mem_;
-  }
-  bool full() const { return max_free_cpu_ == 0 || max_free_mem_ == 0; }
-
-  void select_candidates(const JobSpec& spec, std::vector<NodeId>* out) const {
-    out->clear();
-    for (const Node& n : nodes_) {
-      if (placeable(n) && labels_match(n, spec)) out->push_back(n.id);
-    }
-  }
-
-  // Most free CPU, then most free memory, then the lowest id.
-  bool best_node(const std::vector<NodeId>& candidates, const Resources& need, NodeId* best) const {
-    bool found = false;
-    uint32_t best_cpu = 0;
-    uint64_t best_mem = 0;
-    for (NodeId id : candidates) {
-      if (at_task_limit(id)) continue;  // the node said it runs no more at once
-      uint32_t cpu = free_cpu(nodes_[id], used_[id]);
-      uint64_t mem = free_mem(nodes_[id], used_[id]);
-      if (cpu < need.cpu_millis || mem < need.mem_bytes) continue;
-      if (!found || cpu > best_cpu || (cpu == best_cpu && mem > best_mem)) {
-        found = true, *best = id, best_cpu = cpu, best_mem = mem;
-      }
-    }
-    return found;
-  }
-
-  void take(NodeId id, const Resources& need) {
-    used_[id].cpu_millis += need.cpu_millis;
-    used_[id].mem_bytes += need.mem_bytes;
-    ++running_[id];
-    refresh_max_free();
-  }
-
- private:
-  bool at_task_limit(NodeId id) const {
-    uint32_t max = nodes_[id].spec.tasks_max;
-    return max != 0 && running_[id] >= max;
-  }
-
-  void refresh_max_free() {
-    max_free_cpu_ = 0;
-    max_free_mem_ = 0;
-    for (const Node& n : nodes_) {
-      if (!placeable(n) || at_task_limit(n.id)) continue;
-      max_free_cpu_ = std::max(max_free_cpu_, free_cpu(n, used_[n.id]));
-      max_free_mem_ = std::max(max_free_mem_, free_mem(n, used_[n.id]));
-    }
-  }
-
-  const std::vector<Node>& nodes_;
-  std::vector<Resources> used_;
-  std::vector<uint32_t> running_;
-  uint32_t max_free_cpu_ = 0;
-  uint64_t max_free_mem_ = 0;
-};
 
 }  // namespace
 
@@ -201,21 +69,21 @@ const char* job_state_name(JobState s) {
   return "unknown";
 }
 
-const char* node_state_name(NodeState s) {
-  switch (s) {
-    case NodeState::kReady: return "ready";
-    case NodeState::kDraining: return "draining";
-    case NodeState::kDown: return "down";
-  }
-  return "unknown";
-}
-
 const char* node_hold_name(NodeHold h) {
   switch (h) {
     case NodeHold::kNone: return "none";
     case NodeHold::kHot: return "hot";
     case NodeHold::kThrottled: return "throttled";
     case NodeHold::kUnderVoltage: return "under-voltage";
+  }
+  return "unknown";
+}
+
+const char* node_state_name(NodeState s) {
+  switch (s) {
+    case NodeState::kReady: return "ready";
+    case NodeState::kDraining: return "draining";
+    case NodeState::kDown: return "down";
   }
   return "unknown";
 }
@@ -247,6 +115,10 @@ Cluster::Cluster(Limits limits) : limits_(limits) {
   // lost must be able to pass the bound for a lost task ever to end.
   SCHED_CHECK(limits_.lost_requeues_max <= kLostRequeuesMaxLimit);
   static_assert(kLostRequeuesMaxLimit < kLostCountMax);
+  SCHED_CHECK(limits_.constraint_classes_max < std::numeric_limits<uint16_t>::max());
+  // Reserved whole, so a class made inside plan() never moves the others.
+  classes_.reserve(size_t{limits_.constraint_classes_max} + 1);
+  classes_.emplace_back().live = true;  // class 0: every node
 }
 
 // ------------------------------------------------------------------------- nodes
@@ -262,9 +134,19 @@ std::expected<NodeId, SchedError> Cluster::add_node(NodeSpec spec) {
   Node n;
   n.id = static_cast<NodeId>(nodes_.size());
   n.spec = std::move(spec);
+  by_name_.emplace(n.spec.name, n.id);
   nodes_.push_back(std::move(n));
   ++live_nodes_;
+  add_slot();
   return nodes_.back().id;
+}
+
+// A new node enters class 0 taking nothing; its first refresh() gives it room and classes.
+void Cluster::add_slot() {
+  const auto id = static_cast<NodeId>(slots_.size());
+  slots_.push_back(NodeSlot{.key = {0, 0, id}});
+  classes_[0].room.insert(slots_.back().key);
+  mark_node(id, /*labels_changed=*/true);
 }
 
 std::expected<void, SchedError> Cluster::update_node(NodeId id, NodeSpec spec) {
@@ -274,7 +156,10 @@ std::expected<void, SchedError> Cluster::update_node(NodeId id, NodeSpec spec) {
   if (same_name != nullptr && same_name->id != id) {
     return std::unexpected(SchedError::kDuplicateId);
   }
+  by_name_.erase(nodes_[id].spec.name);
+  by_name_.emplace(spec.name, id);
   nodes_[id].spec = std::move(spec);
+  mark_node(id, /*labels_changed=*/true);
   return {};
 }
 
@@ -283,8 +168,14 @@ std::expected<void, SchedError> Cluster::remove_node(NodeId id) {
   if (nodes_[id].running > 0) return std::unexpected(SchedError::kBadTransition);
   nodes_[id].removed = true;
   nodes_[id].state = NodeState::kDown;
+  by_name_.erase(nodes_[id].spec.name);
+  // As restore_node() rebuilds a removed node: no drain, no hold.
+  nodes_[id].draining = false;
+  nodes_[id].drain_deadline_ms = 0;
+  nodes_[id].hold = NodeHold::kNone;
   SCHED_CHECK(live_nodes_ > 0);
   --live_nodes_;
+  mark_node(id, /*labels_changed=*/true);  // leaves every class but 0
   return {};
 }
 
@@ -293,18 +184,24 @@ std::expected<void, SchedError> Cluster::set_draining(NodeId id, bool draining,
   if (id >= nodes_.size() || nodes_[id].removed) return std::unexpected(SchedError::kUnknownNode);
   nodes_[id].draining = draining;
   nodes_[id].drain_deadline_ms = draining ? deadline_ms : 0;
-  return {};
-}
-
-std::expected<void, SchedError> Cluster::set_node_hold(NodeId id, NodeHold hold) {
-  if (id >= nodes_.size() || nodes_[id].removed) return std::unexpected(SchedError::kUnknownNode);
-  nodes_[id].hold = hold;
+  mark_node(id);
   return {};
 }
 
 std::expected<void, SchedError> Cluster::set_node_state(NodeId id, NodeState state) {
   if (id >= nodes_.size() || nodes_[id].removed) return std::unexpected(SchedError::kUnknownNode);
   nodes_[id].state = state;
+  mark_node(id);
+  return {};
+}
+
+std::expected<void, SchedError> Cluster::set_node_hold(NodeId id, NodeHold hold) {
+  if (id >= nodes_.size() || nodes_[id].removed) return std::unexpected(SchedError::kUnknownNode);
+  if (static_cast<uint8_t>(hold) > static_cast<uint8_t>(NodeHold::kUnderVoltage)) {
+    return std::unexpected(SchedError::kInvalidSpec);
+  }
+  nodes_[id].hold = hold;
+  mark_node(id);
   return {};
 }
 
@@ -334,7 +231,9 @@ std::expected<void, SchedError> Cluster::submit(JobId id, JobSpec spec, uint64_t
   Job& job = jobs_[id];
   job.id = id;
   job.spec = std::move(spec);
+  normalize_constraints(job.spec);
   job.submitted_ms = now_ms;
+  job.waiting_since_ms = now_ms;
   job.tasks.resize(job.spec.count);
   job.state_counts[static_cast<size_t>(TaskState::kQueued)] = job.spec.count;
   queued_tasks_ += job.spec.count;
@@ -349,35 +248,6 @@ std::expected<void, SchedError> Cluster::submit(JobId id, JobSpec spec, uint64_t
   }
   sync_runnable(job);
   return {};
-}
-
-// ------------------------------------------------------------------------- plan
-
-std::vector<Placement> Cluster::plan(uint32_t max) const {
-  std::vector<Placement> out;
-  if (max == 0 || nodes_.empty() || runnable_.empty()) return out;
-  PlanView view(nodes_);
-  std::vector<NodeId> candidates;
-  candidates.reserve(nodes_.size());
-  // No reservation: a job whose next task fits nowhere is passed over, so a stream of
-  // small jobs can starve a large one. Reserving nodes for the head job is future work.
-  // Cost: O(placements * nodes) plus one step per runnable job passed over.
-  for (const auto& [rank, id] : runnable_) {
-    if (out.size() >= max || view.full()) break;
-    const Job& job = jobs_.at(id);
-    const Resources& need = job.spec.per_task;
-    if (!view.may_fit(need)) continue;
-    view.select_candidates(job.spec, &candidates);
-    QueueCursor cursor(job);
-    uint32_t index = 0;
-    NodeId node = 0;
-    // All tasks of a job need the same, so the first that fits nowhere ends the job.
-    while (out.size() < max && cursor.next(&index) && view.best_node(candidates, need, &node)) {
-      view.take(node, need);
-      out.push_back({{id, index}, node, uint32_t{job.tasks[index].attempts} + 1});
-    }
-  }
-  return out;
 }
 
 // ------------------------------------------------------------- task transitions
@@ -405,6 +275,9 @@ std::expected<void, SchedError> Cluster::start(const Placement& p, uint64_t now_
   node.used.cpu_millis += job->spec.per_task.cpu_millis;
   node.used.mem_bytes += job->spec.per_task.mem_bytes;
   ++node.running;
+  mark_node(p.node);
+  if (job->spec.spread) count_spread(*job, p.node, +1);
+  job->waiting_since_ms = now_ms;  // the head moved on: the next one waits from here
 
   bool ended = settle(*job, now_ms);
   SCHED_CHECK(!ended);  // it has a running task now
@@ -429,6 +302,8 @@ std::expected<TaskState, SchedError> Cluster::finish(TaskRef t, Outcome o, uint6
   node.used.cpu_millis -= need.cpu_millis;
   node.used.mem_bytes -= need.mem_bytes;
   --node.running;
+  mark_node(task.node);
+  if (job->spec.spread) count_spread(*job, task.node, -1);
 
   task.exit_code = o.exit_code;
   task.signal = static_cast<int8_t>(std::clamp<int32_t>(o.signal, INT8_MIN, INT8_MAX));
@@ -444,6 +319,9 @@ std::expected<TaskState, SchedError> Cluster::finish(TaskRef t, Outcome o, uint6
 
   TaskState to = should_requeue(*job, task, o.state) ? TaskState::kQueued : o.state;
   if (to == TaskState::kQueued) remember_attempt(*job, t.index, task, o.state);
+  if (to == TaskState::kQueued && job->state_counts[static_cast<size_t>(TaskState::kQueued)] == 0) {
+    job->waiting_since_ms = now_ms;  // its queue was empty: this task heads it from now
+  }
   set_task_state(*job, t.index, to);
   if (to == TaskState::kQueued) job->requeued.push_back(t.index);
   if (settle(*job, now_ms)) release_dependents(job->id, now_ms);
@@ -486,8 +364,11 @@ std::expected<void, SchedError> Cluster::prune(JobId id) {
   if (it == jobs_.end()) return std::unexpected(SchedError::kUnknownJob);
   if (!job_final(it->second.state)) return std::unexpected(SchedError::kBadTransition);
   touch_all(it->second);
-  // A final job is in no index: settle() took it out of runnable_ and cancelling_, and
-  // release_dependents() out of dependents_.
+  // A final job is in no index: settle() took it out of cancelling_, release_dependents()
+  // out of dependents_, and refresh() out of runnable_ unless none ran since it ended.
+  if (it->second.queued_in_run) {
+    runnable_.erase({kPriorityMax - it->second.spec.priority, it->second.run_key_running, id});
+  }
   jobs_.erase(it);
   return {};
 }
@@ -521,10 +402,8 @@ const Node* Cluster::node(NodeId id) const {
 }
 
 const Node* Cluster::node_by_name(const std::string& name) const {
-  for (const Node& n : nodes_) {
-    if (!n.removed && n.spec.name == name) return &n;
-  }
-  return nullptr;
+  auto it = by_name_.find(name);
+  return it == by_name_.end() ? nullptr : &nodes_[it->second];
 }
 
 // ---------------------------------------------------------------------- helpers
@@ -607,14 +486,34 @@ void Cluster::cancel_queued(Job& job) {
   SCHED_CHECK(job.state_counts[static_cast<size_t>(TaskState::kQueued)] == 0);
 }
 
+// Whether it is runnable (and under which fair-share key) is refresh()'s to work out.
 void Cluster::sync_runnable(const Job& job) {
-  bool runnable = !job_final(job.state) &&
-                  job.state_counts[static_cast<size_t>(TaskState::kQueued)] > 0 && !waiting(job);
-  if (runnable) {
-    runnable_.insert(runnable_key(job));
-  } else {
-    runnable_.erase(runnable_key(job));
-  }
+  mark_job(job);
+}
+
+void Cluster::count_spread(const Job& job, NodeId node, int delta) {
+  SpreadRunning& sr = spread_running_[job.id];
+  uint32_t& count = sr.per_node[node];
+  SCHED_CHECK(delta > 0 || count > 0);
+  auto level = [&sr](uint32_t n, int by) {
+    if (n == 0) return;
+    uint32_t& nodes = sr.levels[n];
+    nodes = by > 0 ? nodes + 1 : nodes - 1;
+    if (nodes == 0) sr.levels.erase(n);
+  };
+  level(count, -1);
+  count = delta > 0 ? count + 1 : count - 1;
+  level(count, +1);
+  if (count == 0) sr.per_node.erase(node);
+  if (sr.per_node.empty()) spread_running_.erase(job.id);
+}
+
+// Sorted, duplicates dropped: the key of the job's node class (placement.cc).
+void Cluster::normalize_constraints(JobSpec& spec) {
+  auto& c = spec.constraints;
+  if (c.size() < 2) return;
+  std::sort(c.begin(), c.end());
+  c.erase(std::unique(c.begin(), c.end()), c.end());
 }
 
 // Recomputes a live job's state from its task counts; returns true when it just ended.
@@ -638,7 +537,7 @@ bool Cluster::settle(Job& job, uint64_t now_ms) {
   SCHED_CHECK(live_jobs_ > 0);
   --live_jobs_;
   cancelling_.erase(job.id);
-  runnable_.erase(runnable_key(job));
+  mark_job(job);
   return true;
 }
 
@@ -659,6 +558,8 @@ void Cluster::release_dependents(JobId ended, uint64_t now_ms) {
       if (!succeeded) {
         cancel_queued(dependent);
         if (settle(dependent, now_ms)) work.push_back(dependent.id);
+      } else {
+        dependent.waiting_since_ms = now_ms;  // runnable from now
       }
       sync_runnable(dependent);
     }
@@ -683,8 +584,10 @@ std::expected<void, SchedError> Cluster::restore_node(NodeSpec spec, bool remove
   n.draining = draining && !removed;
   n.drain_deadline_ms = n.draining ? drain_deadline_ms : 0;
   if (removed) n.state = NodeState::kDown;
+  if (!removed) by_name_.emplace(n.spec.name, n.id);
   nodes_.push_back(std::move(n));
   if (!removed) ++live_nodes_;
+  add_slot();
   return {};
 }
 
@@ -769,6 +672,11 @@ std::expected<void, SchedError> Cluster::restore_job(Job job, bool cancelling) {
   if (ended != (open == 0)) return std::unexpected(SchedError::kBadImage);
   if (cancelling && ended) return std::unexpected(SchedError::kBadImage);
   if (cancelling) cancelling_.insert(job.id);
+  normalize_constraints(job.spec);
+  job.waiting_since_ms = std::max(job.waiting_since_ms, job.submitted_ms);
+  job.queue_dirty = false;
+  job.queued_in_run = false;
+  job.run_key_running = 0;
   JobId id = job.id;
   jobs_.emplace(id, std::move(job));
   return {};
@@ -782,8 +690,13 @@ std::expected<void, SchedError> Cluster::finish_restore(JobId last_job_id) {
   queued_tasks_ = 0;
   live_jobs_ = 0;
   runnable_.clear();
+  dirty_jobs_.clear();
   dependents_.clear();
-  for (Node& n : nodes_) n.used = {}, n.running = 0;
+  spread_running_.clear();
+  for (Node& n : nodes_) {
+    n.used = {}, n.running = 0;
+    mark_node(n.id);
+  }
   for (auto& [id, job] : jobs_) {
     queued_tasks_ += job.state_counts[static_cast<size_t>(TaskState::kQueued)];
     uint32_t running = job.state_counts[static_cast<size_t>(TaskState::kRunning)];
@@ -795,7 +708,10 @@ std::expected<void, SchedError> Cluster::finish_restore(JobId last_job_id) {
       n.used.cpu_millis += job.spec.per_task.cpu_millis;
       n.used.mem_bytes += job.spec.per_task.mem_bytes;
       ++n.running;
+      if (job.spec.spread) count_spread(job, t.node, +1);
     }
+    job.queue_dirty = false;
+    job.queued_in_run = false;
     if (job_final(job.state)) continue;
     ++live_jobs_;
     if (waiting(job)) dependents_.emplace(job.spec.after, id);

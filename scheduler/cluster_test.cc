@@ -17,6 +17,8 @@ namespace {
 
 constexpr uint64_t kMiB = uint64_t{1} << 20;
 constexpr uint64_t kGiB = uint64_t{1} << 30;
+// plan's clock in the rule tests: long before any job could starve (Limits::starve_after_ms).
+constexpr uint64_t kNow = 0;
 
 NodeSpec node_spec(std::string name, uint32_t cpu_millis, uint64_t mem_bytes,
                    std::map<std::string, std::string> labels = {}) {
@@ -39,7 +41,7 @@ Outcome outcome(TaskState s, int32_t exit_code = 0) {
 
 // Applies everything plan() proposes; returns the placements.
 std::vector<Placement> place(Cluster& c, uint32_t max = 1000, uint64_t now_ms = 1) {
-  auto plan = c.plan(max);
+  auto plan = c.plan(max, kNow);
   for (const Placement& p : plan) EXPECT_TRUE(c.start(p, now_ms).has_value());
   return plan;
 }
@@ -144,27 +146,29 @@ TEST_F(ClusterTest, SubmitAfterUnknownJobFails) {
 
 // ---------------------------------------------------------------------- placement
 
-TEST_F(ClusterTest, PlanOrdersByPriorityThenJobId) {
+// Equal priorities share: jobs 2 and 3 alternate (fewest running tasks first, then the
+// lower id), where FIFO used to place all of job 2 first.
+TEST_F(ClusterTest, PlanOrdersByPriorityThenFairShareThenJobId) {
   add("a", 16000);
   submit(1, job_spec(2, 1000, kMiB, 10));
   submit(2, job_spec(2, 1000, kMiB, 90));
   submit(3, job_spec(1, 1000, kMiB, 90));
   submit(4, job_spec(1, 1000, kMiB, 50));
-  auto plan = c.plan(100);
+  auto plan = c.plan(100, kNow);
   std::vector<TaskRef> order;
   for (const auto& p : plan) order.push_back(p.task);
-  std::vector<TaskRef> want = {{2, 0}, {2, 1}, {3, 0}, {4, 0}, {1, 0}, {1, 1}};
+  std::vector<TaskRef> want = {{2, 0}, {3, 0}, {2, 1}, {4, 0}, {1, 0}, {1, 1}};
   EXPECT_EQ(order, want);
   for (const auto& p : plan) EXPECT_EQ(p.attempt, 1u);
-  EXPECT_EQ(c.plan(3).size(), 3u);
-  EXPECT_TRUE(c.plan(0).empty());
+  EXPECT_EQ(c.plan(3, kNow).size(), 3u);
+  EXPECT_TRUE(c.plan(0, kNow).empty());
 }
 
 TEST_F(ClusterTest, PlanIsPureAndRepeatable) {
   add("a", 4000);
   submit(1, job_spec(10));
-  auto first = c.plan(100);
-  auto second = c.plan(100);
+  auto first = c.plan(100, kNow);
+  auto second = c.plan(100, kNow);
   ASSERT_EQ(first.size(), 4u);
   ASSERT_EQ(second.size(), first.size());
   for (size_t i = 0; i < first.size(); ++i) {
@@ -175,30 +179,62 @@ TEST_F(ClusterTest, PlanIsPureAndRepeatable) {
   EXPECT_EQ(c.node(0)->used.cpu_millis, 0u);
 }
 
-TEST_F(ClusterTest, PlanPicksMostFreeCpuThenMemoryThenLowestId) {
+// Packing (the default): the fitting board with the least free CPU, then memory, then
+// the lowest id, so a half-used board fills before an idle one gets work.
+TEST_F(ClusterTest, PlanPacksOntoTheBoardWithTheLeastRoom) {
   NodeId small = add("small", 2000, 8 * kGiB);
   NodeId big_lowmem = add("big-lowmem", 4000, 2 * kGiB);
   NodeId big_highmem = add("big-highmem", 4000, 4 * kGiB);
   NodeId twin = add("twin", 4000, 4 * kGiB);
   submit(1, job_spec(1, 1000, kGiB));
-  auto plan = c.plan(1);
+  auto plan = c.plan(1, kNow);
   ASSERT_EQ(plan.size(), 1u);
-  EXPECT_EQ(plan[0].node, big_highmem);  // ties with twin on cpu and memory: lower id
-  // Within one plan, earlier placements count; CPU decides before memory.
-  submit(2, job_spec(3, 1000, kGiB));
-  plan = c.plan(4);
-  ASSERT_EQ(plan.size(), 4u);
-  EXPECT_EQ(plan[0].node, big_highmem);  // job 1 first: 3000 cpu / 3 GiB left there
-  EXPECT_EQ(plan[1].node, twin);         // 4000 / 4 GiB
-  EXPECT_EQ(plan[2].node, big_lowmem);   // 4000 / 2 GiB: more CPU beats more memory
-  EXPECT_EQ(plan[3].node, big_highmem);  // three at 3000; 3 GiB beats 1 GiB; lower id
-  // The 2-core node only gets work once no other node has more free CPU.
-  submit(3, job_spec(5, 1000, 512 * kMiB));
+  EXPECT_EQ(plan[0].node, small);
+  // A task too big for the small board goes to the big one with less memory.
+  submit(2, job_spec(2, 3000, kGiB));
   plan = place(c, 100);
-  ASSERT_EQ(plan.size(), 9u);
-  EXPECT_EQ(plan[6].task, (TaskRef{3, 2}));
-  EXPECT_EQ(plan[6].node, small);
-  EXPECT_EQ(c.node(small)->running, 1u);
+  ASSERT_EQ(plan.size(), 3u);
+  EXPECT_EQ(plan[0].node, small);
+  EXPECT_EQ(plan[1].node, big_lowmem);   // 4000 / 2 GiB beats 4000 / 4 GiB
+  EXPECT_EQ(plan[2].node, big_highmem);  // ties with twin: lower id
+  // 1000 millicores are left on the first three: 1000-millicore tasks fill them, least
+  // memory first (1, 3, 7 GiB free), before the idle twin gets any.
+  submit(3, job_spec(4, 1000, 512 * kMiB));
+  plan = place(c, 100);
+  ASSERT_EQ(plan.size(), 4u);
+  EXPECT_EQ(plan[0].node, big_lowmem);
+  EXPECT_EQ(plan[1].node, big_highmem);
+  EXPECT_EQ(plan[2].node, small);
+  EXPECT_EQ(plan[3].node, twin);
+  EXPECT_EQ(c.node(twin)->running, 1u);
+}
+
+// --spread: one task per board first (the fewest of this job's tasks), then the most free
+// CPU, then memory, then the lowest id.
+TEST_F(ClusterTest, SpreadPutsOneTaskPerBoardFirst) {
+  NodeId small = add("small", 2000, 8 * kGiB);
+  NodeId big_lowmem = add("big-lowmem", 4000, 2 * kGiB);
+  NodeId big_highmem = add("big-highmem", 4000, 4 * kGiB);
+  NodeId twin = add("twin", 4000, 4 * kGiB);
+  JobSpec s = job_spec(6, 1000, 512 * kMiB);
+  s.spread = true;
+  submit(1, s);
+  auto plan = place(c, 100);
+  ASSERT_EQ(plan.size(), 6u);
+  EXPECT_EQ(plan[0].node, big_highmem);  // most CPU, most memory, lower id than twin
+  EXPECT_EQ(plan[1].node, twin);
+  EXPECT_EQ(plan[2].node, big_lowmem);
+  EXPECT_EQ(plan[3].node, small);        // every board has one now
+  EXPECT_EQ(plan[4].node, big_highmem);  // 3000 free; 3.5 GiB beats 1.5 GiB and twin's id
+  EXPECT_EQ(plan[5].node, twin);
+  // Another spread job counts only its own tasks.
+  submit(2, s);
+  plan = c.plan(1, kNow);
+  ASSERT_EQ(plan.size(), 1u);
+  EXPECT_EQ(plan[0].node, big_lowmem);  // 3000 free, the most now
+  // A spread job's tasks that ended leave their boards free for it again.
+  ASSERT_TRUE(c.finish({1, 3}, outcome(TaskState::kSucceeded), 2));
+  EXPECT_EQ(c.plan(1, kNow)[0].node, big_lowmem);  // still the most room; counts are per job
 }
 
 TEST_F(ClusterTest, CapacityIsRespectedAndTasksWait) {
@@ -212,9 +248,9 @@ TEST_F(ClusterTest, CapacityIsRespectedAndTasksWait) {
     EXPECT_EQ(n.used.cpu_millis, 2000u);
     EXPECT_EQ(n.running, 2u);
   }
-  EXPECT_TRUE(c.plan(10).empty());
+  EXPECT_TRUE(c.plan(10, kNow).empty());
   ASSERT_TRUE(c.finish(plan[0].task, outcome(TaskState::kSucceeded), 2));
-  auto next = c.plan(10);
+  auto next = c.plan(10, kNow);
   ASSERT_EQ(next.size(), 1u);
   EXPECT_EQ(next[0].node, plan[0].node);
   EXPECT_EQ(next[0].task, (TaskRef{1, 4}));
@@ -242,7 +278,7 @@ TEST_F(ClusterTest, ConstraintsMustAllMatchNodeLabels) {
 
   s.constraints = {{"arch", "armhf"}, {"camera", "no"}};
   submit(2, s);
-  EXPECT_TRUE(c.plan(10).empty());
+  EXPECT_TRUE(c.plan(10, kNow).empty());
 }
 
 TEST_F(ClusterTest, DrainingAndDownNodesGetNoPlacements) {
@@ -254,9 +290,9 @@ TEST_F(ClusterTest, DrainingAndDownNodesGetNoPlacements) {
   ASSERT_EQ(plan.size(), 1u);
   EXPECT_EQ(plan[0].node, b);
   ASSERT_TRUE(c.set_node_state(b, NodeState::kDown));
-  EXPECT_TRUE(c.plan(10).empty());
+  EXPECT_TRUE(c.plan(10, kNow).empty());
   ASSERT_TRUE(c.set_node_state(a, NodeState::kReady));
-  EXPECT_EQ(c.plan(10).size(), 3u);
+  EXPECT_EQ(c.plan(10, kNow).size(), 3u);
 }
 
 TEST_F(ClusterTest, BlockedLargeJobDoesNotBlockSmallerOnes) {
@@ -265,7 +301,7 @@ TEST_F(ClusterTest, BlockedLargeJobDoesNotBlockSmallerOnes) {
   place(c);
   submit(2, job_spec(1, 2000, kMiB, 100));  // needs the whole node
   submit(3, job_spec(2, 500, kMiB, 0));
-  auto plan = c.plan(10);
+  auto plan = c.plan(10, kNow);
   ASSERT_EQ(plan.size(), 2u);
   EXPECT_EQ(plan[0].task.job, 3u);
   EXPECT_EQ(plan[1].task.job, 3u);
@@ -273,7 +309,7 @@ TEST_F(ClusterTest, BlockedLargeJobDoesNotBlockSmallerOnes) {
 
 TEST_F(ClusterTest, NoNodesMeansNoPlacements) {
   submit(1, job_spec(1));
-  EXPECT_TRUE(c.plan(10).empty());
+  EXPECT_TRUE(c.plan(10, kNow).empty());
 }
 
 // ------------------------------------------------------------------- job states
@@ -353,7 +389,7 @@ TEST_F(ClusterTest, FailuresRequeueUntilRetriesAreUsedUp) {
   EXPECT_EQ(j.state, JobState::kFailed);
   EXPECT_EQ(j.tasks[0].attempts, 3u);
   EXPECT_EQ(c.queued_tasks(), 0u);
-  EXPECT_TRUE(c.plan(10).empty());
+  EXPECT_TRUE(c.plan(10, kNow).empty());
 }
 
 TEST_F(ClusterTest, RequeuedTasksGoFirstInFifoOrder) {
@@ -365,7 +401,7 @@ TEST_F(ClusterTest, RequeuedTasksGoFirstInFifoOrder) {
   ASSERT_EQ(p.size(), 3u);
   ASSERT_TRUE(c.finish({1, 2}, outcome(TaskState::kFailed), 5));
   ASSERT_TRUE(c.finish({1, 0}, outcome(TaskState::kFailed), 5));
-  auto next = c.plan(10);
+  auto next = c.plan(10, kNow);
   ASSERT_EQ(next.size(), 2u);
   EXPECT_EQ(next[0].task, (TaskRef{1, 2}));
   EXPECT_EQ(next[0].attempt, 2u);
@@ -492,8 +528,8 @@ TEST_F(ClusterTest, NodeLostEndsItsRunningTasksAsLost) {
   place(c);
   ASSERT_EQ(c.node(a)->running, 2u);
   auto lost = c.running_on(a);
-  std::vector<TaskRef> want = {{1, 0}, {1, 2}};
-  EXPECT_EQ(lost, want);  // task 1 went to b: equal free CPU, more free memory
+  std::vector<TaskRef> want = {{1, 1}, {1, 2}};
+  EXPECT_EQ(lost, want);  // task 0 went to b: the least room
   for (const auto& t : lost) ASSERT_TRUE(c.finish(t, outcome(TaskState::kLost), 7));
   EXPECT_EQ(c.node(a)->running, 0u);
   EXPECT_EQ(c.node(a)->used.cpu_millis, 0u);
@@ -501,7 +537,7 @@ TEST_F(ClusterTest, NodeLostEndsItsRunningTasksAsLost) {
   EXPECT_EQ(c.queued_tasks(), 2u);
   for (const auto& t : lost) EXPECT_EQ(c.job(1)->tasks[t.index].lost, 1u);
   ASSERT_TRUE(c.set_node_state(a, NodeState::kDown));
-  EXPECT_TRUE(c.plan(10).empty());
+  EXPECT_TRUE(c.plan(10, kNow).empty());
   EXPECT_TRUE(c.running_on(99).empty());
 }
 
@@ -518,7 +554,7 @@ TEST_F(ClusterTest, CancelQueuedJobEndsAtOnce) {
   EXPECT_EQ(count_of(j, TaskState::kCancelled), 5u);
   EXPECT_EQ(c.queued_tasks(), 0u);
   add("a", 4000);
-  EXPECT_TRUE(c.plan(10).empty());
+  EXPECT_TRUE(c.plan(10, kNow).empty());
   EXPECT_TRUE(c.cancel(1, 10)->empty());  // already final: nothing to do
   EXPECT_EQ(c.job(1)->finished_ms, 9u);
   EXPECT_EQ(c.cancel(2, 10).error(), SchedError::kUnknownJob);
@@ -536,7 +572,7 @@ TEST_F(ClusterTest, CancelRunningJobReturnsRunningTasksWhichDoNotRequeue) {
   EXPECT_EQ(*running, want);
   EXPECT_EQ(c.job(1)->state, JobState::kRunning);
   EXPECT_EQ(c.queued_tasks(), 0u);
-  EXPECT_TRUE(c.plan(10).empty());
+  EXPECT_TRUE(c.plan(10, kNow).empty());
   // A kill may surface as a failure or a loss; neither is retried now.
   EXPECT_EQ(c.finish({1, 0}, outcome(TaskState::kFailed), 10).value(), TaskState::kFailed);
   EXPECT_EQ(c.finish({1, 1}, outcome(TaskState::kLost), 11).value(), TaskState::kLost);
@@ -553,14 +589,14 @@ TEST_F(ClusterTest, AfterWaitsForSuccessThenRuns) {
   JobSpec s = job_spec(2);
   s.after = 1;
   submit(2, s);
-  auto p = c.plan(10);
+  auto p = c.plan(10, kNow);
   ASSERT_EQ(p.size(), 1u);
   EXPECT_EQ(p[0].task.job, 1u);
   EXPECT_EQ(c.start({{2, 0}, 0, 1}, 1).error(), SchedError::kBadTransition);  // still waiting
   ASSERT_TRUE(c.start(p[0], 1));
   EXPECT_EQ(c.job(2)->state, JobState::kQueued);
   ASSERT_TRUE(c.finish(p[0].task, outcome(TaskState::kSucceeded), 2));
-  p = c.plan(10);
+  p = c.plan(10, kNow);
   ASSERT_EQ(p.size(), 2u);
   EXPECT_EQ(p[0].task.job, 2u);
 }
@@ -581,7 +617,7 @@ TEST_F(ClusterTest, AfterCancelsWhenTheDependencyFailsAndCascades) {
   EXPECT_EQ(c.job(3)->state, JobState::kCancelled);
   EXPECT_EQ(count_of(*c.job(3), TaskState::kCancelled), 2u);
   EXPECT_EQ(c.queued_tasks(), 0u);
-  EXPECT_TRUE(c.plan(10).empty());
+  EXPECT_TRUE(c.plan(10, kNow).empty());
 }
 
 TEST_F(ClusterTest, AfterAnEndedJobDecidesAtSubmit) {
@@ -598,7 +634,7 @@ TEST_F(ClusterTest, AfterAnEndedJobDecidesAtSubmit) {
   submit(4, s);
   EXPECT_EQ(c.job(4)->state, JobState::kCancelled);
   EXPECT_EQ(c.job(4)->finished_ms, 10u);
-  auto p = c.plan(10);
+  auto p = c.plan(10, kNow);
   ASSERT_EQ(p.size(), 1u);
   EXPECT_EQ(p[0].task.job, 3u);
 }
@@ -638,7 +674,7 @@ TEST_F(ClusterTest, StartAcceptsAnyQueuedIndexAsReplayMayOrderThem) {
   submit(1, s);
   ASSERT_TRUE(c.start({{1, 5}, 0, 1}, 1));
   ASSERT_TRUE(c.start({{1, 0}, 0, 1}, 1));
-  auto p = c.plan(100);
+  auto p = c.plan(100, kNow);
   std::vector<uint32_t> idx;
   for (const auto& x : p) idx.push_back(x.task.index);
   EXPECT_EQ(idx, (std::vector<uint32_t>{1, 2, 3, 4, 6, 7}));
@@ -647,14 +683,14 @@ TEST_F(ClusterTest, StartAcceptsAnyQueuedIndexAsReplayMayOrderThem) {
   ASSERT_TRUE(c.finish({1, 5}, outcome(TaskState::kFailed), 2));
   ASSERT_TRUE(c.finish({1, 0}, outcome(TaskState::kFailed), 2));
   ASSERT_TRUE(c.start({{1, 0}, 0, 2}, 3));
-  p = c.plan(100);
+  p = c.plan(100, kNow);
   idx.clear();
   for (const auto& x : p) idx.push_back(x.task.index);
   EXPECT_EQ(idx, (std::vector<uint32_t>{5, 1, 2, 3, 4, 6, 7}));
   // Start everything, fail 0 again: it is queued exactly once.
   for (const auto& x : p) ASSERT_TRUE(c.start(x, 4));
   ASSERT_TRUE(c.finish({1, 0}, outcome(TaskState::kFailed), 5));
-  p = c.plan(100);
+  p = c.plan(100, kNow);
   ASSERT_EQ(p.size(), 1u);
   EXPECT_EQ(p[0].task, (TaskRef{1, 0}));
   EXPECT_EQ(p[0].attempt, 3u);
@@ -697,8 +733,16 @@ struct OpRemoveNode {
 struct OpPrune {
   JobId id;
 };
+struct OpSetHold {
+  NodeId id;
+  NodeHold hold;
+};
+struct OpSetDraining {
+  NodeId id;
+  bool draining;
+};
 using Op = std::variant<OpAddNode, OpSetNode, OpSubmit, OpStart, OpFinish, OpCancel, OpNodeLost,
-                        OpUpdateNode, OpRemoveNode, OpPrune>;
+                        OpUpdateNode, OpRemoveNode, OpPrune, OpSetHold, OpSetDraining>;
 
 template <typename T>
 std::string result_text(const std::expected<T, SchedError>& r) {
@@ -737,6 +781,12 @@ std::string apply(Cluster& c, const Op& op, uint64_t now_ms) {
     }
     std::string operator()(const OpRemoveNode& o) { return result_text(c.remove_node(o.id)); }
     std::string operator()(const OpPrune& o) { return result_text(c.prune(o.id)); }
+    std::string operator()(const OpSetHold& o) {
+      return result_text(c.set_node_hold(o.id, o.hold));
+    }
+    std::string operator()(const OpSetDraining& o) {
+      return result_text(c.set_draining(o.id, o.draining, 0));
+    }
   };
   return std::visit(Visitor{c, now_ms}, op);
 }
@@ -758,18 +808,25 @@ std::map<JobId, std::string> job_images(const Cluster& c) {
   return out;
 }
 
-// Every field of the state, for comparing two clusters.
-std::string dump(const Cluster& c) {
+// Every field of the state, for comparing two clusters, and the plan it makes at now_ms.
+std::string dump(const Cluster& c, uint64_t now_ms) {
   std::ostringstream out;
   out << "queued " << c.queued_tasks() << " last " << c.last_job_id() << "\n";
   for (const Node& n : c.nodes()) {
     out << "node " << n.id << " " << n.spec.name << " " << int(n.state) << " " << n.removed << " "
-        << n.spec.capacity.cpu_millis << " " << n.used.cpu_millis << " " << n.used.mem_bytes << " "
-        << n.running << "\n";
+        << n.draining << " " << int(n.hold) << " " << n.spec.capacity.cpu_millis << "/"
+        << n.spec.capacity.mem_bytes << "/" << n.spec.tasks_max << " " << n.used.cpu_millis << " "
+        << n.used.mem_bytes << " " << n.running;
+    for (const auto& [k, v] : n.spec.labels) out << " " << k << "=" << v;
+    out << "\n";
   }
   for (const auto& [id, j] : c.jobs()) {
     out << "job " << id << " " << int(j.state) << " " << j.submitted_ms << " " << j.finished_ms
-        << " fresh " << j.next_fresh << " requeued";
+        << " waiting " << j.waiting_since_ms << " spec " << j.spec.priority << "/"
+        << j.spec.per_task.cpu_millis << "/" << j.spec.per_task.mem_bytes << "/" << j.spec.spread
+        << "/" << j.spec.after;
+    for (const auto& [k, v] : j.spec.constraints) out << " " << k << "=" << v;
+    out << " fresh " << j.next_fresh << " requeued";
     for (size_t i = j.requeued_head; i < j.requeued.size(); ++i) out << " " << j.requeued[i];
     out << "\n";
     for (const Task& t : j.tasks) {
@@ -790,7 +847,7 @@ std::string dump(const Cluster& c) {
     }
     out << "\n";
   }
-  for (const Placement& p : c.plan(1'000'000)) {
+  for (const Placement& p : c.plan(1'000'000, now_ms)) {
     out << "plan " << p.task.job << "." << p.task.index << "@" << p.node << "#" << p.attempt;
   }
   return out.str();
@@ -807,12 +864,22 @@ bool runnable(const Cluster& c, const Job& j) {
   return dep == nullptr || dep->state == JobState::kSucceeded;
 }
 
-bool fits(const Node& n, const Resources& used, const JobSpec& s) {
-  if (n.state != NodeState::kReady || n.removed) return false;
+bool takes_work(const Node& n) {
+  return n.state == NodeState::kReady && !n.removed && !n.draining && n.hold == NodeHold::kNone;
+}
+
+bool labels_ok(const Node& n, const JobSpec& s) {
   for (const auto& [k, v] : s.constraints) {
     auto it = n.spec.labels.find(k);
     if (it == n.spec.labels.end() || it->second != v) return false;
   }
+  return true;
+}
+
+// Room for one more task of `s` on `n`, with `used` and `running` as a plan sees them.
+bool fits(const Node& n, const Resources& used, uint32_t running, const JobSpec& s) {
+  if (!takes_work(n) || !labels_ok(n, s)) return false;
+  if (n.spec.tasks_max != 0 && running >= n.spec.tasks_max) return false;
   return uint64_t{used.cpu_millis} + s.per_task.cpu_millis <= n.spec.capacity.cpu_millis &&
          used.mem_bytes + s.per_task.mem_bytes <= n.spec.capacity.mem_bytes;
 }
@@ -822,8 +889,9 @@ bool fits(const Node& n, const Resources& used, const JobSpec& s) {
 using FinalJobs = std::map<JobId, std::pair<JobState, std::array<uint32_t, kTaskStateCount>>>;
 
 // Checks every invariant the state must hold; all starts in the harness go to nodes
-// with room, so no node is ever over capacity.
-void check_invariants(const Cluster& c, FinalJobs* final_jobs) {
+// with room, so only a node whose capacity shrank (`shrunk`) may be over capacity.
+void check_invariants(const Cluster& c, FinalJobs* final_jobs,
+                      const std::set<NodeId>& shrunk = {}) {
   const auto& nodes = c.nodes();
   std::vector<Resources> used(nodes.size());
   std::vector<uint32_t> running(nodes.size());
@@ -894,57 +962,252 @@ void check_invariants(const Cluster& c, FinalJobs* final_jobs) {
     ASSERT_EQ(n.used.cpu_millis, used[n.id].cpu_millis) << n.spec.name;
     ASSERT_EQ(n.used.mem_bytes, used[n.id].mem_bytes) << n.spec.name;
     ASSERT_EQ(n.running, running[n.id]) << n.spec.name;
-    ASSERT_LE(n.used.cpu_millis, n.spec.capacity.cpu_millis) << n.spec.name;
-    ASSERT_LE(n.used.mem_bytes, n.spec.capacity.mem_bytes) << n.spec.name;
+    // Over capacity only after a shrink (update_node); check_plan() holds plan() to room.
+    if (!shrunk.contains(n.id)) {
+      ASSERT_LE(n.used.cpu_millis, n.spec.capacity.cpu_millis) << n.spec.name;
+      ASSERT_LE(n.used.mem_bytes, n.spec.capacity.mem_bytes) << n.spec.name;
+    }
   }
 }
 
-// Checks a plan against an independent re-derivation: right order, right nodes, no task
-// twice, and nothing left out that would have fitted.
-void check_plan(const Cluster& c, const std::vector<Placement>& plan, uint32_t max) {
+// The placement policy written out the slow, obvious way (O(nodes) per placement), to hold
+// plan() to: cluster.h's plan() comment, rule by rule.
+struct RefPlan {
+  std::vector<Placement> placements;
+  std::vector<std::pair<NodeId, JobId>> reserved;  // in the order made
+  std::vector<size_t> reserved_before;             // per placement: reservations made before it
+};
+
+class ReferencePlanner {
+ public:
+  ReferencePlanner(const Cluster& c, uint64_t now_ms) : c_(c), now_ms_(now_ms) {
+    for (const Node& n : c.nodes()) used_.push_back(n.used), running_.push_back(n.running);
+  }
+
+  RefPlan plan(uint32_t max) {
+    std::map<uint32_t, std::vector<const Job*>> by_rank;
+    for (const auto& [id, j] : c_.jobs()) {
+      if (runnable(c_, j)) by_rank[100 - j.spec.priority].push_back(&j);
+    }
+    for (auto& [rank, jobs] : by_rank) {
+      std::vector<const Job*> active = jobs;
+      while (out_.placements.size() < max && !active.empty()) {
+        auto it = std::min_element(active.begin(), active.end(), [&](const Job* a, const Job* b) {
+          return std::pair{share(*a), a->id} < std::pair{share(*b), b->id};
+        });
+        const Job& j = **it;
+        uint32_t index = 0;
+        NodeId node = 0;
+        if (!next_task(j, &index)) {
+          active.erase(it);
+        } else if (!best_node(j, &node)) {
+          maybe_reserve(j);
+          active.erase(it);
+        } else {
+          out_.reserved_before.push_back(out_.reserved.size());
+          out_.placements.push_back({{j.id, index}, node, j.tasks[index].attempts + 1u});
+          used_[node].cpu_millis += j.spec.per_task.cpu_millis;
+          used_[node].mem_bytes += j.spec.per_task.mem_bytes;
+          ++running_[node];
+          ++planned_[j.id];
+          ++spread_planned_[{j.id, node}];
+        }
+      }
+    }
+    return out_;
+  }
+
+ private:
+  uint32_t share(const Job& j) { return count_of(j, TaskState::kRunning) + planned_[j.id]; }
+
+  // Queued tasks in the order a job places them: requeued FIFO, then never started.
+  bool next_task(const Job& j, uint32_t* index) {
+    std::vector<uint32_t> order;
+    for (size_t i = j.requeued_head; i < j.requeued.size(); ++i) {
+      if (j.tasks[j.requeued[i]].state == TaskState::kQueued) order.push_back(j.requeued[i]);
+    }
+    for (uint32_t i = j.next_fresh; i < j.tasks.size(); ++i) {
+      if (j.tasks[i].state == TaskState::kQueued && j.tasks[i].attempts == 0) order.push_back(i);
+    }
+    if (planned_[j.id] >= order.size()) return false;
+    *index = order[planned_[j.id]];
+    return true;
+  }
+
+  bool reserved_for_other(NodeId n, JobId j) const {
+    for (auto [rn, rj] : out_.reserved) {
+      if (rn == n && rj != j) return true;
+    }
+    return false;
+  }
+
+  uint32_t spread_count(const Job& j, NodeId n) {
+    uint32_t count = spread_planned_[{j.id, n}];
+    for (const Task& t : j.tasks) count += t.state == TaskState::kRunning && t.node == n;
+    return count;
+  }
+
+  bool best_node(const Job& j, NodeId* best) {
+    bool found = false;
+    std::tuple<uint64_t, uint64_t, uint64_t> best_key{};
+    for (const Node& n : c_.nodes()) {
+      if (!fits(n, used_[n.id], running_[n.id], j.spec) || reserved_for_other(n.id, j.id)) continue;
+      const uint64_t cpu = n.spec.capacity.cpu_millis - used_[n.id].cpu_millis;
+      const uint64_t mem = n.spec.capacity.mem_bytes - used_[n.id].mem_bytes;
+      // Packed: least room first. Spread: fewest of its tasks, then most room.
+      std::tuple<uint64_t, uint64_t, uint64_t> key =
+          j.spec.spread
+              ? std::tuple<uint64_t, uint64_t, uint64_t>{spread_count(j, n.id), ~cpu, ~mem}
+              : std::tuple<uint64_t, uint64_t, uint64_t>{cpu, mem, 0};
+      if (!found || key < best_key) found = true, *best = n.id, best_key = key;
+    }
+    return found;
+  }
+
+  void maybe_reserve(const Job& j) {
+    const Limits& lim = c_.limits();
+    if (now_ms_ < j.waiting_since_ms || now_ms_ - j.waiting_since_ms < lim.starve_after_ms) return;
+    if (planned_[j.id] > 0 || out_.reserved.size() >= lim.reservations_max) return;
+    bool found = false;
+    NodeId best = 0;
+    std::tuple<uint64_t, uint64_t, uint64_t> best_short{};
+    for (const Node& n : c_.nodes()) {
+      const Resources& need = j.spec.per_task;
+      if (!takes_work(n) || !labels_ok(n, j.spec) || n.spec.capacity.cpu_millis < need.cpu_millis ||
+          n.spec.capacity.mem_bytes < need.mem_bytes) {
+        continue;
+      }
+      bool taken = false;
+      for (auto [rn, rj] : out_.reserved) taken |= rn == n.id;
+      if (taken) continue;
+      auto short_of = [](uint64_t want, uint64_t have) { return want > have ? want - have : 0; };
+      const uint64_t free_cpu = short_of(n.spec.capacity.cpu_millis, used_[n.id].cpu_millis);
+      const uint64_t free_mem = short_of(n.spec.capacity.mem_bytes, used_[n.id].mem_bytes);
+      std::tuple<uint64_t, uint64_t, uint64_t> key{
+          short_of(need.cpu_millis, free_cpu), short_of(need.mem_bytes, free_mem),
+          n.spec.tasks_max == 0 ? 0 : short_of(running_[n.id] + 1ull, n.spec.tasks_max)};
+      if (!found || key < best_short) found = true, best = n.id, best_short = key;
+    }
+    if (found) out_.reserved.emplace_back(best, j.id);
+  }
+
+  const Cluster& c_;
+  uint64_t now_ms_;
+  std::vector<Resources> used_;
+  std::vector<uint32_t> running_;
+  std::map<JobId, uint32_t> planned_;
+  std::map<std::pair<JobId, NodeId>, uint32_t> spread_planned_;
+  RefPlan out_;
+};
+
+// Holds a plan to the reference, placement by placement, and checks the rules it must
+// keep on their own: no board over-committed, no placement while a job of higher priority
+// (or of equal priority and a smaller fair share) has a queued task that fits a board not
+// reserved for another job, nothing left out that would fit.
+void check_plan(const Cluster& c, const std::vector<Placement>& plan, uint32_t max,
+                uint64_t now_ms) {
   ASSERT_LE(plan.size(), max);
+  RefPlan ref = ReferencePlanner(c, now_ms).plan(max);
+  auto text = [](const std::vector<Placement>& ps) {
+    std::string out;
+    for (const Placement& p : ps) {
+      out += " " + std::to_string(p.task.job) + "." + std::to_string(p.task.index) + "@" +
+             std::to_string(p.node);
+    }
+    return out;
+  };
+  ASSERT_EQ(plan.size(), ref.placements.size())
+      << "plan:" << text(plan) << "\nreference:" << text(ref.placements) << "\n"
+      << dump(c, now_ms);
+  for (size_t i = 0; i < plan.size(); ++i) {
+    ASSERT_EQ(plan[i].task, ref.placements[i].task) << "placement " << i;
+    ASSERT_EQ(plan[i].node, ref.placements[i].node) << "placement " << i;
+    ASSERT_EQ(plan[i].attempt, ref.placements[i].attempt) << "placement " << i;
+  }
   std::vector<Resources> used;
-  for (const Node& n : c.nodes()) used.push_back(n.used);
+  std::vector<uint32_t> running;
+  for (const Node& n : c.nodes()) used.push_back(n.used), running.push_back(n.running);
+  std::map<JobId, uint32_t> placed;
   std::set<TaskRef> seen;
-  std::pair<uint32_t, JobId> last_rank{0, 0};
-  for (const Placement& p : plan) {
+  // Does job `j` still have a queued task that fits somewhere, reservations as of now?
+  auto could_place = [&](const Job& j, size_t reservations) {
+    if (placed[j.id] >= count_of(j, TaskState::kQueued)) return false;
+    for (const Node& n : c.nodes()) {
+      bool reserved = false;
+      for (size_t r = 0; r < reservations; ++r) {
+        reserved |= ref.reserved[r].first == n.id && ref.reserved[r].second != j.id;
+      }
+      if (!reserved && fits(n, used[n.id], running[n.id], j.spec)) return true;
+    }
+    return false;
+  };
+  for (size_t i = 0; i < plan.size(); ++i) {
+    const Placement& p = plan[i];
     const Job* j = c.job(p.task.job);
     ASSERT_NE(j, nullptr);
     ASSERT_TRUE(runnable(c, *j));
     ASSERT_EQ(j->tasks[p.task.index].state, TaskState::kQueued);
-    ASSERT_EQ(p.attempt, j->tasks[p.task.index].attempts + 1u);
     ASSERT_TRUE(seen.insert(p.task).second) << "task placed twice";
-    std::pair<uint32_t, JobId> rank{100 - j->spec.priority, j->id};
-    ASSERT_LE(last_rank, rank) << "placement order";
-    last_rank = rank;
-    // The chosen node fits and no fitting node is strictly better.
     ASSERT_LT(p.node, c.nodes().size());
-    ASSERT_TRUE(fits(c.nodes()[p.node], used[p.node], j->spec));
-    auto free_of = [&](NodeId id) {
-      const Node& n = c.nodes()[id];
-      return std::pair{n.spec.capacity.cpu_millis - used[id].cpu_millis,
-                       n.spec.capacity.mem_bytes - used[id].mem_bytes};
-    };
-    for (const Node& n : c.nodes()) {
-      if (n.id == p.node || !fits(n, used[n.id], j->spec)) continue;
-      auto better =
-          free_of(n.id) > free_of(p.node) || (free_of(n.id) == free_of(p.node) && n.id < p.node);
-      ASSERT_FALSE(better) << "node " << n.id << " beats " << p.node;
+    ASSERT_TRUE(fits(c.nodes()[p.node], used[p.node], running[p.node], j->spec))
+        << "over-commits node " << p.node;
+    const std::pair<uint32_t, JobId> share{count_of(*j, TaskState::kRunning) + placed[j->id],
+                                           j->id};
+    for (const auto& [id, other] : c.jobs()) {
+      if (id == j->id || !runnable(c, other)) continue;
+      const bool higher = other.spec.priority > j->spec.priority;
+      const bool fairer = other.spec.priority == j->spec.priority &&
+                          std::pair{count_of(other, TaskState::kRunning) + placed[id], id} < share;
+      if (higher || fairer) {
+        ASSERT_FALSE(could_place(other, ref.reserved_before[i]))
+            << "job " << j->id << " placed while job " << id
+            << (higher ? " (priority)" : " (share)") << " fits";
+      }
     }
     used[p.node].cpu_millis += j->spec.per_task.cpu_millis;
     used[p.node].mem_bytes += j->spec.per_task.mem_bytes;
+    ++running[p.node];
+    ++placed[j->id];
   }
   if (plan.size() == max) return;
-  // Completeness: no runnable job has a queued task left that would fit somewhere.
+  // Completeness: what is left fits nowhere, or only on boards reserved for others.
   for (const auto& [id, j] : c.jobs()) {
-    if (!runnable(c, j)) continue;
-    uint32_t placed = 0;
-    for (const auto& t : seen) placed += t.job == id;
-    if (placed == count_of(j, TaskState::kQueued)) continue;
-    for (const Node& n : c.nodes()) {
-      ASSERT_FALSE(fits(n, used[n.id], j.spec)) << "job " << id << " left out";
+    if (runnable(c, j)) {
+      ASSERT_FALSE(could_place(j, ref.reserved.size())) << "job " << id << " left out";
     }
   }
+}
+
+// The pools the randomized tests run on.
+struct DriverConfig {
+  Limits limits;
+  uint32_t nodes_at_start = 0;  // plus a job that fills them, placed before the first step
+  uint32_t plan_max = 8;        // plan(1..plan_max) per step
+};
+
+// A few boards that come and go, small jobs: every rule meets every other often.
+DriverConfig small_pool() {
+  return {.limits = {.jobs_max = 12,
+                     .tasks_per_job_max = 12,
+                     .queued_tasks_max = 80,
+                     .nodes_max = 5,
+                     .lost_requeues_max = 2,
+                     .starve_after_ms = 20,
+                     .reservations_max = 2,
+                     .constraint_classes_max = 2}};
+}
+
+// 10,000 boards, nearly full from the start, so every plan() works the indexes at scale.
+DriverConfig large_pool() {
+  return {.limits = {.jobs_max = 12,
+                     .tasks_per_job_max = 40'000,
+                     .queued_tasks_max = 80'000,
+                     .nodes_max = 10'010,
+                     .lost_requeues_max = 2,
+                     .starve_after_ms = 20,
+                     .reservations_max = 4,
+                     .constraint_classes_max = 2},
+          .nodes_at_start = 10'000};
 }
 
 // Drives a Cluster with random events, checking invariants after each, and records the
@@ -952,18 +1215,15 @@ void check_plan(const Cluster& c, const std::vector<Placement>& plan, uint32_t m
 class RandomDriver {
  public:
   // The mutator-contract checks in record() copy the whole state per op: on for a few seeds.
-  explicit RandomDriver(uint64_t seed, bool check_contract = true)
-      : check_contract_(check_contract),
-        rng_(seed),
-        c_(Limits{.jobs_max = 12,
-                  .tasks_per_job_max = 12,
-                  .queued_tasks_max = 80,
-                  .nodes_max = 5,
-                  .lost_requeues_max = 2}) {}
+  explicit RandomDriver(uint64_t seed, bool check_contract = true,
+                        DriverConfig config = small_pool())
+      : check_contract_(check_contract), config_(config), rng_(seed), c_(config.limits) {
+    if (config_.nodes_at_start > 0) fill_pool();
+  }
 
   void step() {
     ++now_ms_;
-    switch (pick(0, 99)) {
+    switch (pick(0, 109)) {
       case 0 ... 4: add_node(); break;
       case 5 ... 9: record(OpSetNode{pick_node(), static_cast<NodeState>(pick(0, 2))}); break;
       case 10 ... 29: submit(); break;
@@ -974,6 +1234,10 @@ class RandomDriver {
       case 94 ... 95: prune(); break;
       case 96: update_node(); break;
       case 97: record(OpRemoveNode{pick_node()}); break;
+      case 98 ... 103:
+        record(OpSetHold{pick_node(), static_cast<NodeHold>(pick(0, 3) * pick(0, 1))});
+        break;
+      case 104 ... 106: record(OpSetDraining{pick_node(), pick(0, 2) == 0}); break;
       default: record(OpNodeLost{pick_node()}); break;
     }
   }
@@ -982,10 +1246,38 @@ class RandomDriver {
   const std::set<JobId>& cancelled() const { return cancelled_; }
   const std::vector<std::pair<Op, std::string>>& log() const { return log_; }
   uint64_t now_ms() const { return now_ms_; }
+  const std::set<NodeId>& shrunk() const { return shrunk_; }
 
  private:
   int pick(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng_); }
+
+  // Boards of 1 to 4 cores, a third labelled, and one array that nearly fills them.
+  void fill_pool() {
+    for (uint32_t i = 0; i < config_.nodes_at_start; ++i) {
+      std::map<std::string, std::string> labels;
+      if (pick(0, 2) == 0) labels["zone"] = pick(0, 1) ? "a" : "b";
+      record(OpAddNode{node_spec("p" + std::to_string(i), uint32_t(pick(1, 4)) * 1000,
+                                 uint64_t(pick(1, 4)) * kGiB, labels)});
+    }
+    JobSpec fill = job_spec(config_.nodes_at_start * 2, 1000, 512 * kMiB, 50);
+    record(OpSubmit{c_.last_job_id() + 1, fill});
+    for (auto plan = c_.plan(100'000, now_ms_); !plan.empty(); plan = c_.plan(100'000, now_ms_)) {
+      for (const Placement& p : plan) record(OpStart{p});
+    }
+  }
   NodeId pick_node() { return NodeId(pick(0, int(c_.nodes().size()))); }  // may not exist
+
+  // The running tasks, from the per-job counts (cheap at 10,000 boards' worth of tasks).
+  std::vector<TaskRef> running_tasks() const {
+    std::vector<TaskRef> out;
+    for (const auto& [id, j] : c_.jobs()) {
+      uint32_t left = count_of(j, TaskState::kRunning);
+      for (uint32_t i = 0; i < j.tasks.size() && left > 0; ++i) {
+        if (j.tasks[i].state == TaskState::kRunning) out.push_back({id, i}), --left;
+      }
+    }
+    return out;
+  }
 
   // Applies an op and checks the mutator contract: a refused op changes nothing, and
   // every job an op changes or drops was shown to the observer first, as it was.
@@ -996,7 +1288,7 @@ class RandomDriver {
       return;
     }
     std::map<JobId, std::string> before = job_images(c_);
-    std::string all_before = dump(c_);
+    std::string all_before = dump(c_, now_ms_);
     observer_.seen.clear();
     observer_.ranges.clear();
     std::map<JobId, std::vector<Task>> tasks_before;
@@ -1005,7 +1297,7 @@ class RandomDriver {
     std::string result = apply(c_, op, now_ms_);
     c_.set_observer(nullptr);
     if (result.starts_with("error")) {
-      EXPECT_EQ(dump(c_), all_before) << "refused op changed the state: " << result;
+      EXPECT_EQ(dump(c_, now_ms_), all_before) << "refused op changed the state: " << result;
     }
     std::map<JobId, std::string> after = job_images(c_);
     for (const auto& [id, image] : before) {
@@ -1037,16 +1329,19 @@ class RandomDriver {
     record(OpPrune{id});
   }
 
-  // Renames, relabels or grows a node (a shrink may over-commit, which the invariants
-  // here do not allow; it has its own test).
+  // Renames, relabels, grows or shrinks a node (a shrink may leave it over-committed;
+  // plan() must then add nothing there) or gives it a task limit.
   void update_node() {
     NodeId id = pick_node();
     const Node* n = c_.node(id);
     NodeSpec spec = n != nullptr ? n->spec : node_spec("n9", 1000, kGiB);
     if (pick(0, 1)) spec.name = "n" + std::to_string(pick(0, 6));
     if (pick(0, 1)) spec.capacity.cpu_millis += uint32_t(pick(0, 2)) * 500;
+    if (pick(0, 3) == 0 && spec.capacity.cpu_millis > 500) spec.capacity.cpu_millis -= 500;
+    if (pick(0, 3) == 0) spec.tasks_max = uint32_t(pick(0, 3));
     if (pick(0, 1)) spec.labels["zone"] = pick(0, 1) ? "a" : "b";
     record(OpUpdateNode{id, spec});
+    if (n != nullptr && log_.back().second == "ok") shrunk_.insert(id);
   }
 
   void add_node() {
@@ -1061,7 +1356,9 @@ class RandomDriver {
                          uint64_t(pick(1, 16)) * 128 * kMiB, uint32_t(pick(0, 101)));
     s.retries = uint32_t(pick(0, 3));
     if (pick(0, 3) == 0) s.constraints = {{"zone", pick(0, 1) ? "a" : "b"}};
+    if (pick(0, 9) == 0) s.constraints.emplace_back("rack", pick(0, 1) ? "1" : "2");
     if (pick(0, 3) == 0) s.after = JobId(pick(0, int(c_.last_job_id()) + 1));
+    s.spread = pick(0, 2) == 0;
     JobId id = c_.last_job_id() + (pick(0, 19) == 0 ? 0 : 1);
     record(OpSubmit{id, std::move(s)});
   }
@@ -1074,9 +1371,9 @@ class RandomDriver {
   }
 
   void plan_and_start() {
-    uint32_t max = uint32_t(pick(1, 8));
-    auto plan = c_.plan(max);
-    check_plan(c_, plan, max);
+    uint32_t max = uint32_t(pick(1, int(config_.plan_max)));
+    auto plan = c_.plan(max, now_ms_);
+    check_plan(c_, plan, max, now_ms_);
     for (const Placement& p : plan) record(OpStart{p});
   }
 
@@ -1093,7 +1390,7 @@ class RandomDriver {
     TaskRef t = queued[size_t(pick(0, int(queued.size()) - 1))];
     const Job& j = *c_.job(t.job);
     for (const Node& n : c_.nodes()) {
-      if (fits(n, n.used, j.spec)) {
+      if (fits(n, n.used, n.running, j.spec)) {
         record(OpStart{{t, n.id, j.tasks[t.index].attempts + 1u}});
         return;
       }
@@ -1101,12 +1398,7 @@ class RandomDriver {
   }
 
   void finish_one() {
-    std::vector<TaskRef> running;
-    for (const auto& [id, j] : c_.jobs()) {
-      for (uint32_t i = 0; i < j.tasks.size(); ++i) {
-        if (j.tasks[i].state == TaskState::kRunning) running.push_back({id, i});
-      }
-    }
+    std::vector<TaskRef> running = running_tasks();
     // Now and then a bogus finish, which must be refused without harm.
     if (running.empty() || pick(0, 19) == 0) {
       record(OpFinish{{JobId(pick(0, 3)), uint32_t(pick(0, 3))}, outcome(TaskState::kFailed)});
@@ -1130,12 +1422,14 @@ class RandomDriver {
   };
 
   bool check_contract_;
+  DriverConfig config_;
   std::mt19937_64 rng_;
   RecordingObserver observer_;
   Cluster c_;
   uint64_t now_ms_ = 0;
   std::vector<std::pair<Op, std::string>> log_;
   std::set<JobId> cancelled_;  // cancel() was called while the job was live
+  std::set<NodeId> shrunk_;    // update_node() took capacity away at some point
 };
 
 // A cancelled job never queues a task again and ends cancelled unless every task had
@@ -1151,6 +1445,31 @@ void check_cancelled(const Cluster& c, const std::set<JobId>& cancelled) {
   }
 }
 
+// Runs `steps` random events on `config`, checking every invariant and every plan after
+// each; then replays the recorded calls into a fresh Cluster, which must end in the same
+// state and make the same plan. Returns false on the first failure (the caller's trace
+// names the seed).
+void run_random(uint64_t seed, DriverConfig config, int steps, bool check_contract) {
+  RandomDriver d(seed, check_contract, config);
+  std::vector<uint64_t> times(d.log().size(), 0);
+  FinalJobs final_jobs;
+  for (int step = 0; step < steps; ++step) {
+    d.step();
+    times.resize(d.log().size(), d.now_ms());
+    ASSERT_NO_FATAL_FAILURE(check_invariants(d.cluster(), &final_jobs, d.shrunk()))
+        << "after step " << step;
+    ASSERT_NO_FATAL_FAILURE(
+        check_plan(d.cluster(), d.cluster().plan(1000, d.now_ms()), 1000, d.now_ms()))
+        << "after step " << step;
+    ASSERT_NO_FATAL_FAILURE(check_cancelled(d.cluster(), d.cancelled()));
+  }
+  Cluster replayed(config.limits);
+  for (size_t i = 0; i < d.log().size(); ++i) {
+    ASSERT_EQ(apply(replayed, d.log()[i].first, times[i]), d.log()[i].second) << "op " << i;
+  }
+  ASSERT_EQ(dump(replayed, d.now_ms()), dump(d.cluster(), d.now_ms()));
+}
+
 TEST(ClusterProperty, InvariantsHoldUnderRandomEvents) {
   // 100 x 500 keeps the sanitizer build near 10 s; CARDNODE_SCHED_SEEDS=N soaks longer.
   const char* env = std::getenv("CARDNODE_SCHED_SEEDS");  // NOLINT(concurrency-mt-unsafe)
@@ -1158,17 +1477,19 @@ TEST(ClusterProperty, InvariantsHoldUnderRandomEvents) {
   constexpr int kSteps = 500;
   for (uint64_t seed = 1; seed <= kSeeds; ++seed) {
     SCOPED_TRACE("seed " + std::to_string(seed));
-    RandomDriver d(seed, /*check_contract=*/seed <= 15);
-    FinalJobs final_jobs;
-    for (int step = 0; step < kSteps; ++step) {
-      d.step();
-      ASSERT_NO_FATAL_FAILURE(check_invariants(d.cluster(), &final_jobs)) << "after step " << step;
-      ASSERT_NO_FATAL_FAILURE(check_plan(d.cluster(), d.cluster().plan(1000), 1000));
-      ASSERT_NO_FATAL_FAILURE(check_cancelled(d.cluster(), d.cancelled()));
-    }
+    ASSERT_NO_FATAL_FAILURE(run_random(seed, small_pool(), kSteps, /*check_contract=*/seed <= 15));
   }
   std::printf("property test: seeds 1..%llu, %d events each\n",
               static_cast<unsigned long long>(kSeeds), kSteps);
+}
+
+// The same at 10,000 boards, nearly full: the free-room indexes under every kind of
+// mutation, against the reference planner. Few steps, as each check walks every board.
+TEST(ClusterProperty, InvariantsHoldUnderRandomEventsAtTenThousandNodes) {
+  for (uint64_t seed = 1; seed <= 2; ++seed) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    ASSERT_NO_FATAL_FAILURE(run_random(seed, large_pool(), 60, /*check_contract=*/false));
+  }
 }
 
 TEST(ClusterProperty, ReplayReproducesStateExactly) {
@@ -1181,23 +1502,22 @@ TEST(ClusterProperty, ReplayReproducesStateExactly) {
       d.step();
       for (size_t i = before; i < d.log().size(); ++i) times.push_back(d.now_ms());
     }
-    Cluster replayed(Limits{.jobs_max = 12,
-                            .tasks_per_job_max = 12,
-                            .queued_tasks_max = 80,
-                            .nodes_max = 5,
-                            .lost_requeues_max = 2});
+    Cluster replayed(small_pool().limits);
     for (size_t i = 0; i < d.log().size(); ++i) {
       ASSERT_EQ(apply(replayed, d.log()[i].first, times[i]), d.log()[i].second) << "op " << i;
     }
-    ASSERT_EQ(dump(replayed), dump(d.cluster()));
+    ASSERT_EQ(dump(replayed, d.now_ms()), dump(d.cluster(), d.now_ms()));
   }
 }
 
 // What a snapshot keeps (nodes, jobs, tasks, queues) rebuilds the same cluster, derived
-// indexes and next placements included.
+// indexes and next placements included. Node state and holds are not durable: the server
+// learns them again from heartbeats, as here.
 Cluster restored_copy(const Cluster& c, Limits limits) {
   Cluster out(limits);
-  for (const Node& n : c.nodes()) EXPECT_TRUE(out.restore_node(n.spec, n.removed));
+  for (const Node& n : c.nodes()) {
+    EXPECT_TRUE(out.restore_node(n.spec, n.removed, n.draining, n.drain_deadline_ms));
+  }
   for (const auto& [id, j] : c.jobs()) {
     Job image;
     image.id = id;
@@ -1205,6 +1525,7 @@ Cluster restored_copy(const Cluster& c, Limits limits) {
     image.state = j.state;
     image.submitted_ms = j.submitted_ms;
     image.finished_ms = j.finished_ms;
+    image.waiting_since_ms = j.waiting_since_ms;
     image.tasks = j.tasks;
     image.earlier = j.earlier;
     image.requeued.assign(j.requeued.begin() + std::ptrdiff_t(j.requeued_head), j.requeued.end());
@@ -1215,17 +1536,14 @@ Cluster restored_copy(const Cluster& c, Limits limits) {
   for (const Node& n : c.nodes()) {
     if (!n.removed) {
       EXPECT_TRUE(out.set_node_state(n.id, n.state));
+      EXPECT_TRUE(out.set_node_hold(n.id, n.hold));
     }
   }
   return out;
 }
 
 TEST(ClusterProperty, RestoreFromImagesReproducesStateExactly) {
-  const Limits limits{.jobs_max = 12,
-                      .tasks_per_job_max = 12,
-                      .queued_tasks_max = 80,
-                      .nodes_max = 5,
-                      .lost_requeues_max = 2};
+  const Limits limits = small_pool().limits;
   for (uint64_t seed = 2000; seed < 2030; ++seed) {
     SCOPED_TRACE("seed " + std::to_string(seed));
     RandomDriver d(seed, /*check_contract=*/false);
@@ -1233,9 +1551,9 @@ TEST(ClusterProperty, RestoreFromImagesReproducesStateExactly) {
       d.step();
       if (step % 50 != 49) continue;
       Cluster copy = restored_copy(d.cluster(), limits);
-      ASSERT_EQ(dump(copy), dump(d.cluster())) << "after step " << step;
+      ASSERT_EQ(dump(copy, d.now_ms()), dump(d.cluster(), d.now_ms())) << "after step " << step;
       FinalJobs none;
-      ASSERT_NO_FATAL_FAILURE(check_invariants(copy, &none));
+      ASSERT_NO_FATAL_FAILURE(check_invariants(copy, &none, d.shrunk()));
     }
   }
 }
@@ -1290,7 +1608,7 @@ TEST_F(ClusterTest, RestoreRejectsImagesWeCouldNotHaveMade) {
 TEST_F(ClusterTest, NodesKeepTheirIdThroughRenameAndRemoval) {
   NodeId a = add("a", 2000, 4 * kGiB);
   NodeId b = add("b", 1000, 4 * kGiB);
-  submit(1, job_spec(1));
+  submit(1, job_spec(1, 2000));  // fits a only
   auto p = place(c);
   ASSERT_EQ(p.size(), 1u);
   ASSERT_EQ(p[0].node, a);
@@ -1319,11 +1637,11 @@ TEST_F(ClusterTest, ShrunkNodeIsOverCommittedUntilTasksFinish) {
   ASSERT_TRUE(c.update_node(a, node_spec("a", 1000, 4 * kGiB)));
   EXPECT_EQ(c.node(a)->used.cpu_millis, 2000u);
   submit(2, job_spec(1));
-  EXPECT_TRUE(c.plan(10).empty());
+  EXPECT_TRUE(c.plan(10, kNow).empty());
   ASSERT_TRUE(c.finish({1, 0}, outcome(TaskState::kSucceeded), 2));
-  EXPECT_TRUE(c.plan(10).empty());  // 1000 used of 1000
+  EXPECT_TRUE(c.plan(10, kNow).empty());  // 1000 used of 1000
   ASSERT_TRUE(c.finish({1, 1}, outcome(TaskState::kSucceeded), 2));
-  EXPECT_EQ(c.plan(10).size(), 1u);
+  EXPECT_EQ(c.plan(10, kNow).size(), 1u);
 }
 
 TEST_F(ClusterTest, PruneDropsOnlyFinalJobsAndKeepsIdsUsed) {

@@ -357,7 +357,7 @@ void Coordinator::stop() {
 
 void Coordinator::schedule() {
   if (stopping_ || failed_) return;
-  auto plan = state_.cluster().plan(options_.placements_per_turn);
+  auto plan = state_.cluster().plan(options_.placements_per_turn, hooks_.now_ms());
   for (const sched::Placement& p : plan) {
     pb::WalRecord rec;
     pb::TaskStarted* s = rec.mutable_task_started();

@@ -41,7 +41,8 @@ constexpr uint64_t kTickMs = 1000;             // metrics, retries, age-based re
 constexpr uint64_t kTrimAfterAccepts = 64;     // handshakes in a burst before the heap is trimmed
 constexpr uint32_t kLeftoverScanMax = 65536;   // pids killed by the environment scan at start
 constexpr uint32_t kLogFilesRemovedPerTurn = 256;
-// Agents (at most sched::Limits::nodes_max, 1,024) and clients, when the fd limit allows.
+// Agents and clients, when the fd limit allows. The scheduler takes up to
+// sched::Limits::nodes_max (16,384) boards; this bound caps a pool at about 4,000 agents.
 constexpr uint64_t kConnectionsMax = 4096;
 constexpr uint32_t kLogDirEntriesMax = 1'000'000;  // job dirs listed at start
 
@@ -239,8 +240,8 @@ Status register_local_node(Server::Impl& s) {
 Status Server::Impl::start_listeners() {
   net::RpcServerOptions ro;
   ro.listen = options.listen;
-  // Every agent holds a connection, and clients come and go: room for a full pool of
-  // boards (sched::Limits::nodes_max) and as many clients again, within the fd limit.
+  // Every agent holds a connection, and clients come and go: room for agents and clients
+  // together up to kConnectionsMax, within the fd limit.
   // Handshakes in progress have their own budget (a quarter of what is left, at most
   // 1,024), so strangers holding sockets open never take a token holder's place.
   const uint64_t fds = raise_open_files_limit();

@@ -219,7 +219,7 @@ TEST(SnapshotCodec, MutatedImagesAreRefusedOrHarmless) {
     Applier more{s, s.applied_seq()};
     HistoryGen next(seed + uint64_t(trial));
     for (int i = 0; i < 50; ++i) (void)more(next.next(s, ++now));
-    (void)s.cluster().plan(100);
+    (void)s.cluster().plan(100, now);
   }
   std::printf("%u of 3000 mutated images loaded (and kept working)\n", loaded);
 }

@@ -109,7 +109,7 @@ class HistoryGen {
       case 0 ... 4: return join_or_rename(c);
       case 5 ... 29: return submit(c, now_ms);
       case 30 ... 59: {
-        auto plan = c.plan(1);
+        auto plan = c.plan(1, now_ms);
         if (!plan.empty()) {
           auto r = started(plan[0].task.job, plan[0].task.index, plan[0].attempt, plan[0].node);
           r.mutable_task_started()->set_started_ms(now_ms);

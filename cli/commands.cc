@@ -412,6 +412,9 @@ int cmd_ps(const ClientConfig& cfg, std::optional<uint64_t> job, bool json) {
     return 0;
   }
   row(detail.job());
+  if (!detail.job().wait_reason().empty()) {
+    std::printf("waiting: %s\n", shown(detail.job().wait_reason()).c_str());
+  }
   std::printf("\n%-12s %-11s %5s %6s %8s %9s %9s  %s\n", "TASK", "STATE", "EXIT", "SIGNAL",
               "ATTEMPTS", "CPU", "PEAK-MEM", "NODE");
   for (const auto& t : detail.tasks()) {

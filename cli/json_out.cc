@@ -46,6 +46,8 @@ std::string summary_fields(const pb::JobSummary& j) {
   field(&out, "command", cmd, &first);
   // Only when the server cut it (job lists): the shape stays as it was for the rest.
   if (j.command_shortened()) field(&out, "command_shortened", "true", &first);
+  // `ps JOB` while tasks are queued: why they wait.
+  if (!j.wait_reason().empty()) field(&out, "wait_reason", json_escape(j.wait_reason()), &first);
   return out;
 }
 

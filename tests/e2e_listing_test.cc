@@ -107,7 +107,8 @@ TEST_F(Cluster, PsOfAHugeArrayListsEveryTask) {
   Output table = cli({"ps", "1"});
   ASSERT_EQ(table.code, 0) << table.err;
   EXPECT_EQ(static_cast<size_t>(std::count(table.out.begin(), table.out.end(), '\n')),
-            kTasks + 4);  // job header and row, a blank line, task header, tasks
+            kTasks + 5);  // job header and row, why it waits, a blank line, task header, tasks
+  EXPECT_NE(table.out.find("\nwaiting: no board is ready\n"), std::string::npos);
   EXPECT_NE(table.out.find("\n1.199999 "), std::string::npos);
 }
 

@@ -88,6 +88,41 @@ TEST_F(Pool, ThreeAgentsShareAnArrayAndTheSurvivorsFinishAKilledOnesTasks) {
   EXPECT_EQ(node_state("a2"), "down");
 }
 
+// Placement policy per job: by default small tasks pack onto one board (idle boards stay
+// idle); `run --spread` puts one task on each board first.
+TEST_F(Pool, PackingFillsOneBoardAndSpreadPutsOneTaskOnEach) {
+  ASSERT_NO_FATAL_FAILURE(start_pool_server());
+  for (const char* name : {"a1", "a2", "a3"}) ASSERT_NO_FATAL_FAILURE(start_agent(name));
+  ASSERT_TRUE(eventually([&] { return ready_nodes() == 3; })) << logs();
+  auto nodes_running = [&](int job) {
+    std::set<std::string> nodes;
+    int running = 0;
+    for (const auto& [i, t] : tasks_of(this, job)) {
+      if (t.state != "running") continue;
+      ++running;
+      nodes.insert(t.node);
+    }
+    return std::pair{running, nodes};
+  };
+  const std::vector<std::string> task = {"--count", "3", "--cpu", "0.1", "--mem", "16M"};
+  std::vector<std::string> packed = {"run"};
+  packed.insert(packed.end(), task.begin(), task.end());
+  packed.insert(packed.end(), {"--", "sleep", "60"});
+  ASSERT_EQ(cli(packed).code, 0);
+  ASSERT_TRUE(eventually([&] { return nodes_running(1).first == 3; }, 30s)) << logs();
+  EXPECT_EQ(nodes_running(1).second.size(), 1u) << cli({"ps", "1"}).out;
+
+  std::vector<std::string> spread = {"run", "--spread"};
+  spread.insert(spread.end(), task.begin(), task.end());
+  spread.insert(spread.end(), {"--", "sleep", "60"});
+  ASSERT_EQ(cli(spread).code, 0);
+  ASSERT_TRUE(eventually([&] { return nodes_running(2).first == 3; }, 30s)) << logs();
+  EXPECT_EQ(nodes_running(2).second, (std::set<std::string>{"a1", "a2", "a3"}))
+      << cli({"ps", "2"}).out;
+  EXPECT_EQ(cli({"cancel", "1"}).code, 0);
+  EXPECT_EQ(cli({"cancel", "2"}).code, 0);
+}
+
 TEST_F(Pool, ServerKill9RestartsOnTheSameAddressAndNothingRunsTwice) {
   const std::string listen = "127.0.0.1:" + std::to_string(free_port());
   ASSERT_NO_FATAL_FAILURE(start_pool_server({"--listen", listen}));

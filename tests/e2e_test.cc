@@ -148,6 +148,30 @@ TEST_F(Cluster, CancelAndTimeoutKillTheWholeTree) {
   EXPECT_NE(cli({"ps", "2", "--json"}).out.find("\"state\":\"timed_out\""), std::string::npos);
 }
 
+// `ps JOB` says why a queued task waits; `ps JOB --json` has it as "wait_reason".
+TEST_F(Cluster, PsSaysWhyAQueuedTaskWaits) {
+  start_server();
+  ASSERT_EQ(cli({"run", "--cpu", "64", "--", "true"}).code, 0);
+  EXPECT_TRUE(eventually([&] {
+    return cli({"ps", "1"}).out.find("waiting: no board is big enough for a task of 64") !=
+           std::string::npos;
+  })) << cli({"ps", "1"}).out;
+  ASSERT_EQ(cli({"run", "--constraint", "arch=armv7l-nowhere", "--", "true"}).code, 0);
+  Json two = try_json(cli({"ps", "2", "--json"}));
+  ASSERT_FALSE(two.is_discarded());
+  EXPECT_NE(two.value("wait_reason", std::string()).find("arch=armv7l-nowhere matches no board"),
+            std::string::npos)
+      << two.dump();
+  ASSERT_EQ(cli({"run", "--after", "1", "--", "true"}).code, 0);
+  EXPECT_NE(cli({"ps", "3"}).out.find("waiting: waiting for job 1 to succeed (--after)"),
+            std::string::npos)
+      << cli({"ps", "3"}).out;
+  // A job that runs says nothing; nor does a listing.
+  ASSERT_EQ(cli({"run", "--wait", "--", "true"}).code, 0);
+  EXPECT_EQ(cli({"ps", "4"}).out.find("waiting:"), std::string::npos);
+  EXPECT_EQ(cli({"ps", "--json"}).out.find("wait_reason"), std::string::npos);
+}
+
 TEST_F(Cluster, BadInputGetsOneLineAndExit2) {
   start_server();
   std::string bad = root_ + "/bad-token";

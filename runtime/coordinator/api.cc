@@ -86,6 +86,8 @@ void ClientApi::on_get_job(const pb::GetJob& m, const net::Responder& r) {
     if (job == nullptr) return error_response(c_.missing_job(m.job_id()));
     pb::Response resp;
     *resp.mutable_job() = job_page(c_.state(), *job, m.first_task(), m.max_tasks());
+    if (m.first_task() == 0)
+      resp.mutable_job()->mutable_job()->set_wait_reason(c_.wait_reason(job->id));
     return resp;
   });
 }

@@ -331,6 +331,16 @@ void Coordinator::wait_job(sched::JobId id, std::function<void(Status)> done) {
   ++waiter_count_;
 }
 
+std::string Coordinator::wait_reason(sched::JobId id) const {
+  const sched::Job* job = state_.cluster().job(id);
+  if (job == nullptr || sched::is_final(job->state) ||
+      job->state_counts[static_cast<size_t>(sched::TaskState::kQueued)] == 0) {
+    return {};
+  }
+  sched::WaitReason r = state_.cluster().why_waiting(id, hooks_.now_ms());
+  return r.cause == sched::WaitCause::kNone ? std::string() : sched::describe(r);
+}
+
 Error Coordinator::missing_job(sched::JobId id) const {
   if (state_.pruned(id)) {
     return Error{Errc::kNotFound,

@@ -154,6 +154,10 @@ class Coordinator {
   [[nodiscard]] bool when_durable(std::function<void()> f);
   // Why an id has no job: kNotFound, saying whether it was pruned.
   Error missing_job(sched::JobId id) const;
+  // Why the job's queued tasks wait, one line for `ps JOB` (sched::describe of
+  // Cluster::why_waiting now); empty when none is queued. O(boards) plus a bounded
+  // simulated plan: for one job on request, never for a listing.
+  std::string wait_reason(sched::JobId id) const;
 
   // ---- the loop ---------------------------------------------------------------------
   // Bounded work: placements, deferred task ends, retention, one snapshot step.

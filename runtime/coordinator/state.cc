@@ -52,6 +52,7 @@ sched::JobSpec to_sched_spec(const pb::JobSpec& spec) {
   // Map order is unspecified in protobuf; sort so replay builds the identical spec.
   std::sort(out.constraints.begin(), out.constraints.end());
   out.after = spec.after();
+  out.spread = spec.spread();
   return out;
 }
 

@@ -166,9 +166,21 @@ TEST_F(Cluster, PsSaysWhyAQueuedTaskWaits) {
   EXPECT_NE(cli({"ps", "3"}).out.find("waiting: waiting for job 1 to succeed (--after)"),
             std::string::npos)
       << cli({"ps", "3"}).out;
+  // A board whose CPUs are all taken says so in `nodes`.
+  Json nodes = try_json(cli({"nodes", "--json"}));
+  ASSERT_FALSE(nodes.is_discarded());
+  EXPECT_EQ(nodes["nodes"][0].value("skip_reason", std::string("?")), "");
+  const std::string all_cpus =
+      std::to_string(nodes["nodes"][0]["cpu_millis"].get<uint64_t>()) + "m";
+  ASSERT_EQ(cli({"run", "--cpu", all_cpus, "--", "sleep", "60"}).code, 0);
+  EXPECT_TRUE(eventually([&] {
+    Json n = try_json(cli({"nodes", "--json"}));
+    return !n.is_discarded() && n["nodes"][0].value("skip_reason", std::string()) == "full";
+  })) << cli({"nodes"}).out;
+  ASSERT_EQ(cli({"cancel", "4"}).code, 0);
   // A job that runs says nothing; nor does a listing.
   ASSERT_EQ(cli({"run", "--wait", "--", "true"}).code, 0);
-  EXPECT_EQ(cli({"ps", "4"}).out.find("waiting:"), std::string::npos);
+  EXPECT_EQ(cli({"ps", "5"}).out.find("waiting:"), std::string::npos);
   EXPECT_EQ(cli({"ps", "--json"}).out.find("wait_reason"), std::string::npos);
 }
 

@@ -129,6 +129,12 @@ void ClientApi::on_list_nodes(const net::Responder& r) {
         std::optional<int32_t> milli;
         if (ni->has_temperature_millicelsius()) milli = ni->temperature_millicelsius();
         ni->set_skip_reason(sched::describe_hold(n.hold, milli, c_.heat_bounds()));
+      } else if (sched::NodeSkip s = c_.state().cluster().why_skipped(n.id);
+                 s == sched::NodeSkip::kFull || s == sched::NodeSkip::kTaskLimit) {
+        // Up and cool, but no room: all its CPU or memory, or its task slots, are taken.
+        ni->set_skip_reason(s == sched::NodeSkip::kFull
+                                ? "full"
+                                : "at its task limit (" + std::to_string(n.spec.tasks_max) + ")");
       }
     }
     return resp;

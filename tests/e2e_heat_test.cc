@@ -97,6 +97,10 @@ TEST_F(Heat, AHotAgentGetsNoTaskUntilItHasCooledAndNodesSaysWhy) {
   for (const auto& [state, node] : tasks(2)) EXPECT_EQ(node, "cool");
   EXPECT_TRUE(all_in(1, "queued", 1)) << cli({"ps", "1"}).out;
   EXPECT_EQ(node_json("hot")["running_tasks"], 0);
+  // `ps` says why job 1 waits: the one board that would take it is hot.
+  const std::string why = cli({"ps", "1"}).out;
+  EXPECT_NE(why.find("waiting: "), std::string::npos) << why;
+  EXPECT_NE(why.find("hot"), std::string::npos) << why;
 
   // Cooled, but not by the margin (80 - 5): still held, and `nodes` says how far to go.
   set_temperature(hot, 78'000);

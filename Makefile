@@ -19,10 +19,13 @@ FUZZ_SECONDS ?= 15
 FUZZ_TARGETS := fuzz_frame fuzz_handshake fuzz_channel fuzz_request fuzz_wal_record fuzz_job_json
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
+# prometheus: its server and promtool for tests/e2e_prometheus_test.cc, which runs its own
+# instance on a free loopback port (the package's system service, when systemd starts it, is
+# neither used nor in the way).
 DEPS := build-essential cmake ninja-build pkg-config \
         libuv1-dev liburing-dev libprotobuf-dev protobuf-compiler prometheus-cpp-dev \
         libssl-dev zlib1g-dev libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev \
-        nlohmann-json3-dev iproute2 util-linux clang-16 libclang-rt-16-dev
+        nlohmann-json3-dev iproute2 util-linux clang-16 libclang-rt-16-dev prometheus
 CROSS_DEPS := crossbuild-essential-arm64 crossbuild-essential-armhf qemu-user qemu-user-binfmt mmdebstrap
 
 .PHONY: all deps cross-deps build demo test test-native cross-build cross-test bench asan lint fuzz clean

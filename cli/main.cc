@@ -156,6 +156,10 @@ Entry add_agent(CLI::App& app, const ClientConfig& client) {
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   sub->add_option("--tasks-max", a->tasks_max, "Tasks this board runs at once (default 1024)")
       ->check(CLI::Range(1u, 1024u));
+  a->options.metrics_listen = "0.0.0.0:9742";
+  sub->add_option("--metrics-listen", a->options.metrics_listen,
+                  "This board's Prometheus /metrics address")
+      ->capture_default_str();
   add_task_user_flags(sub, &a->options.task_users);
   add_dynmods_flag(sub, &a->options.favor_dynmods);
   return {sub, [a, &client] {

@@ -126,7 +126,9 @@ Status FallbackEngine::fdatasync(int fd, IoCallback cb) {
   if (auto st = check_room(); !st) return st;
   ++stats_.fsyncs;
   Result<uint32_t> result = 0u;
+  const uint64_t start_ns = monotonic_ns();
   if (::fdatasync(fd) != 0) result = fail_errno(errno, describe_op("fdatasync", fd));
+  stats_.note_fsync_latency(monotonic_ns() - start_ns);
   complete(std::move(cb), std::move(result));
   return {};
 }

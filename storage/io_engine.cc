@@ -1,11 +1,27 @@
 #include "storage/io_engine.h"
 
+#include <time.h>
+
 #include <cstdlib>
 #include <string_view>
 
 #include "storage/engines.h"
 
 namespace cardnode::storage {
+
+uint64_t monotonic_ns() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000U + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+void IoStats::note_fsync_latency(uint64_t ns) {
+  const double seconds = static_cast<double>(ns) / 1e9;
+  size_t b = 0;
+  while (b < kFsyncBucketsSeconds.size() && seconds > kFsyncBucketsSeconds[b]) ++b;
+  ++fsync_buckets[b];
+  fsync_ns_sum += ns;
+}
 
 const char* backend_name(Backend b) {
   switch (b) {

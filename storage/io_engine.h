@@ -11,6 +11,7 @@
 // runs. Callbacks run only from inside reap() or wait(), never from a submit call.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -22,6 +23,11 @@ namespace cardnode::storage {
 enum class Backend : uint8_t { kIoUring, kFallback };
 const char* backend_name(Backend b);  // "io_uring" / "fallback"
 
+// Upper bounds of the fdatasync latency buckets, in seconds (an SD card's flush takes
+// 2-50 ms when healthy; a worn or overloaded one, 100 ms and more). One more bucket, +Inf.
+inline constexpr std::array<double, 9> kFsyncBucketsSeconds = {0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                               0.05,  0.1,    0.25,  1.0};
+
 // Every byte written is metered here (guarantee 5: an idle cluster writes nothing).
 struct IoStats {
   uint64_t writes = 0;
@@ -30,7 +36,16 @@ struct IoStats {
   uint64_t bytes_read = 0;
   uint64_t fsyncs = 0;
   uint64_t errors = 0;
+  // fdatasyncs by latency (submission to completion), per bucket of kFsyncBucketsSeconds
+  // (not cumulative; the last is +Inf), and their summed latency.
+  std::array<uint64_t, kFsyncBucketsSeconds.size() + 1> fsync_buckets{};
+  uint64_t fsync_ns_sum = 0;
+
+  void note_fsync_latency(uint64_t ns);
 };
+
+// CLOCK_MONOTONIC in nanoseconds: what note_fsync_latency() is measured with.
+uint64_t monotonic_ns();
 
 struct IoOptions {
   uint32_t queue_depth = 64;    // in-flight operations at most; a full queue is an error

@@ -79,6 +79,22 @@ TEST_P(IoEngineTest, WriteSyncReadRoundTripAtOffsets) {
   EXPECT_EQ(s.bytes_read, 14u);
   EXPECT_EQ(s.errors, 0u);
   EXPECT_EQ(engine->in_flight(), 0u);
+  // The one fdatasync is in exactly one latency bucket, and its time in the sum.
+  uint64_t timed = 0;
+  for (uint64_t n : s.fsync_buckets) timed += n;
+  EXPECT_EQ(timed, 1u);
+  EXPECT_GT(s.fsync_ns_sum, 0u);
+}
+
+TEST(IoStatsTest, FsyncLatencyLandsInTheFirstBucketThatHoldsIt) {
+  IoStats s;
+  s.note_fsync_latency(1'000'000);      // 1 ms: the first bound, inclusive
+  s.note_fsync_latency(30'000'000);     // 30 ms: (25 ms, 50 ms]
+  s.note_fsync_latency(5'000'000'000);  // 5 s: +Inf
+  EXPECT_EQ(s.fsync_buckets[0], 1u);
+  EXPECT_EQ(s.fsync_buckets[5], 1u);
+  EXPECT_EQ(s.fsync_buckets.back(), 1u);
+  EXPECT_EQ(s.fsync_ns_sum, 5'031'000'000u);
 }
 
 TEST_P(IoEngineTest, ReadAtEndOfFileIsShort) {

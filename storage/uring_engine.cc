@@ -29,6 +29,7 @@ struct Op {
   uint32_t len = 0;
   uint64_t offset = 0;
   uint32_t done_bytes = 0;  // a short write resubmits the rest
+  uint64_t submitted_ns = 0;
   IoCallback cb;
 };
 
@@ -118,6 +119,7 @@ Status UringEngine::submit(OpKind kind, int fd, void* buf, uint32_t len, uint64_
   op->buf = static_cast<uint8_t*>(buf);
   op->len = len;
   op->offset = offset;
+  op->submitted_ns = kind == OpKind::kFsync ? monotonic_ns() : 0;
   op->cb = std::move(cb);
   if (!prep(op.get())) return fail(Errc::kResourceExhausted, "io_uring submission queue full");
   (void)op.release();  // owned by the ring (prep() put it in the SQE) until its CQE is reaped
@@ -178,7 +180,10 @@ bool UringEngine::finish(Op* op, int res) {
   switch (op->kind) {
     case OpKind::kWrite: ++stats_.writes; break;
     case OpKind::kRead: ++stats_.reads; break;
-    case OpKind::kFsync: ++stats_.fsyncs; break;
+    case OpKind::kFsync:
+      ++stats_.fsyncs;
+      stats_.note_fsync_latency(monotonic_ns() - op->submitted_ns);
+      break;
   }
   std::string what = std::string(op_name(op->kind)) + " fd " + std::to_string(op->fd);
   if (res < 0) {

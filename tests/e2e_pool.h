@@ -103,6 +103,10 @@ class Pool : public Cluster {
       std::vector<std::string> args = wrapper;
       args.insert(args.end(), {CARDNODE_BIN, "agent", "--data-dir", dir, "--join", join, "--name",
                                name, "--no-favordynmods"});  // host-wide: see start_server
+      // Its /metrics on port 0 (DATA_DIR/metrics_addr), unless the test names an address.
+      if (std::find(extra.begin(), extra.end(), "--metrics-listen") == extra.end()) {
+        args.insert(args.end(), {"--metrics-listen", "127.0.0.1:0"});
+      }
       args.insert(args.end(), extra.begin(), extra.end());
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());

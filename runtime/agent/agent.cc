@@ -16,6 +16,7 @@
 
 #include "net/rpc_client.h"
 #include "runtime/agent/agent_journal.h"
+#include "runtime/board_metrics.h"
 #include "runtime/data_dir.h"
 #include "runtime/exec/cgroup_mode.h"
 #include "runtime/exec/executor.h"
@@ -109,6 +110,8 @@ struct Agent::Impl {  // NOLINT(clang-analyzer-optin.performance.Padding)
   // moment their start arrives: a start is journaled before it spawns, and a hello in that
   // window must still list it (else the server reruns it elsewhere while it starts here).
   std::map<std::pair<uint64_t, uint32_t>, pb::TaskAttempt> running;
+  // What each of them reserved (cpu millis, memory bytes): for /metrics. Same keys as running.
+  std::map<std::pair<uint64_t, uint32_t>, std::pair<uint32_t, uint64_t>> reserved;
   // Starts not spawned yet: journaling (nothing to signal), or waiting for an older attempt
   // of the same task that is still being killed here. A stop for one ends it unspawned.
   std::set<AttemptKey> journaling;  // started, the record not durable yet: not spawned
@@ -125,6 +128,8 @@ struct Agent::Impl {  // NOLINT(clang-analyzer-optin.performance.Padding)
     uint64_t deadline;
   };
   std::deque<HeldRead> held_reads;
+
+  std::unique_ptr<BoardMetrics> metrics;  // null without --metrics-listen
 
   uv_poll_t io_poll{};
   uv_signal_t sigint{}, sigterm{}, sighup{};
@@ -158,6 +163,8 @@ struct Agent::Impl {  // NOLINT(clang-analyzer-optin.performance.Padding)
   void task_exited(const pb::TaskAttempt& a, TaskExit e);
   void send_report();
   void send_heartbeat();
+  Status start_metrics();
+  void refresh_metrics();
   void serve_log(const pb::LogFetch& f, bool may_hold);
   void check_held_reads();
   void reset_session();
@@ -230,6 +237,7 @@ Status Agent::Impl::open() {
   client = std::make_unique<net::RpcClient>(
       &loop, co, [this] { on_up(); }, [this](const Error& e) { on_down(e); });
   heartbeat_ms = options.heartbeat_ms;
+  if (auto st = start_metrics(); !st) return st;
   log(Level::kInfo, "agent",
       "node " + name + ", joining " + options.join + ", isolation " +
           isolation_name(isolation.info().mode) + ", " + std::to_string(journal->size()) +
@@ -407,6 +415,36 @@ void Agent::Impl::send_heartbeat() {
       kRpcTimeoutMs);
 }
 
+// ---------------------------------------------------------------------------- metrics
+
+// This board's /metrics, as the server's board serves them (runtime/board_metrics.h); the
+// address bound goes to DATA_DIR/metrics_addr, as the server's does.
+Status Agent::Impl::start_metrics() {
+  if (options.metrics_listen.empty()) return {};
+  auto m = BoardMetrics::start(&loop, options.metrics_listen);
+  if (!m) return std::unexpected(m.error());
+  metrics = std::move(*m);
+  metrics->set_info(facts.arch, storage::backend_name(engine->backend()),
+                    isolation_name(isolation.info().mode));
+  metrics->on_scrape([this] { refresh_metrics(); });
+  refresh_metrics();
+  return dir->publish("metrics_addr", metrics->bound_address() + "\n");
+}
+
+// At each scrape: the counters, what runs, and the heat read afresh (a few sysfs files).
+void Agent::Impl::refresh_metrics() {
+  metrics->refresh(board_sources(engine->stats(), logs->stats().bytes_dropped));
+  uint32_t cpu_millis = 0;
+  uint64_t mem_bytes = 0;
+  for (const auto& [task, r] : reserved) {
+    cpu_millis += r.first;
+    mem_bytes += r.second;
+  }
+  metrics->set_node(cpu_millis, mem_bytes, static_cast<uint32_t>(running.size()));
+  const BoardHeat heat = read_board_heat(heat_root);
+  metrics->set_node_heat(heat.temperature_millicelsius, heat.throttled, heat.under_voltage);
+}
+
 // ---------------------------------------------------------------------------- work
 
 void Agent::Impl::on_work(const pb::AgentWork& work) {
@@ -451,6 +489,7 @@ void Agent::Impl::start_task(const pb::TaskStart& s) {
     return;
   }
   running[task] = a;
+  reserved[task] = {s.cpu_millis(), s.mem_bytes()};
   journaling.insert(key_of(a));
   auto st = journal->started(a, [this, s] {
     const pb::TaskAttempt& attempt = s.task();
@@ -458,6 +497,7 @@ void Agent::Impl::start_task(const pb::TaskStart& s) {
     if (silent.erase(key_of(attempt)) > 0) {  // the server said it is no longer ours
       stopped_before_spawn.erase(key_of(attempt));
       running.erase({attempt.job_id(), attempt.index()});
+      reserved.erase({attempt.job_id(), attempt.index()});
       (void)journal->forget(attempt);
       start_held({attempt.job_id(), attempt.index()});
       return;
@@ -481,6 +521,7 @@ void Agent::Impl::start_task(const pb::TaskStart& s) {
     // The journal refused (its disk is full): the task cannot start here. Said as a failure
     // to start, which the server's rules retry.
     running.erase(task);
+    reserved.erase(task);
     journaling.erase(key_of(a));
     log(Level::kWarn, "agent", "cannot journal a task start: " + st.error().describe());
     pb::TaskOutcome o = outcome_of(a, TaskExit{pb::TASK_FAILED, 127, 0});
@@ -529,6 +570,7 @@ void Agent::Impl::task_exited(const pb::TaskAttempt& a, TaskExit e) {
   const auto task = std::make_pair(a.job_id(), a.index());
   if (auto it = running.find(task); it != running.end() && it->second.attempt() == a.attempt()) {
     running.erase(it);
+    reserved.erase(task);
   }
   if (silent.erase(key_of(a)) > 0) {
     (void)journal->forget(a);
@@ -709,6 +751,7 @@ void Agent::Impl::shutdown_tick() {
 void Agent::Impl::close_handles() {
   uv_timer_stop(&shutdown_timer);
   client->stop();
+  if (metrics) metrics->stop();
   {
     std::lock_guard lock(stop_async_mu);
     if (stop_async_open) uv_close(reinterpret_cast<uv_handle_t*>(&stop_async), nullptr);
@@ -744,7 +787,8 @@ Agent::~Agent() {
   }
   a.journal.reset();
   a.logs.reset();
-  uv_run(&a.loop, UV_RUN_NOWAIT);  // close callbacks of the client's handles
+  if (a.metrics) a.metrics->stop();  // as the client's: closed before the loop is
+  uv_run(&a.loop, UV_RUN_NOWAIT);    // close callbacks of the client's and metrics' handles
   a.engine.reset();
   uv_loop_close(&a.loop);
 }

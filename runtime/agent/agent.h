@@ -8,7 +8,8 @@
 // the ends not yet acknowledged; then one AgentPoll always outstanding (answered with work),
 // heartbeats every heartbeat_ms, and reports of task ends until acknowledged. Each heartbeat
 // carries the board's heat read afresh (temperature, throttle flags): the server decides
-// from them whether the board takes new tasks.
+// from them whether the board takes new tasks. With --metrics-listen the agent serves its
+// board's /metrics (runtime/board_metrics.h) on the same loop.
 //
 // Edge autonomy: when the server is away (crash, restart, partition) nothing here stops —
 // tasks run on, their ends wait in the journal, and go out when the server is back.
@@ -45,6 +46,9 @@ struct AgentOptions {
   // Where the board's heat is read (runtime/node_facts.h), again with every heartbeat:
   // empty means $CARDNODE_SYSFS_ROOT, else "/".
   std::string sysfs_root;
+  // This board's /metrics (runtime/board_metrics.h), "HOST:PORT" (port 0 picks one); empty:
+  // none. The CLI's default is 0.0.0.0:9742, as the server's.
+  std::string metrics_listen;
 };
 
 class Agent {

@@ -1,13 +1,9 @@
-// Metrics: the prometheus-cpp registry, served at /metrics by net::HttpServer on the
-// server's own loop (no threads; strangers' idle sockets cannot blind a scrape). Every
-// value is pushed from the loop thread — set on each state change, or copied from module
-// stats by refresh() — except the process memory, read from /proc at scrape time. All
-// names start with cardnode_.
-//
-// Who may read it: anyone who can reach --metrics-listen, as Prometheus expects of an
-// exporter (bind it to a management address, or 127.0.0.1 and scrape through a proxy).
-// So nothing here may carry a secret: no token, no command line, no environment, no
-// job or node name — only counts, the board's arch and the isolation/io modes.
+// Metrics: the server's /metrics — the board's own families (runtime/board_metrics.h, which
+// also serves them) plus the cluster's: jobs, tasks by state, task CPU and memory, the WAL,
+// snapshots, refusals, connections. Every value is pushed from the loop thread — set on each
+// state change, or copied from module stats by refresh() — except the process memory, read
+// from /proc at scrape time. All names start with cardnode_; none carries a secret or a job
+// or node name (board_metrics.h says why).
 //
 // Threading: loop thread only.
 #pragma once
@@ -22,25 +18,21 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <optional>
 #include <string>
 
-#include "net/http_server.h"
 #include "proto/error.h"
+#include "runtime/board_metrics.h"
 #include "runtime/exec/task_runner.h"
 #include "scheduler/cluster.h"
 
 namespace cardnode::runtime {
 
-// Every monotonic total /metrics shows, in one list: X(field, name, label, value, help).
-// The list declares MetricSources' fields, registers the counters and drives refresh(),
-// so a new counter is one line here and one assignment where the server fills it in.
+// Every monotonic total of the cluster /metrics shows, in one list: X(field, name, label, value,
+// help). The list declares MetricSources' fields, registers the counters and drives refresh(), so a
+// new counter is one line here and one assignment where the server fills it in.
 #define CARDNODE_COUNTERS(X)                                                                     \
   X(jobs_submitted, "cardnode_jobs_submitted_total", "", "", "Jobs durably accepted")            \
   X(jobs_pruned, "cardnode_jobs_pruned_total", "", "", "Finished jobs dropped by retention")     \
-  X(storage_bytes_written, "cardnode_storage_bytes_written_total", "", "",                       \
-    "Bytes written to storage (WAL, snapshots, task logs)")                                      \
-  X(storage_fsyncs, "cardnode_storage_fsyncs_total", "", "", "fdatasync calls")                  \
   X(wal_records, "cardnode_wal_records_total", "", "", "Records appended to the WAL")            \
   X(snapshots_written, "cardnode_snapshots_written_total", "", "", "Snapshots made durable")     \
   X(snapshot_failures, "cardnode_snapshot_failures_total", "", "",                               \
@@ -49,8 +41,6 @@ namespace cardnode::runtime {
     "Changes refused because the WAL could not take them (the client is told)")                  \
   X(refused_no_space, "cardnode_requests_refused_total", "reason", "no_space",                   \
     "Changes refused because the WAL could not take them (the client is told)")                  \
-  X(log_bytes_dropped, "cardnode_log_bytes_dropped_total", "", "",                               \
-    "Task output dropped over the per-task log bound")                                           \
   X(net_accepted, "cardnode_net_connections_accepted_total", "", "", "TCP connections accepted") \
   X(net_rejected_auth, "cardnode_net_connections_rejected_total", "reason", "auth",              \
     "Connections closed for bad input, by reason")                                               \
@@ -68,6 +58,7 @@ namespace cardnode::runtime {
 
 // Monotonic totals kept by other modules; refresh() adds the growth since last time.
 struct MetricSources {
+  BoardSources board;  // this board's storage and logs
 #define CARDNODE_COUNTER_FIELD(field, name, label, value, help) uint64_t field = 0;
   CARDNODE_COUNTERS(CARDNODE_COUNTER_FIELD)
 #undef CARDNODE_COUNTER_FIELD
@@ -85,29 +76,22 @@ class Metrics {
   [[nodiscard]] static Result<std::unique_ptr<Metrics>> start(uv_loop_t* loop,
                                                               const std::string& listen);
   // Closes the listener and open scrapes (handles finish closing on the loop).
-  void stop();
+  void stop() { board_->stop(); }
   // The text exposition format, as a scrape gets it.
-  std::string render() const;
+  std::string render() const { return board_->render(); }
+  std::string bound_address() const { return board_->bound_address(); }  // "127.0.0.1:41234"
 
-  std::string bound_address() const;  // "127.0.0.1:41234"
-  void set_info(const std::string& arch, const std::string& io_backend,
-                const std::string& isolation);
+  // This board's: as BoardMetrics.
+  BoardMetrics& board() { return *board_; }
   void set_tasks(const std::array<uint64_t, sched::kTaskStateCount>& totals);
-  void set_node(uint32_t cpu_millis_used, uint64_t mem_bytes_used, uint32_t running);
-  // This board's heat (runtime/node_facts.h BoardHeat), in base units: degrees Celsius
-  // (absent while no thermal zone can be read), and 0/1 for the firmware's flags.
-  void set_node_heat(std::optional<int32_t> millicelsius, bool throttled, bool under_voltage);
   void refresh(const MetricSources& now);
   // Runs at each scrape before render(), so counters that change without a request (a
   // refused connection, an eviction) are current when read.
-  void on_scrape(std::function<void()> fn) { on_scrape_ = std::move(fn); }
+  void on_scrape(std::function<void()> fn) { board_->on_scrape(std::move(fn)); }
 
  private:
-  std::function<void()> on_scrape_;
   Metrics() = default;
-  std::string bound_;
-  std::shared_ptr<prometheus::Registry> registry_;
-  std::unique_ptr<net::HttpServer> http_;
+  std::unique_ptr<BoardMetrics> board_;
   std::array<prometheus::Gauge*, sched::kTaskStateCount> tasks_{};
   std::array<prometheus::Counter*, sched::kTaskStateCount> tasks_ended_{};
 #define CARDNODE_COUNTER_MEMBER(field, name, label, value, help) \
@@ -117,15 +101,7 @@ class Metrics {
   prometheus::Counter* task_cpu_user_ = nullptr;
   prometheus::Counter* task_cpu_system_ = nullptr;
   prometheus::Histogram* task_mem_peak_ = nullptr;
-  prometheus::Gauge* cpu_used_ = nullptr;
-  prometheus::Gauge* mem_used_ = nullptr;
-  prometheus::Gauge* running_ = nullptr;
-  prometheus::Family<prometheus::Gauge>* temperature_family_ = nullptr;
-  prometheus::Gauge* temperature_ = nullptr;  // in temperature_family_ while known
-  prometheus::Gauge* throttled_ = nullptr;
-  prometheus::Gauge* under_voltage_ = nullptr;
   MetricSources last_;
-  prometheus::Gauge* resident_ = nullptr;
 };
 
 }  // namespace cardnode::runtime

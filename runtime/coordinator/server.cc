@@ -278,8 +278,8 @@ Status Server::Impl::start_listeners() {
   if (!m) return std::unexpected(m.error());
   metrics = std::move(*m);
   metrics->on_scrape([this] { refresh_metrics(); });
-  metrics->set_info(facts.arch, storage::backend_name(engine->backend()),
-                    options.exec ? isolation_name(isolation.info().mode) : "none");
+  metrics->board().set_info(facts.arch, storage::backend_name(engine->backend()),
+                            options.exec ? isolation_name(isolation.info().mode) : "none");
   refresh_metrics();
   if (auto st = dir->publish("addr", *bound + "\n"); !st) return st;
   if (auto st = dir->publish("metrics_addr", metrics->bound_address() + "\n"); !st) return st;
@@ -444,14 +444,12 @@ void Server::Impl::refresh_metrics() {
   MetricSources s;
   s.jobs_submitted = state.jobs_submitted();
   s.jobs_pruned = state.jobs_pruned();
-  s.storage_bytes_written = engine->stats().bytes_written;
-  s.storage_fsyncs = engine->stats().fsyncs;
+  s.board = board_sources(engine->stats(), logs->stats().bytes_dropped);
   s.wal_records = cs.records;
   s.snapshots_written = cs.snapshots_written;
   s.snapshot_failures = cs.snapshot_failures;
   s.refused_busy = cs.refused_busy;
   s.refused_no_space = cs.refused_no_space;
-  s.log_bytes_dropped = logs->stats().bytes_dropped;
   const net::RpcServerStats& ns = rpc->stats();
   s.net_accepted = ns.accepted;
   s.net_rejected_auth = ns.rejected_auth;
@@ -470,8 +468,9 @@ void Server::Impl::refresh_metrics() {
   metrics->set_tasks(state.task_totals());
   if (local_node) {
     const sched::Node* n = state.cluster().node(*local_node);
-    metrics->set_node(n->used.cpu_millis, n->used.mem_bytes, n->running);
-    metrics->set_node_heat(heat.temperature_millicelsius, heat.throttled, heat.under_voltage);
+    metrics->board().set_node(n->used.cpu_millis, n->used.mem_bytes, n->running);
+    metrics->board().set_node_heat(heat.temperature_millicelsius, heat.throttled,
+                                   heat.under_voltage);
   }
 }
 

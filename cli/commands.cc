@@ -1,5 +1,6 @@
 #include "cli/commands.h"
 
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -228,8 +229,14 @@ Status show_progress(net::Client& c, uint64_t id, uint64_t start_ms) {
     const uint64_t now = steady_ms();
     const bool final = j.state() != pb::JOB_QUEUED && j.state() != pb::JOB_RUNNING;
     if (final || pacer.due(now)) {
-      const std::string line = progress_line(j, now - start_ms);
+      std::string line = progress_line(j, now - start_ms);
       if (tty) {
+        // A line longer than the terminal wraps, and "\r" then redraws only its last part.
+        struct winsize ws {};
+        if (::ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 1 &&
+            line.size() >= ws.ws_col) {
+          line.resize(ws.ws_col - 1u);  // ASCII only: any cut is a character boundary
+        }
         (void)std::fprintf(stderr, "\r%s\x1b[K%s", line.c_str(), final ? "\n" : "");
       } else {
         (void)std::fprintf(stderr, "cardnode: %s\n", line.c_str());

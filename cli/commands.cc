@@ -1,5 +1,6 @@
 #include "cli/commands.h"
 
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <sstream>
 #include <thread>
 
+#include "cli/format.h"
 #include "cli/job_json.h"
 #include "cli/json_out.h"
 #include "net/client.h"
@@ -135,31 +137,6 @@ int report(const Error& e) {
   return error_line(e.describe(), client_side ? kExitUsage : 1);
 }
 
-uint32_t state_count(const pb::JobSummary& j, const char* state) {
-  auto it = j.states().find(state);
-  return it == j.states().end() ? 0 : it->second;
-}
-
-std::string states_text(const pb::JobSummary& j) {
-  std::string out;
-  for (size_t i = 0; i < sched::kTaskStateCount; ++i) {
-    const char* s = sched::task_state_name(static_cast<sched::TaskState>(i));
-    if (uint32_t n = state_count(j, s))
-      out += (out.empty() ? "" : " ") + std::string(s) + ":" + std::to_string(n);
-  }
-  return out;
-}
-
-std::string human_bytes(uint64_t b) {
-  char buf[32];  // at most "17179869184.0G": snprintf cannot fail or cut here
-  if (b >= (1ull << 30)) {
-    (void)std::snprintf(buf, sizeof(buf), "%.1fG", static_cast<double>(b) / (1ull << 30));
-  } else {
-    (void)std::snprintf(buf, sizeof(buf), "%.0fM", static_cast<double>(b) / (1ull << 20));
-  }
-  return buf;
-}
-
 // Every job, page by page: the server bounds each reply (runtime/coordinator/listing.h).
 Result<pb::JobList> fetch_jobs(net::Client& c) {
   pb::JobList all;
@@ -229,12 +206,56 @@ std::string command_text(const pb::JobSummary& j, size_t width) {
   return text.substr(0, shown_prefix_bytes(text, width - 3)) + "...";
 }
 
+uint64_t steady_ms() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::steady_clock::now().time_since_epoch())
+                                   .count());
+}
+
+// An array's progress on stderr until it is final, from its summary (GetJob's first page,
+// one task long) every kProgressPollMs. A terminal sees one line redrawn in place; a pipe
+// or file a plain line every kProgressLineMs and a last one. Best effort: the exit code
+// says how the job ended.
+Status show_progress(net::Client& c, uint64_t id, uint64_t start_ms) {
+  const bool tty = ::isatty(STDERR_FILENO) == 1;
+  Pacer pacer(start_ms, tty ? kProgressRedrawMs : kProgressLineMs);
+  for (;;) {  // bounded by the job's run: it ends, or the server goes and call() fails
+    pb::Request req;
+    req.mutable_get_job()->set_job_id(id);
+    req.mutable_get_job()->set_max_tasks(1);
+    auto resp = call(c, req);
+    if (!resp) return std::unexpected(resp.error());
+    const pb::JobSummary& j = resp->job().job();
+    const uint64_t now = steady_ms();
+    const bool final = j.state() != pb::JOB_QUEUED && j.state() != pb::JOB_RUNNING;
+    if (final || pacer.due(now)) {
+      std::string line = progress_line(j, now - start_ms);
+      if (tty) {
+        // A line longer than the terminal wraps, and "\r" then redraws only its last part.
+        struct winsize ws {};
+        if (::ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 1 &&
+            line.size() >= ws.ws_col) {
+          line.resize(ws.ws_col - 1u);  // ASCII only: any cut is a character boundary
+        }
+        (void)std::fprintf(stderr, "\r%s\x1b[K%s", line.c_str(), final ? "\n" : "");
+      } else {
+        (void)std::fprintf(stderr, "cardnode: %s\n", line.c_str());
+      }
+      (void)std::fflush(stderr);
+    }
+    if (final) return {};
+    std::this_thread::sleep_for(std::chrono::milliseconds(kProgressPollMs));
+  }
+}
+
 int submit_and_maybe_wait(const ClientConfig& cfg, pb::JobSpec spec, bool wait) {
   // Before connecting: a spec the server would refuse (or that protobuf would not send,
   // a map key that is not UTF-8) is a usage error, and nothing is sent.
   if (auto bad = job_spec_bytes_error(spec)) return error_line(*bad, kExitUsage);
   auto c = connect(cfg);
   if (!c) return report(c.error());
+  const uint32_t count = spec.count();
+  const uint64_t submitted_at = steady_ms();
   pb::Request req;
   *req.mutable_submit()->mutable_spec() = std::move(spec);
   auto resp = call(**c, req);
@@ -247,6 +268,9 @@ int submit_and_maybe_wait(const ClientConfig& cfg, pb::JobSpec spec, bool wait) 
   // Progress and outcome go to stderr, best effort: the exit code carries the result.
   (void)std::fprintf(stderr, "cardnode: job %llu submitted, waiting\n",
                      static_cast<unsigned long long>(id));
+  if (count > 1) {
+    if (auto st = show_progress(**c, id, submitted_at); !st) return report(st.error());
+  }
   pb::Request w;
   w.mutable_wait_job()->set_job_id(id);
   auto done = call(**c, w, /*timeout_ms=*/0);
@@ -399,13 +423,17 @@ int cmd_ps(const ClientConfig& cfg, std::optional<uint64_t> job, bool json) {
     return 0;
   }
   constexpr int kCommandWidth = 32;
-  std::printf("%-6s %-20s %-10s %4s %6s  %-*s  %s\n", "ID", "NAME", "STATE", "PRI", "TASKS",
-              kCommandWidth, "COMMAND", "STATES");
-  auto row = [](const pb::JobSummary& j) {
-    std::printf("%-6llu %-20s %-10s %4u %6u  %-*s  %s\n", static_cast<unsigned long long>(j.id()),
-                fit(shown(j.name()), 20).c_str(), job_state_text(j.state()), j.priority(),
-                j.count(), kCommandWidth, command_text(j, kCommandWidth).c_str(),
-                states_text(j).c_str());
+  // ELAPSED: since the job was submitted, to its end once final, by the server's clock.
+  std::printf("%-6s %-20s %-10s %4s %6s %7s  %-*s  %s\n", "ID", "NAME", "STATE", "PRI", "TASKS",
+              "ELAPSED", kCommandWidth, "COMMAND", "STATES");
+  const uint64_t now_ms = job ? detail.now_ms() : list.now_ms();
+  auto row = [now_ms](const pb::JobSummary& j) {
+    const auto elapsed = job_elapsed_ms(j, now_ms);
+    std::printf("%-6llu %-20s %-10s %4u %6u %7s  %-*s  %s\n",
+                static_cast<unsigned long long>(j.id()), fit(shown(j.name()), 20).c_str(),
+                job_state_text(j.state()), j.priority(), j.count(),
+                elapsed ? human_duration(*elapsed).c_str() : "-", kCommandWidth,
+                command_text(j, kCommandWidth).c_str(), states_text(j).c_str());
   };
   if (!job) {
     for (const auto& j : list.jobs()) row(j);
@@ -419,16 +447,23 @@ int cmd_ps(const ClientConfig& cfg, std::optional<uint64_t> job, bool json) {
               "ATTEMPTS", "CPU", "PEAK-MEM", "NODE");
   for (const auto& t : detail.tasks()) {
     // CPU seconds (user + system) and peak memory of the latest finished attempt.
-    char cpu[32] = "-";
+    // Hundredths of a second below a minute, where they tell tasks apart; then 1m23s, 2.5h.
+    std::string cpu = "-";
     std::string peak = "-";
     if (t.has_usage()) {
-      (void)std::snprintf(cpu, sizeof cpu, "%.2fs",
-                          (t.usage().cpu_user_ms() + uint64_t{t.usage().cpu_system_ms()}) / 1e3);
+      const uint64_t cpu_ms = t.usage().cpu_user_ms() + uint64_t{t.usage().cpu_system_ms()};
+      if (cpu_ms < 60'000) {
+        char secs[16];  // "59.99s": fits
+        (void)std::snprintf(secs, sizeof secs, "%.2fs", static_cast<double>(cpu_ms) / 1e3);
+        cpu = secs;
+      } else {
+        cpu = human_duration(cpu_ms);
+      }
       peak = human_bytes(uint64_t{t.usage().mem_peak_kib()} * 1024);
     }
     std::printf("%-12s %-11s %5d %6d %8u %9s %9s  %s\n",
                 (std::to_string(*job) + "." + std::to_string(t.index())).c_str(),
-                task_state_text(t.state()), t.exit_code(), t.signal(), t.attempts(), cpu,
+                task_state_text(t.state()), t.exit_code(), t.signal(), t.attempts(), cpu.c_str(),
                 peak.c_str(), shown(t.node()).c_str());
     // Earlier attempts under their task, indented: "  #1 lost on board-2".
     for (const auto& a : t.earlier()) {
@@ -496,9 +531,10 @@ int cmd_nodes(const ClientConfig& cfg, bool json) {
   }
   // SKIP-REASON last: why a board gets no new tasks (down, draining, hot 83.0C, throttled,
   // under-voltage), "-" when it takes them.
-  std::printf("%-16s %-8s %-8s %11s %13s %7s %7s  %-10s %-18s %-10s %-22s %s\n", "NAME", "STATE",
-              "ARCH", "CPU", "MEMORY", "TASKS", "TEMP", "ISOLATION", "ENFORCED", "TRANSPORT",
-              "TASK-USER", "SKIP-REASON");
+  // LOAD: the board's 1-minute load average, as its last heartbeat read it.
+  std::printf("%-16s %-8s %-8s %11s %13s %7s %7s %6s  %-10s %-18s %-10s %-22s %s\n", "NAME",
+              "STATE", "ARCH", "CPU", "MEMORY", "TASKS", "TEMP", "LOAD", "ISOLATION", "ENFORCED",
+              "TRANSPORT", "TASK-USER", "SKIP-REASON");
   bool plaintext = false;
   std::string root_nodes;
   for (const auto& n : resp->nodes().nodes()) {
@@ -516,9 +552,13 @@ int cmd_nodes(const ClientConfig& cfg, bool json) {
                                  ? sched::celsius_text(n.temperature_millicelsius())
                                  : std::string("-");
     const std::string skip = n.skip_reason().empty() ? "-" : shown(n.skip_reason());
-    std::printf("%-16s %-8s %-8s %11s %13s %7u %7s  %-10s %-18s %-10s %-22s %s\n",
+    char load[16] = "-";  // a uint32 / 1000 with two decimals: fits
+    if (n.has_load1_milli()) {
+      (void)std::snprintf(load, sizeof load, "%.2f", n.load1_milli() / 1000.0);
+    }
+    std::printf("%-16s %-8s %-8s %11s %13s %7u %7s %6s  %-10s %-18s %-10s %-22s %s\n",
                 shown(n.name()).c_str(), n.state().c_str(), n.arch().c_str(), cpu, mem,
-                n.running_tasks(), temp.c_str(), n.isolation().c_str(),
+                n.running_tasks(), temp.c_str(), load, n.isolation().c_str(),
                 enforced.empty() ? "none" : enforced.c_str(),
                 n.transport().empty() ? "-" : n.transport().c_str(), user.c_str(), skip.c_str());
     plaintext = plaintext || n.transport() == "plaintext";

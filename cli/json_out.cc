@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <map>
 
+#include "cli/format.h"
 #include "proto/text.h"
 #include "scheduler/cluster.h"
 
@@ -22,7 +23,7 @@ std::string num(int64_t v) {
   return std::to_string(v);
 }
 
-std::string summary_fields(const pb::JobSummary& j) {
+std::string summary_fields(const pb::JobSummary& j, uint64_t server_now_ms) {
   std::string out;
   bool first = true;
   field(&out, "id", num(j.id()), &first);
@@ -48,6 +49,11 @@ std::string summary_fields(const pb::JobSummary& j) {
   if (j.command_shortened()) field(&out, "command_shortened", "true", &first);
   // `ps JOB` while tasks are queued: why they wait.
   if (!j.wait_reason().empty()) field(&out, "wait_reason", json_escape(j.wait_reason()), &first);
+  // The server's wall clock, ms since the epoch; finished_ms once final; elapsed_ms to then
+  // or to the server's now. Absent from an older server.
+  if (j.submitted_ms() != 0) field(&out, "submitted_ms", num(j.submitted_ms()), &first);
+  if (j.finished_ms() != 0) field(&out, "finished_ms", num(j.finished_ms()), &first);
+  if (auto e = job_elapsed_ms(j, server_now_ms)) field(&out, "elapsed_ms", num(*e), &first);
   return out;
 }
 
@@ -73,13 +79,13 @@ std::string jobs_json(const pb::JobList& list) {
   std::string out = "{\"jobs\":[";
   for (int i = 0; i < list.jobs_size(); ++i) {
     if (i > 0) out.push_back(',');
-    out += "{" + summary_fields(list.jobs(i)) + "}";
+    out += "{" + summary_fields(list.jobs(i), list.now_ms()) + "}";
   }
   return out + "]}";
 }
 
 std::string job_json(const pb::JobDetail& d) {
-  std::string out = "{" + summary_fields(d.job()) + ",\"tasks\":[";
+  std::string out = "{" + summary_fields(d.job(), d.now_ms()) + ",\"tasks\":[";
   for (int i = 0; i < d.tasks_size(); ++i) {
     const pb::TaskInfo& t = d.tasks(i);
     if (i > 0) out.push_back(',');
@@ -149,6 +155,11 @@ std::string nodes_json(const pb::NodeList& list) {
     field(&obj, "board_model", json_escape(n.board_model()), &first);
     if (n.has_temperature_millicelsius()) {
       field(&obj, "temperature_millicelsius", std::to_string(n.temperature_millicelsius()), &first);
+    }
+    if (n.has_load1_milli()) {  // the 1-minute load average, e.g. 0.52
+      char load[16];            // a uint32 / 1000 with three decimals: fits
+      (void)std::snprintf(load, sizeof load, "%.3f", n.load1_milli() / 1000.0);
+      field(&obj, "load1", load, &first);
     }
     field(&obj, "throttled", n.throttled() ? "true" : "false", &first);
     field(&obj, "under_voltage", n.under_voltage() ? "true" : "false", &first);

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -46,6 +47,13 @@ void add_dynmods_flag(CLI::App* sub, bool* favor) {
 using namespace cardnode::cli;
 using cardnode::Result;
 
+// `cardnode SUB --help` ends with how it is used.
+void add_example(CLI::App* sub, std::initializer_list<const char*> examples) {
+  std::string text = examples.size() == 1 ? "Example:" : "Examples:";
+  for (const char* e : examples) text.append("\n  ").append(e);
+  sub->footer(text);
+}
+
 int usage_error(const std::string& message) {
   // Best effort: the exit code says it too.
   (void)std::fprintf(stderr, "cardnode: %s\nRun 'cardnode --help' for usage.\n", message.c_str());
@@ -79,6 +87,7 @@ Entry add_server(CLI::App& app, const ClientConfig& client) {
   };
   auto a = std::make_shared<Args>();
   auto* sub = app.add_subcommand("server", "Run the coordinator (and execute tasks here)");
+  add_example(sub, {"cardnode server --data-dir /var/lib/cardnode --listen 0.0.0.0:7420"});
   sub->add_option("--listen", a->options.listen, "Client API address")->capture_default_str();
   sub->add_option("--metrics-listen", a->options.metrics_listen, "Prometheus /metrics address")
       ->capture_default_str();
@@ -147,6 +156,8 @@ Entry add_agent(CLI::App& app, const ClientConfig& client) {
   };
   auto a = std::make_shared<Args>();
   auto* sub = app.add_subcommand("agent", "Run tasks on this board for the server at --join");
+  add_example(
+      sub, {"cardnode agent --join pi-1:7420 --token-file /etc/cardnode/token --label camera=yes"});
   sub->add_option("--join", a->options.join, "The server's address HOST:PORT")->required();
   sub->add_option("--log-dir", a->options.log_dir,
                   "Task logs (default DATA_DIR/logs), e.g. on tmpfs");
@@ -181,6 +192,7 @@ Entry add_drain(CLI::App& app, const ClientConfig& client) {
   auto a = std::make_shared<Args>();
   auto* sub = app.add_subcommand(
       "drain", "Stop placing tasks on NODE; running ones finish (or stop after --deadline)");
+  add_example(sub, {"cardnode drain pi-3 --deadline 5m"});
   sub->add_option("node", a->node, "NODE")->required();
   sub->add_option("--deadline", a->deadline,
                   "Stop what still runs after this long and requeue it, e.g. 5m");
@@ -208,6 +220,8 @@ Entry add_run(CLI::App& app, const ClientConfig& client) {
   };
   auto a = std::make_shared<Args>();
   auto* sub = app.add_subcommand("run", "Submit a job: run CMD as COUNT tasks");
+  add_example(sub, {"cardnode run --count 500 --cpu 0.5 -- ./render.sh",
+                    "cardnode run --mem 256M --timeout 5m --wait -- python3 crunch.py"});
   sub->add_option("--cpu", a->cpu, "Cores per task (default 1)");
   sub->add_option("--mem", a->mem, "Memory per task, e.g. 256M (default 128M)");
   sub->add_option("--count", a->count, "Tasks in the array (default 1)")
@@ -280,6 +294,7 @@ Entry add_submit(CLI::App& app, const ClientConfig& client) {
   };
   auto a = std::make_shared<Args>();
   auto* sub = app.add_subcommand("submit", "Submit a job spec (JobSpec in JSON)");
+  add_example(sub, {"cardnode submit job.json --wait"});
   sub->add_option("file", a->file, "FILE.json")->required();
   sub->add_flag("--wait", a->wait, "Wait for the job and exit with its result");
   return {sub, [a, &client] { return cmd_submit(client, a->file, a->wait); }};
@@ -292,6 +307,7 @@ Entry add_ps(CLI::App& app, const ClientConfig& client) {
   };
   auto a = std::make_shared<Args>();
   auto* sub = app.add_subcommand("ps", "List jobs, or one job's tasks");
+  add_example(sub, {"cardnode ps", "cardnode ps 7 --json"});
   sub->add_option("job", a->job, "JOB");
   sub->add_flag("--json", a->json, "One JSON document on stdout");
   return {sub, [a, &client] {
@@ -310,6 +326,7 @@ Entry add_logs(CLI::App& app, const ClientConfig& client) {
   };
   auto a = std::make_shared<Args>();
   auto* sub = app.add_subcommand("logs", "Print a task's output");
+  add_example(sub, {"cardnode logs 7.3 -f"});
   sub->add_option("task", a->task, "JOB or JOB.INDEX")->required();
   sub->add_flag("-f,--follow", a->follow, "Keep printing until the task ends");
   sub->add_flag("--stderr", a->want_stderr, "Print stderr instead of stdout");
@@ -325,6 +342,7 @@ Entry add_cancel(CLI::App& app, const ClientConfig& client) {
   auto job = std::make_shared<std::string>();
   auto* sub =
       app.add_subcommand("cancel", "Cancel a job: queued tasks drop, running ones are killed");
+  add_example(sub, {"cardnode cancel 7"});
   sub->add_option("job", *job, "JOB")->required();
   return {sub, [job, &client] {
             std::string err;
@@ -337,6 +355,7 @@ Entry add_cancel(CLI::App& app, const ClientConfig& client) {
 Entry add_nodes(CLI::App& app, const ClientConfig& client) {
   auto json = std::make_shared<bool>(false);
   auto* sub = app.add_subcommand("nodes", "List the boards in the pool");
+  add_example(sub, {"cardnode nodes --json"});
   sub->add_flag("--json", *json, "One JSON document on stdout");
   return {sub, [json, &client] { return cmd_nodes(client, *json); }};
 }
@@ -349,6 +368,7 @@ Entry add_fsck(CLI::App& app, const ClientConfig&) {
   auto a = std::make_shared<Args>();
   auto* sub = app.add_subcommand(
       "fsck", "Check a data dir's snapshots and WAL without changing them (exit 1 if damaged)");
+  add_example(sub, {"cardnode fsck /var/lib/cardnode"});
   sub->add_option("data_dir", a->dir, "DATA_DIR")->required();
   sub->add_flag("--salvage", a->salvage,
                 "Keep every record before the first damage, move the rest aside (never deleted)");

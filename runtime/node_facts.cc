@@ -86,6 +86,27 @@ std::optional<uint32_t> parse_get_throttled(std::string_view text) {
   return v;
 }
 
+std::optional<uint32_t> parse_loadavg_milli(std::string_view text) {
+  std::string_view t = trimmed(text);
+  t = t.substr(0, t.find_first_of(" \t"));
+  const size_t dot = t.find('.');
+  const std::string_view whole = t.substr(0, dot);
+  std::string_view frac = dot == std::string_view::npos ? std::string_view{} : t.substr(dot + 1);
+  uint32_t w = 0;
+  auto [end, ec] = std::from_chars(whole.data(), whole.data() + whole.size(), w);
+  if (whole.empty() || ec != std::errc() || end != whole.data() + whole.size()) return std::nullopt;
+  if (w > 4000) return std::nullopt;
+  uint32_t milli = w * 1000;
+  uint32_t scale = 100;
+  for (char ch : frac) {  // the kernel prints two decimals; more are cut, not rounded
+    if (ch < '0' || ch > '9') return std::nullopt;
+    milli += static_cast<uint32_t>(ch - '0') * scale;
+    scale /= 10;
+  }
+  if (dot != std::string_view::npos && frac.empty()) return std::nullopt;
+  return milli;
+}
+
 std::string sysfs_root() {
   const char* env = std::getenv(kSysfsRootEnv);
   return env != nullptr && env[0] != '\0' ? env : "/";
@@ -103,6 +124,7 @@ BoardHeat read_board_heat(const std::string& root) {
       h.throttled = (*bits & kThrottledNowBits) != 0;
     }
   }
+  if (auto text = read_value_file(base + kLoadavgPath)) h.load1_milli = parse_loadavg_milli(*text);
   return h;
 }
 

@@ -4,7 +4,7 @@
 // Two kinds: NodeFacts, read once at start (they do not move), and BoardHeat, read again
 // with every heartbeat (the agent's, and the server's own board on the same period): the
 // temperature and the firmware's throttle flags, which decide whether the board takes new
-// tasks (scheduler/heat.h).
+// tasks (scheduler/heat.h), and the 1-minute load average, which is only shown (`nodes`).
 //
 // BoardHeat is read under a root directory, "/" on a real board: CARDNODE_SYSFS_ROOT names
 // another (a test's fake tree). Every file is optional and read bounded; what cannot be
@@ -35,7 +35,9 @@ inline constexpr const char* kSysfsRootEnv = "CARDNODE_SYSFS_ROOT";
 // Under the root: ROOT/sys/class/thermal/thermal_zone*/temp (millidegrees Celsius, one
 // integer) and, on a Raspberry Pi, ROOT/sys/devices/platform/soc/soc:firmware/get_throttled
 // (a hex bitmask, as `vcgencmd get_throttled` prints it without "throttled=").
+// And ROOT/proc/loadavg ("0.52 0.58 0.59 1/389 12345"): its first field.
 inline constexpr const char* kThermalDir = "/sys/class/thermal";
+inline constexpr const char* kLoadavgPath = "/proc/loadavg";
 inline constexpr const char* kGetThrottledPath =
     "/sys/devices/platform/soc/soc:firmware/get_throttled";
 inline constexpr uint32_t kThermalDirEntriesMax = 4096;  // listed (zones and cooling devices)
@@ -54,6 +56,7 @@ struct BoardHeat {
   std::optional<int32_t> temperature_millicelsius;  // the hottest zone that could be read
   bool throttled = false;                           // any of kThrottledNowBits
   bool under_voltage = false;                       // kUnderVoltageNowBit
+  std::optional<uint32_t> load1_milli;              // 1-minute load average x 1000
   bool operator==(const BoardHeat&) const = default;
 };
 
@@ -63,6 +66,9 @@ BoardHeat read_board_heat(const std::string& root);
 // The parsers, for tests: nullopt for what is not a value of that file.
 std::optional<int32_t> parse_thermal_temp(std::string_view text);
 std::optional<uint32_t> parse_get_throttled(std::string_view text);
+// The first field of /proc/loadavg x 1000 ("0.52 ..." -> 520); at most 4'000'000 (a load
+// of 4000, far above any board's), beyond that not a load.
+std::optional<uint32_t> parse_loadavg_milli(std::string_view text);
 
 // Resident set size of this process (VmRSS), in bytes; 0 if unreadable.
 uint64_t resident_bytes();

@@ -105,6 +105,25 @@ TEST_F(FakeSysfs, ZonesPastTheBoundAreNotRead) {
   EXPECT_EQ(read().temperature_millicelsius, 30'000);
 }
 
+TEST_F(FakeSysfs, TheLoadAverageIsTheFirstFieldOfLoadavgInThousandths) {
+  EXPECT_EQ(read().load1_milli, std::nullopt);  // no file: unknown, not zero
+  write("proc/loadavg", "0.52 0.58 0.59 1/389 12345\n");
+  EXPECT_EQ(read().load1_milli, 520u);
+  write("proc/loadavg", "12.07 3.00 1.00 4/400 99\n");
+  EXPECT_EQ(read().load1_milli, 12'070u);
+  write("proc/loadavg", "nonsense\n");
+  EXPECT_EQ(read().load1_milli, std::nullopt);
+}
+
+TEST(ParseLoadavg, AcceptsTheKernelsFormOnly) {
+  EXPECT_EQ(parse_loadavg_milli("0.00 0.01 0.05 1/2 3"), 0u);
+  EXPECT_EQ(parse_loadavg_milli("3 1 1"), 3000u);
+  EXPECT_EQ(parse_loadavg_milli("1.5"), 1500u);
+  EXPECT_EQ(parse_loadavg_milli("1.23456"), 1234u);
+  for (const char* bad : {"", "-1.00", "1.", ".5", "1.x", "4001.00", "99999999999.0"})
+    EXPECT_EQ(parse_loadavg_milli(bad), std::nullopt) << bad;
+}
+
 TEST(SysfsRoot, TheEnvironmentNamesItElseSlash) {
   ::unsetenv(kSysfsRootEnv);
   EXPECT_EQ(sysfs_root(), "/");

@@ -273,11 +273,12 @@ pb::NodeFacts Agent::Impl::node_facts() const {
   for (const auto& e : isolation.info().enforced) f.add_enforced(e);
   f.set_io_backend(storage::backend_name(engine->backend()));
   f.set_board_model(facts.board_model);
-  // Heat moves (the rest does not): read afresh for every hello and heartbeat.
+  // Heat and load move (the rest does not): read afresh for every hello and heartbeat.
   const BoardHeat heat = read_board_heat(heat_root);
   if (heat.temperature_millicelsius) f.set_temperature_millicelsius(*heat.temperature_millicelsius);
   f.set_throttled(heat.throttled);
   f.set_under_voltage(heat.under_voltage);
+  if (heat.load1_milli) f.set_load1_milli(*heat.load1_milli);
   for (const auto& [k, v] : options.labels) (*f.mutable_labels())[k] = v;
   f.set_task_user(task_users.standard.name);
   f.set_root_tasks(task_users.root_tasks);

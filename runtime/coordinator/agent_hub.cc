@@ -486,6 +486,7 @@ void AgentHub::describe(const sched::Node& node, pb::NodeInfo* info) const {
     info->set_temperature_millicelsius(f.temperature_millicelsius());
   info->set_throttled(f.throttled());
   info->set_under_voltage(f.under_voltage());
+  if (f.has_load1_milli()) info->set_load1_milli(f.load1_milli());
   info->set_last_seen_ms_ago(now_ms_() - it->second->last_seen_ms);
 }
 

@@ -76,6 +76,7 @@ void ClientApi::on_wait(const pb::WaitJob& m, const net::Responder& r) {
     if (job == nullptr) return r.reply(error_response(c_.missing_job(id)));
     pb::Response resp;  // the first page: the client reads the rest with GetJob
     *resp.mutable_job() = job_page(c_.state(), *job, 0, 0);
+    resp.mutable_job()->set_now_ms(c_.now_ms());
     r.reply(std::move(resp));
   });
 }
@@ -86,6 +87,7 @@ void ClientApi::on_get_job(const pb::GetJob& m, const net::Responder& r) {
     if (job == nullptr) return error_response(c_.missing_job(m.job_id()));
     pb::Response resp;
     *resp.mutable_job() = job_page(c_.state(), *job, m.first_task(), m.max_tasks());
+    resp.mutable_job()->set_now_ms(c_.now_ms());
     if (m.first_task() == 0)
       resp.mutable_job()->mutable_job()->set_wait_reason(c_.wait_reason(job->id));
     return resp;
@@ -96,6 +98,7 @@ void ClientApi::on_list_jobs(const pb::ListJobs& m, const net::Responder& r) {
   after_durable(r, [this, m] {
     pb::Response resp;
     *resp.mutable_jobs() = list_jobs(c_.state(), m);
+    resp.mutable_jobs()->set_now_ms(c_.now_ms());
     return resp;
   });
 }

@@ -135,6 +135,8 @@ class Coordinator {
   sched::NodeHold report_heat(sched::NodeId id, std::optional<int32_t> millicelsius, bool throttled,
                               bool under_voltage);
   const sched::HeatBounds& heat_bounds() const { return options_.heat; }
+  // The wall clock the records carry (hooks.now_ms): listings say when they were made.
+  uint64_t now_ms() const { return hooks_.now_ms(); }
 
   // `cardnode drain NODE [--deadline DUR]` / `--undrain`. done once durable (or refused).
   void drain(const std::string& node_name, bool undrain, uint64_t deadline_ms,

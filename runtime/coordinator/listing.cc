@@ -84,6 +84,8 @@ pb::JobSummary job_summary(const State& state, const sched::Job& job, Command co
   s.set_state(to_pb(job.state));
   s.set_priority(job.spec.priority);
   s.set_count(job.spec.count);
+  s.set_submitted_ms(job.submitted_ms);
+  if (sched::is_final(job.state)) s.set_finished_ms(job.finished_ms);
   for (size_t i = 0; i < sched::kTaskStateCount; ++i) {
     if (job.state_counts[i] == 0) continue;
     (*s.mutable_states())[sched::task_state_name(static_cast<sched::TaskState>(i))] =

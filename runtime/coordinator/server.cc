@@ -435,6 +435,7 @@ void Server::Impl::describe(const sched::Node& n, pb::NodeInfo* info) const {
     info->set_temperature_millicelsius(*heat.temperature_millicelsius);
   info->set_throttled(heat.throttled);
   info->set_under_voltage(heat.under_voltage);
+  if (heat.load1_milli) info->set_load1_milli(*heat.load1_milli);
 }
 
 void Server::Impl::refresh_metrics() {

@@ -1,0 +1,92 @@
+#include "cli/format.h"
+
+#include <gtest/gtest.h>
+
+namespace cardnode::cli {
+namespace {
+
+TEST(HumanDuration, ShortToLong) {
+  EXPECT_EQ(human_duration(0), "0.0s");
+  EXPECT_EQ(human_duration(420), "0.4s");
+  EXPECT_EQ(human_duration(9'500), "9.5s");
+  EXPECT_EQ(human_duration(42'000), "42s");
+  EXPECT_EQ(human_duration(83'000), "1m23s");
+  EXPECT_EQ(human_duration(60'000), "1m00s");
+  EXPECT_EQ(human_duration(9'000'000), "2.5h");
+  EXPECT_EQ(human_duration(3ull * 24 * 3600 * 1000), "3.0d");
+  EXPECT_FALSE(human_duration(UINT64_MAX).empty());
+}
+
+TEST(HumanBytes, PowersOf1024WithOneDecimalBelowTen) {
+  EXPECT_EQ(human_bytes(0), "0B");
+  EXPECT_EQ(human_bytes(512), "512B");
+  EXPECT_EQ(human_bytes(1024), "1K");
+  EXPECT_EQ(human_bytes(3ull << 19), "1.5M");
+  EXPECT_EQ(human_bytes(512ull << 20), "512M");
+  EXPECT_EQ(human_bytes(3ull << 29), "1.5G");
+  EXPECT_EQ(human_bytes(2ull << 30), "2G");
+  EXPECT_EQ(human_bytes(7'900'000'000ull), "7.4G");
+  EXPECT_EQ(human_bytes(1ull << 40), "1T");
+  EXPECT_FALSE(human_bytes(UINT64_MAX).empty());
+}
+
+pb::JobSummary job(uint32_t count, std::initializer_list<std::pair<const char*, uint32_t>> states) {
+  pb::JobSummary j;
+  j.set_id(7);
+  j.set_count(count);
+  j.set_state(pb::JOB_RUNNING);
+  for (const auto& [k, v] : states) (*j.mutable_states())[k] = v;
+  return j;
+}
+
+TEST(Progress, CountsRateElapsedAndEta) {
+  const pb::JobSummary j =
+      job(500, {{"queued", 372}, {"running", 8}, {"succeeded", 118}, {"failed", 2}});
+  EXPECT_EQ(tasks_done(j), 120u);
+  // 120 done in 30 s: 4 a second, 380 left: 95 s.
+  EXPECT_EQ(progress_line(j, 30'000),
+            "job 7: 120/500 done, 4.0 tasks/s, elapsed 30s, ETA 1m35s "
+            "(queued:372 running:8 succeeded:118 failed:2)");
+}
+
+TEST(Progress, NoEtaBeforeATaskEndedAndZeroAtTheEnd) {
+  EXPECT_EQ(progress_line(job(20, {{"queued", 20}}), 0),
+            "job 7: 0/20 done, 0.0 tasks/s, elapsed 0.0s, ETA ? (queued:20)");
+  EXPECT_EQ(progress_line(job(20, {{"succeeded", 19}, {"timed_out", 1}}), 2'000),
+            "job 7: 20/20 done, 10.0 tasks/s, elapsed 2.0s, ETA 0.0s (succeeded:19 timed_out:1)");
+}
+
+TEST(JobElapsed, ToTheEndOnceFinalElseToTheServersNow) {
+  pb::JobSummary j;
+  EXPECT_EQ(job_elapsed_ms(j, 5000), std::nullopt);  // an older server: no submitted_ms
+  j.set_submitted_ms(1'000'000);
+  EXPECT_EQ(job_elapsed_ms(j, 0), std::nullopt);
+  EXPECT_EQ(job_elapsed_ms(j, 1'083'000), 83'000u);
+  EXPECT_EQ(job_elapsed_ms(j, 999'000), 0u);  // never negative
+  j.set_finished_ms(1'002'000);
+  EXPECT_EQ(job_elapsed_ms(j, 9'999'999), 2'000u);
+}
+
+TEST(Pacer, AtMostOneLineAnIntervalWithAnInjectedClock) {
+  Pacer p(/*start_ms=*/1000, kProgressLineMs);
+  EXPECT_FALSE(p.due(1000));
+  EXPECT_FALSE(p.due(5999));
+  EXPECT_TRUE(p.due(6000));
+  EXPECT_FALSE(p.due(6000));
+  EXPECT_FALSE(p.due(10'999));
+  EXPECT_TRUE(p.due(12'500));  // late polls: the next is an interval after this one
+  EXPECT_FALSE(p.due(17'000));
+  EXPECT_TRUE(p.due(17'500));
+  // Polled every kProgressPollMs for a minute: at most one line every interval.
+  Pacer q(0, kProgressLineMs);
+  int lines = 0;
+  for (uint64_t t = 0; t <= 60'000; t += kProgressPollMs) lines += q.due(t) ? 1 : 0;
+  EXPECT_EQ(lines, 12);
+  Pacer tty(0, kProgressRedrawMs);
+  lines = 0;
+  for (uint64_t t = 0; t < 1000; t += 50) lines += tty.due(t) ? 1 : 0;
+  EXPECT_LE(lines, 4);
+}
+
+}  // namespace
+}  // namespace cardnode::cli

@@ -1,0 +1,142 @@
+// End-to-end: what a person sees of the CLI — progress of `run --wait`, durations in `ps`,
+// load in `nodes`, examples in `--help`, bash completion (docs/CLI.md).
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "tests/e2e_util.h"
+
+namespace cardnode::e2e {
+namespace {
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+TEST_F(Cluster, RunWaitOfAnArrayPrintsPlainProgressLinesWhenStderrIsNotATerminal) {
+  start_server();
+  // stderr is a pipe here: plain lines, no carriage returns.
+  const auto began = std::chrono::steady_clock::now();
+  Output ok = cli({"run", "--count", "20", "--cpu", "0.1", "--mem", "16M", "--wait", "--", "true"});
+  const auto took_s =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - began)
+          .count();
+  EXPECT_EQ(ok.code, 0) << ok.err;
+  EXPECT_EQ(ok.out, "");
+  EXPECT_EQ(ok.err.find('\r'), std::string::npos) << ok.err;
+  const auto lines = lines_of(ok.err);
+  ASSERT_GE(lines.size(), 3u) << ok.err;
+  EXPECT_EQ(lines.front(), "cardnode: job 1 submitted, waiting");
+  // The last progress line before today's outcome line: every task done, ETA 0.
+  const std::string& last = lines[lines.size() - 2];
+  EXPECT_TRUE(last.starts_with("cardnode: job 1: 20/20 done, ")) << ok.err;
+  EXPECT_NE(last.find("tasks/s, elapsed "), std::string::npos) << ok.err;
+  EXPECT_NE(last.find(", ETA 0.0s (succeeded:20)"), std::string::npos) << ok.err;
+  EXPECT_EQ(lines.back(), "cardnode: job 1 succeeded (succeeded:20)");
+  // Paced: at most one line per 5 s, and the last.
+  int64_t progress = 0;
+  for (const auto& l : lines) progress += l.starts_with("cardnode: job 1: ") ? 1 : 0;
+  EXPECT_GE(progress, 1);
+  EXPECT_LE(progress, 1 + took_s / 5) << ok.err;
+
+  // An array with a failure: exit code 1, as before.
+  Output bad = cli({"run", "--count", "3", "--cpu", "0.1", "--mem", "16M", "--wait", "--", "sh",
+                    "-c", "exit $CARDNODE_TASK_INDEX"});
+  EXPECT_EQ(bad.code, 1) << bad.err;
+  EXPECT_NE(bad.err.find("cardnode: job 2: 3/3 done, "), std::string::npos) << bad.err;
+  EXPECT_NE(bad.err.find("cardnode: job 2 failed (succeeded:1 failed:2)"), std::string::npos)
+      << bad.err;
+  // One task: no progress line, its exit code.
+  Output one = cli({"run", "--wait", "--", "sh", "-c", "exit 4"});
+  EXPECT_EQ(one.code, 4);
+  EXPECT_EQ(one.err.find("done, "), std::string::npos) << one.err;
+}
+
+TEST_F(Cluster, PsShowsHowLongAJobRanAndNodesTheBoardsLoad) {
+  // The board's load, read with its heat under CARDNODE_SYSFS_ROOT: a fake /proc/loadavg.
+  const std::string sysfs = root_ + "/sysfs";
+  fs::create_directories(sysfs + "/proc");
+  std::ofstream(sysfs + "/proc/loadavg") << "1.25 0.50 0.10 2/300 4242\n";
+  start_server({}, {"CARDNODE_SYSFS_ROOT=" + sysfs});
+  ASSERT_EQ(cli({"run", "--wait", "--", "true"}).code, 0);
+  Json one = json_of(cli({"ps", "1", "--json"}));
+  ASSERT_TRUE(one.contains("submitted_ms")) << one.dump();
+  ASSERT_TRUE(one.contains("finished_ms")) << one.dump();
+  EXPECT_GE(one["finished_ms"].get<uint64_t>(), one["submitted_ms"].get<uint64_t>());
+  EXPECT_EQ(one["elapsed_ms"].get<uint64_t>(),
+            one["finished_ms"].get<uint64_t>() - one["submitted_ms"].get<uint64_t>());
+  Json list = json_of(cli({"ps", "--json"}));
+  ASSERT_EQ(list["jobs"].size(), 1u);
+  EXPECT_EQ(list["jobs"][0]["elapsed_ms"], one["elapsed_ms"]);
+  const std::string table = cli({"ps"}).out;
+  EXPECT_NE(table.find(" ELAPSED "), std::string::npos) << table;
+  EXPECT_NE(table.find("s  true"), std::string::npos) << table;  // e.g. "0.1s  true"
+
+  Json nodes;
+  ASSERT_TRUE(eventually([&] {
+    nodes = try_json(cli({"nodes", "--json"}));
+    return !nodes.is_discarded() && nodes.contains("nodes") && !nodes["nodes"].empty() &&
+           nodes["nodes"][0].contains("load1");
+  })) << nodes.dump();
+  EXPECT_DOUBLE_EQ(nodes["nodes"][0]["load1"].get<double>(), 1.25) << nodes.dump();
+  const std::string board = cli({"nodes"}).out;
+  EXPECT_NE(board.find(" LOAD "), std::string::npos) << board;
+  EXPECT_NE(board.find(" 1.25 "), std::string::npos) << board;
+}
+
+TEST(CliHelp, EverySubcommandsHelpEndsWithAnExample) {
+  char tmpl[] = "/tmp/cardnode-help-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string scratch = tmpl;
+  for (const char* sub :
+       {"server", "agent", "run", "submit", "ps", "logs", "cancel", "nodes", "drain", "fsck"}) {
+    Output h = cardnode({sub, "--help"}, scratch);
+    EXPECT_EQ(h.code, 0) << sub;
+    EXPECT_NE(h.out.find("Example"), std::string::npos) << sub << ":\n" << h.out;
+    EXPECT_NE(h.out.find("  cardnode " + std::string(sub)), std::string::npos) << h.out;
+  }
+  EXPECT_NE(cardnode({"run", "--help"}, scratch).out.find("cardnode run --count 500 --cpu 0.5 -- "),
+            std::string::npos);
+  fs::remove_all(scratch);
+}
+
+// Runs `script` in bash after sourcing the completion file; its stdout.
+std::string in_bash(const std::string& script) {
+  const std::string cmd = "bash --norc --noprofile -c 'source \"" CARDNODE_SOURCE_DIR
+                          "/deploy/cardnode.bash-completion\" && " +
+                          script + "' 2>&1";
+  std::string out;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (p == nullptr) return "popen failed";
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+  (void)::pclose(p);
+  return out;
+}
+
+TEST(BashCompletion, OffersSubcommandsAndTheirFlags) {
+  EXPECT_EQ(in_bash("complete -p cardnode"), "complete -F _cardnode cardnode\n");
+  // `cardnode r<TAB>`
+  EXPECT_EQ(in_bash("COMP_WORDS=(cardnode r); COMP_CWORD=1; _cardnode; echo \"${COMPREPLY[*]}\""),
+            "run\n");
+  // `cardnode run --c<TAB>`
+  EXPECT_EQ(in_bash("COMP_WORDS=(cardnode run --c); COMP_CWORD=2; _cardnode; "
+                    "echo \"${COMPREPLY[*]}\""),
+            "--cpu --count --constraint\n");
+  // After client options, and for another subcommand.
+  EXPECT_EQ(in_bash("COMP_WORDS=(cardnode --server h:1 ps --j); COMP_CWORD=4; _cardnode; "
+                    "echo \"${COMPREPLY[*]}\""),
+            "--json\n");
+  EXPECT_EQ(
+      in_bash("COMP_WORDS=(cardnode \"\"); COMP_CWORD=1; _cardnode; echo \"${COMPREPLY[*]}\""),
+      "server agent run submit ps logs cancel nodes drain fsck\n");
+}
+
+}  // namespace
+}  // namespace cardnode::e2e

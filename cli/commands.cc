@@ -212,8 +212,9 @@ uint64_t steady_ms() {
                                    .count());
 }
 
-// An array's progress on stderr until it is final, from its summary (GetJob's first page,
-// one task long) every kProgressPollMs. A terminal sees one line redrawn in place; a pipe
+// An array's progress on stderr until it is final, from its summary (a one-job page of
+// ListJobs: no tasks, and none of the per-job work of GetJob such as the wait reason)
+// every kProgressPollMs. A terminal sees one line redrawn in place; a pipe
 // or file a plain line every kProgressLineMs and a last one. Best effort: the exit code
 // says how the job ended.
 Status show_progress(net::Client& c, uint64_t id, uint64_t start_ms) {
@@ -221,11 +222,14 @@ Status show_progress(net::Client& c, uint64_t id, uint64_t start_ms) {
   Pacer pacer(start_ms, tty ? kProgressRedrawMs : kProgressLineMs);
   for (;;) {  // bounded by the job's run: it ends, or the server goes and call() fails
     pb::Request req;
-    req.mutable_get_job()->set_job_id(id);
-    req.mutable_get_job()->set_max_tasks(1);
+    req.mutable_list_jobs()->set_after_job_id(id - 1);
+    req.mutable_list_jobs()->set_max_jobs(1);
     auto resp = call(c, req);
     if (!resp) return std::unexpected(resp.error());
-    const pb::JobSummary& j = resp->job().job();
+    if (resp->jobs().jobs_size() != 1 || resp->jobs().jobs(0).id() != id) {
+      return fail(Errc::kNotFound, "job " + std::to_string(id) + " is gone");  // pruned
+    }
+    const pb::JobSummary& j = resp->jobs().jobs(0);
     const uint64_t now = steady_ms();
     const bool final = j.state() != pb::JOB_QUEUED && j.state() != pb::JOB_RUNNING;
     if (final || pacer.due(now)) {

@@ -173,9 +173,10 @@ Entry add_agent(CLI::App& app, const ClientConfig& client) {
       ->capture_default_str();
   add_task_user_flags(sub, &a->options.task_users);
   add_dynmods_flag(sub, &a->options.favor_dynmods);
-  return {sub, [a, &client] {
+  return {sub, [a, &client, sub] {
             std::string err;
             a->options.tasks_max = a->tasks_max;
+            a->options.metrics_listen_default = sub->count("--metrics-listen") == 0;
             for (const auto& l : a->labels) {
               if (auto kv = check(parse_label(l), &err)) a->options.labels[kv->first] = kv->second;
             }

@@ -103,8 +103,10 @@ class Pool : public Cluster {
       std::vector<std::string> args = wrapper;
       args.insert(args.end(), {CARDNODE_BIN, "agent", "--data-dir", dir, "--join", join, "--name",
                                name, "--no-favordynmods"});  // host-wide: see start_server
-      // Its /metrics on port 0 (DATA_DIR/metrics_addr), unless the test names an address.
-      if (std::find(extra.begin(), extra.end(), "--metrics-listen") == extra.end()) {
+      // Its /metrics on port 0 (DATA_DIR/metrics_addr), unless the test names an address or
+      // wants the binary's default.
+      if (!agent_default_metrics_ &&
+          std::find(extra.begin(), extra.end(), "--metrics-listen") == extra.end()) {
         args.insert(args.end(), {"--metrics-listen", "127.0.0.1:0"});
       }
       args.insert(args.end(), extra.begin(), extra.end());
@@ -151,6 +153,7 @@ class Pool : public Cluster {
   }
 
   std::map<std::string, pid_t> agents_;
+  bool agent_default_metrics_ = false;  // start_agent leaves --metrics-listen to the binary
 };
 
 }  // namespace cardnode::e2e

@@ -8,7 +8,11 @@
 #include "tests/e2e_pool.h"
 
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
+#include <cerrno>
+#include <cstring>
 #include <map>
 #include <set>
 
@@ -121,6 +125,41 @@ TEST_F(Pool, PackingFillsOneBoardAndSpreadPutsOneTaskOnEach) {
       << cli({"ps", "2"}).out;
   EXPECT_EQ(cli({"cancel", "1"}).code, 0);
   EXPECT_EQ(cli({"cancel", "2"}).code, 0);
+}
+
+// An agent on a board whose server (or another agent) already serves the default metrics
+// address runs tasks anyway, without /metrics, and says so; an address asked for with
+// --metrics-listen must bind, or the agent does not start.
+TEST_F(Pool, AnAgentWhoseDefaultMetricsPortIsTakenStillRunsTasks) {
+  // Hold 0.0.0.0:9742 for the test (or find it held already: taken either way).
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(9742);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0) {
+    ASSERT_EQ(::listen(fd, 1), 0);
+  } else if (errno != EADDRINUSE) {
+    ::close(fd);
+    GTEST_SKIP() << "cannot hold port 9742: " << std::strerror(errno);
+  }
+  ASSERT_NO_FATAL_FAILURE(start_pool_server());
+  agent_default_metrics_ = true;
+  ASSERT_NO_FATAL_FAILURE(start_agent("a1"));
+  ASSERT_TRUE(eventually([&] { return ready_nodes() == 1; })) << logs();
+  ASSERT_EQ(cli({"run", "--wait", "--", "true"}).code, 0) << logs();
+  EXPECT_NE(slurp(agent_log("a1")).find("serves no /metrics"), std::string::npos) << logs();
+  EXPECT_FALSE(fs::exists(agent_dir("a1") + "/metrics_addr"));
+
+  fs::create_directories(agent_dir("a2"));
+  fs::copy_file(data_ + "/token", agent_dir("a2") + "/token");
+  Output asked =
+      cardnode_bounded({"agent", "--join", addr_, "--data-dir", agent_dir("a2"), "--name", "a2",
+                        "--no-favordynmods", "--metrics-listen", "0.0.0.0:9742"},
+                       root_, 20s);
+  EXPECT_EQ(asked.code, 1) << asked.err;
+  EXPECT_NE(asked.err.find("9742"), std::string::npos) << asked.err;
+  ::close(fd);
 }
 
 TEST_F(Pool, ServerKill9RestartsOnTheSameAddressAndNothingRunsTwice) {

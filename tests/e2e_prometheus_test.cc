@@ -35,26 +35,7 @@ std::string on_path(const std::string& name) {
 // Runs a tool to completion: stdin from `in` (or /dev/null), output captured in files.
 Output run_tool(const std::vector<std::string>& argv, const std::string& scratch,
                 const std::string& in = "/dev/null") {
-  const std::string out_path = scratch + "/tool.out", err_path = scratch + "/tool.err";
-  pid_t pid = fork();
-  if (pid == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    dup2(::open(in.c_str(), O_RDONLY), 0);
-    dup2(::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644), 1);
-    dup2(::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644), 2);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    execv(args[0], args.data());
-    _exit(127);
-  }
-  int status = 0;
-  waitpid(pid, &status, 0);
-  Output r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = slurp(out_path);
-  r.err = slurp(err_path);
-  return r;
+  return run_program(argv, scratch, {}, in, "tool");
 }
 
 std::string url_encode(const std::string& s) {

@@ -58,22 +58,24 @@ inline bool eventually(Pred pred, std::chrono::milliseconds limit = 10s) {
   return pred();
 }
 
-// Runs the binary with args; captures stdout and stderr through files (no pipe
-// deadlocks for large output). Bounded by the test timeout in ctest.
-inline Output cardnode(const std::vector<std::string>& args, const std::string& scratch,
-                       const std::vector<std::string>& env = {}) {
-  std::string out_path = scratch + "/cli.out", err_path = scratch + "/cli.err";
+// Runs argv (argv[0] a path) to completion; captures stdout and stderr through files
+// named scratch/NAME.out and .err (no pipe deadlocks for large output); stdin from `in`
+// when given. Bounded by the test timeout in ctest.
+inline Output run_program(const std::vector<std::string>& argv, const std::string& scratch,
+                          const std::vector<std::string>& env = {}, const std::string& in = "",
+                          const std::string& name = "cli") {
+  std::string out_path = scratch + "/" + name + ".out", err_path = scratch + "/" + name + ".err";
   pid_t pid = fork();
   if (pid == 0) {
-    int o = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int e = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    dup2(o, 1);
-    dup2(e, 2);
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (!in.empty()) dup2(::open(in.c_str(), O_RDONLY), 0);
+    dup2(::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644), 1);
+    dup2(::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644), 2);
     for (const auto& kv : env) putenv(const_cast<char*>(kv.c_str()));
-    std::vector<char*> argv{const_cast<char*>(CARDNODE_BIN)};
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execv(CARDNODE_BIN, argv.data());
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execv(args[0], args.data());
     _exit(127);
   }
   int status = 0;
@@ -83,6 +85,14 @@ inline Output cardnode(const std::vector<std::string>& args, const std::string& 
   r.out = slurp(out_path);
   r.err = slurp(err_path);
   return r;
+}
+
+// Runs the cardnode binary with args (see run_program).
+inline Output cardnode(const std::vector<std::string>& args, const std::string& scratch,
+                       const std::vector<std::string>& env = {}) {
+  std::vector<std::string> argv{CARDNODE_BIN};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return run_program(argv, scratch, env);
 }
 
 // As cardnode(), for a command that is expected to exit by itself (a server that refuses

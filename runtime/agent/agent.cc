@@ -423,6 +423,11 @@ void Agent::Impl::send_heartbeat() {
 Status Agent::Impl::start_metrics() {
   if (options.metrics_listen.empty()) return {};
   auto m = BoardMetrics::start(&loop, options.metrics_listen);
+  if (!m && options.metrics_listen_default) {
+    log(Level::kWarn, "agent",
+        m.error().describe() + "; this board serves no /metrics (give it --metrics-listen)");
+    return {};
+  }
   if (!m) return std::unexpected(m.error());
   metrics = std::move(*m);
   metrics->set_info(facts.arch, storage::backend_name(engine->backend()),
@@ -434,6 +439,7 @@ Status Agent::Impl::start_metrics() {
 
 // At each scrape: the counters, what runs, and the heat read afresh (a few sysfs files).
 void Agent::Impl::refresh_metrics() {
+  if (!metrics) return;
   metrics->refresh(board_sources(engine->stats(), logs->stats().bytes_dropped));
   uint32_t cpu_millis = 0;
   uint64_t mem_bytes = 0;

@@ -49,6 +49,10 @@ struct AgentOptions {
   // This board's /metrics (runtime/board_metrics.h), "HOST:PORT" (port 0 picks one); empty:
   // none. The CLI's default is 0.0.0.0:9742, as the server's.
   std::string metrics_listen;
+  // The address is the CLI's default, not asked for: when it is taken (a server, or another
+  // agent, on the same board serves :9742) the agent warns and runs without /metrics, rather
+  // than refusing to run tasks. An address given with --metrics-listen must bind.
+  bool metrics_listen_default = false;
 };
 
 class Agent {

@@ -217,20 +217,17 @@ class AgentHubTest : public ::testing::Test {
 
   // What `cardnode nodes` says of a node, through the real client API.
   std::string node_state(const std::string& name) {
-    storage::LogStore logs(rig_->engine(), storage::LogStoreOptions{.dir = tmp_.path() + "/logs"});
-    ClientApi api(c(), logs, hub(), std::nullopt, nullptr);
-    Reply r;
-    pb::Request req;
-    req.mutable_list_nodes();
-    api.handle(std::move(req), r.responder());
-    settle();
-    for (const pb::NodeInfo& n : r.get().nodes().nodes()) {
-      if (n.name() == name) return n.state();
-    }
-    return "(absent)";
+    std::optional<pb::NodeInfo> n = listed_node(name);
+    return n ? n->state() : "(absent)";
   }
   // The whole entry, with what the hub knows of the board (facts), as the server fills it.
   pb::NodeInfo node_info(const std::string& name) {
+    std::optional<pb::NodeInfo> n = listed_node(name);
+    if (!n) ADD_FAILURE() << "no node " << name;
+    return n.value_or(pb::NodeInfo{});
+  }
+
+  std::optional<pb::NodeInfo> listed_node(const std::string& name) {
     storage::LogStore logs(rig_->engine(), storage::LogStoreOptions{.dir = tmp_.path() + "/logs"});
     ClientApi api(c(), logs, hub(), std::nullopt,
                   [this](const sched::Node& n, pb::NodeInfo* i) { hub().describe(n, i); });
@@ -242,8 +239,7 @@ class AgentHubTest : public ::testing::Test {
     for (const pb::NodeInfo& n : r.get().nodes().nodes()) {
       if (n.name() == name) return n;
     }
-    ADD_FAILURE() << "no node " << name;
-    return {};
+    return std::nullopt;
   }
 
   TempDir tmp_;

@@ -124,20 +124,25 @@ void ClientApi::on_list_nodes(const net::Responder& r) {
       ni->set_running_tasks(n.running);
       for (const auto& [k, v] : n.spec.labels) (*ni->mutable_labels())[k] = v;
       if (describe_) describe_(n, ni);
-      // One reason, the first that applies: reachable, then the operator's drain, then
-      // heat and power (a held board stays "ready": it is up, and runs what it has).
-      if (n.state == sched::NodeState::kDown || n.draining) {
-        ni->set_skip_reason(state);
-      } else if (n.hold != sched::NodeHold::kNone) {
-        std::optional<int32_t> milli;
-        if (ni->has_temperature_millicelsius()) milli = ni->temperature_millicelsius();
-        ni->set_skip_reason(sched::describe_hold(n.hold, milli, c_.heat_bounds()));
-      } else if (sched::NodeSkip s = c_.state().cluster().why_skipped(n.id);
-                 s == sched::NodeSkip::kFull || s == sched::NodeSkip::kTaskLimit) {
-        // Up and cool, but no room: all its CPU or memory, or its task slots, are taken.
-        ni->set_skip_reason(s == sched::NodeSkip::kFull
-                                ? "full"
-                                : "at its task limit (" + std::to_string(n.spec.tasks_max) + ")");
+      // Why it takes no new task: the scheduler's answer (Cluster::why_skipped), in words.
+      switch (c_.state().cluster().why_skipped(n.id)) {
+        case sched::NodeSkip::kNone:
+        case sched::NodeSkip::kRemoved: break;
+        case sched::NodeSkip::kDown:
+        case sched::NodeSkip::kDraining: ni->set_skip_reason(state); break;
+        case sched::NodeSkip::kHot:
+        case sched::NodeSkip::kThrottled:
+        case sched::NodeSkip::kUnderVoltage: {
+          // A held board stays "ready": it is up, and runs what it has.
+          std::optional<int32_t> milli;
+          if (ni->has_temperature_millicelsius()) milli = ni->temperature_millicelsius();
+          ni->set_skip_reason(sched::describe_hold(n.hold, milli, c_.heat_bounds()));
+          break;
+        }
+        case sched::NodeSkip::kTaskLimit:
+          ni->set_skip_reason("at its task limit (" + std::to_string(n.spec.tasks_max) + ")");
+          break;
+        case sched::NodeSkip::kFull: ni->set_skip_reason("full"); break;
       }
     }
     return resp;

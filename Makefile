@@ -26,7 +26,10 @@ DEPS := build-essential cmake ninja-build pkg-config \
         libuv1-dev liburing-dev libprotobuf-dev protobuf-compiler prometheus-cpp-dev \
         libssl-dev zlib1g-dev libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev \
         nlohmann-json3-dev iproute2 util-linux clang-16 libclang-rt-16-dev prometheus
-CROSS_DEPS := crossbuild-essential-arm64 crossbuild-essential-armhf qemu-user qemu-user-binfmt mmdebstrap
+# qemu-user-static, not qemu-user-binfmt (they conflict; the static one provides the other):
+# its binfmt entries carry the F flag, which the arm64 VM image build (make vm-test) needs to
+# run ARM programs inside a chroot, and they serve the cross tests' task spawns just the same.
+CROSS_DEPS := crossbuild-essential-arm64 crossbuild-essential-armhf qemu-user qemu-user-static mmdebstrap
 
 .PHONY: all deps cross-deps build demo test test-native cross-build cross-test bench asan lint fuzz clean
 

@@ -107,7 +107,8 @@ as_root() {
 
 # Unit tests may exec target binaries of their own, and a
 # process under qemu-user execs natively: the kernel runs an ARM program only through
-# binfmt_misc and qemu-user-binfmt's entry. That qemu gets no -L; it looks for the
+# binfmt_misc and qemu-user-static's entry (F flag: the static interpreter is opened once,
+# at registration, so it runs in chroots too). That qemu gets no -L; it looks for the
 # target's loader and libraries in /etc/qemu-binfmt/<arch>, Debian's default
 # QEMU_LD_PREFIX (the executor gives tasks a clean environment, so the variable itself
 # would not reach it). Both are host-wide settings: this registers only the one binfmt
@@ -121,7 +122,7 @@ setup_exec_emulation() {
   local why=""
   if [ ! -e "$entry" ]; then
     if [ ! -f "$conf" ]; then
-      why="$conf missing (apt-get install qemu-user-binfmt)"
+      why="$conf missing (apt-get install qemu-user-static)"
     elif [ ! -e /proc/sys/fs/binfmt_misc/register ] &&
       ! as_root mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; then
       why="cannot mount binfmt_misc (needs root)"

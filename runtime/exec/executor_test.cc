@@ -539,6 +539,24 @@ TEST_P(ExecutorTest, MemoryLimitIsEnforced) {
   EXPECT_FALSE(group_exists(13, 0));
 }
 
+TEST_P(ExecutorTest, APidsLimitContainsAForkBomb) {
+  const auto& enforced = iso_.info().enforced;
+  if (std::find(enforced.begin(), enforced.end(), "pids") == enforced.end()) {
+    GTEST_SKIP() << "no pids controller in " << GetParam().name << " mode";
+  }
+  // 64 background children against a limit of 16 tasks: the shell's forks fail once the
+  // group is full (under qemu-user each process is two host tasks, so even sooner). Without
+  // the limit it prints "started 64" and succeeds; the children die with the report either way.
+  TaskLaunch l = launch(30, {"sh", "-c",
+                             "n=0; while [ $n -lt 64 ]; do sleep 1000 & n=$((n+1)); done; "
+                             "echo started $n"});
+  l.limits.pids_max = 16;
+  TaskExit e = run(l);
+  EXPECT_NE(e.state, pb::TASK_SUCCEEDED) << out(30);
+  EXPECT_EQ(out(30).find("started 64"), std::string::npos) << out(30);
+  EXPECT_FALSE(group_exists(30, 0));
+}
+
 TEST_P(ExecutorTest, RunningMaxAndDuplicatesAreRefused) {
   options_.running_max = 2;
   make_executor();

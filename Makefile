@@ -2,7 +2,8 @@
 # what they need first (Debian 12 packages, as root or through sudo).
 #
 #   make demo                 build Release, run an example array job on a temp data dir
-#   make test                 build and run every test: native, aarch64 under qemu, armhf
+#   make test                 build and run every test: native, aarch64 under qemu, armhf,
+#                             the Debian packages (make deb-test)
 #   make cross-test ARCH=aarch64|armhf   cross-build and run the unit tests under qemu
 #   make bench                build and run the scheduler benchmarks
 #   make asan                 the native suite under AddressSanitizer + UBSan
@@ -10,6 +11,11 @@
 #                             on any finding
 #   make fuzz                 build the libFuzzer targets with clang 16 and run each for
 #                             FUZZ_SECONDS on a copy of its seed corpus (tests/fuzz/)
+#   make deb ARCH=amd64|arm64|armhf   build/deb/cardnode_VERSION_ARCH.deb (deploy/deb/);
+#                             VERSION (default: CMakeLists.txt's) and DEB_REVISION (default 1)
+#   make deb-test             the amd64 package: lintian, contents, and install / upgrade /
+#                             remove / purge in a throwaway overlay of this machine
+#                             (tests/deb_test.sh); arm64 and armhf: lintian and contents
 
 BUILD      ?= build
 JOBS       ?= $(shell nproc)
@@ -30,8 +36,12 @@ DEPS := build-essential cmake ninja-build pkg-config \
 # its binfmt entries carry the F flag, which the arm64 VM image build (make vm-test) needs to
 # run ARM programs inside a chroot, and they serve the cross tests' task spawns just the same.
 CROSS_DEPS := crossbuild-essential-arm64 crossbuild-essential-armhf qemu-user qemu-user-static mmdebstrap
+# make deb: lintian checks every package built; dpkg-dev's dpkg-shlibdeps checks
+# deploy/deb/deps.map in make deb-test; man-db renders the man page for lintian's check.
+DEB_DEPS := lintian dpkg-dev man-db
 
-.PHONY: all deps cross-deps build demo test test-native cross-build cross-test bench asan lint fuzz clean
+.PHONY: all deps cross-deps deb-deps build demo test test-native cross-build cross-test bench asan lint \
+        fuzz deb deb-test clean
 
 all: build
 
@@ -52,6 +62,14 @@ cross-deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
+deb-deps:
+	@missing=$$(for p in $(DEB_DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
 build: deps
 	cmake -S . -B $(BUILD)/release $(CMAKE_GEN) -DCMAKE_BUILD_TYPE=Release
 	cmake --build $(BUILD)/release -j $(JOBS)
@@ -64,10 +82,13 @@ test-native: build
 
 # make test = the native suite, the fuzz targets for FUZZ_SECONDS each, the aarch64 unit
 # tests under qemu-aarch64, and the armhf build with its unit tests under qemu-arm.
+# Last, the packages: amd64 from the native build, arm64 and armhf from the cross builds
+# just tested (ninja finds them up to date), so deb-test adds packaging and lintian, no build.
 test: test-native cross-deps
 	$(MAKE) fuzz
 	cross/cross.sh aarch64 test
 	cross/cross.sh armhf test
+	$(MAKE) deb-test
 
 cross-build: deps cross-deps
 	cross/cross.sh $(ARCH) build
@@ -118,6 +139,54 @@ fuzz: deps
 	    tail -n 40 $$tmp/$$t.log; echo "fuzz: $$t FAILED (input in $(BUILD)/fuzz/artifacts/)"; fail=1; \
 	  fi; \
 	done; exit $$fail
+
+# Debian packages (deploy/deb/build-deb.sh). ARCH takes Debian's names (amd64, arm64,
+# armhf; aarch64 means arm64); without ARCH on the command line, this machine's. The binary
+# comes from the usual build dir: build/release for amd64 (only its cardnode target is
+# built here), build/cross-aarch64 or build/cross-armhf for the boards (cross/cross.sh,
+# cardnode target only). DEB_BINARY=FILE packages a binary built elsewhere instead. The man
+# page comes from the packaged binary's --help, run through qemu-user for ARM.
+VERSION      ?= $(shell sed -n 's/^project.cardnode VERSION \([0-9.]*\).*/\1/p' CMakeLists.txt)
+DEB_REVISION ?= 1
+DEB_OUT      ?= $(BUILD)/deb
+DEB_ARCH     := $(if $(filter command line environment,$(origin ARCH)),$(patsubst aarch64,arm64,$(ARCH)),$(shell dpkg --print-architecture))
+HOST_ARCH    := $(shell dpkg --print-architecture)
+DEB_CROSS_amd64 :=
+DEB_CROSS_arm64 := aarch64
+DEB_CROSS_armhf := armhf
+DEB_TRIPLET_aarch64 := aarch64-linux-gnu
+DEB_TRIPLET_armhf   := arm-linux-gnueabihf
+DEB_QEMU_aarch64    := qemu-aarch64
+DEB_QEMU_armhf      := qemu-arm
+deb: deb-deps
+	@case "$(DEB_ARCH)" in amd64|arm64|armhf) ;; \
+	  *) echo "make deb: ARCH=$(DEB_ARCH): expected amd64, arm64 or armhf" >&2; exit 2 ;; esac
+ifeq ($(DEB_ARCH),$(HOST_ARCH))
+	$(if $(DEB_BINARY),,$(MAKE) deps && \
+	  cmake -S . -B $(BUILD)/release $(CMAKE_GEN) -DCMAKE_BUILD_TYPE=Release && \
+	  cmake --build $(BUILD)/release -j $(JOBS) --target cardnode)
+	deploy/deb/build-deb.sh $(DEB_ARCH) $(or $(DEB_BINARY),$(BUILD)/release/cli/cardnode) \
+	  $(VERSION)-$(DEB_REVISION) $(DEB_OUT)
+else
+	$(MAKE) cross-deps
+	$(if $(DEB_BINARY),,$(MAKE) deps && \
+	  CARDNODE_BUILD_TARGETS=cardnode cross/cross.sh $(DEB_CROSS_$(DEB_ARCH)) build)
+	STRIP=$(DEB_TRIPLET_$(DEB_CROSS_$(DEB_ARCH)))-strip deploy/deb/build-deb.sh $(DEB_ARCH) \
+	  $(or $(DEB_BINARY),$(BUILD)/cross-$(DEB_CROSS_$(DEB_ARCH))/cli/cardnode) \
+	  $(VERSION)-$(DEB_REVISION) $(DEB_OUT) \
+	  $(DEB_QEMU_$(DEB_CROSS_$(DEB_ARCH))) -L $(BUILD)/sysroot-$(DEB_CROSS_$(DEB_ARCH))
+endif
+
+# The upgrade twin: the same tree with a higher revision, in its own directory.
+deb-test:
+	$(MAKE) deb ARCH=$(HOST_ARCH)
+	$(MAKE) deb ARCH=$(HOST_ARCH) DEB_REVISION=$(DEB_REVISION)+upgradetest DEB_OUT=$(BUILD)/deb-test
+	$(MAKE) deb ARCH=arm64
+	$(MAKE) deb ARCH=armhf
+	tests/deb_test.sh $(DEB_OUT)/cardnode_$(VERSION)-$(DEB_REVISION)_$(HOST_ARCH).deb \
+	  $(BUILD)/deb-test/cardnode_$(VERSION)-$(DEB_REVISION)+upgradetest_$(HOST_ARCH).deb \
+	  $(DEB_OUT)/cardnode_$(VERSION)-$(DEB_REVISION)_arm64.deb \
+	  $(DEB_OUT)/cardnode_$(VERSION)-$(DEB_REVISION)_armhf.deb
 
 clean:
 	rm -rf $(BUILD)

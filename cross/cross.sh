@@ -9,7 +9,8 @@
 # Works from any directory. Outputs, relative to the checkout (or $CARDNODE_BUILD_ROOT):
 #   build/sysroot-ARCH  Debian 12 headers and libraries of ARCH (cross/sysroot.sh)
 #   build/cross-ARCH    the Release build tree
-# Environment: JOBS (build parallelism, default nproc).
+# Environment: JOBS (build parallelism, default nproc); CARDNODE_BUILD_TARGETS (build
+# only these targets, e.g. `cardnode` for `make deb`; default: everything).
 # Extra arguments after the action go to cmake's configure step, e.g.
 #   cross/cross.sh armhf build -DCMAKE_CXX_FLAGS=-Wno-psabi
 # (they stay in build/cross-ARCH's cache, as cmake -D values do).
@@ -164,7 +165,13 @@ run_tests() {
 
 phase sysroot "$here/sysroot.sh" "$arch" "$sysroot"
 phase configure configure
-phase build cmake --build "$bdir" -j "$jobs"
+targets=()
+for t in ${CARDNODE_BUILD_TARGETS:-}; do targets+=(--target "$t"); done
+if [ "$action" = test ] && [ ${#targets[@]} -gt 0 ]; then
+  echo "cross.sh: CARDNODE_BUILD_TARGETS is for build, not test (tests need every target)" >&2
+  exit 2
+fi
+phase build cmake --build "$bdir" -j "$jobs" "${targets[@]}"
 if [ "$action" = test ]; then
   phase test run_tests
 fi

@@ -447,8 +447,9 @@ int cmd_ps(const ClientConfig& cfg, std::optional<uint64_t> job, bool json) {
   if (!detail.job().wait_reason().empty()) {
     std::printf("waiting: %s\n", shown(detail.job().wait_reason()).c_str());
   }
-  std::printf("\n%-12s %-11s %5s %6s %8s %9s %9s  %s\n", "TASK", "STATE", "EXIT", "SIGNAL",
-              "ATTEMPTS", "CPU", "PEAK-MEM", "NODE");
+  // DURATION: wall time of the running attempt so far, else of the latest finished one.
+  std::printf("\n%-12s %-11s %5s %6s %8s %8s %9s %9s  %s\n", "TASK", "STATE", "EXIT", "SIGNAL",
+              "ATTEMPTS", "DURATION", "CPU", "PEAK-MEM", "NODE");
   for (const auto& t : detail.tasks()) {
     // CPU seconds (user + system) and peak memory of the latest finished attempt.
     // Hundredths of a second below a minute, where they tell tasks apart; then 1m23s, 2.5h.
@@ -465,14 +466,16 @@ int cmd_ps(const ClientConfig& cfg, std::optional<uint64_t> job, bool json) {
       }
       peak = human_bytes(uint64_t{t.usage().mem_peak_kib()} * 1024);
     }
-    std::printf("%-12s %-11s %5d %6d %8u %9s %9s  %s\n",
+    const auto duration = task_duration_ms(t, detail.now_ms());
+    std::printf("%-12s %-11s %5d %6d %8u %8s %9s %9s  %s\n",
                 (std::to_string(*job) + "." + std::to_string(t.index())).c_str(),
-                task_state_text(t.state()), t.exit_code(), t.signal(), t.attempts(), cpu.c_str(),
-                peak.c_str(), shown(t.node()).c_str());
+                task_state_text(t.state()), t.exit_code(), t.signal(), t.attempts(),
+                duration ? human_duration(*duration).c_str() : "-", cpu.c_str(), peak.c_str(),
+                shown(t.node()).c_str());
     // Earlier attempts under their task, indented: "  #1 lost on board-2".
     for (const auto& a : t.earlier()) {
-      std::printf("  #%-9u %-11s %5d %6d %8s %9s %9s  %s\n", a.attempt(),
-                  task_state_text(a.state()), a.exit_code(), a.signal(), "", "", "",
+      std::printf("  #%-9u %-11s %5d %6d %8s %8s %9s %9s  %s\n", a.attempt(),
+                  task_state_text(a.state()), a.exit_code(), a.signal(), "", "", "", "",
                   shown(a.node()).c_str());
     }
   }

@@ -70,6 +70,15 @@ std::optional<uint64_t> job_elapsed_ms(const pb::JobSummary& j, uint64_t server_
   return end > j.submitted_ms() ? end - j.submitted_ms() : 0;
 }
 
+std::optional<uint64_t> task_duration_ms(const pb::TaskInfo& t, uint64_t server_now_ms) {
+  if (t.state() == pb::TASK_RUNNING) {
+    if (t.started_ms() == 0 || server_now_ms == 0) return std::nullopt;
+    return server_now_ms > t.started_ms() ? server_now_ms - t.started_ms() : 0;
+  }
+  if (!t.has_usage() || t.usage().wall_ms() == 0) return std::nullopt;
+  return t.usage().wall_ms();
+}
+
 uint32_t tasks_done(const pb::JobSummary& j) {
   uint32_t done = 0;
   for (size_t i = 0; i < sched::kTaskStateCount; ++i) {

@@ -21,6 +21,11 @@ std::string states_text(const pb::JobSummary& job);
 // How long the job ran: to finished_ms once final, else to the server's now_ms (0: an older
 // server that does not say; then there is no answer for a job that runs on).
 std::optional<uint64_t> job_elapsed_ms(const pb::JobSummary& job, uint64_t server_now_ms);
+// How long a task's attempt ran (`ps JOB`'s DURATION): a running task's attempt so far, to
+// the server's now_ms (from TaskInfo.started_ms); any other task's latest finished attempt
+// (TaskUsage.wall_ms). nullopt when unknown: an older server or agent that does not say, a
+// running task restored from an older snapshot, a task that never started.
+std::optional<uint64_t> task_duration_ms(const pb::TaskInfo& task, uint64_t server_now_ms);
 
 // Tasks in a final state (succeeded, failed, cancelled, timed_out, oom_killed).
 uint32_t tasks_done(const pb::JobSummary& job);

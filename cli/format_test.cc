@@ -67,6 +67,27 @@ TEST(JobElapsed, ToTheEndOnceFinalElseToTheServersNow) {
   EXPECT_EQ(job_elapsed_ms(j, 9'999'999), 2'000u);
 }
 
+TEST(TaskDuration, RunningSoFarElseTheLastAttemptsWallTimeElseUnknown) {
+  pb::TaskInfo t;
+  t.set_state(pb::TASK_QUEUED);
+  EXPECT_EQ(task_duration_ms(t, 5000), std::nullopt);  // never started
+  t.set_state(pb::TASK_SUCCEEDED);
+  t.mutable_usage()->set_cpu_user_ms(10);
+  EXPECT_EQ(task_duration_ms(t, 5000), std::nullopt);  // an older agent: no wall time
+  t.mutable_usage()->set_wall_ms(1'234);
+  EXPECT_EQ(task_duration_ms(t, 5000), 1'234u);
+  EXPECT_EQ(task_duration_ms(t, 0), 1'234u);  // a finished attempt needs no clock
+
+  // Running again (a retry): its attempt so far, not the last one's wall time.
+  t.set_state(pb::TASK_RUNNING);
+  EXPECT_EQ(task_duration_ms(t, 5000), std::nullopt);  // start unknown
+  t.set_started_ms(2'000);
+  EXPECT_EQ(task_duration_ms(t, 0), std::nullopt);  // an older server: no now_ms
+  EXPECT_EQ(task_duration_ms(t, 85'000), 83'000u);
+  EXPECT_EQ(task_duration_ms(t, 1'000), 0u);  // never negative
+  EXPECT_EQ(human_duration(*task_duration_ms(t, 85'000)), "1m23s");
+}
+
 TEST(Pacer, AtMostOneLineAnIntervalWithAnInjectedClock) {
   Pacer p(/*start_ms=*/1000, kProgressLineMs);
   EXPECT_FALSE(p.due(1000));

@@ -105,6 +105,12 @@ std::string job_json(const pb::JobDetail& d) {
       field(&obj, "cpu_system_seconds", secs, &first);
       field(&obj, "mem_peak_bytes", num(uint64_t{t.usage().mem_peak_kib()} * 1024), &first);
     }
+    // The running attempt's so far, else the latest finished one's; absent when unknown.
+    if (const auto ms = task_duration_ms(t, d.now_ms())) {
+      char secs[32];
+      (void)std::snprintf(secs, sizeof secs, "%.3f", static_cast<double>(*ms) / 1e3);
+      field(&obj, "duration_seconds", secs, &first);
+    }
     if (t.earlier_size() > 0) {
       std::string earlier = "[";
       for (int e = 0; e < t.earlier_size(); ++e) {

@@ -269,6 +269,7 @@ std::expected<void, SchedError> Cluster::start(const Placement& p, uint64_t now_
   set_task_state(*job, p.task.index, TaskState::kRunning);
   task.attempts = saturating_inc(task.attempts);
   task.node = p.node;
+  job->started_ms[p.task.index] = now_ms;
   take_from_queue(*job, p.task.index, was_fresh);
 
   Node& node = nodes_[p.node];
@@ -307,6 +308,7 @@ std::expected<TaskState, SchedError> Cluster::finish(TaskRef t, Outcome o, uint6
 
   task.exit_code = o.exit_code;
   task.signal = static_cast<int8_t>(std::clamp<int32_t>(o.signal, INT8_MIN, INT8_MAX));
+  job->started_ms.erase(t.index);
   if (o.usage != TaskUsage{} || !job->usage.empty()) {
     if (job->usage.empty()) job->usage.resize(job->tasks.size());
     job->usage[t.index] = o.usage;
@@ -619,6 +621,11 @@ std::expected<void, SchedError> Cluster::restore_job(Job job, bool cancelling) {
     }
     ++job.state_counts[static_cast<size_t>(t.state)];
     if (is_fresh(t) && job.next_fresh == job.tasks.size()) job.next_fresh = i;
+  }
+  for (const auto& [index, ms] : job.started_ms) {
+    if (index >= job.tasks.size() || job.tasks[index].state != TaskState::kRunning) {
+      return std::unexpected(SchedError::kBadImage);
+    }
   }
   if (job.earlier.size() > kEarlierTasksPerJobMax) return std::unexpected(SchedError::kBadImage);
   for (const auto& [index, list] : job.earlier) {

@@ -140,14 +140,17 @@ struct Placement {
   uint32_t attempt = 0;  // 1 for the first attempt
 };
 
-// What an attempt used (the executor reads its cgroup, else wait4's rusage), for `ps JOB`.
-// 12 bytes; saturates at ~49 days of CPU and 4 TiB.
+// What an attempt used (the executor reads its cgroup, else wait4's rusage) and how long it
+// ran (spawn to reap; 0: unknown), for `ps JOB`. 16 bytes; saturates at ~49 days of CPU or
+// wall time and 4 TiB.
 struct TaskUsage {
   uint32_t cpu_user_ms = 0;
   uint32_t cpu_system_ms = 0;
   uint32_t mem_peak_kib = 0;
+  uint32_t wall_ms = 0;
   bool operator==(const TaskUsage&) const = default;
 };
+static_assert(sizeof(TaskUsage) == 16);
 
 struct Outcome {
   TaskState state = TaskState::kSucceeded;  // a final state or kLost
@@ -210,6 +213,10 @@ struct Job {
   // By task index, what its latest finished attempt used. Empty until an attempt reports
   // any usage, so a queued array costs nothing here; then one TaskUsage per task.
   std::vector<TaskUsage> usage;
+  // By task index, when its running attempt started (start()'s now_ms): running tasks
+  // only, so its size is bounded by the boards' capacity, not by the job's count. A task
+  // restored running from an older snapshot may have none (its start time is unknown).
+  std::map<uint32_t, uint64_t> started_ms;
 
   // The run queue's bookkeeping (derived, not part of an image: restore_job() resets it).
   // Mutators only mark the job; plan() (const) moves it in the queue, hence `mutable`.

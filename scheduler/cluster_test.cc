@@ -368,6 +368,29 @@ TEST_F(ClusterTest, StartAndFinishRejectBadTransitions) {
   EXPECT_EQ(c.start({{1, 0}, 0, 1}, 1).error(), SchedError::kBadTransition);
 }
 
+TEST_F(ClusterTest, RunningTasksKeepTheirStartTimeAndFinishedOnesHaveNone) {
+  NodeId a = add("a", 4000);
+  submit(1, job_spec(3));
+  ASSERT_TRUE(c.start({{1, 0}, a, 1}, 100));
+  ASSERT_TRUE(c.start({{1, 1}, a, 1}, 250));
+  EXPECT_EQ(c.job(1)->started_ms, (std::map<uint32_t, uint64_t>{{0, 100}, {1, 250}}));
+  Outcome done = outcome(TaskState::kSucceeded);
+  done.usage = {.cpu_user_ms = 1, .wall_ms = 900};
+  ASSERT_TRUE(c.finish({1, 0}, done, 1000));
+  EXPECT_EQ(c.job(1)->started_ms, (std::map<uint32_t, uint64_t>{{1, 250}}));
+  EXPECT_EQ(c.job(1)->usage[0].wall_ms, 900u);
+
+  // An image keeps them, for running tasks only.
+  Job image = *c.job(1);
+  Cluster fresh;
+  ASSERT_TRUE(fresh.restore_node(c.node(a)->spec, false));
+  Job bad = image;
+  bad.started_ms[0] = 100;  // task 0 has ended
+  EXPECT_EQ(fresh.restore_job(bad, false).error(), SchedError::kBadImage);
+  ASSERT_TRUE(fresh.restore_job(image, false));
+  EXPECT_EQ(fresh.job(1)->started_ms, (std::map<uint32_t, uint64_t>{{1, 250}}));
+}
+
 // --------------------------------------------------------------------- retries
 
 TEST_F(ClusterTest, FailuresRequeueUntilRetriesAreUsedUp) {
@@ -836,8 +859,9 @@ std::string dump(const Cluster& c, uint64_t now_ms) {
     for (size_t i = 0; i < j.usage.size(); ++i) {
       const TaskUsage& u = j.usage[i];
       out << " usage " << i << ":" << u.cpu_user_ms << "/" << u.cpu_system_ms << "/"
-          << u.mem_peak_kib;
+          << u.mem_peak_kib << "/" << u.wall_ms;
     }
+    for (const auto& [index, ms] : j.started_ms) out << " started " << index << ":" << ms;
     for (const auto& [index, list] : j.earlier) {
       out << " earlier " << index << ":";
       for (const EarlierAttempt& a : list) {
@@ -1528,6 +1552,8 @@ Cluster restored_copy(const Cluster& c, Limits limits) {
     image.waiting_since_ms = j.waiting_since_ms;
     image.tasks = j.tasks;
     image.earlier = j.earlier;
+    image.usage = j.usage;
+    image.started_ms = j.started_ms;
     image.requeued.assign(j.requeued.begin() + std::ptrdiff_t(j.requeued_head), j.requeued.end());
     auto ok = out.restore_job(std::move(image), c.cancelling(id));
     EXPECT_TRUE(ok) << "job " << id << ": " << sched_error_name(ok.error());
@@ -1595,6 +1621,9 @@ TEST_F(ClusterTest, RestoreRejectsImagesWeCouldNotHaveMade) {
   bad.earlier[0] = {{.attempt = 1, .state = TaskState::kSucceeded}};        // a success ends a task
   EXPECT_EQ(fresh.restore_job(bad, false).error(), SchedError::kBadImage);
   bad.earlier[0] = {{.attempt = 1, .state = TaskState::kLost, .node = 9}};  // no node 9
+  EXPECT_EQ(fresh.restore_job(bad, false).error(), SchedError::kBadImage);
+  bad = image;
+  bad.started_ms[5] = 1;  // no task 5
   EXPECT_EQ(fresh.restore_job(bad, false).error(), SchedError::kBadImage);
   image.requeued.clear();
   ASSERT_TRUE(fresh.restore_job(image, false));

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -88,6 +89,49 @@ TEST_F(Cluster, PsShowsHowLongAJobRanAndNodesTheBoardsLoad) {
   const std::string board = cli({"nodes"}).out;
   EXPECT_NE(board.find(" LOAD "), std::string::npos) << board;
   EXPECT_NE(board.find(" 1.25 "), std::string::npos) << board;
+}
+
+// The DURATION column (the task row's sixth field) of `ps JOB`, in seconds: "0.3s" only (the
+// form below 10 s); -1 when it says "-" or something else.
+double task_duration_column(const std::string& table, const std::string& task) {
+  for (const std::string& line : lines_of(table)) {
+    std::istringstream in(line);
+    std::vector<std::string> f;
+    for (std::string w; in >> w;) f.push_back(w);
+    if (f.size() < 6 || f[0] != task) continue;
+    if (f[5].size() < 2 || !f[5].ends_with("s")) return -1;
+    return std::strtod(f[5].c_str(), nullptr);
+  }
+  return -1;
+}
+
+TEST_F(Cluster, PsJobShowsHowLongEachTaskRan) {
+  start_server();
+  ASSERT_EQ(cli({"run", "--wait", "--", "sleep", "0.3"}).code, 0);
+  Json done = json_of(cli({"ps", "1", "--json"}));
+  const Json& t = done["tasks"][0];
+  ASSERT_TRUE(t.contains("duration_seconds")) << done.dump();
+  EXPECT_GE(t["duration_seconds"].get<double>(), 0.3) << done.dump();
+  EXPECT_LT(t["duration_seconds"].get<double>(), 60.0) << done.dump();  // sanity only
+  const std::string table = cli({"ps", "1"}).out;
+  EXPECT_NE(table.find(" DURATION "), std::string::npos) << table;
+  EXPECT_GE(task_duration_column(table, "1.0"), 0.3) << table;
+  // And as a metric: one finished attempt, at least 0.3 s.
+  const std::string metrics = http_get(metrics_addr_, "/metrics");
+  EXPECT_EQ(metric(metrics, "cardnode_task_duration_seconds_count"), 1.0) << metrics;
+  EXPECT_GE(metric(metrics, "cardnode_task_duration_seconds_sum"), 0.3) << metrics;
+
+  // A running task: its attempt so far, growing. A queued one: unknown.
+  ASSERT_EQ(cli({"run", "--cpu", "0.1", "--", "sleep", "30"}).code, 0);
+  Json running;
+  ASSERT_TRUE(eventually([&] {
+    running = try_json(cli({"ps", "2", "--json"}));
+    return !running.is_discarded() && running["tasks"][0]["state"] == "running" &&
+           running["tasks"][0].contains("duration_seconds") &&
+           running["tasks"][0]["duration_seconds"].get<double>() >= 0.2;
+  })) << running.dump();
+  EXPECT_GE(task_duration_column(cli({"ps", "2"}).out, "2.0"), 0.2);
+  EXPECT_EQ(cli({"cancel", "2"}).code, 0);
 }
 
 TEST(CliHelp, EverySubcommandsHelpEndsWithAnExample) {

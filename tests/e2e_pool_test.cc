@@ -94,6 +94,20 @@ TEST_F(Pool, ThreeAgentsShareAnArrayAndTheSurvivorsFinishAKilledOnesTasks) {
 
 // Placement policy per job: by default small tasks pack onto one board (idle boards stay
 // idle); `run --spread` puts one task on each board first.
+// An agent reports each attempt's wall time with its usage (TaskOutcome.usage.wall_ms).
+TEST_F(Pool, AnAgentReportsHowLongATaskRan) {
+  ASSERT_NO_FATAL_FAILURE(start_pool_server());
+  ASSERT_NO_FATAL_FAILURE(start_agent("a1"));
+  ASSERT_TRUE(eventually([&] { return ready_nodes() == 1; })) << logs();
+  Output r = cli({"run", "--wait", "--", "sleep", "0.3"});
+  ASSERT_EQ(r.code, 0) << r.err << logs();
+  Json job = json_of(cli({"ps", "1", "--json"}));
+  const Json& t = job["tasks"][0];
+  EXPECT_EQ(t["node"], "a1") << job.dump();
+  ASSERT_TRUE(t.contains("duration_seconds")) << job.dump();
+  EXPECT_GE(t["duration_seconds"].get<double>(), 0.3) << job.dump();
+}
+
 TEST_F(Pool, PackingFillsOneBoardAndSpreadPutsOneTaskOnEach) {
   ASSERT_NO_FATAL_FAILURE(start_pool_server());
   for (const char* name : {"a1", "a2", "a3"}) ASSERT_NO_FATAL_FAILURE(start_agent(name));

@@ -556,6 +556,12 @@ bool Coordinator::record_outcome(const Outcome& o) {
     ++stats_.task_mem_peak_buckets[b];
     stats_.task_mem_peak_sum_bytes += o.exit.usage.mem_peak_bytes;
   }
+  if (const uint64_t wall_ms = o.exit.usage.wall_us / 1000; wall_ms > 0) {
+    const auto b = static_cast<size_t>(std::ranges::lower_bound(kTaskDurationBucketsMs, wall_ms) -
+                                       kTaskDurationBucketsMs.begin());
+    ++stats_.task_duration_buckets[b];
+    stats_.task_duration_sum_ms += wall_ms;
+  }
   hooks_.request_turn();  // its capacity is free
   return true;
 }

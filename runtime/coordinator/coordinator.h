@@ -83,6 +83,9 @@ struct CoordinatorStats {
   // Peak memory per attempt: counts by upper bound kTaskMemoryBucketsBytes (the last: +Inf).
   std::array<uint64_t, 9> task_mem_peak_buckets{};
   uint64_t task_mem_peak_sum_bytes = 0;
+  // Wall time per attempt that reported one: counts by upper bound kTaskDurationBucketsMs.
+  std::array<uint64_t, 9> task_duration_buckets{};
+  uint64_t task_duration_sum_ms = 0;
 };
 
 class Coordinator {

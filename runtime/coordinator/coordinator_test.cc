@@ -458,6 +458,35 @@ TEST_P(CoordinatorTest, ACleanStopsEndsAreRequeueFreeInTheLogToo) {
   h->settle();
 }
 
+// A running attempt's start time is kept; its wall time, as its runner reports it, is logged
+// with its end, counted for /metrics, and replayed after a restart.
+TEST_P(CoordinatorTest, AnAttemptsStartAndWallTimeAreKeptLoggedAndReplayed) {
+  {
+    OPEN_OR_SKIP(h);
+    h->join(0);
+    h->c().submit(spec_of(1), [](Result<sched::JobId>) {});
+    h->settle();
+    ASSERT_EQ(h->runner(0).running.size(), 1u);
+    EXPECT_EQ(h->state().cluster().job(1)->started_ms,
+              (std::map<uint32_t, uint64_t>{{0, now_ms_}}));
+    TaskExit e{pb::TASK_SUCCEEDED, 0, 0};
+    e.usage.wall_us = 1'500'000;
+    ASSERT_TRUE(h->runner(0).end({1, 0}, e));
+    h->settle();
+    EXPECT_TRUE(h->state().cluster().job(1)->started_ms.empty());
+    EXPECT_EQ(h->state().cluster().job(1)->usage[0].wall_ms, 1'500u);
+    const CoordinatorStats& stats = h->c().stats();
+    EXPECT_EQ(stats.task_duration_buckets[1], 1u);  // (1 s, 10 s]
+    EXPECT_EQ(stats.task_duration_sum_ms, 1'500u);
+  }
+  pb::WalRecord last;
+  ASSERT_TRUE(last.ParseFromString(log_.rbegin()->second));
+  EXPECT_EQ(last.task_finished().usage().wall_ms(), 1'500u);
+  auto h = open();
+  ASSERT_NE(h, nullptr);
+  EXPECT_EQ(h->state().cluster().job(1)->usage[0].wall_ms, 1'500u);
+}
+
 // A board that lost its identity file (or a new board under an old name) retires the old
 // node instead of failing to start; the old node's history stays with its id.
 TEST_P(CoordinatorTest, ANewBoardUnderAnOldNameRetiresTheOldNode) {

@@ -58,6 +58,10 @@ void put_task(const State& state, const sched::Job& job, uint32_t index, pb::Tas
     pu->set_cpu_user_ms(u.cpu_user_ms);
     pu->set_cpu_system_ms(u.cpu_system_ms);
     pu->set_mem_peak_kib(u.mem_peak_kib);
+    pu->set_wall_ms(u.wall_ms);
+  }
+  if (auto started = job.started_ms.find(index); started != job.started_ms.end()) {
+    ti->set_started_ms(started->second);
   }
   auto it = job.earlier.find(index);
   if (it == job.earlier.end()) return;

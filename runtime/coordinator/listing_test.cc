@@ -252,6 +252,32 @@ TEST(Listing, TaskPagesCoverEveryTaskOnce) {
   EXPECT_EQ(past.job().count(), 1000u);
 }
 
+// `ps JOB`'s DURATION: a running task says when its attempt started, a finished one how
+// long its attempt ran; neither says anything it does not know.
+TEST(Listing, TasksSayWhenTheirAttemptStartedOrHowLongItRan) {
+  Fixture f;
+  f.submit(1, 3);
+  pb::WalRecord start = started(1, 0);
+  start.mutable_task_started()->set_started_ms(5'000);
+  ASSERT_TRUE(f.apply(start).has_value());
+  pb::WalRecord end = finished(1, 0, pb::TASK_SUCCEEDED, 0, 6'000);
+  end.mutable_task_finished()->mutable_usage()->set_wall_ms(980);
+  ASSERT_TRUE(f.apply(end).has_value());
+  start = started(1, 1);
+  start.mutable_task_started()->set_started_ms(7'000);
+  ASSERT_TRUE(f.apply(start).has_value());
+
+  auto tasks = all_tasks(f.s, 1, PageBounds{});
+  ASSERT_EQ(tasks.size(), 3u);
+  EXPECT_EQ(tasks[0].usage().wall_ms(), 980u);
+  EXPECT_EQ(tasks[0].started_ms(), 0u);  // ended: no running attempt
+  EXPECT_EQ(tasks[1].state(), pb::TASK_RUNNING);
+  EXPECT_EQ(tasks[1].started_ms(), 7'000u);
+  EXPECT_EQ(tasks[1].usage().wall_ms(), 0u);
+  EXPECT_EQ(tasks[2].started_ms(), 0u);  // queued
+  EXPECT_FALSE(tasks[2].has_usage());
+}
+
 // What a user can submit at most still lists: 18 jobs of 250 KB commands (the issue's
 // 4.5 MB), and a page of a large array, each within a frame.
 TEST(Listing, TheLargestRepliesFitAFrame) {

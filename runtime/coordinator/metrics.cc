@@ -56,6 +56,13 @@ Result<std::unique_ptr<Metrics>> Metrics::start(uv_loop_t* loop, const std::stri
                            .Help("Peak memory of each finished task attempt")
                            .Register(r)
                            .Add({}, bounds);
+  prometheus::Histogram::BucketBoundaries duration_bounds;
+  for (uint64_t b : kTaskDurationBucketsMs) duration_bounds.push_back(static_cast<double>(b) / 1e3);
+  m->task_duration_ = &prometheus::BuildHistogram()
+                           .Name("cardnode_task_duration_seconds")
+                           .Help("Wall time of each finished task attempt, spawn to reap")
+                           .Register(r)
+                           .Add({}, duration_bounds);
   return m;
 }
 
@@ -80,6 +87,8 @@ void Metrics::refresh(const MetricSources& now) {
   add_ms(task_cpu_system_, now.task_cpu_system_ms, last_.task_cpu_system_ms);
   observe_growth(task_mem_peak_, now.task_mem_peak_buckets, last_.task_mem_peak_buckets,
                  static_cast<double>(now.task_mem_peak_sum_bytes - last_.task_mem_peak_sum_bytes));
+  observe_growth(task_duration_, now.task_duration_buckets, last_.task_duration_buckets,
+                 static_cast<double>(now.task_duration_sum_ms - last_.task_duration_sum_ms) / 1e3);
   last_ = now;
 }
 

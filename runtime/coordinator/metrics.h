@@ -68,6 +68,8 @@ struct MetricSources {
   uint64_t task_cpu_system_ms = 0;
   std::array<uint64_t, 9> task_mem_peak_buckets{};  // CoordinatorStats' buckets
   uint64_t task_mem_peak_sum_bytes = 0;
+  std::array<uint64_t, 9> task_duration_buckets{};  // CoordinatorStats' buckets
+  uint64_t task_duration_sum_ms = 0;
 };
 
 class Metrics {
@@ -101,6 +103,7 @@ class Metrics {
   prometheus::Counter* task_cpu_user_ = nullptr;
   prometheus::Counter* task_cpu_system_ = nullptr;
   prometheus::Histogram* task_mem_peak_ = nullptr;
+  prometheus::Histogram* task_duration_ = nullptr;
   MetricSources last_;
 };
 

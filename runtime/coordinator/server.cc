@@ -465,6 +465,8 @@ void Server::Impl::refresh_metrics() {
   s.task_cpu_system_ms = cs.task_cpu_system_ms;
   s.task_mem_peak_buckets = cs.task_mem_peak_buckets;
   s.task_mem_peak_sum_bytes = cs.task_mem_peak_sum_bytes;
+  s.task_duration_buckets = cs.task_duration_buckets;
+  s.task_duration_sum_ms = cs.task_duration_sum_ms;
   metrics->refresh(s);
   metrics->set_tasks(state.task_totals());
   if (local_node) {

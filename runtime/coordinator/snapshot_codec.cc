@@ -40,7 +40,18 @@ sched::Task decode_task(const char* p) {
 
 // The 16-byte earlier-attempt image of proto/cardnode.proto's TaskSlice.
 constexpr size_t kEarlierImageBytes = 16;
-constexpr size_t kUsageImageBytes = 12;  // TaskSlice.usage, per task
+constexpr size_t kUsageImageBytes = 12;    // TaskSlice.usage, per task
+constexpr size_t kWallImageBytes = 4;      // TaskSlice.wall, per task
+constexpr size_t kStartedImageBytes = 12;  // TaskSlice.started, per running task
+
+void put_u64le(char* p, uint64_t v) {
+  put_u32le(p, static_cast<uint32_t>(v));
+  put_u32le(p + 4, static_cast<uint32_t>(v >> 32));
+}
+
+uint64_t get_u64le(const char* p) {
+  return uint64_t{get_u32le(p)} | uint64_t{get_u32le(p + 4)} << 32;
+}
 
 void encode_earlier(uint32_t index, const sched::EarlierAttempt& a, char* p) {
   put_u32le(p, index);
@@ -168,7 +179,14 @@ void SnapshotBuilder::write_slice(const sched::Job& job, Progress& p, uint32_t s
   for (uint32_t i = 0; i < n; ++i) {
     encode_task(job.tasks[at + i], bytes->data() + static_cast<size_t>(i) * kTaskImageBytes);
   }
-  if (!job.usage.empty()) {
+  // Usage goes with a slice whose own tasks have some, never because of other slices': a
+  // slice written after the cut (not copied early: untouched since) must read as at the cut,
+  // when the job may have had no usage at all.
+  const bool any_usage =
+      !job.usage.empty() &&
+      std::any_of(job.usage.begin() + at, job.usage.begin() + at + n,
+                  [](const sched::TaskUsage& u) { return u != sched::TaskUsage{}; });
+  if (any_usage) {
     std::string* usage = out->mutable_usage();
     usage->resize(static_cast<size_t>(n) * kUsageImageBytes);
     for (uint32_t i = 0; i < n; ++i) {
@@ -178,6 +196,19 @@ void SnapshotBuilder::write_slice(const sched::Job& job, Progress& p, uint32_t s
       put_u32le(q + 4, u.cpu_system_ms);
       put_u32le(q + 8, u.mem_peak_kib);
     }
+    std::string* wall = out->mutable_wall();
+    wall->resize(static_cast<size_t>(n) * kWallImageBytes);
+    for (uint32_t i = 0; i < n; ++i) {
+      put_u32le(wall->data() + static_cast<size_t>(i) * kWallImageBytes, job.usage[at + i].wall_ms);
+    }
+  }
+  std::string* started = out->mutable_started();
+  for (auto it = job.started_ms.lower_bound(at); it != job.started_ms.end() && it->first < at + n;
+       ++it) {
+    started->resize(started->size() + kStartedImageBytes);
+    char* q = started->data() + started->size() - kStartedImageBytes;
+    put_u32le(q, it->first);
+    put_u64le(q + 4, it->second);
   }
   std::string* earlier = out->mutable_earlier();
   for (auto it = job.earlier.lower_bound(at); it != job.earlier.end() && it->first < at + n; ++it) {
@@ -354,6 +385,29 @@ Status SnapshotLoader::feed_tasks(const pb::TaskSlice& slice) {
     for (uint64_t i = 0; i < n; ++i) {
       const char* q = usage.data() + i * kUsageImageBytes;
       p.job.usage[first + i] = {get_u32le(q), get_u32le(q + 4), get_u32le(q + 8)};
+    }
+  }
+  // Absent from older snapshots: wall times unknown (0), start times of running tasks too.
+  const std::string& wall = slice.wall();
+  if (!wall.empty()) {
+    if (usage.empty() || wall.size() != n * kWallImageBytes) {
+      return corrupt("task wall times of job " + std::to_string(slice.job_id()) + " are malformed");
+    }
+    for (uint64_t i = 0; i < n; ++i) {
+      p.job.usage[first + i].wall_ms = get_u32le(wall.data() + i * kWallImageBytes);
+    }
+  }
+  // Cluster::restore_job checks that each names a running task.
+  const std::string& started = slice.started();
+  if (started.size() % kStartedImageBytes != 0 || started.size() / kStartedImageBytes > n) {
+    return corrupt("start times of job " + std::to_string(slice.job_id()) + " are malformed");
+  }
+  for (size_t at = 0; at < started.size(); at += kStartedImageBytes) {
+    const uint32_t index = get_u32le(started.data() + at);
+    if (index < first || index >= first + n ||
+        !p.job.started_ms.emplace(index, get_u64le(started.data() + at + 4)).second) {
+      return corrupt("a start time of job " + std::to_string(slice.job_id()) +
+                     " outside its slice or twice");
     }
   }
   // Earlier attempts of this slice's tasks; Cluster::restore_job checks what they say.

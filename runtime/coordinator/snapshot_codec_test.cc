@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <random>
 
 #include "runtime/coordinator/test_records.h"
@@ -186,6 +187,63 @@ TEST(SnapshotCodec, BothLostCountsSurviveASnapshot) {
   ASSERT_TRUE(load(old, {chunks[0], chunks[1], chunks[2], c.SerializeAsString()}));
   EXPECT_EQ(old.cluster().job(1)->tasks[0].lost, 3u);
   EXPECT_EQ(old.cluster().job(1)->tasks[0].lost_free, 0u);
+}
+
+// Wall times of finished attempts and start times of running ones are in the snapshot;
+// a snapshot written before they were (no TaskSlice.wall, no TaskSlice.started) still
+// loads, with both unknown.
+TEST(SnapshotCodec, WallAndStartTimesSurviveASnapshotAndOlderOnesLoadWithout) {
+  State s;
+  Applier apply{s};
+  ASSERT_TRUE(apply(node_updated(0, "n", "id")));
+  ASSERT_TRUE(apply(submitted(1, 2)));
+  pb::WalRecord start = started(1, 0);
+  start.mutable_task_started()->set_started_ms(5000);
+  ASSERT_TRUE(apply(start));
+  start = started(1, 1);
+  start.mutable_task_started()->set_started_ms(6000);
+  ASSERT_TRUE(apply(start));
+  pb::WalRecord end = finished(1, 0, pb::TASK_SUCCEEDED, 0, 7000);
+  end.mutable_task_finished()->mutable_usage()->set_cpu_user_ms(40);
+  end.mutable_task_finished()->mutable_usage()->set_wall_ms(1234);
+  ASSERT_TRUE(apply(end));
+  const std::vector<std::string> chunks = encode_snapshot(s);
+  ASSERT_EQ(chunks.size(), 4u);  // meta, node, job image, one slice
+
+  State restored;
+  ASSERT_TRUE(load(restored, chunks));
+  const sched::Job& job = *restored.cluster().job(1);
+  ASSERT_EQ(job.usage.size(), 2u);
+  EXPECT_EQ(job.usage[0].wall_ms, 1234u);
+  EXPECT_EQ(job.usage[0].cpu_user_ms, 40u);
+  EXPECT_EQ(job.started_ms, (std::map<uint32_t, uint64_t>{{1, 6000}}));
+
+  pb::SnapshotChunk c;
+  ASSERT_TRUE(c.ParseFromString(chunks[3]));
+  EXPECT_EQ(c.tasks().wall().size(), 2 * 4u);
+  EXPECT_EQ(c.tasks().started().size(), 12u);
+  c.mutable_tasks()->clear_wall();  // as written before wall times and start times
+  c.mutable_tasks()->clear_started();
+  State old;
+  ASSERT_TRUE(load(old, {chunks[0], chunks[1], chunks[2], c.SerializeAsString()}));
+  EXPECT_EQ(old.cluster().job(1)->usage[0].wall_ms, 0u);
+  EXPECT_EQ(old.cluster().job(1)->usage[0].cpu_user_ms, 40u);
+  EXPECT_TRUE(old.cluster().job(1)->started_ms.empty());
+
+  auto refused = [&](const pb::SnapshotChunk& slice) {
+    State fresh;
+    auto st = load(fresh, {chunks[0], chunks[1], chunks[2], slice.SerializeAsString()});
+    return !st.has_value() && st.error().code == Errc::kCorruption;
+  };
+  ASSERT_TRUE(c.ParseFromString(chunks[3]));
+  c.mutable_tasks()->mutable_wall()->push_back('\0');
+  EXPECT_TRUE(refused(c)) << "wall times of the wrong size";
+  ASSERT_TRUE(c.ParseFromString(chunks[3]));
+  c.mutable_tasks()->mutable_started()->at(0) = 7;  // task 7: not in the slice
+  EXPECT_TRUE(refused(c)) << "a start time outside the slice";
+  ASSERT_TRUE(c.ParseFromString(chunks[3]));
+  c.mutable_tasks()->mutable_started()->at(0) = 0;  // task 0 has ended
+  EXPECT_TRUE(refused(c)) << "a start time of a task that is not running";
 }
 
 // Byte mutations of a valid snapshot's chunks (which pass the file's checksums in real

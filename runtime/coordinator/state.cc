@@ -203,7 +203,8 @@ Result<Applied> State::apply_event(const pb::WalRecord& record) {
           r.exit_code(),
           r.signal(),
           r.requeue_free() && r.state() == pb::TASK_LOST,
-          {r.usage().cpu_user_ms(), r.usage().cpu_system_ms(), r.usage().mem_peak_kib()}};
+          {r.usage().cpu_user_ms(), r.usage().cpu_system_ms(), r.usage().mem_peak_kib(),
+           r.usage().wall_ms()}};  // an older record has no wall_ms: 0, unknown
       auto ok = cluster_.finish({r.job_id(), r.index()}, o, r.finished_ms());
       if (!ok) {
         return sched_fail(ok.error(), "finish task " + std::to_string(r.job_id()) + "." +

@@ -163,6 +163,14 @@ class HistoryGen {
     const int end = pick(0, 7);
     auto r = finished(t.job, t.index, kEnds[end], pick(0, 3), now_ms);
     r.mutable_task_finished()->set_requeue_free(end == 7);  // lost to a clean stop
+    // Usage as runners report it: none (an attempt without a process), without a wall
+    // time (an older agent or record), or in full.
+    if (const int usage = pick(0, 2); usage > 0) {
+      pb::TaskUsage* u = r.mutable_task_finished()->mutable_usage();
+      u->set_cpu_user_ms(uint32_t(pick(0, 5000)));
+      u->set_mem_peak_kib(uint32_t(pick(1, 1 << 20)));
+      if (usage == 2) u->set_wall_ms(uint32_t(pick(1, 100'000)));
+    }
     return r;
   }
 

@@ -100,6 +100,7 @@ struct Executor::Impl {
     int64_t exit_status = 0;
     int term_signal = 0;
     uint64_t exited_at_ms = 0;
+    uint64_t spawned_ns = 0;  // uv_hrtime() just before the spawn: the wall time's start
     // The drain deadline counts from the exit or from the last resume of a pipe paused for
     // backpressure, whichever is later: what waits in a paused pipe is ours to read.
     uint64_t drain_from_ms = 0;
@@ -363,6 +364,8 @@ void Executor::Impl::watch_sigchld() {
 }
 
 void Executor::Impl::on_exited(Task& t, int status, const struct rusage& ru) {
+  // Reaped now: uv_hrtime, not the loop's cached uv_now, which may be a turn behind.
+  t.usage.wall_us = (uv_hrtime() - t.spawned_ns) / 1000;
   t.exited = true;
   t.exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : 0;
   t.term_signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
@@ -590,6 +593,10 @@ Status Executor::Impl::spawn(Task& t, const TaskLaunch& launch, const TaskCreden
     close_all();
     return fail(Errc::kIo, "no descriptor for task output");
   }
+  // Before the spawn: it returns after the child's execve, and the loop thread may get the
+  // CPU back well after the command has started (a loaded board), so a later reading
+  // would make the wall time shorter than the command ran.
+  t.spawned_ns = uv_hrtime();
   auto spawned = spawner.spawn(req);
   close_fd(&out[1]);  // the task holds the write ends now: EOF comes when it is done
   close_fd(&err[1]);

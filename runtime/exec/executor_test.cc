@@ -415,6 +415,31 @@ TEST_P(ExecutorTest, UsageIsReported) {
   EXPECT_GE(e.usage.mem_peak_bytes, uint64_t{40} << 20);
 }
 
+// Wall time from spawn to reap, on the monotonic clock: at least what the task slept.
+TEST_P(ExecutorTest, WallTimeIsAtLeastWhatTheTaskSlept) {
+  TaskExit e = run(launch(23, {"sleep", "0.3"}));
+  EXPECT_EQ(e.state, pb::TASK_SUCCEEDED) << err(23);
+  EXPECT_GE(e.usage.wall_us, 300'000u);
+  EXPECT_LT(e.usage.wall_us, 60'000'000u);  // sanity only: a slow board is not a failure
+  EXPECT_GE(usage_to_pb(e.usage).wall_ms(), 300u);
+}
+
+// To the WAL and over the wire in ms and KiB; a message without wall_ms (an older agent
+// or record) reads as 0, unknown.
+TEST(TaskUsagePb, WallTimeCrossesAndItsAbsenceIsZero) {
+  const TaskUsage u{
+      .cpu_user_us = 1'500, .cpu_system_us = 2'000, .mem_peak_bytes = 4096, .wall_us = 301'999};
+  const pb::TaskUsage m = usage_to_pb(u);
+  EXPECT_EQ(m.wall_ms(), 301u);
+  const TaskUsage back = usage_from_pb(m);
+  EXPECT_EQ(back.wall_us, 301'000u);
+  EXPECT_EQ(back.cpu_user_us, 1'000u);
+  pb::TaskUsage old;
+  old.set_cpu_user_ms(5);
+  EXPECT_EQ(usage_from_pb(old).wall_us, 0u);
+  EXPECT_EQ(usage_to_pb(TaskUsage{.wall_us = uint64_t{1} << 50}).wall_ms(), UINT32_MAX);
+}
+
 // Least privilege (Guarantee 7): as root, a task runs as the task user, with no
 // supplementary groups, no_new_privs, and no way into a 0700 data dir.
 TEST_P(ExecutorTest, TasksRunAsTheTaskUserWithNothingElse) {

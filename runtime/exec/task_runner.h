@@ -39,17 +39,23 @@ struct TaskLaunch {
 };
 
 // What one attempt used, for `ps JOB` and metrics: from its cgroup (the whole tree), else
-// from wait4's rusage (the command and the children it waited for).
+// from wait4's rusage (the command and the children it waited for). wall_us: from its
+// spawn to its reap on the runner's monotonic clock; 0 when it got no process.
 struct TaskUsage {
   uint64_t cpu_user_us = 0;
   uint64_t cpu_system_us = 0;
   uint64_t mem_peak_bytes = 0;
+  uint64_t wall_us = 0;
 };
 
 // Bounds for a histogram of attempts' peak memory (metrics): 16 MiB .. 4 GiB, then +Inf.
 inline constexpr std::array<uint64_t, 8> kTaskMemoryBucketsBytes = {
     16ull << 20,  64ull << 20, 128ull << 20, 256ull << 20,
     512ull << 20, 1ull << 30,  2ull << 30,   4ull << 30};
+
+// Bounds for a histogram of attempts' wall time (metrics): 1 s .. 1 day, then +Inf.
+inline constexpr std::array<uint64_t, 8> kTaskDurationBucketsMs = {
+    1'000, 10'000, 60'000, 300'000, 900'000, 3'600'000, 14'400'000, 86'400'000};
 
 // On the wire and in the WAL: milliseconds and KiB, 32 bits each (saturating).
 inline pb::TaskUsage usage_to_pb(const TaskUsage& u) {
@@ -58,11 +64,13 @@ inline pb::TaskUsage usage_to_pb(const TaskUsage& u) {
   out.set_cpu_user_ms(u32(u.cpu_user_us / 1000));
   out.set_cpu_system_ms(u32(u.cpu_system_us / 1000));
   out.set_mem_peak_kib(u32(u.mem_peak_bytes / 1024));
+  out.set_wall_ms(u32(u.wall_us / 1000));
   return out;
 }
+// An older agent sends no wall_ms: 0, unknown.
 inline TaskUsage usage_from_pb(const pb::TaskUsage& u) {
   return {uint64_t{u.cpu_user_ms()} * 1000, uint64_t{u.cpu_system_ms()} * 1000,
-          uint64_t{u.mem_peak_kib()} * 1024};
+          uint64_t{u.mem_peak_kib()} * 1024, uint64_t{u.wall_ms()} * 1000};
 }
 
 struct TaskExit {

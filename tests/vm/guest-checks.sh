@@ -12,8 +12,9 @@ D=/var/lib/cardnode
 A2=/var/lib/cardnode-agent2
 pass=0
 fail=0
-ok() { echo "PASS $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
+t0=$(date +%s)
+ok() { echo "PASS $1 (+$(($(date +%s) - t0)) s)"; pass=$((pass + 1)); }
+bad() { echo "FAIL $1 (+$(($(date +%s) - t0)) s): $2"; fail=$((fail + 1)); }
 check() { # check NAME CMD...: PASS when CMD succeeds
   name=$1; shift
   if "$@" >/tmp/check.out 2>&1; then ok "$name"; else bad "$name" "$(tail -c 300 /tmp/check.out | tr '\n' ' ')"; fi
@@ -32,6 +33,10 @@ submit() { cn run "$@" 2>&1 | sed -n -E 's/^([0-9]+)$/\1/p; s/^cardnode: job ([0
 task_state() { cn ps "$1" --json | json "d['tasks'][0]['state']"; }
 job_state() { cn ps "$1" --json | json "d['state']"; }
 job_done() { s=$(job_state "$1"); [ "$s" != queued ] && [ "$s" != running ]; }
+# (Checks that need cn run as functions: `sh -c` would not see it.)
+in_units_subtree() { cn logs "$1.0" | head -n1 | grep -q '^/system.slice/cardnode-server.service/'; }
+two_boards_ready() { [ "$(cn nodes --json | json "sum(n['state'] == 'ready' for n in d['nodes'])")" = 2 ]; }
+server_answers() { systemctl is-active --quiet cardnode-server && cn nodes; }
 main_pid() { systemctl show -p MainPID --value "$1"; }
 task_procs() { pgrep -u cardnode-task | wc -l; }
 
@@ -61,7 +66,7 @@ check task-cannot-read-the-token test "$(task_state "$j")" = failed
 j=$(submit --cpu 0.5 --mem 64M --wait -- sh -c 'g=$(sed -n "s/^0:://p" /proc/self/cgroup); echo $g;
   cat /sys/fs/cgroup$g/memory.max /sys/fs/cgroup$g/cpu.max /sys/fs/cgroup$g/pids.max')
 echo "a task's cgroup and limits: $(cn logs "$j.0" | tr '\n' ' ')"
-check task-cgroup-in-the-units-subtree sh -c "cn logs $j.0 | head -n1 | grep -q '^/system.slice/cardnode-server.service/'"
+check task-cgroup-in-the-units-subtree in_units_subtree "$j"
 check task-cgroup-limits test "$(cn logs "$j.0" | tail -n3 | tr '\n' ' ')" = "67108864 50000 100000 4096 "
 check server-in-its-own-leaf grep -qx '0::/system.slice/cardnode-server.service/supervisor' /proc/"$(main_pid cardnode-server)"/cgroup
 
@@ -93,7 +98,7 @@ UNIT
 systemctl daemon-reload
 check agent-enable systemctl enable --now cardnode-agent
 check agent-unit-active wait_for 120 systemctl is-active --quiet cardnode-agent
-check two-boards-ready wait_for 120 sh -c "[ \"\$(cn nodes --json | python3 -c 'import json,sys; print(sum(n[\"state\"] == \"ready\" for n in json.load(sys.stdin)[\"nodes\"]))')\" = 2 ]"
+check two-boards-ready wait_for 120 two_boards_ready
 j=$(submit --spread --count 2 --cpu 0.1 --mem 16M --wait -- hostname)
 check spread-runs-on-both-boards test "$(cn ps "$j" --json | json "len(set(t['node'] for t in d['tasks']))")" = 2
 
@@ -111,9 +116,9 @@ check stop-leaves-no-task-process sh -c '[ "$(pgrep -c -f "^sleep 1000")" = 0 ] 
 check server-start systemctl start cardnode-server
 check server-answers-again wait_for 120 cn nodes
 : > /opt/acked
-( i=0; while [ $i -lt 40 ]; do id=$(cn run --cpu 0.1 --mem 16M -- true 2>/dev/null) && echo "$id" >> /opt/acked; i=$((i + 1)); done ) &
+( i=0; while [ $i -lt 20 ]; do id=$(cn run --cpu 0.1 --mem 16M -- true 2>/dev/null) && echo "$id" >> /opt/acked; i=$((i + 1)); done ) &
 submitter=$!
-wait_for 120 sh -c '[ "$(wc -l < /opt/acked)" -ge 10 ]'
+wait_for 120 sh -c '[ "$(wc -l < /opt/acked)" -ge 5 ]'
 old=$(main_pid cardnode-server)
 kill -9 "$old"
 check server-restarted-by-systemd wait_for 120 sh -c "p=\$(systemctl show -p MainPID --value cardnode-server); [ \"\$p\" != 0 ] && [ \"\$p\" != $old ]"
@@ -126,13 +131,13 @@ for id in $(cat /opt/acked); do
   [ "$(job_state "$id")" = succeeded ] || { missing=$((missing + 1)); echo "job $id: $(job_state "$id" 2>&1)"; }
 done
 echo "kill -9: $acked acknowledged jobs, $missing not succeeded"
-check kill9-loses-no-acknowledged-job test "$missing" = 0 -a "$acked" -ge 10
+check kill9-loses-no-acknowledged-job test "$missing" = 0 -a "$acked" -ge 5
 
 # --- upgrade keeps the WAL, snapshots and token; the service comes back.
 tok=$(sha256sum $D/token)
 jobs_before=$(cn ps --json | json "len(d['jobs'])")
 check upgrade dpkg -i $P/deb/upgrade/cardnode_*_arm64.deb
-check server-active-after-upgrade wait_for 120 sh -c 'systemctl is-active --quiet cardnode-server && cn nodes'
+check server-active-after-upgrade wait_for 120 server_answers
 check upgrade-keeps-token test "$(sha256sum $D/token)" = "$tok"
 check upgrade-keeps-jobs test "$(cn ps --json | json "len(d['jobs'])")" = "$jobs_before"
 
@@ -153,7 +158,7 @@ for t in runtime/isolation_test runtime/executor_test storage/io_engine_test sto
   out=$(cd /opt/tmp && timeout 900 "$bp/$t" 2>&1)
   rc=$?
   echo "$out" | grep -E '^\[  FAILED  \]' | head -n 20
-  echo "UNIT $t: rc=$rc $(echo "$out" | grep -E '^\[==========\] .* ran' | tail -n1) $(echo "$out" | grep -E '^\[  (PASSED|SKIPPED)  \]' | tr '\n' ' ')"
+  echo "UNIT $t: rc=$rc (+$(($(date +%s) - t0)) s) $(echo "$out" | grep -E '^\[==========\] .* ran' | tail -n1) $(echo "$out" | grep -E '^\[  (PASSED|SKIPPED)  \]' | tr '\n' ' ')"
 done
 echo "=== CNVM end"
 [ "$fail" = 0 ]

@@ -33,7 +33,7 @@ After=multi-user.target
 [Service]
 Type=oneshot
 TimeoutStartSec=infinity
-ExecStart=/bin/sh -c '/opt/payload/.run.sh > /root/result.log 2>&1; echo "exit $?" >> /root/result.log; sync'
+ExecStart=/bin/bash -c 'set -o pipefail; /opt/payload/.run.sh 2>&1 | tee /root/result.log > /dev/console; echo "exit $?" >> /root/result.log; sync'
 ExecStartPost=/bin/systemctl --no-block poweroff
 [Install]
 WantedBy=multi-user.target

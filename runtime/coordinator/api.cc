@@ -171,7 +171,8 @@ void ClientApi::on_read_log(const pb::ReadLog& m, const net::Responder& r) {
   const uint64_t offset = m.offset();
   // Logs stay on the board that ran the task: another board's are fetched through its agent.
   if (!local_node_ || task.node != *local_node_) {
-    const uint32_t wait_ms = final ? 0 : std::min<uint32_t>(m.wait_ms(), kLogWaitMsMax);
+    const uint32_t wait_ms =
+        final || m.tail() ? 0 : std::min<uint32_t>(m.wait_ms(), kLogWaitMsMax);
     return hub_.fetch_log(task.node, m, wait_ms, [r, offset](pb::Response resp) {
       if (resp.has_log()) {
         resp.mutable_log()->set_next_offset(offset + resp.log().data().size());
@@ -184,7 +185,7 @@ void ClientApi::on_read_log(const pb::ReadLog& m, const net::Responder& r) {
       m.stream() == pb::STDERR ? storage::Stream::kStderr : storage::Stream::kStdout};
   uint32_t max =
       m.max_bytes() == 0 ? kLogChunkBytesMax : std::min(m.max_bytes(), kLogChunkBytesMax);
-  logs_.read(key, offset, max, [r, final, offset](Result<std::string> data) {
+  auto done = [r, final, offset](Result<std::string> data) {
     if (!data && data.error().code != Errc::kNotFound) return r.reply(error_response(data.error()));
     std::string bytes = data ? std::move(*data) : std::string();
     pb::Response resp;
@@ -193,7 +194,9 @@ void ClientApi::on_read_log(const pb::ReadLog& m, const net::Responder& r) {
     chunk->set_final(final && bytes.empty());
     chunk->set_data(std::move(bytes));
     r.reply(std::move(resp));
-  });
+  };
+  if (m.tail()) return logs_.read_tail(key, max, std::move(done));
+  logs_.read(key, offset, max, std::move(done));
 }
 
 void ClientApi::on_drain(const pb::DrainNode& m, const net::Responder& r) {

@@ -173,6 +173,8 @@ void on_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
   const size_t before =
       buf->base == nullptr ? c->request.size() : static_cast<size_t>(buf->base - c->request.data());
   c->request.resize(before + (n > 0 ? static_cast<size_t>(n) : 0));
+  // A client that half-closes after its request still gets the answer a handler gives later.
+  if (n == UV_EOF && c->answering) return (void)uv_read_stop(s);
   if (n < 0) return close_conn(c);  // EOF before a whole request, or an error
   if (c->replied || c->answering) return;
   // Search only where the new bytes can complete "\r\n\r\n".
@@ -257,7 +259,7 @@ struct HttpServer::Impl : Core {
 
 HttpServer::HttpServer(uv_loop_t* loop, HttpServerOptions options, HttpHandler handler)
     : HttpServer(loop, std::move(options),
-                 [h = std::move(handler)](const std::string& path, HttpResponder r) {
+                 [h = std::move(handler)](const std::string& path, const HttpResponder& r) {
                    r.reply(h(path));
                  }) {}
 

@@ -182,6 +182,12 @@ TEST_F(HttpServerTest, AHandlerMayAnswerLaterOnceAndNotPastTheDeadline) {
   // Never answered: closed at the deadline with nothing sent (the late answer at the stop
   // finds it closed).
   EXPECT_EQ(get("/never"), "");
+  // A client that half-closes once it has asked still gets the later answer.
+  int fd = dial();
+  const std::string req = "GET /later HTTP/1.0\r\n\r\n";
+  ASSERT_EQ(::send(fd, req.data(), req.size(), MSG_NOSIGNAL), static_cast<ssize_t>(req.size()));
+  ASSERT_EQ(::shutdown(fd, SHUT_WR), 0);
+  EXPECT_TRUE(exchange(fd, "").ends_with("\r\n\r\nlater\n"));
 }
 
 TEST_F(HttpServerTest, RepliesCarryHeadersButNeverALineBreakInOne) {

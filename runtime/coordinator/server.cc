@@ -299,7 +299,7 @@ Status Server::Impl::start_listeners() {
 // that listener is reachable from (status_page.h logs_allowed).
 void Server::Impl::start_status_site() {
   if (!options.status_page) {
-    metrics->serve_other_paths([](const std::string&, net::HttpResponder r) {
+    metrics->serve_other_paths([](const std::string&, const net::HttpResponder& r) {
       r.reply({404, "text/plain; charset=utf-8", "not found (the status page is off)\n"});
     });
     return;
@@ -311,7 +311,7 @@ void Server::Impl::start_status_site() {
   const bool logs = status::logs_allowed(bound, options.status_logs);
   status = std::make_unique<StatusSite>(*coordinator, *api, StatusSiteOptions{.logs = logs});
   metrics->serve_other_paths(
-      [this](const std::string& path, net::HttpResponder r) { status->serve(path, std::move(r)); });
+      [this](const std::string& path, const net::HttpResponder& r) { status->serve(path, r); });
   log(Level::kInfo, "server",
       std::string("status page on http://") + metrics->bound_address() + "/" +
           (logs ? " (with task logs)"

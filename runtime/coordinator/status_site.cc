@@ -7,7 +7,7 @@
 
 namespace cardnode::runtime {
 
-void StatusSite::serve(const std::string& path, net::HttpResponder r) {
+void StatusSite::serve(const std::string& path, const net::HttpResponder& r) {
   const status::Route route = status::parse_route(path);
   if (route.kind == status::Route::Kind::kNotFound)
     return r.reply(status::not_found_page("no such page"));

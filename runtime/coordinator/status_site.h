@@ -26,7 +26,7 @@ class StatusSite {
   StatusSite(Coordinator& coordinator, ClientApi& api, StatusSiteOptions options)
       : c_(coordinator), api_(api), options_(options) {}
 
-  void serve(const std::string& path, net::HttpResponder responder);
+  void serve(const std::string& path, const net::HttpResponder& responder);
 
  private:
   void task(uint64_t job_id, uint32_t index, net::HttpResponder responder);

@@ -214,6 +214,12 @@ std::string spec_rows(const pb::JobSpec& spec) {
   return out;
 }
 
+// As `ps JOB`'s DURATION: the running attempt so far, else the latest finished one's.
+std::string duration(const pb::TaskInfo& t, uint64_t now_ms) {
+  const auto ms = task_duration_ms(t, now_ms);
+  return ms ? human_duration(*ms) : "-";
+}
+
 std::string task_link(uint64_t job, uint32_t index) {
   return "<a href=\"/jobs/" + std::to_string(job) + "/tasks/" + std::to_string(index) + "\">" +
          std::to_string(job) + "." + std::to_string(index) + "</a>";
@@ -344,14 +350,15 @@ net::HttpReply job_page(const pb::JobDetail& d, const pb::JobSpec* spec) {
   body += "</table>\n<h2>Tasks</h2>\n";
   body +=
       "<table id=\"tasks\"><tr><th>task (log)</th><th>state</th><th>exit code</th><th>signal</th>"
-      "<th>attempts</th><th>node</th></tr>\n";
+      "<th>attempts</th><th>node</th><th>duration</th></tr>\n";
   const auto shown_count = std::min<uint64_t>(d.tasks_size(), kTasksShownMax);
   for (uint64_t i = 0; i < shown_count; ++i) {
     const pb::TaskInfo& t = d.tasks(static_cast<int>(i));
     body += "<tr>" + td(task_link(j.id(), t.index())) + state_td(task_state(t.state())) +
             td(std::to_string(t.exit_code()), true) + td(std::to_string(t.signal()), true) +
             td(std::to_string(t.attempts()), true) +
-            td(t.node().empty() ? "-" : html_text(t.node(), kFieldBytesMax)) + "</tr>\n";
+            td(t.node().empty() ? "-" : html_text(t.node(), kFieldBytesMax)) +
+            td(duration(t, d.now_ms()), true) + "</tr>\n";
   }
   body += "</table>\n" + more_note(shown_count, j.count(), "tasks");
   return page(200, "job " + std::to_string(j.id()), body, true);
@@ -372,6 +379,7 @@ net::HttpReply task_page(const pb::JobDetail& d, const LogTail& out, const LogTa
   row("signal", std::to_string(t.signal()));
   row("attempts", std::to_string(t.attempts()));
   row("node", t.node().empty() ? "-" : html_text(t.node(), kFieldBytesMax));
+  row("duration", duration(t, d.now_ms()));
   body += "</table>\n";
   for (const auto& [name, tail] : {std::pair{"stdout", &out}, std::pair{"stderr", &err}}) {
     body += "<h2>" + std::string(name) + "</h2>\n";

@@ -91,6 +91,7 @@ TEST(StatusPage, JobPageEscapesCommandAndWaitReasonAndLinksTasksByNumber) {
   t->set_state(pb::TASK_FAILED);
   t->set_exit_code(3);
   t->set_node(kImg);
+  t->mutable_usage()->set_wall_ms(83'000);
   pb::JobSpec spec;
   (*spec.mutable_constraints())["arch"] = kBreakOut;
   spec.set_cpu_millis(500);
@@ -101,6 +102,7 @@ TEST(StatusPage, JobPageEscapesCommandAndWaitReasonAndLinksTasksByNumber) {
   EXPECT_THAT(r.body, HasSubstr("<a href=\"/jobs/7/tasks/0\">7.0</a>"));
   EXPECT_THAT(r.body, HasSubstr("failed"));
   EXPECT_THAT(r.body, HasSubstr("0.5 cores"));
+  EXPECT_THAT(r.body, HasSubstr("<td class=\"n\">1m23s</td></tr>"));  // ps JOB's DURATION
 }
 
 TEST(StatusPage, HostileLogLinesAreText) {

@@ -31,10 +31,13 @@ SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # prometheus: its server and promtool for tests/e2e_prometheus_test.cc, which runs its own
 # instance on a free loopback port (the package's system service, when systemd starts it, is
 # neither used nor in the way).
+# chromium: tests/e2e_status_test.cc loads the server's status page in headless chromium
+# (--dump-dom) to check it in a real browser's parser, hostile job names and log lines included;
+# that test fails, rather than skips, without it.
 DEPS := build-essential cmake ninja-build pkg-config \
         libuv1-dev liburing-dev libprotobuf-dev protobuf-compiler prometheus-cpp-dev \
         libssl-dev zlib1g-dev libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev \
-        nlohmann-json3-dev iproute2 util-linux clang-16 libclang-rt-16-dev prometheus
+        nlohmann-json3-dev iproute2 util-linux clang-16 libclang-rt-16-dev prometheus chromium
 # qemu-user-static, not qemu-user-binfmt (they conflict; the static one provides the other):
 # its binfmt entries carry the F flag, which the arm64 VM image build (make vm-test) needs to
 # run ARM programs inside a chroot, and they serve the cross tests' task spawns just the same.

@@ -89,8 +89,15 @@ Entry add_server(CLI::App& app, const ClientConfig& client) {
   auto* sub = app.add_subcommand("server", "Run the coordinator (and execute tasks here)");
   add_example(sub, {"cardnode server --data-dir /var/lib/cardnode --listen 0.0.0.0:7420"});
   sub->add_option("--listen", a->options.listen, "Client API address")->capture_default_str();
-  sub->add_option("--metrics-listen", a->options.metrics_listen, "Prometheus /metrics address")
+  sub->add_option("--metrics-listen", a->options.metrics_listen,
+                  "Prometheus /metrics address; also serves the status page at /")
       ->capture_default_str();
+  sub->add_flag(
+      "--no-status-page", [a](int64_t) { a->options.status_page = false; },
+      "Serve only /metrics on --metrics-listen (no status page)");
+  sub->add_flag("--status-logs", a->options.status_logs,
+                "Show task log tails on the status page even when --metrics-listen is not a "
+                "loopback address (logs may hold secrets)");
   sub->add_flag("--no-exec", a->no_exec, "Coordinate only; run no tasks on this board");
   sub->add_option("--log-dir", a->options.log_dir,
                   "Task logs (default DATA_DIR/logs), e.g. on tmpfs");

@@ -4,10 +4,20 @@
 #include <list>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 
 #include "net/address.h"
 
 namespace cardnode::net {
+namespace {
+struct Conn;
+}  // namespace
+
+struct HttpResponder::Slot {
+  Conn* conn = nullptr;  // nullptr once the connection closed or was answered
+  bool head = false;
+};
+
 namespace {
 
 constexpr int kListenBacklog = 128;
@@ -16,11 +26,11 @@ constexpr uint32_t kEvictScanMax = 64;  // oldest connections looked at per evic
 struct Conn;
 
 struct Core {
-  Core(uv_loop_t* l, HttpServerOptions o, HttpHandler h)
+  Core(uv_loop_t* l, HttpServerOptions o, HttpAsyncHandler h)
       : loop(l), options(std::move(o)), handler(std::move(h)) {}
   uv_loop_t* loop;
   HttpServerOptions options;
-  HttpHandler handler;
+  HttpAsyncHandler handler;
   HttpServerStats stats;
   uv_tcp_t* listener = nullptr;  // heap: freed by its close callback
   std::list<Conn*> open;         // oldest first; bounded by connections_max
@@ -39,6 +49,9 @@ struct Conn {
   std::string source;
   std::string request;  // bytes so far, up to request_bytes_max
   bool replied = false;
+  bool answering = false;  // the handler has the request; no second one is read
+  // What an HttpResponder holds: emptied when the connection starts closing.
+  std::shared_ptr<HttpResponder::Slot> slot;
   std::list<Conn*>::iterator open_it, source_it;
 };
 
@@ -56,6 +69,7 @@ void close_conn(Conn* c) {
   Core* core = c->core;
   if (core == nullptr) return;
   c->core = nullptr;
+  if (c->slot) c->slot->conn = nullptr;
   core->open.erase(c->open_it);
   auto it = core->by_source.find(c->source);
   if (it != core->by_source.end()) {
@@ -70,15 +84,17 @@ const char* reason(int status) {
   switch (status) {
     case 200: return "OK";
     case 400: return "Bad Request";
+    case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 431: return "Request Header Fields Too Large";
+    case 503: return "Service Unavailable";
     default: return "Internal Server Error";
   }
 }
 
 // Sends the reply and closes once it is written (or at once if it cannot be queued).
-void reply(Conn* c, HttpReply r, bool head) {
+void send_reply(Conn* c, HttpReply r, bool head) {
   c->replied = true;
   c->core->stats.served++;
   uv_timer_stop(&c->timer);
@@ -86,11 +102,18 @@ void reply(Conn* c, HttpReply r, bool head) {
   if (r.body.size() > c->core->options.reply_bytes_max) {
     r = HttpReply{500, "text/plain; charset=utf-8", "reply too large\n"};
   }
+  // A header line break from a handler would let it write a second header or a body.
+  auto breaks = [](const std::string& s) { return s.find_first_of("\r\n") != std::string::npos; };
+  bool bad_header = breaks(r.content_type);
+  for (const auto& [name, value] : r.headers)
+    bad_header = bad_header || breaks(name) || breaks(value);
+  if (bad_header) r = HttpReply{500, "text/plain; charset=utf-8", "bad reply header\n"};
   auto w = std::make_unique<Write>();
   w->bytes = "HTTP/1.1 " + std::to_string(r.status) + " " + reason(r.status) +
              "\r\nContent-Type: " + r.content_type +
-             "\r\nContent-Length: " + std::to_string(r.body.size()) +
-             "\r\nConnection: close\r\n\r\n";
+             "\r\nContent-Length: " + std::to_string(r.body.size());
+  for (const auto& [name, value] : r.headers) w->bytes += "\r\n" + name + ": " + value;
+  w->bytes += "\r\nConnection: close\r\n\r\n";
   if (!head) w->bytes += r.body;
   w->req.data = w.get();
   const uv_buf_t buf = uv_buf_init(w->bytes.data(), static_cast<unsigned int>(w->bytes.size()));
@@ -114,16 +137,21 @@ void answer(Conn* c) {
   const size_t sp2 = sp1 == std::string_view::npos ? sp1 : line.find(' ', sp1 + 1);
   if (sp2 == std::string_view::npos || !line.substr(sp2 + 1).starts_with("HTTP/1.")) {
     c->core->stats.rejected++;
-    return reply(c, {400, "text/plain; charset=utf-8", "bad request\n"}, false);
+    return send_reply(c, {400, "text/plain; charset=utf-8", "bad request\n"}, false);
   }
   const std::string_view method = line.substr(0, sp1);
   std::string_view target = line.substr(sp1 + 1, sp2 - sp1 - 1);
   target = target.substr(0, target.find('?'));
   const bool head = method == "HEAD";
   if (method != "GET" && !head) {
-    return reply(c, {405, "text/plain; charset=utf-8", "only GET\n"}, false);
+    return send_reply(c, {405, "text/plain; charset=utf-8", "only GET\n"}, false);
   }
-  reply(c, c->core->handler(std::string(target)), head);
+  // One request per connection: nothing after it is read while the handler works.
+  c->answering = true;
+  c->slot = std::make_shared<HttpResponder::Slot>();
+  c->slot->conn = c;
+  c->slot->head = head;
+  c->core->handler(std::string(target), HttpResponder{c->slot});
 }
 
 void on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
@@ -145,14 +173,16 @@ void on_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
   const size_t before =
       buf->base == nullptr ? c->request.size() : static_cast<size_t>(buf->base - c->request.data());
   c->request.resize(before + (n > 0 ? static_cast<size_t>(n) : 0));
+  // A client that half-closes after its request still gets the answer a handler gives later.
+  if (n == UV_EOF && c->answering) return (void)uv_read_stop(s);
   if (n < 0) return close_conn(c);  // EOF before a whole request, or an error
-  if (c->replied) return;
+  if (c->replied || c->answering) return;
   // Search only where the new bytes can complete "\r\n\r\n".
   const size_t from = before >= 3 ? before - 3 : 0;
   if (c->request.find("\r\n\r\n", from) != std::string::npos) return answer(c);
   if (c->request.size() >= c->core->options.request_bytes_max) {
     c->core->stats.rejected++;
-    reply(c, {431, "text/plain; charset=utf-8", "request too large\n"}, false);
+    send_reply(c, {431, "text/plain; charset=utf-8", "request too large\n"}, false);
   }
 }
 
@@ -216,11 +246,24 @@ void on_connection(uv_stream_t* listener, int status) {
 
 }  // namespace
 
+void HttpResponder::reply(HttpReply r) const {
+  if (!slot_ || slot_->conn == nullptr) return;
+  Conn* c = std::exchange(slot_->conn, nullptr);
+  if (c->core == nullptr || c->replied) return;
+  send_reply(c, std::move(r), slot_->head);
+}
+
 struct HttpServer::Impl : Core {
   using Core::Core;
 };
 
 HttpServer::HttpServer(uv_loop_t* loop, HttpServerOptions options, HttpHandler handler)
+    : HttpServer(loop, std::move(options),
+                 [h = std::move(handler)](const std::string& path, const HttpResponder& r) {
+                   r.reply(h(path));
+                 }) {}
+
+HttpServer::HttpServer(uv_loop_t* loop, HttpServerOptions options, HttpAsyncHandler handler)
     : impl_(std::make_unique<Impl>(loop, std::move(options), std::move(handler))) {
   CARDNODE_CHECK(impl_->options.connections_max >= 1 &&
                  impl_->options.connections_per_source_max >= 1 &&

@@ -1,5 +1,6 @@
-// HttpServer: the smallest HTTP/1.x server that serves /metrics to Prometheus from the
-// server's own libuv loop — no threads, and no stranger can blind it.
+// HttpServer: the smallest HTTP/1.x server that serves /metrics to Prometheus (and the
+// server's status page) from the process's own libuv loop — no threads, and no stranger can
+// blind it.
 //
 // One request per connection (every reply says "Connection: close"). A request is read up
 // to its blank line, at most request_bytes_max, within request_timeout_ms; only GET and
@@ -8,6 +9,11 @@
 // source address, and a new connection over either bound pushes out the oldest one (of its
 // own source first). Idle sockets held open by a stranger are therefore displaced by the
 // next connection, and a scrape, the newest, is answered as soon as its request arrives.
+//
+// A handler answers at once (HttpHandler) or later (HttpAsyncHandler, for pages that wait on
+// storage or an agent): the request's deadline still holds, so a late answer finds the
+// connection closed and is dropped. Replies carry extra headers (the status page's
+// Content-Security-Policy) when the handler sets them.
 //
 // Threading: loop thread only; the handler runs on it. Lifetime: as RpcServer (handles
 // free themselves in their close callbacks; run the loop before uv_loop_close()).
@@ -19,6 +25,8 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "proto/error.h"
 
@@ -40,17 +48,33 @@ struct HttpServerStats {
 };
 
 struct HttpReply {
-  int status = 200;  // 200, 404 or 500 from a handler
+  int status = 200;  // 200, 403, 404, 500 or 503 from a handler
   std::string content_type = "text/plain; charset=utf-8";
   std::string body;
+  // Sent as "Name: value"; names and values must hold no CR or LF (a reply that does is a 500).
+  std::vector<std::pair<std::string, std::string>> headers = {};
 };
 
 // path (without the query string) -> reply.
 using HttpHandler = std::function<HttpReply(const std::string& path)>;
 
+// Answers one request, once; later calls, and calls after the connection closed (its
+// deadline passed, it was evicted, the server stopped), do nothing. Copyable; safe to keep
+// past the server's stop (not past its destruction's loop run).
+class HttpResponder {
+ public:
+  void reply(HttpReply reply) const;
+  struct Slot;
+  std::shared_ptr<Slot> slot_;
+};
+
+// path -> a reply through the responder, now or later (on the loop thread).
+using HttpAsyncHandler = std::function<void(const std::string& path, HttpResponder responder)>;
+
 class HttpServer {
  public:
   HttpServer(uv_loop_t* loop, HttpServerOptions options, HttpHandler handler);
+  HttpServer(uv_loop_t* loop, HttpServerOptions options, HttpAsyncHandler handler);
   ~HttpServer();
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;

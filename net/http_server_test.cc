@@ -31,17 +31,28 @@ class HttpServerTest : public ::testing::Test {
                               auto* self = static_cast<HttpServerTest*>(a->data);
                               if (self->stop_.load()) {
                                 self->server_->stop();
+                                // Answers after the stop, and to closed connections: no-ops.
+                                for (auto& [path, r] : self->held_)
+                                  r.reply({200, "text/plain", "late\n"});
+                                uv_close(reinterpret_cast<uv_handle_t*>(&self->later_), nullptr);
                                 uv_close(reinterpret_cast<uv_handle_t*>(a), nullptr);
                               }
                             }),
               0);
     wake_.data = this;
     options_.listen = "127.0.0.1:0";
-    server_ = std::make_unique<HttpServer>(&loop_, options_, [this](const std::string& path) {
-      ++calls_;
-      if (path == "/metrics") return HttpReply{200, "text/plain", "cardnode_up 1\n"};
-      return HttpReply{404, "text/plain", "no\n"};
-    });
+    ASSERT_EQ(uv_timer_init(&loop_, &later_), 0);
+    later_.data = this;
+    if (sync_) {
+      server_ = std::make_unique<HttpServer>(&loop_, options_, [this](const std::string& path) {
+        ++calls_;
+        if (path == "/metrics") return HttpReply{200, "text/plain", "cardnode_up 1\n"};
+        return HttpReply{404, "text/plain", "no\n"};
+      });
+    } else {
+      server_ = std::make_unique<HttpServer>(
+          &loop_, options_, [this](const std::string& path, HttpResponder r) { serve(path, r); });
+    }
     auto bound = server_->start();
     ASSERT_TRUE(bound) << bound.error().describe();
     port_ = parse_host_port(*bound)->port;
@@ -96,6 +107,40 @@ class HttpServerTest : public ::testing::Test {
     return exchange(dial(from), "GET " + path + " HTTP/1.1\r\nHost: x\r\n\r\n");
   }
 
+  // The asynchronous handler: /later is answered 50 ms on (twice: the second is a no-op),
+  // /never only at the stop, after its deadline closed it.
+  void serve(const std::string& path, HttpResponder r) {
+    ++calls_;
+    if (path == "/metrics") return r.reply({200, "text/plain", "cardnode_up 1\n"});
+    if (path == "/headers") {
+      return r.reply({200, "text/html", "<p>hi</p>", {{"X-Content-Type-Options", "nosniff"}}});
+    }
+    if (path == "/bad-header")
+      return r.reply({200, "text/plain", "x", {{"X-A", "1\r\nSet-Cookie: y"}}});
+    if (path == "/forbidden") return r.reply({403, "text/plain", "no logs here\n"});
+    if (path == "/later" || path == "/never") {
+      held_.emplace_back(path, r);
+      if (path == "/later") {
+        uv_timer_start(
+            &later_,
+            [](uv_timer_t* t) {
+              auto* self = static_cast<HttpServerTest*>(t->data);
+              for (auto& [p, held] : self->held_) {
+                if (p != "/later") continue;
+                held.reply({200, "text/plain", "later\n"});
+                held.reply({500, "text/plain", "twice\n"});
+              }
+            },
+            50, 0);
+      }
+      return;
+    }
+    r.reply({404, "text/plain", "no\n"});
+  }
+
+  bool sync_ = false;
+  std::vector<std::pair<std::string, HttpResponder>> held_;
+  uv_timer_t later_{};
   uv_loop_t loop_{};
   uv_async_t wake_{};
   std::atomic<bool> stop_{false};
@@ -119,6 +164,41 @@ TEST_F(HttpServerTest, ServesGetAndHeadAndSaysWhatItDoesNot) {
   EXPECT_EQ(get("/secret").rfind("HTTP/1.1 404", 0), 0u);
   EXPECT_EQ(exchange(dial(), "POST /metrics HTTP/1.1\r\n\r\n").rfind("HTTP/1.1 405", 0), 0u);
   EXPECT_EQ(exchange(dial(), "hello there\r\n\r\n").rfind("HTTP/1.1 400", 0), 0u);
+}
+
+TEST_F(HttpServerTest, ASynchronousHandlerServesToo) {
+  sync_ = true;
+  start();
+  EXPECT_TRUE(get("/metrics").ends_with("\r\n\r\ncardnode_up 1\n"));
+  EXPECT_EQ(get("/later").rfind("HTTP/1.1 404", 0), 0u);
+}
+
+TEST_F(HttpServerTest, AHandlerMayAnswerLaterOnceAndNotPastTheDeadline) {
+  options_.request_timeout_ms = 300;
+  start();
+  std::string r = get("/later");
+  EXPECT_EQ(r.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << r;
+  EXPECT_TRUE(r.ends_with("\r\n\r\nlater\n")) << r;  // the second answer went nowhere
+  // Never answered: closed at the deadline with nothing sent (the late answer at the stop
+  // finds it closed).
+  EXPECT_EQ(get("/never"), "");
+  // A client that half-closes once it has asked still gets the later answer.
+  int fd = dial();
+  const std::string req = "GET /later HTTP/1.0\r\n\r\n";
+  ASSERT_EQ(::send(fd, req.data(), req.size(), MSG_NOSIGNAL), static_cast<ssize_t>(req.size()));
+  ASSERT_EQ(::shutdown(fd, SHUT_WR), 0);
+  EXPECT_TRUE(exchange(fd, "").ends_with("\r\n\r\nlater\n"));
+}
+
+TEST_F(HttpServerTest, RepliesCarryHeadersButNeverALineBreakInOne) {
+  start();
+  std::string r = get("/headers");
+  EXPECT_NE(r.find("\r\nX-Content-Type-Options: nosniff\r\n"), std::string::npos) << r;
+  EXPECT_NE(r.find("Content-Type: text/html\r\n"), std::string::npos) << r;
+  r = get("/bad-header");
+  EXPECT_EQ(r.rfind("HTTP/1.1 500", 0), 0u) << r;
+  EXPECT_EQ(r.find("Set-Cookie"), std::string::npos) << r;
+  EXPECT_EQ(get("/forbidden").rfind("HTTP/1.1 403 Forbidden\r\n", 0), 0u);
 }
 
 TEST_F(HttpServerTest, AnOversizeRequestIsRefusedAndALateOneClosed) {

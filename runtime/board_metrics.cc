@@ -72,14 +72,16 @@ Result<std::unique_ptr<BoardMetrics>> BoardMetrics::start(uv_loop_t* loop,
   net::HttpServerOptions ho;
   ho.listen = listen;
   BoardMetrics* self = m.get();
-  m->http_ = std::make_unique<net::HttpServer>(loop, ho, [self](const std::string& path) {
-    if (path == "/metrics") {
-      if (self->on_scrape_) self->on_scrape_();
-      return net::HttpReply{200, "text/plain; version=0.0.4; charset=utf-8", self->render()};
-    }
-    if (path == "/") return net::HttpReply{200, "text/plain; charset=utf-8", "see /metrics\n"};
-    return net::HttpReply{404, "text/plain; charset=utf-8", "not found\n"};
-  });
+  m->http_ = std::make_unique<net::HttpServer>(
+      loop, ho, [self](const std::string& path, net::HttpResponder r) {
+        if (path == "/metrics") {
+          if (self->on_scrape_) self->on_scrape_();
+          return r.reply({200, "text/plain; version=0.0.4; charset=utf-8", self->render()});
+        }
+        if (self->other_paths_) return self->other_paths_(path, std::move(r));
+        if (path == "/") return r.reply({200, "text/plain; charset=utf-8", "see /metrics\n"});
+        r.reply({404, "text/plain; charset=utf-8", "not found\n"});
+      });
   auto bound = m->http_->start();
   if (!bound) return std::unexpected(bound.error());
   auto bound_hp = net::parse_host_port(*bound);

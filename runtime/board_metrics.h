@@ -10,7 +10,9 @@
 // Who may read it: anyone who can reach --metrics-listen, as Prometheus expects of an
 // exporter (bind it to a management address, or 127.0.0.1 and scrape through a proxy).
 // So nothing here may carry a secret: no token, no command line, no environment, no job or
-// node name — only counts, the board's arch and the isolation/io modes.
+// node name — only counts, the board's arch and the isolation/io modes. (The server's status
+// page, served on this listener through serve_other_paths(), does show names and commands:
+// runtime/coordinator/status_page.h says who may see what.)
 //
 // Threading: loop thread only (prometheus-cpp's types are thread-safe; the loop is the
 // only writer and the only reader).
@@ -74,10 +76,13 @@ class BoardMetrics {
   void refresh(const BoardSources& now);
   // Runs at each scrape before render(), so counters are current when read.
   void on_scrape(std::function<void()> fn) { on_scrape_ = std::move(fn); }
+  // Serves every path but /metrics on the same listener (the server's status page).
+  void serve_other_paths(net::HttpAsyncHandler fn) { other_paths_ = std::move(fn); }
 
  private:
   BoardMetrics() = default;
   std::function<void()> on_scrape_;
+  net::HttpAsyncHandler other_paths_;
   std::string bound_;
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<net::HttpServer> http_;

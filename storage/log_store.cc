@@ -549,6 +549,16 @@ Status LogStore::when_room(const LogKey& key, std::function<void()> ready) {
 
 void LogStore::read(const LogKey& key, uint64_t offset, uint32_t max_bytes,
                     std::function<void(Result<std::string>)> done) {
+  read_at(key, offset, /*tail=*/false, max_bytes, std::move(done));
+}
+
+void LogStore::read_tail(const LogKey& key, uint32_t max_bytes,
+                         std::function<void(Result<std::string>)> done) {
+  read_at(key, 0, /*tail=*/true, max_bytes, std::move(done));
+}
+
+void LogStore::read_at(const LogKey& key, uint64_t offset, bool tail, uint32_t max_bytes,
+                       std::function<void(Result<std::string>)> done) {
   Impl& s = *impl_;
   if (s.reads_in_flight >= kReadsInFlightMax) {
     return done(fail(Errc::kResourceExhausted, "too many log reads in flight"));
@@ -564,6 +574,7 @@ void LogStore::read(const LogKey& key, uint64_t offset, uint32_t max_bytes,
   }
   // Only bytes that exist now: no buffer larger than the file, and end of file at once.
   auto size = static_cast<uint64_t>(st.st_size);
+  if (tail) offset = size - std::min<uint64_t>(size, std::min(max_bytes, kReadBytesMax));
   uint64_t available = size > offset ? size - offset : 0;
   auto len = static_cast<uint32_t>(std::min<uint64_t>({max_bytes, kReadBytesMax, available}));
   if (len == 0) {

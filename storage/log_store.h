@@ -118,6 +118,9 @@ class LogStore {
   // Unknown key with no file: kNotFound. `done` may run before read() returns.
   void read(const LogKey& key, uint64_t offset, uint32_t max_bytes,
             std::function<void(Result<std::string>)> done);
+  // As read(), of the last max_bytes (at most 1 MiB) the file holds now: a log's tail.
+  void read_tail(const LogKey& key, uint32_t max_bytes,
+                 std::function<void(Result<std::string>)> done);
 
   // Retention dropped the job: its files go, a bounded number per remove_some() call (a
   // million-task array has two million of them), so the loop never stalls on it.
@@ -129,6 +132,8 @@ class LogStore {
   std::string path(const LogKey& key) const;
 
  private:
+  void read_at(const LogKey& key, uint64_t offset, bool tail, uint32_t max_bytes,
+               std::function<void(Result<std::string>)> done);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -79,6 +79,29 @@ TEST_P(LogStoreTest, AppendCloseReadBack) {
   EXPECT_EQ(store.stats().bytes_dropped, 0u);
 }
 
+TEST_P(LogStoreTest, ReadTailGivesTheLastBytesTheFileHoldsNow) {
+  LogStore store(*engine, options);
+  LogKey key{5, 0, Stream::kStdout};
+  ASSERT_TRUE(store.open(key));
+  store.append(key, "first\nsecond\nthird\n");
+  ASSERT_TRUE(close_and_wait(store, key));
+  auto tail = [&](uint32_t max_bytes) {
+    std::optional<Result<std::string>> got;
+    store.read_tail(key, max_bytes, [&](Result<std::string> r) { got = std::move(r); });
+    EXPECT_TRUE(run_until(*engine, [&] { return got.has_value(); }));
+    return got && *got ? **got : std::string("?");
+  };
+  EXPECT_EQ(tail(6), "third\n");
+  EXPECT_EQ(tail(13), "second\nthird\n");
+  EXPECT_EQ(tail(1000), "first\nsecond\nthird\n");  // all of a shorter file
+  std::optional<Result<std::string>> missing;
+  store.read_tail({5, 1, Stream::kStdout}, 10,
+                  [&](Result<std::string> r) { missing = std::move(r); });
+  ASSERT_TRUE(run_until(*engine, [&] { return missing.has_value(); }));
+  ASSERT_FALSE(*missing);
+  EXPECT_EQ(missing->error().code, Errc::kNotFound);
+}
+
 TEST_P(LogStoreTest, ReadWhileOpenSeesWrittenBytes) {
   LogStore store(*engine, options);
   LogKey key{1, 0, Stream::kStdout};

@@ -641,7 +641,7 @@ void Agent::Impl::serve_log(const pb::LogFetch& f, bool may_hold) {
   storage::LogKey key{
       f.job_id(), f.index(),
       f.stream() == pb::STDERR ? storage::Stream::kStderr : storage::Stream::kStdout};
-  logs->read(key, f.offset(), f.max_bytes(), [this, f, may_hold](Result<std::string> data) {
+  auto done = [this, f, may_hold](Result<std::string> data) {
     if (!data && data.error().code != Errc::kNotFound) {
       pb::Request req;
       pb::AgentLog* out = req.mutable_agent_log();
@@ -666,7 +666,9 @@ void Agent::Impl::serve_log(const pb::LogFetch& f, bool may_hold) {
     out->set_final(bytes.empty() && !runs);
     out->set_data(std::move(bytes));
     (void)client->call(std::move(req), [](Result<pb::Response>) {});
-  });
+  };
+  if (f.tail()) return logs->read_tail(key, f.max_bytes(), std::move(done));
+  logs->read(key, f.offset(), f.max_bytes(), std::move(done));
 }
 
 void Agent::Impl::check_held_reads() {

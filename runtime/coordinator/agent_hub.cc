@@ -390,7 +390,8 @@ void AgentHub::fetch_log(sched::NodeId node, const pb::ReadLog& m, uint32_t wait
   f->set_offset(m.offset());
   f->set_max_bytes(std::min<uint32_t>(m.max_bytes() == 0 ? kLogChunkBytesMax : m.max_bytes(),
                                       kLogChunkBytesMax));
-  f->set_wait_ms(wait_ms);
+  f->set_wait_ms(m.tail() ? 0 : wait_ms);
+  f->set_tail(m.tail());
   fetches_[id] = Fetch{std::move(reply), now_ms_() + wait_ms + options_.log_fetch_timeout_ms};
   flush(*it->second);
 }

@@ -86,12 +86,23 @@ void ClientApi::on_get_job(const pb::GetJob& m, const net::Responder& r) {
     const sched::Job* job = c_.state().cluster().job(m.job_id());
     if (job == nullptr) return error_response(c_.missing_job(m.job_id()));
     pb::Response resp;
-    *resp.mutable_job() = job_page(c_.state(), *job, m.first_task(), m.max_tasks());
-    resp.mutable_job()->set_now_ms(c_.now_ms());
-    if (m.first_task() == 0)
-      resp.mutable_job()->mutable_job()->set_wait_reason(c_.wait_reason(job->id));
+    *resp.mutable_job() = job_detail(*job, m.first_task(), m.max_tasks());
     return resp;
   });
+}
+
+pb::JobDetail ClientApi::job_detail(const sched::Job& job, uint32_t first_task,
+                                    uint32_t max_tasks) const {
+  pb::JobDetail d = job_page(c_.state(), job, first_task, max_tasks);
+  d.set_now_ms(c_.now_ms());
+  if (first_task == 0) d.mutable_job()->set_wait_reason(c_.wait_reason(job.id));
+  return d;
+}
+
+pb::JobList ClientApi::newest_jobs(uint32_t max_jobs) const {
+  pb::JobList list = newest_job_list(c_.state(), max_jobs);
+  list.set_now_ms(c_.now_ms());
+  return list;
 }
 
 void ClientApi::on_list_jobs(const pb::ListJobs& m, const net::Responder& r) {
@@ -106,47 +117,52 @@ void ClientApi::on_list_jobs(const pb::ListJobs& m, const net::Responder& r) {
 void ClientApi::on_list_nodes(const net::Responder& r) {
   after_durable(r, [this] {
     pb::Response resp;
-    pb::NodeList* list = resp.mutable_nodes();
-    for (const sched::Node& n : c_.state().cluster().nodes()) {
-      if (n.removed) continue;
-      pb::NodeInfo* ni = list->add_nodes();
-      ni->set_name(n.spec.name);
-      const char* state = n.state == sched::NodeState::kDown ? "down"
-                          : !n.draining                      ? "ready"
-                          : n.running > 0                    ? "draining"
-                                                             : "drained";
-      ni->set_state(state);
-      ni->set_tasks_max(n.spec.tasks_max);
-      ni->set_cpu_millis(n.spec.capacity.cpu_millis);
-      ni->set_mem_bytes(n.spec.capacity.mem_bytes);
-      ni->set_cpu_millis_used(n.used.cpu_millis);
-      ni->set_mem_bytes_used(n.used.mem_bytes);
-      ni->set_running_tasks(n.running);
-      for (const auto& [k, v] : n.spec.labels) (*ni->mutable_labels())[k] = v;
-      if (describe_) describe_(n, ni);
-      // Why it takes no new task: the scheduler's answer (Cluster::why_skipped), in words.
-      switch (c_.state().cluster().why_skipped(n.id)) {
-        case sched::NodeSkip::kNone:
-        case sched::NodeSkip::kRemoved: break;
-        case sched::NodeSkip::kDown:
-        case sched::NodeSkip::kDraining: ni->set_skip_reason(state); break;
-        case sched::NodeSkip::kHot:
-        case sched::NodeSkip::kThrottled:
-        case sched::NodeSkip::kUnderVoltage: {
-          // A held board stays "ready": it is up, and runs what it has.
-          std::optional<int32_t> milli;
-          if (ni->has_temperature_millicelsius()) milli = ni->temperature_millicelsius();
-          ni->set_skip_reason(sched::describe_hold(n.hold, milli, c_.heat_bounds()));
-          break;
-        }
-        case sched::NodeSkip::kTaskLimit:
-          ni->set_skip_reason("at its task limit (" + std::to_string(n.spec.tasks_max) + ")");
-          break;
-        case sched::NodeSkip::kFull: ni->set_skip_reason("full"); break;
-      }
-    }
+    *resp.mutable_nodes() = nodes();
     return resp;
   });
+}
+
+pb::NodeList ClientApi::nodes() const {
+  pb::NodeList list;
+  for (const sched::Node& n : c_.state().cluster().nodes()) {
+    if (n.removed) continue;
+    pb::NodeInfo* ni = list.add_nodes();
+    ni->set_name(n.spec.name);
+    const char* state = n.state == sched::NodeState::kDown ? "down"
+                        : !n.draining                      ? "ready"
+                        : n.running > 0                    ? "draining"
+                                                           : "drained";
+    ni->set_state(state);
+    ni->set_tasks_max(n.spec.tasks_max);
+    ni->set_cpu_millis(n.spec.capacity.cpu_millis);
+    ni->set_mem_bytes(n.spec.capacity.mem_bytes);
+    ni->set_cpu_millis_used(n.used.cpu_millis);
+    ni->set_mem_bytes_used(n.used.mem_bytes);
+    ni->set_running_tasks(n.running);
+    for (const auto& [k, v] : n.spec.labels) (*ni->mutable_labels())[k] = v;
+    if (describe_) describe_(n, ni);
+    // Why it takes no new task: the scheduler's answer (Cluster::why_skipped), in words.
+    switch (c_.state().cluster().why_skipped(n.id)) {
+      case sched::NodeSkip::kNone:
+      case sched::NodeSkip::kRemoved: break;
+      case sched::NodeSkip::kDown:
+      case sched::NodeSkip::kDraining: ni->set_skip_reason(state); break;
+      case sched::NodeSkip::kHot:
+      case sched::NodeSkip::kThrottled:
+      case sched::NodeSkip::kUnderVoltage: {
+        // A held board stays "ready": it is up, and runs what it has.
+        std::optional<int32_t> milli;
+        if (ni->has_temperature_millicelsius()) milli = ni->temperature_millicelsius();
+        ni->set_skip_reason(sched::describe_hold(n.hold, milli, c_.heat_bounds()));
+        break;
+      }
+      case sched::NodeSkip::kTaskLimit:
+        ni->set_skip_reason("at its task limit (" + std::to_string(n.spec.tasks_max) + ")");
+        break;
+      case sched::NodeSkip::kFull: ni->set_skip_reason("full"); break;
+    }
+  }
+  return list;
 }
 
 void ClientApi::on_read_log(const pb::ReadLog& m, const net::Responder& r) {
@@ -171,7 +187,7 @@ void ClientApi::on_read_log(const pb::ReadLog& m, const net::Responder& r) {
   const uint64_t offset = m.offset();
   // Logs stay on the board that ran the task: another board's are fetched through its agent.
   if (!local_node_ || task.node != *local_node_) {
-    const uint32_t wait_ms = final ? 0 : std::min<uint32_t>(m.wait_ms(), kLogWaitMsMax);
+    const uint32_t wait_ms = final || m.tail() ? 0 : std::min<uint32_t>(m.wait_ms(), kLogWaitMsMax);
     return hub_.fetch_log(task.node, m, wait_ms, [r, offset](pb::Response resp) {
       if (resp.has_log()) {
         resp.mutable_log()->set_next_offset(offset + resp.log().data().size());
@@ -184,7 +200,7 @@ void ClientApi::on_read_log(const pb::ReadLog& m, const net::Responder& r) {
       m.stream() == pb::STDERR ? storage::Stream::kStderr : storage::Stream::kStdout};
   uint32_t max =
       m.max_bytes() == 0 ? kLogChunkBytesMax : std::min(m.max_bytes(), kLogChunkBytesMax);
-  logs_.read(key, offset, max, [r, final, offset](Result<std::string> data) {
+  auto done = [r, final, offset](Result<std::string> data) {
     if (!data && data.error().code != Errc::kNotFound) return r.reply(error_response(data.error()));
     std::string bytes = data ? std::move(*data) : std::string();
     pb::Response resp;
@@ -193,7 +209,9 @@ void ClientApi::on_read_log(const pb::ReadLog& m, const net::Responder& r) {
     chunk->set_final(final && bytes.empty());
     chunk->set_data(std::move(bytes));
     r.reply(std::move(resp));
-  });
+  };
+  if (m.tail()) return logs_.read_tail(key, max, std::move(done));
+  logs_.read(key, offset, max, std::move(done));
 }
 
 void ClientApi::on_drain(const pb::DrainNode& m, const net::Responder& r) {

@@ -38,6 +38,13 @@ class ClientApi {
 
   void handle(pb::Request&& request, const net::Responder& responder);
 
+  // What the listings answer, for in-process readers (the status page). Unlike handle(),
+  // they do not wait for durability: callers wrap them in Coordinator::when_durable.
+  pb::NodeList nodes() const;  // `nodes`: every node, with why it takes no new task
+  // `ps JOB`: a page of the job's tasks, with now_ms, and the wait reason on the first page.
+  pb::JobDetail job_detail(const sched::Job& job, uint32_t first_task, uint32_t max_tasks) const;
+  pb::JobList newest_jobs(uint32_t max_jobs) const;  // newest first (listing.h), with now_ms
+
  private:
   void on_submit(const pb::SubmitJob& m, const net::Responder& r);
   void on_cancel(const pb::CancelJob& m, const net::Responder& r);

@@ -715,6 +715,12 @@ TEST_F(ClientApiTest, ReadLogServesThisBoardsLogsFromTheLogStore) {
   EXPECT_EQ(r.log().next_offset(), 9u);
   r = ask(read_log_req(job, 0, pb::STDERR));
   EXPECT_EQ(r.log().data(), "oops\n");
+  // tail (the status page): the last max_bytes, whatever the offset.
+  pb::Request tail = read_log_req(job, 0, pb::STDOUT, 3, 8);
+  tail.mutable_read_log()->set_tail(true);
+  r = ask(std::move(tail));
+  ASSERT_EQ(r.error(), pb::OK) << r.error_message();
+  EXPECT_EQ(r.log().data(), "o\nworld\n");
   r = ask(read_log_req(job, 0, pb::STDOUT, 12));
   EXPECT_EQ(r.log().data(), "");
   EXPECT_EQ(r.log().next_offset(), 12u);

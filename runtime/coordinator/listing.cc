@@ -124,6 +124,16 @@ pb::JobList list_jobs(const State& state, const pb::ListJobs& request, const Pag
   return list;
 }
 
+pb::JobList newest_job_list(const State& state, uint32_t max_jobs) {
+  pb::JobList list;
+  const auto& jobs = state.cluster().jobs();
+  for (auto it = jobs.rbegin();
+       it != jobs.rend() && static_cast<uint32_t>(list.jobs_size()) < max_jobs; ++it) {
+    *list.add_jobs() = job_summary(state, it->second, Command::kShortened);
+  }
+  return list;
+}
+
 pb::JobDetail job_page(const State& state, const sched::Job& job, uint32_t first_task,
                        uint32_t max_tasks, const PageBounds& bounds) {
   pb::JobDetail d;

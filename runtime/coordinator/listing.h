@@ -45,6 +45,10 @@ pb::JobList list_jobs(const State& state, const pb::ListJobs& request,
 pb::JobDetail job_page(const State& state, const sched::Job& job, uint32_t first_task,
                        uint32_t max_tasks, const PageBounds& bounds = {});
 
+// The newest max_jobs jobs, newest first, commands shortened (the status page's overview);
+// next_after is 0. Only max_jobs is a bound: keep it small (the entries are not byte-bounded).
+pb::JobList newest_job_list(const State& state, uint32_t max_jobs);
+
 enum class Command : uint8_t { kWhole, kShortened };
 pb::JobSummary job_summary(const State& state, const sched::Job& job, Command command);
 

@@ -87,6 +87,23 @@ TEST(Listing, JobPagesComeInIdOrderAndEndWithZero) {
   EXPECT_EQ(list_jobs(empty.s, pb::ListJobs()).ByteSizeLong(), 0u);
 }
 
+TEST(Listing, TheNewestJobsComeNewestFirstAsJobListsSayThem) {
+  Fixture f;
+  for (uint64_t id = 1; id <= 5; ++id) f.submit(id, 2, {"sh", "-c", std::string(2000, 'x')});
+  const pb::JobList newest = newest_job_list(f.s, 3);
+  ASSERT_EQ(newest.jobs_size(), 3);
+  EXPECT_EQ(newest.jobs(0).id(), 5u);
+  EXPECT_EQ(newest.jobs(2).id(), 3u);
+  EXPECT_EQ(newest.next_after(), 0u);
+  // Each entry is the one `ps` lists: the same summary, command shortened.
+  pb::ListJobs req;
+  req.set_after_job_id(4);
+  EXPECT_EQ(newest.jobs(0).SerializeAsString(), list_jobs(f.s, req).jobs(0).SerializeAsString());
+  EXPECT_TRUE(newest.jobs(0).command_shortened());
+  EXPECT_EQ(newest_job_list(f.s, 100).jobs_size(), 5);
+  EXPECT_EQ(newest_job_list(f.s, 0).jobs_size(), 0);
+}
+
 TEST(Listing, PrunedJobsLeaveGapsThatPagingSkips) {
   Fixture f;
   for (uint64_t id = 1; id <= 6; ++id) f.submit(id, 1);

@@ -90,6 +90,8 @@ class Metrics {
   // Runs at each scrape before render(), so counters that change without a request (a
   // refused connection, an eviction) are current when read.
   void on_scrape(std::function<void()> fn) { board_->on_scrape(std::move(fn)); }
+  // Every other path of the listener: the status page (status_site.h).
+  void serve_other_paths(net::HttpAsyncHandler fn) { board_->serve_other_paths(std::move(fn)); }
 
  private:
   Metrics() = default;

@@ -12,12 +12,15 @@
 #include <optional>
 #include <utility>
 
+#include "net/address.h"
 #include "net/rpc_server.h"
 #include "runtime/coordinator/agent_hub.h"
 #include "runtime/coordinator/api.h"
 #include "runtime/coordinator/coordinator.h"
 #include "runtime/coordinator/local_runner.h"
 #include "runtime/coordinator/metrics.h"
+#include "runtime/coordinator/status_page.h"
+#include "runtime/coordinator/status_site.h"
 #include "runtime/data_dir.h"
 #include "runtime/exec/cgroup_mode.h"
 #include "runtime/exec/executor.h"
@@ -82,6 +85,7 @@ struct Server::Impl {
   std::unique_ptr<LocalRunner> runner;
   std::unique_ptr<net::RpcServer> rpc;
   std::unique_ptr<Metrics> metrics;
+  std::unique_ptr<StatusSite> status;
   NodeFacts facts;
   std::string heat_root;  // options.sysfs_root, else $CARDNODE_SYSFS_ROOT, else "/"
   BoardHeat heat;         // this board's, as last read
@@ -106,6 +110,7 @@ struct Server::Impl {
   Status start_executor();
   Status start_listeners();
   void start_loop_handles();
+  void start_status_site();
   CoordinatorHooks hooks();
 
   void sweep_pruned_logs();
@@ -278,6 +283,7 @@ Status Server::Impl::start_listeners() {
   if (!m) return std::unexpected(m.error());
   metrics = std::move(*m);
   metrics->on_scrape([this] { refresh_metrics(); });
+  start_status_site();
   metrics->board().set_info(facts.arch, storage::backend_name(engine->backend()),
                             options.exec ? isolation_name(isolation.info().mode) : "none");
   refresh_metrics();
@@ -287,6 +293,29 @@ Status Server::Impl::start_listeners() {
       "listening on " + *bound + ", metrics on " + metrics->bound_address() + ", data dir " +
           options.data_dir);
   return {};
+}
+
+// The status page shares the metrics listener; whether it shows task logs depends on where
+// that listener is reachable from (status_page.h logs_allowed).
+void Server::Impl::start_status_site() {
+  if (!options.status_page) {
+    metrics->serve_other_paths([](const std::string&, const net::HttpResponder& r) {
+      r.reply({404, "text/plain; charset=utf-8", "not found (the status page is off)\n"});
+    });
+    return;
+  }
+  sockaddr_storage bound{};  // AF_UNSPEC, not loopback, unless the address resolves
+  if (auto hp = net::parse_host_port(metrics->bound_address())) {
+    if (auto addr = net::resolve(*hp)) bound = *addr;
+  }
+  const bool logs = status::logs_allowed(bound, options.status_logs);
+  status = std::make_unique<StatusSite>(*coordinator, *api, StatusSiteOptions{.logs = logs});
+  metrics->serve_other_paths(
+      [this](const std::string& path, const net::HttpResponder& r) { status->serve(path, r); });
+  log(Level::kInfo, "server",
+      std::string("status page on http://") + metrics->bound_address() + "/" +
+          (logs ? " (with task logs)"
+                : " (task logs off: the listener is not loopback; --status-logs shows them)"));
 }
 
 void Server::Impl::start_loop_handles() {

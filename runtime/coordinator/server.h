@@ -7,6 +7,7 @@
 //   ClientApi (runtime/api.h)             one handler per client request
 //   LocalRunner + Executor                this board's tasks (unless --no-exec)
 //   RpcServer (net/), Metrics             the two listeners
+//   StatusSite (runtime/status_site.h)    the status page, on the metrics listener
 //
 // The server decides only what needs the loop: when the coordinator takes a turn (a
 // uv_idle after any event, and a 1 s tick), when its own board's heat is read (every
@@ -32,6 +33,10 @@ struct ServerOptions {
   std::string data_dir;
   std::string listen = "0.0.0.0:7420";
   std::string metrics_listen = "0.0.0.0:9742";
+  // The status page next to /metrics (status_site.h): --no-status-page turns it off; task
+  // logs are shown on a loopback listener, or anywhere with --status-logs.
+  bool status_page = true;
+  bool status_logs = false;
   std::string log_dir;    // empty: DATA_DIR/logs
   bool exec = true;       // false: --no-exec, coordinate only
   std::string node_name;  // empty: the hostname

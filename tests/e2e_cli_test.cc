@@ -134,6 +134,18 @@ TEST_F(Cluster, PsJobShowsHowLongEachTaskRan) {
   EXPECT_EQ(cli({"cancel", "2"}).code, 0);
 }
 
+// deploy/example-job.json is what deploy/README.md and the package's examples show.
+TEST_F(Cluster, TheExampleJobInDeployRunsAsItsReadmeSays) {
+  start_server();
+  Output r = cli({"submit", CARDNODE_SOURCE_DIR "/deploy/example-job.json", "--wait"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("cardnode: job 1 succeeded (succeeded:8)"), std::string::npos) << r.err;
+  for (int i = 0; i < 8; ++i) {
+    Output log = cli({"logs", "1." + std::to_string(i)});
+    EXPECT_EQ(log.out, "frame " + std::to_string(i) + "\n") << log.err;
+  }
+}
+
 TEST(CliHelp, EverySubcommandsHelpEndsWithAnExample) {
   char tmpl[] = "/tmp/cardnode-help-XXXXXX";
   ASSERT_NE(mkdtemp(tmpl), nullptr);

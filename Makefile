@@ -219,7 +219,9 @@ vm-test: deps cross-deps vm-deps
 	cross/cross.sh aarch64 build
 	$(MAKE) deb ARCH=arm64
 	$(MAKE) deb ARCH=arm64 DEB_REVISION=$(DEB_REVISION)+upgradetest DEB_OUT=$(BUILD)/deb/upgrade
-	VM_DIR=$(VM_DIR) $(SUDO) tests/vm/vm-test.sh
+	$(SUDO) env VM_DIR=$(VM_DIR) $(if $(VM_TIMEOUT_S),VM_TIMEOUT_S=$(VM_TIMEOUT_S)) tests/vm/vm-test.sh \
+	  $(DEB_OUT)/cardnode_$(VERSION)-$(DEB_REVISION)_arm64.deb \
+	  $(BUILD)/deb/upgrade/cardnode_$(VERSION)-$(DEB_REVISION)+upgradetest_arm64.deb
 
 clean:
 	rm -rf $(BUILD)

@@ -184,13 +184,16 @@ struct Executor::Impl {
   // their environment tag. Bounded by kTaggedScanMax; a no-op under cgroups, which hold
   // the whole tree already.
   // Returns how many it signalled.
-  uint32_t kill_tagged(Task& t, int sig);
+  // Signals what carries t's tag; `unsure` (subreaper only) counts orphans whose
+  // environment could not be read yet, in the first kReapFastForMs after t's exit.
+  uint32_t kill_tagged(Task& t, int sig, uint32_t* unsure = nullptr);
   void on_exited(Task& t, int status, const struct rusage& ru);
   // One round of ending what is left of an exited task: its group (cgroups), or its
   // adopted orphans (rlimit mode as subreaper). True once nothing is left.
   bool tree_gone(Task& t) {
     bool gone = isolation.reap_group(t.group);
-    if (subreaper && kill_tagged(t, SIGKILL) > 0) gone = false;
+    uint32_t unsure = 0;
+    if (subreaper && kill_tagged(t, SIGKILL, &unsure) + unsure > 0) gone = false;
     return gone;
   }
   void after_exit_tick(Task& t);
@@ -646,7 +649,7 @@ Status Executor::Impl::spawn(Task& t, const TaskLaunch& launch, const TaskCreden
   return {};
 }
 
-uint32_t Executor::Impl::kill_tagged(Task& t, int sig) {
+uint32_t Executor::Impl::kill_tagged(Task& t, int sig, uint32_t* unsure) {
   if (isolation.info().mode != IsolationMode::kRlimit) return 0;
   constexpr uint32_t kTaggedScanMax = 4096;
   uint32_t signalled = 0;
@@ -663,7 +666,18 @@ uint32_t Executor::Impl::kill_tagged(Task& t, int sig) {
     if (task_pids.contains(pid)) continue;  // a task's own process: its pidfd reaps it
     int status = 0;
     if (::waitpid(pid, &status, WNOHANG) == pid) continue;  // an adopted orphan that ended
-    if (environ_has(pid, t.key_entry)) signalled += ::kill(pid, sig) == 0 ? 1 : 0;
+    switch (environ_match(pid, t.key_entry)) {
+      case EnvironMatch::kYes: signalled += ::kill(pid, sig) == 0 ? 1 : 0; break;
+      case EnvironMatch::kNo: break;
+      case EnvironMatch::kUnreadable:
+        // An escapee caught inside its execve (`setsid sleep`) reads as empty for a
+        // moment: look again on the next tick rather than report it gone. Bounded: an
+        // orphan that cleared its environment is not waited for past the fast window.
+        if (unsure != nullptr && t.exited && uv_now(loop) - t.exited_at_ms < kReapFastForMs) {
+          ++*unsure;
+        }
+        break;
+    }
   }
   return signalled;
 }

@@ -569,9 +569,16 @@ TEST_P(ExecutorTest, APidsLimitContainsAForkBomb) {
   if (std::find(enforced.begin(), enforced.end(), "pids") == enforced.end()) {
     GTEST_SKIP() << "no pids controller in " << GetParam().name << " mode";
   }
+  // Under qemu-user every emulated process is two host tasks, and a child whose second
+  // thread cannot start dies while the shell's fork succeeded: the shell may go on forking
+  // into the one free slot. The limit is the kernel's; it is checked natively and in the
+  // arm64 VM (tests/vm/).
+  if (const char* emulator = std::getenv("CARDNODE_TEST_EMULATOR"); emulator != nullptr) {
+    GTEST_SKIP() << "pids accounting under " << emulator << " counts the emulator's threads";
+  }
   // 64 background children against a limit of 16 tasks: the shell's forks fail once the
-  // group is full (under qemu-user each process is two host tasks, so even sooner). Without
-  // the limit it prints "started 64" and succeeds; the children die with the report either way.
+  // group is full, and it says so. Without the limit it prints "started 64" and succeeds;
+  // the children die with the report either way.
   TaskLaunch l = launch(30, {"sh", "-c",
                              "n=0; while [ $n -lt 64 ]; do sleep 1000 & n=$((n+1)); done; "
                              "echo started $n"});
@@ -579,6 +586,7 @@ TEST_P(ExecutorTest, APidsLimitContainsAForkBomb) {
   TaskExit e = run(l);
   EXPECT_NE(e.state, pb::TASK_SUCCEEDED) << out(30);
   EXPECT_EQ(out(30).find("started 64"), std::string::npos) << out(30);
+  EXPECT_NE(err(30).find("fork"), std::string::npos) << err(30);
   EXPECT_FALSE(group_exists(30, 0));
 }
 

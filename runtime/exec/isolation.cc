@@ -582,7 +582,7 @@ void Isolation::destroy_parent() {
 namespace {
 
 // True if /proc/PID/environ holds `entry` ("K=V"; with `prefix`, an entry starting so).
-bool environ_matches(int32_t pid, const std::string& entry, bool prefix) {
+EnvironMatch environ_matches_checked(int32_t pid, const std::string& entry, bool prefix) {
   constexpr size_t kEnvironBytesMax = 256u << 10;  // larger environments are not read
   std::string needle;
   needle.push_back('\0');
@@ -595,14 +595,23 @@ bool environ_matches(int32_t pid, const std::string& entry, bool prefix) {
     in.read(buf, sizeof(buf));
     env.append(buf, static_cast<size_t>(in.gcount()));
   }
+  if (env.size() == 1) return EnvironMatch::kUnreadable;
   env.push_back('\0');
-  return env.find(needle) != std::string::npos;
+  return env.find(needle) != std::string::npos ? EnvironMatch::kYes : EnvironMatch::kNo;
+}
+
+bool environ_matches(int32_t pid, const std::string& entry, bool prefix) {
+  return environ_matches_checked(pid, entry, prefix) == EnvironMatch::kYes;
 }
 
 }  // namespace
 
 bool environ_has(int32_t pid, const std::string& entry) {
   return environ_matches(pid, entry, /*prefix=*/false);
+}
+
+EnvironMatch environ_match(int32_t pid, const std::string& entry) {
+  return environ_matches_checked(pid, entry, /*prefix=*/false);
 }
 
 std::vector<int32_t> pids_with_env(const std::string& entry, bool prefix, uint32_t max) {

@@ -153,6 +153,10 @@ class Isolation {
 std::vector<int32_t> pids_with_env(const std::string& entry, bool prefix, uint32_t max);
 // The same test for one process: its initial environment holds `entry` ("K=V").
 bool environ_has(int32_t pid, const std::string& entry);
+// As environ_has, and whether the environment could be read at all: it reads as empty
+// while the process is between the two halves of an execve, or gone.
+enum class EnvironMatch : uint8_t { kYes, kNo, kUnreadable };
+EnvironMatch environ_match(int32_t pid, const std::string& entry);
 // This process's children (/proc/self/task/*/children), at most `max`. With
 // PR_SET_CHILD_SUBREAPER they include every orphan of a task: how the executor finds, in
 // rlimit mode, what escaped a task's process group without reading all of /proc.

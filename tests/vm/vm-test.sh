@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# vm-test.sh [--if-cached] — cardnode on a real arm64 kernel: boots the Debian 12 arm64 VM
+# vm-test.sh [--have-image] [DEB UPGRADE_DEB] — cardnode on a real arm64 kernel: boots the Debian 12 arm64 VM
 # (qemu-system-aarch64; kernel 6.1, systemd, cgroup v2 controllers, io_uring), installs the
 # arm64 package there, runs guest-checks.sh against its systemd units, and the cross-built
 # unit tests that need a real kernel. Fails on any failed check or test.
@@ -11,9 +11,9 @@
 #
 # Environment: VM_DIR (the cache, default /var/cache/cardnode/arm64vm, outside the checkout
 # so that clones share it), VM_TIMEOUT_S (one guest run, default 1500).
-# Expects `make deb ARCH=arm64` and `make cross-build ARCH=aarch64` to have run (the
-# Makefile's vm-test target does both). Output: build/vm-test/result.log (the guest's report),
-# build/vm-test/console.log is next to the disk image under VM_DIR/run.
+# DEB and UPGRADE_DEB: the arm64 package and a higher revision of it (the Makefile's vm-test
+# target builds both, and the cross build, and names them exactly). Output:
+# build/vm-test/result.log (the guest's report) and build/vm-test/console.log (its console).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -38,11 +38,11 @@ out=$root/build/vm-test
 payload=$out/payload
 rm -rf "$out"
 mkdir -p "$payload/deb/upgrade" "$payload/build/runtime" "$payload/build/storage"
-deb=$(ls "$root"/build/deb/cardnode_*_arm64.deb 2>/dev/null | head -n1 || true)
-twin=$(ls "$root"/build/deb/upgrade/cardnode_*_arm64.deb 2>/dev/null | head -n1 || true)
-[ -n "$deb" ] && [ -n "$twin" ] || {
-  echo "vm-test: build/deb/cardnode_*_arm64.deb or its upgrade twin is missing (make vm-test builds them)" >&2
-  exit 1
+deb=${1:-}
+twin=${2:-}
+[ -f "$deb" ] && [ -f "$twin" ] || {
+  echo "vm-test: usage: vm-test.sh ARM64_DEB UPGRADE_DEB (make vm-test builds and names them)" >&2
+  exit 2
 }
 cp "$deb" "$payload/deb/"
 cp "$twin" "$payload/deb/upgrade/"
@@ -51,6 +51,19 @@ for t in runtime/isolation_test runtime/executor_test runtime/task_exec_helper s
   cp "$cross/$t" "$payload/build/$t"
 done
 echo "$cross" > "$payload/build-path"
+# Shared libraries a test binary links that the image lacks (the image holds what the
+# package needs): the same Debian 12 builds, from the cross sysroot, in /opt/payload/lib.
+mkdir -p "$payload/lib"
+for t in "$payload"/build/*/*; do
+  for so in $(aarch64-linux-gnu-readelf -d "$t" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+    [ -n "$(find "$vm_dir/rootfs/lib/aarch64-linux-gnu" "$vm_dir/rootfs/usr/lib/aarch64-linux-gnu" \
+      -maxdepth 1 -name "$so" 2>/dev/null | head -n1)" ] && continue
+    lib=$(find "$root/build/sysroot-aarch64/usr/lib/aarch64-linux-gnu" "$root/build/sysroot-aarch64/lib/aarch64-linux-gnu" \
+      -maxdepth 1 -name "$so" 2>/dev/null | head -n1)
+    [ -n "$lib" ] || { echo "vm-test: $t needs $so, in neither the image nor the sysroot" >&2; exit 1; }
+    cp -L "$lib" "$payload/lib/"
+  done
+done
 
 start=$(date +%s)
 "$here/run-in-vm.sh" "$vm_dir" "$payload" "$here/guest-checks.sh" "${VM_TIMEOUT_S:-1500}" > "$out/result.log" || true

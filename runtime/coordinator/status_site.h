@@ -43,6 +43,8 @@ class StatusSite {
       : c_(coordinator), api_(api), options_(std::move(options)) {}
 
   void serve(const net::HttpRequest& request, const net::HttpResponder& responder);
+  // Page requests waiting now (at most options.in_flight_max).
+  uint32_t in_flight() const { return *in_flight_; }
 
  private:
   // Held by every callback of one page request; the count drops when the last is gone.

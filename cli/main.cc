@@ -96,8 +96,13 @@ Entry add_server(CLI::App& app, const ClientConfig& client) {
       "--no-status-page", [a](int64_t) { a->options.status_page = false; },
       "Serve only /metrics on --metrics-listen (no status page)");
   sub->add_flag("--status-logs", a->options.status_logs,
-                "Show task log tails on the status page even when --metrics-listen is not a "
-                "loopback address (logs may hold secrets)");
+                "Show jobs' commands and task log tails on the status page even when "
+                "--metrics-listen is not a loopback address (they may hold secrets)");
+  sub->add_option("--status-host", a->options.status_hosts,
+                  "A Host name the status page answers to besides IP addresses, localhost and "
+                  "this hostname (repeatable; guards against DNS rebinding)")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   sub->add_flag("--no-exec", a->no_exec, "Coordinate only; run no tasks on this board");
   sub->add_option("--log-dir", a->options.log_dir,
                   "Task logs (default DATA_DIR/logs), e.g. on tmpfs");

@@ -146,12 +146,17 @@ void answer(Conn* c) {
   if (method != "GET" && !head) {
     return send_reply(c, {405, "text/plain; charset=utf-8", "only GET\n"}, false);
   }
+  std::optional<std::string> host;
+  if (!parse_host_header(req.substr(0, req.find("\r\n\r\n")), &host)) {
+    c->core->stats.rejected++;
+    return send_reply(c, {400, "text/plain; charset=utf-8", "bad Host header\n"}, false);
+  }
   // One request per connection: nothing after it is read while the handler works.
   c->answering = true;
   c->slot = std::make_shared<HttpResponder::Slot>();
   c->slot->conn = c;
   c->slot->head = head;
-  c->core->handler(std::string(target), HttpResponder{c->slot});
+  c->core->handler(HttpRequest{std::string(target), std::move(host)}, HttpResponder{c->slot});
 }
 
 void on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
@@ -246,6 +251,38 @@ void on_connection(uv_stream_t* listener, int status) {
 
 }  // namespace
 
+bool parse_host_header(std::string_view head, std::optional<std::string>* host) {
+  host->reset();
+  auto trim = [](std::string_view v) {
+    const size_t b = v.find_first_not_of(" \t");
+    if (b == std::string_view::npos) return std::string_view();
+    return v.substr(b, v.find_last_not_of(" \t") - b + 1);
+  };
+  auto is_host = [](std::string_view name) {
+    constexpr std::string_view kHost = "host";
+    if (name.size() != kHost.size()) return false;
+    for (size_t i = 0; i < name.size(); ++i) {
+      const char c = name[i] >= 'A' && name[i] <= 'Z' ? static_cast<char>(name[i] + 32) : name[i];
+      if (c != kHost[i]) return false;
+    }
+    return true;
+  };
+  size_t at = head.find("\r\n");  // past the request line
+  while (at != std::string_view::npos) {
+    at += 2;
+    const size_t end = head.find("\r\n", at);
+    const std::string_view line = head.substr(at, end == std::string_view::npos ? end : end - at);
+    at = end;
+    const size_t colon = line.find(':');
+    if (colon == std::string_view::npos) continue;
+    const std::string_view name = line.substr(0, colon);
+    if (!is_host(trim(name))) continue;
+    if (host->has_value() || trim(name).size() != name.size()) return false;
+    *host = std::string(trim(line.substr(colon + 1)));
+  }
+  return true;
+}
+
 void HttpResponder::reply(HttpReply r) const {
   if (!slot_ || slot_->conn == nullptr) return;
   Conn* c = std::exchange(slot_->conn, nullptr);
@@ -259,8 +296,8 @@ struct HttpServer::Impl : Core {
 
 HttpServer::HttpServer(uv_loop_t* loop, HttpServerOptions options, HttpHandler handler)
     : HttpServer(loop, std::move(options),
-                 [h = std::move(handler)](const std::string& path, const HttpResponder& r) {
-                   r.reply(h(path));
+                 [h = std::move(handler)](const HttpRequest& req, const HttpResponder& r) {
+                   r.reply(h(req.path));
                  }) {}
 
 HttpServer::HttpServer(uv_loop_t* loop, HttpServerOptions options, HttpAsyncHandler handler)

@@ -13,7 +13,9 @@
 // A handler answers at once (HttpHandler) or later (HttpAsyncHandler, for pages that wait on
 // storage or an agent): the request's deadline still holds, so a late answer finds the
 // connection closed and is dropped. Replies carry extra headers (the status page's
-// Content-Security-Policy) when the handler sets them.
+// Content-Security-Policy) when the handler sets them. The asynchronous handler is also told
+// the request's Host header (HttpRequest), so pages can refuse names a DNS-rebinding page
+// could use (runtime/coordinator/status_page.h host_allowed); /metrics ignores it.
 //
 // Threading: loop thread only; the handler runs on it. Lifetime: as RpcServer (handles
 // free themselves in their close callbacks; run the loop before uv_loop_close()).
@@ -24,7 +26,9 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -58,6 +62,19 @@ struct HttpReply {
 // path (without the query string) -> reply.
 using HttpHandler = std::function<HttpReply(const std::string& path)>;
 
+// What an asynchronous handler is told of a request.
+struct HttpRequest {
+  std::string path;  // without the query string
+  // The Host header's value, SP/HTAB trimmed (port and all, as sent); none without one
+  // (HTTP/1.0). A request with two Host headers is a 400 and reaches no handler.
+  std::optional<std::string> host;
+};
+
+// The Host header of a request's head (request line and header lines, CRLF-separated, up to
+// the blank line): the header name matched case-insensitively, the value trimmed. False if
+// the head has two Host headers or one with whitespace before its colon (RFC 9112: a 400).
+[[nodiscard]] bool parse_host_header(std::string_view head, std::optional<std::string>* host);
+
 // Answers one request, once; later calls, and calls after the connection closed (its
 // deadline passed, it was evicted, the server stopped), do nothing. Copyable; safe to keep
 // past the server's stop (not past its destruction's loop run).
@@ -68,8 +85,8 @@ class HttpResponder {
   std::shared_ptr<Slot> slot_;
 };
 
-// path -> a reply through the responder, now or later (on the loop thread).
-using HttpAsyncHandler = std::function<void(const std::string& path, HttpResponder responder)>;
+// request -> a reply through the responder, now or later (on the loop thread).
+using HttpAsyncHandler = std::function<void(const HttpRequest& request, HttpResponder responder)>;
 
 class HttpServer {
  public:

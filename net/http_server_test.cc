@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -51,7 +52,7 @@ class HttpServerTest : public ::testing::Test {
       });
     } else {
       server_ = std::make_unique<HttpServer>(
-          &loop_, options_, [this](const std::string& path, HttpResponder r) { serve(path, r); });
+          &loop_, options_, [this](const HttpRequest& req, HttpResponder r) { serve(req, r); });
     }
     auto bound = server_->start();
     ASSERT_TRUE(bound) << bound.error().describe();
@@ -109,8 +110,11 @@ class HttpServerTest : public ::testing::Test {
 
   // The asynchronous handler: /later is answered 50 ms on (twice: the second is a no-op),
   // /never only at the stop, after its deadline closed it.
-  void serve(const std::string& path, HttpResponder r) {
+  // /host answers with the Host the handler was told ("<none>" without one).
+  void serve(const HttpRequest& req, HttpResponder r) {
+    const std::string& path = req.path;
     ++calls_;
+    if (path == "/host") return r.reply({200, "text/plain", req.host.value_or("<none>")});
     if (path == "/metrics") return r.reply({200, "text/plain", "cardnode_up 1\n"});
     if (path == "/headers") {
       return r.reply({200, "text/html", "<p>hi</p>", {{"X-Content-Type-Options", "nosniff"}}});
@@ -164,6 +168,40 @@ TEST_F(HttpServerTest, ServesGetAndHeadAndSaysWhatItDoesNot) {
   EXPECT_EQ(get("/secret").rfind("HTTP/1.1 404", 0), 0u);
   EXPECT_EQ(exchange(dial(), "POST /metrics HTTP/1.1\r\n\r\n").rfind("HTTP/1.1 405", 0), 0u);
   EXPECT_EQ(exchange(dial(), "hello there\r\n\r\n").rfind("HTTP/1.1 400", 0), 0u);
+}
+
+TEST(HttpHost, TheHostHeaderIsFoundCaseInsensitivelyAndTrimmed) {
+  std::optional<std::string> host;
+  ASSERT_TRUE(parse_host_header("GET / HTTP/1.1\r\nHost: a.example\r\nX: y", &host));
+  EXPECT_EQ(host, "a.example");
+  ASSERT_TRUE(parse_host_header("GET / HTTP/1.1\r\nX: y\r\nhOsT:\t 10.0.0.1:9742 \t", &host));
+  EXPECT_EQ(host, "10.0.0.1:9742");  // the port is kept: the page decides
+  ASSERT_TRUE(parse_host_header("GET / HTTP/1.1\r\nHOST:[::1]:80", &host));
+  EXPECT_EQ(host, "[::1]:80");
+  ASSERT_TRUE(parse_host_header("GET / HTTP/1.1\r\nHost:", &host));
+  EXPECT_EQ(host, "");  // present but empty: not "none"
+  // None: HTTP/1.0 without one, or only look-alike names.
+  ASSERT_TRUE(parse_host_header("GET / HTTP/1.0", &host));
+  EXPECT_FALSE(host.has_value());
+  ASSERT_TRUE(parse_host_header("GET /Host:x HTTP/1.1\r\nX-Host: a\r\nHosts: b\r\nhost", &host));
+  EXPECT_FALSE(host.has_value());
+  // Two Host headers (which would the page check?), or whitespace before the colon: refused.
+  EXPECT_FALSE(parse_host_header("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nhost: evil.example", &host));
+  EXPECT_FALSE(parse_host_header("GET / HTTP/1.1\r\nHost: a\r\nHost: a", &host));
+  EXPECT_FALSE(parse_host_header("GET / HTTP/1.1\r\nHost : evil.example", &host));
+}
+
+TEST_F(HttpServerTest, HandlersAreToldTheHostAndTwoHostsAreABadRequest) {
+  start();
+  EXPECT_TRUE(get("/host").ends_with("\r\n\r\nx")) << get("/host");
+  EXPECT_TRUE(exchange(dial(), "GET /host HTTP/1.1\r\nhost:  [::1]:9742 \r\n\r\n")
+                  .ends_with("\r\n\r\n[::1]:9742"));
+  EXPECT_TRUE(exchange(dial(), "GET /host HTTP/1.0\r\n\r\n").ends_with("\r\n\r\n<none>"));
+  const int before = calls_;
+  const std::string r =
+      exchange(dial(), "GET /host HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n");
+  EXPECT_EQ(r.rfind("HTTP/1.1 400", 0), 0u) << r;
+  EXPECT_EQ(calls_, before);  // no handler saw it
 }
 
 TEST_F(HttpServerTest, ASynchronousHandlerServesToo) {

@@ -73,12 +73,13 @@ Result<std::unique_ptr<BoardMetrics>> BoardMetrics::start(uv_loop_t* loop,
   ho.listen = listen;
   BoardMetrics* self = m.get();
   m->http_ = std::make_unique<net::HttpServer>(
-      loop, ho, [self](const std::string& path, net::HttpResponder r) {
+      loop, ho, [self](const net::HttpRequest& req, net::HttpResponder r) {
+        const std::string& path = req.path;
         if (path == "/metrics") {
           if (self->on_scrape_) self->on_scrape_();
           return r.reply({200, "text/plain; version=0.0.4; charset=utf-8", self->render()});
         }
-        if (self->other_paths_) return self->other_paths_(path, std::move(r));
+        if (self->other_paths_) return self->other_paths_(req, std::move(r));
         if (path == "/") return r.reply({200, "text/plain; charset=utf-8", "see /metrics\n"});
         r.reply({404, "text/plain; charset=utf-8", "not found\n"});
       });

@@ -8,11 +8,14 @@
 // counters end in _total (`promtool check metrics` is clean: tests/e2e_prometheus_test.cc).
 //
 // Who may read it: anyone who can reach --metrics-listen, as Prometheus expects of an
-// exporter (bind it to a management address, or 127.0.0.1 and scrape through a proxy).
-// So nothing here may carry a secret: no token, no command line, no environment, no job or
-// node name — only counts, the board's arch and the isolation/io modes. (The server's status
-// page, served on this listener through serve_other_paths(), does show names and commands:
-// runtime/coordinator/status_page.h says who may see what.)
+// exporter (bind it to a management address, or 127.0.0.1 and scrape through a proxy), with
+// any Host header. So /metrics carries no secret: no token, no command line, no environment,
+// no job or node name — only counts, the board's arch and the isolation/io modes. Every
+// other path of a server's listener is its status page (serve_other_paths(); agents serve
+// none): job and node names, states and counts to anyone who can reach it, but jobs' commands
+// and users and task logs only on a loopback listener or with `server --status-logs`, no
+// environment ever, and only to requests whose Host is an IP address, localhost, this host's
+// name or a --status-host name (DNS rebinding): runtime/coordinator/status_page.h.
 //
 // Threading: loop thread only (prometheus-cpp's types are thread-safe; the loop is the
 // only writer and the only reader).

@@ -3,8 +3,9 @@
 // hostile name, prints hostile lines. Checked: names, states and the log tail appear as
 // text; what would be markup appears escaped and no element was injected (no <b
 // id="pwned">, no <img>, no <script> at all: the page has none of its own). And the
-// exposure rules: task logs only on a loopback listener or with --status-logs (else 403),
-// and --no-status-page leaves /metrics alone.
+// exposure rules: task logs and commands only on a loopback listener or with --status-logs
+// (else 403, and the job page hides the command), foreign Host names refused (DNS
+// rebinding) while /metrics answers any, and --no-status-page leaves /metrics alone.
 //
 // chromium missing is a failure, not a skip: `make test` installs it (Makefile DEPS).
 // Waits are bounded polls; chromium runs under a deadline and is killed (its whole process
@@ -158,13 +159,39 @@ TEST_F(StatusPage, LogsAreForbiddenOffLoopbackUnlessStatusLogs) {
   EXPECT_EQ(r.rfind("HTTP/1.1 403 Forbidden\r\n", 0), 0u) << r;
   EXPECT_NE(r.find("--status-logs"), std::string::npos) << r;
   EXPECT_EQ(r.find("first line"), std::string::npos);
-  EXPECT_EQ(http_get(metrics_addr_, "/jobs/" + id).rfind("HTTP/1.1 200", 0), 0u);
+  // The job page is served, its command (which may hold secrets) is not.
+  r = http_get(metrics_addr_, "/jobs/" + id);
+  EXPECT_EQ(r.rfind("HTTP/1.1 200", 0), 0u) << r;
+  EXPECT_EQ(r.find("onerror"), std::string::npos) << r;
+  EXPECT_NE(r.find("hidden: this listener is not loopback"), std::string::npos) << r;
 
   ASSERT_EQ(stop_server(SIGTERM) >= 0, true);
   start_server({"--metrics-listen", "0.0.0.0:0", "--status-logs"});
   r = http_get(metrics_addr_, "/jobs/" + id + "/tasks/0");
   EXPECT_EQ(r.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << r;
   EXPECT_NE(r.find("first line"), std::string::npos) << r;
+  r = http_get(metrics_addr_, "/jobs/" + id);
+  EXPECT_NE(r.find("&lt;img src=x onerror=alert(1)&gt;"), std::string::npos) << r;
+}
+
+// DNS rebinding: a page whose name was pointed at this listener sends its own name as Host.
+// The status pages refuse it; /metrics answers any Host (Prometheus scrapes by any name).
+TEST_F(StatusPage, AForeignHostNameIsRefusedButMetricsAnswerIt) {
+  start_server({"--status-host", "pool.example"});
+  std::string r = http_get(metrics_addr_, "/", "evil.example");
+  EXPECT_EQ(r.rfind("HTTP/1.1 403 Forbidden\r\n", 0), 0u) << r;
+  EXPECT_NE(r.find("--status-host"), std::string::npos) << r;
+  EXPECT_EQ(r.find("<h1>Pool</h1>"), std::string::npos) << r;
+  r = http_get(metrics_addr_, "/jobs/1", "evil.example:9742");
+  EXPECT_EQ(r.rfind("HTTP/1.1 403", 0), 0u) << r;
+  r = http_get(metrics_addr_, "/metrics", "evil.example");
+  EXPECT_EQ(r.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << r;
+  EXPECT_NE(r.find("cardnode_jobs_submitted_total"), std::string::npos) << r;
+  for (const char* ok : {"localhost:1", "pool.example", "[::1]:9742"}) {
+    r = http_get(metrics_addr_, "/", ok);
+    EXPECT_EQ(r.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << ok << "\n" << r;
+    EXPECT_NE(r.find("<h1>Pool</h1>"), std::string::npos) << r;
+  }
 }
 
 // A task that ran on an agent: its tail is read there (ReadLog.tail through the agent), and

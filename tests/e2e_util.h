@@ -169,10 +169,13 @@ inline bool closed_by_peer(int fd) {
   return false;
 }
 
-inline std::string http_get(const std::string& addr, const std::string& path) {
+// Host: the address dialled (an IP literal), as a browser sends it; `host` overrides it.
+inline std::string http_get(const std::string& addr, const std::string& path,
+                            const std::string& host = "") {
   int fd = dial(addr);
   if (fd < 0) return "";
-  std::string req = "GET " + path + " HTTP/1.0\r\nHost: x\r\n\r\n";
+  std::string req =
+      "GET " + path + " HTTP/1.0\r\nHost: " + (host.empty() ? addr : host) + "\r\n\r\n";
   (void)!write(fd, req.data(), req.size());
   std::string resp;
   char buf[4096];

@@ -27,6 +27,7 @@
 #include "net/frame.h"
 #include "runtime/coordinator/agent_hub.h"
 #include "runtime/coordinator/listing.h"
+#include "runtime/coordinator/status_site.h"
 #include "runtime/coordinator/test_harness.h"
 #include "storage/log_store.h"
 #include "storage/test_util.h"
@@ -267,6 +268,26 @@ void expect_error(const pb::Response& r, pb::ErrorCode code, const std::string& 
       << "'" << r.error_message() << "' does not say '" << says << "'";
   EXPECT_EQ(r.error_message().find('\n'), std::string::npos) << r.error_message();
   EXPECT_EQ(r.body_case(), pb::Response::BODY_NOT_SET) << "an error with a body";
+}
+
+// ------------------------------------------------------------------------- status page
+
+// Status page requests wait, as reads do, for durability; strangers may send them, so the
+// site holds only its cap of them and answers the rest at once (503), never queueing more.
+TEST_F(ClientApiTest, TheStatusPageHoldsAtMostItsCapOfRequestsWaiting) {
+  open();
+  StatusSite site(c(), *api_, StatusSiteOptions{.logs = true, .hosts = {}, .in_flight_max = 3});
+  Reply submitted = send(submit_req(spec(1)));  // not durable yet: pages wait behind it
+  ASSERT_FALSE(c().all_durable());
+  for (int i = 0; i < 5; ++i) site.serve({"/", "127.0.0.1:9742"}, net::HttpResponder{});
+  EXPECT_EQ(site.in_flight(), 3u);
+  site.serve({"/", "evil.example"}, net::HttpResponder{});  // refused before it could wait
+  EXPECT_EQ(site.in_flight(), 3u);
+  rig_->complete();
+  EXPECT_TRUE(submitted.ok());
+  EXPECT_EQ(site.in_flight(), 0u) << "answered pages give their places back";
+  site.serve({"/jobs/1", std::nullopt}, net::HttpResponder{});  // durable: answered at once
+  EXPECT_EQ(site.in_flight(), 0u);
 }
 
 // ------------------------------------------------------------------------- submit

@@ -299,7 +299,7 @@ Status Server::Impl::start_listeners() {
 // that listener is reachable from (status_page.h logs_allowed).
 void Server::Impl::start_status_site() {
   if (!options.status_page) {
-    metrics->serve_other_paths([](const std::string&, const net::HttpResponder& r) {
+    metrics->serve_other_paths([](const net::HttpRequest&, const net::HttpResponder& r) {
       r.reply({404, "text/plain; charset=utf-8", "not found (the status page is off)\n"});
     });
     return;
@@ -309,13 +309,22 @@ void Server::Impl::start_status_site() {
     if (auto addr = net::resolve(*hp)) bound = *addr;
   }
   const bool logs = status::logs_allowed(bound, options.status_logs);
-  status = std::make_unique<StatusSite>(*coordinator, *api, StatusSiteOptions{.logs = logs});
+  // Names the page answers to (DNS-rebinding guard), besides IP literals and localhost.
+  std::vector<std::string> hosts = options.status_hosts;
+  char hostname[HOST_NAME_MAX + 1] = {};
+  if (::gethostname(hostname, sizeof hostname - 1) == 0 && hostname[0] != '\0') {
+    hosts.emplace_back(hostname);
+    hosts.push_back(std::string(hostname) + ".local");
+  }
+  status = std::make_unique<StatusSite>(*coordinator, *api,
+                                        StatusSiteOptions{.logs = logs, .hosts = std::move(hosts)});
   metrics->serve_other_paths(
-      [this](const std::string& path, const net::HttpResponder& r) { status->serve(path, r); });
+      [this](const net::HttpRequest& req, const net::HttpResponder& r) { status->serve(req, r); });
   log(Level::kInfo, "server",
       std::string("status page on http://") + metrics->bound_address() + "/" +
-          (logs ? " (with task logs)"
-                : " (task logs off: the listener is not loopback; --status-logs shows them)"));
+          (logs ? " (with commands and task logs)"
+                : " (commands and task logs hidden: the listener is not loopback; "
+                  "--status-logs shows them)"));
 }
 
 void Server::Impl::start_loop_handles() {

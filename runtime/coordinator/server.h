@@ -22,6 +22,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "net/channel.h"
 #include "proto/error.h"
@@ -34,9 +35,12 @@ struct ServerOptions {
   std::string listen = "0.0.0.0:7420";
   std::string metrics_listen = "0.0.0.0:9742";
   // The status page next to /metrics (status_site.h): --no-status-page turns it off; task
-  // logs are shown on a loopback listener, or anywhere with --status-logs.
+  // logs and jobs' commands are shown on a loopback listener, or anywhere with --status-logs.
   bool status_page = true;
   bool status_logs = false;
+  // Host names the status page answers besides IP literals, localhost and this hostname
+  // (--status-host; status_page.h host_allowed).
+  std::vector<std::string> status_hosts;
   std::string log_dir;    // empty: DATA_DIR/logs
   bool exec = true;       // false: --no-exec, coordinate only
   std::string node_name;  // empty: the hostname

@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cstdio>
 #include <ctime>
@@ -170,7 +171,11 @@ std::string command_text(const pb::JobSummary& j, uint32_t max_bytes) {
   return out;
 }
 
-std::string job_head(const pb::JobSummary& j, uint64_t now_ms) {
+std::string hidden() {
+  return "<span class=\"note\">" + html_escape(kHiddenNote) + "</span>";
+}
+
+std::string job_head(const pb::JobSummary& j, uint64_t now_ms, bool commands) {
   const auto elapsed = job_elapsed_ms(j, now_ms);
   std::string out = "<table id=\"job\">";
   auto row = [&out](std::string_view k, const std::string& v) {
@@ -178,7 +183,7 @@ std::string job_head(const pb::JobSummary& j, uint64_t now_ms) {
   };
   row("name", html_text(j.name(), kFieldBytesMax));
   row("state", html_escape(job_state(j.state())));
-  row("command", "<code>" + command_text(j, kCommandBytesMax) + "</code>");
+  row("command", commands ? "<code>" + command_text(j, kCommandBytesMax) + "</code>" : hidden());
   row("tasks", std::to_string(j.count()) +
                    (j.states().empty() ? "" : " (" + html_escape(states_text(j)) + ")"));
   row("priority", std::to_string(j.priority()));
@@ -188,7 +193,7 @@ std::string job_head(const pb::JobSummary& j, uint64_t now_ms) {
   return out;
 }
 
-std::string spec_rows(const pb::JobSpec& spec) {
+std::string spec_rows(const pb::JobSpec& spec, bool commands) {
   std::string out;
   auto row = [&out](std::string_view k, const std::string& v) {
     out += "<tr><th>" + std::string(k) + "</th><td>" + v + "</td></tr>\n";
@@ -210,7 +215,8 @@ std::string spec_rows(const pb::JobSpec& spec) {
     row("constraints", html_text(joined, kCommandBytesMax));
   }
   if (spec.spread()) row("placement", "spread");
-  if (!spec.user().empty()) row("user", html_text(spec.user(), kFieldBytesMax));
+  // Hidden with the command: one "hidden" line on the page is enough.
+  if (!spec.user().empty() && commands) row("user", html_text(spec.user(), kFieldBytesMax));
   return out;
 }
 
@@ -272,6 +278,39 @@ bool is_loopback(const sockaddr_storage& a) {
 
 bool logs_allowed(const sockaddr_storage& listener, bool status_logs_flag) {
   return status_logs_flag || is_loopback(listener);
+}
+
+bool host_allowed(const std::optional<std::string>& host, const std::vector<std::string>& names) {
+  if (!host) return true;
+  std::string_view h = *host;
+  if (h.starts_with('[')) {  // [v6]:port
+    const size_t close = h.find(']');
+    if (close == std::string_view::npos) return false;
+    const std::string_view rest = h.substr(close + 1);
+    if (!rest.empty() && !rest.starts_with(':')) return false;
+    const std::string v6(h.substr(1, close - 1));
+    in6_addr a6{};
+    return inet_pton(AF_INET6, v6.c_str(), &a6) == 1;
+  }
+  const size_t colon = h.find(':');
+  if (colon != std::string_view::npos) {
+    if (h.find(':', colon + 1) != std::string_view::npos) return false;  // v6 without brackets
+    h = h.substr(0, colon);
+  }
+  if (h.ends_with('.')) h.remove_suffix(1);
+  if (h.empty()) return false;
+  const std::string name(h);
+  in_addr a4{};
+  if (inet_pton(AF_INET, name.c_str(), &a4) == 1) return true;
+  auto same = [&h](std::string_view n) {
+    if (n.ends_with('.')) n.remove_suffix(1);
+    return n.size() == h.size() && std::equal(n.begin(), n.end(), h.begin(), [](char a, char b) {
+             return std::tolower(static_cast<unsigned char>(a)) ==
+                    std::tolower(static_cast<unsigned char>(b));
+           });
+  };
+  if (same("localhost")) return true;
+  return std::any_of(names.begin(), names.end(), [&](const std::string& n) { return same(n); });
 }
 
 std::string html_escape(std::string_view text) {
@@ -343,10 +382,11 @@ net::HttpReply overview_page(const pb::NodeList& nodes, const pb::JobList& newes
   return page(200, "pool", body, true);
 }
 
-net::HttpReply job_page(const pb::JobDetail& d, const pb::JobSpec* spec) {
+net::HttpReply job_page(const pb::JobDetail& d, const pb::JobSpec* spec, bool commands) {
   const pb::JobSummary& j = d.job();
-  std::string body = "<h1>Job " + std::to_string(j.id()) + "</h1>\n" + job_head(j, d.now_ms());
-  if (spec != nullptr) body += spec_rows(*spec);
+  std::string body =
+      "<h1>Job " + std::to_string(j.id()) + "</h1>\n" + job_head(j, d.now_ms(), commands);
+  if (spec != nullptr) body += spec_rows(*spec, commands);
   body += "</table>\n<h2>Tasks</h2>\n";
   body +=
       "<table id=\"tasks\"><tr><th>task (log)</th><th>state</th><th>exit code</th><th>signal</th>"

@@ -20,8 +20,10 @@
 #include <sys/socket.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "cardnode.pb.h"
 #include "net/http_server.h"
@@ -48,10 +50,19 @@ struct Route {
 };
 Route parse_route(std::string_view path);  // "/", "/jobs/7", "/jobs/7/tasks/3"
 
-// Task logs may carry secrets (tokens printed by a script): the log page is served only on a
+// Task logs and job command lines may carry secrets (a token printed by a script, passed as
+// an argument): the log page, and a job's command and user on its page, are shown only on a
 // loopback listener, where only this machine's users can ask, or when the operator said so
-// (`server --status-logs`).
+// (`server --status-logs`). Elsewhere the job page says in one line that they are hidden.
 bool logs_allowed(const sockaddr_storage& listener, bool status_logs_flag);
+
+// DNS rebinding: a web page on evil.example can point that name at 127.0.0.1 and read this
+// listener through the operator's browser, which sends "Host: evil.example". So the status
+// pages (not /metrics) answer only a Host (port stripped, IPv6 in brackets) that is an IP
+// literal, `localhost`, or one of `names` (the server's hostname, it + ".local", and
+// --status-host), compared case-insensitively, a trailing dot ignored; or no Host at all
+// (HTTP/1.0: browsers always send one).
+bool host_allowed(const std::optional<std::string>& host, const std::vector<std::string>& names);
 bool is_loopback(const sockaddr_storage& address);
 
 // HTML-escapes & < > " ' (safe in text and in quoted attributes).
@@ -67,8 +78,13 @@ std::string html_log(std::string_view tail, bool* earlier_dropped);
 net::HttpReply overview_page(const pb::NodeList& nodes, const pb::JobList& newest,
                              uint64_t jobs_total);
 // GET /jobs/ID : the job (the first page of its tasks), its spec's limits if kept (nullptr:
-// none), and links to each task's log.
-net::HttpReply job_page(const pb::JobDetail& detail, const pb::JobSpec* spec);
+// none), and links to each task's log. Its command and user only if `commands`
+// (logs_allowed); else one line says they are hidden and how to show them.
+net::HttpReply job_page(const pb::JobDetail& detail, const pb::JobSpec* spec, bool commands);
+// The one line shown instead of commands and log tails off loopback.
+inline constexpr std::string_view kHiddenNote =
+    "hidden: this listener is not loopback (commands and logs may hold secrets); "
+    "`cardnode server --status-logs` or a loopback --metrics-listen shows them";
 
 // One stream's tail as the logs RPC answered: the bytes (up to kLogTailBytesMax + 1: one more
 // says that earlier output exists), or why there are none.

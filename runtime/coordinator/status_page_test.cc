@@ -95,7 +95,7 @@ TEST(StatusPage, JobPageEscapesCommandAndWaitReasonAndLinksTasksByNumber) {
   pb::JobSpec spec;
   (*spec.mutable_constraints())["arch"] = kBreakOut;
   spec.set_cpu_millis(500);
-  const net::HttpReply r = job_page(d, &spec);
+  const net::HttpReply r = job_page(d, &spec, true);
   EXPECT_EQ(r.status, 200);
   ExpectNoInjectedMarkup(r.body);
   EXPECT_THAT(r.body, HasSubstr("sh -c &lt;img src=x onerror=alert(1)&gt;"));
@@ -157,7 +157,7 @@ TEST(StatusPage, AJobOfAHundredThousandTasksRendersABoundedPage) {
     t->set_index(i);
     t->set_node(std::string(1000, 'n'));
   }
-  const net::HttpReply r = job_page(d, nullptr);
+  const net::HttpReply r = job_page(d, nullptr, true);
   EXPECT_LT(r.body.size(), 1u << 20);
   EXPECT_THAT(r.body, HasSubstr("/jobs/9/tasks/499\""));
   EXPECT_THAT(r.body, Not(HasSubstr("/jobs/9/tasks/500\"")));
@@ -229,6 +229,69 @@ TEST(StatusPage, LogsAreShownOnLoopbackOrWhenTheOperatorSaysSo) {
   EXPECT_FALSE(logs_allowed(v6("::"), false));
   EXPECT_FALSE(logs_allowed(sockaddr_storage{}, false));
   EXPECT_TRUE(logs_allowed(v4("0.0.0.0"), true));
+}
+
+}  // namespace
+}  // namespace cardnode::runtime::status
+
+namespace cardnode::runtime::status {
+namespace {
+
+// The rule of logs_allowed applied to the job page: command and user only where logs are.
+TEST(StatusPage, AJobsCommandAndUserAreHiddenOffLoopbackUnlessAllowed) {
+  pb::JobDetail d;
+  d.mutable_job()->set_id(7);
+  d.mutable_job()->add_command("deploy");
+  d.mutable_job()->add_command("--token=s3cret");
+  pb::JobSpec spec;
+  spec.set_user("alice-secret-user");
+  spec.set_cpu_millis(500);
+  const net::HttpReply shown_page = job_page(d, &spec, true);
+  EXPECT_THAT(shown_page.body, HasSubstr("<code>deploy --token=s3cret</code>"));
+  EXPECT_THAT(shown_page.body, HasSubstr("alice-secret-user"));
+  EXPECT_THAT(shown_page.body, Not(HasSubstr("hidden:")));
+
+  const net::HttpReply hidden_page = job_page(d, &spec, false);
+  EXPECT_EQ(hidden_page.status, 200);
+  EXPECT_THAT(hidden_page.body, Not(HasSubstr("s3cret")));
+  EXPECT_THAT(hidden_page.body, Not(HasSubstr("deploy")));
+  EXPECT_THAT(hidden_page.body, Not(HasSubstr("alice-secret-user")));
+  EXPECT_THAT(hidden_page.body, HasSubstr("hidden: this listener is not loopback"));
+  EXPECT_THAT(hidden_page.body, HasSubstr("--status-logs"));
+  EXPECT_THAT(hidden_page.body, HasSubstr("0.5 cores"));  // the rest of the page is still there
+  // Which of the two a server picks: as for logs.
+  EXPECT_TRUE(logs_allowed(v4("127.0.0.1"), false));
+  EXPECT_FALSE(logs_allowed(v4("0.0.0.0"), false));
+}
+
+TEST(StatusPage, OnlyIpLiteralsLocalhostAndOwnNamesPassTheHostCheck) {
+  const std::vector<std::string> names = {"pi-1", "pi-1.local", "cluster.lan"};
+  auto ok = [&](const char* h) { return host_allowed(std::string(h), names); };
+  EXPECT_TRUE(host_allowed(std::nullopt, names));  // HTTP/1.0 without a Host
+  EXPECT_TRUE(ok("127.0.0.1:9742"));
+  EXPECT_TRUE(ok("192.168.1.10"));
+  EXPECT_TRUE(ok("[::1]:9742"));
+  EXPECT_TRUE(ok("[fe80::1]"));
+  EXPECT_TRUE(ok("localhost:9742"));
+  EXPECT_TRUE(ok("LocalHost"));
+  EXPECT_TRUE(ok("localhost."));
+  EXPECT_TRUE(ok("pi-1:9742"));
+  EXPECT_TRUE(ok("PI-1.local"));
+  EXPECT_TRUE(ok("cluster.lan"));  // --status-host
+  EXPECT_FALSE(ok("evil.example"));
+  EXPECT_FALSE(ok("evil.example:9742"));
+  EXPECT_FALSE(ok("127.0.0.1.evil.example"));
+  EXPECT_FALSE(ok("localhost.evil.example"));
+  EXPECT_FALSE(ok("pi-1.evil.example"));
+  EXPECT_FALSE(ok("pi-1x"));
+  EXPECT_FALSE(ok(""));
+  EXPECT_FALSE(ok(":9742"));
+  EXPECT_FALSE(ok("::1"));     // IPv6 only in brackets
+  EXPECT_FALSE(ok("[::1"));    // unclosed
+  EXPECT_FALSE(ok("[::1]x"));  // junk after the bracket
+  EXPECT_FALSE(ok("[evil.example]"));
+  EXPECT_FALSE(ok("0x7f.1"));                           // not a dotted quad
+  EXPECT_FALSE(host_allowed(std::string("pi-1"), {}));  // names only when given
 }
 
 }  // namespace

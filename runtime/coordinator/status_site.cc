@@ -7,8 +7,21 @@
 
 namespace cardnode::runtime {
 
-void StatusSite::serve(const std::string& path, const net::HttpResponder& r) {
-  const status::Route route = status::parse_route(path);
+struct StatusSite::InFlight {
+  explicit InFlight(std::shared_ptr<uint32_t> c) : count(std::move(c)) { ++*count; }
+  ~InFlight() { --*count; }
+  InFlight(const InFlight&) = delete;
+  InFlight& operator=(const InFlight&) = delete;
+  std::shared_ptr<uint32_t> count;
+};
+
+void StatusSite::serve(const net::HttpRequest& request, const net::HttpResponder& r) {
+  if (!status::host_allowed(request.host, options_.hosts)) {
+    return r.reply(status::forbidden_page(
+        "unknown Host name (a DNS-rebinding guard): use the server's IP address, its hostname, "
+        "or add the name with `cardnode server --status-host NAME`"));
+  }
+  const status::Route route = status::parse_route(request.path);
   if (route.kind == status::Route::Kind::kNotFound)
     return r.reply(status::not_found_page("no such page"));
   if (route.kind == status::Route::Kind::kTask && !options_.logs) {
@@ -16,8 +29,11 @@ void StatusSite::serve(const std::string& path, const net::HttpResponder& r) {
         "task logs are shown only on a loopback listener or with `cardnode server "
         "--status-logs` (they may hold secrets)"));
   }
+  if (*in_flight_ >= options_.in_flight_max)
+    return r.reply(status::unavailable_page("too many status page requests; try again"));
+  auto held = std::make_shared<InFlight>(in_flight_);
   // As the RPCs answer: only state that a crash cannot take back.
-  const bool queued = c_.when_durable([this, route, r] {
+  const bool queued = c_.when_durable([this, route, r, held] {
     const auto& cluster = c_.state().cluster();
     if (route.kind == status::Route::Kind::kOverview) {
       return r.reply(status::overview_page(api_.nodes(), api_.newest_jobs(status::kJobsShownMax),
@@ -28,15 +44,16 @@ void StatusSite::serve(const std::string& path, const net::HttpResponder& r) {
       return r.reply(status::not_found_page(c_.missing_job(route.job_id).describe()));
     if (route.kind == status::Route::Kind::kJob) {
       return r.reply(status::job_page(api_.job_detail(*job, 0, status::kTasksShownMax),
-                                      c_.state().spec(job->id)));
+                                      c_.state().spec(job->id), options_.logs));
     }
-    task(route.job_id, route.index, r);
+    task(route.job_id, route.index, r, held);
   });
   if (!queued) r.reply(status::unavailable_page("server busy; try again"));
 }
 
 // Both streams' tails through the `logs` request, then one page.
-void StatusSite::task(uint64_t job_id, uint32_t index, net::HttpResponder r) {
+void StatusSite::task(uint64_t job_id, uint32_t index, net::HttpResponder r,
+                      std::shared_ptr<InFlight> held) {
   const sched::Job* job = c_.state().cluster().job(job_id);
   if (job == nullptr || index >= job->tasks.size()) {
     return r.reply(
@@ -47,8 +64,10 @@ void StatusSite::task(uint64_t job_id, uint32_t index, net::HttpResponder r) {
     status::LogTail tails[2];
     int left = 2;
     net::HttpResponder responder;
+    std::shared_ptr<InFlight> held;
   };
   auto p = std::make_shared<Pending>();
+  p->held = std::move(held);
   p->detail = api_.job_detail(*job, index, 1);
   p->responder = std::move(r);
   for (int s = 0; s < 2; ++s) {

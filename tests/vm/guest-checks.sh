@@ -165,8 +165,8 @@ echo "=== summary: $pass passed, $fail failed"
 sync   # the report so far survives a guest that hangs below
 
 # --- the cross-built unit tests that need a real kernel: cgroup v2 and io_uring.
-# Their build directory's absolute path is baked in (the executor test finds its helper
-# there): link it back to the payload's copy.
+# Their build directory's absolute path is baked in (as it is in every test binary:
+# paths under it): link it back to the payload's copy.
 bp=$(cat $P/build-path)
 mkdir -p "$(dirname "$bp")" && ln -sfn $P/build "$bp"
 for t in runtime/isolation_test runtime/executor_test storage/io_engine_test storage/wal_test; do

@@ -17,9 +17,11 @@ dir=${1:?usage: run-in-vm.sh DIR PAYLOAD_DIR SCRIPT [TIMEOUT_S]}
 payload=${2:?}
 script=${3:?}
 limit=${4:-900}
-work=$dir/run
-rm -rf "$work"
-mkdir -p "$work"
+# A work dir of its own next to the cache (hard links need the same file system), so two
+# runs (two checkouts) do not meet; it goes at the end, all but the console log.
+work=$(mktemp -d "$dir/run.XXXXXX")
+console=${CONSOLE_LOG:-$dir/console.log}
+trap 'rm -rf "$work"' EXIT
 cp -al "$dir/rootfs" "$work/root"
 r=$work/root
 mkdir -p "$r/opt/payload"
@@ -50,9 +52,8 @@ timeout "$limit" qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 2048 -nog
   -kernel "$k" -initrd "$i" -append "root=/dev/vda rw console=ttyAMA0 quiet" \
   -drive file="$work/disk.ext4",if=virtio,format=raw \
   -netdev user,id=n0,restrict=on -device virtio-net-device,netdev=n0 \
-  </dev/null >"$work/console.log" 2>&1 || rc=$?
+  </dev/null >"$console" 2>&1 || rc=$?
 if [ "$rc" != 0 ]; then
-  echo "run-in-vm: qemu ended with $rc (124: not powered off within $limit s); console: $work/console.log" >&2
+  echo "run-in-vm: qemu ended with $rc (124: not powered off within $limit s); console: $console" >&2
 fi
 debugfs -R "cat /root/result.log" "$work/disk.ext4" 2>/dev/null
-rm -rf "$r"   # the hard-linked copy; disk.ext4 and console.log stay for a post-mortem

@@ -47,7 +47,7 @@ twin=${2:-}
 cp "$deb" "$payload/deb/"
 cp "$twin" "$payload/deb/upgrade/"
 cross=$root/build/cross-aarch64
-for t in runtime/isolation_test runtime/executor_test runtime/task_exec_helper storage/io_engine_test storage/wal_test; do
+for t in runtime/isolation_test runtime/executor_test storage/io_engine_test storage/wal_test; do
   cp "$cross/$t" "$payload/build/$t"
 done
 echo "$cross" > "$payload/build-path"
@@ -66,9 +66,9 @@ for t in "$payload"/build/*/*; do
 done
 
 start=$(date +%s)
-"$here/run-in-vm.sh" "$vm_dir" "$payload" "$here/guest-checks.sh" "${VM_TIMEOUT_S:-1500}" > "$out/result.log" || true
+CONSOLE_LOG=$out/console.log "$here/run-in-vm.sh" "$vm_dir" "$payload" "$here/guest-checks.sh" \
+  "${VM_TIMEOUT_S:-1500}" > "$out/result.log" || true
 secs=$(($(date +%s) - start))
-cp "$vm_dir/run/console.log" "$out/console.log" 2>/dev/null || true
 
 # The report: every check, then the unit tests. What makes it fail is stated, one line each.
 grep -E '^(=== |PASS |FAIL |UNIT |\[  FAILED  \])' "$out/result.log" || true

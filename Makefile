@@ -46,35 +46,28 @@ CROSS_DEPS := crossbuild-essential-arm64 crossbuild-essential-armhf qemu-user qe
 # deploy/deb/deps.map in make deb-test; man-db renders the man page for lintian's check.
 DEB_DEPS := lintian dpkg-dev man-db
 
+# $(call install_missing,PACKAGES): installs those of PACKAGES not installed yet, so a
+# second run costs one dpkg query per package.
+install_missing = @missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
 .PHONY: all deps cross-deps deb-deps build demo test test-native cross-build cross-test bench asan lint \
         fuzz deb deb-test vm-deps vm-image vm-test clean
 
 all: build
 
-# Installs only what is missing, so a second run costs one dpkg query.
 deps:
-	@missing=$$(for p in $(DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:" $$missing; \
-	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
-	fi
+	$(call install_missing,$(DEPS))
 
 cross-deps:
-	@missing=$$(for p in $(CROSS_DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:" $$missing; \
-	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
-	fi
+	$(call install_missing,$(CROSS_DEPS))
 
 deb-deps:
-	@missing=$$(for p in $(DEB_DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:" $$missing; \
-	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
-	fi
+	$(call install_missing,$(DEB_DEPS))
 
 build: deps
 	cmake -S . -B $(BUILD)/release $(CMAKE_GEN) -DCMAKE_BUILD_TYPE=Release
@@ -205,12 +198,7 @@ deb-test:
 VM_DIR  ?= /var/cache/cardnode/arm64vm
 VM_DEPS := qemu-system-arm qemu-user-static binfmt-support mmdebstrap e2fsprogs
 vm-deps:
-	@missing=$$(for p in $(VM_DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:" $$missing; \
-	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
-	fi
+	$(call install_missing,$(VM_DEPS))
 
 vm-image: vm-deps
 	$(SUDO) tests/vm/build-image.sh $(VM_DIR)

@@ -5,20 +5,11 @@
 #include "scheduler/cluster.h"
 
 namespace cardnode::cli {
-namespace {
-
-uint32_t state_count(const pb::JobSummary& j, const char* state) {
-  auto it = j.states().find(state);
-  return it == j.states().end() ? 0 : it->second;
-}
-
-}  // namespace
-
 uint32_t tasks_done(const pb::JobSummary& j) {
   uint32_t done = 0;
   for (size_t i = 0; i < sched::kTaskStateCount; ++i) {
     const auto s = static_cast<sched::TaskState>(i);
-    if (sched::is_final(s)) done += state_count(j, sched::task_state_name(s));
+    if (sched::is_final(s)) done += runtime::state_count(j, sched::task_state_name(s));
   }
   return done;
 }

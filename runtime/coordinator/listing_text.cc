@@ -5,14 +5,10 @@
 #include "scheduler/cluster.h"
 
 namespace cardnode::runtime {
-namespace {
-
 uint32_t state_count(const pb::JobSummary& j, const char* state) {
   auto it = j.states().find(state);
   return it == j.states().end() ? 0 : it->second;
 }
-
-}  // namespace
 
 std::string human_duration(uint64_t ms) {
   char buf[48];  // at most "213503982334.6d" (2^64 ms): snprintf cannot fail or cut here

@@ -19,6 +19,8 @@ std::string human_duration(uint64_t ms);
 std::string human_bytes(uint64_t bytes);
 // "queued:3 running:2 succeeded:6", in the task states' order, zero counts left out.
 std::string states_text(const pb::JobSummary& job);
+// Tasks of `job` in `state` (a sched::task_state_name), 0 when none.
+uint32_t state_count(const pb::JobSummary& job, const char* state);
 // How long the job ran: to finished_ms once final, else to the server's now_ms (0: an older
 // server that does not say; then there is no answer for a job that runs on).
 std::optional<uint64_t> job_elapsed_ms(const pb::JobSummary& job, uint64_t server_now_ms);

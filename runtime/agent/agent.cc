@@ -554,11 +554,11 @@ void Agent::Impl::spawn(const pb::TaskStart& s) {
   l.node_name = s.node_name();
   // A copy, not a reference into s: it must outlive whatever task_exited() below releases.
   const pb::TaskAttempt attempt = s.task();  // NOLINT(performance-unnecessary-copy-initialization)
-  auto pid = executor->start(l, [this, attempt](TaskExit e) { task_exited(attempt, e); });
-  if (pid) return;
+  Status started = executor->start(l, [this, attempt](TaskExit e) { task_exited(attempt, e); });
+  if (started) return;
   storage::LogKey key{l.job_id, l.index, storage::Stream::kStderr};
   if (logs->open(key)) {
-    logs->append(key, "cardnode: cannot start task: " + pid.error().describe() + "\n");
+    logs->append(key, "cardnode: cannot start task: " + started.error().describe() + "\n");
     logs->close(key, [](Status) {});
   }
   task_exited(attempt, TaskExit{pb::TASK_FAILED, 127, 0});

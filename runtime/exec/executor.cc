@@ -22,6 +22,8 @@
 #include <map>
 #include <set>
 
+#include "runtime/exec/spawn_worker.h"
+
 namespace cardnode::runtime {
 namespace {
 
@@ -37,11 +39,10 @@ constexpr uint64_t kReapRetryMs = 2;
 constexpr uint64_t kReapRetrySlowMs = 100;
 constexpr uint64_t kReapFastForMs = 1000;
 
-// Starting a task (cgroup mkdirs and writes, two log files created, the spawn, which holds
-// the loop thread until the child's execve, cgroup attaches included) and ending one
-// (reap, usage, cgroup removal): at most this much of that work per loop turn, so a burst
-// (a 1,000-task array placed at once, or ending at once) is spread over turns and requests
-// are answered between them.
+// The loop's share of starting a task (its pipes, logs and environment; the group and the
+// clone are the spawn worker's) and of ending one (reap, usage, cgroup removal): at most
+// this much of that work per loop turn, so a burst (a 1,000-task array placed at once, or
+// ending at once) is spread over turns and requests are answered between them.
 constexpr uint64_t kWorkBudgetNs = 2'000'000;
 
 enum class TimerPhase : uint8_t { kTimeout, kGrace, kAfterExit };
@@ -63,6 +64,22 @@ uint64_t micros(const struct timeval& tv) {
 void close_fd(int* fd) {
   if (*fd >= 0) ::close(*fd);
   *fd = -1;
+}
+
+// On the spawn worker: the task's group, and a descriptor on each of its cgroup.procs for
+// the child to join through. Isolation is read-only after construction, so this may run
+// beside the loop thread's calls on other groups.
+Status join_fds(Isolation& isolation, const std::string& group, const TaskLimits& limits,
+                SpawnRequest& r) {
+  auto procs = isolation.create_group(group, limits);
+  if (!procs) return std::unexpected(procs.error());
+  for (const std::string& p : *procs) {
+    // Above 0..2 like the pipes: the child's dup2 onto 0..2 must not replace it.
+    int fd = above_stdio(::open(p.c_str(), O_WRONLY | O_CLOEXEC));
+    if (fd < 0) return fail_errno(errno, "open " + p);  // the worker closes those opened
+    r.cgroup_procs_fds.push_back(fd);
+  }
+  return {};
 }
 
 }  // namespace
@@ -111,6 +128,15 @@ struct Executor::Impl {
       TaskCredentials creds;
     };
     std::unique_ptr<Pending> pending;
+    // Set while the spawn worker makes its group and process (pid still 0). The pipes'
+    // write ends, which the child borrows, stay open until then.
+    bool spawning = false;
+    uint64_t spawn_tag = 0;
+    int out_read = -1;
+    int err_read = -1;
+    int out_write = -1;
+    int err_write = -1;
+    uint64_t timeout_ms = 0;
   };
 
   // Loop handles of the spawn pacing; heap-allocated as SigchldWatch below.
@@ -128,8 +154,11 @@ struct Executor::Impl {
   storage::LogStore& logs;
   Isolation& isolation;
   ExecutorOptions options;
-  Spawner spawner;
   std::map<std::pair<uint64_t, uint32_t>, std::unique_ptr<Task>> tasks;
+  // The clones run there, so the loop never waits for a child's execve.
+  std::unique_ptr<SpawnWorker> worker;
+  std::map<uint64_t, std::pair<uint64_t, uint32_t>> spawning;  // worker tag -> task
+  uint64_t next_spawn_tag = 1;
   // Only when a spawn got no pidfd (Linux < 5.3). Heap-allocated: it may still be
   // closing when the Executor is gone.
   // Heap-allocated: its handles may still be closing when the Executor is gone.
@@ -148,7 +177,10 @@ struct Executor::Impl {
   char read_buf[kReadBufferBytes];
 
   Impl(uv_loop_t* l, storage::LogStore& lg, Isolation& iso, ExecutorOptions o)
-      : loop(l), logs(lg), isolation(iso), options(std::move(o)), spawner(options.pidfd) {
+      : loop(l), logs(lg), isolation(iso), options(std::move(o)) {
+    worker = std::make_unique<SpawnWorker>(
+        loop, options.pidfd,
+        [this](uint64_t tag, Result<Spawned> r) { on_spawned(tag, std::move(r)); });
     pacer = new Pacer;
     uv_idle_init(loop, &pacer->idle);
     uv_prepare_init(loop, &pacer->prepare);
@@ -164,7 +196,7 @@ struct Executor::Impl {
                 ::prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0;
   }
 
-  Result<int32_t> start(const TaskLaunch& launch, ExitCallback on_exit);
+  Status start(const TaskLaunch& launch, ExitCallback on_exit);
   // The task's group and logs, then its process. On failure nothing is left behind
   // (no group, no open log, no handle).
   Status launch_now(Task& t, const TaskLaunch& launch, const TaskCredentials& creds);
@@ -172,8 +204,14 @@ struct Executor::Impl {
   void start_pacer();
   // A task that never got (or never will get) a process: ends like an exited one.
   void end_without_process(Task& t, int status);
-  Status spawn(Task& t, const TaskLaunch& launch, const TaskCredentials& creds,
-               const std::vector<std::string>& procs);
+  // Prepares the request (pipes, cgroup.procs descriptors, environment) and hands it to
+  // the worker; the process exists once on_spawned() has run.
+  Status spawn(Task& t, const TaskLaunch& launch, const TaskCredentials& creds);
+  void on_spawned(uint64_t tag, Result<Spawned> spawned);
+  // The loop's half of a spawn: the handles on the new process, or its failure.
+  Status adopt(Task& t, Result<Spawned> spawned);
+  // The signals of a kill (SIGKILL, or SIGTERM and the grace timer).
+  void send_kill(Task& t);
   std::vector<std::string> environment(const Task& t, const TaskLaunch& launch,
                                        const TaskCredentials& creds) const;
   void watch_sigchld();
@@ -423,7 +461,7 @@ void Executor::Impl::after_exit_tick(Task& t) {
 
 // ---- lifecycle ---------------------------------------------------------------------
 
-Result<int32_t> Executor::Impl::start(const TaskLaunch& launch, ExitCallback on_exit) {
+Status Executor::Impl::start(const TaskLaunch& launch, ExitCallback on_exit) {
   auto key = std::make_pair(launch.job_id, launch.index);
   if (launch.argv.empty()) return fail(Errc::kInvalidArgument, "task has no command");
   if (tasks.contains(key)) return fail(Errc::kInvalidArgument, "task already running here");
@@ -452,35 +490,26 @@ Result<int32_t> Executor::Impl::start(const TaskLaunch& launch, ExitCallback on_
     spawn_queue.push_back(key);
     start_pacer();
     tasks.emplace(key, std::move(t));
-    return 0;
+    return {};
   }
   uint64_t t0 = uv_hrtime();
   Status st = launch_now(*t, launch, *creds);
   work_ns_this_turn += uv_hrtime() - t0;
-  if (!st) return std::unexpected(st.error());
-  int32_t pid = t->pid;
+  if (!st) return st;
   tasks.emplace(key, std::move(t));
-  return pid;
+  return {};
 }
 
 Status Executor::Impl::launch_now(Task& t, const TaskLaunch& launch, const TaskCredentials& creds) {
-  auto procs = isolation.create_group(t.group, launch.limits);
-  if (!procs) return std::unexpected(procs.error());
   Status opened = logs.open(t.out_key);
   if (opened) {
     opened = logs.open(t.err_key);
     if (!opened) logs.close(t.out_key, [](Status) {});
   }
-  if (!opened) {
-    isolation.destroy_group(t.group);
-    return std::unexpected(opened.error());
-  }
-  if (Status st = spawn(t, launch, creds, *procs); !st) {
+  if (!opened) return std::unexpected(opened.error());
+  if (Status st = spawn(t, launch, creds); !st) {
     logs.close(t.out_key, [](Status) {});
     logs.close(t.err_key, [](Status) {});
-    // Empty (nothing was spawned into it): one round removes it; the blocking form only
-    // if the kernel still says busy.
-    if (!isolation.reap_group(t.group)) isolation.destroy_group(t.group);
     return st;
   }
   return {};
@@ -558,8 +587,7 @@ std::vector<std::string> Executor::Impl::environment(const Task& t, const TaskLa
   return env;
 }
 
-Status Executor::Impl::spawn(Task& t, const TaskLaunch& launch, const TaskCredentials& creds,
-                             const std::vector<std::string>& procs) {
+Status Executor::Impl::spawn(Task& t, const TaskLaunch& launch, const TaskCredentials& creds) {
   SpawnRequest req;
   req.argv = launch.argv;
   req.env = environment(t, launch, creds);
@@ -572,7 +600,6 @@ Status Executor::Impl::spawn(Task& t, const TaskLaunch& launch, const TaskCreden
   int err[2] = {-1, -1};
   auto close_all = [&] {
     for (int* fd : {&out[0], &out[1], &err[0], &err[1]}) close_fd(fd);
-    for (int& fd : req.cgroup_procs_fds) close_fd(&fd);
   };
   if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) {
     int e = errno;
@@ -580,32 +607,65 @@ Status Executor::Impl::spawn(Task& t, const TaskLaunch& launch, const TaskCreden
     return fail_errno(e, "pipe for task output");
   }
   for (int* fd : {&out[0], &out[1], &err[0], &err[1]}) *fd = above_stdio(*fd);
-  for (const std::string& p : procs) {
-    // Above 0..2 like the pipes: the child's dup2 onto 0..2 must not replace it.
-    int fd = above_stdio(::open(p.c_str(), O_WRONLY | O_CLOEXEC));
-    if (fd < 0) {
-      int e = errno;
-      close_all();
-      return fail_errno(e, "open " + p);
-    }
-    req.cgroup_procs_fds.push_back(fd);
-  }
   req.stdout_fd = out[1];
   req.stderr_fd = err[1];
   if (out[1] < 0 || err[1] < 0) {
     close_all();
     return fail(Errc::kIo, "no descriptor for task output");
   }
-  // Before the spawn: it returns after the child's execve, and the loop thread may get the
-  // CPU back well after the command has started (a loaded board), so a later reading
-  // would make the wall time shorter than the command ran.
+  // Before the spawn: the loop may see its result well after the command has started (a
+  // loaded board), so a later reading would make the wall time shorter than it ran.
   t.spawned_ns = uv_hrtime();
-  auto spawned = spawner.spawn(req);
-  close_fd(&out[1]);  // the task holds the write ends now: EOF comes when it is done
-  close_fd(&err[1]);
-  for (int& fd : req.cgroup_procs_fds) close_fd(&fd);
+  t.timeout_ms = launch.timeout_ms;
+  t.out_read = out[0];
+  t.err_read = err[0];
+  t.out_write = out[1];
+  t.err_write = err[1];
+  if (t.handles_open == 0) {  // a queued spawn's timer is initialised already
+    uv_timer_init(loop, &t.timer);
+    t.timer.data = &t;
+    ++t.handles_open;
+  }
+  t.spawning = true;
+  t.spawn_tag = next_spawn_tag++;
+  spawning.emplace(t.spawn_tag, std::make_pair(t.job_id, t.index));
+  // The group is made on the worker, just before the clone: a failure there fails the
+  // attempt (on_spawned), and an empty group left behind is removed on the usual path.
+  worker->submit(t.spawn_tag, std::move(req),
+                 [iso = &isolation, group = t.group, limits = launch.limits](SpawnRequest& r) {
+                   return join_fds(*iso, group, limits, r);
+                 });
+  return {};
+}
+
+void Executor::Impl::on_spawned(uint64_t tag, Result<Spawned> spawned) {
+  auto s = spawning.find(tag);
+  CARDNODE_CHECK(s != spawning.end());
+  auto it = tasks.find(s->second);
+  spawning.erase(s);
+  // A spawning task is not finished: it has not exited.
+  CARDNODE_CHECK(it != tasks.end());
+  Task& t = *it->second;
+  t.spawning = false;
+  if (Status st = adopt(t, std::move(spawned)); !st) {
+    if (t.killed) {  // withdrawn by its kill, or failed after it: ends as killed
+      end_without_process(t, 0);
+      return;
+    }
+    // No process: the attempt fails, and its log says why.
+    logs.append(t.err_key, "cardnode: cannot start task: " + st.error().describe() + "\n");
+    end_without_process(t, 127 << 8);
+    return;
+  }
+  if (t.killed) send_kill(t);  // cancelled (or the board stopping) while it was spawned
+}
+
+Status Executor::Impl::adopt(Task& t, Result<Spawned> spawned) {
+  close_fd(&t.out_write);  // the task holds the write ends now: EOF comes when it is done
+  close_fd(&t.err_write);
   if (!spawned) {
-    close_all();
+    close_fd(&t.out_read);
+    close_fd(&t.err_read);
     return std::unexpected(spawned.error());
   }
   t.pid = spawned->pid;
@@ -614,14 +674,10 @@ Status Executor::Impl::spawn(Task& t, const TaskLaunch& launch, const TaskCreden
 
   uv_pipe_init(loop, &t.out, 0);
   uv_pipe_init(loop, &t.err, 0);
-  if (t.handles_open == 0) {  // a queued spawn's timer is initialised already
-    uv_timer_init(loop, &t.timer);
-    ++t.handles_open;
-  }
-  t.out.data = t.err.data = t.timer.data = t.exit_poll.data = &t;
+  t.out.data = t.err.data = t.exit_poll.data = &t;
   t.handles_open += 2;
   t.pipes_open = 2;
-  int* read_end[2] = {&out[0], &err[0]};
+  int* read_end[2] = {&t.out_read, &t.err_read};
   uv_pipe_t* pipes[2] = {&t.out, &t.err};
   for (int i = 0; i < 2; ++i) {
     uv_stream_t* s = reinterpret_cast<uv_stream_t*>(pipes[i]);
@@ -637,14 +693,14 @@ Status Executor::Impl::spawn(Task& t, const TaskLaunch& launch, const TaskCreden
     uv_poll_start(&t.exit_poll, UV_READABLE, &Impl::on_exit_poll);
   } else {
     close_fd(&t.pidfd);
-    // Installed now, the handler may have missed this child's SIGCHLD: raise one.
-    bool fresh = sigchld == nullptr;
+    // Installed now, the handler may have missed this child's SIGCHLD: raise one. An
+    // older watch may have missed it too (the child ended before its pid was known here).
     watch_sigchld();
-    if (fresh) ::kill(::getpid(), SIGCHLD);
+    ::kill(::getpid(), SIGCHLD);
   }
-  if (launch.timeout_ms > 0) {
+  if (t.timeout_ms > 0 && !t.killed) {
     t.phase = TimerPhase::kTimeout;
-    uv_timer_start(&t.timer, &Impl::on_timer, launch.timeout_ms, 0);
+    uv_timer_start(&t.timer, &Impl::on_timer, t.timeout_ms, 0);
   }
   return {};
 }
@@ -664,8 +720,12 @@ uint32_t Executor::Impl::kill_tagged(Task& t, int sig, uint32_t* unsure) {
   // becomes ours when that parent is killed: the after-exit timer comes back for it.
   for (int32_t pid : own_children(kTaggedScanMax)) {
     if (task_pids.contains(pid)) continue;  // a task's own process: its pidfd reaps it
+    // While spawns are in flight, a child we do not know may be a task whose pid the worker
+    // has not handed over yet: reaping it would take its exit status.
     int status = 0;
-    if (::waitpid(pid, &status, WNOHANG) == pid) continue;  // an adopted orphan that ended
+    if (worker->in_flight() == 0 && ::waitpid(pid, &status, WNOHANG) == pid) {
+      continue;  // an adopted orphan that ended
+    }
     switch (environ_match(pid, t.key_entry)) {
       case EnvironMatch::kYes: signalled += ::kill(pid, sig) == 0 ? 1 : 0; break;
       case EnvironMatch::kNo: break;
@@ -705,6 +765,16 @@ void Executor::Impl::kill(Task& t, KillReason reason) {
     end_without_process(t, 0);
     return;
   }
+  if (t.spawning) {
+    // No pid yet. Not begun on the worker: it never gets a process (on_spawned ends it).
+    // Begun: on_spawned sends the signals once its pid is known.
+    worker->cancel(t.spawn_tag);
+    return;
+  }
+  send_kill(t);
+}
+
+void Executor::Impl::send_kill(Task& t) {
   if (options.kill_grace_ms == 0) {
     signal_tree(t, SIGKILL);
     uv_timer_stop(&t.timer);
@@ -786,7 +856,7 @@ Executor::~Executor() {
   if (Impl::SigchldWatch* w = impl_->sigchld) close_and_delete(w, &w->signal, &w->sweep);
 }
 
-Result<int32_t> Executor::start(const TaskLaunch& launch, ExitCallback on_exit) {
+Status Executor::start(const TaskLaunch& launch, ExitCallback on_exit) {
   return impl_->start(launch, std::move(on_exit));
 }
 

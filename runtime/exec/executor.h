@@ -1,6 +1,8 @@
 // Executor: runs task attempts on this board as plain processes — no helper process
 // per task and no second exec. runtime/exec/spawn.h forks the command straight into its
-// cgroups, limits and credentials, so the command's pid is the task's pid. stdout and
+// cgroups, limits and credentials, so the command's pid is the task's pid; the group and
+// the clone are made on one spawn thread (runtime/exec/spawn_worker.h), because a clone
+// waits for its child's execve and the loop must not. stdout and
 // stderr go through pipes into the LogStore; when the store's write queue is full the
 // task's pipes are not read until it drains (the task blocks on a full pipe), so output
 // is not dropped for speed.
@@ -20,7 +22,9 @@
 // escapes; its pipes are closed on it after drain_ms.) A failed task whose group saw an
 // OOM kill is reported TASK_OOM_KILLED.
 //
-// Threading: loop thread only. `loop`, `logs` and `isolation` must outlive the Executor.
+// Threading: loop thread only (the spawn thread is internal: it calls only
+// Isolation::create_group, which reads nothing the loop changes). `loop`, `logs` and
+// `isolation` must outlive the Executor.
 #pragma once
 
 #include <uv.h>
@@ -67,16 +71,15 @@ class Executor {
   Executor(uv_loop_t* loop, storage::LogStore& logs, Isolation& isolation, ExecutorOptions options);
   ~Executor();
 
-  // Starts one attempt. On success returns the pid, or 0 when the spawn waits for a later
-  // loop turn (at most ~2 ms of spawning per turn, so a burst never stalls the loop; a
-  // spawn that then fails ends the attempt 127 with the reason in its stderr log). Either
-  // way on_exit runs exactly once later.
+  // Starts one attempt: its process is made later, on the spawn thread (pid_of() has the
+  // pid once it exists), after the loop's share of the start, paced at ~2 ms per turn so
+  // a burst never stalls the loop. A spawn that then fails (cgroup, clone) ends the
+  // attempt 127 with the reason in its stderr log. Either way on_exit runs exactly once.
   // Fails (on_exit never runs) if the task is already running here, running_max is
-  // reached, the job names a user this board was not given, or no process could be
-  // made (clone, pipes, cgroup). A command that cannot be run (ENOENT, EACCES) is a
-  // started task that ends 127/126 with the reason in its stderr log.
+  // reached, or the job names a user this board was not given. A command that cannot be
+  // run (ENOENT, EACCES) is a started task that ends 127/126 with the reason in its log.
   using ExitCallback = TaskRunner::ExitCallback;
-  [[nodiscard]] Result<int32_t> start(const TaskLaunch& launch, ExitCallback on_exit);
+  [[nodiscard]] Status start(const TaskLaunch& launch, ExitCallback on_exit);
   // Kills the whole tree of a running task; its on_exit reports the reason
   // (cancelled / timed_out). Unknown task: no-op.
   void kill(uint64_t job_id, uint32_t index, KillReason reason);

@@ -33,8 +33,9 @@ constexpr long kKillPauseNs = 10L * 1000 * 1000;
 constexpr size_t kControlFileBytesMax = 1 << 20;  // cgroup.procs of a 4096-pid group is ~32 KiB
 constexpr uint32_t kGroupsMax = 65536;            // destroy_all_groups scans at most this many
 constexpr uint64_t kCpuPeriodUs = 100000;
-constexpr uint64_t kCpuQuotaMinUs = 1000;  // the kernel rejects smaller quotas
-constexpr int kEintrRetriesMax = 1000;     // a signal storm still ends in an error
+constexpr uint64_t kKernelDefaultCpuPeriodUs = 100000;  // default_cfs_period()
+constexpr uint64_t kCpuQuotaMinUs = 1000;               // the kernel rejects smaller quotas
+constexpr int kEintrRetriesMax = 1000;                  // a signal storm still ends in an error
 // The leaf a delegated v2 service moves itself into, beside its parent group.
 constexpr const char* kSupervisorLeaf = "supervisor";
 
@@ -428,8 +429,10 @@ Result<std::vector<std::string>> Isolation::create_group(const std::string& task
     if (v2) {
       st = set(cpu_dir_, "cpu.max", std::to_string(quota_us) + " " + std::to_string(kCpuPeriodUs));
     } else {
-      st = set(cpu_dir_, "cpu.cfs_period_us", std::to_string(kCpuPeriodUs));
-      if (st) st = set(cpu_dir_, "cpu.cfs_quota_us", std::to_string(quota_us));
+      // A new group's period is the kernel's default; each write of either file walks
+      // every task group of the hierarchy (tg_set_bandwidth), so the period is left be.
+      static_assert(kCpuPeriodUs == kKernelDefaultCpuPeriodUs);
+      st = set(cpu_dir_, "cpu.cfs_quota_us", std::to_string(quota_us));
     }
   }
   if (st && !pids_dir_.empty()) {

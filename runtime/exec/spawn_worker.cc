@@ -1,0 +1,117 @@
+#include "runtime/exec/spawn_worker.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "proto/error.h"
+
+namespace cardnode::runtime {
+
+struct SpawnWorker::Wakeup {
+  uv_async_t async{};
+  SpawnWorker* owner = nullptr;  // nullptr once the worker is gone
+};
+
+SpawnWorker::SpawnWorker(uv_loop_t* loop, PidfdSupport pidfd, Done done)
+    : spawner_(pidfd), done_(std::move(done)), wakeup_(new Wakeup) {
+  wakeup_->owner = this;
+  wakeup_->async.data = wakeup_;
+  CARDNODE_CHECK(uv_async_init(loop, &wakeup_->async, [](uv_async_t* a) {
+                   auto* w = static_cast<Wakeup*>(a->data);
+                   if (w->owner != nullptr) w->owner->deliver();
+                 }) == 0);
+  // It keeps the loop alive only while a result is owed (submit/deliver ref and unref it).
+  uv_unref(reinterpret_cast<uv_handle_t*>(&wakeup_->async));
+}
+
+SpawnWorker::~SpawnWorker() {
+  CARDNODE_CHECK(in_flight_ == 0);
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_one();
+  if (thread_.joinable()) thread_.join();
+  wakeup_->owner = nullptr;
+  uv_close(reinterpret_cast<uv_handle_t*>(&wakeup_->async),
+           [](uv_handle_t* h) { delete static_cast<Wakeup*>(h->data); });
+}
+
+void SpawnWorker::submit(uint64_t tag, SpawnRequest request, Prepare prepare) {
+  auto job = std::make_unique<Job>();
+  job->tag = tag;
+  job->request = std::move(request);
+  job->prepare = std::move(prepare);
+  if (in_flight_++ == 0) uv_ref(reinterpret_cast<uv_handle_t*>(&wakeup_->async));
+  {
+    std::lock_guard lock(mu_);
+    todo_.push_back(std::move(job));
+  }
+  cv_.notify_one();
+  if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
+}
+
+bool SpawnWorker::cancel(uint64_t tag) {
+  {
+    std::lock_guard lock(mu_);
+    auto it = std::find_if(todo_.begin(), todo_.end(),
+                           [tag](const std::unique_ptr<Job>& j) { return j->tag == tag; });
+    if (it == todo_.end()) return false;
+    std::unique_ptr<Job> job = std::move(*it);
+    todo_.erase(it);
+    for (int fd : job->request.cgroup_procs_fds) ::close(fd);
+    job->request.cgroup_procs_fds.clear();
+    job->result = fail(Errc::kCancelled, "withdrawn before its spawn");
+    done_jobs_.push_back(std::move(job));
+  }
+  uv_async_send(&wakeup_->async);
+  return true;
+}
+
+void SpawnWorker::run() {
+  // Signals are the loop thread's business (libuv's handlers, SIGCHLD for the fallback).
+  sigset_t all;
+  sigfillset(&all);
+  ::pthread_sigmask(SIG_BLOCK, &all, nullptr);
+  for (;;) {  // until stop_; one iteration per request
+    std::unique_ptr<Job> job;
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [this] { return stop_ || !todo_.empty(); });
+      if (todo_.empty()) return;  // stop_, nothing left
+      job = std::move(todo_.front());
+      todo_.pop_front();
+    }
+    Status ready = job->prepare ? job->prepare(job->request) : Status{};
+    if (ready) {
+      job->result = spawner_.spawn(job->request);
+    } else {
+      job->result = std::unexpected(ready.error());
+    }
+    for (int fd : job->request.cgroup_procs_fds) ::close(fd);
+    job->request.cgroup_procs_fds.clear();
+    {
+      std::lock_guard lock(mu_);
+      done_jobs_.push_back(std::move(job));
+    }
+    uv_async_send(&wakeup_->async);
+  }
+}
+
+void SpawnWorker::deliver() {
+  std::deque<std::unique_ptr<Job>> ready;
+  {
+    std::lock_guard lock(mu_);
+    ready.swap(done_jobs_);
+  }
+  for (auto& job : ready) {  // bounded by what was submitted
+    if (--in_flight_ == 0) uv_unref(reinterpret_cast<uv_handle_t*>(&wakeup_->async));
+    done_(job->tag, std::move(job->result));
+  }
+}
+
+}  // namespace cardnode::runtime

@@ -76,7 +76,10 @@ Status join_fds(Isolation& isolation, const std::string& group, const TaskLimits
   for (const std::string& p : *procs) {
     // Above 0..2 like the pipes: the child's dup2 onto 0..2 must not replace it.
     int fd = above_stdio(::open(p.c_str(), O_WRONLY | O_CLOEXEC));
-    if (fd < 0) return fail_errno(errno, "open " + p);  // the worker closes those opened
+    if (fd < 0) {
+      const int e = errno;
+      return fail_errno(e, "open " + p);  // the worker closes those already opened
+    }
     r.cgroup_procs_fds.push_back(fd);
   }
   return {};
@@ -613,10 +616,17 @@ Status Executor::Impl::spawn(Task& t, const TaskLaunch& launch, const TaskCreden
     close_all();
     return fail(Errc::kIo, "no descriptor for task output");
   }
-  // Before the spawn: the loop may see its result well after the command has started (a
-  // loaded board), so a later reading would make the wall time shorter than it ran.
-  t.spawned_ns = uv_hrtime();
   t.timeout_ms = launch.timeout_ms;
+  // The group is made on the worker, just before the clone: a failure there fails the
+  // attempt (on_spawned), and an empty group left behind is removed on the usual path.
+  const uint64_t tag = next_spawn_tag++;
+  Status queued = worker->submit(tag, std::move(req),
+                                 [iso = &isolation, group = t.group, limits = launch.limits](
+                                     SpawnRequest& r) { return join_fds(*iso, group, limits, r); });
+  if (!queued) {  // no spawn thread (the process limit): nothing was made
+    close_all();
+    return queued;
+  }
   t.out_read = out[0];
   t.err_read = err[0];
   t.out_write = out[1];
@@ -627,14 +637,8 @@ Status Executor::Impl::spawn(Task& t, const TaskLaunch& launch, const TaskCreden
     ++t.handles_open;
   }
   t.spawning = true;
-  t.spawn_tag = next_spawn_tag++;
-  spawning.emplace(t.spawn_tag, std::make_pair(t.job_id, t.index));
-  // The group is made on the worker, just before the clone: a failure there fails the
-  // attempt (on_spawned), and an empty group left behind is removed on the usual path.
-  worker->submit(t.spawn_tag, std::move(req),
-                 [iso = &isolation, group = t.group, limits = launch.limits](SpawnRequest& r) {
-                   return join_fds(*iso, group, limits, r);
-                 });
+  t.spawn_tag = tag;
+  spawning.emplace(tag, std::make_pair(t.job_id, t.index));
   return {};
 }
 
@@ -657,7 +661,8 @@ void Executor::Impl::on_spawned(uint64_t tag, Result<Spawned> spawned) {
     end_without_process(t, 127 << 8);
     return;
   }
-  if (t.killed) send_kill(t);  // cancelled (or the board stopping) while it was spawned
+  if (t.killed) send_kill(t);    // cancelled (or the board stopping) while it was spawned
+  if (t.pidfd < 0) try_reap(t);  // SIGCHLD fallback: an exit before its pid was known
 }
 
 Status Executor::Impl::adopt(Task& t, Result<Spawned> spawned) {
@@ -671,6 +676,9 @@ Status Executor::Impl::adopt(Task& t, Result<Spawned> spawned) {
   t.pid = spawned->pid;
   task_pids.insert(t.pid);
   t.pidfd = spawned->pidfd;
+  // Read by the spawn thread just before the clone: not the queue's wait before it, and not
+  // the loop's wait for this result after it (a loaded board).
+  t.spawned_ns = spawned->started_ns;
 
   uv_pipe_init(loop, &t.out, 0);
   uv_pipe_init(loop, &t.err, 0);
@@ -693,10 +701,9 @@ Status Executor::Impl::adopt(Task& t, Result<Spawned> spawned) {
     uv_poll_start(&t.exit_poll, UV_READABLE, &Impl::on_exit_poll);
   } else {
     close_fd(&t.pidfd);
-    // Installed now, the handler may have missed this child's SIGCHLD: raise one. An
-    // older watch may have missed it too (the child ended before its pid was known here).
+    // Later exits come by SIGCHLD. This child may have ended before its pid was known
+    // here (its SIGCHLD found no task to try): on_spawned tries it once.
     watch_sigchld();
-    ::kill(::getpid(), SIGCHLD);
   }
   if (t.timeout_ms > 0 && !t.killed) {
     t.phase = TimerPhase::kTimeout;
@@ -718,14 +725,13 @@ uint32_t Executor::Impl::kill_tagged(Task& t, int sig, uint32_t* unsure) {
   // As the subreaper, every process that left a task's group and lost its parent is our
   // child: only those are read, not all of /proc. One that still has a parent in the task
   // becomes ours when that parent is killed: the after-exit timer comes back for it.
-  for (int32_t pid : own_children(kTaggedScanMax)) {
+  // Tasks are children of the spawn thread, orphans are adopted by the main thread: the
+  // spawn thread's children are left out, so a task whose pid is still on its way from
+  // the worker is never taken for an orphan (and reaped, its status lost).
+  for (int32_t pid : own_children(kTaggedScanMax, worker->thread_id())) {
     if (task_pids.contains(pid)) continue;  // a task's own process: its pidfd reaps it
-    // While spawns are in flight, a child we do not know may be a task whose pid the worker
-    // has not handed over yet: reaping it would take its exit status.
     int status = 0;
-    if (worker->in_flight() == 0 && ::waitpid(pid, &status, WNOHANG) == pid) {
-      continue;  // an adopted orphan that ended
-    }
+    if (::waitpid(pid, &status, WNOHANG) == pid) continue;  // an adopted orphan that ended
     switch (environ_match(pid, t.key_entry)) {
       case EnvironMatch::kYes: signalled += ::kill(pid, sig) == 0 ? 1 : 0; break;
       case EnvironMatch::kNo: break;

@@ -614,10 +614,46 @@ TEST_P(ExecutorTest, RunningMaxAndDuplicatesAreRefused) {
   EXPECT_EQ(exec_->running(), 0u);
 }
 
+// A kill right after start finds the start queued on the loop, queued on the spawn thread
+// (withdrawn before its clone), or in its clone (signalled once the pid arrives): whichever,
+// the attempt ends cancelled, once, and leaves no group and no process.
+TEST_P(ExecutorTest, AKillRightAfterStartEndsCancelledWithNothingLeft) {
+  for (uint32_t i = 0; i < 20; ++i) {
+    std::optional<TaskExit> exit;
+    const uint64_t job = 900 + i;
+    int exits = 0;
+    ASSERT_TRUE(exec_->start(launch(job, {"sleep", "100"}), [&](TaskExit e) {
+      exit = e;
+      ++exits;
+    }));
+    exec_->kill(job, 0, KillReason::kCancelled);
+    run_until([&] { return exit.has_value(); });
+    ASSERT_TRUE(exit.has_value()) << i;
+    EXPECT_EQ(exits, 1);
+    EXPECT_EQ(exit->state, pb::TASK_CANCELLED) << i;
+    EXPECT_FALSE(group_exists(job, 0)) << i;
+    const std::string tag = task_key_prefix(options_.pool_tag) + std::to_string(job) + ".0";
+    EXPECT_TRUE(pids_with_env(tag, /*prefix=*/false, 64).empty()) << i;
+  }
+  EXPECT_EQ(exec_->running(), 0u);
+}
+
+// A start that fails on the spawn thread (here the Spawner's bound on arguments, checked
+// there before the clone) ends the attempt 127 with the reason in its stderr log.
+TEST_P(ExecutorTest, AStartThatFailsOnTheSpawnThreadEnds127WithTheReason) {
+  std::vector<std::string> argv(70'000, "x");
+  argv[0] = "true";
+  TaskExit e = run(launch(950, argv));
+  EXPECT_EQ(e.state, pb::TASK_FAILED);
+  EXPECT_EQ(e.exit_code, 127);
+  EXPECT_NE(err(950).find("cardnode: cannot start task: "), std::string::npos) << err(950);
+  EXPECT_FALSE(group_exists(950, 0));
+}
+
 // 200 starts in one go: each returns at once (its clone runs on the spawn worker; the
 // loop's share of a start is paced by a budget per turn), a task killed before its process
 // exists ends cancelled without ever having one, and the rest all get their processes.
-TEST_P(ExecutorTest, ABurstOfStartsIsSpreadOverLoopTurns) {
+TEST_P(ExecutorTest, ABurstOfStartsReturnsAtOnceAndAllGetProcesses) {
   constexpr uint32_t kTasks = 200;
   std::vector<TaskExit> exits;
   for (uint32_t i = 0; i < kTasks; ++i) {

@@ -1,5 +1,6 @@
 // Isolation: cgroup v2, cgroup v1 or rlimits. Every write is a small blocking write to
-// cgroupfs (kernel memory, no disk), so it is done inline on the loop thread.
+// cgroupfs (kernel memory, no disk): create_group runs on the executor's spawn thread,
+// the rest (reaping, usage, signals) inline on the loop thread.
 //
 // Tests pass a fake tree of plain files as `cgroup_root`; that is why writes open with
 // O_CREAT|O_TRUNC (harmless on cgroupfs, where every control file already exists) and
@@ -635,12 +636,13 @@ std::vector<int32_t> pids_with_env(const std::string& entry, bool prefix, uint32
   return out;
 }
 
-std::vector<int32_t> own_children(uint32_t max) {
+std::vector<int32_t> own_children(uint32_t max, pid_t skip_tid) {
   std::vector<int32_t> out;
   DIR* tasks = ::opendir("/proc/self/task");
   if (tasks == nullptr) return out;
+  const std::string skip = skip_tid > 0 ? std::to_string(skip_tid) : std::string();
   while (struct dirent* e = ::readdir(tasks)) {
-    if (e->d_name[0] == '.') continue;
+    if (e->d_name[0] == '.' || e->d_name == skip) continue;
     std::ifstream in(std::string("/proc/self/task/") + e->d_name + "/children");
     for (long pid = 0; out.size() < max && in >> pid;) out.push_back(static_cast<int32_t>(pid));
   }

@@ -37,7 +37,9 @@
 // bounded (startup cleanup, shutdown, tests). create_group still waits the same way for a
 // leftover group of the same name (rare: a retried attempt whose teardown never ended).
 //
-// Threading: plain blocking file writes to cgroupfs (no disk I/O): loop thread only.
+// Threading: plain blocking file writes to cgroupfs (no disk I/O). Read-only after
+// construction (until destroy_parent), so calls on different groups may run on different
+// threads: the executor's spawn thread makes groups while its loop thread reaps others.
 #pragma once
 
 #include <sys/types.h>
@@ -160,6 +162,7 @@ EnvironMatch environ_match(int32_t pid, const std::string& entry);
 // This process's children (/proc/self/task/*/children), at most `max`. With
 // PR_SET_CHILD_SUBREAPER they include every orphan of a task: how the executor finds, in
 // rlimit mode, what escaped a task's process group without reading all of /proc.
-std::vector<int32_t> own_children(uint32_t max);
+// skip_tid: a thread whose children are left out (0: none).
+std::vector<int32_t> own_children(uint32_t max, pid_t skip_tid = 0);
 
 }  // namespace cardnode::runtime

@@ -17,6 +17,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -315,6 +316,10 @@ Result<Spawned> Spawner::spawn(const SpawnRequest& r) {
   sigset_t all, old;
   sigfillset(&all);
   ::pthread_sigmask(SIG_BLOCK, &all, &old);
+  timespec now{};
+  ::clock_gettime(CLOCK_MONOTONIC, &now);
+  const uint64_t started_ns =
+      static_cast<uint64_t>(now.tv_sec) * 1'000'000'000u + static_cast<uint64_t>(now.tv_nsec);
   int pidfd = -1;
   pid_t pid = -1;
   int err = 0;
@@ -339,7 +344,7 @@ Result<Spawned> Spawner::spawn(const SpawnRequest& r) {
     // this child's. ENOSYS (before Linux 5.3): -1, the caller uses SIGCHLD.
     pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0U));
   }
-  return Spawned{pid, pidfd < 0 ? -1 : pidfd};
+  return Spawned{pid, pidfd < 0 ? -1 : pidfd, started_ns};
 }
 
 }  // namespace cardnode::runtime

@@ -66,7 +66,8 @@ struct SpawnRequest {
 
 struct Spawned {
   pid_t pid = 0;
-  int pidfd = -1;  // owned by the caller; -1: no pidfd on this kernel
+  int pidfd = -1;           // owned by the caller; -1: no pidfd on this kernel
+  uint64_t started_ns = 0;  // CLOCK_MONOTONIC (uv_hrtime's clock) just before the clone
 };
 
 // Moves a descriptor above 0..2, closing the original (-1 stays -1; -1 if no room): one the

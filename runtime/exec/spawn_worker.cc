@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <string>
+#include <system_error>
 #include <utility>
 
 #include "proto/error.h"
@@ -41,7 +43,18 @@ SpawnWorker::~SpawnWorker() {
            [](uv_handle_t* h) { delete static_cast<Wakeup*>(h->data); });
 }
 
-void SpawnWorker::submit(uint64_t tag, SpawnRequest request, Prepare prepare) {
+Status SpawnWorker::submit(uint64_t tag, SpawnRequest request, Prepare prepare) {
+  if (!thread_.joinable()) {
+    try {
+      thread_ = std::thread([this] { run(); });
+    } catch (const std::system_error& e) {
+      return fail(Errc::kResourceExhausted,
+                  std::string("cannot start the spawn thread: ") + e.what());
+    }
+    // Known before any clone: the loop tells tasks from orphans by it.
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [this] { return thread_tid_.load() != 0; });
+  }
   auto job = std::make_unique<Job>();
   job->tag = tag;
   job->request = std::move(request);
@@ -52,7 +65,7 @@ void SpawnWorker::submit(uint64_t tag, SpawnRequest request, Prepare prepare) {
     todo_.push_back(std::move(job));
   }
   cv_.notify_one();
-  if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
+  return {};
 }
 
 bool SpawnWorker::cancel(uint64_t tag) {
@@ -77,6 +90,11 @@ void SpawnWorker::run() {
   sigset_t all;
   sigfillset(&all);
   ::pthread_sigmask(SIG_BLOCK, &all, nullptr);
+  {
+    std::lock_guard lock(mu_);
+    thread_tid_ = ::gettid();
+  }
+  cv_.notify_all();
   for (;;) {  // until stop_; one iteration per request
     std::unique_ptr<Job> job;
     {

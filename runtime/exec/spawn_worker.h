@@ -24,8 +24,10 @@
 // (checked: a dropped result would leak a child and its pidfd) and joins the thread.
 #pragma once
 
+#include <sys/types.h>
 #include <uv.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -51,10 +53,15 @@ class SpawnWorker {
   SpawnWorker(const SpawnWorker&) = delete;
   SpawnWorker& operator=(const SpawnWorker&) = delete;
 
-  void submit(uint64_t tag, SpawnRequest request, Prepare prepare = nullptr);
+  // Errors (nothing queued, `done` never runs for it): kResourceExhausted when the thread
+  // cannot be started (the process or thread limit).
+  [[nodiscard]] Status submit(uint64_t tag, SpawnRequest request, Prepare prepare = nullptr);
   // Withdraws a request the worker has not begun: it is delivered (on a later loop turn,
   // as usual) as Errc::kCancelled, with no process made. False once its clone has begun.
   bool cancel(uint64_t tag);
+  // The thread's id (gettid), 0 before the first submit(): the clones' parent, so the
+  // children listed under it are tasks (runtime/exec/isolation.h own_children).
+  pid_t thread_id() const { return thread_tid_.load(); }
   // Submitted, result not yet delivered.
   uint32_t in_flight() const { return in_flight_; }
 
@@ -79,6 +86,7 @@ class SpawnWorker {
   std::deque<std::unique_ptr<Job>> done_jobs_;  // guarded by mu_
   bool stop_ = false;                           // guarded by mu_
   std::thread thread_;                          // started by the first submit()
+  std::atomic<pid_t> thread_tid_{0};
 };
 
 }  // namespace cardnode::runtime

@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -14,6 +15,8 @@
 #include <optional>
 #include <thread>
 #include <vector>
+
+#include "runtime/exec/isolation.h"
 
 namespace cardnode::runtime {
 namespace {
@@ -80,7 +83,7 @@ class SpawnWorkerTest : public ::testing::Test {
 
 TEST_F(SpawnWorkerTest, ResultsComeBackOnTheLoopThread) {
   make();
-  for (uint64_t tag = 1; tag <= 3; ++tag) worker_->submit(tag, request({"true"}));
+  for (uint64_t tag = 1; tag <= 3; ++tag) ASSERT_TRUE(worker_->submit(tag, request({"true"})));
   EXPECT_EQ(worker_->in_flight(), 3u);
   await(3);
   EXPECT_EQ(worker_->in_flight(), 0u);
@@ -97,18 +100,41 @@ TEST_F(SpawnWorkerTest, ResultsComeBackOnTheLoopThread) {
   EXPECT_EQ(tags, (std::vector<uint64_t>{1, 2, 3}));
 }
 
-// The point of the worker: while a spawn is being made, the loop runs. The prepare step
-// blocks until a timer on the loop releases it; held on the loop, this would never end.
+// Tasks are the spawn thread's children; orphans a subreaper adopts go to the main thread.
+// The executor tells them apart by that (own_children's skip_tid).
+TEST_F(SpawnWorkerTest, TasksAreChildrenOfTheSpawnThread) {
+  make();
+  EXPECT_EQ(worker_->thread_id(), 0);
+  ASSERT_TRUE(worker_->submit(1, request({"sleep", "30"})));
+  const pid_t tid = worker_->thread_id();
+  EXPECT_GT(tid, 0);
+  EXPECT_NE(tid, ::gettid());
+  await(1);
+  ASSERT_TRUE(results_[0].spawned) << results_[0].spawned.error().describe();
+  const pid_t pid = results_[0].spawned->pid;
+  auto has = [pid](const std::vector<int32_t>& v) {
+    return std::find(v.begin(), v.end(), pid) != v.end();
+  };
+  EXPECT_TRUE(has(own_children(4096)));
+  EXPECT_FALSE(has(own_children(4096, tid)));
+  ::kill(pid, SIGKILL);
+  reap(*results_[0].spawned);
+}
+
+// The point of the worker: while a spawn is being made, the loop runs. Its prepare step
+// stands in for a slow spawn (a child's long execve, a slow cgroupfs): it blocks until a
+// timer on the loop releases it; were it run on the loop, the timer would never fire.
 TEST_F(SpawnWorkerTest, TheLoopRunsWhileASpawnIsBeingMade) {
   make();
   std::promise<void> release;
   std::shared_future<void> released = release.get_future().share();
   std::atomic<bool> preparing{false};
-  worker_->submit(7, request({"true"}), [&](SpawnRequest&) {
+  Status queued = worker_->submit(7, request({"true"}), [&](SpawnRequest&) {
     preparing = true;
     released.wait_for(std::chrono::seconds(30));  // bounded: a held loop fails, not hangs
     return Status{};
   });
+  ASSERT_TRUE(queued);
   struct Ctx {
     std::atomic<bool>* preparing;
     std::promise<void>* release;
@@ -138,11 +164,12 @@ TEST_F(SpawnWorkerTest, TheLoopRunsWhileASpawnIsBeingMade) {
 TEST_F(SpawnWorkerTest, APrepareErrorIsTheResultAndItsDescriptorsAreClosed) {
   make();
   int opened = -1;
-  worker_->submit(3, request({"true"}), [&](SpawnRequest& r) -> Status {
+  Status queued = worker_->submit(3, request({"true"}), [&](SpawnRequest& r) -> Status {
     opened = above_stdio(::open("/dev/null", O_WRONLY | O_CLOEXEC));
     r.cgroup_procs_fds.push_back(opened);
     return fail(Errc::kIo, "no group");
   });
+  ASSERT_TRUE(queued);
   await(1);
   ASSERT_FALSE(results_[0].spawned);
   EXPECT_EQ(results_[0].spawned.error().message, "no group");
@@ -155,12 +182,13 @@ TEST_F(SpawnWorkerTest, ACancelBeforeTheCloneMakesNoProcess) {
   std::promise<void> release;
   std::shared_future<void> released = release.get_future().share();
   std::atomic<bool> preparing{false};
-  worker_->submit(1, request({"true"}), [&](SpawnRequest&) {
+  Status queued = worker_->submit(1, request({"true"}), [&](SpawnRequest&) {
     preparing = true;
     released.wait_for(std::chrono::seconds(30));  // bounded: a held loop fails, not hangs
     return Status{};
   });
-  worker_->submit(2, request({"true"}));
+  ASSERT_TRUE(queued);
+  ASSERT_TRUE(worker_->submit(2, request({"true"})));
   for (int i = 0; i < 30'000 && !preparing; ++i) {  // bounded: 30 s
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }

@@ -38,11 +38,13 @@
 # run untraced; every stop still costs tens of µs, which is why the traced total is shown
 # beside the untraced median. Both traces share one clock (-ttt). Markers, in order:
 #   client execve -> client opens DATA_DIR/addr      client start: exec, dynamic loading,
-#                                                     static init, argument parsing
+#                    (or connects to api.sock)        static init, argument parsing
 #   -> client connect()                               token, OpenSSL config, SSL_CTX
 #   -> client's first recvfrom with data              TCP connect + TLS handshake (the
 #                                                     server's one flight; the client then
 #                                                     sends Finished and the submit at once)
+#   (a client with --data-dir on the server's board goes through DATA_DIR/api.sock: no
+#   addr, token, TLS context or handshake, so those two segments are 0)
 #   -> server writes the submit's reply               submit: the job's WAL record durable
 #   -> server's fork (clone)                          ack -> spawn: scheduling turn,
 #                                                     TaskStarted durable, cgroup mkdirs,
@@ -253,19 +255,25 @@ def one_breakdown(cev, sev):
     first = lambda evs, pred: next((e for e in evs if pred(e)), None)
     c0 = cev[0][1]
     cend = [e for e in cev if e[2].startswith("+++ exited")][-1][1]
-    c1 = first(cev, lambda e: e[2].startswith("openat(") and '/addr"' in e[2])[1]
-    c2 = first(cev, lambda e: e[2].startswith("connect("))[1]
+    conn = first(cev, lambda e: e[2].startswith("connect("))
+    c2 = conn[1]
+    # Through DATA_DIR/api.sock (the server's local socket) the client reads no addr or
+    # token and makes no TLS context or handshake: those segments are 0.
+    local = "AF_UNIX" in conn[2]
+    opened = first(cev, lambda e: e[2].startswith("openat(") and '/addr"' in e[2])
+    c1 = c2 if local or opened is None else opened[1]
     recvs = [e for e in cev if e[2].startswith("recvfrom(") and (m := RET.search(e[2])) and int(m.group(1)) > 0]
-    c3 = recvs[0][1]
+    c3 = c2 if local else recvs[0][1]
     sub = first(cev, lambda e: e[2].startswith("write(2") and "submitted" in e[2])[1]
     c4 = [e for e in recvs if e[1] < sub][-1][1]
     fin = [e for e in cev if e[2].startswith("write(2") and "cardnode: job" in e[2]][-1][1]
     c5 = [e for e in recvs if e[1] < fin][-1][1]
     win = [e for e in sev if c0 <= e[1] <= cend]
-    sock = [e for e in win if syscall_name(e[2]) in ("write", "sendto", "sendmsg", "writev") and ("socket:[" in e[2].split(",")[0] or "TCP" in e[2].split(",")[0])]
+    sock = [e for e in win if syscall_name(e[2]) in ("write", "sendto", "sendmsg", "writev") and any(k in e[2].split(",")[0] for k in ("socket:[", "TCP", "UNIX"))]
     s_ack = [e for e in sock if e[1] < c4][-1][1]
     s_reply = [e for e in sock if e[1] <= c5][-1][1]
-    s_clone = first(win, lambda e: e[1] >= s_ack and syscall_name(e[2]) in ("clone", "clone3", "fork", "vfork"))[1]
+    # The task's clone (CLONE_VFORK), not the spawn thread's creation on a first start.
+    s_clone = first(win, lambda e: e[1] >= s_ack and syscall_name(e[2]) in ("clone", "clone3", "fork", "vfork") and "CLONE_THREAD" not in e[2])[1]
     # Before: a `cardnode __task-exec` trampoline between the fork and the task's exec.
     # Now: the clone child joins the cgroups, drops privileges and execs the task itself.
     ex1 = first(win, lambda e: e[2].startswith("execve(") and "__task-exec" in e[2])
@@ -279,10 +287,10 @@ def one_breakdown(cev, sev):
     ms = lambda a, b: (b - a) * 1e3
     return [
         ("bd_client_start", "client start: exec, loading, init, args", ms(c0, c1)),
-        ("bd_client_setup", "client: token, OpenSSL config, SSL_CTX", ms(c1, c2)),
-        ("bd_connect_tls", "TCP connect + TLS handshake", ms(c2, c3)),
+        ("bd_client_setup", "client: token, OpenSSL config, SSL_CTX (0: local socket)", ms(c1, c2)),
+        ("bd_connect_tls", "TCP connect + TLS handshake (0: local socket)", ms(c2, c3)),
         ("bd_submit", "submit round trip (job durable)", ms(c3, s_ack)),
-        ("bd_ack_to_fork", "ack -> fork (turn, TaskStarted durable, cgroups, logs)", ms(s_ack, s_clone)),
+        ("bd_ack_to_fork", "ack -> clone (TaskStarted durable, logs, spawn thread: cgroups)", ms(s_ack, s_clone)),
         ("bd_fork_to_exec", "fork -> trampoline exec (now: -> task exec, cgroups joined)", ms(s_clone, ex1[1])),
         ("bd_trampoline", "trampoline (exec+loading+cgroup join; now 0)", ms(ex1[1], ex2[1])),
         ("bd_cgroup_join", "  of which writes to cgroup.procs", cg),

@@ -19,6 +19,7 @@
 #include "net/handshake.h"
 #include "proto/text.h"
 #include "runtime/coordinator/fsck.h"
+#include "runtime/data_dir.h"
 #include "scheduler/cluster.h"
 #include "scheduler/heat.h"
 
@@ -76,6 +77,18 @@ Result<std::unique_ptr<net::Client>> connect(const ClientConfig& cfg) {
   std::string dir = !cfg.data_dir.empty() ? cfg.data_dir : default_data_dir();
   std::string addr = cfg.server;
   if (addr.empty() && env_or_null("CARDNODE_ADDR")) addr = env_or_null("CARDNODE_ADDR");
+  // On the server's board: its local socket, with no token and no TLS to set up, when
+  // the client would otherwise take both address and token from the data dir (credentials
+  // or transport flags of its own mean TCP, as given). No socket, no server behind it, or
+  // not ours to use: TCP below, whose errors say what is missing.
+  const bool own_credentials = !cfg.token_file.empty() || env_or_null("CARDNODE_TOKEN") ||
+                               cfg.insecure || !cfg.tls_cert.empty() || !cfg.tls_key.empty() ||
+                               !cfg.tls_ca.empty();
+  if (addr.empty() && !own_credentials) {
+    auto local =
+        net::Client::connect_local(dir + "/" + runtime::kLocalSocketName, kConnectTimeoutMs);
+    if (local) return local;
+  }
   if (addr.empty()) {
     auto line = read_first_line(dir + "/addr");
     if (!line) {

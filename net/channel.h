@@ -93,6 +93,12 @@ class Channel {
   virtual std::string describe() const = 0;
 };
 
+// A connection over a Unix socket on this board (the server's DATA_DIR/api.sock): open
+// from the start, bytes as they are. Nothing on the path but the kernel, and the peer was
+// named by the kernel (SO_PEERCRED) before the first byte, so there is nothing to seal or
+// prove: no token, no TLS set-up or handshake for a CLI call on the server's own board.
+std::unique_ptr<Channel> local_channel();
+
 // Initialises OpenSSL without reading the system's openssl.cnf: ~2 ms of every process
 // start (a CLI call is one), and nothing in it applies to the fixed TLS 1.3 suites and
 // options set here. Idempotent; the first OpenSSL call of the process decides, so main()

@@ -4,11 +4,13 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
 #include <climits>
+#include <cstring>
 #include <optional>
 
 #include "net/address.h"
@@ -134,6 +136,42 @@ Result<std::unique_ptr<Client>> Client::connect(
   std::unique_ptr<Client> client(new Client(*fd, host_port, security->channel()));
   if (Status st = client->handshake(deadline); !st) return std::unexpected(st.error());
   return client;
+}
+
+Result<std::unique_ptr<Client>> Client::connect_local(const std::string& path,
+                                                      uint32_t timeout_ms) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof addr.sun_path) {
+    return fail(Errc::kNotFound, "no local socket path");
+  }
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return fail(Errc::kUnavailable, "cannot reach server at " + path, errno);
+  // Always bounded: a full backlog is waited out for at most this long.
+  const Deadline deadline = deadline_after(timeout_ms != 0 ? timeout_ms : 10'000);
+  Status st;
+  // A local connect completes or fails at once, except EAGAIN when the backlog is full.
+  while (::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
+    const int e = errno;
+    if (e == EINTR) continue;
+    if (e == EAGAIN) {  // the server's backlog is full: try again shortly
+      if (deadline && Clock::now() >= *deadline) {
+        st = timed_out(path);
+        break;
+      }
+      (void)::poll(nullptr, 0, 1);
+      continue;  // bounded by the deadline
+    }
+    st = fail(e == ENOENT || e == ECONNREFUSED ? Errc::kNotFound : Errc::kUnavailable,
+              "cannot reach server at " + path, e);
+    break;
+  }
+  if (!st) {
+    ::close(fd);
+    return std::unexpected(st.error());
+  }
+  return std::unique_ptr<Client>(new Client(fd, path, local_channel()));
 }
 
 // Until the channel is open: each pass reads at least one byte, and the channel bounds

@@ -28,6 +28,12 @@ class Client {
   [[nodiscard]] static Result<std::unique_ptr<Client>> connect(
       const std::string& host_port, const std::shared_ptr<const SecurityContext>& security,
       uint32_t timeout_ms);
+  // The server's Unix socket on this board (RpcServerOptions::local_path): no token, no
+  // TLS. kNotFound when there is no socket file or no server behind it (ECONNREFUSED):
+  // the caller then tries TCP; kUnavailable for anything else (EACCES: not the server's
+  // user, nor root).
+  [[nodiscard]] static Result<std::unique_ptr<Client>> connect_local(const std::string& path,
+                                                                     uint32_t timeout_ms);
   ~Client();
   // Sends one request (its id is set here) and waits for the matching response.
   // timeout_ms 0 waits forever (WaitJob).

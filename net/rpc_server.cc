@@ -1,6 +1,12 @@
 #include "net/rpc_server.h"
 
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <csignal>
 #include <cstring>
 #include <list>
@@ -54,6 +60,8 @@ struct ServerCore {
   // Heap-allocated and freed by its own close callback, so the server object may be
   // destroyed before the loop has run that callback.
   uv_tcp_t* listener = nullptr;
+  uv_pipe_t* local_listener = nullptr;          // options.local_path, if any; the same ownership
+  bool local_bound = false;                     // the socket file is ours to remove at stop()
   std::unordered_set<Connection*> connections;  // open ones; bounded by the two budgets + 1
   std::list<Connection*> unauthenticated;       // oldest first; bounded by max_unauthenticated
   uint32_t authenticated = 0;
@@ -74,8 +82,11 @@ struct Connection {
   enum class Phase { kHandshake, kRejecting, kFrames };
 
   explicit Connection(ServerCore* s) : server(s), channel(s->security->channel()) {}
+  Connection(ServerCore* s, std::unique_ptr<Channel> ch) : server(s), channel(std::move(ch)) {}
 
   uv_tcp_t tcp{};
+  uv_pipe_t pipe{};  // instead of tcp, for a connection through options.local_path
+  bool local = false;
   uv_timer_t timer{};  // the handshake deadline, then the idle timeout
   int open_handles = 0;
   ServerCore* server;
@@ -91,6 +102,10 @@ struct Connection {
   std::list<Connection*>::iterator pending_it, source_it;
   // Shared with every Responder of this connection; cleared when it closes.
   std::shared_ptr<Connection*> cell = std::make_shared<Connection*>(this);
+
+  uv_stream_t* stream() {
+    return local ? reinterpret_cast<uv_stream_t*>(&pipe) : reinterpret_cast<uv_stream_t*>(&tcp);
+  }
 };
 
 }  // namespace
@@ -168,7 +183,7 @@ void close_connection(Connection* c) {
   s->connections.erase(c);
   s->stats.active = s->connections.size();
   // Pending writes complete with UV_ECANCELED before the close callbacks run.
-  uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp), on_handle_closed);
+  uv_close(reinterpret_cast<uv_handle_t*>(c->stream()), on_handle_closed);
   uv_close(reinterpret_cast<uv_handle_t*>(&c->timer), on_handle_closed);
 }
 
@@ -180,7 +195,7 @@ void on_write_done(uv_write_t* req, int status) {
 
 // Queues bytes; false if the connection was closed instead (slow reader, write error).
 bool write_bytes(Connection* c, std::string bytes, bool close_after) {
-  auto* stream = reinterpret_cast<uv_stream_t*>(&c->tcp);
+  uv_stream_t* stream = c->stream();
   const uint64_t queued = uv_stream_get_write_queue_size(stream);
   if (queued + bytes.size() > c->server->options.write_queue_bytes_max) {
     c->server->stats.rejected_limit++;
@@ -213,7 +228,7 @@ void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf);
 
 void set_reading(Connection* c, bool want) {
   if (want == c->reading) return;
-  auto* stream = reinterpret_cast<uv_stream_t*>(&c->tcp);
+  uv_stream_t* stream = c->stream();
   const int rc = want ? uv_read_start(stream, on_alloc, on_read) : uv_read_stop(stream);
   if (rc != 0) {
     close_connection(c);
@@ -258,8 +273,7 @@ void on_idle_timeout(uv_timer_t* timer) {
   if (c->server == nullptr) return;
   // A held request (WaitJob, a poll) or a reply still going out: not idle. The repeating
   // timer looks again; send_reply restarts it when the last request is answered.
-  if (c->inflight > 0 ||
-      uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(&c->tcp)) > 0) {
+  if (c->inflight > 0 || uv_stream_get_write_queue_size(c->stream()) > 0) {
     return;
   }
   c->server->stats.closed_idle++;
@@ -459,6 +473,59 @@ void delete_listener(uv_handle_t* handle) {
   delete reinterpret_cast<uv_tcp_t*>(handle);
 }
 
+void delete_local_listener(uv_handle_t* handle) {
+  delete reinterpret_cast<uv_pipe_t*>(handle);
+}
+
+// Who is at the other end of a local connection, as the kernel says (SO_PEERCRED): only
+// root or this process's own user may use it. The socket's mode (0600, in a 0700 data
+// dir) already keeps others out; this holds if either was loosened.
+bool local_peer_allowed(uv_pipe_t* pipe) {
+  uv_os_fd_t fd = -1;
+  if (uv_fileno(reinterpret_cast<uv_handle_t*>(pipe), &fd) != 0) return false;
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return false;
+  return cred.uid == 0 || cred.uid == ::geteuid();
+}
+
+// A connection on the local socket: no handshake and no strangers' budget (the kernel
+// named the peer), straight to frames, counted against max_connections like any other.
+void on_local_connection(uv_stream_t* listener, int status) {
+  auto* s = static_cast<ServerCore*>(listener->data);
+  if (status < 0 || s->stopped) return;
+  auto* c = new Connection(s, local_channel());
+  c->local = true;
+  CARDNODE_CHECK(uv_pipe_init(s->loop, &c->pipe, 0) == 0);
+  CARDNODE_CHECK(uv_timer_init(s->loop, &c->timer) == 0);
+  c->pipe.data = c;
+  c->timer.data = c;
+  c->open_handles = 2;
+  s->connections.insert(c);
+  s->stats.active = s->connections.size();
+  if (uv_accept(listener, c->stream()) != 0) {
+    close_connection(c);
+    return;
+  }
+  c->source = "local";
+  if (!local_peer_allowed(&c->pipe)) {
+    s->stats.rejected_auth++;
+    close_connection(c);
+    return;
+  }
+  if (s->authenticated >= s->options.max_connections) {
+    s->stats.rejected_limit++;
+    close_connection(c);
+    return;
+  }
+  s->stats.accepted++;
+  s->stats.accepted_local++;
+  c->authenticated = true;
+  s->authenticated++;
+  on_open(c);
+  set_reading(c, true);
+}
+
 }  // namespace
 
 namespace {
@@ -528,6 +595,14 @@ void RpcServer::Impl::stop() {
     uv_close(reinterpret_cast<uv_handle_t*>(listener), delete_listener);
     listener = nullptr;
   }
+  if (local_listener != nullptr) {
+    uv_close(reinterpret_cast<uv_handle_t*>(local_listener), delete_local_listener);
+    local_listener = nullptr;
+  }
+  if (local_bound) {  // a client finding no file falls back to TCP at once
+    (void)::unlink(options.local_path.c_str());
+    local_bound = false;
+  }
   while (!connections.empty()) close_connection(*connections.begin());  // each erases itself
   sources.clear();
 }
@@ -549,6 +624,44 @@ RpcServer::RpcServer(uv_loop_t* loop, const std::string& token, RpcServerOptions
 RpcServer::~RpcServer() {
   impl_->stop();
 }
+
+namespace {
+
+// Binds options.local_path, mode 0600. A socket file left by a server that died is
+// replaced; anything else at that path is an error, never removed.
+Status listen_local(ServerCore& s) {
+  const std::string& path = s.options.local_path;
+  sockaddr_un probe{};
+  if (path.size() >= sizeof probe.sun_path) {
+    return fail(Errc::kInvalidArgument,
+                "local socket path too long (" + std::to_string(path.size()) + " bytes, at most " +
+                    std::to_string(sizeof probe.sun_path - 1) + "): " + path);
+  }
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) {
+      return fail(Errc::kInvalidArgument, path + " exists and is not a socket");
+    }
+    if (::unlink(path.c_str()) != 0) return fail_errno(errno, "remove stale " + path);
+  }
+  auto* listener = new uv_pipe_t{};
+  CARDNODE_CHECK(uv_pipe_init(s.loop, listener, 0) == 0);
+  listener->data = &s;
+  int rc = uv_pipe_bind(listener, path.c_str());
+  if (rc == 0) s.local_bound = true;
+  if (rc == 0 && ::chmod(path.c_str(), 0600) != 0) rc = -errno;
+  if (rc == 0) {
+    rc = uv_listen(reinterpret_cast<uv_stream_t*>(listener), kListenBacklog, on_local_connection);
+  }
+  if (rc != 0) {
+    uv_close(reinterpret_cast<uv_handle_t*>(listener), delete_local_listener);
+    return fail(Errc::kUnavailable, "cannot listen on " + path, -rc);
+  }
+  s.local_listener = listener;
+  return {};
+}
+
+}  // namespace
 
 Result<std::string> RpcServer::start() {
   Impl& s = *impl_;
@@ -575,6 +688,9 @@ Result<std::string> RpcServer::start() {
   int bound_len = sizeof bound;
   rc = uv_tcp_getsockname(listener, reinterpret_cast<sockaddr*>(&bound), &bound_len);
   if (rc != 0) return fail(Errc::kInternal, "getsockname on " + s.options.listen, -rc);
+  if (!s.options.local_path.empty()) {
+    if (Status st = listen_local(s); !st) return std::unexpected(st.error());
+  }
   return format_sockaddr(reinterpret_cast<const sockaddr*>(&bound));
 }
 

@@ -61,10 +61,17 @@ struct RpcServerOptions {
   // An authenticated connection with no request in flight and no bytes from the peer for
   // this long is closed (0: never). A held request (WaitJob, an agent's poll) is not idle.
   uint64_t idle_timeout_ms = 300'000;
+  // A Unix stream socket for clients on this board, beside `listen` (empty: none): made
+  // 0600 (a stale socket file is replaced), removed at stop(). Its peers must be root or
+  // this process's user (SO_PEERCRED); they skip the handshake and the strangers' budget
+  // and send frames as they are (net/channel.h, local_channel), counted against
+  // max_connections like any other.
+  std::string local_path;
 };
 
 struct RpcServerStats {
-  uint64_t accepted = 0;           // connections taken into the handshake
+  uint64_t accepted = 0;           // connections taken into the handshake (or local ones)
+  uint64_t accepted_local = 0;     // of those, through local_path
   uint64_t active = 0;             // open connections, in handshake or serving
   uint64_t unauthenticated = 0;    // open connections still in the handshake
   uint64_t rejected_auth = 0;      // wrong token
@@ -105,7 +112,8 @@ class RpcServer {
             RequestHandler handler);
   ~RpcServer();
 
-  // Binds and listens; returns the bound address (port 0 becomes the real port).
+  // Binds and listens (and local_path); returns the bound address (port 0 becomes the
+  // real port).
   [[nodiscard]] Result<std::string> start();
   // Stops accepting and closes every connection; handles finish closing on the loop.
   void stop();

@@ -5,10 +5,15 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <deque>
+#include <fstream>
 #include <functional>
 #include <future>
 #include <mutex>
@@ -876,6 +881,120 @@ TEST_F(RpcTest, ClientReportsRefusedConnection) {
   Result<std::unique_ptr<Client>> bad = Client::connect("no-port", kToken, kCallTimeoutMs);
   ASSERT_FALSE(bad.has_value());
   EXPECT_EQ(bad.error().code, Errc::kInvalidArgument);
+}
+
+// ---- the local socket (RpcServerOptions::local_path) ----------------------------------
+
+class LocalSocketTest : public RpcTest {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/cardnode-local-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    path_ = dir_ + "/api.sock";
+    options_.local_path = path_;
+  }
+  void TearDown() override {
+    RpcTest::TearDown();
+    (void)::unlink(path_.c_str());
+    (void)::unlink((dir_ + "/file").c_str());
+    (void)::rmdir(dir_.c_str());
+  }
+  std::string dir_, path_;
+};
+
+TEST_F(LocalSocketTest, ACallNeedsNoTokenAndTheSocketIsTheOwnersAlone) {
+  start_server();
+  struct stat st {};
+  ASSERT_EQ(::lstat(path_.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  Result<std::unique_ptr<Client>> c = Client::connect_local(path_, kCallTimeoutMs);
+  ASSERT_TRUE(c.has_value()) << c.error().describe();
+  expect_call_works(c->get());
+  expect_call_works(c->get());
+  expect_call_works(connect().get());  // TCP beside it, with the token, as before
+  const RpcServerStats s = stats();
+  EXPECT_EQ(s.accepted, 2u);
+  EXPECT_EQ(s.accepted_local, 1u);
+  EXPECT_EQ(s.requests, 3u);
+}
+
+TEST_F(LocalSocketTest, NoSocketOrNoServerIsNotFoundSoTheClientTriesTcp) {
+  Result<std::unique_ptr<Client>> none = Client::connect_local(path_, kCallTimeoutMs);
+  ASSERT_FALSE(none.has_value());
+  EXPECT_EQ(none.error().code, Errc::kNotFound);
+  start_server();
+  loop_.run([this] {
+    server_->stop();
+    return 0;
+  });
+  EXPECT_NE(::access(path_.c_str(), F_OK), 0) << "stop() leaves no socket file";
+  Result<std::unique_ptr<Client>> gone = Client::connect_local(path_, kCallTimeoutMs);
+  ASSERT_FALSE(gone.has_value());
+  EXPECT_EQ(gone.error().code, Errc::kNotFound);
+}
+
+TEST_F(LocalSocketTest, AStaleSocketIsReplacedAndAnyOtherFileIsLeftAlone) {
+  // A socket file with no server behind it, as a kill -9 leaves.
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  std::memcpy(sa.sun_path, path_.data(), path_.size());
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+  ::close(fd);
+  start_server();
+  Result<std::unique_ptr<Client>> c = Client::connect_local(path_, kCallTimeoutMs);
+  ASSERT_TRUE(c.has_value()) << c.error().describe();
+  expect_call_works(c->get());
+
+  uv_loop_t loop;
+  ASSERT_EQ(uv_loop_init(&loop), 0);
+  {
+    const std::string file = dir_ + "/file";
+    ASSERT_TRUE(std::ofstream(file) << "keep");
+    RpcServerOptions opts;
+    opts.listen = "127.0.0.1:0";
+    opts.local_path = file;
+    RpcServer server(&loop, kToken, opts, [](pb::Request&&, Responder) {});
+    Result<std::string> r = server.start();
+    ASSERT_FALSE(r.has_value());
+    EXPECT_EQ(r.error().code, Errc::kInvalidArgument);
+    EXPECT_EQ(r.error().message, file + " exists and is not a socket");
+    std::string kept;
+    std::getline(std::ifstream(file), kept);
+    EXPECT_EQ(kept, "keep");
+  }
+  EXPECT_EQ(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  EXPECT_EQ(uv_loop_close(&loop), 0);
+}
+
+// The socket's mode keeps other users out; the server checks the peer's uid anyway
+// (SO_PEERCRED), for a socket or data dir whose mode was loosened. Needs root to be
+// another user.
+TEST_F(LocalSocketTest, AnotherUserIsRefusedEvenWhenTheModeLetsItIn) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to connect as another user";
+  start_server();
+  ASSERT_EQ(::chmod(dir_.c_str(), 0755), 0);
+  ASSERT_EQ(::chmod(path_.c_str(), 0666), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) {
+      ::_exit(3);
+    }
+    Result<std::unique_ptr<Client>> c = Client::connect_local(path_, kCallTimeoutMs);
+    if (!c) ::_exit(4);  // the mode let it connect: the server must close it
+    Result<pb::Response> r = (*c)->call(list_jobs(), kCallTimeoutMs);
+    ::_exit(r.has_value() ? 1 : 0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: served; 3: setresuid; 4: could not connect";
+  const RpcServerStats s = stats();
+  EXPECT_EQ(s.rejected_auth, 1u);
+  EXPECT_EQ(s.requests, 0u);
 }
 
 TEST(RpcServerLifecycle, StartFailuresAndDestructionWithoutStop) {

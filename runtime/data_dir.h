@@ -5,6 +5,7 @@
 //   DATA_DIR/token         the cluster token (0600), generated on first start
 //   DATA_DIR/node_id       this board's identity: random, made once, kept through renames
 //   DATA_DIR/addr          where the server listens (metrics_addr: its /metrics), each start
+//   DATA_DIR/api.sock      the server's Unix socket for clients on this board (0600)
 //   DATA_DIR/wal, snapshots   durable state (storage/local_store.h)
 //   DATA_DIR/logs, work    task output (or --log-dir) and the fallback working directory
 //
@@ -19,6 +20,9 @@
 #include "storage/posix.h"
 
 namespace cardnode::runtime {
+
+// The server's local socket in its data dir; a client with --data-dir tries it first.
+inline constexpr const char* kLocalSocketName = "api.sock";
 
 class DataDir {
  public:

@@ -1,6 +1,8 @@
 // End-to-end: what a person sees of the CLI — progress of `run --wait`, durations in `ps`,
 // load in `nodes`, examples in `--help`, bash completion (docs/CLI.md).
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -144,6 +146,34 @@ TEST_F(Cluster, TheExampleJobInDeployRunsAsItsReadmeSays) {
     Output log = cli({"logs", "1." + std::to_string(i)});
     EXPECT_EQ(log.out, "frame " + std::to_string(i) + "\n") << log.err;
   }
+}
+
+// On the server's board a client given only --data-dir goes through DATA_DIR/api.sock: no
+// token (the socket is the owner's alone, 0600), no TLS. Credentials of its own mean TCP,
+// as before, and so does a stopped server (its socket file is gone).
+TEST_F(Cluster, ClientsOnTheServersBoardUseItsLocalSocket) {
+  start_server();
+  const std::string sock = data_ + "/api.sock";
+  struct stat st {};
+  ASSERT_EQ(::lstat(sock.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  const std::string token = data_ + "/token", away = data_ + "/token.away";
+  ASSERT_EQ(std::rename(token.c_str(), away.c_str()), 0);
+  Output local = cli({"run", "--wait", "--", "true"});
+  EXPECT_EQ(local.code, 0) << local.err;
+  Output tcp = cli({"--server", addr_, "ps"});
+  EXPECT_EQ(tcp.code, 2);
+  EXPECT_NE(tcp.err.find("no cluster token"), std::string::npos) << tcp.err;
+  Output own = cli({"--token-file", away, "ps"});  // own credentials: TCP, with them
+  EXPECT_EQ(own.code, 0) << own.err;
+  ASSERT_EQ(std::rename(away.c_str(), token.c_str()), 0);
+  EXPECT_EQ(cli({"--server", addr_, "ps"}).code, 0);
+  EXPECT_EQ(stop_server(SIGTERM), 0);
+  EXPECT_NE(::access(sock.c_str(), F_OK), 0) << "a stopped server leaves no socket";
+  Output down = cli({"ps"});
+  EXPECT_EQ(down.code, 2);
+  EXPECT_NE(down.err.find("cannot reach server"), std::string::npos) << down.err;
 }
 
 TEST(CliHelp, EverySubcommandsHelpEndsWithAnExample) {

@@ -208,7 +208,9 @@ TEST_F(Cluster, CertificateModeAdmitsTheCasMembersOnly) {
                              root_);
   EXPECT_EQ(intruder.code, 2);
   EXPECT_NE(intruder.err.find("certificate"), std::string::npos) << intruder.err;
-  Output psk = cli({"ps"});
+  // Over TCP (on this board, --data-dir alone would take the local socket, which needs
+  // neither: docs/ARCHITECTURE.md, "Sealed connections").
+  Output psk = cli({"--server", addr_, "ps"});
   EXPECT_EQ(psk.code, 2) << psk.out;
   const std::string m = http_get(metrics_addr_, "/metrics");
   EXPECT_GE(metric(m, "cardnode_net_connections_rejected_total{reason=\"auth\"}"), 1) << m;
@@ -232,7 +234,7 @@ TEST_F(Cluster, InsecureNeedsBothSidesAndSaysSoInNodes) {
   stop_server(SIGTERM);
 
   start_server({"--insecure"});
-  Output mismatch = cli({"ps"});
+  Output mismatch = cli({"--server", addr_, "ps"});  // TCP, not the local socket
   EXPECT_EQ(mismatch.code, 2);
   EXPECT_NE(mismatch.err.find("--insecure"), std::string::npos) << mismatch.err;
   Output plain_json = cli({"--insecure", "nodes", "--json"});

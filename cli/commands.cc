@@ -227,9 +227,9 @@ uint64_t steady_ms() {
 
 // An array's progress on stderr until it is final, from its summary (a one-job page of
 // ListJobs: no tasks, and none of the per-job work of GetJob such as the wait reason)
-// every kProgressPollMs. A terminal sees one line redrawn in place; a pipe
-// or file a plain line every kProgressLineMs and a last one. Best effort: the exit code
-// says how the job ended.
+// every kProgressPollMs, more often near its end (next_poll_ms). A terminal sees one line redrawn
+// in place; a pipe or file a plain line every kProgressLineMs and a last one. Best effort: the exit
+// code says how the job ended.
 Status show_progress(net::Client& c, uint64_t id, uint64_t start_ms) {
   const bool tty = ::isatty(STDERR_FILENO) == 1;
   Pacer pacer(start_ms, tty ? kProgressRedrawMs : kProgressLineMs);
@@ -261,7 +261,7 @@ Status show_progress(net::Client& c, uint64_t id, uint64_t start_ms) {
       (void)std::fflush(stderr);
     }
     if (final) return {};
-    std::this_thread::sleep_for(std::chrono::milliseconds(kProgressPollMs));
+    std::this_thread::sleep_for(std::chrono::milliseconds(next_poll_ms(j, now - start_ms)));
   }
 }
 

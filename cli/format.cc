@@ -1,5 +1,6 @@
 #include "cli/format.h"
 
+#include <algorithm>
 #include <cstdio>
 
 #include "scheduler/cluster.h"
@@ -29,6 +30,14 @@ std::string progress_line(const pb::JobSummary& j, uint64_t elapsed_ms) {
                       static_cast<unsigned long long>(j.id()), done, j.count(), rate);
   return std::string(head) + ", elapsed " + human_duration(elapsed_ms) + ", ETA " + eta + " (" +
          states_text(j) + ")";
+}
+
+uint64_t next_poll_ms(const pb::JobSummary& j, uint64_t elapsed_ms) {
+  const uint32_t done = tasks_done(j);
+  if (done == 0) return kProgressPollMs;  // no rate yet
+  const uint64_t left = j.count() > done ? j.count() - done : 0;
+  const uint64_t eta_ms = left * elapsed_ms / done;  // < 2^32 * 2^32: no overflow in practice
+  return std::clamp(eta_ms, kProgressPollMinMs, kProgressPollMs);
 }
 
 }  // namespace cardnode::cli

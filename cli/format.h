@@ -25,6 +25,11 @@ uint32_t tasks_done(const pb::JobSummary& job);
 // "job 7: 120/500 done, 4.0 tasks/s, elapsed 30s, ETA 1m35s (queued:372 running:8 ...)".
 // The rate is over the whole run; the ETA assumes it holds ("ETA ?" before a task ended).
 std::string progress_line(const pb::JobSummary& job, uint64_t elapsed_ms);
+// How long `run --wait` of an array waits before it looks at the job again:
+// kProgressPollMs, or the ETA at the rate so far when that is sooner (at least
+// kProgressPollMinMs), so the end is seen within a few ms of it rather than up to a whole
+// poll late (a 2-second array was reported ~6% slower than it ran).
+uint64_t next_poll_ms(const pb::JobSummary& job, uint64_t elapsed_ms);
 
 // At most one event per interval: due(now) says whether one may happen at `now`, and if so
 // counts it as having happened. The first is due one interval after `start_ms`.
@@ -48,5 +53,6 @@ class Pacer {
 inline constexpr uint64_t kProgressRedrawMs = 250;
 inline constexpr uint64_t kProgressLineMs = 5000;
 inline constexpr uint64_t kProgressPollMs = 250;
+inline constexpr uint64_t kProgressPollMinMs = 5;
 
 }  // namespace cardnode::cli

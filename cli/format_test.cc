@@ -56,6 +56,20 @@ TEST(Progress, NoEtaBeforeATaskEndedAndZeroAtTheEnd) {
             "job 7: 20/20 done, 10.0 tasks/s, elapsed 2.0s, ETA 0.0s (succeeded:19 timed_out:1)");
 }
 
+// The array's end is seen within a few ms: the poll shortens to the ETA near the end.
+TEST(Progress, ThePollShortensToTheEtaNearTheEnd) {
+  EXPECT_EQ(next_poll_ms(job(2000, {{"queued", 2000}}), 500), kProgressPollMs);  // no rate
+  // 1,000 done in 1 s: 1 s left, poll as usual.
+  EXPECT_EQ(next_poll_ms(job(2000, {{"succeeded", 1000}, {"queued", 1000}}), 1000),
+            kProgressPollMs);
+  // 1,980 done in 1.98 s: 20 ms left.
+  EXPECT_EQ(next_poll_ms(job(2000, {{"succeeded", 1980}, {"running", 20}}), 1980), 20u);
+  // All done, the job's end not recorded yet; and a lone last task far sooner than 5 ms.
+  EXPECT_EQ(next_poll_ms(job(2000, {{"succeeded", 2000}}), 2000), kProgressPollMinMs);
+  EXPECT_EQ(next_poll_ms(job(100'000, {{"succeeded", 99'999}, {"running", 1}}), 100),
+            kProgressPollMinMs);
+}
+
 TEST(JobElapsed, ToTheEndOnceFinalElseToTheServersNow) {
   pb::JobSummary j;
   EXPECT_EQ(job_elapsed_ms(j, 5000), std::nullopt);  // an older server: no submitted_ms

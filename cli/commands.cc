@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -80,7 +81,8 @@ Result<std::unique_ptr<net::Client>> connect(const ClientConfig& cfg) {
   // On the server's board: its local socket, with no token and no TLS to set up, when
   // the client would otherwise take both address and token from the data dir (credentials
   // or transport flags of its own mean TCP, as given). No socket, no server behind it, or
-  // not ours to use: TCP below, whose errors say what is missing.
+  // not ours to use (EACCES): TCP below, whose errors say what is missing. A socket of
+  // another user's is an error: the data dir is not what it should be.
   const bool own_credentials = !cfg.token_file.empty() || env_or_null("CARDNODE_TOKEN") ||
                                cfg.insecure || !cfg.tls_cert.empty() || !cfg.tls_key.empty() ||
                                !cfg.tls_ca.empty();
@@ -88,6 +90,10 @@ Result<std::unique_ptr<net::Client>> connect(const ClientConfig& cfg) {
     auto local =
         net::Client::connect_local(dir + "/" + runtime::kLocalSocketName, kConnectTimeoutMs);
     if (local) return local;
+    const Error& e = local.error();
+    if (e.code != Errc::kNotFound && !(e.code == Errc::kUnavailable && e.sys_errno == EACCES)) {
+      return std::unexpected(e);
+    }
   }
   if (addr.empty()) {
     auto line = read_first_line(dir + "/addr");
@@ -233,6 +239,8 @@ uint64_t steady_ms() {
 Status show_progress(net::Client& c, uint64_t id, uint64_t start_ms) {
   const bool tty = ::isatty(STDERR_FILENO) == 1;
   Pacer pacer(start_ms, tty ? kProgressRedrawMs : kProgressLineMs);
+  uint32_t last_done = 0;
+  uint64_t wait_ms = kProgressPollMs;
   for (;;) {  // bounded by the job's run: it ends, or the server goes and call() fails
     pb::Request req;
     req.mutable_list_jobs()->set_after_job_id(id - 1);
@@ -261,7 +269,10 @@ Status show_progress(net::Client& c, uint64_t id, uint64_t start_ms) {
       (void)std::fflush(stderr);
     }
     if (final) return {};
-    std::this_thread::sleep_for(std::chrono::milliseconds(next_poll_ms(j, now - start_ms)));
+    const uint32_t done = tasks_done(j);
+    wait_ms = next_poll_ms(j, now - start_ms, wait_ms, done != last_done);
+    last_done = done;
+    std::this_thread::sleep_for(std::chrono::milliseconds(wait_ms));
   }
 }
 

@@ -32,12 +32,15 @@ std::string progress_line(const pb::JobSummary& j, uint64_t elapsed_ms) {
          states_text(j) + ")";
 }
 
-uint64_t next_poll_ms(const pb::JobSummary& j, uint64_t elapsed_ms) {
+uint64_t next_poll_ms(const pb::JobSummary& j, uint64_t elapsed_ms, uint64_t last_wait_ms,
+                      bool progressed) {
   const uint32_t done = tasks_done(j);
   if (done == 0) return kProgressPollMs;  // no rate yet
   const uint64_t left = j.count() > done ? j.count() - done : 0;
   const uint64_t eta_ms = left * elapsed_ms / done;  // < 2^32 * 2^32: no overflow in practice
-  return std::clamp(eta_ms, kProgressPollMinMs, kProgressPollMs);
+  uint64_t wait = std::clamp(eta_ms, kProgressPollMinMs, kProgressPollMs);
+  if (!progressed) wait = std::max(wait, std::min(last_wait_ms * 2, kProgressPollMs));
+  return wait;
 }
 
 }  // namespace cardnode::cli

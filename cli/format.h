@@ -28,8 +28,12 @@ std::string progress_line(const pb::JobSummary& job, uint64_t elapsed_ms);
 // How long `run --wait` of an array waits before it looks at the job again:
 // kProgressPollMs, or the ETA at the rate so far when that is sooner (at least
 // kProgressPollMinMs), so the end is seen within a few ms of it rather than up to a whole
-// poll late (a 2-second array was reported ~6% slower than it ran).
-uint64_t next_poll_ms(const pb::JobSummary& job, uint64_t elapsed_ms);
+// poll late (a 2-second array was reported ~6% slower than it ran). A look that found no
+// task newly done doubles the last wait (up to kProgressPollMs): a slow last task is not
+// polled for 200 times a second. last_wait_ms: the wait before this look; progressed:
+// this look found more tasks done than the one before.
+uint64_t next_poll_ms(const pb::JobSummary& job, uint64_t elapsed_ms, uint64_t last_wait_ms,
+                      bool progressed);
 
 // At most one event per interval: due(now) says whether one may happen at `now`, and if so
 // counts it as having happened. The first is due one interval after `start_ms`.

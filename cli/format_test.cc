@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <vector>
+
 namespace cardnode::cli {
 namespace {
 
@@ -56,18 +58,27 @@ TEST(Progress, NoEtaBeforeATaskEndedAndZeroAtTheEnd) {
             "job 7: 20/20 done, 10.0 tasks/s, elapsed 2.0s, ETA 0.0s (succeeded:19 timed_out:1)");
 }
 
-// The array's end is seen within a few ms: the poll shortens to the ETA near the end.
-TEST(Progress, ThePollShortensToTheEtaNearTheEnd) {
-  EXPECT_EQ(next_poll_ms(job(2000, {{"queued", 2000}}), 500), kProgressPollMs);  // no rate
+// The array's end is seen within a few ms: the poll shortens to the ETA near the end,
+// and backs off again while nothing new is done.
+TEST(Progress, ThePollShortensToTheEtaNearTheEndAndBacksOffWhileNothingEnds) {
+  constexpr uint64_t kPoll = kProgressPollMs;
+  EXPECT_EQ(next_poll_ms(job(2000, {{"queued", 2000}}), 500, kPoll, false), kPoll);  // no rate
   // 1,000 done in 1 s: 1 s left, poll as usual.
-  EXPECT_EQ(next_poll_ms(job(2000, {{"succeeded", 1000}, {"queued", 1000}}), 1000),
-            kProgressPollMs);
+  EXPECT_EQ(next_poll_ms(job(2000, {{"succeeded", 1000}, {"queued", 1000}}), 1000, kPoll, true),
+            kPoll);
   // 1,980 done in 1.98 s: 20 ms left.
-  EXPECT_EQ(next_poll_ms(job(2000, {{"succeeded", 1980}, {"running", 20}}), 1980), 20u);
-  // All done, the job's end not recorded yet; and a lone last task far sooner than 5 ms.
-  EXPECT_EQ(next_poll_ms(job(2000, {{"succeeded", 2000}}), 2000), kProgressPollMinMs);
-  EXPECT_EQ(next_poll_ms(job(100'000, {{"succeeded", 99'999}, {"running", 1}}), 100),
-            kProgressPollMinMs);
+  EXPECT_EQ(next_poll_ms(job(2000, {{"succeeded", 1980}, {"running", 20}}), 1980, kPoll, true),
+            20u);
+  // All done, the job's end not recorded yet: soon.
+  EXPECT_EQ(next_poll_ms(job(2000, {{"succeeded", 2000}}), 2000, 20, true), kProgressPollMinMs);
+  // One slow last task of 100,000: 5 ms after progress, then 10, 20, ... up to 250 while
+  // it runs on: a handful of quick looks, then four a second.
+  const pb::JobSummary tail = job(100'000, {{"succeeded", 99'999}, {"running", 1}});
+  uint64_t wait = next_poll_ms(tail, 100'000, kPoll, true);
+  EXPECT_EQ(wait, kProgressPollMinMs);
+  std::vector<uint64_t> waits;
+  for (int i = 0; i < 8; ++i) waits.push_back(wait = next_poll_ms(tail, 100'000, wait, false));
+  EXPECT_EQ(waits, (std::vector<uint64_t>{10, 20, 40, 80, 160, 250, 250, 250}));
 }
 
 TEST(JobElapsed, ToTheEndOnceFinalElseToTheServersNow) {

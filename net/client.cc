@@ -167,6 +167,15 @@ Result<std::unique_ptr<Client>> Client::connect_local(const std::string& path,
               "cannot reach server at " + path, e);
     break;
   }
+  // The server must be root or our own user, as the kernel says: a socket another user
+  // put at that path (a data dir others can write to) never gets our requests.
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (st && (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 ||
+             (cred.uid != 0 && cred.uid != ::geteuid()))) {
+    st = fail(Errc::kUnauthenticated,
+              "the socket " + path + " is not a server of root's or ours: not used");
+  }
   if (!st) {
     ::close(fd);
     return std::unexpected(st.error());

@@ -30,8 +30,9 @@ class Client {
       uint32_t timeout_ms);
   // The server's Unix socket on this board (RpcServerOptions::local_path): no token, no
   // TLS. kNotFound when there is no socket file or no server behind it (ECONNREFUSED):
-  // the caller then tries TCP; kUnavailable for anything else (EACCES: not the server's
-  // user, nor root).
+  // the caller then tries TCP; kUnauthenticated for a listener that is neither root nor
+  // this process's user (SO_PEERCRED; it is sent nothing); kUnavailable for anything
+  // else (EACCES: the socket is not ours to use).
   [[nodiscard]] static Result<std::unique_ptr<Client>> connect_local(const std::string& path,
                                                                      uint32_t timeout_ms);
   ~Client();

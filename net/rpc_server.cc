@@ -60,8 +60,8 @@ struct ServerCore {
   // Heap-allocated and freed by its own close callback, so the server object may be
   // destroyed before the loop has run that callback.
   uv_tcp_t* listener = nullptr;
-  uv_pipe_t* local_listener = nullptr;          // options.local_path, if any; the same ownership
-  bool local_bound = false;                     // the socket file is ours to remove at stop()
+  uv_pipe_t* local_listener = nullptr;          // listen_local()'s, if any; the same ownership
+  std::string local_path;                       // its socket file, ours to remove at stop()
   std::unordered_set<Connection*> connections;  // open ones; bounded by the two budgets + 1
   std::list<Connection*> unauthenticated;       // oldest first; bounded by max_unauthenticated
   uint32_t authenticated = 0;
@@ -85,7 +85,7 @@ struct Connection {
   Connection(ServerCore* s, std::unique_ptr<Channel> ch) : server(s), channel(std::move(ch)) {}
 
   uv_tcp_t tcp{};
-  uv_pipe_t pipe{};  // instead of tcp, for a connection through options.local_path
+  uv_pipe_t pipe{};  // instead of tcp, for a connection through listen_local()'s socket
   bool local = false;
   uv_timer_t timer{};  // the handshake deadline, then the idle timeout
   int open_handles = 0;
@@ -599,9 +599,11 @@ void RpcServer::Impl::stop() {
     uv_close(reinterpret_cast<uv_handle_t*>(local_listener), delete_local_listener);
     local_listener = nullptr;
   }
-  if (local_bound) {  // a client finding no file falls back to TCP at once
-    (void)::unlink(options.local_path.c_str());
-    local_bound = false;
+  if (!local_path.empty()) {
+    // libuv's close of a bound pipe unlinks it too; this says so here, and a client then
+    // finds no file and goes by TCP at once.
+    (void)::unlink(local_path.c_str());
+    local_path.clear();
   }
   while (!connections.empty()) close_connection(*connections.begin());  // each erases itself
   sources.clear();
@@ -627,16 +629,38 @@ RpcServer::~RpcServer() {
 
 namespace {
 
-// Binds options.local_path, mode 0600. A socket file left by a server that died is
-// replaced; anything else at that path is an error, never removed.
-Status listen_local(ServerCore& s) {
-  const std::string& path = s.options.local_path;
+// The directory a local socket goes in: ours (or root's) and writable by no one else, so no
+// other user can put a file, a symlink or a socket of their own at the path.
+Status check_socket_dir(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "."
+                          : slash == 0               ? "/"
+                                                     : path.substr(0, slash);
+  struct stat st {};
+  if (::lstat(dir.c_str(), &st) != 0) return fail_errno(errno, "stat " + dir);
+  if (!S_ISDIR(st.st_mode)) return fail(Errc::kInvalidArgument, dir + " is not a directory");
+  if (st.st_uid != ::geteuid() && st.st_uid != 0) {
+    return fail(Errc::kInvalidArgument, dir + " belongs to another user");
+  }
+  if ((st.st_mode & 022) != 0) {
+    return fail(Errc::kInvalidArgument, dir + " is writable by others (chmod go-w " + dir +
+                                            ", or 0700 as cardnode makes it)");
+  }
+  return {};
+}
+
+}  // namespace
+
+Status RpcServer::listen_local(const std::string& path) {
+  ServerCore& s = *impl_;
+  CARDNODE_CHECK(s.listener != nullptr && s.local_listener == nullptr && !s.stopped);
   sockaddr_un probe{};
   if (path.size() >= sizeof probe.sun_path) {
     return fail(Errc::kInvalidArgument,
                 "local socket path too long (" + std::to_string(path.size()) + " bytes, at most " +
                     std::to_string(sizeof probe.sun_path - 1) + "): " + path);
   }
+  if (Status st = check_socket_dir(path); !st) return st;
   struct stat st {};
   if (::lstat(path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) {
@@ -647,9 +671,12 @@ Status listen_local(ServerCore& s) {
   auto* listener = new uv_pipe_t{};
   CARDNODE_CHECK(uv_pipe_init(s.loop, listener, 0) == 0);
   listener->data = &s;
+  // Made 0600 by bind itself (no chmod of a path afterwards, which would follow a
+  // symlink). umask is the process's: listen_local runs at start-up, before the threads.
+  const mode_t old_mask = ::umask(0177);
   int rc = uv_pipe_bind(listener, path.c_str());
-  if (rc == 0) s.local_bound = true;
-  if (rc == 0 && ::chmod(path.c_str(), 0600) != 0) rc = -errno;
+  ::umask(old_mask);
+  if (rc == 0) s.local_path = path;
   if (rc == 0) {
     rc = uv_listen(reinterpret_cast<uv_stream_t*>(listener), kListenBacklog, on_local_connection);
   }
@@ -660,8 +687,6 @@ Status listen_local(ServerCore& s) {
   s.local_listener = listener;
   return {};
 }
-
-}  // namespace
 
 Result<std::string> RpcServer::start() {
   Impl& s = *impl_;
@@ -688,9 +713,6 @@ Result<std::string> RpcServer::start() {
   int bound_len = sizeof bound;
   rc = uv_tcp_getsockname(listener, reinterpret_cast<sockaddr*>(&bound), &bound_len);
   if (rc != 0) return fail(Errc::kInternal, "getsockname on " + s.options.listen, -rc);
-  if (!s.options.local_path.empty()) {
-    if (Status st = listen_local(s); !st) return std::unexpected(st.error());
-  }
   return format_sockaddr(reinterpret_cast<const sockaddr*>(&bound));
 }
 

@@ -61,17 +61,11 @@ struct RpcServerOptions {
   // An authenticated connection with no request in flight and no bytes from the peer for
   // this long is closed (0: never). A held request (WaitJob, an agent's poll) is not idle.
   uint64_t idle_timeout_ms = 300'000;
-  // A Unix stream socket for clients on this board, beside `listen` (empty: none): made
-  // 0600 (a stale socket file is replaced), removed at stop(). Its peers must be root or
-  // this process's user (SO_PEERCRED); they skip the handshake and the strangers' budget
-  // and send frames as they are (net/channel.h, local_channel), counted against
-  // max_connections like any other.
-  std::string local_path;
 };
 
 struct RpcServerStats {
   uint64_t accepted = 0;           // connections taken into the handshake (or local ones)
-  uint64_t accepted_local = 0;     // of those, through local_path
+  uint64_t accepted_local = 0;     // of those, through listen_local()'s socket
   uint64_t active = 0;             // open connections, in handshake or serving
   uint64_t unauthenticated = 0;    // open connections still in the handshake
   uint64_t rejected_auth = 0;      // wrong token
@@ -112,9 +106,17 @@ class RpcServer {
             RequestHandler handler);
   ~RpcServer();
 
-  // Binds and listens (and local_path); returns the bound address (port 0 becomes the
-  // real port).
+  // Binds and listens; returns the bound address (port 0 becomes the real port).
   [[nodiscard]] Result<std::string> start();
+  // After start(): a Unix stream socket at `path` for clients on this board, made 0600 in
+  // a directory that must be this user's (or root's) and writable by no one else. A
+  // socket file left by a server that died is replaced; anything else there is an error
+  // and is left alone. Removed at stop(). Its peers must be root or this process's user
+  // (SO_PEERCRED); they skip the handshake and the strangers' budget and send frames as
+  // they are (net/channel.h, local_channel), counted against max_connections like any
+  // other. An error leaves the TCP listener as it is. At start-up only: the socket's mode
+  // comes from the process's umask, set around its bind.
+  [[nodiscard]] Status listen_local(const std::string& path);
   // Stops accepting and closes every connection; handles finish closing on the loop.
   void stop();
   const RpcServerStats& stats() const;

@@ -115,6 +115,10 @@ class RpcTest : public ::testing::Test {
         [this](pb::Request&& req, Responder r) { handle(std::move(req), std::move(r)); });
     Result<std::string> addr = server_->start();
     ASSERT_TRUE(addr.has_value()) << addr.error().describe();
+    if (!local_path_.empty()) {
+      Status local = server_->listen_local(local_path_);
+      ASSERT_TRUE(local.has_value()) << local.error().describe();
+    }
     addr_ = *addr;
     port_ = parse_host_port(addr_)->port;
     ASSERT_EQ(uv_timer_init(loop_.loop(), &timer_), 0);
@@ -355,6 +359,7 @@ class RpcTest : public ::testing::Test {
 
   LoopThread loop_;
   RpcServerOptions options_;
+  std::string local_path_;  // listen_local() there too, when set
   std::unique_ptr<RpcServer> server_;
   std::string addr_;
   uint16_t port_ = 0;
@@ -883,7 +888,7 @@ TEST_F(RpcTest, ClientReportsRefusedConnection) {
   EXPECT_EQ(bad.error().code, Errc::kInvalidArgument);
 }
 
-// ---- the local socket (RpcServerOptions::local_path) ----------------------------------
+// ---- the local socket (RpcServer::listen_local) ----------------------------------------
 
 class LocalSocketTest : public RpcTest {
  protected:
@@ -892,7 +897,7 @@ class LocalSocketTest : public RpcTest {
     ASSERT_NE(::mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
     path_ = dir_ + "/api.sock";
-    options_.local_path = path_;
+    local_path_ = path_;
   }
   void TearDown() override {
     RpcTest::TearDown();
@@ -924,6 +929,19 @@ TEST_F(LocalSocketTest, NoSocketOrNoServerIsNotFoundSoTheClientTriesTcp) {
   Result<std::unique_ptr<Client>> none = Client::connect_local(path_, kCallTimeoutMs);
   ASSERT_FALSE(none.has_value());
   EXPECT_EQ(none.error().code, Errc::kNotFound);
+  {  // a socket file with no one listening, as a kill -9 leaves it: ECONNREFUSED
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    std::memcpy(sa.sun_path, path_.data(), path_.size());
+    ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+    Result<std::unique_ptr<Client>> refused = Client::connect_local(path_, kCallTimeoutMs);
+    ::close(fd);
+    ASSERT_FALSE(refused.has_value());
+    EXPECT_EQ(refused.error().code, Errc::kNotFound);
+    EXPECT_EQ(refused.error().sys_errno, ECONNREFUSED);
+    ASSERT_EQ(::unlink(path_.c_str()), 0);
+  }
   start_server();
   loop_.run([this] {
     server_->stop();
@@ -955,15 +973,37 @@ TEST_F(LocalSocketTest, AStaleSocketIsReplacedAndAnyOtherFileIsLeftAlone) {
     ASSERT_TRUE(std::ofstream(file) << "keep");
     RpcServerOptions opts;
     opts.listen = "127.0.0.1:0";
-    opts.local_path = file;
     RpcServer server(&loop, kToken, opts, [](pb::Request&&, Responder) {});
-    Result<std::string> r = server.start();
+    ASSERT_TRUE(server.start().has_value());
+    Status r = server.listen_local(file);
     ASSERT_FALSE(r.has_value());
     EXPECT_EQ(r.error().code, Errc::kInvalidArgument);
     EXPECT_EQ(r.error().message, file + " exists and is not a socket");
     std::string kept;
     std::getline(std::ifstream(file), kept);
     EXPECT_EQ(kept, "keep");
+  }
+  EXPECT_EQ(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  EXPECT_EQ(uv_loop_close(&loop), 0);
+}
+
+// No socket in a directory another user may write to (a symlink or a socket of theirs
+// could be put at the path): the server refuses, and TCP goes on.
+TEST_F(LocalSocketTest, NoSocketInADirectoryOthersMayWriteTo) {
+  ASSERT_EQ(::chmod(dir_.c_str(), 0777), 0);
+  uv_loop_t loop;
+  ASSERT_EQ(uv_loop_init(&loop), 0);
+  {
+    RpcServerOptions opts;
+    opts.listen = "127.0.0.1:0";
+    RpcServer server(&loop, kToken, opts, [](pb::Request&&, Responder) {});
+    ASSERT_TRUE(server.start().has_value());
+    Status r = server.listen_local(path_);
+    ASSERT_FALSE(r.has_value());
+    EXPECT_EQ(r.error().code, Errc::kInvalidArgument);
+    EXPECT_NE(r.error().message.find("is writable by others"), std::string::npos)
+        << r.error().describe();
+    EXPECT_NE(::access(path_.c_str(), F_OK), 0);
   }
   EXPECT_EQ(uv_run(&loop, UV_RUN_DEFAULT), 0);
   EXPECT_EQ(uv_loop_close(&loop), 0);
@@ -995,6 +1035,50 @@ TEST_F(LocalSocketTest, AnotherUserIsRefusedEvenWhenTheModeLetsItIn) {
   const RpcServerStats s = stats();
   EXPECT_EQ(s.rejected_auth, 1u);
   EXPECT_EQ(s.requests, 0u);
+}
+
+// The other way round: a listener another user put at the path (a data dir others may
+// write to) gets no request from a client; the client refuses it by SO_PEERCRED.
+TEST_F(LocalSocketTest, AClientNeverTalksToAnotherUsersSocket) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to listen as another user";
+  ASSERT_EQ(::chmod(dir_.c_str(), 0777), 0);
+  int ready[2], done[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  ASSERT_EQ(::pipe(done), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::close(ready[0]);
+    ::close(done[1]);  // else its read below never sees the parent's close
+    if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) {
+      ::_exit(3);  // closes ready[1]: the parent's read returns 0
+    }
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    std::memcpy(sa.sun_path, path_.data(), path_.size());
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || ::listen(fd, 4) != 0) {
+      ::_exit(4);
+    }
+    (void)::chmod(path_.c_str(), 0666);
+    (void)!::write(ready[1], "r", 1);
+    char c;
+    (void)!::read(done[0], &c, 1);  // until the parent is done
+    ::_exit(0);
+  }
+  ::close(ready[1]);
+  ::close(done[0]);
+  char c = 0;
+  ASSERT_EQ(::read(ready[0], &c, 1), 1) << "the other user's listener did not start";
+  Result<std::unique_ptr<Client>> got = Client::connect_local(path_, kCallTimeoutMs);
+  ::close(done[1]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ::close(ready[0]);
+  ASSERT_FALSE(got.has_value());
+  EXPECT_EQ(got.error().code, Errc::kUnauthenticated);
+  EXPECT_NE(got.error().message.find("not a server of root's or ours"), std::string::npos)
+      << got.error().describe();
 }
 
 TEST(RpcServerLifecycle, StartFailuresAndDestructionWithoutStop) {

@@ -165,8 +165,15 @@ TEST_F(Cluster, ClientsOnTheServersBoardUseItsLocalSocket) {
   Output tcp = cli({"--server", addr_, "ps"});
   EXPECT_EQ(tcp.code, 2);
   EXPECT_NE(tcp.err.find("no cluster token"), std::string::npos) << tcp.err;
-  Output own = cli({"--token-file", away, "ps"});  // own credentials: TCP, with them
-  EXPECT_EQ(own.code, 0) << own.err;
+  // Credentials of its own: TCP with them, even with the socket there (a wrong token
+  // is refused; through the socket it would not have been asked for).
+  const std::string wrong = root_ + "/wrong-token";
+  { std::ofstream(wrong) << "not-the-cluster-token\n"; }
+  ASSERT_EQ(::chmod(wrong.c_str(), 0600), 0);
+  Output own = cli({"--token-file", wrong, "ps"});
+  EXPECT_EQ(own.code, 2);
+  EXPECT_NE(own.err.find("wrong cluster token"), std::string::npos) << own.err;
+  EXPECT_EQ(cli({"--token-file", away, "ps"}).code, 0);
   ASSERT_EQ(std::rename(away.c_str(), token.c_str()), 0);
   EXPECT_EQ(cli({"--server", addr_, "ps"}).code, 0);
   EXPECT_EQ(stop_server(SIGTERM), 0);

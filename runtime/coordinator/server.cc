@@ -3,7 +3,6 @@
 #include <limits.h>
 #include <malloc.h>
 #include <signal.h>
-#include <sys/un.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -246,15 +245,6 @@ Status register_local_node(Server::Impl& s) {
 Status Server::Impl::start_listeners() {
   net::RpcServerOptions ro;
   ro.listen = options.listen;
-  // Clients on this board connect here: no token, no TLS (net/rpc_server.h local_path).
-  // sun_path holds 107 bytes; a longer data dir path only loses this shortcut.
-  const std::string sock = dir->path() + "/" + kLocalSocketName;
-  if (sock.size() < sizeof(sockaddr_un{}.sun_path)) {
-    ro.local_path = sock;
-  } else {
-    log(Level::kWarn, "server",
-        "data dir path too long for a local socket; clients on this board use TCP: " + sock);
-  }
   // Every agent holds a connection, and clients come and go: room for agents and clients
   // together up to kConnectionsMax, within the fd limit.
   // Handshakes in progress have their own budget (a quarter of what is left, at most
@@ -289,6 +279,14 @@ Status Server::Impl::start_listeners() {
                                          });
   auto bound = rpc->start();
   if (!bound) return std::unexpected(bound.error());
+  // Clients on this board connect here: no token, no TLS (net/rpc_server.h). Without it
+  // (a data dir path over sun_path's 107 bytes, a file system without sockets, a data
+  // dir others may write to) they use TCP as before.
+  const std::string sock = dir->path() + "/" + kLocalSocketName;
+  if (Status st = rpc->listen_local(sock); !st) {
+    log(Level::kWarn, "server",
+        "no local socket (" + st.error().describe() + "); clients on this board use TCP");
+  }
   auto m = Metrics::start(&loop, options.metrics_listen);
   if (!m) return std::unexpected(m.error());
   metrics = std::move(*m);

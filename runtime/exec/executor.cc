@@ -162,9 +162,8 @@ struct Executor::Impl {
   std::unique_ptr<SpawnWorker> worker;
   std::map<uint64_t, std::pair<uint64_t, uint32_t>> spawning;  // worker tag -> task
   uint64_t next_spawn_tag = 1;
-  // Only when a spawn got no pidfd (Linux < 5.3). Heap-allocated: it may still be
-  // closing when the Executor is gone.
-  // Heap-allocated: its handles may still be closing when the Executor is gone.
+  // Only when a spawn got no pidfd (Linux < 5.3). Heap-allocated: its handles may still
+  // be closing when the Executor is gone.
   struct SigchldWatch {
     uv_signal_t signal{};
     uv_timer_t sweep{};  // a safety net: signals coalesce, and qemu-user has lost some
@@ -200,15 +199,15 @@ struct Executor::Impl {
   }
 
   Status start(const TaskLaunch& launch, ExitCallback on_exit);
-  // The task's group and logs, then its process. On failure nothing is left behind
-  // (no group, no open log, no handle).
+  // The task's logs, then its start queued on the spawn thread (which makes its group and
+  // process). On failure nothing is left behind (no open log, no handle).
   Status launch_now(Task& t, const TaskLaunch& launch, const TaskCredentials& creds);
   void drain_queues();
   void start_pacer();
   // A task that never got (or never will get) a process: ends like an exited one.
   void end_without_process(Task& t, int status);
-  // Prepares the request (pipes, cgroup.procs descriptors, environment) and hands it to
-  // the worker; the process exists once on_spawned() has run.
+  // Prepares the request (pipes, environment) and hands it to the worker, which makes the
+  // group and the clone; the process exists once on_spawned() has run.
   Status spawn(Task& t, const TaskLaunch& launch, const TaskCredentials& creds);
   void on_spawned(uint64_t tag, Result<Spawned> spawned);
   // The loop's half of a spawn: the handles on the new process, or its failure.

@@ -36,6 +36,8 @@ struct IoStats {
   uint64_t bytes_read = 0;
   uint64_t fsyncs = 0;
   uint64_t errors = 0;
+  // io_uring cancelled an op without running it; it was done inline instead (uring only).
+  uint64_t cancelled_inline = 0;
   // fdatasyncs by latency (submission to completion), per bucket of kFsyncBucketsSeconds
   // (not cumulative; the last is +Inf), and their summed latency.
   std::array<uint64_t, kFsyncBucketsSeconds.size() + 1> fsync_buckets{};

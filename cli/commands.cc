@@ -544,8 +544,9 @@ int cmd_cancel(const ClientConfig& cfg, uint64_t job) {
   req.mutable_cancel()->set_job_id(job);
   auto resp = call(**c, req);
   if (!resp) return report(resp.error());
-  std::printf("cancelled job %llu (%u running tasks killed)\n",
-              static_cast<unsigned long long>(job), resp->cancelled().tasks_cancelled());
+  const uint32_t killed = resp->cancelled().tasks_cancelled();
+  std::printf("cancelled job %llu (%u running task%s killed)\n",
+              static_cast<unsigned long long>(job), killed, killed == 1 ? "" : "s");
   return 0;
 }
 

@@ -6,6 +6,7 @@
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -14,6 +15,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "cli/commands.h"
@@ -55,8 +57,8 @@ void add_example(CLI::App* sub, std::initializer_list<const char*> examples) {
 }
 
 int usage_error(const std::string& message) {
-  // Best effort: the exit code says it too.
-  (void)std::fprintf(stderr, "cardnode: %s\nRun 'cardnode --help' for usage.\n", message.c_str());
+  // One line (docs/CLI.md). Best effort: the exit code says it too.
+  (void)std::fprintf(stderr, "cardnode: %s (see cardnode --help)\n", message.c_str());
   return kExitUsage;
 }
 
@@ -71,6 +73,8 @@ std::optional<T> check(Result<T> r, std::string* error) {
 struct Entry {
   CLI::App* app;
   std::function<int()> run;
+  // Where the words after `--` go, verbatim (`run`); nullptr: the subcommand takes none.
+  std::vector<std::string>* after_dashes = nullptr;
 };
 
 Entry add_server(CLI::App& app, const ClientConfig& client) {
@@ -259,9 +263,14 @@ Entry add_run(CLI::App& app, const ClientConfig& client) {
   sub->add_flag("--spread", a->spread,
                 "One task per board first (default: fill the fullest board that fits)");
   sub->add_flag("--wait", a->wait, "Wait for the job and exit with its result");
-  sub->add_option("command", a->command, "-- CMD [ARG...]")->required();
-  return {sub, [a, &client] {
+  // Without `--` the command's words are CLI11's positionals; main() hands over what
+  // follows `--` itself, since CLI11 (2.1) would split an argument written "[a,b]" into
+  // a and b and drop "[]" (`sh -c '[ -f x ]'` must reach the task as it was typed).
+  sub->add_option("command", a->command, "-- CMD [ARG...]");
+  return {sub,
+          [a, &client] {
             std::string err;
+            if (a->command.empty()) return usage_error("run needs a command: run [OPTIONS] -- CMD");
             cardnode::pb::JobSpec spec;
             for (const auto& arg : a->command) spec.add_command(arg);
             spec.set_name(a->name);
@@ -297,7 +306,8 @@ Entry add_run(CLI::App& app, const ClientConfig& client) {
             }
             if (!err.empty()) return usage_error(err);
             return cmd_run(client, std::move(spec), a->wait);
-          }};
+          },
+          &a->command};
 }
 
 Entry add_submit(CLI::App& app, const ClientConfig& client) {
@@ -388,22 +398,46 @@ Entry add_fsck(CLI::App& app, const ClientConfig&) {
   return {sub, [a] { return a->salvage ? cmd_salvage(a->dir) : cmd_fsck(a->dir); }};
 }
 
-// CLI11 reports a mistyped subcommand as a missing one; name it instead.
-std::optional<std::string> unknown_subcommand(const CLI::App& app, int argc, char** argv) {
+using AddSubcommand = Entry (*)(CLI::App&, const ClientConfig&);
+struct Subcommand {
+  std::string_view name;
+  AddSubcommand add;
+};
+constexpr std::array<Subcommand, 10> kSubcommands = {{
+    {"server", add_server},
+    {"agent", add_agent},
+    {"run", add_run},
+    {"submit", add_submit},
+    {"ps", add_ps},
+    {"logs", add_logs},
+    {"cancel", add_cancel},
+    {"nodes", add_nodes},
+    {"drain", add_drain},
+    {"fsck", add_fsck},
+}};
+
+// The first word that is neither an option nor a client option's value: the subcommand.
+std::optional<std::string_view> first_word(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
+    std::string_view a = argv[i];
     if (a == "--server" || a == "--token-file" || a == "--data-dir" || a == "--tls-cert" ||
         a == "--tls-key" || a == "--tls-ca") {
       ++i;
       continue;
     }
     if (a.starts_with("-")) continue;
-    for (const CLI::App* sub : app.get_subcommands({})) {
-      if (sub->get_name() == a) return std::nullopt;
-    }
     return a;
   }
   return std::nullopt;
+}
+
+bool asks_for_help(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    std::string_view a = argv[i];
+    if (a == "--") return false;
+    if (a == "-h" || a == "--help" || a == "--help-all" || a == "--version") return true;
+  }
+  return false;
 }
 
 }  // namespace
@@ -411,7 +445,6 @@ std::optional<std::string> unknown_subcommand(const CLI::App& app, int argc, cha
 // What escapes (std::bad_alloc, a bug) ends the process through std::terminate, on purpose.
 int main(int argc, char** argv) {    // NOLINT(bugprone-exception-escape)
   (void)::signal(SIGPIPE, SIG_IGN);  // fails only for an invalid signal number
-  cardnode::net::init_tls_library();
 
   CLI::App app{"cardnode: pool ARM boards into one compute cluster", "cardnode"};
   app.set_version_flag("--version", "cardnode " CARDNODE_VERSION);
@@ -431,17 +464,33 @@ int main(int argc, char** argv) {    // NOLINT(bugprone-exception-escape)
   app.add_option("--tls-ca", client.tls_ca,
                  "Certificate mode: the CA whose certificates are the cluster's members");
 
-  const std::vector<Entry> entries = {
-      add_server(app, client), add_agent(app, client), add_run(app, client),
-      add_submit(app, client), add_ps(app, client),    add_logs(app, client),
-      add_cancel(app, client), add_nodes(app, client), add_drain(app, client),
-      add_fsck(app, client),
-  };
-  if (auto bad = unknown_subcommand(app, argc, argv)) {
-    return usage_error("unknown subcommand '" + *bad + "'");
+  // A call names one subcommand, and only its options are declared: declaring all ten
+  // subcommands' ~70 options was ~5% of a short CLI call. Help and --version get all.
+  const Subcommand* named = nullptr;
+  if (auto word = first_word(argc, argv)) {
+    for (const Subcommand& s : kSubcommands) {
+      if (s.name == *word) named = &s;
+    }
+    // CLI11 would report a mistyped subcommand as a missing one; name it instead.
+    if (named == nullptr) return usage_error("unknown subcommand '" + std::string(*word) + "'");
+  }
+  const bool all = named == nullptr || asks_for_help(argc, argv);
+  std::vector<Entry> entries;
+  for (const Subcommand& s : kSubcommands) {
+    if (all || &s == named) entries.push_back(s.add(app, client));
+  }
+  // CLI11 sees the words before `--`; the rest belongs to the subcommand, as typed.
+  int parse_argc = argc;
+  std::vector<std::string> after_dashes;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string_view(argv[i]) == "--") {
+      parse_argc = i;
+      after_dashes.assign(argv + i + 1, argv + argc);
+      break;
+    }
   }
   try {
-    app.parse(argc, argv);
+    app.parse(parse_argc, argv);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {
@@ -452,7 +501,14 @@ int main(int argc, char** argv) {    // NOLINT(bugprone-exception-escape)
     return usage_error(e.what());
   }
   for (const Entry& e : entries) {
-    if (*e.app) return e.run();
+    if (!*e.app) continue;
+    if (parse_argc != argc) {
+      if (e.after_dashes == nullptr) {
+        return usage_error("'" + e.app->get_name() + "' takes no arguments after --");
+      }
+      e.after_dashes->insert(e.after_dashes->end(), after_dashes.begin(), after_dashes.end());
+    }
+    return e.run();
   }
   return usage_error("no subcommand");
 }

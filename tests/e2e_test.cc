@@ -197,11 +197,26 @@ TEST_F(Cluster, BadInputGetsOneLineAndExit2) {
   EXPECT_EQ(unreachable.code, 2);
   EXPECT_NE(unreachable.err.find("cannot reach server"), std::string::npos) << unreachable.err;
 
-  EXPECT_EQ(cli({"frobnicate"}).code, 2);
-  EXPECT_EQ(cli({"ps", "--no-such-flag"}).code, 2);
+  // Each usage error is one line on stderr, and exit 2.
+  auto one_line = [](const Output& o) { return o.err.find('\n') + 1 == o.err.size(); };
+  Output unknown = cli({"frobnicate"});
+  EXPECT_EQ(unknown.code, 2);
+  EXPECT_TRUE(one_line(unknown)) << unknown.err;
+  Output flag = cli({"ps", "--no-such-flag"});
+  EXPECT_EQ(flag.code, 2);
+  EXPECT_TRUE(one_line(flag)) << flag.err;
   Output badmem = cli({"run", "--mem", "lots", "--", "true"});
   EXPECT_EQ(badmem.code, 2);
   EXPECT_NE(badmem.err.find("bad size"), std::string::npos);
+  EXPECT_TRUE(one_line(badmem)) << badmem.err;
+  Output tiny = cli({"run", "--mem", "1K", "--", "true"});  // the server refuses it
+  EXPECT_EQ(tiny.code, 2);
+  EXPECT_NE(tiny.err.find("--mem must be at least 1M"), std::string::npos) << tiny.err;
+  EXPECT_TRUE(one_line(tiny)) << tiny.err;
+  Output nothing = cli({"run", "--"});
+  EXPECT_EQ(nothing.code, 2);
+  EXPECT_TRUE(one_line(nothing)) << nothing.err;
+  EXPECT_EQ(cli({"ps", "--", "1"}).code, 2);
   EXPECT_EQ(cli({"logs", "x.y"}).code, 2);
   // Nothing above reached the state: no job exists.
   EXPECT_EQ(cli({"ps", "--json"}).out, "{\"jobs\":[]}\n");
@@ -490,6 +505,16 @@ TEST_F(Cluster, SubmitJsonSpec) {
   EXPECT_NE(cli({"ps", "--json"}).out.find("\"name\":\"frames\""), std::string::npos);
   std::ofstream(root_ + "/bad.json") << "{\"command\": 7}";
   EXPECT_EQ(cli({"submit", root_ + "/bad.json"}).code, 2);
+}
+
+// CLI11 reads "[a,b]" as a list; the words after -- must reach the task as typed.
+TEST_F(Cluster, RunPassesTheWordsAfterDashesAsTyped) {
+  start_server();
+  Output test = cli({"run", "--wait", "--", "sh", "-c", "[ 1 -eq 1 ] && [ -d / ]"});
+  EXPECT_EQ(test.code, 0) << test.err << cli({"logs", "1", "--stderr"}).out;
+  Output echo = cli({"run", "--wait", "--", "printf", "%s|", "[x]", "[]", "[a,b]", "--", "-x"});
+  ASSERT_EQ(echo.code, 0) << echo.err;
+  EXPECT_EQ(cli({"logs", "2"}).out, "[x]|[]|[a,b]|--|-x|");
 }
 
 TEST_F(Cluster, FsckReadsTheWalOfARealDataDir) {

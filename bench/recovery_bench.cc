@@ -140,7 +140,7 @@ int main(int argc, char** argv) {
       spec.add_command("true");
       spec.set_count(static_cast<uint32_t>(std::min<uint64_t>(array, tasks - j * array)));
       spec.set_cpu_millis(1);
-      spec.set_mem_bytes(1);
+      spec.set_mem_bytes(1 << 20);  // the least a job may ask for
       p.c->submit(spec, [](Result<sched::JobId>) {});
       p.settle();
       while (!runner.started.empty()) {  // finish what started, place more, until done

@@ -79,6 +79,10 @@ Status State::normalize(pb::JobSpec* spec) const {
   if (spec->count() == 0) spec->set_count(1);
   if (spec->cpu_millis() == 0) spec->set_cpu_millis(kDefaultCpuMillis);
   if (spec->mem_bytes() == 0) spec->set_mem_bytes(kDefaultMemBytes);
+  if (spec->mem_bytes() < kMemBytesMin) {
+    return fail(Errc::kInvalidArgument, "--mem must be at least 1M (" +
+                                            std::to_string(spec->mem_bytes()) + " bytes given)");
+  }
   if (!spec->has_priority()) spec->set_priority(kDefaultPriority);
   if (spec->priority() > 100) return fail(Errc::kInvalidArgument, "priority must be 0-100");
   if (spec->retries() > 100) return fail(Errc::kInvalidArgument, "retries must be 0-100");

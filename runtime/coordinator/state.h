@@ -30,6 +30,9 @@ namespace cardnode::runtime {
 // Defaults a user of Slurm or Nomad would expect on a Pi (docs/ARCHITECTURE.md, "Defaults").
 inline constexpr uint32_t kDefaultCpuMillis = 1000;         // one core, like Slurm
 inline constexpr uint64_t kDefaultMemBytes = 128ull << 20;  // 128 MiB
+// Below this no program starts: the exec itself is refused for memory, and so is the
+// pipe write that would say why (Nomad's floor is 10 MB). New jobs only: replay takes any.
+inline constexpr uint64_t kMemBytesMin = 1ull << 20;
 inline constexpr uint32_t kDefaultPriority = 50;
 inline constexpr uint32_t kCommandArgsMax = 4096;
 inline constexpr uint32_t kSpecBytesMax = 256u << 10;  // serialized JobSpec

@@ -48,6 +48,26 @@ TEST(State, NormalizeFillsDefaultsAndRejectsBadSpecs) {
   pb::JobSpec huge = spec;
   huge.set_count(2'000'000);
   EXPECT_FALSE(f.s.normalize(&huge).has_value());
+  pb::JobSpec tiny = spec;  // --mem 1K: no exec fits, nor the pipe write saying so
+  tiny.set_mem_bytes(1024);
+  auto refused = f.s.normalize(&tiny);
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_EQ(refused.error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(refused.error().message, "--mem must be at least 1M (1024 bytes given)");
+  pb::JobSpec least = spec;
+  least.set_mem_bytes(kMemBytesMin);
+  EXPECT_TRUE(f.s.normalize(&least).has_value());
+}
+
+// A record applied at replay is never refused by a newer floor (guarantee 6): a job that
+// asked for less than kMemBytesMin before it existed still replays.
+TEST(State, ReplayTakesAJobBelowTheMemoryFloor) {
+  Fixture f;
+  pb::WalRecord r = submitted(1, 1);
+  r.mutable_job_submitted()->mutable_spec()->set_mem_bytes(1);
+  EXPECT_TRUE(f.apply(r).has_value());
+  ASSERT_NE(f.s.spec(1), nullptr);
+  EXPECT_EQ(f.s.spec(1)->mem_bytes(), 1u);
 }
 
 // Linux argv, env values and paths are bytes: a Latin-1 name must survive the wire (a

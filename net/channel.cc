@@ -14,6 +14,8 @@
 
 #if defined(__aarch64__) || defined(__arm__)
 #include <asm/hwcap.h>
+#elif defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #endif
 
 namespace cardnode::net {
@@ -33,7 +35,10 @@ bool cpu_has_aes() {
 #elif defined(__arm__)
   return (getauxval(AT_HWCAP2) & HWCAP2_AES) != 0;
 #elif defined(__x86_64__) || defined(__i386__)
-  return __builtin_cpu_supports("aes") != 0;
+  // CPUID leaf 1, asked here when it matters: __builtin_cpu_supports would link libgcc's
+  // start-up probe into every process, CLI calls included, and CPUID traps in a VM.
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_AES) != 0;
 #else
   return false;
 #endif

@@ -240,6 +240,18 @@ void LogStore::Impl::start_write(LogFile& f) {
   if (f.fd < 0) {
     const std::string file = file_path(f.key);
     f.fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (f.fd < 0 && (errno == ENOENT || errno == ENOTDIR)) {
+      // The job's first output makes its directory (and the logs directory, should it be
+      // gone): a job whose tasks print nothing costs no directory either.
+      const std::string job_dir = options.dir + "/" + std::to_string(f.key.job_id);
+      for (const std::string& d : {options.dir, job_dir}) {
+        if (::mkdir(d.c_str(), 0755) != 0 && errno != EEXIST) {
+          lose_queued(f, Error{Errc::kIo, "mkdir " + d, errno});
+          return;
+        }
+      }
+      f.fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    }
     if (f.fd < 0) {
       lose_queued(f, Error{Errc::kIo, "open " + file, errno});
       return;
@@ -472,17 +484,16 @@ LogStore::~LogStore() {
 
 Status LogStore::open(const LogKey& key) {
   Impl& s = *impl_;
-  std::string job_dir = s.options.dir + "/" + std::to_string(key.job_id);
-  for (const std::string& d : {s.options.dir, job_dir}) {
-    if (::mkdir(d.c_str(), 0755) != 0 && errno != EEXIST) return fail_errno(errno, "mkdir " + d);
-  }
   if (LogFile* old = s.find(key)) s.retire(*old);
   std::string file = path(key);
   // A fresh inode per attempt: a write of the previous attempt still in flight lands
   // in the unlinked file, not in the middle of the new one. The new file is made by the
   // first write (start_write): a task that prints nothing costs no inode (two per task
   // were most of a burst's loop time on ext4, and SD-card writes), and reads as empty.
-  if (::unlink(file.c_str()) != 0 && errno != ENOENT) return fail_errno(errno, "unlink " + file);
+  // ENOTDIR: a directory on the path is missing or not one; the first write says which.
+  if (::unlink(file.c_str()) != 0 && errno != ENOENT && errno != ENOTDIR) {
+    return fail_errno(errno, "unlink " + file);
+  }
   auto f = std::make_unique<LogFile>();
   f->key = key;
   f->grant_bytes = kAppendGrantBytes;  // its producer starts reading without asking

@@ -83,8 +83,10 @@ class LogStore {
   ~LogStore();
 
   // Starts a new attempt's log: the previous attempt's file is removed at once, and the
-  // new file is created by the first write (a task that prints nothing leaves no file;
-  // read() of it is empty).
+  // new file (and the job's directory) is created by the first write: a task that prints
+  // nothing leaves no file, a job none of whose tasks print leaves no directory, and
+  // read() of either is empty. An error making them loses that output, counted and
+  // marked as far as a file to mark it in exists (above).
   [[nodiscard]] Status open(const LogKey& key);
   // Queues bytes for the end of the file. Never blocks and never calls back. Takes what
   // fits (see the bounds above); the rest is dropped, counted and marked.

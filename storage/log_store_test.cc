@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <optional>
@@ -169,6 +170,7 @@ TEST_P(LogStoreTest, ASilentAttemptLeavesNoFile) {
   ASSERT_TRUE(store.open(key));
   ASSERT_TRUE(close_and_wait(store, key));
   EXPECT_FALSE(std::filesystem::exists(store.path(key)));
+  EXPECT_FALSE(std::filesystem::exists(options.dir + "/3"));  // nor the job's directory
   EXPECT_FALSE(read_and_wait(store, key, 0, 100));  // kNotFound: the API shows it as empty
   ASSERT_TRUE(store.open(key));
   store.append(key, "printed\n");
@@ -178,6 +180,33 @@ TEST_P(LogStoreTest, ASilentAttemptLeavesNoFile) {
   EXPECT_FALSE(std::filesystem::exists(store.path(key)));
   ASSERT_TRUE(close_and_wait(store, key));
   EXPECT_FALSE(std::filesystem::exists(store.path(key)));
+}
+
+TEST_P(LogStoreTest, TheFirstOutputMakesTheDirectoriesEvenWhenTheLogsDirIsGone) {
+  LogStore store(*engine, options);
+  LogKey key{8, 0, Stream::kStderr};
+  ASSERT_TRUE(store.open(key));
+  std::filesystem::remove_all(options.dir);  // e.g. an operator cleaning up by hand
+  store.append(key, "still kept\n");
+  ASSERT_TRUE(close_and_wait(store, key));
+  EXPECT_EQ(read_and_wait(store, key, 0, 100).value_or("?"), "still kept\n");
+  EXPECT_EQ(store.stats().bytes_dropped, 0u);
+}
+
+TEST_P(LogStoreTest, ADirectoryThatCannotBeMadeLosesTheOutputCounted) {
+  options.dir = tmp.path() + "/file/logs";  // below a regular file: mkdir fails ENOTDIR
+  std::FILE* f = std::fopen((tmp.path() + "/file").c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  ASSERT_EQ(std::fclose(f), 0);
+  LogStore store(*engine, options);
+  LogKey key{9, 0, Stream::kStdout};
+  ASSERT_TRUE(store.open(key));
+  store.append(key, "lost");
+  Status closed = close_and_wait(store, key);
+  ASSERT_FALSE(closed);
+  EXPECT_NE(closed.error().message.find("mkdir " + tmp.path() + "/file/logs"), std::string::npos)
+      << closed.error().describe();
+  EXPECT_EQ(store.stats().bytes_dropped, 4u);
 }
 
 // The previous attempt's write still in flight must not land in the new file.

@@ -27,6 +27,8 @@
 #include <thread>
 #include <vector>
 
+#include "runtime/exec/test_cgroups.h"
+
 namespace cardnode::e2e {
 
 using Json = nlohmann::json;
@@ -266,6 +268,7 @@ class Cluster : public ::testing::Test {
       if (exited) server_ = -1;
     }
     stop_server(SIGKILL);
+    cardnode::runtime::testing::remove_pool_groups_under(root_);
     fs::remove_all(root_);
   }
 

@@ -1,6 +1,5 @@
 #include "runtime/agent/agent.h"
 
-#include <limits.h>
 #include <signal.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -8,7 +7,6 @@
 #include <uv.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <deque>
 #include <mutex>
 #include <optional>
@@ -40,16 +38,6 @@ constexpr uint32_t kLeftoverScanMax = 65536;
 constexpr uint64_t kRpcTimeoutMs = 30'000;
 constexpr uint64_t kHelloRetryFirstMs = 500;   // a refused hello is tried again, slower each
 constexpr uint64_t kHelloRetryMaxMs = 10'000;  //   time (a second board with our identity)
-
-std::string pool_tag_for(const std::string& data_dir) {
-  char real[PATH_MAX];
-  std::string path = ::realpath(data_dir.c_str(), real) ? real : data_dir;
-  uint32_t h = 2166136261u;
-  for (unsigned char c : path) h = (h ^ c) * 16777619u;
-  char name[32];  // "cardnode-" and 8 hex digits: cannot fail or be cut
-  (void)std::snprintf(name, sizeof(name), "cardnode-%08x", h);
-  return name;
-}
 
 KillReason kill_reason(pb::StopReason r) {
   switch (r) {
@@ -209,7 +197,7 @@ Status Agent::Impl::open() {
   facts = read_node_facts();
   heat_root = options.sysfs_root.empty() ? sysfs_root() : options.sysfs_root;
   name = options.node_name.empty() ? facts.hostname : options.node_name;
-  const std::string pool_tag = pool_tag_for(options.data_dir);
+  const std::string pool_tag = pool_group_name(options.data_dir);
   isolation = Isolation::probe("/sys/fs/cgroup", pool_tag, options.disable_cgroups);
   if (options.favor_dynmods && isolation.info().mode != IsolationMode::kRlimit)
     log(Level::kInfo, "agent", describe(favor_dynamic_moves()));
@@ -250,7 +238,7 @@ Status Agent::Impl::open() {
 void Agent::Impl::recover_journal() {
   uint32_t killed = isolation.destroy_all_groups();
   for (int32_t pid :
-       pids_with_env(task_key_prefix(pool_tag_for(options.data_dir)), true, kLeftoverScanMax)) {
+       pids_with_env(task_key_prefix(pool_group_name(options.data_dir)), true, kLeftoverScanMax)) {
     ::kill(pid, SIGKILL);
     ++killed;
   }

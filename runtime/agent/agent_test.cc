@@ -34,6 +34,7 @@
 
 #include "cardnode.pb.h"
 #include "net/rpc_server.h"
+#include "runtime/exec/test_cgroups.h"
 #include "storage/test_util.h"
 
 namespace cardnode::runtime {
@@ -265,6 +266,7 @@ class AgentTest : public ::testing::Test {
 
   void TearDown() override {
     if (running_) stop_agent();
+    runtime::testing::remove_pool_groups_under(tmp_.path());
     server_.reset();
     if (!loop_open_) return;
     uv_close(reinterpret_cast<uv_handle_t*>(&tick_), nullptr);

@@ -1,6 +1,5 @@
 #include "runtime/coordinator/server.h"
 
-#include <limits.h>
 #include <malloc.h>
 #include <signal.h>
 #include <unistd.h>
@@ -8,7 +7,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdio>
 #include <optional>
 #include <utility>
 
@@ -53,18 +51,6 @@ uint64_t wall_ms() {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                    std::chrono::system_clock::now().time_since_epoch())
                                    .count());
-}
-
-// Task groups live under a parent named for the data dir, so two servers on one machine
-// never kill each other's leftovers. FNV-1a: stable across builds.
-std::string pool_tag_for(const std::string& data_dir) {
-  char real[PATH_MAX];
-  std::string path = ::realpath(data_dir.c_str(), real) ? real : data_dir;
-  uint32_t h = 2166136261u;
-  for (unsigned char c : path) h = (h ^ c) * 16777619u;
-  char name[32];  // "cardnode-" and 8 hex digits: cannot fail or be cut
-  (void)std::snprintf(name, sizeof(name), "cardnode-%08x", h);
-  return name;
 }
 
 }  // namespace
@@ -196,7 +182,7 @@ Status Server::Impl::recover() {
 }
 
 Status Server::Impl::start_executor() {
-  const std::string pool_tag = pool_tag_for(options.data_dir);
+  const std::string pool_tag = pool_group_name(options.data_dir);
   isolation = Isolation::probe("/sys/fs/cgroup", pool_tag, options.disable_cgroups);
   if (options.favor_dynmods && isolation.info().mode != IsolationMode::kRlimit)
     log(Level::kInfo, "executor", runtime::describe(favor_dynamic_moves()));

@@ -17,6 +17,8 @@
 
 #include <cerrno>
 #include <charconv>
+#include <climits>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
@@ -266,6 +268,16 @@ const char* isolation_name(IsolationMode m) {
   return "unknown";
 }
 
+std::string pool_group_name(const std::string& data_dir) {
+  char real[PATH_MAX];
+  std::string path = ::realpath(data_dir.c_str(), real) != nullptr ? real : data_dir;
+  uint32_t h = 2166136261u;
+  for (unsigned char c : path) h = (h ^ c) * 16777619u;
+  char name[32];  // "cardnode-" and 8 hex digits: cannot fail or be cut
+  (void)std::snprintf(name, sizeof(name), "cardnode-%08x", h);
+  return name;
+}
+
 Isolation Isolation::probe(const std::string& cgroup_root, const std::string& name,
                            bool disable_cgroups, const std::string& self_cgroup) {
   Isolation iso;
@@ -402,6 +414,9 @@ Result<std::vector<std::string>> Isolation::create_group(const std::string& task
       kill_and_remove(dir);  // left over from an earlier attempt
       rc = ::mkdir(dir.c_str(), 0755);
     }
+    if (rc != 0 && errno == ENOENT && remake_parent(parent)) {
+      rc = ::mkdir(dir.c_str(), 0755);  // someone removed our idle parent (a cleanup script)
+    }
     if (rc != 0 && errno != EEXIST) {
       int err = errno;
       destroy_group(task_name);
@@ -444,6 +459,18 @@ Result<std::vector<std::string>> Isolation::create_group(const std::string& task
     return std::unexpected(st.error());
   }
   return procs;
+}
+
+bool Isolation::remake_parent(const std::string& parent) const {
+  if (!make_dir(parent)) return false;
+  if (info_.mode == IsolationMode::kCgroupV2) {
+    std::set<std::string> want;
+    if (memory_dir_ == parent) want.insert("memory");
+    if (cpu_dir_ == parent) want.insert("cpu");
+    if (pids_dir_ == parent) want.insert("pids");
+    enable_controllers(parent + "/cgroup.subtree_control", want);
+  }
+  return true;
 }
 
 void Isolation::signal_group(const std::string& task_name, int sig) {

@@ -70,6 +70,11 @@ struct GroupUsage {
   bool has_mem = false;  // read from the group's memory peak
 };
 
+// The parent group of the tasks run for one data dir: "cardnode-" and a hash (FNV-1a,
+// stable across builds) of its real path, so two servers or agents on one machine never
+// kill each other's leftovers, and a restart finds its own.
+std::string pool_group_name(const std::string& data_dir);
+
 class Isolation {
  public:
   // Probes what this machine offers. `cgroup_root` is normally /sys/fs/cgroup; tests
@@ -89,7 +94,8 @@ class Isolation {
   bool under_service() const { return under_service_; }
 
   // Creates the group(s) for one task and writes its limits. Returns the cgroup.procs
-  // paths the task must join (empty in rlimit mode).
+  // paths the task must join (empty in rlimit mode). A parent group removed from outside
+  // while it was empty (an idle board's cleanup script) is made again, not an error.
   [[nodiscard]] Result<std::vector<std::string>> create_group(const std::string& task_name,
                                                               const TaskLimits& limits);
   // One round of teardown, never sleeps (loop thread): SIGKILLs every process still in the
@@ -133,6 +139,8 @@ class Isolation {
   bool try_v1(const SelfCgroup& self);
   bool reap_dir(const std::string& dir);
   void kill_and_remove(const std::string& dir);
+  // Makes `parent` (one of controller_dirs_) again, with its v2 controllers enabled.
+  bool remake_parent(const std::string& parent) const;
 
   IsolationInfo info_;
   std::string root_;

@@ -737,6 +737,31 @@ TEST_F(RealCgroups, DestroyParentRemovesEverything) {
   EXPECT_EQ(iso_.info().mode, IsolationMode::kRlimit);
 }
 
+// An idle server's parent group holds nothing, so anyone may rmdir it (a cleanup script,
+// an admin); the next task must still get its group and its limits.
+TEST_F(RealCgroups, AParentRemovedFromOutsideIsMadeAgain) {
+  auto first = iso_.create_group("14.0", {});
+  ASSERT_TRUE(first);
+  iso_.destroy_group("14.0");
+  for (const std::string& procs : *first) {
+    fs::path parent = fs::path(procs).parent_path().parent_path();
+    ASSERT_EQ(::rmdir(parent.c_str()), 0) << parent << ": " << std::strerror(errno);
+  }
+  auto again = iso_.create_group("14.1", {.cpu_millis = 500, .mem_bytes = 32 << 20, .pids_max = 8});
+  ASSERT_TRUE(again) << again.error().describe();
+  EXPECT_EQ(again->size(), first->size());
+  if (has(iso_.info().enforced, "pids")) {
+    bool v2 = iso_.info().mode == IsolationMode::kCgroupV2;
+    fs::path dir = fs::path(v2 ? "/sys/fs/cgroup" : "/sys/fs/cgroup/pids") / name_ / "14.1";
+    EXPECT_EQ(slurp(dir / "pids.max"), "8\n");
+  }
+  pid_t p = spawn_sleep_into(*again);
+  ASSERT_GT(p, 0);
+  EXPECT_NE(slurp((*again)[0]).find(std::to_string(p)), std::string::npos);
+  iso_.signal_group("14.1", SIGKILL);
+  EXPECT_EQ(death_signal(p), SIGKILL);
+}
+
 TEST_F(RealCgroups, SignalGroupReachesEveryMember) {
   auto g = iso_.create_group("12.0", {});
   ASSERT_TRUE(g);

@@ -196,6 +196,13 @@ TEST(CliHelp, EverySubcommandsHelpEndsWithAnExample) {
   }
   EXPECT_NE(cardnode({"run", "--help"}, scratch).out.find("cardnode run --count 500 --cpu 0.5 -- "),
             std::string::npos);
+  // A call declares only the subcommand it names; help without one still lists them all.
+  Output top = cardnode({"--help"}, scratch);
+  EXPECT_EQ(top.code, 0);
+  for (const char* sub :
+       {"server", "agent", "run", "submit", "ps", "logs", "cancel", "nodes", "drain", "fsck"}) {
+    EXPECT_NE(top.out.find("\n  " + std::string(sub) + " "), std::string::npos) << top.out;
+  }
   fs::remove_all(scratch);
 }
 

@@ -779,8 +779,9 @@ Agent::~Agent() {
   a.client.reset();
   if (a.executor && a.executor->running() > 0) {
     (void)a.executor.release();  // exiting; processes were signalled
-  } else {
+  } else if (a.executor) {
     a.executor.reset();
+    a.isolation.destroy_parent();  // clean stop: no task left, remove our cgroups (as the server)
   }
   a.journal.reset();
   a.logs.reset();

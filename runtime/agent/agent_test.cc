@@ -529,7 +529,9 @@ TEST_F(AgentTest, StopKillsWhatRunsReportsItLostAndLeavesNothing) {
   const pb::TaskAttempt a = attempt(3, 0, 1);
   server_->start();
   server_->give_start(a, waiting_task("t"));  // never released
-  start_agent(options());
+  AgentOptions with_cgroups = options();
+  with_cgroups.disable_cgroups = false;  // where there are any: root on a cgroup machine
+  start_agent(with_cgroups);
   const pid_t pid = pid_of("t");
   ASSERT_TRUE(alive(pid));
 
@@ -542,6 +544,10 @@ TEST_F(AgentTest, StopKillsWhatRunsReportsItLostAndLeavesNothing) {
   EXPECT_EQ(ends[0].second.state(), pb::TASK_LOST);
   EXPECT_TRUE(ends[0].second.requeue_free());
   EXPECT_TRUE(server_->acked(a));
+  // Nor its cgroups: the parent group goes too, as a server's does (root placement here).
+  for (const char* h : {"", "memory", "cpu", "pids"}) {
+    EXPECT_FALSE(fs::exists(fs::path("/sys/fs/cgroup") / h / pool_group_name(data_dir_))) << h;
+  }
 
   // The next agent on this data dir runs nothing and has nothing more to tell.
   start_agent(options());

@@ -58,7 +58,9 @@ void add_example(CLI::App* sub, std::initializer_list<const char*> examples) {
 
 int usage_error(const std::string& message) {
   // One line (docs/CLI.md). Best effort: the exit code says it too.
-  (void)std::fprintf(stderr, "cardnode: %s (see cardnode --help)\n", message.c_str());
+  // shown(): the message may quote what was typed, control characters included.
+  (void)std::fprintf(stderr, "cardnode: %s (see cardnode --help)\n",
+                     cardnode::shown(message).c_str());
   return kExitUsage;
 }
 
@@ -248,11 +250,11 @@ Entry add_run(CLI::App& app, const ClientConfig& client) {
   sub->add_option("--timeout", a->timeout, "Time limit per attempt, e.g. 90s, 5m");
   sub->add_option("--constraint", a->constraints, "Node label K=V the task needs (repeatable)")
       ->expected(1)
-      ->allow_extra_args(false)  // else `-- sh -c X` after it fails on "-c" (CLI11 2.1)
+      ->allow_extra_args(false)  // one value each: `run --env A=1 sh -c X` must not eat sh
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   sub->add_option("--env", a->env, "Environment variable NAME=VALUE for the tasks (repeatable)")
       ->expected(1)
-      ->allow_extra_args(false)  // else `-- sh -c X` after it fails on "-c" (CLI11 2.1)
+      ->allow_extra_args(false)  // one value each: `run --env A=1 sh -c X` must not eat sh
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   sub->add_option("--priority", a->priority, "0-100, higher first (default 50)")
       ->check(CLI::Range(0u, 100u));
@@ -435,7 +437,7 @@ bool asks_for_help(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string_view a = argv[i];
     if (a == "--") return false;
-    if (a == "-h" || a == "--help" || a == "--help-all" || a == "--version") return true;
+    if (a == "-h" || a == "--help" || a == "--version") return true;
   }
   return false;
 }
@@ -479,14 +481,19 @@ int main(int argc, char** argv) {    // NOLINT(bugprone-exception-escape)
   for (const Subcommand& s : kSubcommands) {
     if (all || &s == named) entries.push_back(s.add(app, client));
   }
-  // CLI11 sees the words before `--`; the rest belongs to the subcommand, as typed.
+  // For a subcommand that takes a command (run), CLI11 sees the words before the first
+  // `--` and the rest goes to it as typed; the others give `--` to CLI11, where it ends
+  // the options as usual (`fsck -- DIR`).
   int parse_argc = argc;
   std::vector<std::string> after_dashes;
-  for (int i = 1; i < argc; ++i) {
-    if (std::string_view(argv[i]) == "--") {
-      parse_argc = i;
-      after_dashes.assign(argv + i + 1, argv + argc);
-      break;
+  for (const Entry& e : entries) {
+    if (e.after_dashes == nullptr) continue;
+    for (int i = 1; i < argc; ++i) {
+      if (std::string_view(argv[i]) == "--") {
+        parse_argc = i;
+        after_dashes.assign(argv + i + 1, argv + argc);
+        break;
+      }
     }
   }
   try {
@@ -502,10 +509,7 @@ int main(int argc, char** argv) {    // NOLINT(bugprone-exception-escape)
   }
   for (const Entry& e : entries) {
     if (!*e.app) continue;
-    if (parse_argc != argc) {
-      if (e.after_dashes == nullptr) {
-        return usage_error("'" + e.app->get_name() + "' takes no arguments after --");
-      }
+    if (e.after_dashes != nullptr) {
       e.after_dashes->insert(e.after_dashes->end(), after_dashes.begin(), after_dashes.end());
     }
     return e.run();

@@ -35,8 +35,9 @@ bool cpu_has_aes() {
 #elif defined(__arm__)
   return (getauxval(AT_HWCAP2) & HWCAP2_AES) != 0;
 #elif defined(__x86_64__) || defined(__i386__)
-  // CPUID leaf 1, asked here when it matters: __builtin_cpu_supports would link libgcc's
-  // start-up probe into every process, CLI calls included, and CPUID traps in a VM.
+  // CPUID leaf 1, asked only when a security context is made (a CLI call over the local
+  // socket makes none): __builtin_cpu_supports would link libgcc's start-up probe, which
+  // runs CPUID several times (each a trap in a VM), into every process start.
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
   return __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_AES) != 0;
 #else

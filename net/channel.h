@@ -102,9 +102,11 @@ std::unique_ptr<Channel> local_channel();
 // Initialises OpenSSL without reading the system's openssl.cnf (~2 ms, and nothing in it
 // applies to the fixed TLS 1.3 suites and options set here). Idempotent; the first
 // initialising OpenSSL call of the process decides, and SecurityContext::create makes it
-// first: cardnode's only other OpenSSL calls (handshake.cc's SHA-256, CRYPTO_memcmp,
-// OPENSSL_cleanse) initialise nothing. A CLI call over the local socket never
-// initialises OpenSSL at all (its set-up and exit-time clean-up were ~4% of such a call).
+// first: cardnode's only other OpenSSL calls (handshake.cc's SHA256_Init/Update/Final,
+// CRYPTO_memcmp, OPENSSL_cleanse) initialise nothing; an EVP call, or the one-shot
+// SHA256(), anywhere before it would read openssl.cnf. A CLI call over the local socket
+// never initialises OpenSSL at all (its set-up and exit-time clean-up were ~4% of such a
+// call).
 void init_tls_library();
 
 class SecurityContext : public std::enable_shared_from_this<SecurityContext> {

@@ -3,8 +3,10 @@
 #include <fcntl.h>
 // OpenSSL 3's EVP and RAND paths load its provider machinery on first use, which keeps
 // ~2.2 MB more of libcrypto resident for the life of the server (measured with VmRSS on
-// Debian 12). The low-level SHA-256 functions and getrandom(2) do not; they are
-// deprecated in OpenSSL 3 but not removed, and HMAC (RFC 2104) over them is a few lines.
+// Debian 12), and the first of them reads openssl.cnf unless init_tls_library() ran first
+// (net/channel.h). SHA256_Init/Update/Final and getrandom(2) do neither (the one-shot
+// SHA256() does: it is EVP_Q_digest in OpenSSL 3); they are deprecated in OpenSSL 3 but
+// not removed, and HMAC (RFC 2104) over them is a few lines.
 #define OPENSSL_SUPPRESS_DEPRECATED
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
@@ -51,7 +53,10 @@ Mac hmac_sha256_impl(std::string_view key, std::string_view message) {
   constexpr size_t kBlock = 64;
   std::array<uint8_t, kBlock> k{};
   if (key.size() > kBlock) {
-    SHA256(reinterpret_cast<const unsigned char*>(key.data()), key.size(), k.data());
+    SHA256_CTX key_ctx;
+    SHA256_Init(&key_ctx);
+    SHA256_Update(&key_ctx, key.data(), key.size());
+    SHA256_Final(k.data(), &key_ctx);
   } else {
     std::memcpy(k.data(), key.data(), key.size());
   }

@@ -203,6 +203,7 @@ Status Agent::Impl::open() {
     log(Level::kInfo, "agent", describe(favor_dynamic_moves()));
   ExecutorOptions eo;
   eo.pool_tag = pool_tag;
+  eo.warn = [](const std::string& line) { log(Level::kWarn, "executor", line); };
   eo.kill_grace_ms = kKillGraceMs;
   eo.running_max = options.tasks_max;
   eo.users = task_users;

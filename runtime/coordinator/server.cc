@@ -201,6 +201,7 @@ Status Server::Impl::start_executor() {
           " (enforced: " + (enforced.empty() ? "none" : enforced) + ")");
   ExecutorOptions eo;
   eo.pool_tag = pool_tag;
+  eo.warn = [](const std::string& line) { log(Level::kWarn, "executor", line); };
   eo.kill_grace_ms = kKillGraceMs;
   eo.users = task_users;
   eo.fallback_cwd = dir->work_dir();

@@ -44,6 +44,7 @@ constexpr uint64_t kReapFastForMs = 1000;
 // this much of that work per loop turn, so a burst (a 1,000-task array placed at once, or
 // ending at once) is spread over turns and requests are answered between them.
 constexpr uint64_t kWorkBudgetNs = 2'000'000;
+constexpr uint64_t kOutputLostWarnEveryMs = 10'000;
 
 enum class TimerPhase : uint8_t { kTimeout, kGrace, kAfterExit };
 
@@ -150,6 +151,10 @@ struct Executor::Impl {
   };
   Pacer* pacer = nullptr;
   uint64_t work_ns_this_turn = 0;
+  // warn_output_lost's rate limit.
+  bool output_lost_warned = false;
+  uint64_t output_lost_warned_ms = 0;
+  uint64_t output_lost_unwarned = 0;
   std::deque<std::pair<uint64_t, uint32_t>> spawn_queue;  // may hold killed tasks' keys
   std::deque<std::pair<uint64_t, uint32_t>> exit_queue;   // exited, not yet reaped
 
@@ -239,6 +244,7 @@ struct Executor::Impl {
   void after_exit_tick(Task& t);
   void schedule_after_exit(Task& t);
   void step(Task* t);
+  void warn_output_lost(const Task& t, const Error& e);
   void finish(Task* t);
 
   static void close_handle(uv_handle_t* h);
@@ -799,8 +805,9 @@ void Executor::Impl::step(Task* t) {
     // then: finish() cannot run from inside a synchronous close `done` below.
     close_handle(reinterpret_cast<uv_handle_t*>(&t->timer));
     t->log_closes_pending = 2;
-    auto done = [this, t](Status) {
+    auto done = [this, t](Status st) {
       --t->log_closes_pending;  // a log write error loses output, not the task's result
+      if (!st) warn_output_lost(*t, st.error());
       step(t);
     };
     logs.close(t->out_key, done);
@@ -809,6 +816,24 @@ void Executor::Impl::step(Task* t) {
   }
   if (t->log_closes_pending > 0 || t->handles_open > 0) return;
   finish(t);
+}
+
+void Executor::Impl::warn_output_lost(const Task& t, const Error& e) {
+  if (!options.warn) return;
+  const uint64_t now = uv_now(loop);
+  if (output_lost_warned && now - output_lost_warned_ms < kOutputLostWarnEveryMs) {
+    ++output_lost_unwarned;
+    return;
+  }
+  std::string line = "task " + std::to_string(t.job_id) + "." + std::to_string(t.index) +
+                     ": output lost: " + e.describe();
+  if (output_lost_unwarned > 0) {
+    line += " (and " + std::to_string(output_lost_unwarned) + " more since the last warning)";
+  }
+  output_lost_warned = true;
+  output_lost_warned_ms = now;
+  output_lost_unwarned = 0;
+  options.warn(line);
 }
 
 void Executor::Impl::finish(Task* t) {

@@ -61,6 +61,10 @@ struct ExecutorOptions {
   // After the process exits, how long its pipes may stay open (held by a process that
   // escaped the kill, possible only in rlimit mode) before we close them ourselves.
   uint64_t drain_ms = 2000;
+  // One line for the daemon's log when a task's output could not be kept (a full disk, a
+  // log dir that cannot be made): the task's own log may have no room for the marker.
+  // At most one line per 10 s, counting the rest. Optional.
+  std::function<void(const std::string&)> warn;
 };
 
 // Destruction: the owner calls kill_all() and runs the loop until running() == 0 before

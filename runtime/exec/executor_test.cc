@@ -545,6 +545,27 @@ TEST_P(ExecutorTest, AFullLogQueuePushesBackInsteadOfDropping) {
   EXPECT_EQ(logs_->stats().bytes_dropped, 0u);
 }
 
+// Output with nowhere to go (here: a log dir that cannot be made; in life, a full disk) is
+// lost, and the task's own log cannot say so: the daemon's log does, once per 10 s.
+TEST_P(ExecutorTest, LostOutputIsWarnedAboutInTheDaemonsLog) {
+  exec_.reset();
+  { std::ofstream(tmp_ / "not-a-dir") << "x"; }
+  logs_ = std::make_unique<storage::LogStore>(
+      *engine_, storage::LogStoreOptions{.dir = tmp_ / "not-a-dir" / "logs"});
+  std::vector<std::string> warnings;
+  options_.warn = [&](const std::string& line) { warnings.push_back(line); };
+  make_executor();
+  TaskExit first = run(launch(28, {"sh", "-c", "echo lost; echo also >&2"}));
+  EXPECT_EQ(first.state, pb::TASK_SUCCEEDED);  // lost output does not fail the task
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find("task 28.0: output lost: mkdir "), std::string::npos) << warnings[0];
+  TaskLaunch again = launch(28, {"echo", "lost too"});
+  again.index = 1;
+  EXPECT_EQ(run(again).state, pb::TASK_SUCCEEDED);
+  EXPECT_EQ(warnings.size(), 1u);  // counted for the next line, not printed again
+  EXPECT_GT(logs_->stats().bytes_dropped, 0u);
+}
+
 TEST_P(ExecutorTest, MemoryLimitIsEnforced) {
   // qemu-user accepts setrlimit(RLIMIT_AS) and ignores it (it would starve the emulator).
   if (iso_.memory_by_rlimit() && std::getenv("CARDNODE_TEST_EMULATOR") != nullptr) {

@@ -242,10 +242,11 @@ void LogStore::Impl::start_write(LogFile& f) {
     f.fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (f.fd < 0 && (errno == ENOENT || errno == ENOTDIR)) {
       // The job's first output makes its directory (and the logs directory, should it be
-      // gone): a job whose tasks print nothing costs no directory either.
+      // gone: 0700, as runtime/data_dir.cc makes it, since tasks must not read other
+      // tasks' logs): a job whose tasks print nothing costs no directory either.
       const std::string job_dir = options.dir + "/" + std::to_string(f.key.job_id);
-      for (const std::string& d : {options.dir, job_dir}) {
-        if (::mkdir(d.c_str(), 0755) != 0 && errno != EEXIST) {
+      for (const auto& [d, mode] : {std::pair{options.dir, 0700}, std::pair{job_dir, 0755}}) {
+        if (::mkdir(d.c_str(), static_cast<mode_t>(mode)) != 0 && errno != EEXIST) {
           lose_queued(f, Error{Errc::kIo, "mkdir " + d, errno});
           return;
         }

@@ -191,6 +191,9 @@ TEST_P(LogStoreTest, TheFirstOutputMakesTheDirectoriesEvenWhenTheLogsDirIsGone) 
   ASSERT_TRUE(close_and_wait(store, key));
   EXPECT_EQ(read_and_wait(store, key, 0, 100).value_or("?"), "still kept\n");
   EXPECT_EQ(store.stats().bytes_dropped, 0u);
+  struct stat st {};
+  ASSERT_EQ(::stat(options.dir.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);  // as the data dir makes it: tasks cannot look in
 }
 
 TEST_P(LogStoreTest, ADirectoryThatCannotBeMadeLosesTheOutputCounted) {

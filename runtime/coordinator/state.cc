@@ -80,7 +80,7 @@ Status State::normalize(pb::JobSpec* spec) const {
   if (spec->cpu_millis() == 0) spec->set_cpu_millis(kDefaultCpuMillis);
   if (spec->mem_bytes() == 0) spec->set_mem_bytes(kDefaultMemBytes);
   if (spec->mem_bytes() < kMemBytesMin) {
-    return fail(Errc::kInvalidArgument, "--mem must be at least 1M (" +
+    return fail(Errc::kInvalidArgument, "memory per task (--mem, memBytes) must be at least 1M (" +
                                             std::to_string(spec->mem_bytes()) + " bytes given)");
   }
   if (!spec->has_priority()) spec->set_priority(kDefaultPriority);

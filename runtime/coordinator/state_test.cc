@@ -53,7 +53,8 @@ TEST(State, NormalizeFillsDefaultsAndRejectsBadSpecs) {
   auto refused = f.s.normalize(&tiny);
   ASSERT_FALSE(refused.has_value());
   EXPECT_EQ(refused.error().code, Errc::kInvalidArgument);
-  EXPECT_EQ(refused.error().message, "--mem must be at least 1M (1024 bytes given)");
+  EXPECT_EQ(refused.error().message,
+            "memory per task (--mem, memBytes) must be at least 1M (1024 bytes given)");
   pb::JobSpec least = spec;
   least.set_mem_bytes(kMemBytesMin);
   EXPECT_TRUE(f.s.normalize(&least).has_value());

@@ -414,8 +414,13 @@ Result<std::vector<std::string>> Isolation::create_group(const std::string& task
       kill_and_remove(dir);  // left over from an earlier attempt
       rc = ::mkdir(dir.c_str(), 0755);
     }
-    if (rc != 0 && errno == ENOENT && remake_parent(parent)) {
-      rc = ::mkdir(dir.c_str(), 0755);  // someone removed our idle parent (a cleanup script)
+    if (rc != 0 && errno == ENOENT) {  // someone removed our idle parent (a cleanup script)
+      if (!remake_parent(parent)) {
+        int err = errno;
+        destroy_group(task_name);
+        return fail_errno(err, "mkdir " + parent);
+      }
+      rc = ::mkdir(dir.c_str(), 0755);
     }
     if (rc != 0 && errno != EEXIST) {
       int err = errno;

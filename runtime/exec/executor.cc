@@ -421,11 +421,18 @@ void Executor::Impl::on_exited(Task& t, int status, const struct rusage& ru) {
   t.exited_at_ms = uv_now(loop);
   // The main process is gone; nothing else of the task may stay. The group must be
   // read for OOM and usage before it is removed. An OOM kill counts only if the task did
-  // not succeed: a shell that survives its child's OOM and exits 0 has succeeded.
+  // not succeed: a shell that survives its child's OOM and exits 0 has succeeded, and
+  // its stderr log says what happened.
   ::kill(-t.pid, SIGKILL);
   if (!subreaper) kill_tagged(t, SIGKILL);  // as subreaper: in tree_gone() below
   bool failed = t.term_signal != 0 || t.exit_status != 0;
-  t.oom = failed && isolation.oom_killed(t.group);
+  const bool oom_in_group = isolation.oom_killed(t.group);
+  t.oom = failed && oom_in_group;
+  if (!failed && oom_in_group) {
+    // Succeeded all the same (Slurm would say OUT_OF_MEMORY), but not without a word.
+    logs.append(t.err_key,
+                "\n[cardnode: the memory limit killed a process of this task; it exited 0]\n");
+  }
   GroupUsage g = isolation.usage(t.group);
   t.usage.cpu_user_us = g.has_cpu ? g.cpu_user_us : micros(ru.ru_utime);
   t.usage.cpu_system_us = g.has_cpu ? g.cpu_system_us : micros(ru.ru_stime);

@@ -286,6 +286,7 @@ int submit_and_maybe_wait(const ClientConfig& cfg, pb::JobSpec spec, bool wait) 
   const uint64_t submitted_at = steady_ms();
   pb::Request req;
   *req.mutable_submit()->mutable_spec() = std::move(spec);
+  req.mutable_submit()->set_then_wait(wait);  // kept for our WaitJob, however short its end
   auto resp = call(**c, req);
   if (!resp) return report(resp.error());
   const uint64_t id = resp->submitted().job_id();

@@ -51,12 +51,15 @@ void ClientApi::after_durable(const net::Responder& r, std::function<pb::Respons
 }
 
 void ClientApi::on_submit(const pb::SubmitJob& m, const net::Responder& r) {
-  c_.submit(m.spec(), [r](Result<sched::JobId> id) {
-    if (!id) return r.reply(error_response(id.error()));
-    pb::Response resp;
-    resp.mutable_submitted()->set_job_id(*id);
-    r.reply(std::move(resp));
-  });
+  c_.submit(
+      m.spec(),
+      [r](Result<sched::JobId> id) {
+        if (!id) return r.reply(error_response(id.error()));
+        pb::Response resp;
+        resp.mutable_submitted()->set_job_id(*id);
+        r.reply(std::move(resp));
+      },
+      m.then_wait());
 }
 
 void ClientApi::on_cancel(const pb::CancelJob& m, const net::Responder& r) {

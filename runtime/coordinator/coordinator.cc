@@ -263,7 +263,7 @@ void Coordinator::end_running_tasks(sched::NodeId id, bool requeue_free) {
 
 // ---------------------------------------------------------------------- requests
 
-void Coordinator::submit(pb::JobSpec spec, const SubmitDone& done) {
+void Coordinator::submit(pb::JobSpec spec, const SubmitDone& done, bool then_wait) {
   if (stopping_) return done(fail(Errc::kUnavailable, "server is stopping"));
   if (auto st = state_.normalize(&spec); !st) return done(std::unexpected(st.error()));
   const sched::JobId id = state_.cluster().last_job_id() + 1;
@@ -277,6 +277,7 @@ void Coordinator::submit(pb::JobSpec spec, const SubmitDone& done) {
     hooks_.request_turn();  // again: the turn below may have found the WAL queue full
   });
   if (!seq) return done(std::unexpected(seq.error()));
+  if (then_wait && awaited_.size() < options_.waiters_max) awaited_[id] = 0;
   // The job is applied already: a turn in this loop iteration places its first tasks, and
   // their TaskStarted records join the same fdatasync as JobSubmitted (the flush runs once
   // per loop turn). The reply and the spawns then wait for one sync, not two; WAL order
@@ -308,6 +309,7 @@ void Coordinator::cancel(sched::JobId id, const CancelDone& done) {
 }
 
 void Coordinator::wait_job(sched::JobId id, std::function<void(Status)> done) {
+  awaited_.erase(id);  // asked: from here on a waiter (or an answer due) keeps it
   const sched::Job* job = state_.cluster().job(id);
   if (job == nullptr) return done(std::unexpected(missing_job(id)));
   if (sched::is_final(job->state)) {
@@ -358,6 +360,7 @@ void Coordinator::stop() {
   auto waiting = std::move(waiters_);
   waiters_.clear();
   waiter_count_ = 0;
+  awaited_.clear();
   for (auto& [id, done] : waiting) {
     for (auto& d : done) d(fail(Errc::kUnavailable, "server is stopping"));
   }
@@ -592,9 +595,17 @@ void Coordinator::prune_if_due() {
   if (age_due) last_prune_check_ms_ = now;
   auto ids = state_.prune_candidates(options_.keep_finished, options_.keep_finished_for_ms, now,
                                      kPrunedPerRecordMax);
-  // A job a client still waits for stays until it has its answer (the next turn prunes it).
-  std::erase_if(
-      ids, [this](sched::JobId id) { return waiters_.contains(id) || answering_.contains(id); });
+  // A job a client still waits for stays until it has its answer (the next turn prunes it),
+  // and so does one a client said it will wait for, until it asks or its hold ends.
+  std::erase_if(ids, [this, now](sched::JobId id) {
+    if (waiters_.contains(id) || answering_.contains(id)) return true;
+    auto it = awaited_.find(id);
+    if (it == awaited_.end()) return false;
+    if (it->second == 0) it->second = now + kThenWaitHoldMs;  // the hold runs from its end
+    if (now < it->second) return true;
+    awaited_.erase(it);  // the client never asked
+    return false;
+  });
   if (ids.empty()) return;
   pb::WalRecord rec;
   pb::JobsPruned* p = rec.mutable_jobs_pruned();

@@ -149,7 +149,12 @@ class Coordinator {
   // store fails for good first, it never runs: the server is stopping and its client
   // connections close. -----------------------------------------------------------------
   using SubmitDone = std::function<void(Result<sched::JobId>)>;
-  void submit(pb::JobSpec spec, const SubmitDone& done);
+  // then_wait: the client will ask wait_job for this job next (after following an array's
+  // progress, perhaps); retention keeps the job until it does, or until kThenWaitHoldMs
+  // after retention first finds it due (a client that never asks), so a job that ends and
+  // would be pruned before that request arrives is not.
+  void submit(pb::JobSpec spec, const SubmitDone& done, bool then_wait = false);
+  static constexpr uint64_t kThenWaitHoldMs = 30'000;
   using CancelDone = std::function<void(Result<uint32_t>)>;  // tasks cancelled
   void cancel(sched::JobId id, const CancelDone& done);
   // Once the job is final and that is durable; an unknown or pruned job fails at once.
@@ -227,6 +232,9 @@ class Coordinator {
   std::unordered_map<sched::JobId, std::vector<std::function<void(Status)>>> waiters_;
   uint32_t waiter_count_ = 0;
   std::unordered_map<sched::JobId, uint32_t> answering_;  // final jobs with a wait answer due
+  // Jobs a client said it will wait for (submit's then_wait): 0 until retention first
+  // finds one due, then until when it is kept (ms). At most waiters_max, as the waiters.
+  std::unordered_map<sched::JobId, uint64_t> awaited_;
   std::deque<Outcome> deferred_;  // task ends the store refused, oldest first
 
   uint64_t last_prune_check_ms_ = 0;

@@ -574,6 +574,48 @@ TEST_P(CoordinatorTest, RetentionPrunesOldestFinishedAndSaysSo) {
   EXPECT_NE(h2->c().state().cluster().job(6), nullptr);  // never finished
 }
 
+// `run --wait` submits, then asks WaitJob: with --keep-finished 0 a job that ends in
+// between must still be there for it (seen: "job 8 was pruned" for a 1 ms task).
+TEST_P(CoordinatorTest, AJobItsClientWillWaitForIsKeptUntilItAsks) {
+  options_.keep_finished = 0;
+  OPEN_OR_SKIP(h);
+  h->join(0);
+  h->c().submit(
+      spec_of(1), [](Result<sched::JobId>) {}, /*then_wait=*/true);  // job 1
+  h->c().submit(
+      spec_of(1), [](Result<sched::JobId>) {}, /*then_wait=*/false);  // job 2
+  h->settle();
+  ASSERT_TRUE(h->runner(0).end({1, 0}, TaskExit{pb::TASK_SUCCEEDED, 0, 0}));
+  ASSERT_TRUE(h->runner(0).end({2, 0}, TaskExit{pb::TASK_SUCCEEDED, 0, 0}));
+  h->settle();
+  h->c().turn();
+  h->settle();
+  EXPECT_NE(h->c().state().cluster().job(1), nullptr);  // its client has not asked yet
+  EXPECT_EQ(h->c().state().cluster().job(2), nullptr);  // no one said they would wait
+  std::optional<Status> answer;
+  h->c().wait_job(1, [&](Status st) { answer = st; });
+  h->settle();
+  ASSERT_TRUE(answer.has_value());
+  EXPECT_TRUE(answer->has_value());
+  h->c().turn();  // answered: the next turn prunes it
+  h->settle();
+  EXPECT_EQ(h->c().state().cluster().job(1), nullptr);
+
+  // A client that said it would wait and never asks holds its job only so long.
+  h->c().submit(
+      spec_of(1), [](Result<sched::JobId>) {}, /*then_wait=*/true);  // job 3
+  h->settle();
+  ASSERT_TRUE(h->runner(0).end({3, 0}, TaskExit{pb::TASK_SUCCEEDED, 0, 0}));
+  h->settle();
+  h->c().turn();
+  h->settle();
+  EXPECT_NE(h->c().state().cluster().job(3), nullptr);
+  now_ms_ += Coordinator::kThenWaitHoldMs;
+  h->c().turn();
+  h->settle();
+  EXPECT_EQ(h->c().state().cluster().job(3), nullptr);
+}
+
 // The heart of guarantee 6: live apply order is WAL order. Random interleavings of
 // everything the server does, with clean restarts in between; after each restart the
 // state is exactly what the logged records make, and nothing acknowledged is missing.

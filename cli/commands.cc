@@ -12,6 +12,7 @@
 #include <iostream>
 #include <sstream>
 #include <thread>
+#include <utility>
 
 #include "cli/format.h"
 #include "cli/job_json.h"
@@ -276,6 +277,38 @@ Status show_progress(net::Client& c, uint64_t id, uint64_t start_ms) {
   }
 }
 
+// Copies one log of a task to `out` from its start: all of it, or (follow) on until the
+// task is final. 0, or the exit code of a failure whose line was printed. Bounded by the
+// log's size (log_bytes_max) unless following a task that runs on.
+int copy_log(net::Client& c, TaskId task, pb::LogStream stream, std::FILE* out, bool follow) {
+  uint64_t offset = 0;
+  for (;;) {
+    pb::Request req;
+    auto* r = req.mutable_read_log();
+    r->set_job_id(task.job);
+    r->set_index(task.index);
+    r->set_stream(stream);
+    r->set_offset(offset);
+    r->set_max_bytes(kLogChunkBytes);
+    auto resp = call(c, req);
+    if (!resp) return report(resp.error());
+    const pb::LogChunk& chunk = resp->log();
+    if (!chunk.data().empty()) {
+      // A reader that went away (SIGPIPE is ignored) or a full disk: stop, rather than
+      // follow on writing nowhere.
+      if (std::fwrite(chunk.data().data(), 1, chunk.data().size(), out) != chunk.data().size() ||
+          std::fflush(out) != 0) {
+        return error_line(
+            out == stdout ? "cannot write the log to stdout" : "cannot write the log to stderr", 1);
+      }
+      offset = chunk.next_offset();
+      continue;
+    }
+    if (chunk.final() || !follow) return 0;
+    std::this_thread::sleep_for(std::chrono::milliseconds(kFollowPollMs));
+  }
+}
+
 int submit_and_maybe_wait(const ClientConfig& cfg, pb::JobSpec spec, bool wait) {
   // Before connecting: a spec the server would refuse (or that protobuf would not send,
   // a map key that is not UTF-8) is a usage error, and nothing is sent.
@@ -307,6 +340,14 @@ int submit_and_maybe_wait(const ClientConfig& cfg, pb::JobSpec spec, bool wait) 
   // The first page of tasks is enough: a one-task job's task is on it, and an array's exit
   // code is its job's state.
   const pb::JobSummary& j = done->job().job();
+  if (count == 1) {
+    // A one-task job's output, once it has ended, as srun shows it (`logs -f` follows it
+    // live): its stdout on stdout, its stderr on stderr. A log that cannot be read says so
+    // on stderr; the exit code stays the task's.
+    for (auto [stream, out] : {std::pair{pb::STDOUT, stdout}, std::pair{pb::STDERR, stderr}}) {
+      if (copy_log(**c, TaskId{id, 0}, stream, out, /*follow=*/false) != 0) break;
+    }
+  }
   (void)std::fprintf(stderr, "cardnode: job %llu %s (%s)\n", static_cast<unsigned long long>(id),
                      job_state_text(j.state()), states_text(j).c_str());
   return wait_exit_code(done->job());
@@ -510,32 +551,7 @@ int cmd_ps(const ClientConfig& cfg, std::optional<uint64_t> job, bool json) {
 int cmd_logs(const ClientConfig& cfg, TaskId task, bool follow, bool stderr_stream) {
   auto c = connect(cfg);
   if (!c) return report(c.error());
-  uint64_t offset = 0;
-  // Bounded by the log's size (log_bytes_max) unless following a task that runs on.
-  for (;;) {
-    pb::Request req;
-    auto* r = req.mutable_read_log();
-    r->set_job_id(task.job);
-    r->set_index(task.index);
-    r->set_stream(stderr_stream ? pb::STDERR : pb::STDOUT);
-    r->set_offset(offset);
-    r->set_max_bytes(kLogChunkBytes);
-    auto resp = call(**c, req);
-    if (!resp) return report(resp.error());
-    const pb::LogChunk& chunk = resp->log();
-    if (!chunk.data().empty()) {
-      // A reader that went away (SIGPIPE is ignored) or a full disk: stop, rather than
-      // follow on writing nowhere.
-      if (std::fwrite(chunk.data().data(), 1, chunk.data().size(), stdout) != chunk.data().size() ||
-          std::fflush(stdout) != 0) {
-        return error_line("cannot write the log to stdout", 1);
-      }
-      offset = chunk.next_offset();
-      continue;
-    }
-    if (chunk.final() || !follow) return 0;
-    std::this_thread::sleep_for(std::chrono::milliseconds(kFollowPollMs));
-  }
+  return copy_log(**c, task, stderr_stream ? pb::STDERR : pb::STDOUT, stdout, follow);
 }
 
 int cmd_cancel(const ClientConfig& cfg, uint64_t job) {

@@ -264,7 +264,8 @@ Entry add_run(CLI::App& app, const ClientConfig& client) {
                   "Run the tasks as USER (boards must allow it: --allow-task-user)");
   sub->add_flag("--spread", a->spread,
                 "One task per board first (default: fill the fullest board that fits)");
-  sub->add_flag("--wait", a->wait, "Wait for the job and exit with its result");
+  sub->add_flag("--wait", a->wait,
+                "Wait for the job and exit with its result (one task: show its output too)");
   // Without `--` the command's words are CLI11's positionals; main() hands over what
   // follows `--` itself, since CLI11 (2.1) would split an argument written "[a,b]" into
   // a and b and drop "[]" (`sh -c '[ -f x ]'` must reach the task as it was typed).
@@ -321,7 +322,8 @@ Entry add_submit(CLI::App& app, const ClientConfig& client) {
   auto* sub = app.add_subcommand("submit", "Submit a job spec (JobSpec in JSON)");
   add_example(sub, {"cardnode submit job.json --wait"});
   sub->add_option("file", a->file, "FILE.json")->required();
-  sub->add_flag("--wait", a->wait, "Wait for the job and exit with its result");
+  sub->add_flag("--wait", a->wait,
+                "Wait for the job and exit with its result (one task: show its output too)");
   return {sub, [a, &client] { return cmd_submit(client, a->file, a->wait); }};
 }
 

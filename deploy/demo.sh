@@ -49,7 +49,6 @@ say "cardnode logs 2 --stderr"
 cn logs 2 --stderr
 say "cardnode run --wait -- id   # as root, tasks run as an unprivileged user"
 cn run --wait -- id
-cn logs 3
 say "cardnode ps --json"
 cn ps --json
 

@@ -44,13 +44,16 @@ class Privilege : public Cluster {
     if (::geteuid() != 0) GTEST_SKIP() << "switching users needs root";
     Cluster::SetUp();
   }
-  // The task's stdout once it ended (run --wait prints no output).
+  // The task's stdout once it ended, as `logs` reads it.
   std::string task_out(const std::string& task) { return cli({"logs", task}).out; }
 };
 
 TEST_F(Privilege, AsRootTasksRunAsTheTaskUserAndCannotReadTheToken) {
   start_server();
-  ASSERT_EQ(cli({"run", "--wait", "--", "id", "-u"}).code, 0);
+  // run --wait shows a one-task job's output once it ended; `logs` has it too.
+  Output id = cli({"run", "--wait", "--", "id", "-u"});
+  ASSERT_EQ(id.code, 0) << id.err;
+  EXPECT_EQ(id.out, std::to_string(default_task_uid()) + "\n");
   EXPECT_EQ(task_out("1"), std::to_string(default_task_uid()) + "\n");
   EXPECT_NE(default_task_uid(), 0u);
   // No supplementary groups, no way back up through a setuid binary.
@@ -78,7 +81,9 @@ TEST_F(Privilege, RootTasksNeedAllowRootTasksAndShowInNodes) {
   EXPECT_NE(refused.err.find("--allow-root-tasks"), std::string::npos) << refused.err;
   EXPECT_FALSE(fs::exists(data_)) << "a refused start made the data dir";
   start_server({"--allow-root-tasks"});
-  ASSERT_EQ(cli({"run", "--wait", "--", "id", "-u"}).code, 0);
+  Output id = cli({"run", "--wait", "--", "id", "-u"});
+  ASSERT_EQ(id.code, 0) << id.err;
+  EXPECT_EQ(id.out, "0\n");
   EXPECT_EQ(task_out("1"), "0\n");
   json nodes = json::parse(cli({"nodes", "--json"}).out);
   EXPECT_EQ(nodes["nodes"][0]["root_tasks"], true);

@@ -18,6 +18,10 @@ TEST_F(Cluster, RunWaitLogsPsSurviveKill9) {
       {"run", "--data-dir", data_, "--wait", "--", "sh", "-c", "echo hello; echo oops >&2; exit 3"},
       root_);
   EXPECT_EQ(r.code, 3) << r.err;
+  // A one-task run --wait shows the task's output once it ended, each stream on its own.
+  EXPECT_EQ(r.out, "hello\n");
+  EXPECT_NE(r.err.find("oops\n"), std::string::npos) << r.err;
+  EXPECT_LT(r.err.find("oops\n"), r.err.find("cardnode: job 1 failed")) << r.err;
   Output r2 = cardnode({"--data-dir", data_, "run", "--wait", "--", "sh", "-c", "exit 5"}, root_);
   EXPECT_EQ(r2.code, 5) << r2.err;
   // The server made its token on first start, readable by its owner only.

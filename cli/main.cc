@@ -6,6 +6,7 @@
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdio>
@@ -488,14 +489,13 @@ int main(int argc, char** argv) {    // NOLINT(bugprone-exception-escape)
   // the options as usual (`fsck -- DIR`).
   int parse_argc = argc;
   std::vector<std::string> after_dashes;
-  for (const Entry& e : entries) {
-    if (e.after_dashes == nullptr) continue;
-    for (int i = 1; i < argc; ++i) {
-      if (std::string_view(argv[i]) == "--") {
-        parse_argc = i;
-        after_dashes.assign(argv + i + 1, argv + argc);
-        break;
-      }
+  const bool takes_command = std::any_of(entries.begin(), entries.end(),
+                                         [](const Entry& e) { return e.after_dashes != nullptr; });
+  for (int i = 1; takes_command && i < argc; ++i) {
+    if (std::string_view(argv[i]) == "--") {
+      parse_argc = i;
+      after_dashes.assign(argv + i + 1, argv + argc);
+      break;
     }
   }
   try {

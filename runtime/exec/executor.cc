@@ -93,8 +93,9 @@ struct Executor::Impl {
     Impl* impl = nullptr;
     uint64_t job_id = 0;
     uint32_t index = 0;
-    std::string group;      // "JOB.INDEX"
-    std::string key_entry;  // "CARDNODE_TASK_KEY=<pool>:JOB.INDEX", in the task's env
+    std::string group;             // "JOB.INDEX"
+    uint64_t mem_limit_bytes = 0;  // --mem (0: none)
+    std::string key_entry;         // "CARDNODE_TASK_KEY=<pool>:JOB.INDEX", in the task's env
     storage::LogKey out_key;
     storage::LogKey err_key;
     Executor::ExitCallback on_exit;
@@ -426,14 +427,18 @@ void Executor::Impl::on_exited(Task& t, int status, const struct rusage& ru) {
   ::kill(-t.pid, SIGKILL);
   if (!subreaper) kill_tagged(t, SIGKILL);  // as subreaper: in tree_gone() below
   bool failed = t.term_signal != 0 || t.exit_status != 0;
-  const bool oom_in_group = isolation.oom_killed(t.group);
+  GroupUsage g = isolation.usage(t.group);
+  // The OOM killer acts only at the limit: a task that succeeded with its peak well below
+  // it (the usual case) costs no read of the OOM counter.
+  const bool near_limit = !g.has_mem || t.mem_limit_bytes == 0 ||
+                          g.mem_peak_bytes >= t.mem_limit_bytes - t.mem_limit_bytes / 8;
+  const bool oom_in_group = (failed || near_limit) && isolation.oom_killed(t.group);
   t.oom = failed && oom_in_group;
   if (!failed && oom_in_group) {
     // Succeeded all the same (Slurm would say OUT_OF_MEMORY), but not without a word.
     logs.append(t.err_key,
                 "\n[cardnode: the memory limit killed a process of this task; it exited 0]\n");
   }
-  GroupUsage g = isolation.usage(t.group);
   t.usage.cpu_user_us = g.has_cpu ? g.cpu_user_us : micros(ru.ru_utime);
   t.usage.cpu_system_us = g.has_cpu ? g.cpu_system_us : micros(ru.ru_stime);
   t.usage.mem_peak_bytes =
@@ -490,6 +495,7 @@ Status Executor::Impl::start(const TaskLaunch& launch, ExitCallback on_exit) {
   t->job_id = launch.job_id;
   t->index = launch.index;
   t->group = std::to_string(launch.job_id) + "." + std::to_string(launch.index);
+  t->mem_limit_bytes = launch.limits.mem_bytes;
   t->key_entry = task_key_prefix(options.pool_tag) + t->group;
   t->out_key = {launch.job_id, launch.index, storage::Stream::kStdout};
   t->err_key = {launch.job_id, launch.index, storage::Stream::kStderr};

@@ -35,7 +35,7 @@ SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # (--dump-dom) to check it in a real browser's parser, hostile job names and log lines included;
 # that test fails, rather than skips, without it.
 DEPS := build-essential cmake ninja-build pkg-config \
-        libuv1-dev liburing-dev libprotobuf-dev protobuf-compiler prometheus-cpp-dev \
+        libuv1-dev liburing-dev libprotobuf-dev protobuf-compiler \
         libssl-dev zlib1g-dev libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev \
         nlohmann-json3-dev iproute2 util-linux clang-16 libclang-rt-16-dev prometheus chromium
 # qemu-user-static, not qemu-user-binfmt (they conflict; the static one provides the other):

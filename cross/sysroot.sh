@@ -32,7 +32,7 @@ esac
 
 suite=bookworm
 # Every library the tree links, plus the C/C++ runtime to link against.
-packages=libc6-dev,libstdc++-12-dev,libuv1-dev,liburing-dev,libprotobuf-dev,prometheus-cpp-dev
+packages=libc6-dev,libstdc++-12-dev,libuv1-dev,liburing-dev,libprotobuf-dev
 packages+=,libgtest-dev,libgmock-dev,libbenchmark-dev,libssl-dev,zlib1g-dev,libcli11-dev
 packages+=,nlohmann-json3-dev
 stamp_text="suite=$suite arch=$deb_arch packages=$packages"
@@ -100,7 +100,7 @@ echo "sysroot: made $fixed absolute symlinks relative"
 
 # Check the libraries CMake will look for are really there for the target.
 for lib in libc.so libstdc++.so.6 libprotobuf.so libuv.so liburing.so libz.so libcrypto.so \
-  libgtest.a libbenchmark.so libprometheus-cpp-core.so; do
+  libgtest.a libbenchmark.so; do
   found=$(find "$tmp/usr/lib/$triplet" "$tmp/lib/$triplet" -maxdepth 1 -name "$lib" 2>/dev/null | head -n1)
   if [ -z "$found" ] || [ ! -e "$found" ]; then
     echo "sysroot.sh: $lib missing or dangling in the new sysroot" >&2

@@ -1,7 +1,5 @@
 #include "runtime/board_metrics.h"
 
-#include <prometheus/text_serializer.h>
-
 #include <string>
 
 #include "net/address.h"
@@ -10,17 +8,15 @@
 namespace cardnode::runtime {
 namespace {
 
-prometheus::Counter* counter(prometheus::Registry& r, const std::string& name,
-                             const std::string& help) {
-  return &prometheus::BuildCounter().Name(name).Help(help).Register(r).Add({});
+prom::Counter* counter(prom::Registry& r, const std::string& name, const std::string& help) {
+  return &r.counter(name, help).Add({});
 }
 
-prometheus::Gauge* gauge(prometheus::Registry& r, const std::string& name,
-                         const std::string& help) {
-  return &prometheus::BuildGauge().Name(name).Help(help).Register(r).Add({});
+prom::Gauge* gauge(prom::Registry& r, const std::string& name, const std::string& help) {
+  return &r.gauge(name, help).Add({});
 }
 
-void add_growth(prometheus::Counter* c, uint64_t now, uint64_t before) {
+void add_growth(prom::Counter* c, uint64_t now, uint64_t before) {
   if (now > before) c->Increment(static_cast<double>(now - before));
 }
 
@@ -39,18 +35,15 @@ Result<std::unique_ptr<BoardMetrics>> BoardMetrics::start(uv_loop_t* loop,
   auto hp = net::parse_host_port(listen);
   if (!hp) return std::unexpected(hp.error());
   std::unique_ptr<BoardMetrics> m(new BoardMetrics());
-  m->registry_ = std::make_shared<prometheus::Registry>();
-  auto& r = *m->registry_;
+  auto& r = m->registry_;
   m->bytes_written_ = counter(r, "cardnode_storage_bytes_written_total",
                               "Bytes written to storage (WAL, snapshots, task logs)");
   m->fsyncs_ = counter(r, "cardnode_storage_fsyncs_total", "fdatasync calls");
   m->fsync_seconds_ =
-      &prometheus::BuildHistogram()
-           .Name("cardnode_storage_fsync_duration_seconds")
-           .Help("fdatasync latency, from submission to completion (WAL, snapshots, task logs)")
-           .Register(r)
-           .Add({}, prometheus::Histogram::BucketBoundaries(storage::kFsyncBucketsSeconds.begin(),
-                                                            storage::kFsyncBucketsSeconds.end()));
+      &r.histogram("cardnode_storage_fsync_duration_seconds",
+                   "fdatasync latency, from submission to completion (WAL, snapshots, task logs)")
+           .Add({}, prom::Histogram::BucketBoundaries(storage::kFsyncBucketsSeconds.begin(),
+                                                      storage::kFsyncBucketsSeconds.end()));
   m->log_bytes_dropped_ = counter(r, "cardnode_log_bytes_dropped_total",
                                   "Task output dropped over the per-task log bound");
   m->cpu_used_ =
@@ -58,10 +51,8 @@ Result<std::unique_ptr<BoardMetrics>> BoardMetrics::start(uv_loop_t* loop,
   m->mem_used_ = gauge(r, "cardnode_node_memory_used_bytes", "Memory reserved by running tasks");
   m->running_ = gauge(r, "cardnode_node_running_tasks", "Tasks running on this board");
   m->temperature_family_ =
-      &prometheus::BuildGauge()
-           .Name("cardnode_node_temperature_celsius")
-           .Help("This board's hottest thermal zone (absent when none can be read)")
-           .Register(r);
+      &r.gauge("cardnode_node_temperature_celsius",
+               "This board's hottest thermal zone (absent when none can be read)");
   m->throttled_ = gauge(r, "cardnode_node_throttled",
                         "1 while the firmware throttles this board (get_throttled bits 1-3)");
   m->under_voltage_ = gauge(r, "cardnode_node_under_voltage",
@@ -97,15 +88,12 @@ void BoardMetrics::stop() {
 
 std::string BoardMetrics::render() const {
   resident_->Set(static_cast<double>(resident_bytes()));
-  return prometheus::TextSerializer().Serialize(registry_->Collect());
+  return registry_.render();
 }
 
 void BoardMetrics::set_info(const std::string& arch, const std::string& io_backend,
                             const std::string& isolation) {
-  prometheus::BuildGauge()
-      .Name("cardnode_build_info")
-      .Help("Constant 1; labels describe this process")
-      .Register(*registry_)
+  registry_.gauge("cardnode_build_info", "Constant 1; labels describe this process")
       .Add({{"arch", arch}, {"io_backend", io_backend}, {"isolation", isolation}})
       .Set(1);
 }

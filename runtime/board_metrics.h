@@ -17,14 +17,9 @@
 // environment ever, and only to requests whose Host is an IP address, localhost, this host's
 // name or a --status-host name (DNS rebinding): runtime/coordinator/status_page.h.
 //
-// Threading: loop thread only (prometheus-cpp's types are thread-safe; the loop is the
-// only writer and the only reader).
+// Threading: loop thread only (the loop is the only writer and the only reader).
 #pragma once
 
-#include <prometheus/counter.h>
-#include <prometheus/gauge.h>
-#include <prometheus/histogram.h>
-#include <prometheus/registry.h>
 #include <uv.h>
 
 #include <array>
@@ -36,6 +31,7 @@
 
 #include "net/http_server.h"
 #include "proto/error.h"
+#include "runtime/prom.h"
 #include "storage/io_engine.h"
 
 namespace cardnode::runtime {
@@ -54,7 +50,7 @@ BoardSources board_sources(const storage::IoStats& io, uint64_t log_bytes_droppe
 
 // Adds to `h` what a source's per-bucket counts (not cumulative, the last +Inf) grew by.
 template <size_t N>
-void observe_growth(prometheus::Histogram* h, const std::array<uint64_t, N>& now,
+void observe_growth(prom::Histogram* h, const std::array<uint64_t, N>& now,
                     const std::array<uint64_t, N>& before, double sum_growth);
 
 class BoardMetrics {
@@ -68,7 +64,7 @@ class BoardMetrics {
   std::string render() const;
   std::string bound_address() const { return bound_; }  // "127.0.0.1:41234"
   // Where other families of this process register (the server's cluster metrics).
-  prometheus::Registry& registry() { return *registry_; }
+  prom::Registry& registry() { return registry_; }
 
   void set_info(const std::string& arch, const std::string& io_backend,
                 const std::string& isolation);
@@ -87,25 +83,25 @@ class BoardMetrics {
   std::function<void()> on_scrape_;
   net::HttpAsyncHandler other_paths_;
   std::string bound_;
-  std::shared_ptr<prometheus::Registry> registry_;
+  prom::Registry registry_;
   std::unique_ptr<net::HttpServer> http_;
-  prometheus::Counter* bytes_written_ = nullptr;
-  prometheus::Counter* fsyncs_ = nullptr;
-  prometheus::Histogram* fsync_seconds_ = nullptr;
-  prometheus::Counter* log_bytes_dropped_ = nullptr;
-  prometheus::Gauge* cpu_used_ = nullptr;
-  prometheus::Gauge* mem_used_ = nullptr;
-  prometheus::Gauge* running_ = nullptr;
-  prometheus::Family<prometheus::Gauge>* temperature_family_ = nullptr;
-  prometheus::Gauge* temperature_ = nullptr;  // in temperature_family_ while known
-  prometheus::Gauge* throttled_ = nullptr;
-  prometheus::Gauge* under_voltage_ = nullptr;
-  prometheus::Gauge* resident_ = nullptr;
+  prom::Counter* bytes_written_ = nullptr;
+  prom::Counter* fsyncs_ = nullptr;
+  prom::Histogram* fsync_seconds_ = nullptr;
+  prom::Counter* log_bytes_dropped_ = nullptr;
+  prom::Gauge* cpu_used_ = nullptr;
+  prom::Gauge* mem_used_ = nullptr;
+  prom::Gauge* running_ = nullptr;
+  prom::Family<prom::Gauge>* temperature_family_ = nullptr;
+  prom::Gauge* temperature_ = nullptr;  // in temperature_family_ while known
+  prom::Gauge* throttled_ = nullptr;
+  prom::Gauge* under_voltage_ = nullptr;
+  prom::Gauge* resident_ = nullptr;
   BoardSources last_;
 };
 
 template <size_t N>
-void observe_growth(prometheus::Histogram* h, const std::array<uint64_t, N>& now,
+void observe_growth(prom::Histogram* h, const std::array<uint64_t, N>& now,
                     const std::array<uint64_t, N>& before, double sum_growth) {
   std::array<double, N> increments{};
   bool grew = false;
@@ -113,7 +109,7 @@ void observe_growth(prometheus::Histogram* h, const std::array<uint64_t, N>& now
     increments[b] = static_cast<double>(now[b] - before[b]);
     grew = grew || now[b] > before[b];
   }
-  if (grew) h->ObserveMultiple({increments.begin(), increments.end()}, sum_growth);
+  if (grew) h->ObserveMultiple(increments, sum_growth);
 }
 
 }  // namespace cardnode::runtime

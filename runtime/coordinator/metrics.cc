@@ -6,12 +6,12 @@
 namespace cardnode::runtime {
 namespace {
 
-prometheus::Counter* counter(prometheus::Registry& r, const std::string& name,
-                             const std::string& help, const prometheus::Labels& labels = {}) {
-  return &prometheus::BuildCounter().Name(name).Help(help).Register(r).Add(labels);
+prom::Counter* counter(prom::Registry& r, const std::string& name, const std::string& help,
+                       const prom::Labels& labels = {}) {
+  return &r.counter(name, help).Add(labels);
 }
 
-void add_delta(prometheus::Counter* c, uint64_t now, uint64_t before) {
+void add_delta(prom::Counter* c, uint64_t now, uint64_t before) {
   if (now > before) c->Increment(static_cast<double>(now - before));
 }
 
@@ -23,14 +23,9 @@ Result<std::unique_ptr<Metrics>> Metrics::start(uv_loop_t* loop, const std::stri
   std::unique_ptr<Metrics> m(new Metrics());
   m->board_ = std::move(*board);
   auto& r = m->board_->registry();
-  auto& tasks = prometheus::BuildGauge()
-                    .Name("cardnode_tasks")
-                    .Help("Tasks known to this server, by state")
-                    .Register(r);
-  auto& ended = prometheus::BuildCounter()
-                    .Name("cardnode_tasks_finished_total")
-                    .Help("Task attempts that ended, by the state they ended in")
-                    .Register(r);
+  auto& tasks = r.gauge("cardnode_tasks", "Tasks known to this server, by state");
+  auto& ended = r.counter("cardnode_tasks_finished_total",
+                          "Task attempts that ended, by the state they ended in");
   for (size_t s = 0; s < sched::kTaskStateCount; ++s) {
     const auto st = static_cast<sched::TaskState>(s);
     const char* name = sched::task_state_name(st);
@@ -43,25 +38,19 @@ Result<std::unique_ptr<Metrics>> Metrics::start(uv_loop_t* loop, const std::stri
                                                 : counter(r, name, help, {{label, value}});
   CARDNODE_COUNTERS(CARDNODE_COUNTER_REGISTER)
 #undef CARDNODE_COUNTER_REGISTER
-  auto& cpu = prometheus::BuildCounter()
-                  .Name("cardnode_task_cpu_seconds_total")
-                  .Help("CPU time used by finished task attempts, by mode")
-                  .Register(r);
+  auto& cpu = r.counter("cardnode_task_cpu_seconds_total",
+                        "CPU time used by finished task attempts, by mode");
   m->task_cpu_user_ = &cpu.Add({{"mode", "user"}});
   m->task_cpu_system_ = &cpu.Add({{"mode", "system"}});
-  prometheus::Histogram::BucketBoundaries bounds;
+  prom::Histogram::BucketBoundaries bounds;
   for (uint64_t b : kTaskMemoryBucketsBytes) bounds.push_back(static_cast<double>(b));
-  m->task_mem_peak_ = &prometheus::BuildHistogram()
-                           .Name("cardnode_task_memory_peak_bytes")
-                           .Help("Peak memory of each finished task attempt")
-                           .Register(r)
-                           .Add({}, bounds);
-  prometheus::Histogram::BucketBoundaries duration_bounds;
+  m->task_mem_peak_ =
+      &r.histogram("cardnode_task_memory_peak_bytes", "Peak memory of each finished task attempt")
+           .Add({}, bounds);
+  prom::Histogram::BucketBoundaries duration_bounds;
   for (uint64_t b : kTaskDurationBucketsMs) duration_bounds.push_back(static_cast<double>(b) / 1e3);
-  m->task_duration_ = &prometheus::BuildHistogram()
-                           .Name("cardnode_task_duration_seconds")
-                           .Help("Wall time of each finished task attempt, spawn to reap")
-                           .Register(r)
+  m->task_duration_ = &r.histogram("cardnode_task_duration_seconds",
+                                   "Wall time of each finished task attempt, spawn to reap")
                            .Add({}, duration_bounds);
   return m;
 }
@@ -80,7 +69,7 @@ void Metrics::refresh(const MetricSources& now) {
     if (tasks_ended_[s] != nullptr)
       add_delta(tasks_ended_[s], now.tasks_ended[s], last_.tasks_ended[s]);
   }
-  auto add_ms = [](prometheus::Counter* c, uint64_t now_ms, uint64_t before_ms) {
+  auto add_ms = [](prom::Counter* c, uint64_t now_ms, uint64_t before_ms) {
     if (now_ms > before_ms) c->Increment(static_cast<double>(now_ms - before_ms) / 1e3);
   };
   add_ms(task_cpu_user_, now.task_cpu_user_ms, last_.task_cpu_user_ms);

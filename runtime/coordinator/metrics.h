@@ -8,10 +8,6 @@
 // Threading: loop thread only.
 #pragma once
 
-#include <prometheus/counter.h>
-#include <prometheus/gauge.h>
-#include <prometheus/histogram.h>
-#include <prometheus/registry.h>
 #include <uv.h>
 
 #include <array>
@@ -23,6 +19,7 @@
 #include "proto/error.h"
 #include "runtime/board_metrics.h"
 #include "runtime/exec/task_runner.h"
+#include "runtime/prom.h"
 #include "scheduler/cluster.h"
 
 namespace cardnode::runtime {
@@ -96,16 +93,15 @@ class Metrics {
  private:
   Metrics() = default;
   std::unique_ptr<BoardMetrics> board_;
-  std::array<prometheus::Gauge*, sched::kTaskStateCount> tasks_{};
-  std::array<prometheus::Counter*, sched::kTaskStateCount> tasks_ended_{};
-#define CARDNODE_COUNTER_MEMBER(field, name, label, value, help) \
-  prometheus::Counter* field##_ = nullptr;
+  std::array<prom::Gauge*, sched::kTaskStateCount> tasks_{};
+  std::array<prom::Counter*, sched::kTaskStateCount> tasks_ended_{};
+#define CARDNODE_COUNTER_MEMBER(field, name, label, value, help) prom::Counter* field##_ = nullptr;
   CARDNODE_COUNTERS(CARDNODE_COUNTER_MEMBER)
 #undef CARDNODE_COUNTER_MEMBER
-  prometheus::Counter* task_cpu_user_ = nullptr;
-  prometheus::Counter* task_cpu_system_ = nullptr;
-  prometheus::Histogram* task_mem_peak_ = nullptr;
-  prometheus::Histogram* task_duration_ = nullptr;
+  prom::Counter* task_cpu_user_ = nullptr;
+  prom::Counter* task_cpu_system_ = nullptr;
+  prom::Histogram* task_mem_peak_ = nullptr;
+  prom::Histogram* task_duration_ = nullptr;
   MetricSources last_;
 };
 

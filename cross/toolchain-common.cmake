@@ -60,8 +60,8 @@ set(ENV{PKG_CONFIG_LIBDIR}
     "${CARDNODE_SYSROOT}/usr/lib/${_t}/pkgconfig:${CARDNODE_SYSROOT}/usr/lib/pkgconfig:${CARDNODE_SYSROOT}/usr/share/pkgconfig")
 set(ENV{PKG_CONFIG_SYSROOT_DIR} "${CARDNODE_SYSROOT}")
 
-# Sysroot libraries name their own dependencies (DT_NEEDED, e.g. libprometheus-cpp-pull
-# -> libcivetweb); ld finds those through -rpath-link, not -L.
+# Sysroot libraries name their own dependencies (DT_NEEDED, e.g. libssl.so -> libcrypto.so
+# for the test binaries); ld finds those through -rpath-link, not -L.
 set(_rpath_link
     "-Wl,-rpath-link,${CARDNODE_SYSROOT}/usr/lib/${_t} -Wl,-rpath-link,${CARDNODE_SYSROOT}/lib/${_t}")
 set(CMAKE_EXE_LINKER_FLAGS_INIT "${_rpath_link}")

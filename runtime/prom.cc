@@ -8,7 +8,9 @@
 namespace cardnode::runtime::prom {
 
 Histogram::Histogram(BucketBoundaries bounds)
-    : bounds_(std::move(bounds)), counts_(bounds_.size() + 1, 0.0) {}
+    : bounds_(std::move(bounds)), counts_(bounds_.size() + 1, 0.0) {
+  for (size_t b = 1; b < bounds_.size(); ++b) CARDNODE_CHECK(bounds_[b - 1] < bounds_[b]);
+}
 
 void Histogram::Observe(double v) {
   size_t b = 0;
@@ -18,10 +20,11 @@ void Histogram::Observe(double v) {
 }
 
 void Histogram::ObserveMultiple(std::span<const double> bucket_increments, double sum_of_values) {
-  for (size_t b = 0; b < bucket_increments.size() && b < counts_.size(); ++b) {
-    counts_[b] += bucket_increments[b];
+  CARDNODE_CHECK(bucket_increments.size() == counts_.size());  // the caller's buckets are ours
+  for (size_t b = 0; b < counts_.size(); ++b) {
+    if (bucket_increments[b] > 0) counts_[b] += bucket_increments[b];  // counts only grow
   }
-  sum_ += sum_of_values;
+  if (sum_of_values > 0) sum_ += sum_of_values;
 }
 
 std::vector<double> Histogram::cumulative() const {

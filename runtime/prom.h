@@ -54,11 +54,12 @@ class Gauge {
 class Histogram {
  public:
   using BucketBoundaries = std::vector<double>;
-  // bounds: the upper bounds, ascending; one more bucket, +Inf, follows them.
+  // bounds: the upper bounds, strictly ascending (checked); one more bucket, +Inf, follows.
   explicit Histogram(BucketBoundaries bounds);
   void Observe(double v);
-  // Adds the count each bucket grew by (not cumulative; bounds.size() + 1 entries, the last
-  // +Inf; a shorter list adds nothing to the missing buckets) and what their sum grew by.
+  // Adds the count each bucket grew by (not cumulative; exactly bounds.size() + 1 entries,
+  // the last +Inf: checked) and what their sum grew by. Negative growth is ignored: a
+  // histogram's counts only grow, and so does the sum of the non-negative values it counts.
   void ObserveMultiple(std::span<const double> bucket_increments, double sum_of_values);
   const BucketBoundaries& bounds() const { return bounds_; }
   // Cumulative count at each bound, then at +Inf (the total count).

@@ -20,6 +20,8 @@ TEST(Prom, ValuesAreWrittenInTheirShortestExactForm) {
   EXPECT_EQ(format_value(std::numeric_limits<double>::infinity()), "+Inf");
   EXPECT_EQ(format_value(-std::numeric_limits<double>::infinity()), "-Inf");
   EXPECT_EQ(format_value(std::nan("")), "NaN");
+  EXPECT_EQ(format_value(1e6), "1e+06");  // the shortest form: Prometheus parses it
+  EXPECT_EQ(format_value(2e-5), "2e-05");
   // What is written reads back as the same double.
   for (double v : {0.1, 1.0 / 3, 123456789.123, 1e-9, 4294967296.0 * 4096}) {
     EXPECT_EQ(std::stod(format_value(v)), v) << format_value(v);
@@ -58,7 +60,10 @@ TEST(Prom, AskingForANameAgainGivesTheSameFamily) {
   b.Add({{"k", "2"}}).Increment();
   const std::string text = r.render();
   EXPECT_EQ(text.find("# HELP x_total first help\n"), 0u) << text;
-  EXPECT_EQ(text.find("# TYPE x_total", 1), text.rfind("# TYPE x_total")) << "one header";
+  const size_t type = text.find("# TYPE x_total counter\n");
+  ASSERT_NE(type, std::string::npos) << text;
+  EXPECT_EQ(text.find("# TYPE", type + 1), std::string::npos) << "one header: " << text;
+  EXPECT_EQ(text.find("# HELP", 1), std::string::npos) << text;
 }
 
 TEST(Prom, HistogramsAreCumulativeWithInfSumAndCount) {
@@ -99,6 +104,48 @@ TEST(Prom, ARemovedMetricLeavesThePageAndAnEmptyFamilyShowsNothing) {
   EXPECT_EQ(r.render(), "");
   temp.Add({}).Set(41.5);  // back again, as a new metric
   EXPECT_NE(r.render().find("x_celsius 41.5\n"), std::string::npos);
+}
+
+TEST(Prom, FamiliesRenderInTheOrderTheyWereMadeAndStayPutAsMoreAreMade) {
+  Registry r;
+  auto& first = r.gauge("x_first", "made first, a gauge");
+  Gauge* g = &first.Add({});
+  for (int i = 0; i < 200; ++i) r.counter("x_c" + std::to_string(i) + "_total", "h").Add({});
+  EXPECT_EQ(&r.gauge("x_first", "again"), &first);
+  EXPECT_EQ(&first.Add({}), g);
+  g->Set(7);
+  const std::string text = r.render();
+  EXPECT_EQ(text.find("# HELP x_first made first, a gauge\n"), 0u) << text.substr(0, 200);
+  EXPECT_NE(text.find("\nx_first 7\n"), std::string::npos);
+  EXPECT_LT(text.find("x_c0_total"), text.find("x_c199_total"));
+}
+
+TEST(Prom, HelpIsEscapedOnThePage) {
+  Registry r;
+  r.gauge("x_g", "a \\ and a\nnewline").Add({}).Set(1);
+  const std::string text = r.render();
+  EXPECT_TRUE(text.starts_with("# HELP x_g a \\\\ and a\\nnewline\n# TYPE x_g gauge\n")) << text;
+}
+
+// The bounds dashboards and alert tests name by their `le` text (deploy/alerts_test.yml).
+TEST(Prom, TheBoundsInUseKeepTheirLeText) {
+  EXPECT_EQ(format_value(0.001), "0.001");
+  EXPECT_EQ(format_value(0.0025), "0.0025");
+  EXPECT_EQ(format_value(0.25), "0.25");
+  EXPECT_EQ(format_value(1.0), "1");
+  EXPECT_EQ(format_value(16777216.0), "16777216");
+  EXPECT_EQ(format_value(4294967296.0), "4294967296");
+  EXPECT_EQ(format_value(86400.0), "86400");
+}
+
+TEST(PromDeathTest, ObserveMultipleTakesExactlyOneIncrementPerBucket) {
+  Histogram h({1.0, 2.0});
+  const std::vector<double> short_list = {1, 1};
+  EXPECT_DEATH(h.ObserveMultiple(short_list, 1), "invariant");
+}
+
+TEST(PromDeathTest, BoundsMustAscend) {
+  EXPECT_DEATH(Histogram({2.0, 1.0}), "invariant");
 }
 
 TEST(PromDeathTest, OneNameCannotBeTwoTypes) {

@@ -344,7 +344,11 @@ int submit_and_maybe_wait(const ClientConfig& cfg, pb::JobSpec spec, bool wait) 
     // A one-task job's output, once it has ended, as srun shows it (`logs -f` follows it
     // live): its stdout on stdout, its stderr on stderr. A log that cannot be read says so
     // on stderr; the exit code stays the task's.
+    // A stream the server knows to be empty is not asked for (a silent task: two round
+    // trips fewer); an older server never says so, and both are read.
+    const pb::TaskInfo* t = done->job().tasks_size() > 0 ? &done->job().tasks(0) : nullptr;
     for (auto [stream, out] : {std::pair{pb::STDOUT, stdout}, std::pair{pb::STDERR, stderr}}) {
+      if (t != nullptr && (stream == pb::STDOUT ? t->stdout_empty() : t->stderr_empty())) continue;
       if (copy_log(**c, TaskId{id, 0}, stream, out, /*follow=*/false) != 0) break;
     }
   }

@@ -531,6 +531,30 @@ TEST_F(Cluster, RunPassesTheWordsAfterDashesAsTyped) {
   EXPECT_EQ(cli({"logs", "3"}).out, "fits\n");
 }
 
+// A one-task job's output comes with run --wait, and a stream the server knows to be empty
+// (no log file on its own board) is not asked for: a silent task costs the submit and the
+// wait, two requests, not four.
+TEST_F(Cluster, RunWaitAsksOnlyForTheOutputATaskWrote) {
+  start_server();
+  auto requests = [&] {
+    return metric(http_get(metrics_addr_, "/metrics"), "cardnode_net_requests_total");
+  };
+  ASSERT_EQ(cli({"run", "--wait", "--", "true"}).code, 0);  // the connection path warmed up
+  const double before = requests();
+  Output silent = cli({"run", "--wait", "--", "true"});
+  ASSERT_EQ(silent.code, 0) << silent.err;
+  EXPECT_EQ(silent.out, "");
+  EXPECT_EQ(requests() - before, 2) << "a silent task's logs were asked for";
+  Output err_only = cli({"run", "--wait", "--", "sh", "-c", "echo oops >&2; exit 3"});
+  EXPECT_EQ(err_only.code, 3);
+  EXPECT_EQ(err_only.out, "");
+  EXPECT_NE(err_only.err.find("oops\n"), std::string::npos) << err_only.err;
+  Output both = cli({"run", "--wait", "--", "sh", "-c", "echo out; echo err >&2"});
+  EXPECT_EQ(both.code, 0);
+  EXPECT_EQ(both.out, "out\n");
+  EXPECT_NE(both.err.find("err\n"), std::string::npos) << both.err;
+}
+
 TEST_F(Cluster, FsckReadsTheWalOfARealDataDir) {
   start_server();
   ASSERT_EQ(cli({"run", "--wait", "--count", "2", "--cpu", "0.1", "--", "true"}).code, 0);

@@ -1,6 +1,9 @@
 #include "runtime/coordinator/api.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <optional>
 
 #include "runtime/coordinator/agent_hub.h"
@@ -80,8 +83,27 @@ void ClientApi::on_wait(const pb::WaitJob& m, const net::Responder& r) {
     pb::Response resp;  // the first page: the client reads the rest with GetJob
     *resp.mutable_job() = job_page(c_.state(), *job, 0, 0);
     resp.mutable_job()->set_now_ms(c_.now_ms());
+    if (job->tasks.size() == 1 && resp.job().tasks_size() == 1) {
+      mark_empty_logs(*job, resp.mutable_job()->mutable_tasks(0));
+    }
     r.reply(std::move(resp));
   });
+}
+
+// A final task's logs are complete once its end is reported (the executor closes them
+// first), and a log file is made by the first byte of output (storage/log_store.h): no
+// file, no output. Two stat calls, for WaitJob's one-task answers only.
+void ClientApi::mark_empty_logs(const sched::Job& job, pb::TaskInfo* info) const {
+  const sched::Task& task = job.tasks[0];
+  if (!sched::is_final(task.state) || task.attempts == 0) return;
+  if (!local_node_ || task.node != *local_node_) return;
+  auto absent = [&](storage::Stream stream) {
+    struct stat st {};
+    const std::string path = logs_.path(storage::LogKey{job.id, 0, stream});
+    return ::stat(path.c_str(), &st) != 0 && errno == ENOENT;
+  };
+  info->set_stdout_empty(absent(storage::Stream::kStdout));
+  info->set_stderr_empty(absent(storage::Stream::kStderr));
 }
 
 void ClientApi::on_get_job(const pb::GetJob& m, const net::Responder& r) {

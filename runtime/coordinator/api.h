@@ -58,6 +58,7 @@ class ClientApi {
   void after_durable(const net::Responder& r, std::function<pb::Response()> make);
 
   Coordinator& c_;
+  void mark_empty_logs(const sched::Job& job, pb::TaskInfo* info) const;
   storage::LogStore& logs_;
   AgentHub& hub_;
   std::optional<sched::NodeId> local_node_;

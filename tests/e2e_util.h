@@ -303,8 +303,10 @@ class Cluster : public ::testing::Test {
       execv(CARDNODE_BIN, argv.data());
       _exit(127);
     }
-    ASSERT_TRUE(eventually([&] { return fs::exists(data_ + "/addr"); }))
-        << "server did not start:\n"
+    // Both files, whatever order they are written in.
+    ASSERT_TRUE(eventually([&] {
+      return fs::exists(data_ + "/addr") && fs::exists(data_ + "/metrics_addr");
+    })) << "server did not start:\n"
         << slurp(log);
     addr_ = slurp(data_ + "/addr");
     addr_.erase(addr_.find_last_not_of("\n") + 1);

@@ -282,8 +282,9 @@ Status Server::Impl::start_listeners() {
   metrics->board().set_info(facts.arch, storage::backend_name(engine->backend()),
                             options.exec ? isolation_name(isolation.info().mode) : "none");
   refresh_metrics();
-  if (auto st = dir->publish("addr", *bound + "\n"); !st) return st;
+  // addr last: scripts and tests take it as the sign that the server is up.
   if (auto st = dir->publish("metrics_addr", metrics->bound_address() + "\n"); !st) return st;
+  if (auto st = dir->publish("addr", *bound + "\n"); !st) return st;
   log(Level::kInfo, "server",
       "listening on " + *bound + ", metrics on " + metrics->bound_address() + ", data dir " +
           options.data_dir);

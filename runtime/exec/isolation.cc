@@ -488,6 +488,10 @@ void Isolation::signal_group(const std::string& task_name, int sig) {
 
 // One round for one hierarchy's group directory; see reap_group.
 bool Isolation::reap_dir(const std::string& dir) {
+  // The usual end: the task's processes are gone and the empty group goes at once. The
+  // kernel refuses (EBUSY) to remove a group that still has a process, so no read of
+  // cgroup.procs is needed to be sure: 12 fewer calls per task on v1's four hierarchies.
+  if (::rmdir(dir.c_str()) == 0 || errno == ENOENT) return true;
   // cgroup.kill (v2, Linux 5.14+) kills the whole group atomically, forks included.
   if (info_.mode == IsolationMode::kCgroupV2 && exists(dir + "/cgroup.kill")) {
     (void)write_file(dir + "/cgroup.kill", "1");

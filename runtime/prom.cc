@@ -73,14 +73,16 @@ std::string format_value(double v) {
   return std::string(buf, end);
 }
 
-std::string escape_label_value(const std::string& s) {
+namespace {
+
+// The format's escapes: backslash and newline everywhere, the double quote in label values.
+std::string escape(const std::string& s, bool quote) {
   std::string out;
   out.reserve(s.size());
   for (char c : s) {
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c == '"') {
-      out += "\\\"";
+    if (c == '\\' || (quote && c == '"')) {
+      out += '\\';
+      out += c;
     } else if (c == '\n') {
       out += "\\n";
     } else {
@@ -90,19 +92,14 @@ std::string escape_label_value(const std::string& s) {
   return out;
 }
 
+}  // namespace
+
+std::string escape_label_value(const std::string& s) {
+  return escape(s, /*quote=*/true);
+}
+
 std::string escape_help(const std::string& s) {
-  std::string out;
-  out.reserve(s.size());
-  for (char c : s) {
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c == '\n') {
-      out += "\\n";
-    } else {
-      out += c;
-    }
-  }
-  return out;
+  return escape(s, /*quote=*/false);
 }
 
 namespace {

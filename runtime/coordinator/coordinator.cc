@@ -382,6 +382,7 @@ void Coordinator::schedule() {
     auto seq = commit(
         rec, [this, t = p.task, attempt = p.attempt](const Applied&) { dispatch(t, attempt); });
     if (!seq) return;  // the store is full: placements wait for the next turn
+    hold(p.task, p.attempt, p.node);
   }
   if (plan.size() == options_.placements_per_turn) hooks_.request_turn();
 }
@@ -405,25 +406,55 @@ TaskLaunch Coordinator::make_launch(sched::TaskRef t, uint32_t attempt, sched::N
   return l;
 }
 
-// TaskStarted is durable: the process may start now (never before, so a crash can never
-// leave a process the log does not know about).
+// The placement is applied and its TaskStarted on the way to disk: a runner that can hold a
+// start makes the process now, held before its command (runtime/exec/task_runner.h), so
+// the spawn's work overlaps the fdatasync; dispatch() releases it once the record is
+// durable. A runner that cannot is started by dispatch(), as before.
+void Coordinator::hold(sched::TaskRef t, uint32_t attempt, sched::NodeId node) {
+  auto it = runners_.find(node);
+  if (it == runners_.end() || stopping_ || state_.cluster().cancelling(t.job)) return;
+  TaskRunner* runner = it->second;
+  if (!runner->can_hold_now()) return;
+  Status st =
+      runner->start_held(make_launch(t, attempt, node),
+                         [this, t, attempt, node](TaskExit e) { task_ended(t, attempt, node, e); });
+  if (st) held_.emplace(std::make_pair(t, attempt), runner);
+}
+
+// TaskStarted is durable: the command may run now (never before, so a crash can never
+// leave a command running that the log does not know about).
 void Coordinator::dispatch(sched::TaskRef t, uint32_t attempt) {
+  // Held: its runner has the process and reports its end through hold()'s callback, so
+  // every way out below ends it through that runner, never with a second report.
+  TaskRunner* held = nullptr;
+  if (auto h = held_.find({t, attempt}); h != held_.end()) {
+    held = h->second;
+    held_.erase(h);
+  }
   const sched::Job* job = state_.cluster().job(t.job);
   if (job == nullptr) return;
   const sched::Task& task = job->tasks[t.index];
   if (task.state != sched::TaskState::kRunning || task.attempts != attempt) return;  // ended since
   const sched::NodeId node = task.node;
-  // Cancelled while its placement was on the way to the disk: it ends without a process.
+  auto it = runners_.find(node);
+  if (held != nullptr && (it == runners_.end() || it->second != held)) {
+    // Its runner was detached or replaced meanwhile: the process is stopped where it is
+    // held, and its end (lost, requeue-free) comes back from there.
+    return held->kill(t.job, t.index, KillReason::kShutdown);
+  }
+  // Cancelled while its placement was on the way to the disk: it ends without running.
   if (state_.cluster().cancelling(t.job)) {
+    if (held != nullptr) return held->kill(t.job, t.index, KillReason::kCancelled);
     task_ended(t, attempt, node, TaskExit{pb::TASK_CANCELLED, 0, 0});
     return;
   }
-  auto it = runners_.find(node);
   if (it == runners_.end() || stopping_) {
     // Placed just before a clean stop: never started, and no fault of the task's.
+    if (held != nullptr) return held->kill(t.job, t.index, KillReason::kShutdown);
     task_ended(t, attempt, node, TaskExit{pb::TASK_LOST, 0, 0, stopping_});
     return;
   }
+  if (held != nullptr) return held->release(t.job, t.index);
   auto st = it->second->start(make_launch(t, attempt, node), [this, t, attempt, node](TaskExit e) {
     task_ended(t, attempt, node, e);
   });

@@ -202,6 +202,7 @@ class Coordinator {
   void notify_finished(const std::vector<sched::JobId>& jobs);
 
   void schedule();
+  void hold(sched::TaskRef t, uint32_t attempt, sched::NodeId node);
   void dispatch(sched::TaskRef t, uint32_t attempt);
   TaskLaunch make_launch(sched::TaskRef t, uint32_t attempt, sched::NodeId node) const;
   void task_ended(sched::TaskRef t, uint32_t attempt, sched::NodeId node, TaskExit exit);
@@ -243,6 +244,9 @@ class Coordinator {
   std::unordered_map<sched::NodeId, sched::HeatGate> heat_;
   // Attempts stopped at a drain deadline: told once (bounded by the running tasks).
   std::set<std::pair<sched::TaskRef, uint32_t>> drain_stopped_;
+  // Attempts started held (hold()) whose TaskStarted is not durable yet, and the runner
+  // that holds each (bounded by the running tasks).
+  std::map<std::pair<sched::TaskRef, uint32_t>, TaskRunner*> held_;
 
   std::unique_ptr<SnapshotBuilder> builder_;
   std::unique_ptr<storage::SnapshotSink> sink_;

@@ -392,6 +392,73 @@ TEST_P(CoordinatorTest, ATaskCancelledBeforeItsStartIsDurableNeverRuns) {
   EXPECT_EQ(h->c().state().cluster().node(0)->running, 0u);
 }
 
+// A runner that can hold a start (the server's own executor) gets the process made at
+// placement, while TaskStarted goes to disk, and the word to run the command only once the
+// record is durable: the spawn's work overlaps the fdatasync, the guarantee stays.
+TEST_P(CoordinatorTest, AHoldingRunnerStartsAtPlacementAndRunsOnlyOnceDurable) {
+  OPEN_OR_SKIP(h);
+  h->join(0);
+  h->runner(0).can_hold = true;
+  h->c().submit(spec_of(2), [](Result<sched::JobId>) {});
+  h->complete();
+  h->c().turn();  // placed and applied; the records are on their way
+  EXPECT_EQ(h->runner(0).held_starts, 2u);
+  EXPECT_EQ(h->runner(0).held.size(), 2u);
+  EXPECT_EQ(h->runner(0).released, 0u) << "released before the placement was durable";
+  h->complete();
+  EXPECT_EQ(h->runner(0).released, 2u);
+  EXPECT_EQ(h->runner(0).starts, 0u);  // not started a second time
+  ASSERT_TRUE(h->runner(0).end({1, 0}, TaskExit{pb::TASK_SUCCEEDED, 0, 0}));
+  ASSERT_TRUE(h->runner(0).end({1, 1}, TaskExit{pb::TASK_SUCCEEDED, 0, 0}));
+  h->settle();
+  EXPECT_EQ(h->c().state().cluster().job(1)->state, sched::JobState::kSucceeded);
+}
+
+// Cancelled while held: the runner is told to kill it (never to release it), and its end
+// comes back through the runner as any end does.
+TEST_P(CoordinatorTest, AHeldTaskCancelledBeforeItsStartIsDurableIsKilledNotReleased) {
+  OPEN_OR_SKIP(h);
+  h->join(0);
+  h->runner(0).can_hold = true;
+  h->c().submit(spec_of(1), [](Result<sched::JobId>) {});
+  h->complete();
+  h->c().turn();
+  ASSERT_EQ(h->runner(0).held.size(), 1u);
+  std::optional<Result<uint32_t>> cancelled;
+  h->c().cancel(1, [&](Result<uint32_t> n) { cancelled = n; });
+  h->settle();
+  EXPECT_EQ(h->runner(0).released, 0u);
+  EXPECT_TRUE(h->runner(0).kills.contains({1, 0}));
+  ASSERT_TRUE(h->runner(0).end({1, 0}, TaskExit{pb::TASK_CANCELLED, 0, 0}));
+  h->settle();
+  ASSERT_TRUE(cancelled && *cancelled);
+  EXPECT_EQ(h->c().state().cluster().job(1)->state, sched::JobState::kCancelled);
+  EXPECT_EQ(h->c().state().cluster().node(0)->running, 0u);
+}
+
+// The node's runner was replaced while a task was held by the old one (a second board
+// with the same identity): the held process is stopped where it is, never released, and
+// not started again on the new runner by the same dispatch.
+TEST_P(CoordinatorTest, AHeldTaskWhoseRunnerWasReplacedIsStoppedWhereItIsHeld) {
+  OPEN_OR_SKIP(h);
+  h->join(0);
+  h->runner(0).can_hold = true;
+  h->c().submit(spec_of(1), [](Result<sched::JobId>) {});
+  h->complete();
+  h->c().turn();
+  ASSERT_EQ(h->runner(0).held.size(), 1u);
+  FakeRunner other;
+  h->c().attach_runner(0, &other);
+  h->complete();
+  EXPECT_EQ(h->runner(0).released, 0u);
+  EXPECT_TRUE(h->runner(0).kills.contains({1, 0}));
+  EXPECT_EQ(other.starts, 0u);
+  ASSERT_TRUE(h->runner(0).end({1, 0}, TaskExit{pb::TASK_LOST, 0, 0, true}));
+  h->settle();
+  EXPECT_EQ(other.starts, 1u);  // requeued, and run by the node's runner now
+  h->c().detach_runner(0);
+}
+
 // A task's end that the store refuses for a while (any error: here the disk quota at every
 // segment roll) waits, holds its capacity, and is logged once the store takes it.
 TEST_P(CoordinatorTest, ATaskEndTheStoreRefusesWaitsAndIsLoggedLater) {

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <string>
+#include <utility>
 
 #include "runtime/exec/executor.h"
 #include "runtime/exec/task_runner.h"
@@ -19,6 +20,13 @@ class LocalRunner final : public TaskRunner {
   LocalRunner(Executor& executor, storage::LogStore& logs) : executor_(executor), logs_(logs) {}
 
   Status start(const TaskLaunch& launch, ExitCallback on_exit) override;
+  // Errors leave nothing behind and write nothing: the coordinator then start()s the
+  // attempt the usual way, which says why in the task's log if it fails again.
+  bool can_hold_now() const override { return executor_.can_hold_now(); }
+  Status start_held(const TaskLaunch& launch, ExitCallback on_exit) override {
+    return executor_.start_held(launch, std::move(on_exit));
+  }
+  void release(uint64_t job_id, uint32_t index) override { executor_.release(job_id, index); }
   void kill(uint64_t job_id, uint32_t index, KillReason reason) override {
     executor_.kill(job_id, index, reason);
   }

@@ -40,6 +40,20 @@ class FakeRunner final : public TaskRunner {
     return {};
   }
   void kill(uint64_t job, uint32_t index, KillReason) override { kills.insert({job, index}); }
+  // With `can_hold`, as the local executor: held starts count in `running` and `held`
+  // until released (`released` counts them).
+  bool can_hold_now() const override { return can_hold; }
+  Status start_held(const TaskLaunch& l, ExitCallback on_exit) override {
+    if (!can_hold) return TaskRunner::start_held(l, std::move(on_exit));
+    if (Status st = start(l, std::move(on_exit)); !st) return st;
+    --starts;
+    ++held_starts;
+    held.insert({l.job_id, l.index});
+    return {};
+  }
+  void release(uint64_t job, uint32_t index) override {
+    if (held.erase({job, index}) > 0) ++released;
+  }
 
   // Ends one running task (the one the test picks) with `exit`.
   bool end(std::pair<uint64_t, uint32_t> key, TaskExit exit) {
@@ -55,6 +69,10 @@ class FakeRunner final : public TaskRunner {
   std::set<std::pair<uint64_t, uint32_t>> kills;
   uint64_t starts = 0;
   bool refuse_starts = false;
+  bool can_hold = false;
+  std::set<std::pair<uint64_t, uint32_t>> held;
+  uint64_t held_starts = 0;
+  uint64_t released = 0;
 };
 
 class CoordinatorRig {

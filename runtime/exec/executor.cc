@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -86,6 +87,15 @@ Status join_fds(Isolation& isolation, const std::string& group, const TaskLimits
   return {};
 }
 
+uint32_t spawn_threads(uint32_t asked) {
+  if (asked > 0) return asked;
+  // One per CPU: each clone waits for its child's execve, and the children run in parallel.
+  // Capped: past the CPUs more threads only queue on them.
+  constexpr uint32_t kMax = 8;
+  const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
+  return cpus < 1 ? 1 : std::min(static_cast<uint32_t>(cpus), kMax);
+}
+
 }  // namespace
 
 struct Executor::Impl {
@@ -142,6 +152,14 @@ struct Executor::Impl {
     int out_write = -1;
     int err_write = -1;
     uint64_t timeout_ms = 0;
+    // Held (start_held) until release(): the spawn gets a socket's end to wait on, and
+    // go_fd, the other end, is ours until the release sends on it or a kill closes it.
+    bool held = false;
+    int go_fd = -1;
+    std::shared_ptr<HeldSpawn> hold;  // shared with the spawn request
+    bool drop = false;                // its credentials drop (the dumpable window)
+    bool withdrawn = false;           // killed while held: nothing ran
+    uint64_t released_ns = 0;         // uv_hrtime() at the release: its run starts here
   };
 
   // Loop handles of the spawn pacing; heap-allocated as SigchldWatch below.
@@ -188,7 +206,8 @@ struct Executor::Impl {
       : loop(l), logs(lg), isolation(iso), options(std::move(o)) {
     worker = std::make_unique<SpawnWorker>(
         loop, options.pidfd,
-        [this](uint64_t tag, Result<Spawned> r) { on_spawned(tag, std::move(r)); });
+        [this](uint64_t tag, Result<Spawned> r) { on_spawned(tag, std::move(r)); },
+        spawn_threads(options.spawn_threads));
     pacer = new Pacer;
     uv_idle_init(loop, &pacer->idle);
     uv_prepare_init(loop, &pacer->prepare);
@@ -204,8 +223,14 @@ struct Executor::Impl {
                 ::prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0;
   }
 
-  Status start(const TaskLaunch& launch, ExitCallback on_exit);
-  // The task's logs, then its start queued on the spawn thread (which makes its group and
+  Status start(const TaskLaunch& launch, ExitCallback on_exit, bool held);
+  // A held clone keeps its spawn thread until the release. Worth it only while a thread is
+  // idle: in a burst, threads waiting out fdatasyncs would make fewer groups and clones.
+  bool can_hold_now() const {
+    return Spawner::can_hold() && spawn_queue.empty() && worker->in_flight() < worker->threads();
+  }
+  void release(Task& t);
+  // The task's logs, then its start queued on a spawn thread (which makes its group and
   // process). On failure nothing is left behind (no open log, no handle).
   Status launch_now(Task& t, const TaskLaunch& launch, const TaskCredentials& creds);
   void drain_queues();
@@ -415,10 +440,12 @@ void Executor::Impl::watch_sigchld() {
 
 void Executor::Impl::on_exited(Task& t, int status, const struct rusage& ru) {
   // Reaped now: uv_hrtime, not the loop's cached uv_now, which may be a turn behind.
-  t.usage.wall_us = (uv_hrtime() - t.spawned_ns) / 1000;
+  // A held task's run starts at its release, not at the clone that waited for it.
+  t.usage.wall_us = (uv_hrtime() - std::max(t.spawned_ns, t.released_ns)) / 1000;
   t.exited = true;
-  t.exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : 0;
-  t.term_signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+  // Withdrawn while held, its child exits 127 having run nothing: an exit of no command.
+  t.exit_status = WIFEXITED(status) && !t.withdrawn ? WEXITSTATUS(status) : 0;
+  t.term_signal = WIFSIGNALED(status) && !t.withdrawn ? WTERMSIG(status) : 0;
   t.exited_at_ms = uv_now(loop);
   // The main process is gone; nothing else of the task may stay. The group must be
   // read for OOM and usage before it is removed. An OOM kill counts only if the task did
@@ -481,7 +508,11 @@ void Executor::Impl::after_exit_tick(Task& t) {
 
 // ---- lifecycle ---------------------------------------------------------------------
 
-Status Executor::Impl::start(const TaskLaunch& launch, ExitCallback on_exit) {
+Status Executor::Impl::start(const TaskLaunch& launch, ExitCallback on_exit, bool held) {
+  if (held && !Spawner::can_hold()) {
+    return fail(Errc::kUnavailable, "this kernel cannot hold a spawn (no close_range)");
+  }
+  if (held && !can_hold_now()) return fail(Errc::kUnavailable, "every spawn thread is busy");
   auto key = std::make_pair(launch.job_id, launch.index);
   if (launch.argv.empty()) return fail(Errc::kInvalidArgument, "task has no command");
   if (tasks.contains(key)) return fail(Errc::kInvalidArgument, "task already running here");
@@ -500,6 +531,7 @@ Status Executor::Impl::start(const TaskLaunch& launch, ExitCallback on_exit) {
   t->out_key = {launch.job_id, launch.index, storage::Stream::kStdout};
   t->err_key = {launch.job_id, launch.index, storage::Stream::kStderr};
   t->on_exit = std::move(on_exit);
+  t->held = held;
 
   if (!spawn_queue.empty() || work_ns_this_turn >= kWorkBudgetNs) {
     // Its turn comes in a later loop turn (drain_queues); the timer keeps the task's end on
@@ -634,6 +666,24 @@ Status Executor::Impl::spawn(Task& t, const TaskLaunch& launch, const TaskCreden
     close_all();
     return fail(Errc::kIo, "no descriptor for task output");
   }
+  int go[2] = {-1, -1};  // [0] the child waits on (the worker's once submitted), [1] ours
+  if (t.held) {
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, go) != 0) {
+      int e = errno;
+      close_all();
+      return fail_errno(e, "socketpair to hold the task");
+    }
+    for (int& fd : go) fd = above_stdio(fd);
+    if (go[0] < 0 || go[1] < 0) {
+      close_fd(&go[0]);
+      close_fd(&go[1]);
+      close_all();
+      return fail(Errc::kIo, "no descriptor to hold the task");
+    }
+    req.hold_fd = go[0];
+    req.hold = t.hold = std::make_shared<HeldSpawn>();
+    t.drop = creds.drop;
+  }
   t.timeout_ms = launch.timeout_ms;
   // The group is made on the worker, just before the clone: a failure there fails the
   // attempt (on_spawned), and an empty group left behind is removed on the usual path.
@@ -643,8 +693,11 @@ Status Executor::Impl::spawn(Task& t, const TaskLaunch& launch, const TaskCreden
                                      SpawnRequest& r) { return join_fds(*iso, group, limits, r); });
   if (!queued) {  // no spawn thread (the process limit): nothing was made
     close_all();
+    close_fd(&go[0]);
+    close_fd(&go[1]);
     return queued;
   }
+  t.go_fd = go[1];
   t.out_read = out[0];
   t.err_read = err[0];
   t.out_write = out[1];
@@ -723,7 +776,7 @@ Status Executor::Impl::adopt(Task& t, Result<Spawned> spawned) {
     // here (its SIGCHLD found no task to try): on_spawned tries it once.
     watch_sigchld();
   }
-  if (t.timeout_ms > 0 && !t.killed) {
+  if (t.timeout_ms > 0 && !t.killed && !t.held) {  // held: from its release (qemu-user)
     t.phase = TimerPhase::kTimeout;
     uv_timer_start(&t.timer, &Impl::on_timer, t.timeout_ms, 0);
   }
@@ -743,10 +796,10 @@ uint32_t Executor::Impl::kill_tagged(Task& t, int sig, uint32_t* unsure) {
   // As the subreaper, every process that left a task's group and lost its parent is our
   // child: only those are read, not all of /proc. One that still has a parent in the task
   // becomes ours when that parent is killed: the after-exit timer comes back for it.
-  // Tasks are children of the spawn thread, orphans are adopted by the main thread: the
-  // spawn thread's children are left out, so a task whose pid is still on its way from
+  // Tasks are children of the spawn threads, orphans are adopted by the main thread: the
+  // spawn threads' children are left out, so a task whose pid is still on its way from
   // the worker is never taken for an orphan (and reaped, its status lost).
-  for (int32_t pid : own_children(kTaggedScanMax, worker->thread_id())) {
+  for (int32_t pid : own_children(kTaggedScanMax, worker->thread_ids())) {
     if (task_pids.contains(pid)) continue;  // a task's own process: its pidfd reaps it
     int status = 0;
     if (::waitpid(pid, &status, WNOHANG) == pid) continue;  // an adopted orphan that ended
@@ -784,6 +837,10 @@ void Executor::Impl::kill(Task& t, KillReason reason) {
   if (t.exited || t.killed) return;  // the first reason is the one reported
   t.killed = true;
   t.reason = reason;
+  // Held: closing our end unsent withdraws the start; its child exits without running.
+  t.withdrawn = t.held && t.go_fd >= 0;
+  t.held = false;
+  close_fd(&t.go_fd);
   if (t.pending) {  // never started: nothing to signal
     t.pending.reset();
     end_without_process(t, 0);
@@ -849,7 +906,25 @@ void Executor::Impl::warn_output_lost(const Task& t, const Error& e) {
   options.warn(line);
 }
 
+void Executor::Impl::release(Task& t) {
+  if (!t.held) return;
+  t.held = false;
+  if (t.go_fd < 0) return;  // not launched yet: its spawn will not be held
+  // A child already gone (killed as root by someone else) cannot take it: its exit is
+  // seen as any other.
+  (void)release_held(t.go_fd, *t.hold, t.drop);
+  close_fd(&t.go_fd);
+  t.released_ns = uv_hrtime();
+  // Its pid came before the release (qemu-user, whose clone does not wait for the exec):
+  // the timeout counts from now.
+  if (t.pid > 0 && t.timeout_ms > 0 && !t.killed && !t.exited) {
+    t.phase = TimerPhase::kTimeout;
+    uv_timer_start(&t.timer, &Impl::on_timer, t.timeout_ms, 0);
+  }
+}
+
 void Executor::Impl::finish(Task* t) {
+  close_fd(&t->go_fd);  // held to the end (its spawn failed): nothing waits on it now
   TaskExit e;
   e.signal = t->term_signal;
   e.exit_code = t->term_signal != 0 ? 0 : static_cast<int32_t>(t->exit_status);
@@ -900,7 +975,20 @@ Executor::~Executor() {
 }
 
 Status Executor::start(const TaskLaunch& launch, ExitCallback on_exit) {
-  return impl_->start(launch, std::move(on_exit));
+  return impl_->start(launch, std::move(on_exit), /*held=*/false);
+}
+
+Status Executor::start_held(const TaskLaunch& launch, ExitCallback on_exit) {
+  return impl_->start(launch, std::move(on_exit), /*held=*/true);
+}
+
+bool Executor::can_hold_now() const {
+  return impl_->can_hold_now();
+}
+
+void Executor::release(uint64_t job_id, uint32_t index) {
+  auto it = impl_->tasks.find(std::make_pair(job_id, index));
+  if (it != impl_->tasks.end()) impl_->release(*it->second);
 }
 
 void Executor::kill(uint64_t job_id, uint32_t index, KillReason reason) {

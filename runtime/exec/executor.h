@@ -1,7 +1,7 @@
 // Executor: runs task attempts on this board as plain processes — no helper process
 // per task and no second exec. runtime/exec/spawn.h forks the command straight into its
 // cgroups, limits and credentials, so the command's pid is the task's pid; the group and
-// the clone are made on one spawn thread (runtime/exec/spawn_worker.h), because a clone
+// the clone are made on spawn threads (runtime/exec/spawn_worker.h), because a clone
 // waits for its child's execve and the loop must not. stdout and
 // stderr go through pipes into the LogStore; when the store's write queue is full the
 // task's pipes are not read until it drains (the task blocks on a full pipe), so output
@@ -22,7 +22,7 @@
 // escapes; its pipes are closed on it after drain_ms.) A failed task whose group saw an
 // OOM kill is reported TASK_OOM_KILLED.
 //
-// Threading: loop thread only (the spawn thread is internal: it calls only
+// Threading: loop thread only (the spawn threads are internal: they call only
 // Isolation::create_group, which reads nothing the loop changes). `loop`, `logs` and
 // `isolation` must outlive the Executor.
 #pragma once
@@ -57,6 +57,7 @@ struct ExecutorOptions {
   std::string fallback_cwd;
   PidfdSupport pidfd = PidfdSupport::kAuto;  // kNone: the SIGCHLD fallback (tests)
   uint32_t running_max = 1024;               // tasks at once on this board
+  uint32_t spawn_threads = 0;                // clones under way at once (0: one per CPU, <= 8)
   uint64_t kill_grace_ms = 0;  // SIGTERM first, then SIGKILL after this (0: SIGKILL at once)
   // After the process exits, how long its pipes may stay open (held by a process that
   // escaped the kill, possible only in rlimit mode) before we close them ourselves.
@@ -75,7 +76,7 @@ class Executor {
   Executor(uv_loop_t* loop, storage::LogStore& logs, Isolation& isolation, ExecutorOptions options);
   ~Executor();
 
-  // Starts one attempt: its process is made later, on the spawn thread (pid_of() has the
+  // Starts one attempt: its process is made later, on a spawn thread (pid_of() has the
   // pid once it exists), after the loop's share of the start, paced at ~2 ms per turn so
   // a burst never stalls the loop. A spawn that then fails (cgroup, clone) ends the
   // attempt 127 with the reason in its stderr log. Either way on_exit runs exactly once.
@@ -84,6 +85,20 @@ class Executor {
   // run (ENOENT, EACCES) is a started task that ends 127/126 with the reason in its log.
   using ExitCallback = TaskRunner::ExitCallback;
   [[nodiscard]] Status start(const TaskLaunch& launch, ExitCallback on_exit);
+  // As start(), but the command is held before it drops privileges and execs (its process
+  // may already exist, in its groups, as root) until release(): for a caller whose record
+  // of this start is not durable yet, so the spawn's work overlaps the fdatasync and a
+  // command never runs before its record is on disk. A kill() before the release ends the
+  // attempt with that reason and nothing run; so does the server's death (the child sees
+  // its socket close). kUnavailable where spawns cannot be held (Spawner::can_hold), and
+  // while every spawn thread is busy (a held clone keeps its thread until the release):
+  // the caller then start()s it once the record is durable.
+  [[nodiscard]] Status start_held(const TaskLaunch& launch, ExitCallback on_exit);
+  // Whether start_held() would hold a start now (the kernel can, and a spawn thread is
+  // idle).
+  bool can_hold_now() const;
+  // Lets a held attempt run its command. Unknown or not held (any more): no-op.
+  void release(uint64_t job_id, uint32_t index);
   // Kills the whole tree of a running task; its on_exit reports the reason
   // (cancelled / timed_out). Unknown task: no-op.
   void kill(uint64_t job_id, uint32_t index, KillReason reason);

@@ -204,6 +204,32 @@ class ExecutorTest : public ::testing::TestWithParam<Mode> {
   void expect_dead(pid_t pid) {
     run_until([&] { return !alive(pid); });
   }
+  // A held task's process: a new child of ours (not among `before`) that has not exec'd
+  // (its name is still ours) and sleeps, which before its exec only the wait for its
+  // release does. Its pid is not handed out before the release natively (the clone waits
+  // for the exec), so it is found among our children.
+  pid_t await_held_child(const std::vector<int32_t>& before) {
+    const std::string own_comm = slurp("/proc/self/comm");
+    pid_t found = 0;
+    run_until([&] {
+      for (int32_t pid : own_children(4096)) {
+        if (std::find(before.begin(), before.end(), pid) != before.end()) continue;
+        char state = 0;
+        pid_t pgrp = 0;
+        if (slurp("/proc/" + std::to_string(pid) + "/comm") == own_comm &&
+            proc_stat(pid, &state, &pgrp) && state == 'S') {
+          found = pid;
+        }
+      }
+      return found != 0;
+    });
+    return found;
+  }
+  // own_children() needs /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN).
+  static bool children_listed() {
+    return ::access(("/proc/self/task/" + std::to_string(::gettid()) + "/children").c_str(),
+                    R_OK) == 0;
+  }
   bool group_exists(uint64_t job, uint32_t index) {
     std::string g = std::to_string(job) + "." + std::to_string(index);
     for (const char* h : {"", "memory", "cpu", "pids"}) {
@@ -308,6 +334,82 @@ TEST_P(ExecutorTest, TimeoutKillsTheWholeTree) {
     return;
   }
   FAIL() << "sh never printed its child's pid within " << timeout_ms / 2 << " ms";
+}
+
+// A held start (the coordinator's TaskStarted not yet durable): the process may exist, in
+// its groups, but its command has not run; the release lets it run.
+TEST_P(ExecutorTest, AHeldStartRunsItsCommandOnlyOnceReleased) {
+  if (!Spawner::can_hold()) GTEST_SKIP() << "no close_range here: starts are not held";
+  if (!children_listed()) GTEST_SKIP() << "no /proc/PID/task/TID/children here";
+  const fs::path ran = tmp_ / "ran";
+  const std::vector<int32_t> before = own_children(4096);
+  std::optional<TaskExit> exit;
+  ASSERT_TRUE(exec_->start_held(launch(40, {"sh", "-c", "echo ran > " + ran.string()}),
+                                [&](TaskExit e) { exit = e; }));
+  const pid_t held = await_held_child(before);
+  EXPECT_TRUE(alive(held));
+  EXPECT_FALSE(fs::exists(ran)) << "the command ran before its release";
+  EXPECT_FALSE(exit.has_value());
+  exec_->release(40, 0);
+  run_until([&] { return exit.has_value(); });
+  EXPECT_EQ(exit->state, pb::TASK_SUCCEEDED);
+  EXPECT_EQ(slurp(ran), "ran\n");
+}
+
+// Killed while held: the attempt ends with the kill's reason and its command never ran.
+TEST_P(ExecutorTest, AKillBeforeTheReleaseRunsNothing) {
+  if (!Spawner::can_hold()) GTEST_SKIP() << "no close_range here: starts are not held";
+  if (!children_listed()) GTEST_SKIP() << "no /proc/PID/task/TID/children here";
+  const fs::path ran = tmp_ / "ran";
+  const std::vector<int32_t> before = own_children(4096);
+  std::optional<TaskExit> exit;
+  ASSERT_TRUE(exec_->start_held(launch(41, {"sh", "-c", "echo ran > " + ran.string()}),
+                                [&](TaskExit e) { exit = e; }));
+  const pid_t held = await_held_child(before);
+  exec_->kill(41, 0, KillReason::kCancelled);
+  run_until([&] { return exit.has_value(); });
+  EXPECT_EQ(exit->state, pb::TASK_CANCELLED);
+  EXPECT_EQ(exit->exit_code, 0);  // no command ran, so none exited 127
+  expect_dead(held);
+  EXPECT_FALSE(fs::exists(ran));
+  exec_->release(41, 0);  // too late, and harmless
+  EXPECT_FALSE(group_exists(41, 0));
+}
+
+// A held clone keeps its spawn thread until its release: with every thread so taken, a
+// start is refused as held (the coordinator then starts it once durable), and taken again
+// once a thread is free.
+TEST_P(ExecutorTest, AStartIsHeldOnlyWhileASpawnThreadIsIdle) {
+  if (!Spawner::can_hold()) GTEST_SKIP() << "no close_range here: starts are not held";
+  exec_->kill_all();
+  run_until([&] { return exec_->running() == 0; });
+  options_.spawn_threads = 1;
+  make_executor();
+  std::optional<TaskExit> first, second;
+  EXPECT_TRUE(exec_->can_hold_now());
+  ASSERT_TRUE(exec_->start_held(launch(43, {"true"}), [&](TaskExit e) { first = e; }));
+  EXPECT_FALSE(exec_->can_hold_now());
+  Status refused = exec_->start_held(launch(44, {"true"}), [&](TaskExit e) { second = e; });
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, Errc::kUnavailable);
+  exec_->release(43, 0);
+  run_until([&] { return first.has_value(); });
+  EXPECT_EQ(first->state, pb::TASK_SUCCEEDED);
+  EXPECT_TRUE(exec_->can_hold_now());
+  EXPECT_FALSE(second.has_value());  // refused: on_exit never runs
+}
+
+// Released before its spawn was even made (the record was durable first): it runs as an
+// ordinary start.
+TEST_P(ExecutorTest, AReleaseBeforeTheSpawnRunsAtOnce) {
+  if (!Spawner::can_hold()) GTEST_SKIP() << "no close_range here: starts are not held";
+  std::optional<TaskExit> exit;
+  ASSERT_TRUE(
+      exec_->start_held(launch(42, {"sh", "-c", "echo hi"}), [&](TaskExit e) { exit = e; }));
+  exec_->release(42, 0);
+  run_until([&] { return exit.has_value(); });
+  EXPECT_EQ(exit->state, pb::TASK_SUCCEEDED);
+  EXPECT_EQ(out(42), "hi\n");
 }
 
 TEST_P(ExecutorTest, CancelKillsTheWholeTree) {

@@ -672,13 +672,16 @@ std::vector<int32_t> pids_with_env(const std::string& entry, bool prefix, uint32
   return out;
 }
 
-std::vector<int32_t> own_children(uint32_t max, pid_t skip_tid) {
+std::vector<int32_t> own_children(uint32_t max, std::span<const pid_t> skip_tids) {
   std::vector<int32_t> out;
   DIR* tasks = ::opendir("/proc/self/task");
   if (tasks == nullptr) return out;
-  const std::string skip = skip_tid > 0 ? std::to_string(skip_tid) : std::string();
   while (struct dirent* e = ::readdir(tasks)) {
-    if (e->d_name[0] == '.' || e->d_name == skip) continue;
+    if (e->d_name[0] == '.') continue;
+    const long tid = std::strtol(e->d_name, nullptr, 10);
+    if (std::find(skip_tids.begin(), skip_tids.end(), static_cast<pid_t>(tid)) != skip_tids.end()) {
+      continue;
+    }
     std::ifstream in(std::string("/proc/self/task/") + e->d_name + "/children");
     for (long pid = 0; out.size() < max && in >> pid;) out.push_back(static_cast<int32_t>(pid));
   }

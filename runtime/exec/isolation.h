@@ -45,6 +45,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -170,7 +171,7 @@ EnvironMatch environ_match(int32_t pid, const std::string& entry);
 // This process's children (/proc/self/task/*/children), at most `max`. With
 // PR_SET_CHILD_SUBREAPER they include every orphan of a task: how the executor finds, in
 // rlimit mode, what escaped a task's process group without reading all of /proc.
-// skip_tid: a thread whose children are left out (0: none).
-std::vector<int32_t> own_children(uint32_t max, pid_t skip_tid = 0);
+// skip_tids: threads whose children are left out.
+std::vector<int32_t> own_children(uint32_t max, std::span<const pid_t> skip_tids = {});
 
 }  // namespace cardnode::runtime

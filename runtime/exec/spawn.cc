@@ -16,6 +16,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -23,6 +24,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <mutex>
 
 #ifndef CLONE_PIDFD
 #define CLONE_PIDFD 0x00001000
@@ -38,6 +40,7 @@ constexpr size_t kArgsMax = 65536;  // argv + env entries; far above ARG_MAX's r
 constexpr int kExitCannotRun = 127;
 constexpr int kExitNotExecutable = 126;
 constexpr const char* kDefaultPath = "/usr/local/bin:/usr/bin:/bin";
+constexpr char kReleaseByte = 'g';
 
 // What the child reads: prepared by the parent, pointing into the request.
 struct ChildArgs {
@@ -53,6 +56,7 @@ struct ChildArgs {
   int err = -1;
   const int* cgroup_fds = nullptr;
   size_t cgroup_count = 0;
+  int hold_fd = -1;
   uint64_t rlimit_as_bytes = 0;
   bool drop = false;
   uid_t uid = 0;
@@ -186,6 +190,30 @@ void enter_dir(const ChildArgs& a) {
   ::_exit(err == EACCES ? kExitNotExecutable : kExitCannotRun);
 }
 
+long close_fds(unsigned first, unsigned last) {
+  return first > last ? 0 : ::syscall(SYS_close_range, first, last, 0U);
+}
+
+// Held: the start is not durable yet. Only the task's own descriptors stay open while it
+// waits (0..2 and hold_fd): a copy of another held child's socket end, taken by the clone,
+// would keep that child waiting after the server died. Then one byte decides.
+void wait_for_release(int hold_fd) {
+  const auto fd = static_cast<unsigned>(hold_fd);
+  if (close_fds(3, fd - 1) != 0 || close_fds(fd + 1, ~0U) != 0) {
+    cannot("cannot close", "the server's descriptors", errno);
+  }
+  char go = 0;
+  long n = -1;
+  // The raw call: glibc's read() is a cancellation point that reads the spawn thread's
+  // own thread data, which this child only borrows.
+  for (int attempt = 0; attempt < 1000 && n < 0; ++attempt) {  // EINTR: as the joins above
+    n = ::syscall(SYS_read, hold_fd, &go, 1);
+    if (n < 0 && errno != EINTR) break;
+  }
+  if (n != 1 || go != kReleaseByte) ::_exit(kExitCannotRun);  // withdrawn: nothing ran
+  ::close(hold_fd);
+}
+
 int child_main(void* arg) {
   const ChildArgs& a = *static_cast<const ChildArgs*>(arg);
   // The parent blocked every signal before clone; its handlers must never run here.
@@ -212,6 +240,7 @@ int child_main(void* arg) {
     }
     if (n != 1) cannot("cannot join", "its cgroup", errno);
   }
+  if (a.hold_fd >= 0) wait_for_release(a.hold_fd);
   if (a.rlimit_as_bytes > 0) {
     struct rlimit rl {};
     // rlim_t may be 32 bits: a limit it cannot hold means no limit there.
@@ -235,7 +264,52 @@ int child_main(void* arg) {
   exec_command(a);
 }
 
+// Between its setresuid and its execve a child runs as the task user in our memory; the
+// kernel (commit_creds) and the child's own prctl then make that memory non-dumpable, so no
+// process of the task user may ptrace it. Being one mm, the flag is the whole process's:
+// it is made dumpable again (core dumps, /proc/self owned by our user) only when no child
+// of any spawn thread is in that window. The count changes under the lock, and the last
+// one out restores under it, so a restore can never land after another child's setresuid.
+struct TaskUserWindow {
+  std::mutex mu;
+  uint32_t children = 0;  // guarded by mu: clones with credentials to drop, under way
+  bool restore = false;   // guarded by mu: the flag as it was when the first one began
+};
+
+TaskUserWindow& task_user_window() {
+  static TaskUserWindow w;  // process-wide, like the flag
+  return w;
+}
+
 }  // namespace
+
+void enter_task_user_window() {
+  TaskUserWindow& w = task_user_window();
+  std::lock_guard lock(w.mu);
+  if (w.children++ == 0) w.restore = ::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 1;
+}
+
+void leave_task_user_window() {
+  TaskUserWindow& w = task_user_window();
+  std::lock_guard lock(w.mu);
+  if (--w.children == 0 && w.restore) (void)::prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
+}
+
+bool Spawner::can_hold() {
+  // An empty range: 0 where close_range exists, ENOSYS where it does not.
+  static const bool supported = ::syscall(SYS_close_range, ~0U, ~0U, 0U) == 0;
+  return supported;
+}
+
+bool release_held(int fd, HeldSpawn& hold, bool drop) {
+  if (drop) {
+    enter_task_user_window();  // before the child can reach its setresuid
+    int held = 0;
+    // The clone came back already (qemu-user; or the child died): no one leaves for us.
+    if (!hold.state.compare_exchange_strong(held, 1)) leave_task_user_window();
+  }
+  return ::send(fd, &kReleaseByte, 1, MSG_NOSIGNAL | MSG_DONTWAIT) == 1;
+}
 
 int above_stdio(int fd) {
   if (fd < 0 || fd > STDERR_FILENO) return fd;
@@ -252,7 +326,6 @@ struct Spawner::Stack {
 };
 
 Spawner::Spawner(PidfdSupport pidfd) : stack_(std::make_unique<Stack>()), pidfd_(pidfd) {
-  dumpable_ = ::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 1;
   devnull_fd_ = above_stdio(::open("/dev/null", O_RDONLY | O_CLOEXEC));
 }
 
@@ -267,6 +340,12 @@ Result<Spawned> Spawner::spawn(const SpawnRequest& r) {
   }
   if (r.stdout_fd <= STDERR_FILENO || r.stderr_fd <= STDERR_FILENO) {
     return fail(Errc::kInvalidArgument, "task output descriptors must be above 2");
+  }
+  if (r.hold_fd >= 0 && r.hold_fd <= STDERR_FILENO) {
+    return fail(Errc::kInvalidArgument, "a hold descriptor must be above 2");
+  }
+  if (r.hold_fd >= 0 && (!can_hold() || r.hold == nullptr)) {
+    return fail(Errc::kUnavailable, "cannot hold a spawn here");
   }
   if (devnull_fd_ < 0) return fail(Errc::kIo, "cannot open /dev/null");
   if (stack_->base == MAP_FAILED) {
@@ -307,10 +386,14 @@ Result<Spawned> Spawner::spawn(const SpawnRequest& r) {
   a.cgroup_fds = r.cgroup_procs_fds.data();
   a.cgroup_count = r.cgroup_procs_fds.size();
   a.rlimit_as_bytes = r.rlimit_as_bytes;
+  a.hold_fd = r.hold_fd;
   a.drop = r.creds.drop;
   a.uid = r.creds.uid;
   a.gid = r.creds.gid;
 
+  // A held child waits as root: its window opens at its release (release_held), not here.
+  const bool held = r.hold_fd >= 0;
+  if (r.creds.drop && !held) enter_task_user_window();
   void* stack_top = static_cast<char*>(stack_->base) + kChildStackBytes;
   constexpr int kFlags = CLONE_VM | CLONE_VFORK | SIGCHLD;
   sigset_t all, old;
@@ -334,10 +417,7 @@ Result<Spawned> Spawner::spawn(const SpawnRequest& r) {
     err = errno;
   }
   ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  // The child's setresuid made the shared mm non-dumpable (commit_creds, per
-  // fs.suid_dumpable): ours again, so this process keeps its core dumps and its
-  // /proc/self owned by its own user.
-  if (r.creds.drop && dumpable_) (void)::prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
+  if (r.creds.drop && (!held || r.hold->state.exchange(2) == 1)) leave_task_user_window();
   if (pid < 0) return fail_errno(err, "clone a task process");
   if (pidfd < 0 && pidfd_ == PidfdSupport::kAuto) {
     // A child not yet waited for cannot be reaped by anyone else, so its pid is still

@@ -10,6 +10,9 @@
 //   stdin /dev/null, stdout/stderr the pipes           (so every reason below is logged)
 //   write "0" to each cgroup.procs fd                  (before anything can fork: nothing
 //                                                        escapes the group; v1 and v2)
+//   if held (hold_fd): every other descriptor closed, then wait for one byte "g" on
+//   hold_fd; anything else (EOF: the start was withdrawn, or the server died) exits
+//   127 with nothing run. Still root here, so no task process can signal or stop it.
 //   setrlimit(RLIMIT_AS)          (rlimit mode only)
 //   setgroups(0), setresgid, setresuid                 (the task user, raw syscalls:
 //                                                        glibc's wrappers would signal the
@@ -27,11 +30,13 @@
 // process exits: one poll handle per task, one wait4 per exit. Kernels before 5.3 have
 // no pidfd: `pidfd` is -1 and the caller falls back to SIGCHLD.
 //
-// Threading: any thread, one spawn at a time per Spawner (it owns the child's stack).
+// Threading: any thread, one spawn at a time per Spawner (it owns the child's stack);
+// Spawners on several threads may spawn at once.
 #pragma once
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -52,6 +57,15 @@ struct TaskCredentials {
   std::string home;  // for HOME; "/" when the user has none
 };
 
+// One held spawn's progress, shared by the spawn thread and the releaser. It places the
+// dumpable window (spawn.cc) around what a held child does as the task user, not around
+// its wait: the releaser enters the window just before the child may go on, the spawn
+// thread leaves it once the clone has returned, and whichever comes second of a release
+// and a return that came first (qemu-user's clone returns before the exec) undoes it.
+struct HeldSpawn {
+  std::atomic<int> state{0};  // 0 held, 1 released (window entered), 2 clone returned
+};
+
 struct SpawnRequest {
   std::vector<std::string> argv;  // argv[0] is looked up along PATH from `env`
   std::vector<std::string> env;   // "K=V", the whole environment
@@ -60,7 +74,12 @@ struct SpawnRequest {
   int stdout_fd = -1;             // write ends; borrowed
   int stderr_fd = -1;
   std::vector<int> cgroup_procs_fds;  // opened O_WRONLY; borrowed
-  uint64_t rlimit_as_bytes = 0;       // 0: none
+  // A socket's end above 2, or -1: the child waits on it before it drops privileges and
+  // execs (see the order above); borrowed, like the cgroup fds. `hold` is then shared
+  // with whoever releases it (release_held).
+  int hold_fd = -1;
+  std::shared_ptr<HeldSpawn> hold;
+  uint64_t rlimit_as_bytes = 0;  // 0: none
   TaskCredentials creds;
 };
 
@@ -80,6 +99,19 @@ enum class PidfdSupport : uint8_t {
   kNone,  // never (tests of the SIGCHLD fallback)
 };
 
+// Around each clone whose child drops to the task user: the process stays non-dumpable
+// while any such child may still run in its memory (spawn.cc says why), and is made
+// dumpable again (if it was) when the last one has exec'd. Spawner::spawn calls these;
+// declared here for tests.
+void enter_task_user_window();
+void leave_task_user_window();
+
+// Lets a held child (SpawnRequest::hold_fd) go on to its exec: sends the byte it waits
+// for on `fd`, the other end of its socket. `drop`: the request's creds.drop. False if it
+// could not (the child is gone); the caller closes `fd` either way, and closing it unsent
+// withdraws the start.
+bool release_held(int fd, HeldSpawn& hold, bool drop);
+
 class Spawner {
  public:
   explicit Spawner(PidfdSupport pidfd = PidfdSupport::kAuto);
@@ -90,13 +122,16 @@ class Spawner {
   // Starts the process. An error means no process exists (clone failed, or a bound on
   // the request was exceeded); every failure after clone is the child's exit status.
   [[nodiscard]] Result<Spawned> spawn(const SpawnRequest& request);
+  // Whether a request may be held (hold_fd): the child must close every descriptor but
+  // its own before it waits, or a copy of another held child's socket could keep that
+  // child waiting after the server died; close_range (Linux 5.9) does it in one call.
+  static bool can_hold();
 
  private:
   struct Stack;
   std::unique_ptr<Stack> stack_;
   PidfdSupport pidfd_;
   bool clone_pidfd_refused_ = false;  // EINVAL once: pidfd_open from then on
-  bool dumpable_ = false;             // this process's PR_GET_DUMPABLE at construction
   int devnull_fd_ = -1;
 };
 

@@ -13,13 +13,28 @@
 
 namespace cardnode::runtime {
 
+namespace {
+
+// The request's descriptors that are the worker's (spawn_worker.h, Ownership).
+void close_request_fds(SpawnRequest& r) {
+  for (int fd : r.cgroup_procs_fds) ::close(fd);
+  r.cgroup_procs_fds.clear();
+  if (r.hold_fd >= 0) ::close(r.hold_fd);
+  r.hold_fd = -1;
+}
+
+}  // namespace
+
 struct SpawnWorker::Wakeup {
   uv_async_t async{};
   SpawnWorker* owner = nullptr;  // nullptr once the worker is gone
 };
 
-SpawnWorker::SpawnWorker(uv_loop_t* loop, PidfdSupport pidfd, Done done)
-    : spawner_(pidfd), done_(std::move(done)), wakeup_(new Wakeup) {
+SpawnWorker::SpawnWorker(uv_loop_t* loop, PidfdSupport pidfd, Done done, uint32_t threads)
+    : done_(std::move(done)), wakeup_(new Wakeup) {
+  for (uint32_t i = 0; i < std::max(threads, 1u); ++i) {
+    spawners_.push_back(std::make_unique<Spawner>(pidfd));
+  }
   wakeup_->owner = this;
   wakeup_->async.data = wakeup_;
   CARDNODE_CHECK(uv_async_init(loop, &wakeup_->async, [](uv_async_t* a) {
@@ -36,24 +51,31 @@ SpawnWorker::~SpawnWorker() {
     std::lock_guard lock(mu_);
     stop_ = true;
   }
-  cv_.notify_one();
-  if (thread_.joinable()) thread_.join();
+  cv_.notify_all();
+  for (std::thread& t : threads_) t.join();
   wakeup_->owner = nullptr;
   uv_close(reinterpret_cast<uv_handle_t*>(&wakeup_->async),
            [](uv_handle_t* h) { delete static_cast<Wakeup*>(h->data); });
 }
 
 Status SpawnWorker::submit(uint64_t tag, SpawnRequest request, Prepare prepare) {
-  if (!thread_.joinable()) {
-    try {
-      thread_ = std::thread([this] { run(); });
-    } catch (const std::system_error& e) {
-      return fail(Errc::kResourceExhausted,
-                  std::string("cannot start the spawn thread: ") + e.what());
+  if (threads_.empty()) {
+    // As many as the system allows, at least one; the destructor joins those that started.
+    for (const auto& spawner : spawners_) {
+      try {
+        threads_.emplace_back([this, s = spawner.get()] { run(*s); });
+      } catch (const std::system_error& e) {
+        if (threads_.empty()) {
+          return fail(Errc::kResourceExhausted,
+                      std::string("cannot start the spawn thread: ") + e.what());
+        }
+        break;  // fewer threads than asked: still correct, only slower
+      }
     }
-    // Known before any clone: the loop tells tasks from orphans by it.
+    // Known before any clone: the loop tells tasks from orphans by them.
     std::unique_lock lock(mu_);
-    cv_.wait(lock, [this] { return thread_tid_.load() != 0; });
+    cv_.wait(lock, [this] { return started_tids_.size() == threads_.size(); });
+    thread_tids_ = started_tids_;
   }
   auto job = std::make_unique<Job>();
   job->tag = tag;
@@ -76,8 +98,7 @@ bool SpawnWorker::cancel(uint64_t tag) {
     if (it == todo_.end()) return false;
     std::unique_ptr<Job> job = std::move(*it);
     todo_.erase(it);
-    for (int fd : job->request.cgroup_procs_fds) ::close(fd);
-    job->request.cgroup_procs_fds.clear();
+    close_request_fds(job->request);
     job->result = fail(Errc::kCancelled, "withdrawn before its spawn");
     done_jobs_.push_back(std::move(job));
   }
@@ -85,14 +106,14 @@ bool SpawnWorker::cancel(uint64_t tag) {
   return true;
 }
 
-void SpawnWorker::run() {
+void SpawnWorker::run(Spawner& spawner) {
   // Signals are the loop thread's business (libuv's handlers, SIGCHLD for the fallback).
   sigset_t all;
   sigfillset(&all);
   ::pthread_sigmask(SIG_BLOCK, &all, nullptr);
   {
     std::lock_guard lock(mu_);
-    thread_tid_ = ::gettid();
+    started_tids_.push_back(::gettid());
   }
   cv_.notify_all();
   for (;;) {  // until stop_; one iteration per request
@@ -106,12 +127,11 @@ void SpawnWorker::run() {
     }
     Status ready = job->prepare ? job->prepare(job->request) : Status{};
     if (ready) {
-      job->result = spawner_.spawn(job->request);
+      job->result = spawner.spawn(job->request);
     } else {
       job->result = std::unexpected(ready.error());
     }
-    for (int fd : job->request.cgroup_procs_fds) ::close(fd);
-    job->request.cgroup_procs_fds.clear();
+    close_request_fds(job->request);
     {
       std::lock_guard lock(mu_);
       done_jobs_.push_back(std::move(job));

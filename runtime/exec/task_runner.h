@@ -97,6 +97,23 @@ class TaskRunner {
   // Ends a running attempt's whole process tree; its on_exit reports the reason.
   // Unknown task: no-op.
   virtual void kill(uint64_t job_id, uint32_t index, KillReason reason) = 0;
+  // Whether start_held() would take a start now; cheap, so a caller asks before it
+  // builds the launch.
+  virtual bool can_hold_now() const { return false; }
+  // For a coordinator whose record of the start is on its way to disk: as start(), but
+  // the command does not run until release() (runtime/exec/executor.h start_held); a
+  // kill() before then ends the attempt with nothing run. kUnavailable (the default):
+  // this runner cannot hold, and the caller calls start() once the record is durable.
+  [[nodiscard]] virtual Status start_held(const TaskLaunch& launch, ExitCallback on_exit) {
+    (void)launch;
+    const ExitCallback never_called = std::move(on_exit);
+    return fail(Errc::kUnavailable, "this runner cannot hold a start");
+  }
+  // The record is durable: a held attempt runs its command. Unknown task: no-op.
+  virtual void release(uint64_t job_id, uint32_t index) {
+    (void)job_id;
+    (void)index;
+  }
 };
 
 }  // namespace cardnode::runtime

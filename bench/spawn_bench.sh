@@ -48,7 +48,10 @@
 #   -> server writes the submit's reply               submit: the job's WAL record durable
 #   -> server's fork (clone)                          ack -> spawn: scheduling turn,
 #                                                     TaskStarted durable, cgroup mkdirs,
-#                                                     log files
+#                                                     log files (a held start, on an idle
+#                                                     board, clones before TaskStarted is
+#                                                     durable: this segment shrinks, and the
+#                                                     next one holds the wait for the record)
 #   -> child execs `cardnode __task-exec`             fork in the server, child's fd set-up
 #   -> trampoline execs /bin/true                     trampoline: the cardnode binary's exec
 #                                                     and dynamic loading, joining the task's

@@ -224,11 +224,11 @@ struct Executor::Impl {
   }
 
   Status start(const TaskLaunch& launch, ExitCallback on_exit, bool held);
-  // A held clone keeps its spawn thread until the release. Worth it only while a thread is
-  // idle: in a burst, threads waiting out fdatasyncs would make fewer groups and clones.
-  bool can_hold_now() const {
-    return Spawner::can_hold() && spawn_queue.empty() && worker->in_flight() < worker->threads();
-  }
+  // Only on an idle board: there the spawn's work would otherwise wait for the fdatasync
+  // on CPUs with nothing else to do. With tasks running (an array, a burst) a hold saves
+  // little and costs a wake-up more per task, and a held clone keeps its spawn thread
+  // until the release (docs/PERFORMANCE.md, "A spawn thread per CPU, and held starts").
+  bool can_hold_now() const { return Spawner::can_hold() && tasks.empty(); }
   void release(Task& t);
   // The task's logs, then its start queued on a spawn thread (which makes its group and
   // process). On failure nothing is left behind (no open log, no handle).
@@ -512,7 +512,7 @@ Status Executor::Impl::start(const TaskLaunch& launch, ExitCallback on_exit, boo
   if (held && !Spawner::can_hold()) {
     return fail(Errc::kUnavailable, "this kernel cannot hold a spawn (no close_range)");
   }
-  if (held && !can_hold_now()) return fail(Errc::kUnavailable, "every spawn thread is busy");
+  if (held && !can_hold_now()) return fail(Errc::kUnavailable, "not holding: tasks run here");
   auto key = std::make_pair(launch.job_id, launch.index);
   if (launch.argv.empty()) return fail(Errc::kInvalidArgument, "task has no command");
   if (tasks.contains(key)) return fail(Errc::kInvalidArgument, "task already running here");

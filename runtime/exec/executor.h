@@ -91,11 +91,11 @@ class Executor {
   // command never runs before its record is on disk. A kill() before the release ends the
   // attempt with that reason and nothing run; so does the server's death (the child sees
   // its socket close). kUnavailable where spawns cannot be held (Spawner::can_hold), and
-  // while every spawn thread is busy (a held clone keeps its thread until the release):
-  // the caller then start()s it once the record is durable.
+  // while any task is here (can_hold_now): the caller then start()s it once the record
+  // is durable.
   [[nodiscard]] Status start_held(const TaskLaunch& launch, ExitCallback on_exit);
-  // Whether start_held() would hold a start now (the kernel can, and a spawn thread is
-  // idle).
+  // Whether start_held() would hold a start now: the kernel can, and no task is here
+  // (running, starting or ending).
   bool can_hold_now() const;
   // Lets a held attempt run its command. Unknown or not held (any more): no-op.
   void release(uint64_t job_id, uint32_t index);

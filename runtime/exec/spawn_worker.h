@@ -72,11 +72,6 @@ class SpawnWorker {
   const std::vector<pid_t>& thread_ids() const { return thread_tids_; }
   // Submitted, result not yet delivered.
   uint32_t in_flight() const { return in_flight_; }
-  // How many clones may be under way at once: the threads asked for until the first
-  // submit() starts them, then those that started.
-  uint32_t threads() const {
-    return static_cast<uint32_t>(threads_.empty() ? spawners_.size() : threads_.size());
-  }
 
  private:
   struct Job {

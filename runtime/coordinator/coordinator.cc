@@ -125,6 +125,7 @@ void Coordinator::on_durable(uint64_t seq, Status st, const Applied& applied, co
   if (!st) {
     if (!failed_ && hooks_.fatal) hooks_.fatal(st.error());
     failed_ = true;
+    stop_held(nullptr);  // their records will never be durable: nothing of theirs may run
     return;
   }
   durable_seq_ = seq;
@@ -210,6 +211,9 @@ Result<sched::NodeId> Coordinator::register_node(const std::string& identity,
 }
 
 void Coordinator::attach_runner(sched::NodeId id, TaskRunner* runner) {
+  if (auto it = runners_.find(id); it != runners_.end() && it->second != runner) {
+    stop_held(it->second);  // replaced: what it holds is stopped while it is still alive
+  }
   runners_[id] = runner;
   (void)state_.cluster().set_node_state(id, sched::NodeState::kReady);
   // A runner that (re)attaches may have missed stops — decided while the node had no runner,
@@ -227,6 +231,7 @@ void Coordinator::attach_runner(sched::NodeId id, TaskRunner* runner) {
 }
 
 void Coordinator::detach_runner(sched::NodeId id) {
+  if (auto it = runners_.find(id); it != runners_.end()) stop_held(it->second);
   runners_.erase(id);
   (void)state_.cluster().set_node_state(id, sched::NodeState::kDown);
 }
@@ -421,15 +426,31 @@ void Coordinator::hold(sched::TaskRef t, uint32_t attempt, sched::NodeId node) {
   if (st) held_.emplace(std::make_pair(t, attempt), runner);
 }
 
+// Held attempts of `runner` (nullptr: of every runner) are stopped where they are held and
+// never released, nor started again by dispatch(); their ends (lost, requeue-free) come
+// back through that runner. Called while the runner is alive: when it is detached or
+// replaced, or when the store fails.
+void Coordinator::stop_held(TaskRunner* runner) {
+  std::vector<std::pair<sched::TaskRef, TaskRunner*>> stopping;
+  for (auto& [key, r] : held_) {
+    if (r == nullptr || (runner != nullptr && r != runner)) continue;
+    stopping.emplace_back(key.first, r);
+    r = nullptr;  // stopped: dispatch() must neither release it nor start it elsewhere
+  }
+  for (const auto& [t, r] : stopping) r->kill(t.job, t.index, KillReason::kShutdown);
+}
+
 // TaskStarted is durable: the command may run now (never before, so a crash can never
 // leave a command running that the log does not know about).
 void Coordinator::dispatch(sched::TaskRef t, uint32_t attempt) {
   // Held: its runner has the process and reports its end through hold()'s callback, so
-  // every way out below ends it through that runner, never with a second report.
+  // every way out below ends it through that runner, never with a second report. (A
+  // runner detached or replaced meanwhile had its held attempts stopped then: stop_held.)
   TaskRunner* held = nullptr;
   if (auto h = held_.find({t, attempt}); h != held_.end()) {
     held = h->second;
     held_.erase(h);
+    if (held == nullptr) return;  // stopped where it was held: its end comes from there
   }
   const sched::Job* job = state_.cluster().job(t.job);
   if (job == nullptr) return;
@@ -437,11 +458,6 @@ void Coordinator::dispatch(sched::TaskRef t, uint32_t attempt) {
   if (task.state != sched::TaskState::kRunning || task.attempts != attempt) return;  // ended since
   const sched::NodeId node = task.node;
   auto it = runners_.find(node);
-  if (held != nullptr && (it == runners_.end() || it->second != held)) {
-    // Its runner was detached or replaced meanwhile: the process is stopped where it is
-    // held, and its end (lost, requeue-free) comes back from there.
-    return held->kill(t.job, t.index, KillReason::kShutdown);
-  }
   // Cancelled while its placement was on the way to the disk: it ends without running.
   if (state_.cluster().cancelling(t.job)) {
     if (held != nullptr) return held->kill(t.job, t.index, KillReason::kCancelled);

@@ -203,6 +203,7 @@ class Coordinator {
 
   void schedule();
   void hold(sched::TaskRef t, uint32_t attempt, sched::NodeId node);
+  void stop_held(TaskRunner* runner);
   void dispatch(sched::TaskRef t, uint32_t attempt);
   TaskLaunch make_launch(sched::TaskRef t, uint32_t attempt, sched::NodeId node) const;
   void task_ended(sched::TaskRef t, uint32_t attempt, sched::NodeId node, TaskExit exit);
@@ -245,7 +246,7 @@ class Coordinator {
   // Attempts stopped at a drain deadline: told once (bounded by the running tasks).
   std::set<std::pair<sched::TaskRef, uint32_t>> drain_stopped_;
   // Attempts started held (hold()) whose TaskStarted is not durable yet, and the runner
-  // that holds each (bounded by the running tasks).
+  // that holds each; nullptr once stopped there (stop_held). Bounded by the running tasks.
   std::map<std::pair<sched::TaskRef, uint32_t>, TaskRunner*> held_;
 
   std::unique_ptr<SnapshotBuilder> builder_;

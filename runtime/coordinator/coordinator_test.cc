@@ -459,6 +459,22 @@ TEST_P(CoordinatorTest, AHeldTaskWhoseRunnerWasReplacedIsStoppedWhereItIsHeld) {
   h->c().detach_runner(0);
 }
 
+// Detached while it holds a task (its board went away): the held process is stopped
+// then, while the runner is alive, and is never released.
+TEST_P(CoordinatorTest, ADetachedRunnersHeldTaskIsStoppedThere) {
+  OPEN_OR_SKIP(h);
+  h->join(0);
+  h->runner(0).can_hold = true;
+  h->c().submit(spec_of(1), [](Result<sched::JobId>) {});
+  h->complete();
+  h->c().turn();
+  ASSERT_EQ(h->runner(0).held.size(), 1u);
+  h->c().detach_runner(0);
+  EXPECT_TRUE(h->runner(0).kills.contains({1, 0}));
+  h->complete();
+  EXPECT_EQ(h->runner(0).released, 0u);
+}
+
 // A task's end that the store refuses for a while (any error: here the disk quota at every
 // segment roll) waits, holds its capacity, and is logged once the store takes it.
 TEST_P(CoordinatorTest, ATaskEndTheStoreRefusesWaitsAndIsLoggedLater) {

@@ -395,9 +395,9 @@ TEST_P(ExecutorTest, AStartIsHeldOnlyOnAnIdleBoard) {
   EXPECT_FALSE(second.has_value());  // refused: on_exit never runs
 }
 
-// Released before its spawn was even made (the record was durable first): it runs as an
-// ordinary start.
-TEST_P(ExecutorTest, AReleaseBeforeTheSpawnRunsAtOnce) {
+// Released at once, racing its spawn (the record was durable first): whether the child
+// is waiting yet or not, the byte is there for it and it runs.
+TEST_P(ExecutorTest, AReleaseRacingItsSpawnRunsIt) {
   if (!Spawner::can_hold()) GTEST_SKIP() << "no close_range here: starts are not held";
   std::optional<TaskExit> exit;
   ASSERT_TRUE(

@@ -195,8 +195,9 @@ long close_fds(unsigned first, unsigned last) {
 }
 
 // Held: the start is not durable yet. Only the task's own descriptors stay open while it
-// waits (0..2 and hold_fd): a copy of another held child's socket end, taken by the clone,
-// would keep that child waiting after the server died. Then one byte decides.
+// waits (0..2 and hold_fd): the clone copied all of ours, among them the server's end of
+// this very socket (and of any other held child's), and such a copy would keep a child
+// waiting after the server died. Then one byte decides.
 void wait_for_release(int hold_fd) {
   const auto fd = static_cast<unsigned>(hold_fd);
   if (close_fds(3, fd - 1) != 0 || close_fds(fd + 1, ~0U) != 0) {

@@ -60,8 +60,9 @@ struct TaskCredentials {
 // One held spawn's progress, shared by the spawn thread and the releaser. It places the
 // dumpable window (spawn.cc) around what a held child does as the task user, not around
 // its wait: the releaser enters the window just before the child may go on, the spawn
-// thread leaves it once the clone has returned, and whichever comes second of a release
-// and a return that came first (qemu-user's clone returns before the exec) undoes it.
+// thread leaves it once the clone has returned (or, with no clone, when it is done with
+// the request: spawn_worker.cc), and a release that comes after that (qemu-user's clone
+// returns before the exec) undoes its own entry.
 struct HeldSpawn {
   std::atomic<int> state{0};  // 0 held, 1 released (window entered), 2 clone returned
 };
@@ -123,8 +124,9 @@ class Spawner {
   // the request was exceeded); every failure after clone is the child's exit status.
   [[nodiscard]] Result<Spawned> spawn(const SpawnRequest& request);
   // Whether a request may be held (hold_fd): the child must close every descriptor but
-  // its own before it waits, or a copy of another held child's socket could keep that
-  // child waiting after the server died; close_range (Linux 5.9) does it in one call.
+  // its own before it waits, since its clone copied ours, the other end of its own socket
+  // among them, and that copy would keep it waiting after the server died; close_range
+  // (Linux 5.9) does it in one call.
   static bool can_hold();
 
  private:

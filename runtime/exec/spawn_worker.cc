@@ -15,12 +15,16 @@ namespace cardnode::runtime {
 
 namespace {
 
-// The request's descriptors that are the worker's (spawn_worker.h, Ownership).
+// The request's descriptors that are the worker's (spawn_worker.h, Ownership), and its
+// hold settled: a held request released but never cloned (its prepare failed, a check in
+// spawn() refused it, or it was cancelled) leaves the dumpable window its release entered.
+// After a clone the state is 2 already, and this is a no-op.
 void close_request_fds(SpawnRequest& r) {
   for (int fd : r.cgroup_procs_fds) ::close(fd);
   r.cgroup_procs_fds.clear();
   if (r.hold_fd >= 0) ::close(r.hold_fd);
   r.hold_fd = -1;
+  if (r.hold && r.creds.drop && r.hold->state.exchange(2) == 1) leave_task_user_window();
 }
 
 }  // namespace

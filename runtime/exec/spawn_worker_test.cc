@@ -270,6 +270,10 @@ TEST_F(SpawnWorkerTest, ACancelBeforeTheCloneMakesNoProcess) {
 // its own before it waits. Then B, released, runs its command.
 TEST_F(SpawnWorkerTest, AWithdrawnHeldChildEndsWhileAnotherIsHeld) {
   if (!Spawner::can_hold()) GTEST_SKIP() << "no close_range here: spawns are not held";
+  if (::access(("/proc/self/task/" + std::to_string(::gettid()) + "/children").c_str(), R_OK) !=
+      0) {
+    GTEST_SKIP() << "no /proc/PID/task/TID/children here";
+  }
   make(2);
   // Our ends of the two sockets, closed on every way out: a failed assertion must not
   // leave a child held (the worker's destructor requires nothing in flight).
@@ -325,6 +329,35 @@ TEST_F(SpawnWorkerTest, AWithdrawnHeldChildEndsWhileAnotherIsHeld) {
   ASSERT_TRUE(rb_done->spawned) << rb_done->spawned.error().describe();
   status = reap(*rb_done->spawned);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 4) << status;  // its command ran
+}
+
+// A held request released but never cloned (here its prepare fails after the release, as
+// a cgroup mkdir can) still leaves the dumpable window its release entered: the count goes
+// back to 0, so the next clone out makes the process dumpable again.
+TEST_F(SpawnWorkerTest, AReleasedRequestThatIsNeverClonedLeavesTheWindow) {
+  ASSERT_EQ(::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), 1);
+  make();
+  int go[2] = {-1, -1};
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, go), 0);
+  for (int& fd : go) fd = above_stdio(fd);
+  SpawnRequest r = request({"true"});
+  r.creds.drop = true;  // no clone happens: no root needed
+  r.hold_fd = go[0];    // the worker's from here on
+  r.hold = std::make_shared<HeldSpawn>();
+  std::shared_ptr<HeldSpawn> hold = r.hold;
+  const int ours = go[1];
+  ASSERT_TRUE(worker_->submit(1, std::move(r), [hold, ours](SpawnRequest&) -> Status {
+    (void)release_held(ours, *hold, /*drop=*/true);  // enters the window
+    return fail(Errc::kIo, "no group");
+  }));
+  await(1);
+  ASSERT_FALSE(results_[0].spawned);
+  ::close(ours);
+  enter_task_user_window();  // the first in the window again, if the count is back at 0
+  ASSERT_EQ(::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), 0);
+  leave_task_user_window();
+  EXPECT_EQ(::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), 1) << "the window's count leaked";
+  ASSERT_EQ(::prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), 0);
 }
 
 // Between its setresuid and its execve a child runs as the task user in our memory, which

@@ -392,16 +392,22 @@ TEST_P(CoordinatorTest, ATaskCancelledBeforeItsStartIsDurableNeverRuns) {
   EXPECT_EQ(h->c().state().cluster().node(0)->running, 0u);
 }
 
+// Node 0 with a runner that can hold; a job of `count` tasks submitted, durable, and
+// placed: its starts are held, their TaskStarted records on their way to disk.
+void place_held(Harness& h, uint32_t count) {
+  h.join(0);
+  h.runner(0).can_hold = true;
+  h.c().submit(spec_of(count), [](Result<sched::JobId>) {});
+  h.complete();
+  h.c().turn();
+}
+
 // A runner that can hold a start (the server's own executor) gets the process made at
 // placement, while TaskStarted goes to disk, and the word to run the command only once the
 // record is durable: the spawn's work overlaps the fdatasync, the guarantee stays.
 TEST_P(CoordinatorTest, AHoldingRunnerStartsAtPlacementAndRunsOnlyOnceDurable) {
   OPEN_OR_SKIP(h);
-  h->join(0);
-  h->runner(0).can_hold = true;
-  h->c().submit(spec_of(2), [](Result<sched::JobId>) {});
-  h->complete();
-  h->c().turn();  // placed and applied; the records are on their way
+  place_held(*h, 2);
   EXPECT_EQ(h->runner(0).held_starts, 2u);
   EXPECT_EQ(h->runner(0).held.size(), 2u);
   EXPECT_EQ(h->runner(0).released, 0u) << "released before the placement was durable";
@@ -418,11 +424,7 @@ TEST_P(CoordinatorTest, AHoldingRunnerStartsAtPlacementAndRunsOnlyOnceDurable) {
 // comes back through the runner as any end does.
 TEST_P(CoordinatorTest, AHeldTaskCancelledBeforeItsStartIsDurableIsKilledNotReleased) {
   OPEN_OR_SKIP(h);
-  h->join(0);
-  h->runner(0).can_hold = true;
-  h->c().submit(spec_of(1), [](Result<sched::JobId>) {});
-  h->complete();
-  h->c().turn();
+  place_held(*h, 1);
   ASSERT_EQ(h->runner(0).held.size(), 1u);
   std::optional<Result<uint32_t>> cancelled;
   h->c().cancel(1, [&](Result<uint32_t> n) { cancelled = n; });
@@ -441,11 +443,7 @@ TEST_P(CoordinatorTest, AHeldTaskCancelledBeforeItsStartIsDurableIsKilledNotRele
 // not started again on the new runner by the same dispatch.
 TEST_P(CoordinatorTest, AHeldTaskWhoseRunnerWasReplacedIsStoppedWhereItIsHeld) {
   OPEN_OR_SKIP(h);
-  h->join(0);
-  h->runner(0).can_hold = true;
-  h->c().submit(spec_of(1), [](Result<sched::JobId>) {});
-  h->complete();
-  h->c().turn();
+  place_held(*h, 1);
   ASSERT_EQ(h->runner(0).held.size(), 1u);
   FakeRunner other;
   h->c().attach_runner(0, &other);
@@ -463,11 +461,7 @@ TEST_P(CoordinatorTest, AHeldTaskWhoseRunnerWasReplacedIsStoppedWhereItIsHeld) {
 // then, while the runner is alive, and is never released.
 TEST_P(CoordinatorTest, ADetachedRunnersHeldTaskIsStoppedThere) {
   OPEN_OR_SKIP(h);
-  h->join(0);
-  h->runner(0).can_hold = true;
-  h->c().submit(spec_of(1), [](Result<sched::JobId>) {});
-  h->complete();
-  h->c().turn();
+  place_held(*h, 1);
   ASSERT_EQ(h->runner(0).held.size(), 1u);
   h->c().detach_runner(0);
   EXPECT_TRUE(h->runner(0).kills.contains({1, 0}));

@@ -103,9 +103,9 @@ struct Executor::Impl {
     Impl* impl = nullptr;
     uint64_t job_id = 0;
     uint32_t index = 0;
-    std::string group;             // "JOB.INDEX"
-    uint64_t mem_limit_bytes = 0;  // --mem (0: none)
-    std::string key_entry;         // "CARDNODE_TASK_KEY=<pool>:JOB.INDEX", in the task's env
+    std::string group;      // "JOB.INDEX"
+    TaskLimits limits;      // what its group enforces
+    std::string key_entry;  // "CARDNODE_TASK_KEY=<pool>:JOB.INDEX", in the task's env
     storage::LogKey out_key;
     storage::LogKey err_key;
     Executor::ExitCallback on_exit;
@@ -157,7 +157,7 @@ struct Executor::Impl {
     bool held = false;
     int go_fd = -1;
     std::shared_ptr<HeldSpawn> hold;  // shared with the spawn request
-    bool drop = false;                // its credentials drop (the dumpable window)
+    bool drop = false;                // runs as an unprivileged user (the dumpable window)
     bool withdrawn = false;           // killed while held: nothing ran
     uint64_t released_ns = 0;         // uv_hrtime() at the release: its run starts here
   };
@@ -457,8 +457,9 @@ void Executor::Impl::on_exited(Task& t, int status, const struct rusage& ru) {
   GroupUsage g = isolation.usage(t.group);
   // The OOM killer acts only at the limit: a task that succeeded with its peak well below
   // it (the usual case) costs no read of the OOM counter.
-  const bool near_limit = !g.has_mem || t.mem_limit_bytes == 0 ||
-                          g.mem_peak_bytes >= t.mem_limit_bytes - t.mem_limit_bytes / 8;
+  const uint64_t mem_limit = t.limits.mem_bytes;
+  const bool near_limit =
+      !g.has_mem || mem_limit == 0 || g.mem_peak_bytes >= mem_limit - mem_limit / 8;
   const bool oom_in_group = (failed || near_limit) && isolation.oom_killed(t.group);
   t.oom = failed && oom_in_group;
   if (!failed && oom_in_group) {
@@ -470,7 +471,14 @@ void Executor::Impl::on_exited(Task& t, int status, const struct rusage& ru) {
   t.usage.cpu_system_us = g.has_cpu ? g.cpu_system_us : micros(ru.ru_stime);
   t.usage.mem_peak_bytes =
       g.has_mem ? g.mem_peak_bytes : static_cast<uint64_t>(ru.ru_maxrss) * 1024u;
-  t.group_gone = tree_gone(t);
+  // The group of a task that ended well is kept for the next one with the same limits
+  // when it is already empty (v1; see Isolation): two renames instead of a mkdir and an
+  // rmdir per hierarchy. Not after a task that ran as root: it could have moved its
+  // processes between hierarchies, made child groups or rewritten its limits. Anything
+  // else is torn down as usual.
+  t.group_gone = (!failed && !oom_in_group && !t.killed && !t.withdrawn && t.drop &&
+                  isolation.recycle_group(t.group, t.limits)) ||
+                 tree_gone(t);
   t.phase = TimerPhase::kAfterExit;
   schedule_after_exit(t);
   step(&t);
@@ -526,7 +534,7 @@ Status Executor::Impl::start(const TaskLaunch& launch, ExitCallback on_exit, boo
   t->job_id = launch.job_id;
   t->index = launch.index;
   t->group = std::to_string(launch.job_id) + "." + std::to_string(launch.index);
-  t->mem_limit_bytes = launch.limits.mem_bytes;
+  t->limits = launch.limits;
   t->key_entry = task_key_prefix(options.pool_tag) + t->group;
   t->out_key = {launch.job_id, launch.index, storage::Stream::kStdout};
   t->err_key = {launch.job_id, launch.index, storage::Stream::kStderr};
@@ -682,8 +690,8 @@ Status Executor::Impl::spawn(Task& t, const TaskLaunch& launch, const TaskCreden
     }
     req.hold_fd = go[0];
     req.hold = t.hold = std::make_shared<HeldSpawn>();
-    t.drop = creds.drop;
   }
+  t.drop = creds.drop;
   t.timeout_ms = launch.timeout_ms;
   // The group is made on the worker, just before the clone: a failure there fails the
   // attempt (on_spawned), and an empty group left behind is removed on the usual path.

@@ -516,6 +516,54 @@ TEST_P(ExecutorTest, UsageIsReported) {
   EXPECT_GE(e.usage.mem_peak_bytes, uint64_t{40} << 20);
 }
 
+// A task that ended well leaves its group for the next one with the same limits (v1,
+// see Isolation): the next reports its own usage only, runs in a group of its own name,
+// and the group of a failed task, or of a task that ran as root, is never kept.
+TEST_P(ExecutorTest, AKeptGroupServesTheNextTaskAndCountsOnlyItsUsage) {
+  if (::geteuid() != 0) GTEST_SKIP() << "switching users needs root";
+  TaskLaunch busy = launch(23, {"sh", "-c", "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done"});
+  busy.limits.mem_bytes = 64 << 20;
+  // As root (this fixture's default: the test's own user) a task could have moved its
+  // processes or rewritten its limits: its group goes.
+  TaskLaunch as_root = launch(24, {"true"});
+  as_root.limits = busy.limits;
+  ASSERT_EQ(run(as_root).state, pb::TASK_SUCCEEDED) << err(24);
+  EXPECT_EQ(iso_.spares(), 0u);
+
+  auto users = resolve_task_users({.user = "nobody"});
+  ASSERT_TRUE(users) << users.error().describe();
+  options_.users = *users;
+  make_executor();
+  const bool keeps = iso_.info().mode == IsolationMode::kCgroupV1;
+  TaskExit first = run(busy);
+  ASSERT_EQ(first.state, pb::TASK_SUCCEEDED) << err(23);
+  EXPECT_EQ(iso_.spares(), keeps ? 1u : 0u);
+  EXPECT_FALSE(group_exists(23, 0));
+
+  TaskLaunch next = launch(23, {"cat", "/proc/self/cgroup"});
+  next.index = 1;
+  next.limits = busy.limits;
+  TaskExit second = run(next);
+  ASSERT_EQ(second.state, pb::TASK_SUCCEEDED) << err(23, 1);
+  if (GetParam().cgroups) {
+    EXPECT_NE(out(23, 1).find(group_parent_ + "/23.1"), std::string::npos) << out(23, 1);
+  }
+  EXPECT_EQ(iso_.spares(), keeps ? 1u : 0u);
+  // CPU in 10 ms ticks on v1: the shell loop is many; `cat` is at most a tick or two.
+  if (first.usage.cpu_user_us + first.usage.cpu_system_us >= 50'000) {
+    EXPECT_LT(second.usage.cpu_user_us + second.usage.cpu_system_us,
+              first.usage.cpu_user_us + first.usage.cpu_system_us);
+  }
+
+  TaskLaunch failing = launch(23, {"sh", "-c", "exit 3"});
+  failing.index = 2;
+  failing.limits = busy.limits;
+  TaskExit third = run(failing);
+  EXPECT_EQ(third.state, pb::TASK_FAILED);
+  EXPECT_EQ(iso_.spares(), 0u);  // it took the kept group, which went with it
+  EXPECT_FALSE(group_exists(23, 2));
+}
+
 // Wall time from spawn to reap, on the monotonic clock: at least what the task slept.
 TEST_P(ExecutorTest, WallTimeIsAtLeastWhatTheTaskSlept) {
   TaskExit e = run(launch(23, {"sleep", "0.3"}));

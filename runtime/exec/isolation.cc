@@ -15,6 +15,7 @@
 #include <sys/statfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <climits>
@@ -24,6 +25,7 @@
 #include <ctime>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string_view>
@@ -278,6 +280,24 @@ std::string pool_group_name(const std::string& data_dir) {
   return name;
 }
 
+// The spare groups and, per task group made from one, the cpu counters it started with.
+struct Isolation::Spares {
+  struct Spare {
+    std::string name;  // "spare.N" in every hierarchy
+    TaskLimits limits;
+    GroupUsage base;  // cumulative cpu at the recycle
+  };
+  mutable std::mutex mu;
+  std::vector<Spare> kept;                  // at most kSparesMax
+  std::map<std::string, GroupUsage> bases;  // task group -> its spare's counters
+  uint64_t next = 0;                        // names spares
+};
+
+Isolation::Isolation() = default;
+Isolation::~Isolation() = default;
+Isolation::Isolation(Isolation&&) noexcept = default;
+Isolation& Isolation::operator=(Isolation&&) noexcept = default;
+
 Isolation Isolation::probe(const std::string& cgroup_root, const std::string& name,
                            bool disable_cgroups, const std::string& self_cgroup) {
   Isolation iso;
@@ -323,6 +343,7 @@ Isolation Isolation::probe(const std::string& cgroup_root, const std::string& na
     for (const std::string& c : iso.controller_dirs_) seen = seen || c == *d;
     if (!seen) iso.controller_dirs_.push_back(*d);
   }
+  if (iso.info_.mode == IsolationMode::kCgroupV1) iso.spares_ = std::make_unique<Spares>();
   return iso;
 }
 
@@ -407,6 +428,12 @@ Result<std::vector<std::string>> Isolation::create_group(const std::string& task
   if (!valid_group_name(task_name)) {
     return fail(Errc::kInvalidArgument, "bad task group name '" + task_name + "'");
   }
+  if (take_spare(task_name, limits)) {
+    for (const std::string& parent : controller_dirs_) {
+      procs.push_back(parent + "/" + task_name + "/cgroup.procs");
+    }
+    return procs;
+  }
   for (const std::string& parent : controller_dirs_) {
     std::string dir = parent + "/" + task_name;
     int rc = ::mkdir(dir.c_str(), 0755);
@@ -466,6 +493,108 @@ Result<std::vector<std::string>> Isolation::create_group(const std::string& task
   return procs;
 }
 
+bool Isolation::rename_group(const std::string& from, const std::string& to) const {
+  for (size_t i = 0; i < controller_dirs_.size(); ++i) {
+    const std::string& parent = controller_dirs_[i];
+    if (::rename((parent + "/" + from).c_str(), (parent + "/" + to).c_str()) == 0) continue;
+    for (size_t j = 0; j < i; ++j) {
+      const std::string& p = controller_dirs_[j];
+      (void)::rename((p + "/" + to).c_str(), (p + "/" + from).c_str());
+    }
+    return false;
+  }
+  return true;
+}
+
+bool Isolation::take_spare(const std::string& task_name, const TaskLimits& limits) {
+  if (!spares_) return false;
+  Spares::Spare spare;
+  {
+    std::lock_guard lock(spares_->mu);
+    auto& kept = spares_->kept;
+    auto it = std::find_if(kept.begin(), kept.end(),
+                           [&](const Spares::Spare& s) { return s.limits == limits; });
+    if (it == kept.end()) return false;
+    spare = std::move(*it);
+    kept.erase(it);
+  }
+  // The peak restarts at what the group holds now; a failed reset would report the
+  // previous task's peak as this one's, so such a spare is not used.
+  bool reset = memory_dir_.empty() ||
+               write_file(memory_dir_ + "/" + spare.name + "/memory.max_usage_in_bytes", "0");
+  if (!reset || !rename_group(spare.name, task_name)) {
+    // A leftover group of this name (a retried attempt's), or a tree changed under us:
+    // both go, and the caller makes a new group.
+    destroy_group(spare.name);
+    return false;
+  }
+  std::lock_guard lock(spares_->mu);
+  spares_->bases[task_name] = spare.base;
+  return true;
+}
+
+bool Isolation::recycle_group(const std::string& task_name, const TaskLimits& limits) {
+  if (!spares_ || !valid_group_name(task_name) || controller_dirs_.empty()) return false;
+  {
+    std::lock_guard lock(spares_->mu);
+    if (spares_->kept.size() >= kSparesMax) return false;
+  }
+  // Empty: a task's processes are in every hierarchy's group at once (they join all of
+  // them before exec, forks inherit, and only root may move them), so one list tells.
+  auto procs = read_file(controller_dirs_.front() + "/" + task_name + "/cgroup.procs");
+  if (!procs || !parse_pids(*procs).empty()) return false;
+  if (!memory_dir_.empty()) {
+    // Never an OOM kill behind it: oom_killed() reads a counter the kernel never resets.
+    const std::string dir = memory_dir_ + "/" + task_name;
+    auto oom = read_file(dir + "/memory.oom_control");
+    if (!oom || keyed(*oom, "oom_kill").value_or(1) != 0) return false;
+    // Little left charged to it: page cache, tmpfs and kernel memory stay with a v1 group
+    // after its processes are gone, and would count against the next task's limit and in
+    // its peak (tmpfs cannot even be reclaimed without swap).
+    auto held = read_file(dir + "/memory.usage_in_bytes");
+    auto bytes = held ? parse_u64(*held) : std::nullopt;
+    uint64_t most = kSpareLeftoverMax;
+    if (limits.mem_bytes > 0) most = std::min(most, limits.mem_bytes / 16);
+    if (!bytes || *bytes > most) return false;
+  }
+  Spares::Spare spare;
+  spare.limits = limits;
+  {
+    // Cumulative: the counters without the baseline usage() takes off.
+    std::lock_guard lock(spares_->mu);
+    spares_->bases.erase(task_name);
+    spare.name = "spare." + std::to_string(spares_->next++);
+  }
+  if (!cpuacct_dir_.empty()) {
+    auto text = read_file(cpuacct_dir_ + "/" + task_name + "/cpuacct.stat");
+    auto user = text ? keyed(*text, "user") : std::nullopt;
+    auto system = text ? keyed(*text, "system") : std::nullopt;
+    if (!user || !system) return false;
+    spare.base.cpu_user_us = ticks_to_us(*user);
+    spare.base.cpu_system_us = ticks_to_us(*system);
+    spare.base.has_cpu = true;
+  }
+  if (!rename_group(task_name, spare.name)) return false;
+  const std::string name = spare.name;
+  bool kept = false;
+  {
+    std::lock_guard lock(spares_->mu);
+    if (spares_->kept.size() < kSparesMax) {
+      spares_->kept.push_back(std::move(spare));
+      kept = true;
+    }
+  }
+  // Only the loop thread keeps spares, so this is defensive: empty, it goes at once.
+  if (!kept) destroy_group(name);
+  return true;
+}
+
+uint32_t Isolation::spares() const {
+  if (!spares_) return 0;
+  std::lock_guard lock(spares_->mu);
+  return static_cast<uint32_t>(spares_->kept.size());
+}
+
 bool Isolation::remake_parent(const std::string& parent) const {
   if (!make_dir(parent)) return false;
   if (info_.mode == IsolationMode::kCgroupV2) {
@@ -521,6 +650,10 @@ bool Isolation::reap_group(const std::string& task_name) {
   for (const std::string& parent : controller_dirs_) {
     gone = reap_dir(parent + "/" + task_name) && gone;
   }
+  if (gone && spares_) {
+    std::lock_guard lock(spares_->mu);
+    spares_->bases.erase(task_name);
+  }
   return gone;
 }
 
@@ -571,6 +704,14 @@ GroupUsage Isolation::usage(const std::string& task_name) const {
         u.has_cpu = true;
       }
     }
+    // A group made from a spare: what the earlier tasks in it used is not this one's.
+    if (u.has_cpu && spares_) {
+      std::lock_guard lock(spares_->mu);
+      if (auto it = spares_->bases.find(task_name); it != spares_->bases.end()) {
+        u.cpu_user_us -= std::min(u.cpu_user_us, it->second.cpu_user_us);
+        u.cpu_system_us -= std::min(u.cpu_system_us, it->second.cpu_system_us);
+      }
+    }
   }
   if (!memory_dir_.empty()) {
     if (auto text = read_file(memory_dir_ + "/" + task_name + "/memory.max_usage_in_bytes")) {
@@ -595,6 +736,14 @@ bool Isolation::oom_killed(const std::string& task_name) const {
 }
 
 uint32_t Isolation::destroy_all_groups() {
+  if (spares_) {
+    // Spares are found below like any group; what was kept of them is forgotten first.
+    // Called before any task starts (a restart) or after the executor is gone, so no
+    // spawn thread is taking one meanwhile.
+    std::lock_guard lock(spares_->mu);
+    spares_->kept.clear();
+    spares_->bases.clear();
+  }
   std::set<std::string> names;
   for (const std::string& parent : controller_dirs_) {
     DIR* d = ::opendir(parent.c_str());

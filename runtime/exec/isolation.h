@@ -37,14 +37,28 @@
 // bounded (startup cleanup, shutdown, tests). create_group still waits the same way for a
 // leftover group of the same name (rare: a retried attempt whose teardown never ended).
 //
-// Threading: plain blocking file writes to cgroupfs (no disk I/O). Read-only after
-// construction (until destroy_parent), so calls on different groups may run on different
-// threads: the executor's spawn thread makes groups while its loop thread reaps others.
+// Spare groups (v1 only). A task that ended well leaves an empty group; recycle_group
+// keeps it, renamed "spare.N", and the next create_group with the same limits renames it
+// to its own name instead of a mkdir and an rmdir in each of v1's (up to four)
+// hierarchies: a rename is ~8 us, a mkdir or rmdir 20-50 us, and each removed memory
+// group lingers in the kernel as a dying memcg. What the kernel cannot reset is made
+// right here: the cpu counters are read at the recycle and subtracted by usage(), the
+// memory peak is reset on reuse (written 0, so it starts at what the group still holds),
+// a group still charged with more than kSpareLeftoverMax (a previous task's page cache or
+// tmpfs files: a few hundred KiB after a short task) is not kept, nor one whose OOM
+// counter is not 0. v2 keeps no spares: a v2 group
+// cannot be renamed, and memory.peak cannot be reset before Linux 6.12.
+//
+// Threading: plain blocking file writes to cgroupfs (no disk I/O). The probed layout is
+// read-only after construction (until destroy_parent), so calls on different groups may
+// run on different threads: the executor's spawn thread makes groups while its loop
+// thread reaps others. The spares and the cpu baselines are under one mutex.
 #pragma once
 
 #include <sys/types.h>
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -78,6 +92,10 @@ std::string pool_group_name(const std::string& data_dir);
 
 class Isolation {
  public:
+  Isolation();
+  ~Isolation();
+  Isolation(Isolation&&) noexcept;
+  Isolation& operator=(Isolation&&) noexcept;
   // Probes what this machine offers. `cgroup_root` is normally /sys/fs/cgroup; tests
   // pass a fake tree to inject faults. `name` is the parent group ("cardnode").
   // `self_cgroup` is this process's cgroup file ("" = not under systemd: see the top).
@@ -99,6 +117,20 @@ class Isolation {
   // while it was empty (an idle board's cleanup script) is made again, not an error.
   [[nodiscard]] Result<std::vector<std::string>> create_group(const std::string& task_name,
                                                               const TaskLimits& limits);
+  // Keeps the group of a task that ended well as a spare for the next task with the same
+  // `limits` (see the top). True if kept: `task_name` no longer exists. False (nothing
+  // changed; the caller reaps it as usual) unless the isolation is v1, the group's
+  // cgroup.procs reads empty, its OOM counter is 0, it holds little memory (see
+  // kSpareLeftoverMax) and fewer than kSparesMax are kept. The caller keeps only groups of
+  // tasks that did not run as root: root could have moved its processes between
+  // hierarchies (one hierarchy's list is read), made child groups or rewritten limits.
+  [[nodiscard]] bool recycle_group(const std::string& task_name, const TaskLimits& limits);
+  // Spare groups kept now (tests, metrics).
+  uint32_t spares() const;
+  static constexpr uint32_t kSparesMax = 8;
+  // A group still charged with more memory than this (or than a sixteenth of its limit)
+  // when its task ends is not kept.
+  static constexpr uint64_t kSpareLeftoverMax = 1u << 20;
   // One round of teardown, never sleeps (loop thread): SIGKILLs every process still in the
   // group (cgroup.kill on v2 when present) and tries to remove it in every hierarchy.
   // True once the group is gone everywhere (or never existed); false while processes
@@ -111,8 +143,8 @@ class Isolation {
   // (blocks up to ~0.5 s: startup cleanup and shutdown only). Safe to call for a group
   // that does not exist.
   void destroy_group(const std::string& task_name);
-  // Reads the group's cumulative usage; call after the task exited, before reap_group
-  // removes it. v2: cpu.stat user_usec/system_usec (present in every v2 group) and
+  // Reads the group's usage since create_group; call after the task exited, before
+  // reap_group removes it. v2: cpu.stat user_usec/system_usec (present in every v2 group) and
   // memory.peak (Linux 5.19+, memory controller). v1: cpuacct.stat user/system (USER_HZ
   // ticks, so 10 ms steps at 100 Hz) and memory.max_usage_in_bytes. What cannot be read
   // leaves has_cpu / has_mem false.
@@ -139,6 +171,11 @@ class Isolation {
   bool try_v2(const std::string& base, bool service);
   bool try_v1(const SelfCgroup& self);
   bool reap_dir(const std::string& dir);
+  // Renames `from` to `to` in every hierarchy; on a failure, back again. False if any
+  // failed (then both names may need destroying).
+  bool rename_group(const std::string& from, const std::string& to) const;
+  // A spare with these limits renamed to `task_name`, its baselines recorded. False: none.
+  bool take_spare(const std::string& task_name, const TaskLimits& limits);
   void kill_and_remove(const std::string& dir);
   // Makes `parent` (one of controller_dirs_) again, with its v2 controllers enabled.
   bool remake_parent(const std::string& parent) const;
@@ -154,6 +191,8 @@ class Isolation {
   bool under_service_ = false;
   bool memsw_ = false;  // v1 memory.memsw.limit_in_bytes exists (swap accounting on)
   bool memory_by_rlimit_ = true;
+  struct Spares;
+  std::unique_ptr<Spares> spares_;  // set by probe() in v1 mode
 };
 
 // Pids of processes whose initial environment holds `entry` ("K=V"), or with `prefix`

@@ -5,6 +5,7 @@
 // the test process: they probe with an empty or fake self-cgroup file.
 #include "runtime/exec/isolation.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <pthread.h>
 #include <signal.h>
@@ -231,8 +232,9 @@ TEST(IsolationFakeV2, NoUsableControllerMeansRlimit) {
 TEST(IsolationRlimit, DisabledOrEmptyRootGivesRlimit) {
   TempDir tmp;
   make_fake_v1(tmp.path(), true, true, true, true);
-  for (Isolation iso : {Isolation::probe(tmp.path(), "cn", /*disable_cgroups=*/true),
-                        Isolation::probe(tmp.path() / "nothing-here", "cn")}) {
+  for (bool disabled : {true, false}) {
+    Isolation iso = disabled ? Isolation::probe(tmp.path(), "cn", /*disable_cgroups=*/true)
+                             : Isolation::probe(tmp.path() / "nothing-here", "cn");
     EXPECT_EQ(iso.info().mode, IsolationMode::kRlimit);
     EXPECT_STREQ(isolation_name(iso.info().mode), "rlimit");
     EXPECT_EQ(iso.info().enforced, (std::vector<std::string>{"memory"}));
@@ -432,6 +434,139 @@ TEST(IsolationFakeV2, UsageFromCpuStatAndMemoryPeak) {
   u = iso.usage("3.1");
   EXPECT_TRUE(u.has_cpu);
   EXPECT_FALSE(u.has_mem);
+}
+
+// ---- spare groups (v1) ---------------------------------------------------------------
+
+// A fake v1 group as a finished task leaves it: nobody in it, its counters as given.
+void finished_fake_group(const fs::path& root, const std::string& g, int user_ticks,
+                         int oom_kills) {
+  put(root / "memory/cn" / g / "cgroup.procs", "");
+  put(root / "memory/cn" / g / "memory.oom_control",
+      "oom_kill_disable 0\nunder_oom 0\noom_kill " + std::to_string(oom_kills) + "\n");
+  put(root / "memory/cn" / g / "memory.max_usage_in_bytes", "20971520\n");
+  put(root / "memory/cn" / g / "memory.usage_in_bytes", "262144\n");  // a short task's
+  put(root / "cpu,cpuacct/cn" / g / "cpuacct.stat",
+      "user " + std::to_string(user_ticks) + "\nsystem 3\n");
+}
+
+TEST(IsolationFakeV1, ASpareGroupCountsOnlyItsNewTasksUsage) {
+  TempDir tmp;
+  make_fake_v1(tmp.path(), true, false, true, true);
+  put(tmp.path() / "cpu,cpuacct/cn/cpuacct.stat", "user 0\nsystem 0\n");
+  Isolation iso = Isolation::probe(tmp.path(), "cn", false, "");
+  if (::geteuid() != 0) GTEST_SKIP() << "cgroups need root";
+  const TaskLimits limits{.cpu_millis = 500, .mem_bytes = 64 << 20, .pids_max = 100};
+  ASSERT_TRUE(iso.create_group("3.0", limits));
+  finished_fake_group(tmp.path(), "3.0", 250, 0);
+  ASSERT_TRUE(iso.recycle_group("3.0", limits));
+  EXPECT_EQ(iso.spares(), 1u);
+  EXPECT_FALSE(fs::exists(tmp.path() / "memory/cn/3.0"));
+  EXPECT_FALSE(fs::exists(tmp.path() / "pids/cn/3.0"));
+  // Another task with the same limits gets it, under its own name in every hierarchy.
+  auto procs = iso.create_group("3.1", limits);
+  ASSERT_TRUE(procs);
+  EXPECT_EQ(iso.spares(), 0u);
+  for (const char* h : {"memory", "cpu,cpuacct", "pids"}) {
+    EXPECT_TRUE(fs::exists(tmp.path() / h / "cn/3.1")) << h;
+  }
+  // Its limits are the ones the spare was made with.
+  EXPECT_EQ(slurp(tmp.path() / "pids/cn/3.1/pids.max"), "100");
+  // The peak was reset, and the cpu the first task used is not counted again.
+  EXPECT_EQ(slurp(tmp.path() / "memory/cn/3.1/memory.max_usage_in_bytes"), "0");
+  put(tmp.path() / "cpu,cpuacct/cn/3.1/cpuacct.stat", "user 300\nsystem 3\n");
+  put(tmp.path() / "memory/cn/3.1/memory.max_usage_in_bytes", "1048576\n");
+  GroupUsage u = iso.usage("3.1");
+  ASSERT_TRUE(u.has_cpu);
+  EXPECT_EQ(u.cpu_user_us, ticks_us(50));
+  EXPECT_EQ(u.cpu_system_us, 0u);
+  EXPECT_EQ(u.mem_peak_bytes, 1048576u);
+  // Torn down as usual, its baseline goes with it: a new 3.1 starts from its own zero.
+  EXPECT_TRUE(iso.reap_group("3.1"));
+  ASSERT_TRUE(iso.create_group("3.1", limits));
+  put(tmp.path() / "cpu,cpuacct/cn/3.1/cpuacct.stat", "user 7\nsystem 1\n");
+  EXPECT_EQ(iso.usage("3.1").cpu_user_us, ticks_us(7));
+}
+
+TEST(IsolationFakeV1, OnlyAnEmptyGroupWithoutOomKillsIsKept) {
+  TempDir tmp;
+  make_fake_v1(tmp.path(), true, false, true, true);
+  Isolation iso = Isolation::probe(tmp.path(), "cn", false, "");
+  if (::geteuid() != 0) GTEST_SKIP() << "cgroups need root";
+  const TaskLimits limits{.cpu_millis = 0, .mem_bytes = 8 << 20, .pids_max = 10};
+  // The OOM counter is never reset by the kernel: a later task would read it as its own.
+  ASSERT_TRUE(iso.create_group("4.0", limits));
+  finished_fake_group(tmp.path(), "4.0", 1, 1);
+  EXPECT_FALSE(iso.recycle_group("4.0", limits));
+  EXPECT_TRUE(fs::exists(tmp.path() / "memory/cn/4.0"));
+  // A process still listed.
+  ASSERT_TRUE(iso.create_group("4.1", limits));
+  finished_fake_group(tmp.path(), "4.1", 1, 0);
+  put(tmp.path() / "memory/cn/4.1/cgroup.procs", std::to_string(::getpid()) + "\n");
+  EXPECT_FALSE(iso.recycle_group("4.1", limits));
+  EXPECT_TRUE(fs::exists(tmp.path() / "memory/cn/4.1"));
+  // A list that cannot be read says nothing about who is left.
+  ASSERT_TRUE(iso.create_group("4.2", limits));
+  finished_fake_group(tmp.path(), "4.2", 1, 0);
+  fs::remove(tmp.path() / "memory/cn/4.2/cgroup.procs");
+  EXPECT_FALSE(iso.recycle_group("4.2", limits));
+  EXPECT_EQ(iso.spares(), 0u);
+  // Still charged with more than a little (page cache, tmpfs files): the next task would
+  // pay for it against its limit. Here the limit is 8 MiB, so a sixteenth of it is the bar.
+  ASSERT_TRUE(iso.create_group("4.5", limits));
+  finished_fake_group(tmp.path(), "4.5", 1, 0);
+  put(tmp.path() / "memory/cn/4.5/memory.usage_in_bytes", "524289\n");
+  EXPECT_FALSE(iso.recycle_group("4.5", limits));
+  TaskLimits unlimited = limits;
+  unlimited.mem_bytes = 0;
+  put(tmp.path() / "memory/cn/4.5/memory.usage_in_bytes",
+      std::to_string(Isolation::kSpareLeftoverMax + 1) + "\n");
+  EXPECT_FALSE(iso.recycle_group("4.5", unlimited));
+  fs::remove(tmp.path() / "memory/cn/4.5/memory.usage_in_bytes");
+  EXPECT_FALSE(iso.recycle_group("4.5", unlimited));
+  EXPECT_TRUE(fs::exists(tmp.path() / "memory/cn/4.5"));
+  EXPECT_EQ(iso.spares(), 0u);
+  // Different limits never share a spare.
+  ASSERT_TRUE(iso.create_group("4.3", limits));
+  finished_fake_group(tmp.path(), "4.3", 1, 0);
+  ASSERT_TRUE(iso.recycle_group("4.3", limits));
+  TaskLimits other = limits;
+  other.pids_max = 11;
+  ASSERT_TRUE(iso.create_group("4.4", other));
+  EXPECT_EQ(iso.spares(), 1u);
+  EXPECT_EQ(slurp(tmp.path() / "pids/cn/4.4/pids.max"), "11");
+}
+
+TEST(IsolationFakeV1, SparesAreBoundedAndGoWithEveryGroup) {
+  TempDir tmp;
+  make_fake_v1(tmp.path(), true, false, true, true);
+  Isolation iso = Isolation::probe(tmp.path(), "cn", false, "");
+  if (::geteuid() != 0) GTEST_SKIP() << "cgroups need root";
+  const TaskLimits limits{};
+  // All made first (a create_group would take the spare just kept), then all ended.
+  for (uint32_t i = 0; i <= Isolation::kSparesMax; ++i) {
+    std::string g = "5." + std::to_string(i);
+    ASSERT_TRUE(iso.create_group(g, limits));
+    finished_fake_group(tmp.path(), g, 1, 0);
+  }
+  for (uint32_t i = 0; i <= Isolation::kSparesMax; ++i) {
+    EXPECT_EQ(iso.recycle_group("5." + std::to_string(i), limits), i < Isolation::kSparesMax) << i;
+  }
+  EXPECT_EQ(iso.spares(), Isolation::kSparesMax);
+  // A restart's cleanup finds the spares like any group, and forgets them.
+  EXPECT_EQ(iso.destroy_all_groups(), Isolation::kSparesMax + 1);
+  EXPECT_EQ(iso.spares(), 0u);
+}
+
+TEST(IsolationFakeV2, KeepsNoSpares) {
+  TempDir tmp;
+  make_fake_v2(tmp.path(), "memory pids");
+  Isolation iso = Isolation::probe(tmp.path(), "cn", false, "");
+  if (::geteuid() != 0) GTEST_SKIP() << "cgroups need root";
+  ASSERT_TRUE(iso.create_group("6.0", {}));
+  put(tmp.path() / "cn/6.0/cgroup.procs", "");
+  EXPECT_FALSE(iso.recycle_group("6.0", {}));
+  EXPECT_TRUE(fs::exists(tmp.path() / "cn/6.0"));
 }
 
 TEST(IsolationRlimit, UsageHasNothing) {
@@ -885,47 +1020,74 @@ TEST_F(RealCgroups, ReapGroupIsFalseWhileRmdirSaysBusy) {
   for (const std::string& p : *procs) EXPECT_FALSE(fs::exists(fs::path(p).parent_path())) << p;
 }
 
-TEST_F(RealCgroups, UsageCountsCpuAndPeakMemory) {
-  constexpr size_t kTouchBytes = 20u << 20;
-  auto procs = iso_.create_group("16.0", {});
-  ASSERT_TRUE(procs) << procs.error().describe();
+// Runs, in the group whose cgroup.procs files are `procs`, a child that touches
+// `touch_bytes` of memory, burns `cpu_ms` of CPU and, with a `file`, writes `touch_bytes`
+// into it; true once it exited 0.
+::testing::AssertionResult run_in_group(const std::vector<std::string>& procs, size_t touch_bytes,
+                                        int cpu_ms, const char* file = nullptr) {
   int go[2];
-  ASSERT_EQ(::pipe(go), 0);
+  if (::pipe(go) != 0) return ::testing::AssertionFailure() << "pipe";
   pid_t pid = ::fork();
   if (pid == 0) {
     char c = 0;
     if (::read(go[0], &c, 1) != 1) ::_exit(1);
     // Only async-signal-safe calls after fork: mmap, not malloc.
-    void* mem =
-        ::mmap(nullptr, kTouchBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (mem == MAP_FAILED) ::_exit(2);
-    std::memset(mem, 1, kTouchBytes);
-    // ~0.2 s of CPU in user space, bounded by 30 s of wall time on a starved machine.
+    if (touch_bytes > 0) {
+      void* mem =
+          ::mmap(nullptr, touch_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (mem == MAP_FAILED) ::_exit(2);
+      std::memset(mem, 1, touch_bytes);
+      if (file != nullptr) {
+        int fd = ::open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (fd < 0 || ::write(fd, mem, touch_bytes) != static_cast<ssize_t>(touch_bytes)) {
+          ::_exit(4);
+        }
+        ::close(fd);
+      }
+    }
+    // CPU in user space, bounded by 30 s of wall time on a starved machine.
     struct timespec start {
     }, now{}, cpu{};
     ::clock_gettime(CLOCK_MONOTONIC, &start);
     volatile uint64_t x = 0;
-    for (;;) {
+    while (cpu_ms > 0) {
       for (int i = 0; i < 100000; ++i) x = x + i;
       ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &cpu);
       ::clock_gettime(CLOCK_MONOTONIC, &now);
-      if (cpu.tv_sec * 1000 + cpu.tv_nsec / 1000000 >= 200) break;
+      if (cpu.tv_sec * 1000 + cpu.tv_nsec / 1000000 >= cpu_ms) break;
       if (now.tv_sec - start.tv_sec > 30) ::_exit(3);
     }
     ::_exit(0);
   }
-  ASSERT_GT(pid, 0);
   ::close(go[0]);
-  for (const std::string& p : *procs) std::ofstream(p) << pid;
-  for (const std::string& p : *procs) {
-    EXPECT_TRUE(words(slurp(p)).contains(std::to_string(pid))) << p;
+  if (pid < 0) return ::testing::AssertionFailure() << "fork";
+  for (const std::string& p : procs) std::ofstream(p) << pid;
+  for (const std::string& p : procs) {
+    if (!words(slurp(p)).contains(std::to_string(pid))) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+      return ::testing::AssertionFailure() << "not in " << p;
+    }
   }
-  ASSERT_EQ(::write(go[1], "x", 1), 1);
+  bool sent = ::write(go[1], "x", 1) == 1;
   ::close(go[1]);
-  std::optional<int> status = wait_status(pid, std::chrono::seconds(60));
-  if (!status) ::kill(pid, SIGKILL);
-  ASSERT_TRUE(status.has_value()) << "the burner did not finish";
-  ASSERT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << *status;
+  std::optional<int> status = sent ? wait_status(pid, std::chrono::seconds(60)) : std::nullopt;
+  if (!status) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    return ::testing::AssertionFailure() << "the child did not finish";
+  }
+  if (!WIFEXITED(*status) || WEXITSTATUS(*status) != 0) {
+    return ::testing::AssertionFailure() << "status " << *status;
+  }
+  return ::testing::AssertionSuccess();
+}
+
+TEST_F(RealCgroups, UsageCountsCpuAndPeakMemory) {
+  constexpr size_t kTouchBytes = 20u << 20;
+  auto procs = iso_.create_group("16.0", {});
+  ASSERT_TRUE(procs) << procs.error().describe();
+  ASSERT_TRUE(run_in_group(*procs, kTouchBytes, 200));  // ~0.2 s of CPU
 
   GroupUsage u = iso_.usage("16.0");
   bool v2 = iso_.info().mode == IsolationMode::kCgroupV2;
@@ -945,6 +1107,73 @@ TEST_F(RealCgroups, UsageCountsCpuAndPeakMemory) {
               static_cast<unsigned long long>(u.cpu_system_us),
               static_cast<unsigned long long>(u.mem_peak_bytes));
   iso_.destroy_group("16.0");
+}
+
+// The spare path on the real cgroupfs: the next task in a kept group reports its own
+// usage, not the sum with the task before it; v2 keeps nothing.
+TEST_F(RealCgroups, ATaskInASpareGroupReportsOnlyItsOwnUsage) {
+  constexpr size_t kTouchBytes = 20u << 20;
+  const TaskLimits limits{.cpu_millis = 0, .mem_bytes = 256u << 20, .pids_max = 64};
+  auto first = iso_.create_group("17.0", limits);
+  ASSERT_TRUE(first) << first.error().describe();
+  ASSERT_TRUE(run_in_group(*first, kTouchBytes, 300));
+  GroupUsage u0 = iso_.usage("17.0");
+  if (iso_.info().mode != IsolationMode::kCgroupV1) {
+    EXPECT_FALSE(iso_.recycle_group("17.0", limits));
+    EXPECT_TRUE(iso_.reap_group("17.0"));
+    return;
+  }
+  ASSERT_TRUE(iso_.recycle_group("17.0", limits));
+  EXPECT_EQ(iso_.spares(), 1u);
+  for (const std::string& parent : iso_.parent_dirs()) {
+    EXPECT_FALSE(fs::exists(fs::path(parent) / "17.0")) << parent;
+  }
+  auto second = iso_.create_group("17.1", limits);
+  ASSERT_TRUE(second) << second.error().describe();
+  EXPECT_EQ(iso_.spares(), 0u);
+  ASSERT_TRUE(run_in_group(*second, 0, 0));
+  GroupUsage u1 = iso_.usage("17.1");
+  if (u0.has_cpu) {
+    ASSERT_TRUE(u1.has_cpu);
+    EXPECT_GE(u0.cpu_user_us + u0.cpu_system_us, 150000u);
+    EXPECT_LT(u1.cpu_user_us + u1.cpu_system_us, 100000u);  // not the first task's 0.3 s
+  }
+  if (u0.has_mem) {
+    ASSERT_TRUE(u1.has_mem);
+    EXPECT_GE(u0.mem_peak_bytes, kTouchBytes);
+    EXPECT_LT(u1.mem_peak_bytes, kTouchBytes);  // the peak restarted
+  }
+  // The limits went with the group: the kernel still enforces them.
+  uint32_t limited = 0;
+  for (const std::string& parent : iso_.parent_dirs()) {
+    fs::path file = fs::path(parent) / "17.1/memory.limit_in_bytes";
+    if (!fs::exists(file)) continue;
+    EXPECT_EQ(slurp(file), std::to_string(256u << 20) + "\n");
+    ++limited;
+  }
+  EXPECT_EQ(limited, iso_.memory_by_rlimit() ? 0u : 1u);
+  EXPECT_TRUE(iso_.reap_group("17.1"));
+}
+
+// What a task leaves charged to its group (here a tmpfs file, which nothing reclaims
+// without swap) would count against the next task's limit: such a group is not kept.
+TEST_F(RealCgroups, AGroupStillChargedWithATasksFilesIsNotKept) {
+  if (iso_.info().mode != IsolationMode::kCgroupV1 || iso_.memory_by_rlimit()) {
+    GTEST_SKIP() << "spares are kept on v1 with a memory controller only";
+  }
+  if (!fs::is_directory("/dev/shm")) GTEST_SKIP() << "no /dev/shm";
+  const std::string file = "/dev/shm/cardnode-isolation-test-" + std::to_string(::getpid());
+  const TaskLimits limits{.cpu_millis = 0, .mem_bytes = 0, .pids_max = 64};
+  auto procs = iso_.create_group("18.0", limits);
+  ASSERT_TRUE(procs) << procs.error().describe();
+  struct Unlink {
+    const std::string& path;
+    ~Unlink() { ::unlink(path.c_str()); }
+  } unlink_file{file};
+  ASSERT_TRUE(run_in_group(*procs, 4u << 20, 0, file.c_str()));
+  EXPECT_FALSE(iso_.recycle_group("18.0", limits));
+  EXPECT_EQ(iso_.spares(), 0u);
+  EXPECT_TRUE(iso_.reap_group("18.0"));
 }
 
 // The delegated placement on the real v1 cgroupfs, with a fake self-cgroup file naming

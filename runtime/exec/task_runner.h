@@ -22,6 +22,7 @@ struct TaskLimits {
   uint32_t cpu_millis = 0;  // 0: no cpu limit
   uint64_t mem_bytes = 0;   // 0: no memory limit
   uint32_t pids_max = 4096;
+  bool operator==(const TaskLimits&) const = default;
 };
 
 struct TaskLaunch {

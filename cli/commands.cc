@@ -30,6 +30,8 @@ namespace {
 
 constexpr uint32_t kConnectTimeoutMs = 5000;
 constexpr uint32_t kCallTimeoutMs = 30'000;
+// run --wait of one task: how long before a job still queued is told why (see there).
+constexpr uint32_t kQueuedNoticeMs = 1'000;
 constexpr uint32_t kLogChunkBytes = 1u << 20;
 constexpr uint32_t kFollowPollMs = 500;
 // A busy server (its WAL queue full) refuses without changing anything: the client tries
@@ -335,7 +337,19 @@ int submit_and_maybe_wait(const ClientConfig& cfg, pb::JobSpec spec, bool wait) 
   }
   pb::Request w;
   w.mutable_wait_job()->set_job_id(id);
-  auto done = call(**c, w, /*timeout_ms=*/0);
+  // A one-task job that has not ended after kQueuedNoticeMs and cannot start says why,
+  // once, as srun says a job is queued and waiting for resources; then the wait goes on to
+  // its end. (The first wait's late answer is skipped; the server holds one waiter more.)
+  auto done = call(**c, w, count == 1 ? kQueuedNoticeMs : 0);
+  if (!done && done.error().sys_errno == ETIMEDOUT && count == 1) {
+    if (auto d = fetch_job(**c, id);
+        d && d->job().state() == pb::JOB_QUEUED && !d->job().wait_reason().empty()) {
+      (void)std::fprintf(stderr, "cardnode: job %llu queued: %s\n",
+                         static_cast<unsigned long long>(id),
+                         shown(d->job().wait_reason()).c_str());
+    }
+    done = call(**c, w, /*timeout_ms=*/0);
+  }
   if (!done) return report(done.error());
   // The first page of tasks is enough: a one-task job's task is on it, and an array's exit
   // code is its job's state.

@@ -31,8 +31,10 @@ Deadline deadline_after(uint32_t timeout_ms) {
   return Clock::now() + std::chrono::milliseconds(timeout_ms);
 }
 
+// ETIMEDOUT tells a caller that chose a short wait (run --wait's first one) from a
+// connection that failed: the connection is still usable, and a late answer is skipped.
 std::unexpected<Error> timed_out(const std::string& peer) {
-  return fail(Errc::kUnavailable, "timed out waiting for " + peer);
+  return fail(Errc::kUnavailable, "timed out waiting for " + peer, ETIMEDOUT);
 }
 
 // Waits until fd is ready for `events` or the deadline passes.

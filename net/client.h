@@ -37,7 +37,8 @@ class Client {
                                                                      uint32_t timeout_ms);
   ~Client();
   // Sends one request (its id is set here) and waits for the matching response.
-  // timeout_ms 0 waits forever (WaitJob).
+  // timeout_ms 0 waits forever (WaitJob). No answer in time: kUnavailable with sys_errno
+  // ETIMEDOUT, and the connection stays usable (the late answer is skipped).
   [[nodiscard]] Result<pb::Response> call(pb::Request request, uint32_t timeout_ms);
 
  private:

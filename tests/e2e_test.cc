@@ -188,6 +188,32 @@ TEST_F(Cluster, PsSaysWhyAQueuedTaskWaits) {
   EXPECT_EQ(cli({"ps", "--json"}).out.find("wait_reason"), std::string::npos);
 }
 
+// `run --wait` of a job that cannot start says why on stderr (once, after a second), as
+// srun says a job is queued; the wait goes on, and a cancel still ends it.
+TEST_F(Cluster, RunWaitSaysWhyItsJobIsQueued) {
+  start_server();
+  Output waiter;
+  std::thread client([&] {
+    waiter = run_program(
+        {CARDNODE_BIN, "--data-dir", data_, "run", "--wait", "--cpu", "64", "--", "true"}, root_,
+        {}, "", "waiter");
+  });
+  const std::string notice = "cardnode: job 1 queued: no board is big enough for a task of 64";
+  // The client's own stderr file, read while it waits: no guessed time.
+  const bool told = eventually(
+      [&] { return slurp(root_ + "/waiter.err").find(notice) != std::string::npos; }, 60s);
+  EXPECT_EQ(cli({"cancel", "1"}).code, 0);  // the wait must end either way
+  client.join();
+  EXPECT_TRUE(told) << slurp(root_ + "/waiter.err");
+  EXPECT_NE(waiter.code, 0);
+  EXPECT_NE(waiter.err.find("job 1 cancelled"), std::string::npos) << waiter.err;
+  EXPECT_EQ(waiter.err.find(notice), waiter.err.rfind(notice)) << "said more than once";
+  // A job that runs at once says nothing of the kind.
+  Output quick = cli({"run", "--wait", "--", "true"});
+  EXPECT_EQ(quick.code, 0);
+  EXPECT_EQ(quick.err.find("queued:"), std::string::npos) << quick.err;
+}
+
 TEST_F(Cluster, BadInputGetsOneLineAndExit2) {
   start_server();
   std::string bad = root_ + "/bad-token";

@@ -47,8 +47,11 @@ void put_task(const State& state, const sched::Job& job, uint32_t index, pb::Tas
   const sched::Task& t = job.tasks[index];
   ti->set_index(index);
   ti->set_state(to_pb(t.state));
-  ti->set_exit_code(t.exit_code);
-  ti->set_signal(t.signal);
+  // An attempt that has not ended has no exit yet; the last one's is under `earlier`.
+  if (sched::is_final(t.state)) {
+    ti->set_exit_code(t.exit_code);
+    ti->set_signal(t.signal);
+  }
   ti->set_attempts(t.attempts);
   if (t.attempts == 0) return;
   if (const sched::Node* node = state.cluster().node(t.node)) ti->set_node(node->spec.name);

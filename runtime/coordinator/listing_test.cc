@@ -295,6 +295,30 @@ TEST(Listing, TasksSayWhenTheirAttemptStartedOrHowLongItRan) {
   EXPECT_FALSE(tasks[2].has_usage());
 }
 
+// A retried task's line is its running attempt: the end of the attempt before it is under
+// `earlier`, not on the task (ps printed "running ... SIGNAL 15" after a server restart).
+TEST(Listing, ARunningRetryShowsNoEarlierAttemptsEnd) {
+  Fixture f;
+  f.submit(1, 1);
+  ASSERT_TRUE(f.apply(started(1, 0)).has_value());
+  pb::WalRecord end = finished(1, 0, pb::TASK_LOST, 0, 6'000);
+  end.mutable_task_finished()->set_signal(15);
+  end.mutable_task_finished()->set_exit_code(3);
+  ASSERT_TRUE(f.apply(end).has_value());
+  ASSERT_TRUE(f.apply(started(1, 0)).has_value());
+
+  auto tasks = all_tasks(f.s, 1, PageBounds{});
+  ASSERT_EQ(tasks.size(), 1u);
+  EXPECT_EQ(tasks[0].state(), pb::TASK_RUNNING);
+  EXPECT_EQ(tasks[0].attempts(), 2u);
+  EXPECT_EQ(tasks[0].signal(), 0);
+  EXPECT_EQ(tasks[0].exit_code(), 0);
+  ASSERT_EQ(tasks[0].earlier_size(), 1);
+  EXPECT_EQ(tasks[0].earlier(0).state(), pb::TASK_LOST);
+  EXPECT_EQ(tasks[0].earlier(0).signal(), 15);
+  EXPECT_EQ(tasks[0].earlier(0).exit_code(), 3);
+}
+
 // What a user can submit at most still lists: 18 jobs of 250 KB commands (the issue's
 // 4.5 MB), and a page of a large array, each within a frame.
 TEST(Listing, TheLargestRepliesFitAFrame) {

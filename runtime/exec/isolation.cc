@@ -41,6 +41,8 @@ constexpr uint64_t kCpuPeriodUs = 100000;
 constexpr uint64_t kKernelDefaultCpuPeriodUs = 100000;  // default_cfs_period()
 constexpr uint64_t kCpuQuotaMinUs = 1000;               // the kernel rejects smaller quotas
 constexpr int kEintrRetriesMax = 1000;                  // a signal storm still ends in an error
+// Kept groups' names: "spare.N" (a task group is "JOB.INDEX", all digits and a dot).
+constexpr std::string_view kSparePrefix = "spare.";
 // The leaf a delegated v2 service moves itself into, beside its parent group.
 constexpr const char* kSupervisorLeaf = "supervisor";
 
@@ -563,7 +565,7 @@ bool Isolation::recycle_group(const std::string& task_name, const TaskLimits& li
     // Cumulative: the counters without the baseline usage() takes off.
     std::lock_guard lock(spares_->mu);
     spares_->bases.erase(task_name);
-    spare.name = "spare." + std::to_string(spares_->next++);
+    spare.name = std::string(kSparePrefix) + std::to_string(spares_->next++);
   }
   if (!cpuacct_dir_.empty()) {
     auto text = read_file(cpuacct_dir_ + "/" + task_name + "/cpuacct.stat");
@@ -757,8 +759,12 @@ uint32_t Isolation::destroy_all_groups() {
     }
     ::closedir(d);
   }
-  for (const std::string& n : names) destroy_group(n);
-  return static_cast<uint32_t>(names.size());
+  uint32_t tasks = 0;
+  for (const std::string& n : names) {
+    destroy_group(n);
+    if (!n.starts_with(kSparePrefix)) ++tasks;
+  }
+  return tasks;
 }
 
 void Isolation::destroy_parent() {

@@ -153,7 +153,7 @@ class Isolation {
   // oom_kill, v2 memory.events oom_kill).
   bool oom_killed(const std::string& task_name) const;
   // Kills and removes every task group left under the parent (a server or agent restart).
-  // Returns how many groups were found.
+  // Returns how many task groups were found (kept spares are removed too, not counted).
   uint32_t destroy_all_groups();
 
   // destroy_all_groups(), then removes the parent group itself (a server whose data dir

@@ -553,8 +553,9 @@ TEST(IsolationFakeV1, SparesAreBoundedAndGoWithEveryGroup) {
     EXPECT_EQ(iso.recycle_group("5." + std::to_string(i), limits), i < Isolation::kSparesMax) << i;
   }
   EXPECT_EQ(iso.spares(), Isolation::kSparesMax);
-  // A restart's cleanup finds the spares like any group, and forgets them.
-  EXPECT_EQ(iso.destroy_all_groups(), Isolation::kSparesMax + 1);
+  // A restart's cleanup removes the spares like any group and forgets them; it counts
+  // only task groups (its "killed N leftovers" line).
+  EXPECT_EQ(iso.destroy_all_groups(), 1u);  // 5.8, which was not kept
   EXPECT_EQ(iso.spares(), 0u);
 }
 
@@ -1152,7 +1153,14 @@ TEST_F(RealCgroups, ATaskInASpareGroupReportsOnlyItsOwnUsage) {
     ++limited;
   }
   EXPECT_EQ(limited, iso_.memory_by_rlimit() ? 0u : 1u);
-  EXPECT_TRUE(iso_.reap_group("17.1"));
+  // Kept again, a restart's cleanup removes it in every hierarchy without counting it.
+  ASSERT_TRUE(iso_.recycle_group("17.1", limits));
+  EXPECT_EQ(iso_.destroy_all_groups(), 0u);
+  for (const std::string& parent : iso_.parent_dirs()) {
+    for (const auto& e : fs::directory_iterator(parent)) {
+      EXPECT_FALSE(e.is_directory()) << e.path();
+    }
+  }
 }
 
 // What a task leaves charged to its group (here a tmpfs file, which nothing reclaims

@@ -65,13 +65,24 @@ struct ChildArgs {
 
 // ---- child side: system calls only -------------------------------------------------
 
-size_t append(char* buf, size_t at, size_t cap, const char* s) {
+// ASan builds: the child runs on a stack of ours in our memory and never returns, so its
+// instrumented frames would leave poisoned redzones on the reused stack, and ASan's check
+// before each noreturn call cannot tell that stack from a thread's (a false
+// stack-buffer-overflow, or a warning in the task's stderr log). The child's code is left
+// uninstrumented; it makes system calls only.
+#if defined(__SANITIZE_ADDRESS__)
+#define CHILD_SIDE __attribute__((no_sanitize_address))
+#else
+#define CHILD_SIDE
+#endif
+
+CHILD_SIDE size_t append(char* buf, size_t at, size_t cap, const char* s) {
   while (s != nullptr && *s != '\0' && at + 1 < cap) buf[at++] = *s++;
   return at;
 }
 
 // "cardnode: <what> <subject>: <reason>\n" to fd 2 (the task's stderr log).
-void say(const char* what, const char* subject, int err) {
+CHILD_SIDE void say(const char* what, const char* subject, int err) {
   char buf[512];
   size_t n = append(buf, 0, sizeof buf, "cardnode: ");
   n = append(buf, n, sizeof buf, what);
@@ -89,7 +100,7 @@ void say(const char* what, const char* subject, int err) {
   (void)!::write(STDERR_FILENO, buf, n);
 }
 
-[[noreturn]] void cannot(const char* what, const char* subject, int err) {
+[[noreturn]] CHILD_SIDE void cannot(const char* what, const char* subject, int err) {
   say(what, subject, err);
   ::_exit(kExitCannotRun);
 }
@@ -97,21 +108,21 @@ void say(const char* what, const char* subject, int err) {
 // Raw credential calls: glibc's setresuid & co. broadcast to every thread of the process
 // (POSIX per-process credentials), and in a CLONE_VM child "the process" is the
 // parent's. The 32-bit variants are the ones with full-width ids on 32-bit ARM.
-long sys_setgroups_none() {
+CHILD_SIDE long sys_setgroups_none() {
 #ifdef SYS_setgroups32
   return ::syscall(SYS_setgroups32, 0, nullptr);
 #else
   return ::syscall(SYS_setgroups, 0, nullptr);
 #endif
 }
-long sys_setresgid(gid_t g) {
+CHILD_SIDE long sys_setresgid(gid_t g) {
 #ifdef SYS_setresgid32
   return ::syscall(SYS_setresgid32, g, g, g);
 #else
   return ::syscall(SYS_setresgid, g, g, g);
 #endif
 }
-long sys_setresuid(uid_t u) {
+CHILD_SIDE long sys_setresuid(uid_t u) {
 #ifdef SYS_setresuid32
   return ::syscall(SYS_setresuid32, u, u, u);
 #else
@@ -119,7 +130,7 @@ long sys_setresuid(uid_t u) {
 #endif
 }
 
-void enter_dir(const ChildArgs& a) {
+CHILD_SIDE void enter_dir(const ChildArgs& a) {
   if (a.cwd != nullptr && a.cwd[0] != '\0') {
     if (::chdir(a.cwd) == 0) return;
     int err = errno;
@@ -135,7 +146,7 @@ void enter_dir(const ChildArgs& a) {
 }
 
 // execvp along the task's PATH (not the server's: execvpe reads the caller's own).
-[[noreturn]] void exec_command(const ChildArgs& a) {
+[[noreturn]] CHILD_SIDE void exec_command(const ChildArgs& a) {
   int err = ENOENT;
   if (std::strchr(a.file, '/') != nullptr) {
     ::execve(a.file, a.argv, a.envp);
@@ -190,7 +201,7 @@ void enter_dir(const ChildArgs& a) {
   ::_exit(err == EACCES ? kExitNotExecutable : kExitCannotRun);
 }
 
-long close_fds(unsigned first, unsigned last) {
+CHILD_SIDE long close_fds(unsigned first, unsigned last) {
   return first > last ? 0 : ::syscall(SYS_close_range, first, last, 0U);
 }
 
@@ -198,7 +209,7 @@ long close_fds(unsigned first, unsigned last) {
 // waits (0..2 and hold_fd): the clone copied all of ours, among them the server's end of
 // this very socket (and of any other held child's), and such a copy would keep a child
 // waiting after the server died. Then one byte decides.
-void wait_for_release(int hold_fd) {
+CHILD_SIDE void wait_for_release(int hold_fd) {
   const auto fd = static_cast<unsigned>(hold_fd);
   if (close_fds(3, fd - 1) != 0 || close_fds(fd + 1, ~0U) != 0) {
     cannot("cannot close", "the server's descriptors", errno);
@@ -215,7 +226,7 @@ void wait_for_release(int hold_fd) {
   ::close(hold_fd);
 }
 
-int child_main(void* arg) {
+CHILD_SIDE int child_main(void* arg) {
   const ChildArgs& a = *static_cast<const ChildArgs*>(arg);
   // The parent blocked every signal before clone; its handlers must never run here.
   struct sigaction dfl {};

@@ -311,13 +311,48 @@ int copy_log(net::Client& c, TaskId task, pb::LogStream stream, std::FILE* out, 
   }
 }
 
+Result<pb::Response> wait_job(net::Client& c, uint64_t id) {
+  pb::Request w;
+  w.mutable_wait_job()->set_job_id(id);
+  return call(c, w, /*timeout_ms=*/0);
+}
+
+// WaitJob for a one-task job. One that has not ended after kQueuedNoticeMs and cannot
+// start says why, once, as srun says a job is queued and waiting for resources, and the
+// wait goes on for the same answer: one waiter on the server, which keeps the job from
+// pruning until it has answered. The reason is asked on a second connection (this one is
+// waiting); best effort.
+Result<pb::Response> wait_one(net::Client& c, const ClientConfig& cfg, uint64_t id) {
+  pb::Request w;
+  w.mutable_wait_job()->set_job_id(id);
+  auto sent = c.send(w, kCallTimeoutMs);
+  if (!sent) return std::unexpected(sent.error());
+  auto answer = c.receive(*sent, kQueuedNoticeMs);
+  if (answer && !*answer) {
+    if (auto other = connect(cfg)) {
+      if (auto d = fetch_job(**other, id);
+          d && d->job().state() == pb::JOB_QUEUED && !d->job().wait_reason().empty()) {
+        (void)std::fprintf(stderr, "cardnode: job %llu queued: %s\n",
+                           static_cast<unsigned long long>(id),
+                           shown(d->job().wait_reason()).c_str());
+      }
+    }
+    answer = c.receive(*sent, /*timeout_ms=*/0);
+  }
+  if (!answer) return std::unexpected(answer.error());
+  pb::Response r = std::move(**answer);
+  if (r.error() == pb::OK) return r;
+  if (r.error() == pb::BUSY) return wait_job(c, id);  // call() retries as for any request
+  return fail(static_cast<Errc>(r.error()), r.error_message());
+}
+
 int submit_and_maybe_wait(const ClientConfig& cfg, pb::JobSpec spec, bool wait) {
   // Before connecting: a spec the server would refuse (or that protobuf would not send,
   // a map key that is not UTF-8) is a usage error, and nothing is sent.
   if (auto bad = job_spec_bytes_error(spec)) return error_line(*bad, kExitUsage);
   auto c = connect(cfg);
   if (!c) return report(c.error());
-  const uint32_t count = spec.count();
+  const uint32_t count = std::max(spec.count(), 1u);  // a JobSpec without a count has one task
   const uint64_t submitted_at = steady_ms();
   pb::Request req;
   *req.mutable_submit()->mutable_spec() = std::move(spec);
@@ -335,21 +370,7 @@ int submit_and_maybe_wait(const ClientConfig& cfg, pb::JobSpec spec, bool wait) 
   if (count > 1) {
     if (auto st = show_progress(**c, id, submitted_at); !st) return report(st.error());
   }
-  pb::Request w;
-  w.mutable_wait_job()->set_job_id(id);
-  // A one-task job that has not ended after kQueuedNoticeMs and cannot start says why,
-  // once, as srun says a job is queued and waiting for resources; then the wait goes on to
-  // its end. (The first wait's late answer is skipped; the server holds one waiter more.)
-  auto done = call(**c, w, count == 1 ? kQueuedNoticeMs : 0);
-  if (!done && done.error().sys_errno == ETIMEDOUT && count == 1) {
-    if (auto d = fetch_job(**c, id);
-        d && d->job().state() == pb::JOB_QUEUED && !d->job().wait_reason().empty()) {
-      (void)std::fprintf(stderr, "cardnode: job %llu queued: %s\n",
-                         static_cast<unsigned long long>(id),
-                         shown(d->job().wait_reason()).c_str());
-    }
-    done = call(**c, w, /*timeout_ms=*/0);
-  }
+  auto done = count == 1 ? wait_one(**c, cfg, id) : wait_job(**c, id);
   if (!done) return report(done.error());
   // The first page of tasks is enough: a one-task job's task is on it, and an array's exit
   // code is its job's state.

@@ -31,10 +31,13 @@ Deadline deadline_after(uint32_t timeout_ms) {
   return Clock::now() + std::chrono::milliseconds(timeout_ms);
 }
 
-// ETIMEDOUT tells a caller that chose a short wait (run --wait's first one) from a
-// connection that failed: the connection is still usable, and a late answer is skipped.
 std::unexpected<Error> timed_out(const std::string& peer) {
-  return fail(Errc::kUnavailable, "timed out waiting for " + peer, ETIMEDOUT);
+  return fail(Errc::kUnavailable, "timed out waiting for " + peer);
+}
+
+// The deadline passed (a failed socket call carries its errno; a timeout none).
+bool is_timeout(const Error& e, const Deadline& deadline) {
+  return e.sys_errno == 0 && deadline && Clock::now() >= *deadline;
 }
 
 // Waits until fd is ready for `events` or the deadline passes.
@@ -232,30 +235,36 @@ Client::~Client() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-Result<pb::Response> Client::call(pb::Request request, uint32_t timeout_ms) {
+Result<uint64_t> Client::send(pb::Request request, uint32_t timeout_ms) {
   const uint64_t id = next_id_++;
   request.set_id(id);
+  skipped_ = 0;
   std::string frame;
   if (Status st = encode_frame(request, &frame); !st) return std::unexpected(st.error());
-  const Deadline deadline = deadline_after(timeout_ms);
   std::string sealed;
   if (Status st = channel_->seal(frame, &sealed); !st) return std::unexpected(st.error());
-  if (Status st = write_all(fd_, sealed, deadline, peer_); !st) return std::unexpected(st.error());
+  if (Status st = write_all(fd_, sealed, deadline_after(timeout_ms), peer_); !st) {
+    return std::unexpected(st.error());
+  }
+  return id;
+}
 
+Result<std::optional<pb::Response>> Client::receive(uint64_t id, uint32_t timeout_ms) {
+  const Deadline deadline = deadline_after(timeout_ms);
   std::string chunk(kReadChunkBytes, '\0');
-  uint32_t skipped = 0;
-  for (;;) {  // each pass reads at least one byte; bounded by the deadline and skipped
+  for (;;) {  // each pass reads at least one byte; bounded by the deadline and skipped_
     while (std::optional<std::string_view> payload = decoder_.next()) {
       pb::Response response;
       if (!response.ParseFromArray(payload->data(), static_cast<int>(payload->size()))) {
         return fail(Errc::kUnavailable, "malformed response from " + peer_);
       }
       if (response.id() == id) return response;
-      if (++skipped > kStaleResponsesMax) {
+      if (++skipped_ > kStaleResponsesMax) {
         return fail(Errc::kUnavailable, peer_ + " sent too many responses to other requests");
       }
     }
     Result<size_t> n = read_some(fd_, chunk.data(), chunk.size(), deadline, peer_);
+    if (!n && is_timeout(n.error(), deadline)) return std::optional<pb::Response>{};
     if (!n) return std::unexpected(n.error());
     if (*n == 0) return fail(Errc::kUnavailable, "server at " + peer_ + " closed the connection");
     std::string app;
@@ -270,6 +279,15 @@ Result<pb::Response> Client::call(pb::Request request, uint32_t timeout_ms) {
       return fail(Errc::kUnavailable, "protocol error from " + peer_ + ": " + st.error().message);
     }
   }
+}
+
+Result<pb::Response> Client::call(pb::Request request, uint32_t timeout_ms) {
+  auto id = send(std::move(request), timeout_ms);
+  if (!id) return std::unexpected(id.error());
+  auto response = receive(*id, timeout_ms);
+  if (!response) return std::unexpected(response.error());
+  if (!*response) return timed_out(peer_);
+  return std::move(**response);
 }
 
 }  // namespace cardnode::net

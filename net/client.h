@@ -37,9 +37,15 @@ class Client {
                                                                      uint32_t timeout_ms);
   ~Client();
   // Sends one request (its id is set here) and waits for the matching response.
-  // timeout_ms 0 waits forever (WaitJob). No answer in time: kUnavailable with sys_errno
-  // ETIMEDOUT, and the connection stays usable (the late answer is skipped).
+  // timeout_ms 0 waits forever (WaitJob). No answer in time: kUnavailable ("timed out
+  // waiting for ..."); the connection stays usable and a late answer is skipped.
   [[nodiscard]] Result<pb::Response> call(pb::Request request, uint32_t timeout_ms);
+  // call() in two halves, for a caller that does something else while it waits (run
+  // --wait's notice of a queued job). send() returns the request's id; receive() waits up
+  // to timeout_ms (0: forever) for its answer, skipping others, and nullopt means none came
+  // in time: the connection is intact and receive() may be called again for the same id.
+  [[nodiscard]] Result<uint64_t> send(pb::Request request, uint32_t timeout_ms);
+  [[nodiscard]] Result<std::optional<pb::Response>> receive(uint64_t id, uint32_t timeout_ms);
 
  private:
   Client(int fd, std::string peer, std::unique_ptr<Channel> channel);
@@ -48,6 +54,7 @@ class Client {
   std::string peer_;
   std::unique_ptr<Channel> channel_;
   uint64_t next_id_ = 1;
+  uint32_t skipped_ = 0;  // answers to other (timed-out) requests skipped since send()
   FrameDecoder decoder_;
 };
 

@@ -510,6 +510,41 @@ TEST_F(RpcTest, DeferredReply) {
   expect_call_works(c.get());
 }
 
+// run --wait's shape: a WaitJob whose answer does not come within a short wait is waited
+// for again by its id (one request on the server, not two); calls made meanwhile on
+// another connection work, and nothing is mistaken for the held answer.
+TEST_F(RpcTest, AReceiveThatTimesOutLeavesTheSameAnswerToWaitFor) {
+  auto_release_ = false;
+  start_server();
+  auto c = connect();
+  ASSERT_NE(c, nullptr);
+  pb::Request wait;
+  wait.mutable_wait_job()->set_job_id(7);
+  Result<uint64_t> id = c->send(wait, kCallTimeoutMs);
+  ASSERT_TRUE(id.has_value()) << id.error().describe();
+  ASSERT_TRUE(wait_until([&] { return held() == 1; }));
+  Result<std::optional<pb::Response>> first = c->receive(*id, 50);
+  ASSERT_TRUE(first.has_value()) << first.error().describe();
+  EXPECT_FALSE(first->has_value());  // nothing yet, and the connection is intact
+  auto other = connect();
+  expect_call_works(other.get());
+  loop_.run([this] { release_front(); });
+  Result<std::optional<pb::Response>> second = c->receive(*id, 0);
+  ASSERT_TRUE(second.has_value()) << second.error().describe();
+  ASSERT_TRUE(second->has_value());
+  EXPECT_EQ((*second)->id(), *id);
+  EXPECT_EQ((*second)->jobs().jobs(0).name(), "waited");
+  EXPECT_EQ(loop_.run([this] { return max_held_; }), 1u);  // asked once
+  expect_call_works(c.get());
+  // call() with a short timeout still fails the call, with the same words as before.
+  Result<pb::Response> timed = c->call(wait, 50);
+  ASSERT_FALSE(timed.has_value());
+  EXPECT_EQ(timed.error().code, Errc::kUnavailable);
+  EXPECT_EQ(timed.error().describe(), "timed out waiting for " + addr_);
+  loop_.run([this] { release_front(); });
+  expect_call_works(c.get());  // the late answer is skipped
+}
+
 TEST_F(RpcTest, ReplyAfterTheClientLeftIsANoop) {
   auto_release_ = false;
   start_server();

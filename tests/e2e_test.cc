@@ -214,6 +214,18 @@ TEST_F(Cluster, RunWaitSaysWhyItsJobIsQueued) {
   EXPECT_EQ(quick.err.find("queued:"), std::string::npos) << quick.err;
 }
 
+// The notice's first wait and the rest are one WaitJob: a task that outlives the first
+// wait on a server that prunes each job once answered (--keep-finished 0) still gets its
+// own end and exit code (its logs go with the job, as docs/CLI.md says), and a running
+// job is not called queued.
+TEST_F(Cluster, RunWaitOutlivingTheNoticeKeepsItsJobUntilAnswered) {
+  start_server({"--keep-finished", "0"});
+  Output slow = cli({"run", "--wait", "--", "sh", "-c", "sleep 1.5; exit 3"});
+  EXPECT_EQ(slow.code, 3) << slow.err;
+  EXPECT_NE(slow.err.find("cardnode: job 1 failed"), std::string::npos) << slow.err;
+  EXPECT_EQ(slow.err.find("queued:"), std::string::npos) << slow.err;
+}
+
 TEST_F(Cluster, BadInputGetsOneLineAndExit2) {
   start_server();
   std::string bad = root_ + "/bad-token";

@@ -47,8 +47,13 @@ void put_task(const State& state, const sched::Job& job, uint32_t index, pb::Tas
   const sched::Task& t = job.tasks[index];
   ti->set_index(index);
   ti->set_state(to_pb(t.state));
-  // An attempt that has not ended has no exit yet; the last one's is under `earlier`.
-  if (sched::is_final(t.state)) {
+  // The task's exit is its last attempt's, once that attempt has ended. Not while one runs
+  // or waits to (the previous end is under `earlier`), nor when a retry was cancelled
+  // before it started (the codes kept are that earlier attempt's).
+  const auto earlier = job.earlier.find(index);
+  const bool codes_are_earlier = earlier != job.earlier.end() && !earlier->second.empty() &&
+                                 earlier->second.back().attempt == t.attempts;
+  if (sched::is_final(t.state) && !codes_are_earlier) {
     ti->set_exit_code(t.exit_code);
     ti->set_signal(t.signal);
   }
@@ -66,9 +71,8 @@ void put_task(const State& state, const sched::Job& job, uint32_t index, pb::Tas
   if (auto started = job.started_ms.find(index); started != job.started_ms.end()) {
     ti->set_started_ms(started->second);
   }
-  auto it = job.earlier.find(index);
-  if (it == job.earlier.end()) return;
-  for (const sched::EarlierAttempt& a : it->second) {
+  if (earlier == job.earlier.end()) return;
+  for (const sched::EarlierAttempt& a : earlier->second) {
     pb::AttemptInfo* ai = ti->add_earlier();
     ai->set_attempt(a.attempt);
     ai->set_state(to_pb(a.state));

@@ -305,7 +305,7 @@ TEST(Listing, ARunningRetryShowsNoEarlierAttemptsEnd) {
   end.mutable_task_finished()->set_signal(15);
   end.mutable_task_finished()->set_exit_code(3);
   ASSERT_TRUE(f.apply(end).has_value());
-  ASSERT_TRUE(f.apply(started(1, 0)).has_value());
+  ASSERT_TRUE(f.apply(started(1, 0, 2)).has_value());
 
   auto tasks = all_tasks(f.s, 1, PageBounds{});
   ASSERT_EQ(tasks.size(), 1u);
@@ -317,6 +317,33 @@ TEST(Listing, ARunningRetryShowsNoEarlierAttemptsEnd) {
   EXPECT_EQ(tasks[0].earlier(0).state(), pb::TASK_LOST);
   EXPECT_EQ(tasks[0].earlier(0).signal(), 15);
   EXPECT_EQ(tasks[0].earlier(0).exit_code(), 3);
+}
+
+// A retry cancelled before it started ends the task with no exit of its own: the codes
+// are the earlier attempt's, shown under `earlier` only (and `run --wait` exits 1).
+TEST(Listing, ARetryCancelledBeforeItStartedHasNoExitOfItsOwn) {
+  Fixture f;
+  f.submit(1, 1);
+  ASSERT_TRUE(f.apply(started(1, 0)).has_value());
+  pb::WalRecord end = finished(1, 0, pb::TASK_LOST, 0, 6'000);
+  end.mutable_task_finished()->set_signal(9);
+  ASSERT_TRUE(f.apply(end).has_value());
+  ASSERT_TRUE(f.apply(cancelled(1)).has_value());
+
+  auto tasks = all_tasks(f.s, 1, PageBounds{});
+  ASSERT_EQ(tasks.size(), 1u);
+  EXPECT_EQ(tasks[0].state(), pb::TASK_CANCELLED);
+  EXPECT_EQ(tasks[0].attempts(), 1u);
+  EXPECT_EQ(tasks[0].signal(), 0);
+  ASSERT_EQ(tasks[0].earlier_size(), 1);
+  EXPECT_EQ(tasks[0].earlier(0).signal(), 9);
+  // A task whose last attempt ran and ended keeps its own codes.
+  f.submit(2, 1);
+  ASSERT_TRUE(f.apply(started(2, 0)).has_value());
+  ASSERT_TRUE(f.apply(finished(2, 0, pb::TASK_FAILED, 3, 7'000)).has_value());
+  auto two = all_tasks(f.s, 2, PageBounds{});
+  ASSERT_EQ(two.size(), 1u);
+  EXPECT_EQ(two[0].exit_code(), 3);
 }
 
 // What a user can submit at most still lists: 18 jobs of 250 KB commands (the issue's

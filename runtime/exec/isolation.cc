@@ -436,6 +436,11 @@ Result<std::vector<std::string>> Isolation::create_group(const std::string& task
     }
     return procs;
   }
+  if (spares_) {
+    // A new group counts from zero, whatever an earlier group of this name left behind.
+    std::lock_guard lock(spares_->mu);
+    spares_->bases.erase(task_name);
+  }
   for (const std::string& parent : controller_dirs_) {
     std::string dir = parent + "/" + task_name;
     int rc = ::mkdir(dir.c_str(), 0755);
@@ -537,10 +542,6 @@ bool Isolation::take_spare(const std::string& task_name, const TaskLimits& limit
 
 bool Isolation::recycle_group(const std::string& task_name, const TaskLimits& limits) {
   if (!spares_ || !valid_group_name(task_name) || controller_dirs_.empty()) return false;
-  {
-    std::lock_guard lock(spares_->mu);
-    if (spares_->kept.size() >= kSparesMax) return false;
-  }
   // Empty: a task's processes are in every hierarchy's group at once (they join all of
   // them before exec, forks inherit, and only root may move them), so one list tells.
   auto procs = read_file(controller_dirs_.front() + "/" + task_name + "/cgroup.procs");
@@ -577,17 +578,18 @@ bool Isolation::recycle_group(const std::string& task_name, const TaskLimits& li
     spare.base.has_cpu = true;
   }
   if (!rename_group(task_name, spare.name)) return false;
-  const std::string name = spare.name;
-  bool kept = false;
+  // At most kSparesMax: the oldest goes to make room, or spares kept for limits no later
+  // task asks for would hold every place for good. Empty, it goes at once.
+  std::optional<std::string> evicted;
   {
     std::lock_guard lock(spares_->mu);
-    if (spares_->kept.size() < kSparesMax) {
-      spares_->kept.push_back(std::move(spare));
-      kept = true;
+    if (spares_->kept.size() >= kSparesMax) {
+      evicted = std::move(spares_->kept.front().name);
+      spares_->kept.erase(spares_->kept.begin());
     }
+    spares_->kept.push_back(std::move(spare));
   }
-  // Only the loop thread keeps spares, so this is defensive: empty, it goes at once.
-  if (!kept) destroy_group(name);
+  if (evicted) destroy_group(*evicted);
   return true;
 }
 

@@ -120,8 +120,8 @@ class Isolation {
   // Keeps the group of a task that ended well as a spare for the next task with the same
   // `limits` (see the top). True if kept: `task_name` no longer exists. False (nothing
   // changed; the caller reaps it as usual) unless the isolation is v1, the group's
-  // cgroup.procs reads empty, its OOM counter is 0, it holds little memory (see
-  // kSpareLeftoverMax) and fewer than kSparesMax are kept. The caller keeps only groups of
+  // cgroup.procs reads empty, its OOM counter is 0 and it holds little memory (see
+  // kSpareLeftoverMax). At most kSparesMax are kept: the oldest is removed for a new one. The caller keeps only groups of
   // tasks that did not run as root: root could have moved its processes between
   // hierarchies (one hierarchy's list is read), made child groups or rewritten limits.
   [[nodiscard]] bool recycle_group(const std::string& task_name, const TaskLimits& limits);

@@ -537,25 +537,35 @@ TEST(IsolationFakeV1, OnlyAnEmptyGroupWithoutOomKillsIsKept) {
   EXPECT_EQ(slurp(tmp.path() / "pids/cn/4.4/pids.max"), "11");
 }
 
-TEST(IsolationFakeV1, SparesAreBoundedAndGoWithEveryGroup) {
+TEST(IsolationFakeV1, SparesAreBoundedTheOldestMakesRoomAndAllGoAtARestart) {
   TempDir tmp;
   make_fake_v1(tmp.path(), true, false, true, true);
   Isolation iso = Isolation::probe(tmp.path(), "cn", false, "");
   if (::geteuid() != 0) GTEST_SKIP() << "cgroups need root";
-  const TaskLimits limits{};
+  // The first is kept for limits no later task asks for; then kSparesMax others.
+  const TaskLimits odd{.cpu_millis = 0, .mem_bytes = 0, .pids_max = 7};
+  const TaskLimits usual{};
+  ASSERT_TRUE(iso.create_group("5.0", odd));
+  finished_fake_group(tmp.path(), "5.0", 1, 0);
   // All made first (a create_group would take the spare just kept), then all ended.
-  for (uint32_t i = 0; i <= Isolation::kSparesMax; ++i) {
+  for (uint32_t i = 1; i <= Isolation::kSparesMax; ++i) {
     std::string g = "5." + std::to_string(i);
-    ASSERT_TRUE(iso.create_group(g, limits));
+    ASSERT_TRUE(iso.create_group(g, usual));
     finished_fake_group(tmp.path(), g, 1, 0);
   }
-  for (uint32_t i = 0; i <= Isolation::kSparesMax; ++i) {
-    EXPECT_EQ(iso.recycle_group("5." + std::to_string(i), limits), i < Isolation::kSparesMax) << i;
+  ASSERT_TRUE(iso.recycle_group("5.0", odd));
+  for (uint32_t i = 1; i <= Isolation::kSparesMax; ++i) {
+    EXPECT_TRUE(iso.recycle_group("5." + std::to_string(i), usual)) << i;
   }
   EXPECT_EQ(iso.spares(), Isolation::kSparesMax);
+  // The odd one made room: a task with its limits gets a new group, a usual one a spare.
+  ASSERT_TRUE(iso.create_group("6.0", odd));
+  EXPECT_EQ(iso.spares(), Isolation::kSparesMax);
+  ASSERT_TRUE(iso.create_group("6.1", usual));
+  EXPECT_EQ(iso.spares(), Isolation::kSparesMax - 1);
   // A restart's cleanup removes the spares like any group and forgets them; it counts
-  // only task groups (its "killed N leftovers" line).
-  EXPECT_EQ(iso.destroy_all_groups(), 1u);  // 5.8, which was not kept
+  // only task groups (its "killed N leftovers" line): 6.0 and 6.1.
+  EXPECT_EQ(iso.destroy_all_groups(), 2u);
   EXPECT_EQ(iso.spares(), 0u);
 }
 

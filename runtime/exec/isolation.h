@@ -121,9 +121,10 @@ class Isolation {
   // `limits` (see the top). True if kept: `task_name` no longer exists. False (nothing
   // changed; the caller reaps it as usual) unless the isolation is v1, the group's
   // cgroup.procs reads empty, its OOM counter is 0 and it holds little memory (see
-  // kSpareLeftoverMax). At most kSparesMax are kept: the oldest is removed for a new one. The caller keeps only groups of
-  // tasks that did not run as root: root could have moved its processes between
-  // hierarchies (one hierarchy's list is read), made child groups or rewritten limits.
+  // kSpareLeftoverMax). At most kSparesMax are kept: the oldest goes for a new one.
+  // The caller keeps only groups of tasks that did not run as root: root could have
+  // moved its processes between hierarchies (one hierarchy's list is read), made child
+  // groups or rewritten limits.
   [[nodiscard]] bool recycle_group(const std::string& task_name, const TaskLimits& limits);
   // Spare groups kept now (tests, metrics).
   uint32_t spares() const;

@@ -1,9 +1,5 @@
 #include "net/channel.h"
 
-#include <openssl/err.h>
-#include <openssl/evp.h>
-#include <openssl/sha.h>
-#include <openssl/ssl.h>
 #include <sys/auxv.h>
 #include <unistd.h>
 
@@ -11,6 +7,7 @@
 #include <cstring>
 
 #include "net/handshake.h"
+#include "net/openssl_calls.h"  // last of the OpenSSL headers: every call goes through it
 
 #if defined(__aarch64__) || defined(__arm__)
 #include <asm/hwcap.h>
@@ -620,18 +617,15 @@ Status SecurityContext::check_flags(const SecurityOptions& o) {
   return {};
 }
 
-void init_tls_library() {
-  (void)OPENSSL_init_ssl(OPENSSL_INIT_NO_LOAD_CONFIG, nullptr);
-}
-
 Result<std::shared_ptr<const SecurityContext>> SecurityContext::create(const SecurityOptions& o,
                                                                        Role role) {
-  init_tls_library();
   if (Status st = check_flags(o); !st) return std::unexpected(st.error());
   const bool certificates = !o.cert_file.empty();
   if (!certificates && o.token.empty()) {
     return fail(Errc::kInvalidArgument, "no cluster token");
   }
+  // Every transport needs OpenSSL: TLS, and --insecure's HMAC (net/handshake.cc).
+  if (Status st = load_openssl(); !st) return std::unexpected(st.error());
   auto impl = std::make_unique<Impl>();
   Transport t = Transport::kTlsPsk;
   if (o.insecure) {

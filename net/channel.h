@@ -99,16 +99,6 @@ class Channel {
 // prove: no token, no TLS set-up or handshake for a CLI call on the server's own board.
 std::unique_ptr<Channel> local_channel();
 
-// Initialises OpenSSL without reading the system's openssl.cnf (~2 ms, and nothing in it
-// applies to the fixed TLS 1.3 suites and options set here). Idempotent; the first
-// initialising OpenSSL call of the process decides, and SecurityContext::create makes it
-// first: cardnode's only other OpenSSL calls (handshake.cc's SHA256_Init/Update/Final,
-// CRYPTO_memcmp, OPENSSL_cleanse) initialise nothing; an EVP call, or the one-shot
-// SHA256(), anywhere before it would read openssl.cnf. A CLI call over the local socket
-// never initialises OpenSSL at all (its set-up and exit-time clean-up were ~4% of such a
-// call).
-void init_tls_library();
-
 class SecurityContext : public std::enable_shared_from_this<SecurityContext> {
  public:
   enum class Role : uint8_t { kServer, kClient };
@@ -120,7 +110,9 @@ class SecurityContext : public std::enable_shared_from_this<SecurityContext> {
   // The flags alone, before a token is looked for: a cert/key/ca given without the
   // others, or with --insecure (kInvalidArgument).
   [[nodiscard]] static Status check_flags(const SecurityOptions& options);
-  // The default transport for a token: TLS-PSK. Never fails for a non-empty token.
+  // The default transport for a token: TLS-PSK. For tests and callers that checked
+  // load_openssl() (net/openssl.h): where OpenSSL cannot be loaded it stops the process;
+  // create() returns that as an error. A non-empty token never fails otherwise.
   static std::shared_ptr<const SecurityContext> psk(const std::string& token, Role role);
   ~SecurityContext();
   SecurityContext(const SecurityContext&) = delete;

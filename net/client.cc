@@ -119,8 +119,11 @@ Result<int> connect_socket(const sockaddr_storage& addr, const Deadline& deadlin
 Result<std::unique_ptr<Client>> Client::connect(const std::string& host_port,
                                                 const std::string& token, uint32_t timeout_ms) {
   if (token.empty()) return fail(Errc::kUnauthenticated, "no cluster token");
-  return connect(host_port, SecurityContext::psk(token, SecurityContext::Role::kClient),
-                 timeout_ms);
+  SecurityOptions o;
+  o.token = token;
+  auto security = SecurityContext::create(o, SecurityContext::Role::kClient);
+  if (!security) return std::unexpected(security.error());
+  return connect(host_port, *security, timeout_ms);
 }
 
 Result<std::unique_ptr<Client>> Client::connect(
@@ -193,7 +196,7 @@ Result<std::unique_ptr<Client>> Client::connect_local(const std::string& path,
 Status Client::handshake(const std::optional<std::chrono::steady_clock::time_point>& deadline) {
   std::string out;
   if (Status st = channel_->start(&out); !st) return st;
-  std::string chunk(kReadChunkBytes, '\0');
+  char* chunk = read_buffer();
   std::string app;
   size_t received = 0;
   for (;;) {
@@ -202,7 +205,7 @@ Status Client::handshake(const std::optional<std::chrono::steady_clock::time_poi
       out.clear();
     }
     if (channel_->open()) break;
-    Result<size_t> n = read_some(fd_, chunk.data(), chunk.size(), deadline, peer_);
+    Result<size_t> n = read_some(fd_, chunk, kReadChunkBytes, deadline, peer_);
     if (!n) return std::unexpected(n.error());
     if (*n == 0) {
       // Closed without a word: a plaintext (--insecure) client meets a TLS server that way
@@ -214,7 +217,7 @@ Status Client::handshake(const std::optional<std::chrono::steady_clock::time_poi
                                      : ""));
     }
     received += *n;
-    if (Status st = channel_->feed(std::string_view(chunk.data(), *n), &app, &out); !st) {
+    if (Status st = channel_->feed(std::string_view(chunk, *n), &app, &out); !st) {
       if (!out.empty()) (void)write_all(fd_, out, deadline, peer_);  // the alert, best effort
       return fail(st.error().code, peer_ + ": " + st.error().message);
     }
@@ -230,6 +233,11 @@ Status Client::handshake(const std::optional<std::chrono::steady_clock::time_poi
 
 Client::Client(int fd, std::string peer, std::unique_ptr<Channel> channel)
     : fd_(fd), peer_(std::move(peer)), channel_(std::move(channel)) {}
+
+char* Client::read_buffer() {
+  if (!read_buffer_) read_buffer_ = std::make_unique_for_overwrite<char[]>(kReadChunkBytes);
+  return read_buffer_.get();
+}
 
 Client::~Client() {
   if (fd_ >= 0) ::close(fd_);
@@ -251,7 +259,7 @@ Result<uint64_t> Client::send(pb::Request request, uint32_t timeout_ms) {
 
 Result<std::optional<pb::Response>> Client::receive(uint64_t id, uint32_t timeout_ms) {
   const Deadline deadline = deadline_after(timeout_ms);
-  std::string chunk(kReadChunkBytes, '\0');
+  char* chunk = read_buffer();
   for (;;) {  // each pass reads at least one byte; bounded by the deadline and skipped_
     while (std::optional<std::string_view> payload = decoder_.next()) {
       pb::Response response;
@@ -263,13 +271,13 @@ Result<std::optional<pb::Response>> Client::receive(uint64_t id, uint32_t timeou
         return fail(Errc::kUnavailable, peer_ + " sent too many responses to other requests");
       }
     }
-    Result<size_t> n = read_some(fd_, chunk.data(), chunk.size(), deadline, peer_);
+    Result<size_t> n = read_some(fd_, chunk, kReadChunkBytes, deadline, peer_);
     if (!n && is_timeout(n.error(), deadline)) return std::optional<pb::Response>{};
     if (!n) return std::unexpected(n.error());
     if (*n == 0) return fail(Errc::kUnavailable, "server at " + peer_ + " closed the connection");
     std::string app;
     std::string out;
-    if (Status st = channel_->feed(std::string_view(chunk.data(), *n), &app, &out); !st) {
+    if (Status st = channel_->feed(std::string_view(chunk, *n), &app, &out); !st) {
       return fail(st.error().code, "connection to " + peer_ + " failed: " + st.error().message);
     }
     if (!out.empty()) {

@@ -50,12 +50,16 @@ class Client {
  private:
   Client(int fd, std::string peer, std::unique_ptr<Channel> channel);
   Status handshake(const std::optional<std::chrono::steady_clock::time_point>& deadline);
+  // The read buffer, made on first use and not zeroed: the kernel writes only what arrives,
+  // so a short answer touches one page of it, not all 16 (a CLI call's start counts them).
+  char* read_buffer();
   int fd_ = -1;
   std::string peer_;
   std::unique_ptr<Channel> channel_;
   uint64_t next_id_ = 1;
   uint32_t skipped_ = 0;  // answers to other (timed-out) requests skipped since send()
   FrameDecoder decoder_;
+  std::unique_ptr<char[]> read_buffer_;
 };
 
 }  // namespace cardnode::net

@@ -1,15 +1,6 @@
 #include "net/handshake.h"
 
 #include <fcntl.h>
-// OpenSSL 3's EVP and RAND paths load its provider machinery on first use, which keeps
-// ~2.2 MB more of libcrypto resident for the life of the server (measured with VmRSS on
-// Debian 12), and the first of them reads openssl.cnf unless init_tls_library() ran first
-// (net/channel.h). SHA256_Init/Update/Final and getrandom(2) do neither (the one-shot
-// SHA256() does: it is EVP_Q_digest in OpenSSL 3); they are deprecated in OpenSSL 3 but
-// not removed, and HMAC (RFC 2104) over them is a few lines.
-#define OPENSSL_SUPPRESS_DEPRECATED
-#include <openssl/crypto.h>
-#include <openssl/sha.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -18,6 +9,15 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+
+// OpenSSL 3's EVP and RAND paths load its provider machinery on first use, which keeps
+// ~2.2 MB more of libcrypto resident for the life of the server (measured with VmRSS on
+// Debian 12). SHA256_Init/Update/Final and getrandom(2) do not (the one-shot SHA256()
+// does: it is EVP_Q_digest in OpenSSL 3); they are deprecated in OpenSSL 3 but not
+// removed, and HMAC (RFC 2104) over them is a few lines. OpenSSL is loaded on demand
+// (net/openssl.h); SecurityContext::create, the way to a connection that runs this HMAC,
+// returns its absence as an error.
+#include "net/openssl_calls.h"
 
 namespace cardnode::net {
 namespace {

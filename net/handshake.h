@@ -10,7 +10,7 @@
 //
 // The client checks ACCEPT's MAC too, so a client never talks to a server that does not
 // hold the token. MACs are compared in constant time (CRYPTO_memcmp). Nonces come from
-// RAND_bytes. Sans-I/O: these classes take and produce bytes; net/rpc_server.cc and
+// getrandom(2). Sans-I/O: these classes take and produce bytes; net/rpc_server.cc and
 // net/client.cc move them. No shared state; one object per connection.
 // clang-format on
 #pragma once

@@ -592,7 +592,11 @@ Status RpcClient::start() {
   s.security = s.options.security;
   if (!s.security) {
     if (s.options.token.empty()) return fail(Errc::kInvalidArgument, "no cluster token");
-    s.security = SecurityContext::psk(s.options.token, SecurityContext::Role::kClient);
+    SecurityOptions o;
+    o.token = s.options.token;
+    auto security = SecurityContext::create(o, SecurityContext::Role::kClient);
+    if (!security) return std::unexpected(security.error());
+    s.security = std::move(*security);
   }
   CARDNODE_CHECK(s.security->role() == SecurityContext::Role::kClient);
   // libuv writes with write(2): a server resetting mid-request must not kill the process.

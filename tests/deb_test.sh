@@ -202,6 +202,8 @@ check_package() {
 		case ", $depends," in *", $dep "*) ;; *) fail "Depends lacks $dep (for $so): $depends" ;; esac
 	done
 	pass "Depends covers NEEDED: $depends"
+	# And the OpenSSL it loads at run time (net/openssl.h), which NEEDED does not show.
+	check "Depends has libssl3 (the binary loads libssl.so.3)" grep -q "libssl3 (>= 3" <<<"$depends"
 }
 
 # deps.map against dpkg-shlibdeps, for the binary it can see (this machine's): the same

@@ -4,6 +4,7 @@
 // whole captured connection. Then certificate mode and --insecure.
 #include <poll.h>
 
+#include <algorithm>
 #include <atomic>
 #include <mutex>
 
@@ -254,6 +255,34 @@ TEST_F(Cluster, InsecureNeedsBothSidesAndSaysSoInNodes) {
       cardnode({"--server", addr_, "--token-file", bad_token, "--insecure", "ps"}, root_);
   EXPECT_EQ(refused.code, 2);
   EXPECT_NE(refused.err.find("wrong cluster token"), std::string::npos) << refused.err;
+}
+
+// OpenSSL is loaded when a connection first needs it (net/openssl.h). A CLI call over the
+// server's local socket never loads it; one that needs TLS, where libssl.so.3 cannot be
+// loaded, stops with one line that says so. A file that is not a library stands in for a
+// broken OpenSSL, found first through LD_LIBRARY_PATH (the server keeps the real one).
+TEST_F(Cluster, OnlyAConnectionThatNeedsTlsLoadsOpenSsl) {
+  start_server();
+  ASSERT_TRUE(fs::exists(data_ + "/api.sock"));  // the local calls below go through it
+  const std::string broken = root_ + "/broken-openssl";
+  fs::create_directories(broken);
+  std::ofstream(broken + "/libssl.so.3") << "not a shared object\n";
+  const std::vector<std::string> env = {"LD_LIBRARY_PATH=" + broken};
+
+  Output local = cli({"run", "--wait", "--", "true"}, env);
+  EXPECT_EQ(local.code, 0) << local.err;
+  Output listed = cli({"ps", "1"}, env);
+  EXPECT_EQ(listed.code, 0) << listed.err;
+
+  Output tls = cli({"--server", addr_, "ps"}, env);  // TCP: TLS with the data dir's token
+  EXPECT_EQ(tls.code, 2) << tls.err;
+  EXPECT_EQ(std::count(tls.err.begin(), tls.err.end(), '\n'), 1) << tls.err;
+  EXPECT_NE(tls.err.find("need OpenSSL 3 (libssl.so.3), which cannot be loaded"), std::string::npos)
+      << tls.err;
+  EXPECT_NE(tls.err.find("install the libssl3 package"), std::string::npos) << tls.err;
+
+  Output fine = cli({"--server", addr_, "ps"});
+  EXPECT_EQ(fine.code, 0) << fine.err;
 }
 
 // Agents seal their line to the server too: in certificate mode a board with a certificate

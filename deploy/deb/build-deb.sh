@@ -39,6 +39,11 @@ umask 022
 # Depends from the binary's NEEDED sonames through deps.map (a soname it lacks fails the
 # build), in map order, each package once.
 needed=$(LC_ALL=C readelf -d "$binary" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')
+# Loaded at run time, so not NEEDED: OpenSSL (net/openssl.h, kOpenSslLibrary). The binary
+# must name that soname, so a change there cannot leave the package without its library.
+dlopened=libssl.so.3
+grep -qaF "$dlopened" "$binary" || { echo "build-deb.sh: $binary does not name $dlopened (net/openssl.h changed? change it here and in deps.map)" >&2; exit 1; }
+needed="$needed $dlopened"
 depends=""
 for so in $needed; do
 	dep=$(awk -v so="$so" '$1 == so { $1 = ""; sub(/^ +/, ""); print; exit }' "$here/deps.map")

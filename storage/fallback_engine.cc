@@ -45,6 +45,8 @@ class FallbackEngine final : public IoEngine {
   Status write(int fd, const void* data, uint32_t len, uint64_t offset, IoCallback cb) override;
   Status read(int fd, void* buf, uint32_t len, uint64_t offset, IoCallback cb) override;
   Status fdatasync(int fd, IoCallback cb) override;
+  Status write_durably(int fd, const void* data, uint32_t len, uint64_t offset,
+                       IoCallback cb) override;
   int completion_fd() const override { return event_fd_; }
   uint32_t reap() override;
   uint32_t wait() override { return reap(); }
@@ -128,6 +130,19 @@ Status FallbackEngine::fdatasync(int fd, IoCallback cb) {
   Result<uint32_t> result = 0u;
   const uint64_t start_ns = monotonic_ns();
   if (::fdatasync(fd) != 0) result = fail_errno(errno, describe_op("fdatasync", fd));
+  stats_.note_fsync_latency(monotonic_ns() - start_ns);
+  complete(std::move(cb), std::move(result));
+  return {};
+}
+
+Status FallbackEngine::write_durably(int fd, const void* data, uint32_t len, uint64_t offset,
+                                     IoCallback cb) {
+  if (auto st = check_room(); !st) return st;
+  ++stats_.writes;
+  ++stats_.fsyncs;
+  const uint64_t start_ns = monotonic_ns();
+  Result<uint32_t> result = pwrite_all(fd, static_cast<const uint8_t*>(data), len, offset);
+  if (result && ::fdatasync(fd) != 0) result = fail_errno(errno, describe_op("fdatasync", fd));
   stats_.note_fsync_latency(monotonic_ns() - start_ns);
   complete(std::move(cb), std::move(result));
   return {};

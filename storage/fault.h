@@ -1,5 +1,5 @@
 // Named fault points (RocksDB TEST_SYNC_POINT / Redpanda style). Production code marks
-// a spot with CARDNODE_FAULT_POINT("wal.after_write_before_fsync"); a test arms the
+// a spot with CARDNODE_FAULT_POINT("wal.after_sync_before_seal"); a test arms the
 // name and the code takes its failure path there. Without CARDNODE_FAULT_POINTS (builds
 // without tests, -DCARDNODE_BUILD_TESTS=OFF) the macro is the constant false and the
 // registry does not exist.

@@ -76,6 +76,13 @@ class IoEngine {
   [[nodiscard]] virtual Status read(int fd, void* buf, uint32_t len, uint64_t offset,
                                     IoCallback cb) = 0;
   [[nodiscard]] virtual Status fdatasync(int fd, IoCallback cb) = 0;
+  // A write that completes only once it is as durable as write() then fdatasync(fd) would
+  // have made it: one operation and one completion instead of two in sequence (io_uring:
+  // a write with RWF_DSYNC; the fallback: pwrite, then fdatasync). The WAL's batches use
+  // it. Counted as a write and an fdatasync; its whole latency is the fdatasync's. A
+  // failure may come from either half: the bytes may be in the page cache, not on disk.
+  [[nodiscard]] virtual Status write_durably(int fd, const void* data, uint32_t len,
+                                             uint64_t offset, IoCallback cb) = 0;
 
   // Eventfd readable when reap() has work. Owned by the engine.
   virtual int completion_fd() const = 0;

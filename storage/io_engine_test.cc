@@ -86,6 +86,44 @@ TEST_P(IoEngineTest, WriteSyncReadRoundTripAtOffsets) {
   EXPECT_GT(s.fsync_ns_sum, 0u);
 }
 
+// write_durably: one operation and one completion that counts as a write and an
+// fdatasync (io_uring: RWF_DSYNC; the fallback: pwrite, then fdatasync).
+TEST_P(IoEngineTest, ADurableWriteIsOneOperationCountedAsAWriteAndAnFdatasync) {
+  const std::string batch = "batch-of-records";
+  uint32_t completions = 0;
+  std::optional<Result<uint32_t>> got;
+  ASSERT_TRUE(engine->write_durably(fd, batch.data(), static_cast<uint32_t>(batch.size()), 4096,
+                                    [&](Result<uint32_t> r) {
+                                      ++completions;
+                                      got = std::move(r);
+                                    }));
+  EXPECT_EQ(engine->in_flight(), 1u);
+  ASSERT_TRUE(run_until(*engine, [&] { return got.has_value(); }));
+  ASSERT_TRUE(*got) << got->error().describe();
+  EXPECT_EQ(**got, batch.size());
+  EXPECT_EQ(completions, 1u);
+  EXPECT_EQ(engine->in_flight(), 0u);
+  EXPECT_EQ(read_at(static_cast<uint32_t>(batch.size()), 4096).value_or("?"), batch);
+  const IoStats& s = engine->stats();
+  EXPECT_EQ(s.writes, 1u);
+  EXPECT_EQ(s.bytes_written, batch.size());
+  EXPECT_EQ(s.fsyncs, 1u);
+  uint64_t timed = 0;
+  for (uint64_t n : s.fsync_buckets) timed += n;
+  EXPECT_EQ(timed, 1u);
+  EXPECT_GT(s.fsync_ns_sum, 0u);
+}
+
+TEST_P(IoEngineTest, ADurableWriteToAReadOnlyFdIsAnErrorValue) {
+  int ro = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(ro, 0);
+  auto w = wait_for([&](IoCallback cb) { return engine->write_durably(ro, "x", 1, 0, cb); });
+  ::close(ro);
+  ASSERT_FALSE(w);
+  EXPECT_EQ(w.error().sys_errno, EBADF);
+  EXPECT_EQ(engine->stats().errors, 1u);
+}
+
 TEST(IoStatsTest, FsyncLatencyLandsInTheFirstBucketThatHoldsIt) {
   IoStats s;
   s.note_fsync_latency(1'000'000);      // 1 ms: the first bound, inclusive

@@ -3,6 +3,7 @@
 // through an eventfd registered with the ring.
 #include <liburing.h>
 #include <sys/eventfd.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -20,7 +21,15 @@ constexpr uint32_t kQueueDepthMax = 4096;
 // wait() retries an interrupted io_uring_enter at most this often before giving up.
 constexpr uint32_t kWaitAttemptsMax = 1000;
 
-enum class OpKind : uint8_t { kWrite, kRead, kFsync };
+// kWriteDsync: a write with RWF_DSYNC (IoEngine::write_durably).
+enum class OpKind : uint8_t { kWrite, kRead, kFsync, kWriteDsync };
+
+bool is_write(OpKind k) {
+  return k == OpKind::kWrite || k == OpKind::kWriteDsync;
+}
+bool is_sync(OpKind k) {
+  return k == OpKind::kFsync || k == OpKind::kWriteDsync;
+}
 
 struct Op {
   OpKind kind = OpKind::kWrite;
@@ -38,6 +47,7 @@ const char* op_name(OpKind kind) {
     case OpKind::kWrite: return "write";
     case OpKind::kRead: return "read";
     case OpKind::kFsync: return "fdatasync";
+    case OpKind::kWriteDsync: return "write+dsync";
   }
   return "op";
 }
@@ -60,6 +70,10 @@ class UringEngine final : public IoEngine {
   }
   Status fdatasync(int fd, IoCallback cb) override {
     return submit(OpKind::kFsync, fd, nullptr, 0, 0, std::move(cb));
+  }
+  Status write_durably(int fd, const void* data, uint32_t len, uint64_t offset,
+                       IoCallback cb) override {
+    return submit(OpKind::kWriteDsync, fd, const_cast<void*>(data), len, offset, std::move(cb));
   }
   int completion_fd() const override { return event_fd_; }
   uint32_t reap() override;
@@ -119,7 +133,7 @@ Status UringEngine::submit(OpKind kind, int fd, void* buf, uint32_t len, uint64_
   op->buf = static_cast<uint8_t*>(buf);
   op->len = len;
   op->offset = offset;
-  op->submitted_ns = kind == OpKind::kFsync ? monotonic_ns() : 0;
+  op->submitted_ns = is_sync(kind) ? monotonic_ns() : 0;
   op->cb = std::move(cb);
   if (!prep(op.get())) return fail(Errc::kResourceExhausted, "io_uring submission queue full");
   (void)op.release();  // owned by the ring (prep() put it in the SQE) until its CQE is reaped
@@ -137,8 +151,11 @@ bool UringEngine::prep(Op* op) {
   if (sqe == nullptr) return false;
   switch (op->kind) {
     case OpKind::kWrite:
+    case OpKind::kWriteDsync:
       io_uring_prep_write(sqe, op->fd, op->buf + op->done_bytes, op->len - op->done_bytes,
                           op->offset + op->done_bytes);
+      // Each part of a short write is synced with it: the whole is durable at the end.
+      if (op->kind == OpKind::kWriteDsync) sqe->rw_flags = RWF_DSYNC;
       break;
     case OpKind::kRead: io_uring_prep_read(sqe, op->fd, op->buf, op->len, op->offset); break;
     case OpKind::kFsync: io_uring_prep_fsync(sqe, op->fd, IORING_FSYNC_DATASYNC); break;
@@ -160,7 +177,8 @@ void UringEngine::count(const Op& op, int res) {
   }
   auto bytes = static_cast<uint64_t>(res);
   switch (op.kind) {
-    case OpKind::kWrite: stats_.bytes_written += bytes; break;
+    case OpKind::kWrite:
+    case OpKind::kWriteDsync: stats_.bytes_written += bytes; break;
     case OpKind::kRead: stats_.bytes_read += bytes; break;
     case OpKind::kFsync: break;
   }
@@ -181,6 +199,11 @@ int run_inline(const Op& op) {
         break;
       case OpKind::kRead: n = ::pread(op.fd, op.buf, op.len, static_cast<off_t>(op.offset)); break;
       case OpKind::kFsync: n = ::fdatasync(op.fd); break;
+      case OpKind::kWriteDsync: {
+        iovec iov{op.buf + op.done_bytes, op.len - op.done_bytes};
+        n = ::pwritev2(op.fd, &iov, 1, static_cast<off_t>(op.offset + op.done_bytes), RWF_DSYNC);
+        break;
+      }
     }
     if (n >= 0) return static_cast<int>(n);
     if (errno != EINTR) return -errno;
@@ -194,7 +217,7 @@ bool UringEngine::finish(Op* op, int res) {
     res = run_inline(*op);
   }
   count(*op, res);
-  if (op->kind == OpKind::kWrite && res > 0) {
+  if (is_write(op->kind) && res > 0) {
     op->done_bytes += static_cast<uint32_t>(res);
     if (op->done_bytes < op->len && prep(op)) {
       flush_submissions();
@@ -210,15 +233,20 @@ bool UringEngine::finish(Op* op, int res) {
       ++stats_.fsyncs;
       stats_.note_fsync_latency(monotonic_ns() - op->submitted_ns);
       break;
+    case OpKind::kWriteDsync:
+      ++stats_.writes;
+      ++stats_.fsyncs;
+      stats_.note_fsync_latency(monotonic_ns() - op->submitted_ns);
+      break;
   }
   std::string what = std::string(op_name(op->kind)) + " fd " + std::to_string(op->fd);
   if (res < 0) {
     owned->cb(fail_errno(-res, what));
-  } else if (op->kind == OpKind::kWrite && op->done_bytes < op->len) {
+  } else if (is_write(op->kind) && op->done_bytes < op->len) {
     ++stats_.errors;
     owned->cb(fail(Errc::kIo, what + ": short write, " + std::to_string(op->done_bytes) + " of " +
                                   std::to_string(op->len) + " bytes"));
-  } else if (op->kind == OpKind::kWrite) {
+  } else if (is_write(op->kind)) {
     owned->cb(op->done_bytes);
   } else {
     owned->cb(static_cast<uint32_t>(res));

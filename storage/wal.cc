@@ -1,6 +1,7 @@
 // Write-ahead log (format and crash rules: storage/wal_format.h). open() replays with
 // plain reads (storage/wal_scan.h), drops a torn tail and seals the intact end; then group
-// commit through the IoEngine: one batch write + fdatasync in flight, then the seal write
+// commit through the IoEngine: one batch in flight, written and made durable as one
+// operation (IoEngine::write_durably: a write with RWF_DSYNC), then the seal write
 // naming the batch's last record, then the batch's callbacks. Records accepted meanwhile
 // form the next batch.
 //
@@ -42,8 +43,7 @@ uint64_t worst_bytes(uint64_t payload_bytes) {
 
 enum class Stage : uint8_t {
   kIdle,         // nothing in flight
-  kWriting,      // batch write
-  kSyncing,      // batch fdatasync
+  kWriting,      // batch write, durable when it completes (IoEngine::write_durably)
   kSealing,      // seal write naming the batch's last record
   kAcking,       // running the batch's callbacks
   kRetiring,     // seal fdatasync before a finished segment's fd closes
@@ -119,8 +119,7 @@ struct Wal::Impl {
   void form_batch();
   void submit();
   Status submit_stage();
-  void on_batch_written(Result<uint32_t> r);
-  void on_batch_synced(Result<uint32_t> r);
+  void on_batch_durable(Result<uint32_t> r);
   void on_sealed(Result<uint32_t> r);
   void on_seal_synced(uint64_t seq, Result<uint32_t> r);
   void fail_wal(const Error& error);
@@ -432,12 +431,9 @@ void Wal::Impl::submit() {
 Status Wal::Impl::submit_stage() {
   switch (stage) {
     case Stage::kWriting:
-      return engine.write(batch_segment->fd.get(), batch_bytes.data(),
-                          static_cast<uint32_t>(batch_bytes.size()), batch_offset,
-                          [this](Result<uint32_t> r) { on_batch_written(std::move(r)); });
-    case Stage::kSyncing:
-      return engine.fdatasync(batch_segment->fd.get(),
-                              [this](Result<uint32_t> r) { on_batch_synced(std::move(r)); });
+      return engine.write_durably(batch_segment->fd.get(), batch_bytes.data(),
+                                  static_cast<uint32_t>(batch_bytes.size()), batch_offset,
+                                  [this](Result<uint32_t> r) { on_batch_durable(std::move(r)); });
     case Stage::kSealing:
       return engine.write(seal_fd.get(), seal_buf.data(), kSealBytes, 0,
                           [this](Result<uint32_t> r) { on_sealed(std::move(r)); });
@@ -454,23 +450,18 @@ Status Wal::Impl::submit_stage() {
   return {};
 }
 
-void Wal::Impl::on_batch_written(Result<uint32_t> r) {
+// The batch's write and its fdatasync were one operation (IoEngine::write_durably).
+// Never retried: after a failed fdatasync the kernel may have dropped the dirty pages and a
+// second one would report success for data that is gone.
+void Wal::Impl::on_batch_durable(Result<uint32_t> r) {
   if (!r) return fail_wal(r.error());
   if (*r != batch_bytes.size()) {
     return fail_wal(Error{Errc::kIo, "write " + batch_segment->path + ": short write", EIO});
   }
-  if (CARDNODE_FAULT_POINT("wal.after_write_before_fsync")) {
-    return fail_wal(Error{Errc::kIo, "fault point wal.after_write_before_fsync", EIO});
-  }
-  stage = Stage::kSyncing;
-  submit();
-}
-
-void Wal::Impl::on_batch_synced(Result<uint32_t> r) {
-  // Never retried: after a failed fdatasync the kernel may have dropped the dirty pages
-  // and a second fdatasync would report success for data that is gone.
-  if (!r) return fail_wal(r.error());
   ++stats.fdatasyncs;
+  if (CARDNODE_FAULT_POINT("wal.after_sync_before_seal")) {
+    return fail_wal(Error{Errc::kIo, "fault point wal.after_sync_before_seal", EIO});
+  }
   seal_buf = wal_detail::encode_seal(batch.back().seq);
   stage = Stage::kSealing;
   submit();

@@ -1,6 +1,7 @@
 // Write-ahead log with group commit (format and crash rules: storage/wal_format.h).
-// append() queues a record; records queued while a write + fdatasync is in flight go out
-// together in the next batch, so one fdatasync covers a whole batch. on_durable runs, in
+// append() queues a record; records queued while a batch is in flight go out together in
+// the next batch, written and made durable by one operation (IoEngine::write_durably: the
+// write and its fdatasync as one). on_durable runs, in
 // append order, only after the record and every earlier one are on disk and the seal
 // names it — the server acknowledges nothing before that.
 //
@@ -39,7 +40,7 @@ struct WalOptions {
   // false: an append starts a batch at once when none is in flight. true: appends wait for
   // flush(), which the owner calls once per loop turn after everything that may append in
   // it (the server: from a uv_prepare, after its scheduling turn), so a task's end and the
-  // start it frees room for share one write and one fdatasync.
+  // start it frees room for share one durable write.
   bool hold_appends = false;
 };
 

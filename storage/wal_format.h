@@ -18,9 +18,11 @@
 // (storage does not look inside).
 //
 // How the WAL writes (storage/wal.h), and so what a crash can leave behind:
-//   - One batch write + fdatasync in flight at a time; batch k+1 is written only after
-//     batch k's fdatasync completed. A batch is at most kBatchBytesMax bytes of records.
-//   - After batch k's fdatasync, `seal` is overwritten with k's last sequence number, and
+//   - One batch in flight at a time, written with RWF_DSYNC (the write and the fdatasync
+//     of its bytes as one operation; IoEngine::write_durably); batch k+1 is written only
+//     after batch k's write completed, so after it was durable. A batch is at most
+//     kBatchBytesMax bytes of records. ("fdatasynced" below means this.)
+//   - After batch k is durable, `seal` is overwritten with k's last sequence number, and
 //     only then are k's records acknowledged. The seal is fdatasynced only by drain() and
 //     when a segment is finished (before its fd closes), not per batch: after a power loss
 //     it may be older than the last acknowledgement, never newer than what is durable.

@@ -38,10 +38,13 @@ Result<std::unique_ptr<BoardMetrics>> BoardMetrics::start(uv_loop_t* loop,
   auto& r = m->registry_;
   m->bytes_written_ = counter(r, "cardnode_storage_bytes_written_total",
                               "Bytes written to storage (WAL, snapshots, task logs)");
-  m->fsyncs_ = counter(r, "cardnode_storage_fsyncs_total", "fdatasync calls");
+  m->fsyncs_ = counter(r, "cardnode_storage_fsyncs_total",
+                       "fdatasync calls, and writes with RWF_DSYNC (a WAL batch)");
   m->fsync_seconds_ =
-      &r.histogram("cardnode_storage_fsync_duration_seconds",
-                   "fdatasync latency, from submission to completion (WAL, snapshots, task logs)")
+      &r.histogram(
+            "cardnode_storage_fsync_duration_seconds",
+            "fdatasync latency, from submission to completion (WAL, snapshots, task logs); a "
+            "WAL batch's is its whole write with RWF_DSYNC")
            .Add({}, prom::Histogram::BucketBoundaries(storage::kFsyncBucketsSeconds.begin(),
                                                       storage::kFsyncBucketsSeconds.end()));
   m->log_bytes_dropped_ = counter(r, "cardnode_log_bytes_dropped_total",

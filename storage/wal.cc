@@ -100,6 +100,7 @@ struct Wal::Impl {
   Status finish_open(const WalScan& scan);
   Result<std::unique_ptr<OpenSegment>> open_segment(const wal_detail::SegmentFile& file,
                                                     uint64_t batch_end);
+  Status sync_newest_batch(const WalScan& scan, OpenSegment* seg);
   Status open_seal(const WalScan& scan);
   Status drop_leftovers(const WalScan& scan);
 
@@ -194,6 +195,7 @@ Status Wal::Impl::finish_open(const WalScan& scan) {
     if (auto synced = fs.sync(seg->fd.get(), seg->path); !synced) return synced;
     ++stats.fdatasyncs;
   }
+  if (auto st = sync_newest_batch(scan, seg.get()); !st) return st;
   if (auto st = open_seal(scan); !st) return st;
   if (auto st = drop_leftovers(scan); !st) return st;
   for (size_t i = 0; i < scan.dir.segments.size(); ++i) {
@@ -224,6 +226,33 @@ Result<std::unique_ptr<OpenSegment>> Wal::Impl::open_segment(const wal_detail::S
   seg->batch_end = batch_end;
   seg->alloc_end = std::max<uint64_t>(static_cast<uint64_t>(st.st_size), batch_end);
   return seg;
+}
+
+// The seal is about to name every record replayed. Only the newest batch can be in the
+// page cache and not on disk (a previous process killed between its write and its sync:
+// one batch is in flight at a time), and a later batch's RWF_DSYNC covers only its own
+// bytes, never an older batch's: so that batch is synced here. It is in the append
+// segment, or in the one before when a roll left the append segment without a batch. A
+// torn tail's repair synced the append segment already.
+Status Wal::Impl::sync_newest_batch(const WalScan& scan, OpenSegment* seg) {
+  if (!scan.append_segment) return {};
+  size_t newest = *scan.append_segment;
+  if (scan.append_offset <= kSegmentHeaderBytes) {
+    if (newest == 0) return {};  // no batch at all
+    --newest;
+  } else if (scan.torn) {
+    return {};
+  }
+  if (newest == *scan.append_segment && seg != nullptr) {
+    if (auto st = fs.sync(seg->fd.get(), seg->path); !st) return st;
+  } else {
+    const wal_detail::SegmentFile& file = scan.dir.segments[newest];
+    auto fd = fs.open(file.path, O_RDONLY);
+    if (!fd) return std::unexpected(fd.error());
+    if (auto st = fs.sync(fd->get(), file.path); !st) return st;
+  }
+  ++stats.fdatasyncs;
+  return {};
 }
 
 // After open the seal names the last record: every record replayed counts as

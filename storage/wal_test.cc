@@ -10,6 +10,7 @@
 #include <sys/mount.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -373,7 +374,7 @@ TEST_P(WalTest, FaultPointBetweenTheDurableWriteAndTheSeal) {
   fault::arm("wal.after_sync_before_seal");
   std::vector<Status> results;
   for (int i = 0; i < 3; ++i) {
-    ASSERT_TRUE((*wal)->append("unsynced", [&](Status s) { results.push_back(s); }));
+    ASSERT_TRUE((*wal)->append("unsealed", [&](Status s) { results.push_back(s); }));
   }
   (*wal)->drain();
   ASSERT_EQ(results.size(), 3u);
@@ -383,10 +384,60 @@ TEST_P(WalTest, FaultPointBetweenTheDurableWriteAndTheSeal) {
   // The durable but unacknowledged batch may be replayed; what was acked must be.
   wal = open();
   ASSERT_TRUE(wal) << wal.error().describe();
-  ASSERT_GE(replayed.size(), durable.size());
+  // The first append went out alone and was durable before the failure: replayed, and
+  // sealed by this open. The other two waited for the next batch and were never written.
+  ASSERT_EQ(replayed.size(), durable.size() + 1);
   EXPECT_TRUE(std::equal(durable.begin(), durable.end(), replayed.begin()));
+  EXPECT_EQ(replayed.back(), "unsealed");
 }
 #endif
+
+// A batch the previous process wrote but never synced (killed between the write and the
+// sync) reads back intact from the page cache, and open() is about to seal it; a later
+// batch's RWF_DSYNC covers only its own bytes. So open() syncs the segment of the newest
+// batch before the seal names it: the append segment, or the one before when a roll left
+// the append segment without a batch.
+TEST_P(WalTest, OpenSyncsTheNewestBatchBeforeTheSealNamesIt) {
+  auto opens_syncing = [&](const std::string& segment) {
+    CrashPlan seen;  // never crashes; records every Fs call
+    seen.record_points();
+    TempDir trash;
+    FaultyFs fs(Fs::real(), &seen, false, trash.path());
+    options.fs = &fs;
+    auto wal = open();
+    options.fs = nullptr;
+    EXPECT_TRUE(wal) << wal.error().describe();
+    const auto& points = seen.seen();
+    auto synced = std::find(points.begin(), points.end(), "sync " + segment);
+    auto sealed = std::find_if(points.begin(), points.end(), [&](const std::string& p) {
+      return p.starts_with("write_at " + options.dir + "/seal");
+    });
+    EXPECT_NE(synced, points.end()) << "no sync of " << segment;
+    EXPECT_LT(synced - points.begin(), sealed - points.begin()) << "synced after the seal";
+    return wal;
+  };
+  {
+    auto wal = open();
+    ASSERT_TRUE(wal);
+  }
+  const std::string first = options.dir + "/" + waltest::segment_name(1);
+  // Two batches, the seal naming only the first: the second as if its sync never ran.
+  waltest::pwrite_file(first, waltest::batch(1, {"acked"}) + waltest::batch(2, {"unsynced"}),
+                       kSegmentHeaderBytes);
+  waltest::pwrite_file(options.dir + "/seal", waltest::seal_bytes(1), 0);
+  {
+    auto wal = opens_syncing(first);
+    ASSERT_TRUE(wal);
+    EXPECT_EQ(replayed, (std::vector<std::string>{"acked", "unsynced"}));
+  }
+  // A roll after it: the next segment holds only its header.
+  const std::string second = options.dir + "/" + waltest::segment_name(3);
+  waltest::pwrite_file(second, waltest::segment_header(3), 0);
+  waltest::pwrite_file(options.dir + "/seal", waltest::seal_bytes(1), 0);
+  auto wal = opens_syncing(first);
+  ASSERT_TRUE(wal);
+  EXPECT_EQ(replayed.size(), 2u);
+}
 
 // Guarantee 5: after drain() the WAL does no I/O at all, through the engine or the Fs.
 TEST_P(WalTest, IdleWalWritesNothing) {

@@ -146,7 +146,7 @@ Status Server::Impl::open_storage() {
   logs =
       std::make_unique<storage::LogStore>(*engine, storage::LogStoreOptions{.dir = dir->log_dir()});
   // Appends are flushed once per loop turn (flush_prepare): a task's end and the start it
-  // makes room for go out in one write and one fdatasync.
+  // makes room for go out in one durable write (RWF_DSYNC).
   store = std::make_unique<storage::LocalStore>(
       *engine, storage::LocalStoreOptions{.dir = dir->path(), .wal = {.hold_appends = true}});
   CoordinatorOptions co;

@@ -804,10 +804,10 @@ uint32_t Executor::Impl::kill_tagged(Task& t, int sig, uint32_t* unsure) {
   // As the subreaper, every process that left a task's group and lost its parent is our
   // child: only those are read, not all of /proc. One that still has a parent in the task
   // becomes ours when that parent is killed: the after-exit timer comes back for it.
-  // Tasks are children of the spawn threads, orphans are adopted by the main thread: the
-  // spawn threads' children are left out, so a task whose pid is still on its way from
-  // the worker is never taken for an orphan (and reaped, its status lost).
-  for (int32_t pid : own_children(kTaggedScanMax, worker->thread_ids())) {
+  // Tasks are children of the spawn threads, orphans are adopted by the main thread
+  // (adopted_children): a task whose pid is still on its way from the worker is never
+  // taken for an orphan (and reaped, its status lost).
+  for (int32_t pid : adopted_children(kTaggedScanMax)) {
     if (task_pids.contains(pid)) continue;  // a task's own process: its pidfd reaps it
     int status = 0;
     if (::waitpid(pid, &status, WNOHANG) == pid) continue;  // an adopted orphan that ended

@@ -829,6 +829,34 @@ std::vector<int32_t> pids_with_env(const std::string& entry, bool prefix, uint32
   return out;
 }
 
+std::vector<int32_t> adopted_children(uint32_t max) {
+  std::vector<int32_t> out;
+  const std::string path = "/proc/self/task/" + std::to_string(::getpid()) + "/children";
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return out;
+  // "PID PID ... " in chunks; a number split between two reads is carried over. Bounded:
+  // each pass reads something or ends, and at most `max` pids are kept.
+  char buf[4096];
+  int64_t pid = -1;  // the number being read, -1 between numbers
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    for (ssize_t i = 0; i < n; ++i) {
+      if (buf[i] >= '0' && buf[i] <= '9') {
+        pid = (pid < 0 ? 0 : pid * 10) + (buf[i] - '0');
+        if (pid > INT32_MAX) pid = INT32_MAX;  // not a pid: let kill() refuse it
+      } else if (pid >= 0) {
+        if (out.size() < max) out.push_back(static_cast<int32_t>(pid));
+        pid = -1;
+      }
+    }
+  }
+  if (pid >= 0 && out.size() < max) out.push_back(static_cast<int32_t>(pid));
+  ::close(fd);
+  return out;
+}
+
 std::vector<int32_t> own_children(uint32_t max, std::span<const pid_t> skip_tids) {
   std::vector<int32_t> out;
   DIR* tasks = ::opendir("/proc/self/task");

@@ -213,5 +213,11 @@ EnvironMatch environ_match(int32_t pid, const std::string& entry);
 // rlimit mode, what escaped a task's process group without reading all of /proc.
 // skip_tids: threads whose children are left out.
 std::vector<int32_t> own_children(uint32_t max, std::span<const pid_t> skip_tids = {});
+// The children of this process's main thread alone (/proc/self/task/PID/children): where a
+// subreaper's adopted orphans go. The kernel hands an orphan to the first live thread of
+// the subreaper (find_new_reaper), which is the thread-group leader for as long as it
+// lives, and cardnode's main thread runs until the process ends. One file instead of one
+// per thread: the executor reads it at every task's end (rlimit mode).
+std::vector<int32_t> adopted_children(uint32_t max);
 
 }  // namespace cardnode::runtime

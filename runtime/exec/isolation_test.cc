@@ -1246,3 +1246,53 @@ TEST_F(RealCgroups, ServiceCgroupOnV1HoldsTheGroups) {
 
 }  // namespace
 }  // namespace cardnode::runtime
+
+namespace cardnode::runtime {
+namespace {
+
+// What adopted_children() rests on: a subreaper's orphan is handed to its main thread,
+// even when its parent was a child of another thread. A thread forks a child, the child
+// forks a grandchild and exits; the grandchild is then listed among the main thread's
+// children (and the thread's child never was).
+TEST(AdoptedChildren, AnOrphanGoesToTheMainThreadWhicheverThreadMadeItsParent) {
+  if (::access(("/proc/self/task/" + std::to_string(::getpid()) + "/children").c_str(), R_OK) !=
+      0) {
+    GTEST_SKIP() << "no /proc/PID/task/TID/children here";
+  }
+  int subreaper = 0;
+  ASSERT_EQ(::prctl(PR_GET_CHILD_SUBREAPER, &subreaper, 0, 0, 0), 0);
+  ASSERT_EQ(::prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), 0);
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe2(pipe_fds, O_CLOEXEC), 0);
+  pid_t parent = -1;
+  std::thread maker([&] {
+    parent = ::fork();
+    if (parent == 0) {
+      pid_t grandchild = ::fork();
+      if (grandchild == 0) {
+        ::close(pipe_fds[0]);
+        ::pause();  // until the test kills it
+        ::_exit(0);
+      }
+      (void)!::write(pipe_fds[1], &grandchild, sizeof grandchild);
+      ::_exit(0);  // the grandchild is orphaned now
+    }
+    int status = 0;
+    ::waitpid(parent, &status, 0);  // this thread's child: reaped by this thread
+  });
+  maker.join();
+  ::close(pipe_fds[1]);
+  pid_t orphan = 0;
+  ASSERT_EQ(::read(pipe_fds[0], &orphan, sizeof orphan), static_cast<ssize_t>(sizeof orphan));
+  ::close(pipe_fds[0]);
+  const std::vector<int32_t> adopted = adopted_children(4096);
+  EXPECT_NE(std::find(adopted.begin(), adopted.end(), orphan), adopted.end());
+  EXPECT_EQ(std::find(adopted.begin(), adopted.end(), parent), adopted.end());
+  ::kill(orphan, SIGKILL);
+  int status = 0;
+  EXPECT_EQ(::waitpid(orphan, &status, 0), orphan);  // ours to reap: we adopted it
+  ::prctl(PR_SET_CHILD_SUBREAPER, subreaper, 0, 0, 0);
+}
+
+}  // namespace
+}  // namespace cardnode::runtime

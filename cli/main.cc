@@ -159,9 +159,10 @@ Entry add_server(CLI::App& app, const ClientConfig& client) {
               err = "--grace must be at least two heartbeats";
             }
             // Both in range (checked above): the millidegrees fit an int32.
-            a->options.hot_millicelsius = static_cast<int32_t>(std::lround(a->hot_celsius * 1000));
+            a->options.hot_millicelsius =
+                static_cast<int32_t>(round_half_away(a->hot_celsius * 1000));
             a->options.cool_margin_millicelsius =
-                static_cast<int32_t>(std::lround(a->cool_margin * 1000));
+                static_cast<int32_t>(round_half_away(a->cool_margin * 1000));
             if (!err.empty()) return usage_error(err);
             return cmd_server(std::move(a->options));
           }};

@@ -70,7 +70,7 @@ Result<uint32_t> parse_cpu(std::string_view text) {
   double millis = unit == "m" ? v : v * 1000.0;
   if (millis < 1 || millis > 1e6)
     return fail(Errc::kInvalidArgument, "bad cpu " + quoted(text) + ": out of range");
-  return static_cast<uint32_t>(std::llround(millis));
+  return static_cast<uint32_t>(round_half_away(millis));
 }
 
 Result<uint64_t> parse_duration_ms(std::string_view text) {

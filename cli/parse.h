@@ -10,6 +10,17 @@
 
 namespace cardnode::cli {
 
+// std::llround without libm, a shared library every start of the binary would load for
+// this alone (docs/PERFORMANCE.md): the nearest integer, halves away from zero. Exact for
+// |v| < 2^52, which every caller's range check guarantees.
+inline int64_t round_half_away(double v) {
+  auto i = static_cast<int64_t>(v);  // toward zero
+  const double rest = v - static_cast<double>(i);
+  if (rest >= 0.5) ++i;
+  if (rest <= -0.5) --i;
+  return i;
+}
+
 // "512M", "1G", "1.5G", "64Mi", "100MB", "4096" (bytes). K/M/G/T are powers of 1024,
 // with or without "i"/"iB"/"B"; like Slurm's --mem and Nomad's memory, not SI.
 [[nodiscard]] Result<uint64_t> parse_size(std::string_view text);

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "cli/commands.h"
 #include "cli/job_json.h"
 #include "cli/json_out.h"
@@ -201,6 +203,19 @@ TEST(JobJson, RefusesWhatIsNotAJobSpecWithTheFieldNamed) {
     ASSERT_FALSE(spec) << text;
     EXPECT_NE(spec.error().message.find(want), std::string::npos)
         << text << " -> " << spec.error().message;
+  }
+}
+
+}  // namespace
+}  // namespace cardnode::cli
+
+namespace cardnode::cli {
+namespace {
+
+TEST(RoundHalfAway, MatchesLlround) {
+  for (double v : {0.0, 0.4, 0.5, 0.6, 1.5, 2.5, -0.4, -0.5, -0.6, -1.5, -2.5, 999.5, 1e6 - 0.5,
+                   0.49999999999999994, 123456.78, -98765.4321}) {
+    EXPECT_EQ(round_half_away(v), std::llround(v)) << v;
   }
 }
 

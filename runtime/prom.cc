@@ -1,7 +1,8 @@
 #include "runtime/prom.h"
 
-#include <charconv>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 
 #include "proto/error.h"
 
@@ -67,10 +68,16 @@ Family<Histogram>& Registry::histogram(const std::string& name, const std::strin
 std::string format_value(double v) {
   if (std::isnan(v)) return "NaN";
   if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
-  char buf[32];  // the shortest round-trip form of a double fits in 24
-  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
-  CARDNODE_CHECK(ec == std::errc());
-  return std::string(buf, end);
+  // The shortest of 15, 16 and 17 significant digits that reads back as v (17 always
+  // does). Not std::to_chars: libstdc++'s needs libm (fegetround), a shared library that
+  // every start of the binary would then load (docs/PERFORMANCE.md).
+  char buf[32];
+  for (int digits = 15;; ++digits) {
+    const int n = std::snprintf(buf, sizeof buf, "%.*g", digits, v);
+    CARDNODE_CHECK(n > 0 && static_cast<size_t>(n) < sizeof buf);
+    if (digits == 17 || std::strtod(buf, nullptr) == v)
+      return std::string(buf, static_cast<size_t>(n));
+  }
 }
 
 namespace {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <string>
 #include <vector>
@@ -20,7 +21,13 @@ TEST(Prom, ValuesAreWrittenInTheirShortestExactForm) {
   EXPECT_EQ(format_value(std::numeric_limits<double>::infinity()), "+Inf");
   EXPECT_EQ(format_value(-std::numeric_limits<double>::infinity()), "-Inf");
   EXPECT_EQ(format_value(std::nan("")), "NaN");
-  EXPECT_EQ(format_value(1e6), "1e+06");  // the shortest form: Prometheus parses it
+  EXPECT_EQ(format_value(1e6), "1000000");
+  EXPECT_EQ(format_value(0.1), "0.1");  // 15 digits read back: no 0.10000000000000001
+  EXPECT_EQ(format_value(1.0 / 3), "0.3333333333333333");  // 16 needed
+  EXPECT_EQ(format_value(2.5e-300), "2.5e-300");
+  for (double v : {0.1 + 0.2, 1.0 / 3, 1e300 / 7, 123456789.123456789, -9.87654321e-5}) {
+    EXPECT_EQ(std::strtod(format_value(v).c_str(), nullptr), v) << format_value(v);
+  }
   EXPECT_EQ(format_value(2e-5), "2e-05");
   // What is written reads back as the same double.
   for (double v : {0.1, 1.0 / 3, 123456789.123, 1e-9, 4294967296.0 * 4096}) {

@@ -275,8 +275,13 @@ def one_breakdown(cev, sev):
     sock = [e for e in win if syscall_name(e[2]) in ("write", "sendto", "sendmsg", "writev") and any(k in e[2].split(",")[0] for k in ("socket:[", "TCP", "UNIX"))]
     s_ack = [e for e in sock if e[1] < c4][-1][1]
     s_reply = [e for e in sock if e[1] <= c5][-1][1]
-    # The task's clone (CLONE_VFORK), not the spawn thread's creation on a first start.
-    s_clone = first(win, lambda e: e[1] >= s_ack and syscall_name(e[2]) in ("clone", "clone3", "fork", "vfork") and "CLONE_THREAD" not in e[2])[1]
+    # The task's clone (CLONE_VFORK), not the spawn thread's creation on a first start. A
+    # held start (an idle board) clones while the submit's records are on their way to disk,
+    # often before the ack: then "ack -> clone" is 0 and the held child's wait for its
+    # release counts in "fork -> exec", from the ack on.
+    c_sub = first(cev, lambda e: e[2].startswith("sendto(") and e[1] >= c3)[1]
+    s_clone = first(win, lambda e: e[1] >= c_sub and syscall_name(e[2]) in ("clone", "clone3", "fork", "vfork") and "CLONE_THREAD" not in e[2])[1]
+    s_spawned = max(s_clone, s_ack)
     # Before: a `cardnode __task-exec` trampoline between the fork and the task's exec.
     # Now: the clone child joins the cgroups, drops privileges and execs the task itself.
     ex1 = first(win, lambda e: e[2].startswith("execve(") and "__task-exec" in e[2])
@@ -293,8 +298,8 @@ def one_breakdown(cev, sev):
         ("bd_client_setup", "client: token, OpenSSL config, SSL_CTX (0: local socket)", ms(c1, c2)),
         ("bd_connect_tls", "TCP connect + TLS handshake (0: local socket)", ms(c2, c3)),
         ("bd_submit", "submit round trip (job durable)", ms(c3, s_ack)),
-        ("bd_ack_to_fork", "ack -> clone (TaskStarted durable, logs, spawn thread: cgroups)", ms(s_ack, s_clone)),
-        ("bd_fork_to_exec", "fork -> trampoline exec (now: -> task exec, cgroups joined)", ms(s_clone, ex1[1])),
+        ("bd_ack_to_fork", "ack -> clone (TaskStarted durable, logs, spawn thread: cgroups)", ms(s_ack, s_spawned)),
+        ("bd_fork_to_exec", "fork (or ack, if later) -> task exec (cgroups joined, released)", ms(s_spawned, ex1[1])),
         ("bd_trampoline", "trampoline (exec+loading+cgroup join; now 0)", ms(ex1[1], ex2[1])),
         ("bd_cgroup_join", "  of which writes to cgroup.procs", cg),
         ("bd_task", "task: /bin/true exec -> exit", ms(ex2[1], ex_end[1])),

@@ -1259,9 +1259,11 @@ TEST(AdoptedChildren, AnOrphanGoesToTheMainThreadWhicheverThreadMadeItsParent) {
       0) {
     GTEST_SKIP() << "no /proc/PID/task/TID/children here";
   }
-  int subreaper = 0;
-  ASSERT_EQ(::prctl(PR_GET_CHILD_SUBREAPER, &subreaper, 0, 0, 0), 0);
-  ASSERT_EQ(::prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), 0);
+  int subreaper = 0;  // as it was, to restore; qemu-user cannot report it (then 0)
+  if (::prctl(PR_GET_CHILD_SUBREAPER, &subreaper, 0, 0, 0) != 0) subreaper = 0;
+  if (::prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0) {
+    GTEST_SKIP() << "no PR_SET_CHILD_SUBREAPER here (the executor then scans /proc)";
+  }
   int pipe_fds[2];
   ASSERT_EQ(::pipe2(pipe_fds, O_CLOEXEC), 0);
   pid_t parent = -1;

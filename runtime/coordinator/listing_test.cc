@@ -295,16 +295,22 @@ TEST(Listing, TasksSayWhenTheirAttemptStartedOrHowLongItRan) {
   EXPECT_FALSE(tasks[2].has_usage());
 }
 
+// Job 1, one task, whose first attempt was lost by a server ending with `signal` and
+// `exit_code` (a lost attempt is retried).
+void submit_and_lose_first_attempt(Fixture& f, int32_t signal, int32_t exit_code) {
+  f.submit(1, 1);
+  ASSERT_TRUE(f.apply(started(1, 0)).has_value());
+  pb::WalRecord end = finished(1, 0, pb::TASK_LOST, 0, 6'000);
+  end.mutable_task_finished()->set_signal(signal);
+  end.mutable_task_finished()->set_exit_code(exit_code);
+  ASSERT_TRUE(f.apply(end).has_value());
+}
+
 // A retried task's line is its running attempt: the end of the attempt before it is under
 // `earlier`, not on the task (ps printed "running ... SIGNAL 15" after a server restart).
 TEST(Listing, ARunningRetryShowsNoEarlierAttemptsEnd) {
   Fixture f;
-  f.submit(1, 1);
-  ASSERT_TRUE(f.apply(started(1, 0)).has_value());
-  pb::WalRecord end = finished(1, 0, pb::TASK_LOST, 0, 6'000);
-  end.mutable_task_finished()->set_signal(15);
-  end.mutable_task_finished()->set_exit_code(3);
-  ASSERT_TRUE(f.apply(end).has_value());
+  ASSERT_NO_FATAL_FAILURE(submit_and_lose_first_attempt(f, 15, 3));
   ASSERT_TRUE(f.apply(started(1, 0, 2)).has_value());
 
   auto tasks = all_tasks(f.s, 1, PageBounds{});
@@ -323,11 +329,7 @@ TEST(Listing, ARunningRetryShowsNoEarlierAttemptsEnd) {
 // are the earlier attempt's, shown under `earlier` only (and `run --wait` exits 1).
 TEST(Listing, ARetryCancelledBeforeItStartedHasNoExitOfItsOwn) {
   Fixture f;
-  f.submit(1, 1);
-  ASSERT_TRUE(f.apply(started(1, 0)).has_value());
-  pb::WalRecord end = finished(1, 0, pb::TASK_LOST, 0, 6'000);
-  end.mutable_task_finished()->set_signal(9);
-  ASSERT_TRUE(f.apply(end).has_value());
+  ASSERT_NO_FATAL_FAILURE(submit_and_lose_first_attempt(f, 9, 0));
   ASSERT_TRUE(f.apply(cancelled(1)).has_value());
 
   auto tasks = all_tasks(f.s, 1, PageBounds{});

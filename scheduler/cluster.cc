@@ -165,8 +165,12 @@ std::expected<void, SchedError> Cluster::update_node(NodeId id, NodeSpec spec) {
 
 std::expected<void, SchedError> Cluster::remove_node(NodeId id) {
   if (id >= nodes_.size() || nodes_[id].removed) return std::unexpected(SchedError::kUnknownNode);
-  if (nodes_[id].running > 0) return std::unexpected(SchedError::kBadTransition);
+  if (nodes_[id].running > 0 || !nodes_[id].standby.empty()) {
+    return std::unexpected(SchedError::kBadTransition);
+  }
   nodes_[id].removed = true;
+  nodes_[id].standby_ok = false;
+  std::erase(standby_nodes_, id);
   nodes_[id].state = NodeState::kDown;
   by_name_.erase(nodes_[id].spec.name);
   // As restore_node() rebuilds a removed node: no drain, no hold.
@@ -203,6 +207,35 @@ std::expected<void, SchedError> Cluster::set_node_hold(NodeId id, NodeHold hold)
   nodes_[id].hold = hold;
   mark_node(id);
   return {};
+}
+
+std::expected<void, SchedError> Cluster::set_standby_node(NodeId id, bool ok) {
+  if (id >= nodes_.size() || nodes_[id].removed) return std::unexpected(SchedError::kUnknownNode);
+  Node& node = nodes_[id];
+  if (node.standby_ok == ok) return {};
+  node.standby_ok = ok;
+  std::erase(standby_nodes_, id);
+  if (ok) standby_nodes_.insert(std::ranges::upper_bound(standby_nodes_, id), id);
+  recount_running_jobs(node);
+  return {};
+}
+
+void Cluster::count_running_job(Node& node, JobId job, int delta) {
+  if (!node.standby_ok) return;
+  uint32_t& n = node.running_jobs[job];
+  SCHED_CHECK(delta > 0 || n > 0);
+  n = delta > 0 ? n + 1 : n - 1;
+  if (n == 0) node.running_jobs.erase(job);
+}
+
+// A scan of every running task, as running_on(): when a board starts or stops taking
+// standbys (a runner attaches or goes), and after a restore.
+void Cluster::recount_running_jobs(Node& node) {
+  node.running_jobs.clear();
+  if (!node.standby_ok) return;
+  for (const TaskRef& t : running_on(node.id)) {
+    if (!is_standby(t)) ++node.running_jobs[t.job];
+  }
 }
 
 // -------------------------------------------------------------------------- jobs
@@ -269,15 +302,25 @@ std::expected<void, SchedError> Cluster::start(const Placement& p, uint64_t now_
   set_task_state(*job, p.task.index, TaskState::kRunning);
   task.attempts = saturating_inc(task.attempts);
   task.node = p.node;
-  job->started_ms[p.task.index] = now_ms;
   take_from_queue(*job, p.task.index, was_fresh);
 
   Node& node = nodes_[p.node];
-  node.used.cpu_millis += job->spec.per_task.cpu_millis;
-  node.used.mem_bytes += job->spec.per_task.mem_bytes;
-  ++node.running;
-  mark_node(p.node);
-  if (job->spec.spread) count_spread(*job, p.node, +1);
+  if (p.standby) {
+    // Its start time is its promotion's; its room is taken then too.
+    job->standby.insert(p.task.index);
+    node.standby.insert(p.task);
+    standby_holders_.insert(p.node);
+    node.standby_used.cpu_millis += job->spec.per_task.cpu_millis;
+    node.standby_used.mem_bytes += job->spec.per_task.mem_bytes;
+  } else {
+    job->started_ms[p.task.index] = now_ms;
+    node.used.cpu_millis += job->spec.per_task.cpu_millis;
+    node.used.mem_bytes += job->spec.per_task.mem_bytes;
+    ++node.running;
+    count_running_job(node, job->id, +1);
+    mark_node(p.node);
+    if (job->spec.spread) count_spread(*job, p.node, +1);
+  }
   job->waiting_since_ms = now_ms;  // the head moved on: the next one waits from here
 
   bool ended = settle(*job, now_ms);
@@ -286,7 +329,8 @@ std::expected<void, SchedError> Cluster::start(const Placement& p, uint64_t now_
   return {};
 }
 
-std::expected<TaskState, SchedError> Cluster::finish(TaskRef t, Outcome o, uint64_t now_ms) {
+std::expected<TaskState, SchedError> Cluster::finish(TaskRef t, Outcome o, uint64_t now_ms,
+                                                     std::vector<TaskRef>* promoted) {
   Job* job = find_job(t.job);
   if (job == nullptr || t.index >= job->tasks.size()) {
     return std::unexpected(SchedError::kUnknownJob);
@@ -298,17 +342,33 @@ std::expected<TaskState, SchedError> Cluster::finish(TaskRef t, Outcome o, uint6
   touch(*job, t.index, t.index);
   Node& node = nodes_[task.node];
   const Resources& need = job->spec.per_task;
-  SCHED_CHECK(node.running > 0 && node.used.cpu_millis >= need.cpu_millis &&
-              node.used.mem_bytes >= need.mem_bytes);
-  node.used.cpu_millis -= need.cpu_millis;
-  node.used.mem_bytes -= need.mem_bytes;
-  --node.running;
-  mark_node(task.node);
-  if (job->spec.spread) count_spread(*job, task.node, -1);
+  const bool was_standby = job->standby.erase(t.index) > 0;
+  if (was_standby) {
+    SCHED_CHECK(node.standby.erase(t) == 1 && node.standby_used.cpu_millis >= need.cpu_millis &&
+                node.standby_used.mem_bytes >= need.mem_bytes);
+    node.standby_used.cpu_millis -= need.cpu_millis;
+    node.standby_used.mem_bytes -= need.mem_bytes;
+    if (node.standby.empty()) standby_holders_.erase(task.node);
+  } else {
+    SCHED_CHECK(node.running > 0 && node.used.cpu_millis >= need.cpu_millis &&
+                node.used.mem_bytes >= need.mem_bytes);
+    node.used.cpu_millis -= need.cpu_millis;
+    node.used.mem_bytes -= need.mem_bytes;
+    --node.running;
+    count_running_job(node, job->id, -1);
+    mark_node(task.node);
+    if (job->spec.spread) count_spread(*job, task.node, -1);
+  }
 
   task.exit_code = o.exit_code;
   task.signal = static_cast<int8_t>(std::clamp<int32_t>(o.signal, INT8_MIN, INT8_MAX));
-  job->started_ms.erase(t.index);
+  if (auto st = job->started_ms.find(t.index); st != job->started_ms.end()) {
+    // An attempt that ended by itself tells whether the job's tasks are short.
+    if (o.state != TaskState::kLost && o.state != TaskState::kCancelled) {
+      job->quick = now_ms >= st->second && now_ms - st->second < limits_.standby_below_ms;
+    }
+    job->started_ms.erase(st);
+  }
   if (o.usage != TaskUsage{} || !job->usage.empty()) {
     if (job->usage.empty()) job->usage.resize(job->tasks.size());
     job->usage[t.index] = o.usage;
@@ -326,9 +386,47 @@ std::expected<TaskState, SchedError> Cluster::finish(TaskRef t, Outcome o, uint6
   }
   set_task_state(*job, t.index, to);
   if (to == TaskState::kQueued) job->requeued.push_back(t.index);
+  const NodeId freed = task.node;
   if (settle(*job, now_ms)) release_dependents(job->id, now_ms);
   sync_runnable(*job);
+  if (!was_standby) promote_standbys(freed, now_ms, promoted);
   return to;
+}
+
+// Standbys of the node that fit its room now take it, in TaskRef order; the first that
+// does not fit stops the rest (a smaller one behind it would otherwise overtake it
+// forever). A draining node promotes none (drains are durable, so replay agrees; holds and
+// NodeState are not, and do not count here): the server ends them there instead.
+void Cluster::promote_standbys(NodeId id, uint64_t now_ms, std::vector<TaskRef>* promoted) {
+  Node& node = nodes_[id];
+  while (!node.standby.empty() && !node.draining) {
+    const TaskRef t = *node.standby.begin();
+    Job& job = jobs_.find(t.job)->second;
+    const Resources& need = job.spec.per_task;
+    const bool fits = node.used.cpu_millis + need.cpu_millis <= node.spec.capacity.cpu_millis &&
+                      node.used.mem_bytes + need.mem_bytes <= node.spec.capacity.mem_bytes &&
+                      (node.spec.tasks_max == 0 || node.running < node.spec.tasks_max);
+    if (!fits) break;
+    touch(job, t.index, t.index);
+    node.standby.erase(node.standby.begin());
+    job.standby.erase(t.index);
+    node.standby_used.cpu_millis -= need.cpu_millis;
+    node.standby_used.mem_bytes -= need.mem_bytes;
+    node.used.cpu_millis += need.cpu_millis;
+    node.used.mem_bytes += need.mem_bytes;
+    ++node.running;
+    count_running_job(node, job.id, +1);
+    job.started_ms[t.index] = now_ms;
+    if (job.spec.spread) count_spread(job, id, +1);
+    if (promoted != nullptr) promoted->push_back(t);
+  }
+  if (node.standby.empty()) standby_holders_.erase(id);
+  mark_node(id);
+}
+
+bool Cluster::is_standby(TaskRef t) const {
+  const Job* j = job(t.job);
+  return j != nullptr && j->standby.contains(t.index);
 }
 
 void Cluster::remember_attempt(Job& job, uint32_t index, const Task& task, TaskState ended) {
@@ -377,7 +475,9 @@ std::expected<void, SchedError> Cluster::prune(JobId id) {
 
 std::vector<TaskRef> Cluster::running_on(NodeId id) const {
   std::vector<TaskRef> out;
-  if (id >= nodes_.size() || nodes_[id].running == 0) return out;
+  if (id >= nodes_.size()) return out;
+  const size_t here = nodes_[id].running + nodes_[id].standby.size();
+  if (here == 0) return out;
   // A scan rather than a per-node index: boards vanish rarely, and an index would cost
   // every start() and finish().
   for (const auto& [job_id, job] : jobs_) {
@@ -387,7 +487,7 @@ std::vector<TaskRef> Cluster::running_on(NodeId id) const {
       --running;
       if (job.tasks[i].node == id) out.push_back({job_id, i});
     }
-    if (out.size() == nodes_[id].running) break;
+    if (out.size() == here) break;
   }
   return out;
 }
@@ -627,6 +727,13 @@ std::expected<void, SchedError> Cluster::restore_job(Job job, bool cancelling) {
       return std::unexpected(SchedError::kBadImage);
     }
   }
+  for (uint32_t index : job.standby) {
+    if (index >= job.tasks.size() || job.tasks[index].state != TaskState::kRunning ||
+        job.started_ms.contains(index)) {
+      return std::unexpected(SchedError::kBadImage);
+    }
+  }
+  job.quick = false;
   if (job.earlier.size() > kEarlierTasksPerJobMax) return std::unexpected(SchedError::kBadImage);
   for (const auto& [index, list] : job.earlier) {
     if (index >= job.tasks.size() || list.empty() || list.size() > kEarlierPerTaskMax) {
@@ -700,8 +807,10 @@ std::expected<void, SchedError> Cluster::finish_restore(JobId last_job_id) {
   dirty_jobs_.clear();
   dependents_.clear();
   spread_running_.clear();
+  standby_holders_.clear();
   for (Node& n : nodes_) {
     n.used = {}, n.running = 0;
+    n.standby.clear(), n.standby_used = {};
     mark_node(n.id);
   }
   for (auto& [id, job] : jobs_) {
@@ -712,6 +821,13 @@ std::expected<void, SchedError> Cluster::finish_restore(JobId last_job_id) {
       if (t.state != TaskState::kRunning) continue;
       --running;
       Node& n = nodes_[t.node];
+      if (job.standby.contains(i)) {
+        n.standby.insert({id, i});
+        standby_holders_.insert(t.node);
+        n.standby_used.cpu_millis += job.spec.per_task.cpu_millis;
+        n.standby_used.mem_bytes += job.spec.per_task.mem_bytes;
+        continue;
+      }
       n.used.cpu_millis += job.spec.per_task.cpu_millis;
       n.used.mem_bytes += job.spec.per_task.mem_bytes;
       ++n.running;
@@ -724,6 +840,7 @@ std::expected<void, SchedError> Cluster::finish_restore(JobId last_job_id) {
     if (waiting(job)) dependents_.emplace(job.spec.after, id);
     sync_runnable(job);
   }
+  for (Node& n : nodes_) recount_running_jobs(n);
   return {};
 }
 

@@ -103,6 +103,9 @@ struct Limits {
   // Constraint sets with their own free-room index (built when a job first needs one,
   // least recently used dropped); a job whose set finds no room is placed by a scan.
   uint32_t constraint_classes_max = 64;
+  // Standby placements (see Cluster::set_standby_node): only for a job whose latest
+  // attempt that ended by itself ran shorter than this (start to end, as logged); 0: none.
+  uint64_t standby_below_ms = 100;
 };
 inline constexpr uint32_t kLostRequeuesMaxLimit = 14;  // Task::lost is 4 bits
 
@@ -137,8 +140,12 @@ struct TaskRef {
 struct Placement {
   TaskRef task;
   NodeId node = 0;
-  uint32_t attempt = 0;  // 1 for the first attempt
+  uint16_t attempt = 0;  // 1 for the first attempt (Task::attempts saturates at 255)
+  // Placed in standby (Cluster::set_standby_node): the task is started (its attempt
+  // counts) but takes the node's room only once finish() promotes it.
+  bool standby = false;
 };
+static_assert(sizeof(Placement) == 24);  // plans are vectors of these
 
 // What an attempt used (the executor reads its cgroup, else wait4's rusage) and how long it
 // ran (spawn to reap; 0: unknown), for `ps JOB`. 16 bytes; saturates at ~49 days of CPU or
@@ -213,10 +220,17 @@ struct Job {
   // By task index, what its latest finished attempt used. Empty until an attempt reports
   // any usage, so a queued array costs nothing here; then one TaskUsage per task.
   std::vector<TaskUsage> usage;
-  // By task index, when its running attempt started (start()'s now_ms): running tasks
-  // only, so its size is bounded by the boards' capacity, not by the job's count. A task
-  // restored running from an older snapshot may have none (its start time is unknown).
+  // By task index, when its running attempt started (start()'s now_ms, or its promotion's
+  // for a standby): running tasks only, so its size is bounded by the boards' capacity,
+  // not by the job's count. A task restored running from an older snapshot may have none
+  // (its start time is unknown), and so has a standby.
   std::map<uint32_t, uint64_t> started_ms;
+  // Running tasks placed in standby and not yet promoted (bounded like started_ms).
+  std::set<uint32_t> standby;
+
+  // A hint for plan() only, not part of an image: whether its latest attempt that ended by
+  // itself ran shorter than Limits::standby_below_ms.
+  bool quick = false;
 
   // The run queue's bookkeeping (derived, not part of an image: restore_job() resets it).
   // Mutators only mark the job; plan() (const) moves it in the queue, hence `mutable`.
@@ -233,8 +247,16 @@ struct Node {
   bool draining = false;                // durable: no new placements
   uint64_t drain_deadline_ms = 0;       // then running tasks are stopped and requeued; 0: none
   NodeHold hold = NodeHold::kNone;      // not durable: no new placements while not kNone
+  bool standby_ok = false;              // not durable: set_standby_node()
   Resources used;
-  uint32_t running = 0;
+  uint32_t running = 0;  // tasks that take its room (standbys not counted)
+  // Tasks placed here in standby, promoted in this order as room frees (finish()); their
+  // resources, not counted in `used`. At most as many as `running`, each fitting the node.
+  std::set<TaskRef> standby;
+  Resources standby_used;
+  // standby_ok only (derived): running tasks (standbys not counted) per job, so plan()
+  // knows whether the board runs only the job it would place standbys for.
+  std::map<JobId, uint32_t> running_jobs;
 };
 
 // Why a board takes no new task now (`cardnode nodes`). why_skipped() checks removed,
@@ -311,6 +333,16 @@ class Cluster {
   // Heat and power (scheduler/heat.h): a held node gets no new placements; its running
   // tasks go on. Not durable (the next facts decide it again), so no observer call.
   std::expected<void, SchedError> set_node_hold(NodeId id, NodeHold hold);
+  // Standby placements (not durable: the server says which board can take them, its own).
+  // On such a board, while exactly one job waits to run, its tasks are short (Job::quick),
+  // it does not spread, and the board is full of its tasks and runs nothing else, plan() may
+  // place up to one more of its tasks per task of it running there, in standby: together
+  // they fit the board, and standbys take no room until a finish() on the board frees
+  // enough, which promotes them in TaskRef order. The
+  // server logs a standby like any start, so a task can start the moment its predecessor
+  // ends, without waiting for the disk. Standbys are running tasks in every other respect
+  // (cancel(), running_on(), fair shares); `false` leaves those placed before as they are.
+  std::expected<void, SchedError> set_standby_node(NodeId id, bool ok);
 
   // Accepts a job under the id the server chose (ids increase). Validates the spec.
   std::expected<void, SchedError> submit(JobId id, JobSpec spec, uint64_t now_ms);
@@ -340,9 +372,16 @@ class Cluster {
   std::expected<void, SchedError> start(const Placement& p, uint64_t now_ms);
   // Applies the end of a running attempt. A failed/timed_out/oom_killed task with
   // attempts left, or a lost one under lost_requeues_max (a requeue-free loss always, while
-  // attempts last), goes back to the queue.
+  // attempts last), goes back to the queue. The room it frees promotes standbys of its
+  // node that fit, appended to `promoted` (optional) in that order.
   // Returns the task's state afterwards (kQueued when requeued).
-  std::expected<TaskState, SchedError> finish(TaskRef t, Outcome o, uint64_t now_ms);
+  std::expected<TaskState, SchedError> finish(TaskRef t, Outcome o, uint64_t now_ms,
+                                              std::vector<TaskRef>* promoted = nullptr);
+  // Whether a running task is a standby not yet promoted.
+  bool is_standby(TaskRef t) const;
+  // Nodes holding standbys (the server ends those that can no longer be promoted there:
+  // the board takes no new work, or runs nothing that could end and free room).
+  const std::set<NodeId>& standby_holders() const { return standby_holders_; }
   // Queued tasks become cancelled at once; returns the running ones, which the caller
   // kills and then reports with finish(kCancelled).
   std::expected<std::vector<TaskRef>, SchedError> cancel(JobId id, uint64_t now_ms);
@@ -398,6 +437,10 @@ class Cluster {
   bool settle(Job& job, uint64_t now_ms);
   void release_dependents(JobId ended, uint64_t now_ms);
   void count_spread(const Job& job, NodeId node, int delta);
+  void promote_standbys(NodeId id, uint64_t now_ms, std::vector<TaskRef>* promoted);
+  // Node::running_jobs of a standby_ok node, as start/finish/promotion change `running`.
+  void count_running_job(Node& node, JobId job, int delta);
+  void recount_running_jobs(Node& node);
   static void normalize_constraints(JobSpec& spec);
   void add_slot();
 
@@ -478,6 +521,10 @@ class Cluster {
   enum class Step : uint8_t { kPlaced, kNoTask, kNoRoom };
   void plan_into(PlanLimit limit, std::vector<Placement>* out, Trace* trace) const;
   Step place_one(Contender& c, std::vector<Placement>* out) const;
+  // The contender's next queued task (requeued ones first), taken off its cursor, as
+  // place_one() takes it (plan_standbys).
+  bool next_task(Contender& c, bool take, uint32_t* index) const;
+  void plan_standbys(uint32_t max, std::vector<Placement>* out) const;
   std::tuple<bool, NodeId> find_node(const Contender& c) const;
   std::tuple<bool, NodeId> find_packed(const Contender& c) const;
   std::tuple<bool, NodeId> find_spread(const Contender& c) const;
@@ -504,6 +551,8 @@ class Cluster {
   std::set<JobId> cancelling_;
   uint32_t live_nodes_ = 0;
   std::map<std::string, NodeId, std::less<>> by_name_;  // live nodes
+  std::vector<NodeId> standby_nodes_;                   // Node::standby_ok, in id order
+  std::set<NodeId> standby_holders_;                    // nodes with standbys (derived)
   JobObserver* observer_ = nullptr;
   // A spread job's running tasks per node, and how many nodes run how many of them
   // (derived; finish_restore() rebuilds it).

@@ -1029,7 +1029,8 @@ class ReferencePlanner {
           active.erase(it);
         } else {
           out_.reserved_before.push_back(out_.reserved.size());
-          out_.placements.push_back({{j.id, index}, node, j.tasks[index].attempts + 1u});
+          out_.placements.push_back(
+              {{j.id, index}, node, static_cast<uint16_t>(j.tasks[index].attempts + 1)});
           used_[node].cpu_millis += j.spec.per_task.cpu_millis;
           used_[node].mem_bytes += j.spec.per_task.mem_bytes;
           ++running_[node];
@@ -1415,7 +1416,7 @@ class RandomDriver {
     const Job& j = *c_.job(t.job);
     for (const Node& n : c_.nodes()) {
       if (fits(n, n.used, n.running, j.spec)) {
-        record(OpStart{{t, n.id, j.tasks[t.index].attempts + 1u}});
+        record(OpStart{{t, n.id, static_cast<uint16_t>(j.tasks[t.index].attempts + 1)}});
         return;
       }
     }

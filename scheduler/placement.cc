@@ -333,7 +333,51 @@ void Cluster::plan_into(PlanLimit limit, std::vector<Placement>* out, Trace* tra
       }
     }
   }
+  if (trace == nullptr) plan_standbys(limit.max, out);
   end_plan();
+}
+
+// See set_standby_node(). The job's standbys follow its placements of this plan in its
+// queue order; a board gets them while it is full for the job and runs nothing else (so
+// each of its ends promotes one), up to one per task of it there (this plan's counted: with
+// one job waiting, all of them are its) and as many as fit its capacity beside those it has.
+void Cluster::plan_standbys(uint32_t max, std::vector<Placement>* out) const {
+  if (standby_nodes_.empty() || runnable_.size() != 1 || out->size() >= max) return;
+  const Job& job = jobs_.find(runnable_.begin()->id)->second;
+  if (!job.quick || job.spec.spread || cancelling_.contains(job.id)) return;
+  Contender c{&job, 0, job.requeued_head, job.next_fresh, -1};
+  uint32_t index = 0;
+  for (const Placement& p : *out) {  // this plan's placements took the head of its queue
+    if (p.task.job == job.id && !next_task(c, true, &index)) return;
+  }
+  const Resources& need = job.spec.per_task;
+  for (NodeId id : standby_nodes_) {
+    const Node& n = nodes_[id];
+    if (!takes_work(n) || !matches(n, job.spec.constraints) || reserved_by_any(id) ||
+        fits_now(id, job)) {
+      continue;  // room left there is for plain placements
+    }
+    const uint32_t running = n.running + slots_[id].plan_running;
+    auto it = n.running_jobs.find(job.id);
+    const uint32_t mine = (it == n.running_jobs.end() ? 0 : it->second) + slots_[id].plan_running;
+    if (mine == 0 || mine != running ||
+        (!n.standby.empty() &&
+         (n.standby.begin()->job != job.id || n.standby.rbegin()->job != job.id))) {
+      continue;  // another job's tasks run or wait there
+    }
+    Resources layer = n.standby_used;
+    size_t count = n.standby.size();
+    while (count < running && out->size() < max &&
+           uint64_t{layer.cpu_millis} + need.cpu_millis <= n.spec.capacity.cpu_millis &&
+           layer.mem_bytes + need.mem_bytes <= n.spec.capacity.mem_bytes &&
+           next_task(c, true, &index)) {
+      out->push_back(
+          {{job.id, index}, id, static_cast<uint16_t>(job.tasks[index].attempts + 1), true});
+      layer.cpu_millis += need.cpu_millis;
+      layer.mem_bytes += need.mem_bytes;
+      ++count;
+    }
+  }
 }
 
 // Places the contender's next queued task, if it has one and it fits somewhere.
@@ -352,9 +396,27 @@ Cluster::Step Cluster::place_one(Contender& c, std::vector<Placement>* out) cons
   if (!found) return Step::kNoRoom;
   const uint32_t index = again ? job.requeued[c.requeued++] : c.fresh++;
   take(node, job);
-  out->push_back({{job.id, index}, node, uint32_t{job.tasks[index].attempts} + 1});
+  out->push_back({{job.id, index}, node, static_cast<uint16_t>(job.tasks[index].attempts + 1)});
   ++c.running;
   return Step::kPlaced;
+}
+
+bool Cluster::next_task(Contender& c, bool take, uint32_t* index) const {
+  const Job& job = *c.job;
+  while (c.requeued < job.requeued.size() &&
+         job.tasks[job.requeued[c.requeued]].state != TaskState::kQueued) {
+    ++c.requeued;
+  }
+  if (c.requeued < job.requeued.size()) {
+    *index = job.requeued[c.requeued];
+    c.requeued += take ? 1 : 0;
+    return true;
+  }
+  while (c.fresh < job.tasks.size() && !is_fresh(job.tasks[c.fresh])) ++c.fresh;
+  if (c.fresh >= job.tasks.size()) return false;
+  *index = c.fresh;
+  c.fresh += take ? 1 : 0;
+  return true;
 }
 
 std::tuple<bool, NodeId> Cluster::find_node(const Contender& c) const {

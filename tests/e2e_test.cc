@@ -73,6 +73,29 @@ TEST_F(Cluster, ArrayTasksSeeTheirIndexAndNoIdLoss) {
   EXPECT_EQ(ps.out.find("\"attempts\":2"), std::string::npos) << ps.out;
 }
 
+// A short array on the server's own board runs its next tasks from standby (placed, and
+// durable, while their predecessors run: docs/ARCHITECTURE.md, "Placement"), and still
+// runs every task exactly once.
+TEST_F(Cluster, AShortArrayStartsItsNextTasksFromStandbyAndRunsEachOnce) {
+  start_server();
+  const std::string seen = shared_ + "/seen";
+  Output r = cli({"run", "--count", "300", "--wait", "--", "sh", "-c",
+                  "echo $CARDNODE_TASK_INDEX >> " + seen});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string metrics = http_get(metrics_addr_, "/metrics");
+  EXPECT_GT(metric(metrics, "cardnode_standby_promotions_total"), 0) << metrics;
+  EXPECT_EQ(metric(metrics, "cardnode_standby_promotions_total"),
+            metric(metrics, "cardnode_standby_placements_total"));
+  std::istringstream lines(slurp(seen));
+  std::map<int, int> runs;
+  for (std::string line; std::getline(lines, line);) ++runs[std::stoi(line)];
+  ASSERT_EQ(runs.size(), 300u);
+  for (const auto& [index, n] : runs) EXPECT_EQ(n, 1) << "task " << index;
+  Output ps = cli({"ps", "1", "--json"});
+  EXPECT_NE(ps.out.find("\"states\":{\"succeeded\":300}"), std::string::npos) << ps.out;
+  EXPECT_EQ(ps.out.find("\"attempts\":2"), std::string::npos) << ps.out;
+}
+
 // The task also starts an escapee in a new session (out of the process group): after
 // kill -9 of the server and a restart, the old attempt and its escapee are gone, and the
 // new attempt is the only instance.

@@ -114,6 +114,14 @@ Result<uint64_t> Coordinator::commit(const pb::WalRecord& record, DurableFn fn) 
   const uint64_t seq = store_.next_sequence();
   auto applied = state_.apply(record, seq);
   if (!applied) return std::unexpected(applied.error());
+  // A promoted standby whose start is durable runs at the next turn (not from inside the
+  // runner's exit callback that may have led here); one not yet durable, from dispatch().
+  stats_.standby_promotions += applied->promoted.size();
+  for (const sched::TaskRef& t : applied->promoted) {
+    const uint32_t attempt = state_.cluster().job(t.job)->tasks[t.index].attempts;
+    if (durable_standbys_.erase({t, attempt}) > 0) promoted_.emplace_back(t, attempt);
+  }
+  if (!promoted_.empty()) hooks_.request_turn();
   auto st = store_.append(bytes, [this, seq, a = std::move(*applied),
                                   fn = std::move(fn)](Status s) { on_durable(seq, s, a, fn); });
   CARDNODE_CHECK(st.has_value());  // reserve() made room for exactly this
@@ -216,6 +224,7 @@ void Coordinator::attach_runner(sched::NodeId id, TaskRunner* runner) {
   }
   runners_[id] = runner;
   (void)state_.cluster().set_node_state(id, sched::NodeState::kReady);
+  (void)state_.cluster().set_standby_node(id, runner->takes_standbys());
   // A runner that (re)attaches may have missed stops — decided while the node had no runner,
   // or sent on a connection that broke — and is told again: past a drain's deadline at the
   // next turn, a cancel's once everything applied is durable (a kill is a side effect).
@@ -224,7 +233,8 @@ void Coordinator::attach_runner(sched::NodeId id, TaskRunner* runner) {
     auto it = runners_.find(id);
     if (it == runners_.end() || it->second != runner) return;  // replaced: the new one is told
     for (const auto& [t, attempt] : attempts_on(id)) {
-      if (state_.cluster().cancelling(t.job)) runner->kill(t.job, t.index, KillReason::kCancelled);
+      if (state_.cluster().cancelling(t.job))
+        stop_attempt(t, attempt, runner, KillReason::kCancelled);
     }
   });
   hooks_.request_turn();
@@ -234,6 +244,7 @@ void Coordinator::detach_runner(sched::NodeId id) {
   if (auto it = runners_.find(id); it != runners_.end()) stop_held(it->second);
   runners_.erase(id);
   (void)state_.cluster().set_node_state(id, sched::NodeState::kDown);
+  (void)state_.cluster().set_standby_node(id, false);
 }
 
 sched::NodeHold Coordinator::report_heat(sched::NodeId id, std::optional<int32_t> millicelsius,
@@ -306,7 +317,9 @@ void Coordinator::cancel(sched::JobId id, const CancelDone& done) {
       const sched::Job* j = state_.cluster().job(t.job);
       if (j == nullptr || j->tasks[t.index].state != sched::TaskState::kRunning) continue;
       auto it = runners_.find(j->tasks[t.index].node);
-      if (it != runners_.end()) it->second->kill(t.job, t.index, KillReason::kCancelled);
+      if (it != runners_.end()) {
+        stop_attempt(t, j->tasks[t.index].attempts, it->second, KillReason::kCancelled);
+      }
     }
     done(static_cast<uint32_t>(a.to_kill.size()));
   });
@@ -369,6 +382,19 @@ void Coordinator::stop() {
   for (auto& [id, done] : waiting) {
     for (auto& d : done) d(fail(Errc::kUnavailable, "server is stopping"));
   }
+  // Standbys and promoted attempts not started yet have no process for a runner's
+  // kill_all() to report: they end here, lost to a clean stop (requeue-free).
+  std::vector<std::pair<sched::TaskRef, uint32_t>> unstarted = std::move(promoted_);
+  promoted_.clear();
+  for (const sched::Node& n : state_.cluster().nodes()) {
+    for (const sched::TaskRef& t : n.standby) {
+      unstarted.emplace_back(t, state_.cluster().job(t.job)->tasks[t.index].attempts);
+    }
+  }
+  for (const auto& [t, attempt] : unstarted) {
+    const sched::NodeId node = state_.cluster().job(t.job)->tasks[t.index].node;
+    task_ended(t, attempt, node, TaskExit{pb::TASK_LOST, 0, 0, true});
+  }
 }
 
 // -------------------------------------------------------------------------- tasks
@@ -384,10 +410,15 @@ void Coordinator::schedule() {
     s->set_node_id(p.node);
     s->set_attempt(p.attempt);
     s->set_started_ms(hooks_.now_ms());
+    s->set_standby(p.standby);
     auto seq = commit(
         rec, [this, t = p.task, attempt = p.attempt](const Applied&) { dispatch(t, attempt); });
     if (!seq) return;  // the store is full: placements wait for the next turn
-    hold(p.task, p.attempt, p.node);
+    if (p.standby) {
+      ++stats_.standby_placements;
+    } else {
+      hold(p.task, p.attempt, p.node);
+    }
   }
   if (plan.size() == options_.placements_per_turn) hooks_.request_turn();
 }
@@ -440,6 +471,48 @@ void Coordinator::stop_held(TaskRunner* runner) {
   for (const auto& [t, r] : stopping) r->kill(t.job, t.index, KillReason::kShutdown);
 }
 
+// Promoted standbys whose start is durable (commit()) start now, each through dispatch(),
+// which checks again that the attempt still runs, its job is not cancelled and the server
+// is not stopping.
+void Coordinator::start_promoted() {
+  auto ready = std::move(promoted_);
+  promoted_.clear();
+  for (const auto& [t, attempt] : ready) dispatch(t, attempt);
+}
+
+// Standbys that their board can no longer promote (it takes no new work: draining, held,
+// down, not taking standbys; or nothing runs there whose end would free room) end where
+// they stand, lost to no fault of theirs (requeue-free), so they run elsewhere or later.
+void Coordinator::end_stranded_standbys() {
+  const sched::Cluster& c = state_.cluster();
+  std::vector<std::pair<sched::TaskRef, uint32_t>> stranded;
+  for (sched::NodeId id : c.standby_holders()) {
+    const sched::Node& n = *c.node(id);
+    const bool promotable = n.standby_ok && n.running > 0 && n.state == sched::NodeState::kReady &&
+                            !n.draining && n.hold == sched::NodeHold::kNone;
+    if (promotable) continue;
+    for (const sched::TaskRef& t : n.standby) {
+      stranded.emplace_back(t, c.job(t.job)->tasks[t.index].attempts);
+    }
+  }
+  for (const auto& [t, attempt] : stranded) {
+    if (end_waits(t, attempt)) continue;  // ended already, its record waiting for room
+    task_ended(t, attempt, state_.cluster().job(t.job)->tasks[t.index].node,
+               TaskExit{pb::TASK_LOST, 0, 0, true});
+  }
+}
+
+// Stops an attempt wherever it is. A standby not promoted has no process anywhere: it
+// ends here, as its runner would report it (cancelled, or lost requeue-free).
+void Coordinator::stop_attempt(sched::TaskRef t, uint32_t attempt, TaskRunner* runner,
+                               KillReason reason) {
+  if (!state_.cluster().is_standby(t)) return runner->kill(t.job, t.index, reason);
+  const sched::NodeId node = state_.cluster().job(t.job)->tasks[t.index].node;
+  task_ended(t, attempt, node,
+             reason == KillReason::kCancelled ? TaskExit{pb::TASK_CANCELLED, 0, 0}
+                                              : TaskExit{pb::TASK_LOST, 0, 0, true});
+}
+
 // TaskStarted is durable: the command may run now (never before, so a crash can never
 // leave a command running that the log does not know about).
 void Coordinator::dispatch(sched::TaskRef t, uint32_t attempt) {
@@ -468,6 +541,23 @@ void Coordinator::dispatch(sched::TaskRef t, uint32_t attempt) {
     // Placed just before a clean stop: never started, and no fault of the task's.
     if (held != nullptr) return held->kill(t.job, t.index, KillReason::kShutdown);
     task_ended(t, attempt, node, TaskExit{pb::TASK_LOST, 0, 0, stopping_});
+    return;
+  }
+  // Its end is decided already (a standby ended where it stood, its record queued behind
+  // a full store), or a drain's deadline stopped it before it had a process: it must not
+  // run now, or a requeued copy could run beside it.
+  if (end_waits(t, attempt)) {
+    if (held != nullptr) held->kill(t.job, t.index, KillReason::kShutdown);
+    return;
+  }
+  if (drain_stopped_.contains({t, attempt})) {
+    if (held != nullptr) return held->kill(t.job, t.index, KillReason::kShutdown);
+    task_ended(t, attempt, node, TaskExit{pb::TASK_LOST, 0, 0, true});
+    return;
+  }
+  // A standby waits for its promotion, which starts it (commit(), start_promoted()).
+  if (state_.cluster().is_standby(t)) {
+    durable_standbys_.emplace(t, attempt);
     return;
   }
   if (held != nullptr) return held->release(t.job, t.index);
@@ -537,7 +627,7 @@ void Coordinator::stop_drained_tasks() {
     if (runner == runners_.end()) continue;
     for (const auto& [t, attempt] : attempts_on(n.id)) {
       if (!drain_stopped_.insert({t, attempt}).second) continue;
-      runner->second->kill(t.job, t.index, KillReason::kShutdown);
+      stop_attempt(t, attempt, runner->second, KillReason::kShutdown);
     }
   }
   // Forget attempts that ended (bounded by what runs).
@@ -595,6 +685,7 @@ bool Coordinator::record_outcome(const Outcome& o) {
   // waits and is tried again; it is never dropped while the store works.
   auto seq = commit(rec, nullptr);
   if (!seq) return failed_;
+  durable_standbys_.erase({o.task, o.attempt});
   ++stats_.tasks_ended[static_cast<size_t>(o.exit.state)];
   stats_.task_cpu_user_ms += o.exit.usage.cpu_user_us / 1000;
   stats_.task_cpu_system_ms += o.exit.usage.cpu_system_us / 1000;
@@ -741,6 +832,8 @@ void Coordinator::finish_snapshot() {
 void Coordinator::turn() {
   if (!snapshot_finishing_) retired_sink_.reset();
   retry_outcomes();
+  start_promoted();
+  end_stranded_standbys();
   if (!stopping_) {
     schedule();
     prune_if_due();

@@ -70,8 +70,10 @@ struct CoordinatorStats {
   uint64_t records = 0;       // appended
   uint64_t refused_busy = 0;  // the store's queue was full
   uint64_t refused_no_space = 0;
-  uint64_t outcomes_deferred = 0;  // task ends waiting for the store to take them
-  uint64_t stale_reports = 0;      // ends of attempts the state no longer runs
+  uint64_t outcomes_deferred = 0;   // task ends waiting for the store to take them
+  uint64_t stale_reports = 0;       // ends of attempts the state no longer runs
+  uint64_t standby_placements = 0;  // TaskStarted records in standby
+  uint64_t standby_promotions = 0;  // standbys given room by an end
   uint64_t snapshots_started = 0;
   uint64_t snapshots_written = 0;
   uint64_t snapshot_failures = 0;
@@ -205,6 +207,9 @@ class Coordinator {
   void hold(sched::TaskRef t, uint32_t attempt, sched::NodeId node);
   void stop_held(TaskRunner* runner);
   void dispatch(sched::TaskRef t, uint32_t attempt);
+  void start_promoted();
+  void end_stranded_standbys();
+  void stop_attempt(sched::TaskRef t, uint32_t attempt, TaskRunner* runner, KillReason reason);
   TaskLaunch make_launch(sched::TaskRef t, uint32_t attempt, sched::NodeId node) const;
   void task_ended(sched::TaskRef t, uint32_t attempt, sched::NodeId node, TaskExit exit);
   bool record_outcome(const Outcome& o);
@@ -248,6 +253,11 @@ class Coordinator {
   // Attempts started held (hold()) whose TaskStarted is not durable yet, and the runner
   // that holds each; nullptr once stopped there (stop_held). Bounded by the running tasks.
   std::map<std::pair<sched::TaskRef, uint32_t>, TaskRunner*> held_;
+  // Standbys (sched::Cluster::set_standby_node) whose TaskStarted is durable, waiting for
+  // a promotion; and those promoted since, started at the next turn. Bounded by the
+  // running tasks; an attempt leaves both when its end is logged.
+  std::set<std::pair<sched::TaskRef, uint32_t>> durable_standbys_;
+  std::vector<std::pair<sched::TaskRef, uint32_t>> promoted_;
 
   std::unique_ptr<SnapshotBuilder> builder_;
   std::unique_ptr<storage::SnapshotSink> sink_;

@@ -20,6 +20,7 @@ class LocalRunner final : public TaskRunner {
   LocalRunner(Executor& executor, storage::LogStore& logs) : executor_(executor), logs_(logs) {}
 
   Status start(const TaskLaunch& launch, ExitCallback on_exit) override;
+  bool takes_standbys() const override { return true; }
   // Errors leave nothing behind and write nothing: the coordinator then start()s the
   // attempt the usual way, which says why in the task's log if it fails again.
   bool can_hold_now() const override { return executor_.can_hold_now(); }

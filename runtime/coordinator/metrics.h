@@ -31,6 +31,10 @@ namespace cardnode::runtime {
   X(jobs_submitted, "cardnode_jobs_submitted_total", "", "", "Jobs durably accepted")            \
   X(jobs_pruned, "cardnode_jobs_pruned_total", "", "", "Finished jobs dropped by retention")     \
   X(wal_records, "cardnode_wal_records_total", "", "", "Records appended to the WAL")            \
+  X(standby_placements, "cardnode_standby_placements_total", "", "",                             \
+    "Tasks placed in standby on a full board, to start when a task there ends")                  \
+  X(standby_promotions, "cardnode_standby_promotions_total", "", "",                             \
+    "Standby tasks that a task's end on their board gave room to")                               \
   X(snapshots_written, "cardnode_snapshots_written_total", "", "", "Snapshots made durable")     \
   X(snapshot_failures, "cardnode_snapshot_failures_total", "", "",                               \
     "Snapshots abandoned (they are retried)")                                                    \

@@ -481,6 +481,8 @@ void Server::Impl::refresh_metrics() {
   s.jobs_pruned = state.jobs_pruned();
   s.board = board_sources(engine->stats(), logs->stats().bytes_dropped);
   s.wal_records = cs.records;
+  s.standby_placements = cs.standby_placements;
+  s.standby_promotions = cs.standby_promotions;
   s.snapshots_written = cs.snapshots_written;
   s.snapshot_failures = cs.snapshot_failures;
   s.refused_busy = cs.refused_busy;

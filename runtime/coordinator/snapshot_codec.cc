@@ -161,6 +161,7 @@ void SnapshotBuilder::write_image(const sched::Job& job) {
   for (size_t i = job.requeued_head; i < job.requeued.size(); ++i) {
     image->add_requeued(job.requeued[i]);
   }
+  for (uint32_t i : job.standby) image->add_standby(i);
   put(chunk);
 }
 
@@ -344,6 +345,7 @@ Status SnapshotLoader::feed_job(const pb::JobImage& image) {
   p.job.submitted_ms = image.submitted_ms();
   p.job.finished_ms = image.finished_ms();
   p.job.requeued.assign(image.requeued().begin(), image.requeued().end());
+  p.job.standby.insert(image.standby().begin(), image.standby().end());
   p.job.tasks.resize(spec.count());
   p.spec = spec;
   p.cancelling = image.cancelling();

@@ -37,6 +37,7 @@ void grow(State& s, Applier& apply, HistoryGen& gen, int steps, uint64_t* now_ms
 // that follows applies (or is refused) the same way on both, derived indexes included.
 TEST(SnapshotCodec, RoundTripGivesTheSameStateAndTheSameFuture) {
   const uint64_t base = seed_base();
+  size_t standbys_at_cut = 0;
   for (uint64_t seed = base; seed < base + 30; ++seed) {
     SCOPED_TRACE("seed " + std::to_string(seed));
     State live;
@@ -44,6 +45,7 @@ TEST(SnapshotCodec, RoundTripGivesTheSameStateAndTheSameFuture) {
     HistoryGen gen(seed);
     uint64_t now = 1000;
     grow(live, apply, gen, 300, &now);
+    for (const auto& [id, job] : live.cluster().jobs()) standbys_at_cut += job.standby.size();
     std::vector<std::string> chunks = encode_snapshot(live);
     State restored;
     ASSERT_TRUE(load(restored, chunks)) << "seed " << seed;
@@ -59,10 +61,13 @@ TEST(SnapshotCodec, RoundTripGivesTheSameStateAndTheSameFuture) {
       if (a) {
         EXPECT_EQ(a->finished_jobs, b->finished_jobs);
         EXPECT_EQ(a->to_kill, b->to_kill);
+        EXPECT_EQ(a->promoted, b->promoted);
       }
     }
     ASSERT_EQ(encode_snapshot(restored), encode_snapshot(live));
   }
+  std::printf("standbys at the cut: %zu\n", standbys_at_cut);
+  EXPECT_GT(standbys_at_cut, 0u) << "no history made a standby: the images' standbys go untested";
 }
 
 // The incremental builder, stepped a few tasks at a time while records keep changing the

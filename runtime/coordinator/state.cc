@@ -189,7 +189,9 @@ Result<Applied> State::apply_event(const pb::WalRecord& record) {
     }
     case pb::WalRecord::kTaskStarted: {
       const auto& r = record.task_started();
-      sched::Placement p{{r.job_id(), r.index()}, r.node_id(), r.attempt()};
+      // start() counts attempts itself (saturating at 255); the record's is for reading.
+      const auto attempt = static_cast<uint16_t>(std::min<uint32_t>(r.attempt(), UINT16_MAX));
+      sched::Placement p{{r.job_id(), r.index()}, r.node_id(), attempt, r.standby()};
       auto ok = cluster_.start(p, r.started_ms());
       if (!ok) {
         return sched_fail(ok.error(), "start task " + std::to_string(r.job_id()) + "." +
@@ -209,7 +211,7 @@ Result<Applied> State::apply_event(const pb::WalRecord& record) {
           r.requeue_free() && r.state() == pb::TASK_LOST,
           {r.usage().cpu_user_ms(), r.usage().cpu_system_ms(), r.usage().mem_peak_kib(),
            r.usage().wall_ms()}};  // an older record has no wall_ms: 0, unknown
-      auto ok = cluster_.finish({r.job_id(), r.index()}, o, r.finished_ms());
+      auto ok = cluster_.finish({r.job_id(), r.index()}, o, r.finished_ms(), &out.promoted);
       if (!ok) {
         return sched_fail(ok.error(), "finish task " + std::to_string(r.job_id()) + "." +
                                           std::to_string(r.index()));

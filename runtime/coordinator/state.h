@@ -60,6 +60,7 @@ struct Applied {
   std::vector<sched::TaskRef> to_kill;      // running tasks of a just-cancelled job
   std::vector<sched::JobId> finished_jobs;  // jobs this record moved to a final state
   std::vector<sched::JobId> pruned_jobs;    // their logs can go
+  std::vector<sched::TaskRef> promoted;     // standbys a task's end gave room to
 };
 
 class State final : private sched::JobObserver {

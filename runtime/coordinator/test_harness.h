@@ -43,6 +43,7 @@ class FakeRunner final : public TaskRunner {
   // With `can_hold`, as the local executor: held starts count in `running` and `held`
   // until released (`released` counts them).
   bool can_hold_now() const override { return can_hold; }
+  bool takes_standbys() const override { return standbys; }
   Status start_held(const TaskLaunch& l, ExitCallback on_exit) override {
     if (!can_hold) return TaskRunner::start_held(l, std::move(on_exit));
     if (Status st = start(l, std::move(on_exit)); !st) return st;
@@ -70,6 +71,7 @@ class FakeRunner final : public TaskRunner {
   uint64_t starts = 0;
   bool refuse_starts = false;
   bool can_hold = false;
+  bool standbys = false;
   std::set<std::pair<uint64_t, uint32_t>> held;
   uint64_t held_starts = 0;
   uint64_t released = 0;

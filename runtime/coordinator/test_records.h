@@ -113,6 +113,9 @@ class HistoryGen {
         if (!plan.empty()) {
           auto r = started(plan[0].task.job, plan[0].task.index, plan[0].attempt, plan[0].node);
           r.mutable_task_started()->set_started_ms(now_ms);
+          // Some in standby, as the server's own board takes them: replay applies a
+          // standby anywhere, and a later end on its node promotes it.
+          r.mutable_task_started()->set_standby(pick(0, 3) == 0);
           return r;
         }
         return submit(c, now_ms);

@@ -98,6 +98,9 @@ class TaskRunner {
   // Ends a running attempt's whole process tree; its on_exit reports the reason.
   // Unknown task: no-op.
   virtual void kill(uint64_t job_id, uint32_t index, KillReason reason) = 0;
+  // Whether the coordinator may place standbys here (sched::Cluster::set_standby_node):
+  // a start() costs no more than the board's own spawn, as the server's own board's does.
+  virtual bool takes_standbys() const { return false; }
   // Whether start_held() would take a start now; cheap, so a caller asks before it
   // builds the launch.
   virtual bool can_hold_now() const { return false; }

@@ -363,9 +363,14 @@ std::expected<TaskState, SchedError> Cluster::finish(TaskRef t, Outcome o, uint6
   task.exit_code = o.exit_code;
   task.signal = static_cast<int8_t>(std::clamp<int32_t>(o.signal, INT8_MIN, INT8_MAX));
   if (auto st = job->started_ms.find(t.index); st != job->started_ms.end()) {
-    // An attempt that ended by itself tells whether the job's tasks are short.
+    // An attempt that ended by itself tells whether the job's tasks are short: its own
+    // spawn-to-reap time when the runner measured one, else start to end as logged (which
+    // holds a WAL write or two, the wait standbys exist to hide).
     if (o.state != TaskState::kLost && o.state != TaskState::kCancelled) {
-      job->quick = now_ms >= st->second && now_ms - st->second < limits_.standby_below_ms;
+      const uint64_t took = o.usage.wall_ms > 0    ? o.usage.wall_ms
+                            : now_ms >= st->second ? now_ms - st->second
+                                                   : 0;
+      job->quick = took < limits_.standby_below_ms;
     }
     job->started_ms.erase(st);
   }
@@ -399,6 +404,7 @@ std::expected<TaskState, SchedError> Cluster::finish(TaskRef t, Outcome o, uint6
 // NodeState are not, and do not count here): the server ends them there instead.
 void Cluster::promote_standbys(NodeId id, uint64_t now_ms, std::vector<TaskRef>* promoted) {
   Node& node = nodes_[id];
+  if (node.standby.empty()) return;
   while (!node.standby.empty() && !node.draining) {
     const TaskRef t = *node.standby.begin();
     Job& job = jobs_.find(t.job)->second;

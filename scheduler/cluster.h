@@ -104,7 +104,8 @@ struct Limits {
   // least recently used dropped); a job whose set finds no room is placed by a scan.
   uint32_t constraint_classes_max = 64;
   // Standby placements (see Cluster::set_standby_node): only for a job whose latest
-  // attempt that ended by itself ran shorter than this (start to end, as logged); 0: none.
+  // attempt that ended by itself ran shorter than this (spawn to reap as its runner
+  // measured it, else start to end as logged); 0: none.
   uint64_t standby_below_ms = 100;
 };
 inline constexpr uint32_t kLostRequeuesMaxLimit = 14;  // Task::lost is 4 bits

@@ -477,7 +477,21 @@ void Coordinator::stop_held(TaskRunner* runner) {
 void Coordinator::start_promoted() {
   auto ready = std::move(promoted_);
   promoted_.clear();
-  for (const auto& [t, attempt] : ready) dispatch(t, attempt);
+  for (const auto& [t, attempt] : ready) {
+    // Promoted on a board that stopped taking work since (heat holds are not durable,
+    // so the scheduler promotes regardless): it ends as a stranded standby would.
+    const sched::Job* job = state_.cluster().job(t.job);
+    const sched::Node* n =
+        job == nullptr ? nullptr : state_.cluster().node(job->tasks[t.index].node);
+    if (n != nullptr &&
+        (n->hold != sched::NodeHold::kNone || n->state != sched::NodeState::kReady) &&
+        job->tasks[t.index].state == sched::TaskState::kRunning &&
+        job->tasks[t.index].attempts == attempt && !end_waits(t, attempt)) {
+      task_ended(t, attempt, n->id, TaskExit{pb::TASK_LOST, 0, 0, true});
+      continue;
+    }
+    dispatch(t, attempt);
+  }
 }
 
 // Standbys that their board can no longer promote (it takes no new work: draining, held,

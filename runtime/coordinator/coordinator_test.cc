@@ -528,6 +528,49 @@ TEST_P(CoordinatorTest, AStrandedStandbyEndsAndNeverStartsWhileItsEndWaits) {
   EXPECT_EQ(h->runner(0).starts, 3u) << "nothing new starts on a throttled board";
 }
 
+// Heat holds are not durable, so the scheduler promotes on a held board as anywhere: the
+// promoted standby then ends instead of starting there, and the rest end where they stand.
+TEST_P(CoordinatorTest, AStandbyPromotedOnAHeldBoardEndsInsteadOfStarting) {
+  OPEN_OR_SKIP(h);
+  ASSERT_NO_FATAL_FAILURE(fill_with_standbys(*h, &now_ms_));
+  EXPECT_EQ(h->c().report_heat(0, std::nullopt, /*throttled=*/true, false),
+            sched::NodeHold::kThrottled);
+  ASSERT_TRUE(h->runner(0).end({1, 1}, TaskExit{pb::TASK_SUCCEEDED, 0, 0}));
+  EXPECT_EQ(h->c().stats().standby_promotions, 1u);
+  h->settle();
+  EXPECT_FALSE(h->runner(0).running.contains({1, 3})) << "started on a throttled board";
+  EXPECT_EQ(h->runner(0).starts, 3u);
+  const sched::Job* job = h->c().state().cluster().job(1);
+  for (uint32_t i : {3u, 4u}) {
+    EXPECT_EQ(job->tasks[i].state, sched::TaskState::kQueued) << i;
+    EXPECT_EQ(job->tasks[i].lost_free, 1u) << i;
+  }
+}
+
+// A drain's deadline that passes while a placement is on its way to the disk stops it
+// there: once durable it ends requeue-free instead of starting past the deadline.
+TEST_P(CoordinatorTest, APlacementStoppedByADrainDeadlineBeforeItIsDurableNeverStarts) {
+  OPEN_OR_SKIP(h);
+  h->join(0);
+  h->settle();
+  h->c().submit(spec_of(2), [](Result<sched::JobId>) {});
+  h->complete();
+  h->turn();  // both placed and logged, not durable yet
+  ASSERT_EQ(h->c().state().cluster().node(0)->running, 2u);
+  h->c().drain("pi-0", false, /*deadline_ms=*/1, [](Status) {});
+  now_ms_ += 5;
+  h->turn();  // past the deadline: both stopped where they are (no process yet)
+  EXPECT_EQ(h->runner(0).starts, 0u);
+  h->complete();
+  h->settle();
+  EXPECT_EQ(h->runner(0).starts, 0u) << "started after its drain's deadline";
+  const sched::Job* job = h->c().state().cluster().job(1);
+  for (uint32_t i : {0u, 1u}) {
+    EXPECT_EQ(job->tasks[i].state, sched::TaskState::kQueued) << i;
+    EXPECT_EQ(job->tasks[i].lost_free, 1u) << i;
+  }
+}
+
 // A draining board promotes no standby; they end requeue-free, never started.
 TEST_P(CoordinatorTest, ADrainEndsStandbysWithoutStartingThem) {
   OPEN_OR_SKIP(h);

@@ -41,6 +41,16 @@ size_t standbys(const std::vector<Placement>& ps) {
       std::count_if(ps.begin(), ps.end(), [](auto& p) { return p.standby; }));
 }
 
+// A board's room as the scheduler counts it: tasks taking room and their CPU, standbys
+// and theirs.
+void expect_board(const Node& n, uint32_t running, uint32_t used_cpu, size_t standbys,
+                  uint32_t standby_cpu) {
+  EXPECT_EQ(n.running, running);
+  EXPECT_EQ(n.used.cpu_millis, used_cpu);
+  EXPECT_EQ(n.standby.size(), standbys);
+  EXPECT_EQ(n.standby_used.cpu_millis, standby_cpu);
+}
+
 // A 2-core board that takes standbys, running the first two tasks of a 10-task job of
 // 1-core tasks; the first of them ended after 5 ms, so the job is short.
 class StandbyTest : public ::testing::Test {
@@ -68,11 +78,7 @@ TEST_F(StandbyTest, AFullBoardTakesOneStandbyPerTaskItRunsOfAShortJob) {
   EXPECT_EQ(plan[1].task, (TaskRef{1, 3}));
   EXPECT_TRUE(plan[2].standby);
   EXPECT_EQ(plan[2].task, (TaskRef{1, 4}));
-  const Node& n = *c_.node(pi_);
-  EXPECT_EQ(n.running, 2u);
-  EXPECT_EQ(n.used.cpu_millis, 2000u);
-  EXPECT_EQ(n.standby.size(), 2u);
-  EXPECT_EQ(n.standby_used.cpu_millis, 2000u);
+  expect_board(*c_.node(pi_), 2, 2000, 2, 2000);
   EXPECT_TRUE(c_.is_standby({1, 3}));
   EXPECT_FALSE(c_.is_standby({1, 2}));
   // Standbys are running tasks: their attempt counts, and nothing more is placed.
@@ -89,10 +95,7 @@ TEST_F(StandbyTest, AnEndPromotesTheFirstStandbyWhichStartsThen) {
   ASSERT_TRUE(c_.finish({1, 1}, ended(), 30, &promoted));
   ASSERT_EQ(promoted, (std::vector<TaskRef>{{1, 3}}));
   const Node& n = *c_.node(pi_);
-  EXPECT_EQ(n.running, 2u);
-  EXPECT_EQ(n.used.cpu_millis, 2000u);
-  EXPECT_EQ(n.standby.size(), 1u);
-  EXPECT_EQ(n.standby_used.cpu_millis, 1000u);
+  expect_board(n, 2, 2000, 1, 1000);
   EXPECT_FALSE(c_.is_standby({1, 3}));
   EXPECT_EQ(c_.job(1)->started_ms.at(3), 30u) << "its start is its promotion";
   // The freed standby slot is taken again: one new standby behind the running pair.
@@ -117,10 +120,7 @@ TEST_F(StandbyTest, CancelEndsStandbysAsRunningTasksAndTheBoardCannotGoMeanwhile
   EXPECT_EQ(running->size(), 4u) << "two running, two standing by";
   for (const TaskRef& t : *running) ASSERT_TRUE(c_.finish(t, ended(TaskState::kCancelled), 26));
   const Node& n = *c_.node(pi_);
-  EXPECT_EQ(n.running, 0u);
-  EXPECT_EQ(n.used.cpu_millis, 0u);
-  EXPECT_TRUE(n.standby.empty());
-  EXPECT_EQ(n.standby_used.cpu_millis, 0u);
+  expect_board(n, 0, 0, 0, 0);
   EXPECT_EQ(c_.job(1)->state, JobState::kCancelled);
   EXPECT_TRUE(c_.remove_node(pi_).has_value());
 }
